@@ -1,0 +1,35 @@
+# snncompile: `make demo` and `make test` set everything up on a fresh clone.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DIGITS := examples/digits
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when the package metadata changes; recreates a venv of the wrong Python.
+$(STAMP): setup.cfg pyproject.toml
+	@py=$$(tools/find_python310.sh) || exit 1; \
+	if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then \
+	  echo "recreating $(VENV) with Python 3.10"; rm -rf $(VENV); fi; \
+	[ -x $(PY) ] || $$py -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+$(DIGITS)/data/digits_cnn.onnx: $(STAMP) $(DIGITS)/train.py
+	$(PY) $(DIGITS)/train.py --out $(DIGITS)/data
+
+demo: $(DIGITS)/data/digits_cnn.onnx
+	$(VENV)/bin/snncompile convert $(DIGITS)/data/digits_cnn.onnx --calib $(DIGITS)/data/calib.npz \
+	  --timesteps 32 -o $(DIGITS)/out --force
+	$(VENV)/bin/snncompile evaluate $(DIGITS)/out --data $(DIGITS)/data/test.npz --timesteps 4,8,16,32
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DIGITS)/data $(DIGITS)/out bench/results
