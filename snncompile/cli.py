@@ -1,0 +1,170 @@
+"""The `snncompile` command line.
+
+Every command maps errors a user can cause (SnnCompileError) to one message on stderr and a
+non-zero exit code, without a traceback; `--json` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .convert import V_INIT_MODES, ConversionOptions
+from .errors import SnnCompileError, UnsupportedOpError
+from .ir import INPUT_MODES, RESET_MODES
+from .calibrate import NORM_MODES
+from .table import format_table
+
+EXIT_INTERRUPTED = 130
+
+
+def _handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SnnCompileError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    return wrapper
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowerLevelFormatter())
+    log = logging.getLogger("snncompile")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="snncompile")
+@click.option("-v", "--verbose", is_flag=True, help="Print more about each step.")
+def main(verbose: bool) -> None:
+    """Compile trained ANNs (ONNX) into integer spiking neural networks."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (must not exist, unless --force).")
+@click.option("--target", default="sim", show_default=True, help="Backend to compile for.")
+@click.option("--timesteps", "-T", default=16, show_default=True, type=int,
+              help="Time window T: a spike count over T steps stands for an activation.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data (.npz with x) for threshold normalization.")
+@click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
+              help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
+@click.option("--percentile", default=99.9, show_default=True, type=float,
+              help="Percentile of each ReLU's output used as its scale.")
+@click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
+              help="Signed integer weight width (per-layer symmetric).")
+@click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
+              help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
+@click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
+              help="IF reset: subtract the threshold, or reset to zero.")
+@click.option("--v-init", type=click.Choice(V_INIT_MODES), default="half", show_default=True,
+              help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
+@click.option("--membrane-bits", default=32, show_default=True, type=int,
+              help="Membrane width; values beyond it saturate (and are counted).")
+@click.option("--output", "output_name", help="ONNX output to compile, when the model has several.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_handle_errors
+def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
+            percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
+            v_init: str, membrane_bits: int, output_name: str | None, seed: int, force: bool,
+            as_json: bool) -> None:
+    """Convert MODEL (ONNX) into an integer SNN in directory OUT."""
+    from .pipeline import CompileRequest, compile_model
+
+    opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
+                             input_mode=input_mode, reset=reset, v_init=v_init,
+                             membrane_bits=membrane_bits)
+    summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
+                                           percentile=percentile, output=output_name, seed=seed,
+                                           force=force, options=opts))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']} "
+                   f"({summary['seconds']:.2f} s)")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y).")
+@click.option("--timesteps", "-T", default=None,
+              help="Override T; a comma list (4,8,16,32) sweeps accuracy against latency.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_json: bool) -> None:
+    """Compare the ANN (onnxruntime) and the SNN (reference simulator) of OUT on DATA."""
+    from .pipeline import evaluate_artifact, parse_timesteps
+
+    res = evaluate_artifact(out, data, parse_timesteps(timesteps), batch_size,
+                            progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
+             f"{r['spikes_per_sample']:.1f}", f"{r.get('firing_rate', 0.0):.3f}"] for r in res["layers"]]
+    click.echo(format_table(["layer", "kind", "synapses", "neurons", "max fan-in", "w bits",
+                             "spikes/sample", "rate"], rows))
+    metric = "accuracy" if "ann_accuracy" in res else "mse"
+    runs = res.get("sweep", [res])
+    click.echo("")
+    click.echo(format_table(["T", f"ANN {metric}", f"SNN {metric}", "SynOps/sample", "SynOps/MAC"],
+                            [[r["timesteps"], f"{r.get('ann_' + metric, float('nan')):.4f}",
+                              f"{r.get('snn_' + metric, float('nan')):.4f}",
+                              f"{r['synops_per_sample']:.0f}",
+                              f"{r['synops_per_mac']:.3f}" if r.get("synops_per_mac") is not None else "-"]
+                             for r in runs]))
+    click.echo(f"ANN MACs/sample: {res['ann_macs_per_sample']}   samples: {res['samples']}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def inspect(model: str, output_name: str | None, as_json: bool) -> None:
+    """Show what MODEL converts to, and every op that cannot be converted."""
+    from .inspect import inspect_model
+
+    report = inspect_model(model, output=output_name)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        if report["layers"]:
+            rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r["params"], r["fanin"],
+                     r["macs"]] for r in report["layers"]]
+            click.echo(format_table(["node", "op", "shape", "params", "fan-in", "MACs"], rows))
+            click.echo(f"\nparameters: {report['params']}   ANN MACs/sample: {report['ann_macs']}   "
+                       f"IF layers: {report['if_layers']}")
+        for w in report["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+        for p in report["problems"]:
+            click.echo(f"unsupported: {p}", err=True)
+    if not report["convertible"]:
+        sys.exit(UnsupportedOpError.exit_code)

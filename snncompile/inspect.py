@@ -1,0 +1,37 @@
+"""What `snncompile inspect` reports: the imported graph node by node, or every op that
+cannot be converted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import UnsupportedOpError
+from .frontend import import_onnx, load_onnx
+from .ir import ReluNode, WeightedNode
+from .metrics import ann_macs, op_fanin
+
+
+def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
+    """A JSON-able description of the model as snncompile will convert it."""
+    model = load_onnx(path)
+    try:
+        res = import_onnx(model, output=output)
+    except UnsupportedOpError as e:
+        return {"model": path, "convertible": False, "problems": list(e.problems), "layers": [],
+                "warnings": [], "params": None, "ann_macs": None, "if_layers": 0}
+    g = res.graph
+    layers = []
+    for n in g.nodes:
+        weighted = isinstance(n, WeightedNode)
+        params = int(n.weight.size + (n.bias.size if n.bias is not None else 0)) if weighted else 0
+        fanin = op_fanin(n, nonzero=False) if weighted or n.op == "avgpool2d" else 0
+        macs = int(np.prod(n.shape)) * fanin if weighted else 0
+        layers.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape),
+                       "params": params, "fanin": fanin, "macs": macs})
+    return {"model": path, "convertible": True, "problems": [], "layers": layers,
+            "warnings": list(res.warnings), "params": sum(r["params"] for r in layers),
+            "ann_macs": ann_macs(g), "if_layers": sum(isinstance(n, ReluNode) for n in g.nodes),
+            "input": {"name": res.input_name, "shape": list(g.input.shape)},
+            "output": res.output_name}
