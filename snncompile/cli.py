@@ -128,7 +128,8 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
         click.echo(json.dumps(res, indent=1))
         return
     rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
-             f"{r['spikes_per_sample']:.1f}", f"{r.get('firing_rate', 0.0):.3f}"] for r in res["layers"]]
+             f"{r['spikes_per_sample']:.1f}" if "firing_rate" in r else "-",
+             f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"] for r in res["layers"]]
     click.echo(format_table(["layer", "kind", "synapses", "neurons", "max fan-in", "w bits",
                              "spikes/sample", "rate"], rows))
     metric = "accuracy" if "ann_accuracy" in res else "mse"

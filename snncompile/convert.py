@@ -18,6 +18,7 @@ import numpy as np
 
 from .calibrate import Calibration
 from .errors import ModelError, UsageError
+from .metrics import tensor_kinds
 from .ir import (INPUT_MODES, RESET_MODES, AddNode, AffineNode, AvgPool2dNode, ConcatNode,
                  Conv2dNode, DenseNode, FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode,
                  Node, PadNode, ReluNode, ReshapeNode, WeightedNode)
@@ -169,6 +170,7 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> 
     scale: dict[str, np.ndarray] = {}
     once: dict[str, bool] = {}   # tensor carries charge at t = 0 only (analog input, mode once)
     pending: dict[str, tuple[np.ndarray, float]] = {}  # weighted nodes feeding an add
+    kinds = tensor_kinds(g)
     for n in g.nodes:
         ins = [g[i] for i in n.inputs]
         if isinstance(n, InputNode):
@@ -204,7 +206,7 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> 
             n.out_scale = _compact(np.asarray(n.lam, np.float64).reshape(shape_c), n.shape)
             once[n.name] = False
         elif isinstance(n, MaxPool2dNode):
-            if not isinstance(ins[0], (IFNode, MaxPool2dNode)):
+            if kinds[n.inputs[0]] != "spikes":
                 raise ModelError(f"max pool '{n.name}' reads '{ins[0].name}' ({ins[0].op}), not spikes: "
                                  f"spike-count max pooling needs a ReLU right before it",
                                  "put the ReLU before the MaxPool, or use AveragePool")

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ir import (AffineNode, AvgPool2dNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode,
-                 MaxPool2dNode, Node, ReluNode, WeightedNode)
+from .ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
+                 Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
+                 WeightedNode)
 
 # ReLU nodes of an ANN graph are the IF layers-to-be, so they bound chains the same way.
 POPULATION_TYPES = (InputNode, IFNode, MaxPool2dNode, ReluNode)
@@ -103,22 +104,36 @@ def ann_macs(graph: Graph) -> int:
     return total
 
 
-def spike_driven(graph: Graph) -> set[str]:
-    """Weighted nodes whose input is made of spikes (counted as SynOps), as opposed to the
-    analog input or another weighted node's current."""
+def tensor_kinds(graph: Graph) -> dict[str, str]:
+    """What each node outputs: "analog" (the input), "spikes" (0/1 per step: IF layers, max
+    pools, and reshapes, pads and concats of spikes) or "current" (anything weighted/summed)."""
     kind: dict[str, str] = {}
     for n in graph.nodes:
         if isinstance(n, InputNode):
             kind[n.name] = "analog"
         elif isinstance(n, (IFNode, MaxPool2dNode)):
             kind[n.name] = "spikes"
-        elif isinstance(n, WeightedNode):
-            kind[n.name] = "current"
-        else:
+        elif isinstance(n, (FlattenNode, ReshapeNode, PadNode, ConcatNode)):
             srcs = {kind[i] for i in n.inputs}
             kind[n.name] = "spikes" if srcs == {"spikes"} else "current"
-    return {n.name for n in graph.nodes
-            if isinstance(n, WeightedNode) and kind[n.inputs[0]] == "spikes"}
+        else:
+            kind[n.name] = "current"
+    return kind
+
+
+def spike_driven(graph: Graph) -> set[str]:
+    """Weighted nodes whose input is made of spike events (counted as SynOps): spikes, or
+    sums of spikes through pools, as opposed to the analog input or another node's current."""
+    kind = tensor_kinds(graph)
+    events: dict[str, bool] = {}
+    for n in graph.nodes:
+        if isinstance(n, InputNode) or isinstance(n, WeightedNode):
+            events[n.name] = False
+        elif kind[n.name] == "spikes":
+            events[n.name] = True
+        else:  # sum pools, adds: still events if everything they sum is
+            events[n.name] = all(events[i] for i in n.inputs) and not isinstance(n, AddNode)
+    return {n.name for n in graph.nodes if isinstance(n, WeightedNode) and events[n.inputs[0]]}
 
 
 def fanout(graph: Graph, node: WeightedNode) -> np.ndarray:

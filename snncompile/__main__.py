@@ -1,0 +1,5 @@
+"""`python -m snncompile` runs the CLI."""
+
+from .cli import main
+
+main()
