@@ -145,15 +145,31 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("target", type=click.Path())
 @click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_handle_errors
-def inspect(model: str, output_name: str | None, as_json: bool) -> None:
-    """Show what MODEL converts to, and every op that cannot be converted."""
-    from .inspect import inspect_model
+def inspect(target: str, output_name: str | None, as_json: bool) -> None:
+    """Show what a MODEL.onnx converts to (and every op that cannot be converted), or print the
+    integer IR of a compiled OUT directory."""
+    import os
 
-    report = inspect_model(model, output=output_name)
+    from .inspect import inspect_artifact, inspect_model
+
+    if os.path.isdir(target):
+        report = inspect_artifact(target)
+        if as_json:
+            click.echo(json.dumps(report, indent=1))
+            return
+        rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r.get("fanin", ""),
+                 r.get("weight_bits", ""), _span(r.get("threshold")), r.get("reset", ""),
+                 _span(r.get("scale"), "{:.4g}")] for r in report["nodes"]]
+        click.echo(format_table(["node", "op", "shape", "fan-in", "w bits", "threshold", "reset",
+                                 "scale"], rows))
+        click.echo(f"\nT={report['timesteps']}  input: {report['input']['bits']}-bit, "
+                   f"mode {report['input']['mode']}")
+        return
+    report = inspect_model(target, output=output_name)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
@@ -169,3 +185,9 @@ def inspect(model: str, output_name: str | None, as_json: bool) -> None:
             click.echo(f"unsupported: {p}", err=True)
     if not report["convertible"]:
         sys.exit(UnsupportedOpError.exit_code)
+
+
+def _span(v: list | None, fmt: str = "{}") -> str:
+    if not v:
+        return ""
+    return fmt.format(v[0]) if v[0] == v[1] else f"{fmt.format(v[0])}..{fmt.format(v[1])}"

@@ -83,7 +83,14 @@ def test_artifact_contents_and_reproducibility(digits, compiled, tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_inspect(digits):
+def test_inspect(digits, compiled):
+    r = run("inspect", str(compiled), "--json")
+    assert r.returncode == 0, r.stderr
+    nodes = {n["op"]: n for n in json.loads(r.stdout)["nodes"]}
+    assert nodes["if"]["threshold"][0] >= 1 and nodes["if"]["reset"] == "subtract"
+    assert nodes["conv2d"]["weight_bits"] == 16 and nodes["input"]["scale"][0] > 0
+    assert "threshold" in run("inspect", str(compiled)).stdout
+
     r = run("inspect", str(digits / "digits_cnn.onnx"), "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
