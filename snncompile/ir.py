@@ -178,10 +178,9 @@ class IFNode(Node):
 
 
 @dataclass(kw_only=True)
-class AvgPool2dNode(Node):
-    """Average pooling. In an SNN it is an integer sum pool; the 1/k^2 lives in the scale."""
+class _Pool2dNode(Node):
+    """Shared fields of the 2-D pools; padding is (top, left, bottom, right)."""
 
-    op: ClassVar[str] = "avgpool2d"
     kernel: tuple[int, int] = (2, 2)
     stride: tuple[int, int] = (2, 2)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -192,18 +191,18 @@ class AvgPool2dNode(Node):
 
 
 @dataclass(kw_only=True)
-class MaxPool2dNode(Node):
+class AvgPool2dNode(_Pool2dNode):
+    """Average pooling. In an SNN it is an integer sum pool; the 1/k^2 lives in the scale."""
+
+    op: ClassVar[str] = "avgpool2d"
+
+
+@dataclass(kw_only=True)
+class MaxPool2dNode(_Pool2dNode):
     """Max pooling. On spikes: the output's running spike count is the maximum of the inputs'
     running counts (exact on counts; see docs/semantics.md)."""
 
     op: ClassVar[str] = "maxpool2d"
-    kernel: tuple[int, int] = (2, 2)
-    stride: tuple[int, int] = (2, 2)
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def infer_shape(self, in_shapes):
-        (s,) = in_shapes
-        return _pool_shape(self, s)
 
 
 @dataclass(kw_only=True)
