@@ -51,7 +51,7 @@ def ann_forward(graph: ir.Graph, x: np.ndarray | torch.Tensor,
 
 
 def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a, dtype=np.float32), device=like.device)
+    return torch.tensor(np.asarray(a, dtype=np.float32), device=like.device)  # copies: inputs may be read-only
 
 
 def _pad4(x: torch.Tensor, p: tuple[int, int, int, int], value: float = 0.0) -> torch.Tensor:

@@ -328,14 +328,14 @@ class Graph:
         return [n for n in self.nodes if name in n.inputs]
 
     def copy(self) -> "Graph":
-        """A deep copy: passes return new graphs and never mutate their input."""
+        """A copy with new node objects that *share* the weight arrays: arrays in a graph are
+        never modified in place (passes assign new arrays instead), so sharing is safe and
+        keeps passes cheap on large models."""
         nodes = []
         for n in self.nodes:
             kw = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
             for k, v in kw.items():
-                if isinstance(v, np.ndarray):
-                    kw[k] = v.copy()
-                elif isinstance(v, list):
+                if isinstance(v, list):
                     kw[k] = list(v)
             nodes.append(type(n)(**kw))
         return Graph(nodes, list(self.outputs), self.timesteps, dict(self.meta))

@@ -48,7 +48,7 @@ def graph_to_manifest(graph: Graph) -> tuple[dict, dict[str, np.ndarray]]:
         for a in n.array_names():
             value = getattr(n, a)
             if value is not None:
-                arrays[f"{i}/{a}"] = np.asarray(value)
+                arrays[f"{i}/{a}"] = _compact_ints(np.asarray(value))
                 stored.append(a)
         entry["arrays"] = stored
         nodes.append(entry)
@@ -57,12 +57,31 @@ def graph_to_manifest(graph: Graph) -> tuple[dict, dict[str, np.ndarray]]:
     return manifest, arrays
 
 
+def _compact_ints(a: np.ndarray) -> np.ndarray:
+    """Integer arrays in the narrowest signed type that holds them (int weights are mostly
+    8 or 16 bits); loading widens them again (see ``_widen``)."""
+    if not np.issubdtype(a.dtype, np.integer) or a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    for t in (np.int8, np.int16, np.int32):
+        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
+            return a.astype(t)
+    return a.astype(np.int64)
+
+
+def _widen(name: str, a: np.ndarray) -> np.ndarray:
+    """Stored integers back to the working types: int32 weights, int64 everything else."""
+    if not np.issubdtype(a.dtype, np.integer):
+        return a
+    return a.astype(np.int32 if name == "weight_int" else np.int64)
+
+
 def save_graph(graph: Graph, directory: str | os.PathLike) -> None:
     """Write ``ir.json`` and ``ir.npz`` into an existing directory."""
     d = Path(directory)
     manifest, arrays = graph_to_manifest(graph)
     (d / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    np.savez_compressed(d / ARRAYS, **arrays)
+    np.savez(d / ARRAYS, **arrays)  # uncompressed: compressing large float weights costs seconds
 
 
 def load_graph(directory: str | os.PathLike) -> Graph:
@@ -115,7 +134,7 @@ def _node_from_entry(i: int, entry: dict, arrays: dict[str, np.ndarray], where: 
         key = f"{i}/{a}"
         if key not in arrays or a not in fields:
             raise ArtifactError(f"{where}: array '{a}' of node '{entry.get('name')}' is missing")
-        kw[a] = arrays[key]
+        kw[a] = _widen(a, arrays[key])
     try:
         return cls(**kw)
     except TypeError as e:
