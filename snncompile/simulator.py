@@ -17,6 +17,11 @@ Integer, discrete time, t = 0 .. T-1; every step evaluates all nodes in topologi
 All arithmetic is exact: tensors hold integers in float32 where a bound shows every partial
 sum stays below 2^24, else float64 (exact below 2^53); results of convolutions are rounded
 to absorb any transform error of the convolution algorithm.
+
+The graph is evaluated node by node over the whole window (one convolution over T x N
+samples instead of T convolutions over N), which equals step-by-step evaluation because a
+feed-forward graph has no path back; tests/test_simulator_orders.py checks the two orders
+against each other bit for bit.
 """
 
 from __future__ import annotations
@@ -90,12 +95,36 @@ def value_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
     return b
 
 
+def window_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
+    """An upper bound of the sum over the window of |value| of every node's output."""
+    T = timesteps
+    b: dict[str, float] = {}
+    for n in graph.nodes:
+        if isinstance(n, InputNode):
+            b[n.name] = float((2 ** (n.bits - 1) - 1) * T)  # once: T x at t = 0; else x per step
+        elif isinstance(n, (IFNode, MaxPool2dNode)):
+            b[n.name] = float(T)
+        elif isinstance(n, WeightedNode):
+            w = np.abs(n.weight_int).astype(np.float64)
+            row = w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0) if not isinstance(n, AffineNode) else w.max(initial=0)
+            bias = float(np.abs(n.bias_int).max(initial=0)) if n.bias_int is not None else 0.0
+            b[n.name] = float(row) * b[n.inputs[0]] + T * bias
+        elif isinstance(n, AvgPool2dNode):
+            b[n.name] = b[n.inputs[0]] * n.kernel[0] * n.kernel[1]
+        elif isinstance(n, AddNode):
+            b[n.name] = sum(b[i] for i in n.inputs)
+        else:
+            b[n.name] = max(b[i] for i in n.inputs)
+    return b
+
+
 class _Plan:
-    """Per-node tensors prepared once per simulation (weights in an exact dtype)."""
+    """Per-node tensors and dtypes prepared once per simulation."""
 
     def __init__(self, graph: Graph, timesteps: int, device: torch.device):
         self.graph = graph
         self.T = timesteps
+        self.device = device
         bounds = value_bounds(graph, timesteps)
         worst = max(bounds.values())
         if worst >= EXACT_F64:
@@ -112,37 +141,160 @@ class _Plan:
                 self.w[n.name] = torch.as_tensor(n.weight_int, dtype=dt, device=device)
                 self.b[n.name] = (torch.as_tensor(n.bias_int, dtype=dt, device=device)
                                   if n.bias_int is not None else None)
+        # Membranes: |v| never exceeds |v_init| plus the summed |input| (a reset only moves v
+        # towards zero), so where that stays within the membrane width no step can saturate.
+        self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
+        self.th: dict[str, torch.Tensor] = {}        # broadcastable to the layer's shape
+        self.v0: dict[str, torch.Tensor | None] = {}
+        totals = window_bounds(graph, timesteps)
+        for n in graph.nodes:
+            if isinstance(n, IFNode):
+                v0 = float(np.abs(n.v_init).max(initial=0)) if n.v_init is not None else 0.0
+                reach = v0 + totals[n.inputs[0]]
+                th = float(np.max(n.threshold, initial=0))
+                worst_v = max(reach, th)
+                dt = torch.float32 if worst_v < EXACT_F32 else torch.float64
+                self.membrane[n.name] = (dt, reach > 2 ** (n.membrane_bits - 1) - 1)
+                self.th[n.name] = torch.as_tensor(n.threshold, dtype=dt, device=device)
+                self.v0[n.name] = (torch.as_tensor(n.v_init, dtype=dt, device=device)
+                                   if n.v_init is not None else None)
         self.synop_nodes = sorted(spike_driven(graph))
         self.fanout = {k: torch.as_tensor(fanout(graph, graph[k]), dtype=torch.float64, device=device)
                        for k in self.synop_nodes}
+        self.largest = max(int(np.prod(n.shape)) for n in graph.nodes)
+
+
+# Values flow between nodes over the whole window at once: evaluating node by node over all
+# T steps is the same as step by step, since a feed-forward graph has no path from a later
+# node back to an earlier one. A value is stored in one of three forms, so the analog input
+# and what is computed from it alone cost one step, not T:
+#   "full":  (T, N, *shape), one entry per step;
+#   "const": (N, *shape), the same at every step (the every-step input);
+#   "first": (N, *shape) at t = 0, zero after (the once input).
+
+SKIP_CHECK_ELEMENTS = 2 ** 16
+
+
+@dataclass
+class _Val:
+    data: torch.Tensor
+    kind: str = "full"
+
+    def full(self, T: int) -> torch.Tensor:
+        if self.kind == "full":
+            return self.data
+        if self.kind == "const":
+            return self.data.unsqueeze(0).expand((T,) + tuple(self.data.shape))
+        out = torch.zeros((T,) + tuple(self.data.shape), dtype=self.data.dtype, device=self.data.device)
+        out[0] = self.data
+        return out
+
+    def total(self, T: int, dtype: torch.dtype) -> torch.Tensor:
+        """The sum over the window."""
+        if self.kind == "full":
+            return self.data.sum(dim=0, dtype=dtype)
+        return self.data.to(dtype) * (T if self.kind == "const" else 1)
+
+    def map(self, fn) -> "_Val":
+        """A linear map without bias, applied at every step (zero steps stay zero)."""
+        if self.kind != "full":
+            return _Val(fn(self.data), self.kind)
+        x = self.data
+        k, n = x.shape[:2]
+        if x.numel() < SKIP_CHECK_ELEMENTS:  # finding the silent steps would cost more
+            n_active = k
+        else:
+            flat = x.reshape(k, -1)
+            if x.dtype == torch.uint8:
+                active = flat.amax(dim=1) > 0
+            else:
+                lo, hi = torch.aminmax(flat, dim=1)
+                active = (hi > 0) | (lo < 0)
+            n_active = int(active.sum())
+        if n_active == k:
+            y = fn(x.reshape((k * n,) + tuple(x.shape[2:])))
+            return _Val(y.reshape((k, n) + tuple(y.shape[1:])))
+        xa = x[active] if n_active else x[:1]
+        ya = fn(xa.reshape((xa.shape[0] * n,) + tuple(x.shape[2:])))
+        ya = ya.reshape((xa.shape[0], n) + tuple(ya.shape[1:]))
+        y = torch.zeros((k,) + tuple(ya.shape[1:]), dtype=ya.dtype, device=ya.device)
+        if n_active:
+            y[active] = ya
+        return _Val(y)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def _weighted(n: WeightedNode, x: torch.Tensor, plan: _Plan, t: int) -> torch.Tensor:
+def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     dt = plan.dtype[n.name]
-    x = _as(x, dt)
+    T = plan.T
     w, b = plan.w[n.name], plan.b[n.name]
     if isinstance(n, DenseNode):
-        y = x @ w.T
+        y = x.map(lambda a: _as(a, dt) @ w.T)
     elif isinstance(n, Conv2dNode):
         pt, pl, pb, pr = n.padding
-        if pt or pl or pb or pr:
-            x = F.pad(x, (pl, pr, pt, pb))
-        y = torch.round(F.conv2d(x, w, None, n.stride, 0, n.dilation, n.groups))
-    else:  # AffineNode
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        y = x * w.reshape(shape)
-        if b is not None:
-            b = b.reshape(shape[1:])
-    if b is not None:
-        if n.bias_mode == "every_step":
-            y = y + (b if not isinstance(n, Conv2dNode) else b.reshape(-1, 1, 1))
-        elif t == 0:
-            y = y + plan.T * (b if not isinstance(n, Conv2dNode) else b.reshape(-1, 1, 1))
-    return y
+
+        def conv(a: torch.Tensor) -> torch.Tensor:
+            a = _as(a, dt)
+            if pt or pl or pb or pr:
+                a = F.pad(a, (pl, pr, pt, pb))
+            return torch.round(F.conv2d(a, w, None, n.stride, 0, n.dilation, n.groups))
+        y = x.map(conv)
+    else:  # AffineNode: per-channel multiplier
+        y = x.map(lambda a: _as(a, dt) * w.reshape((1, -1) + (1,) * (a.dim() - 2)))
+    if b is None:
+        return y
+    b = b.reshape((-1,) + (1,) * (len(n.shape) - 1))
+    if n.bias_mode == "every_step":
+        if y.kind == "first":
+            y = _Val(y.full(T))
+        return _Val(y.data + b, y.kind)
+    if y.kind == "first":
+        return _Val(y.data + T * b, "first")
+    data = y.full(T).clone()
+    data[0] += T * b
+    return _Val(data)
+
+
+def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
+    """The IF layer over the window: (T, N, *shape) spikes as uint8 (0/1)."""
+    T = plan.T
+    dt, may_saturate = plan.membrane[n.name]
+    cur = _as(current.data, dt)
+    shape = tuple(cur.shape[1:]) if current.kind == "full" else tuple(cur.shape)
+    v = torch.zeros(shape, dtype=dt, device=cur.device)
+    if plan.v0[n.name] is not None:
+        v += plan.v0[n.name]
+    th = plan.th[n.name]
+    lim = float(2 ** (n.membrane_bits - 1) - 1)
+    spikes = torch.empty((T,) + shape, dtype=torch.bool, device=cur.device)
+    for t in range(T):
+        if current.kind == "full":
+            v += cur[t]
+        elif current.kind == "const" or t == 0:
+            v += cur
+        if may_saturate:
+            lo, hi = torch.aminmax(v)
+            if float(hi) > lim or float(lo) < -lim:
+                sat[n.name] += int((v.abs() > lim).sum())
+                v.clamp_(-lim, lim)
+        s = torch.ge(v, th, out=spikes[t])
+        if n.reset == "subtract":
+            v.addcmul_(s, th, value=-1)
+        else:
+            v.masked_fill_(s, 0)
+    return _Val(spikes.view(torch.uint8))  # uint8 converts to float far faster than bool
+
+
+def _max_pool_spikes(n: MaxPool2dNode, x: _Val, T: int) -> _Val:
+    """A unit spikes when the running maximum of its inputs' running counts grows."""
+    cum = torch.cumsum(x.full(T), dim=0, dtype=torch.float32)  # counts <= T: exact
+    k, nb = cum.shape[:2]
+    flat = _pool_pad(n, cum.reshape((k * nb,) + tuple(cum.shape[2:])))
+    m = F.max_pool2d(flat, n.kernel, n.stride).reshape((k, nb) + tuple(n.shape))
+    return _Val(torch.diff(m, dim=0, prepend=torch.zeros_like(m[:1])).to(torch.uint8))
 
 
 def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
@@ -150,95 +302,98 @@ def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (pl, pr, pt, pb)) if (pt or pl or pb or pr) else x
 
 
-class _State:
-    """Membranes, running counts and accumulators of one batch."""
-
-    def __init__(self, graph: Graph, n: int, device: torch.device):
-        self.v: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
-        self.cum_in: dict[str, torch.Tensor] = {}
-        self.acc: dict[str, torch.Tensor] = {}
-        self.syn_in: dict[str, torch.Tensor] = {}
-        self.sat: dict[str, int] = {}
-        for node in graph.nodes:
-            shape = (n,) + tuple(node.shape)
-            if isinstance(node, IFNode):
-                v0 = torch.zeros(shape, dtype=torch.float64, device=device)
-                if node.v_init is not None:
-                    v0 += torch.as_tensor(node.v_init, dtype=torch.float64, device=device)
-                self.v[node.name] = v0
-                self.counts[node.name] = torch.zeros(shape, dtype=torch.float64, device=device)
-                self.sat[node.name] = 0
-            elif isinstance(node, MaxPool2dNode):
-                self.counts[node.name] = torch.zeros(shape, dtype=torch.float64, device=device)
-                in_shape = (n,) + tuple(graph[node.inputs[0]].shape)
-                self.cum_in[node.name] = torch.zeros(in_shape, dtype=torch.float64, device=device)
+def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """Integer sum over each window of (M, C, H, W): for small windows a sum of strided
+    slices, which is several times faster than avg_pool2d on the CPU."""
+    (kh, kw), (sh, sw) = n.kernel, n.stride
+    x = _pool_pad(n, _as(x, dt))
+    if kh * kw > 16:
+        return F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
+    oh, ow = n.shape[1:]
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            part = x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            out = part.clone() if out is None else out.add_(part)
+    return out
 
 
-def _step(graph: Graph, plan: _Plan, st: _State, xq: torch.Tensor, t: int,
-          record: dict[str, list] | None) -> None:
-    val: dict[str, torch.Tensor] = {}
+def _merge(ins: list[_Val], T: int) -> tuple[list[torch.Tensor], str]:
+    """Inputs of an add or concat in one form and one dtype."""
+    dt = torch.float64 if any(i.data.dtype == torch.float64 for i in ins) else torch.float32
+    kinds = {i.kind for i in ins}
+    kind = kinds.pop() if len(kinds) == 1 else "full"
+    return [_as(i.data if kind != "full" else i.full(T), dt) for i in ins], kind
+
+
+def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Val:
+    T = plan.T
+    if isinstance(n, WeightedNode):
+        return _weighted(n, ins[0], plan)
+    if isinstance(n, IFNode):
+        return _integrate_and_fire(n, ins[0], plan, sat)
+    if isinstance(n, MaxPool2dNode):
+        return _max_pool_spikes(n, ins[0], T)
+    x = ins[0]
+    if isinstance(n, AvgPool2dNode):
+        return x.map(lambda a: _sum_pool(n, a, plan.dtype[n.name]))
+    if isinstance(n, (FlattenNode, ReshapeNode)):
+        return x.map(lambda a: a.reshape((a.shape[0],) + tuple(n.shape)))
+    if isinstance(n, AddNode):
+        xs, kind = _merge(ins, T)
+        out = xs[0]
+        for i in xs[1:]:
+            out = out + i
+        return _Val(out, kind)
+    if isinstance(n, ConcatNode):
+        xs, kind = _merge(ins, T)
+        return _Val(torch.cat(xs, dim=n.axis + (2 if kind == "full" else 1)), kind)
+    if isinstance(n, PadNode):
+        r = len(n.shape)
+        pads = []
+        for axis in reversed(range(r)):
+            pads += [n.pads[axis], n.pads[axis + r]]
+        return x.map(lambda a: F.pad(a if a.dtype != torch.uint8 else a.to(torch.float32), pads))
+    raise ModelError(f"node '{n.name}' ({n.op}) cannot be simulated in a spiking graph",
+                     "convert the graph first ('snncompile convert')")
+
+
+def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dict:
+    """Simulate one chunk of samples over the whole window."""
+    T, nb = plan.T, xq.shape[0]
+    left = {n.name: 0 for n in graph.nodes}
+    for n in graph.nodes:
+        for i in n.inputs:
+            left[i] += 1
+    keep = set(graph.outputs)
+    val: dict[str, _Val] = {}
+    counts: dict[str, np.ndarray] = {}
+    spikes: dict[str, np.ndarray] = {}
+    sat = {n.name: 0 for n in graph.nodes if isinstance(n, IFNode)}
+    syn = torch.zeros(nb, dtype=torch.float64, device=xq.device)
     for n in graph.nodes:
         if isinstance(n, InputNode):
-            if n.mode == "every_step":
-                val[n.name] = xq
-            else:
-                val[n.name] = xq * plan.T if t == 0 else torch.zeros_like(xq)
-            continue
-        ins = [val[i] for i in n.inputs]
-        if isinstance(n, WeightedNode):
-            if n.name in plan.fanout:
-                prev = st.syn_in.get(n.name)
-                st.syn_in[n.name] = ins[0].double() if prev is None else prev + ins[0]
-            out = _weighted(n, ins[0], plan, t)
-        elif isinstance(n, IFNode):
-            v = st.v[n.name] + ins[0]
-            lim = float(2 ** (n.membrane_bits - 1) - 1)
-            over = v.abs() > lim
-            if bool(over.any()):
-                st.sat[n.name] += int(over.sum())
-                v = v.clamp(-lim, lim)
-            th = torch.as_tensor(n.threshold, dtype=torch.float64, device=v.device)
-            s = (v >= th).double()
-            v = v - s * th if n.reset == "subtract" else v * (1.0 - s)
-            st.v[n.name] = v
-            st.counts[n.name] += s
-            out = s
-        elif isinstance(n, MaxPool2dNode):
-            st.cum_in[n.name] += ins[0]
-            m = F.max_pool2d(_pool_pad(n, st.cum_in[n.name]), n.kernel, n.stride)
-            out = m - st.counts[n.name]
-            st.counts[n.name] = m
-        elif isinstance(n, AvgPool2dNode):
-            x = _pool_pad(n, ins[0])
-            out = F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
-        elif isinstance(n, FlattenNode):
-            out = ins[0].reshape(ins[0].shape[0], -1)
-        elif isinstance(n, ReshapeNode):
-            out = ins[0].reshape((ins[0].shape[0],) + tuple(n.target))
-        elif isinstance(n, AddNode):
-            dt = torch.float64 if any(i.dtype == torch.float64 for i in ins) else torch.float32
-            out = ins[0].to(dt)
-            for i in ins[1:]:
-                out = out + i.to(dt)
-        elif isinstance(n, ConcatNode):
-            dt = torch.float64 if any(i.dtype == torch.float64 for i in ins) else torch.float32
-            out = torch.cat([i.to(dt) for i in ins], dim=n.axis + 1)
-        elif isinstance(n, PadNode):
-            k = len(n.shape)
-            pads = []
-            for axis in reversed(range(k)):
-                pads += [n.pads[axis], n.pads[axis + k]]
-            out = F.pad(ins[0], pads)
+            out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
         else:
-            raise ModelError(f"node '{n.name}' ({n.op}) cannot be simulated in a spiking graph",
-                             "convert the graph first ('snncompile convert')")
+            ins = [val[i] for i in n.inputs]
+            if n.name in plan.fanout:  # SynOps: events times the synapses each one reaches
+                syn += (ins[0].total(T, torch.float64) * plan.fanout[n.name]).reshape(nb, -1).sum(dim=1)
+            out = _evaluate(n, ins, plan, sat)
+            for i in n.inputs:
+                left[i] -= 1
+                if left[i] == 0 and i not in keep:
+                    del val[i]
+        if isinstance(n, (IFNode, MaxPool2dNode)):
+            counts[n.name] = out.data.sum(dim=0, dtype=torch.int32).cpu().numpy()
+            if record:
+                spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
         val[n.name] = out
-        if record is not None and n.name in st.counts:
-            record[n.name].append(out.to(torch.uint8).cpu())
-    for o in graph.outputs:
-        prev = st.acc.get(o)
-        st.acc[o] = val[o].double() if prev is None else prev + val[o]
+    acc = {o: val[o].total(T, torch.float64).cpu().numpy() for o in graph.outputs}
+    return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat}
+
+
+# Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models.
+CHUNK_ELEMENTS = 2 ** 26
 
 
 def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_size: int = 256,
@@ -248,7 +403,8 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
 
     ``timesteps`` overrides the graph's T (thresholds are independent of T, so the same
     network can be run for any window). ``record_spikes`` keeps every spike (memory T x N x
-    neurons: for tests and conformance checks)."""
+    neurons: for tests and conformance checks). Samples are simulated ``batch_size`` at a
+    time, fewer where a chunk's tensors over the whole window would be too large."""
     T = int(timesteps or graph.timesteps or 0)
     if T < 1:
         raise ModelError("the number of time steps must be at least 1")
@@ -260,48 +416,34 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
     plan = _Plan(graph, T, dev)
     xq_all = quantize_input(graph, x)
     n_total = x.shape[0]
+    chunk = max(1, min(int(batch_size), CHUNK_ELEMENTS // (T * plan.largest)))
     spike_nodes = [n.name for n in graph.nodes if isinstance(n, (IFNode, MaxPool2dNode))]
-    parts: dict[str, list] = {"acc": [], "counts": [], "synops": [], "spikes": []}
-    sat = {k: 0 for k in spike_nodes if isinstance(graph[k], IFNode)}
-    batches = range(0, n_total, batch_size)
-    bar = _progress(progress, len(batches) * T)
+    parts = []
+    bar = _progress(progress, n_total)
     with torch.no_grad():
-        for start in batches:
-            xb = torch.as_tensor(xq_all[start:start + batch_size], device=dev)
-            xb = xb.to(plan.dtype[graph.input.name])
-            st = _State(graph, xb.shape[0], dev)
-            rec = {k: [] for k in spike_nodes} if record_spikes else None
-            for t in range(T):
-                _step(graph, plan, st, xb, t, rec)
-                if bar is not None:
-                    bar.update(1)
-            parts["acc"].append({k: v.cpu().numpy() for k, v in st.acc.items()})
-            parts["counts"].append({k: st.counts[k].cpu().numpy().astype(np.int32) for k in spike_nodes})
-            syn = torch.zeros(xb.shape[0], dtype=torch.float64, device=dev)
-            for k, tot in st.syn_in.items():
-                syn += (tot * plan.fanout[k]).reshape(xb.shape[0], -1).sum(dim=1)
-            parts["synops"].append(syn.cpu().numpy())
-            if rec is not None:
-                parts["spikes"].append({k: torch.stack(v).numpy() for k, v in rec.items()})
-            for k, v in st.sat.items():
-                sat[k] += v
+        for start in range(0, n_total, chunk):
+            xb = torch.as_tensor(xq_all[start:start + chunk], device=dev)
+            parts.append(_run_chunk(graph, plan, xb.to(plan.dtype[graph.input.name]), record_spikes))
+            if bar is not None:
+                bar.update(xb.shape[0])
     if bar is not None:
         bar.close()
-    acc = {k: np.concatenate([p[k] for p in parts["acc"]]) for k in graph.outputs}
+    acc = {k: np.concatenate([p["acc"][k] for p in parts]) for k in graph.outputs}
     outputs = {}
     for k, a in acc.items():
         scale = graph[k].out_scale
         outputs[k] = (a * (scale if scale is not None else 1.0) / T).astype(np.float32)
-    counts = {k: np.concatenate([p[k] for p in parts["counts"]]) for k in spike_nodes}
-    spikes = ({k: np.concatenate([p[k] for p in parts["spikes"]], axis=1) for k in spike_nodes}
+    counts = {k: np.concatenate([p["counts"][k] for p in parts]) for k in spike_nodes}
+    spikes = ({k: np.concatenate([p["spikes"][k] for p in parts], axis=1) for k in spike_nodes}
               if record_spikes else None)
+    sat = {k: sum(p["sat"][k] for p in parts) for k in parts[0]["sat"]} if parts else {}
     return SimResult(outputs=outputs, output_acc={k: np.rint(a).astype(np.int64) for k, a in acc.items()},
-                     spike_counts=counts, synops=np.concatenate(parts["synops"]), timesteps=T,
-                     saturations=sat, spikes=spikes)
+                     spike_counts=counts, synops=np.concatenate([p["synops"] for p in parts]),
+                     timesteps=T, saturations=sat, spikes=spikes)
 
 
 def _progress(enabled: bool, total: int):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc="simulating", unit="step", leave=False)
+    return tqdm(total=total, desc="simulating", unit="sample", leave=False)

@@ -1,0 +1,164 @@
+"""The reference simulator (node by node over the whole window) against the first one (step by
+step, tests/step_simulator.py): two evaluation orders of the same semantics must agree bit for
+bit on spikes, counts, output accumulators, SynOps and saturations, on graphs that use every
+node type, both input modes, both reset modes, both bias modes and membrane saturation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import step_simulator
+from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
+                           FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, PadNode,
+                           ReshapeNode)
+import snncompile.simulator as sim
+from snncompile.simulator import simulate
+
+ONE = np.ones(1)
+
+
+def _conv(rng, name, src, cin, cout, k=3, stride=(1, 1), padding=(1, 1, 1, 1), bias_mode="every_step",
+          zero_frac=0.0, lo=-6, hi=7):
+    w = rng.integers(lo, hi, (cout, cin, k, k))
+    w[rng.random(w.shape) < zero_frac] = 0
+    return Conv2dNode(name=name, inputs=[src], weight=w.astype(np.float32), weight_int=w,
+                      bias=np.zeros(cout, np.float32), bias_int=rng.integers(-4, 5, cout),
+                      bias_mode=bias_mode, stride=stride, padding=padding, out_scale=ONE)
+
+
+def _if(rng, name, src, shape_c, reset="subtract", th_shape="channel", membrane_bits=32, half=True):
+    c = shape_c[0]
+    if th_shape == "channel":
+        th = rng.integers(4, 30, (c, 1, 1))
+    elif th_shape == "full":
+        th = rng.integers(4, 30, shape_c)
+    else:
+        th = np.full((1, 1, 1), 11)
+    return IFNode(name=name, inputs=[src], threshold=th, reset=reset, membrane_bits=membrane_bits,
+                  v_init=(th // 2) if half else None, out_scale=ONE)
+
+
+def strided_graph(rng, mode: str, reset: str) -> Graph:
+    """conv (stride 2, uneven padding) -> IF -> max pool (padded) -> sum pool -> flatten ->
+    dense IF -> dense output."""
+    nodes = [
+        InputNode(name="x", shape=(2, 9, 9), mode=mode, out_scale=ONE),
+        _conv(rng, "c1", "x", 2, 4, stride=(2, 2), padding=(1, 0, 1, 1),
+              bias_mode="first_step" if mode == "once" else "every_step"),
+        _if(rng, "h1", "c1", (4, 5, 4), reset, "channel"),
+        MaxPool2dNode(name="m", inputs=["h1"], kernel=(2, 2), stride=(1, 1), padding=(0, 0, 1, 1),
+                      out_scale=ONE),
+        AvgPool2dNode(name="p", inputs=["m"], kernel=(2, 2), stride=(2, 2), out_scale=ONE),
+        FlattenNode(name="f", inputs=["p"], out_scale=ONE),
+    ]
+    w = rng.integers(-3, 4, (7, 4 * 2 * 2))
+    nodes += [
+        DenseNode(name="d", inputs=["f"], weight=w.astype(np.float32), weight_int=w,
+                  bias_int=rng.integers(-2, 3, 7), out_scale=ONE),
+        IFNode(name="h2", inputs=["d"], threshold=rng.integers(2, 9, 7), reset=reset, out_scale=ONE),
+        DenseNode(name="o", inputs=["h2"], weight=np.eye(7, dtype=np.float32)[:5],
+                  weight_int=rng.integers(-5, 6, (5, 7)), bias_int=rng.integers(-3, 4, 5),
+                  out_scale=ONE),
+    ]
+    g = Graph(nodes, ["o"], timesteps=7)
+    g.validate()
+    return g
+
+
+def branchy_graph(rng, mode: str, reset: str, membrane_bits: int) -> Graph:
+    """A residual add through an affine node, a concat of two IF branches, a pad, a reshape,
+    per-neuron thresholds, zero weights and a narrow membrane that saturates."""
+    nodes = [
+        InputNode(name="x", shape=(3, 6, 6), mode=mode, out_scale=ONE),
+        _conv(rng, "c0", "x", 3, 4, zero_frac=0.5),
+        _if(rng, "h0", "c0", (4, 6, 6), reset, "full", membrane_bits),
+        _conv(rng, "c1", "h0", 4, 4, k=1, padding=(0, 0, 0, 0)),
+        AffineNode(name="skip", inputs=["h0"], weight=np.arange(1, 5, dtype=np.float32),
+                   weight_int=np.array([1, -2, 3, 0]), bias_int=np.array([1, 0, -1, 2]),
+                   out_scale=ONE),
+        AddNode(name="sum", inputs=["c1", "skip"], out_scale=ONE),
+        _if(rng, "h1", "sum", (4, 6, 6), reset, "scalar", membrane_bits, half=False),
+        _conv(rng, "c2", "h0", 4, 2, k=3, lo=-40, hi=41),
+        _if(rng, "h2", "c2", (2, 6, 6), reset, "channel", membrane_bits),
+        ConcatNode(name="cat", inputs=["h1", "h2"], axis=0, out_scale=ONE),
+        PadNode(name="pad", inputs=["cat"], pads=(0, 1, 0, 0, 1, 0), out_scale=ONE),
+        _conv(rng, "c3", "pad", 6, 3, k=3, stride=(2, 2), padding=(0, 0, 0, 0)),
+        ReshapeNode(name="r", inputs=["c3"], target=(3, 6), out_scale=ONE),
+        FlattenNode(name="f", inputs=["r"], out_scale=ONE),
+    ]
+    g = Graph(nodes, ["f"], timesteps=9)
+    g.validate()
+    return g
+
+
+@pytest.fixture(params=["dense", "skip silent steps"], autouse=True)
+def silent_step_path(request, monkeypatch):
+    """Run every test with and without the path that skips all-zero steps (small graphs take
+    the dense path by default)."""
+    if request.param == "skip silent steps":
+        monkeypatch.setattr(sim, "SKIP_CHECK_ELEMENTS", 0)
+    return request.param
+
+
+def _assert_same(g: Graph, x: np.ndarray, T: int) -> None:
+    new = simulate(g, x, timesteps=T, record_spikes=True, batch_size=3)
+    old = step_simulator.simulate(g, x, timesteps=T, record_spikes=True, batch_size=5)
+    for k in old.spikes:
+        np.testing.assert_array_equal(new.spikes[k], old.spikes[k], err_msg=f"spikes of {k}")
+        np.testing.assert_array_equal(new.spike_counts[k], old.spike_counts[k], err_msg=k)
+    for k in old.output_acc:
+        np.testing.assert_array_equal(new.output_acc[k], old.output_acc[k], err_msg=k)
+        np.testing.assert_array_equal(new.outputs[k], old.outputs[k], err_msg=k)
+    np.testing.assert_array_equal(new.synops, old.synops)
+    assert new.saturations == old.saturations
+
+
+@pytest.mark.parametrize("mode,reset", [("once", "subtract"), ("every_step", "subtract"),
+                                        ("every_step", "zero")])
+def test_strided_pooling_graph(mode, reset):
+    rng = np.random.default_rng(3)
+    g = strided_graph(rng, mode, reset)
+    x = rng.integers(-2, 6, (7, 2, 9, 9)).astype(np.float32)
+    for T in (1, 7, 12):
+        _assert_same(g, x, T)
+
+
+@pytest.mark.parametrize("mode,reset,bits", [("once", "subtract", 32), ("once", "subtract", 9),
+                                             ("every_step", "zero", 9), ("every_step", "subtract", 10)])
+def test_branchy_graph(mode, reset, bits):
+    rng = np.random.default_rng(11)
+    g = branchy_graph(rng, mode, reset, bits)
+    x = rng.integers(-4, 9, (6, 3, 6, 6)).astype(np.float32)
+    _assert_same(g, x, 9)
+    if bits < 32:
+        assert sum(step_simulator.simulate(g, x, timesteps=9).saturations.values()) > 0
+
+
+def test_converted_models_agree(tmp_path):
+    """The digits CNN as `make demo` converts it (skipped only when the demo was not built)."""
+    from pathlib import Path
+
+    from snncompile.artifact import read_artifact
+
+    out = Path(__file__).resolve().parents[1] / "examples" / "digits" / "out"
+    if not (out / "ir.json").is_file():
+        pytest.skip("run 'make demo' first")
+    g = read_artifact(out).graph
+    x = np.load(out.parent / "data" / "test.npz")["x"][:20]
+    _assert_same(g, x, 6)
+
+
+def test_silent_steps(silent_step_path):
+    """Weak input and high thresholds from a zero membrane: the first layer stays silent for a
+    few steps, so whole steps of its spike tensor are zero (the steps the skipping path leaves
+    out of the next layers' arithmetic)."""
+    rng = np.random.default_rng(5)
+    g = strided_graph(rng, "every_step", "subtract")
+    g["h1"].v_init = None
+    g["h1"].threshold = np.full((4, 1, 1), 40)
+    x = rng.integers(0, 2, (4, 2, 9, 9)).astype(np.float32)
+    ref = step_simulator.simulate(g, x, timesteps=40, record_spikes=True)
+    per_step = ref.spikes["h1"].reshape(40, -1).sum(axis=1)
+    assert (per_step == 0).any() and (per_step > 0).any()
+    _assert_same(g, x, 40)
