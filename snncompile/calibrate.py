@@ -55,11 +55,30 @@ def _session(model: onnx.ModelProto, tensors: list[str]):
 
 def onnx_forward(model: onnx.ModelProto, input_name: str, outputs: list[str], x: np.ndarray,
                  batch_size: int = 256):
-    """Yield, batch by batch, dicts of the requested tensors computed by onnxruntime."""
+    """Yield, batch by batch, dicts of the requested tensors computed by onnxruntime.
+
+    A model exported with a fixed batch size (zoo models often fix it at 1) gets batches of
+    exactly that size, the last one padded with zeros whose results are dropped."""
     sess = _session(model, outputs)
-    for start in range(0, x.shape[0], batch_size):
-        res = sess.run(outputs, {input_name: x[start:start + batch_size].astype(np.float32)})
-        yield dict(zip(outputs, res))
+    fixed = _fixed_batch(model, input_name)
+    step = fixed or batch_size
+    for start in range(0, x.shape[0], step):
+        xb = x[start:start + step].astype(np.float32)
+        n = xb.shape[0]
+        if fixed and n < fixed:
+            xb = np.concatenate([xb, np.zeros((fixed - n,) + xb.shape[1:], np.float32)])
+        res = sess.run(outputs, {input_name: xb})
+        yield {k: (v[:n] if fixed else v) for k, v in zip(outputs, res)}
+
+
+def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The batch size an ONNX input is fixed at, or None where it is symbolic."""
+    for vi in model.graph.input:
+        if vi.name == input_name:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                return int(dims[0].dim_value)
+    return None
 
 
 def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm: str = "percentile",

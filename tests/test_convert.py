@@ -158,3 +158,29 @@ def test_bad_options_are_refused(resnetish):
         activation_scales(model, ann, x, "median")
     with pytest.raises(ModelError):
         convert(convert(ann, cal, ConversionOptions()), cal, ConversionOptions())
+
+
+def test_model_with_fixed_batch_one_calibrates_and_evaluates(onnx_kit, tmp_path):
+    """Zoo models often fix the batch axis at 1: onnxruntime then gets one sample at a time
+    (calibration and the ANN baseline), and the numbers match a dynamic-batch export."""
+    from onnx import helper as H
+
+    from snncompile.pipeline import CompileRequest, compile_model, evaluate_artifact
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32),
+             "g": rng.normal(0, 0.5, (3, 4 * 4 * 4)).astype(np.float32)}
+    nodes = [H.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             H.make_node("Relu", ["c"], ["r"]), H.make_node("Flatten", ["r"], ["f"]),
+             H.make_node("Gemm", ["f", "g"], ["y"], transB=1)]
+    x = rng.random((7, 2, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 3, 7))
+    results = {}
+    for batch in (1, "N"):
+        path = tmp_path / f"m_{batch}.onnx"
+        onnx.save(onnx_kit.model(nodes, inits, in_shape=(2, 4, 4), batch=batch), str(path))
+        out = str(tmp_path / f"out_{batch}")
+        compile_model(CompileRequest(model=str(path), out=out, calib=str(tmp_path / "d.npz")))
+        results[batch] = evaluate_artifact(out, str(tmp_path / "d.npz"))
+    for key in ("ann_accuracy", "snn_accuracy", "synops_per_sample"):
+        assert results[1][key] == results["N"][key]
