@@ -133,6 +133,9 @@ class _Plan:
         self.dtype = {k: (torch.float32 if v < EXACT_F32 else torch.float64) for k, v in bounds.items()}
         self.w: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor | None] = {}
+        # Weights split into digits whose products stay exact in float32 (fast kernels), for
+        # nodes whose worst-case sums need float64: w = sum_k parts[k] * factor[k].
+        self.parts: dict[str, list[tuple[torch.Tensor, float]]] = {}
         for n in graph.nodes:
             if isinstance(n, WeightedNode):
                 if n.weight_int is None:
@@ -141,6 +144,11 @@ class _Plan:
                 self.w[n.name] = torch.as_tensor(n.weight_int, dtype=dt, device=device)
                 self.b[n.name] = (torch.as_tensor(n.bias_int, dtype=dt, device=device)
                                   if n.bias_int is not None else None)
+                if dt == torch.float64 and not isinstance(n, AffineNode):
+                    parts = _float32_parts(n, bounds[n.inputs[0]])
+                    if parts is not None:
+                        self.parts[n.name] = [(torch.as_tensor(p, dtype=torch.float32, device=device), f)
+                                              for p, f in parts]
         # Membranes: |v| never exceeds |v_init| plus the summed |input| (a reset only moves v
         # towards zero), so where that stays within the membrane width no step can saturate.
         self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
@@ -227,20 +235,45 @@ def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
+def _float32_parts(n: WeightedNode, in_bound: float) -> list[tuple[np.ndarray, float]] | None:
+    """Split integer weights into signed base-2^s digits so that every digit's weighted sum
+    stays below 2^24 (exact in float32); None where the input itself is not exact in float32
+    or more than three digits would be needed."""
+    if in_bound >= EXACT_F32:
+        return None
+    w = np.asarray(n.weight_int, np.int64)
+    mag, sign = np.abs(w), np.sign(w)
+    top = int(mag.max(initial=0)).bit_length()
+    rows = int(np.prod(w.shape[1:]))
+    for digits in (2, 3):
+        s = -(-top // digits)
+        if rows * (2 ** s - 1) * in_bound < EXACT_F32:
+            mask = 2 ** s - 1
+            return [(sign * ((mag >> (s * k)) & mask), float(2 ** (s * k))) for k in range(digits)]
+    return None
+
+
 def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     dt = plan.dtype[n.name]
     T = plan.T
     w, b = plan.w[n.name], plan.b[n.name]
+    parts = plan.parts.get(n.name)
     if isinstance(n, DenseNode):
-        y = x.map(lambda a: _as(a, dt) @ w.T)
+        if parts:
+            y = x.map(lambda a: sum(torch.round(_as(a, torch.float32) @ p.T).to(dt) * f for p, f in parts))
+        else:
+            y = x.map(lambda a: _as(a, dt) @ w.T)
     elif isinstance(n, Conv2dNode):
         pt, pl, pb, pr = n.padding
 
         def conv(a: torch.Tensor) -> torch.Tensor:
-            a = _as(a, dt)
             if pt or pl or pb or pr:
-                a = F.pad(a, (pl, pr, pt, pb))
-            return torch.round(F.conv2d(a, w, None, n.stride, 0, n.dilation, n.groups))
+                a = F.pad(_as(a, torch.float32 if parts else dt), (pl, pr, pt, pb))
+            if parts:
+                a = _as(a, torch.float32)
+                return sum(torch.round(F.conv2d(a, p, None, n.stride, 0, n.dilation, n.groups)).to(dt) * f
+                           for p, f in parts)
+            return torch.round(F.conv2d(_as(a, dt), w, None, n.stride, 0, n.dilation, n.groups))
         y = x.map(conv)
     else:  # AffineNode: per-channel multiplier
         y = x.map(lambda a: _as(a, dt) * w.reshape((1, -1) + (1,) * (a.dim() - 2)))

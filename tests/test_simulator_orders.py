@@ -162,3 +162,23 @@ def test_silent_steps(silent_step_path):
     per_step = ref.spikes["h1"].reshape(40, -1).sum(axis=1)
     assert (per_step == 0).any() and (per_step > 0).any()
     _assert_same(g, x, 40)
+
+
+def test_wide_weights_split_into_float32_digits():
+    """20-bit weights: worst-case sums need float64, which the simulator computes as float32
+    convolutions of weight digits; the digits must recombine to exactly the float64 result."""
+    import snncompile.simulator as sim_mod
+
+    rng = np.random.default_rng(8)
+    g = strided_graph(rng, "every_step", "subtract")
+    big = rng.integers(-2 ** 19, 2 ** 19, (4, 2, 3, 3))
+    g["c1"].weight_int = big
+    g["h1"].threshold = np.full((4, 1, 1), 2 ** 19)
+    wd = rng.integers(-2 ** 19, 2 ** 19, g["d"].weight_int.shape)
+    g["d"].weight_int = wd
+    g["h2"].threshold = np.full(7, 2 ** 18)
+    plan = sim_mod._Plan(g, 12, sim_mod.torch.device("cpu"))
+    assert set(plan.parts) >= {"c1", "d"}
+    x = rng.integers(-100, 100, (5, 2, 9, 9)).astype(np.float32)
+    _assert_same(g, x, 12)
+    assert simulate(g, x, timesteps=12).spike_counts["h2"].sum() > 0
