@@ -1,0 +1,274 @@
+"""The Loihi network: an snncompile IR regrouped into what Lava runs.
+
+Lava connects *neuron populations* through *connection processes*; the IR has many small
+linear ops between its populations (conv, dense, affine, sum pools, flatten, reshape, pad,
+concat, add). :func:`build_network` folds every chain of linear ops between two populations
+into one exact integer matrix (by pushing unit vectors through the chain in float64, exact
+for the integer ranges involved), so each (source population, target) pair becomes one Dense
+connection. Folding a sum pool into the following weighted layer keeps its weights unchanged
+when the pool windows do not overlap (each input element lands in one window), so the
+weights stay 8-bit; an overlapping pool or two weighted ops in a row can widen them, which
+:mod:`snncompile_loihi.rules` reports.
+
+Anything that cannot be folded exactly is recorded in ``Network.problems`` (as violations)
+instead of raising, so ``check`` can report every problem at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
+                           FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
+                           WeightedNode)
+from snncompile.plugin import Violation
+
+LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
+              ConcatNode, AddNode)
+MAX_DENSE_ENTRIES = 2 ** 24  # largest folded matrix this lowering builds (memory bound)
+
+
+@dataclass
+class Population:
+    """A layer of IntFire neurons (an IR IF node) with the current that feeds it."""
+
+    name: str
+    shape: tuple[int, ...]
+    depth: int                      # connections between the input and this layer
+    theta: np.ndarray               # (size,) integer thresholds
+    v_init: np.ndarray              # (size,) initial membrane
+    bias: np.ndarray                # (size,) per-step bias (or the per-step unit of first_step)
+    bias_first_step: bool
+    reset: str
+    membrane_bits: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Connection:
+    """One Dense connection: ``weight`` (dst size, src size) integers."""
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray
+
+
+@dataclass
+class Output:
+    """A non-spiking output: the current of an IR output node, accumulated over the window."""
+
+    name: str
+    shape: tuple[int, ...]
+    depth: int
+    bias: np.ndarray                # (size,) per-step bias; the window adds T times it
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Network:
+    """What the artifact holds: the input, populations, connections and outputs."""
+
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_mode: str
+    input_bits: int
+    timesteps: int
+    populations: list[Population] = field(default_factory=list)
+    connections: list[Connection] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    problems: list[Violation] = field(default_factory=list)
+
+    def incoming(self, name: str) -> list[Connection]:
+        return [c for c in self.connections if c.dst == name]
+
+
+def _sources(graph: Graph, name: str, seen: set[str] | None = None) -> list[str]:
+    """Populations (input, IF, or anything unsupported) that feed node ``name`` through
+    linear ops, in graph order."""
+    out: list[str] = []
+    for i in graph[name].inputs:
+        node = graph[i]
+        if isinstance(node, LINEAR_OPS):
+            out += [s for s in _sources(graph, i) if s not in out]
+        elif i not in out:
+            out.append(i)
+    order = {n.name: k for k, n in enumerate(graph.nodes)}
+    return sorted(set(out), key=order.__getitem__)
+
+
+def _apply(node: Node, ins: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
+    """One linear op on float64 batches (exact for integers below 2^53)."""
+    x = ins[0]
+    if isinstance(node, WeightedNode):
+        w = torch.as_tensor(node.weight_int, dtype=torch.float64)
+        if isinstance(node, DenseNode):
+            y = x @ w.T
+        elif isinstance(node, Conv2dNode):
+            pt, pl, pb, pr = node.padding
+            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, None, node.stride, 0, node.dilation,
+                         node.groups)
+        else:
+            y = x * w.reshape((1, -1) + (1,) * (x.dim() - 2))
+        if with_bias and node.bias_int is not None:
+            b = torch.as_tensor(node.bias_int, dtype=torch.float64)
+            y = y + (b.reshape(-1, 1, 1) if isinstance(node, Conv2dNode) else
+                     b.reshape((-1,) + (1,) * (x.dim() - 2)) if isinstance(node, AffineNode) else b)
+        return y
+    if isinstance(node, AvgPool2dNode):
+        pt, pl, pb, pr = node.padding
+        return F.avg_pool2d(F.pad(x, (pl, pr, pt, pb)), node.kernel, node.stride,
+                            divisor_override=1)
+    if isinstance(node, FlattenNode):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(node, ReshapeNode):
+        return x.reshape((x.shape[0],) + tuple(node.target))
+    if isinstance(node, PadNode):
+        k = len(node.shape)
+        pads: list[int] = []
+        for axis in reversed(range(k)):
+            pads += [node.pads[axis], node.pads[axis + k]]
+        return F.pad(x, pads)
+    if isinstance(node, ConcatNode):
+        return torch.cat(ins, dim=node.axis + 1)
+    if isinstance(node, AddNode):
+        y = ins[0]
+        for i in ins[1:]:
+            y = y + i
+        return y
+    raise TypeError(node.op)
+
+
+def _evaluate(graph: Graph, name: str, values: dict[str, torch.Tensor], batch: int,
+              with_bias: bool, memo: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The current at ``name`` given population outputs ``values`` (others zero)."""
+    if name in memo:
+        return memo[name]
+    node = graph[name]
+    if not isinstance(node, LINEAR_OPS):
+        v = values.get(name)
+        out = v if v is not None else torch.zeros((batch,) + tuple(node.shape), dtype=torch.float64)
+    else:
+        ins = [_evaluate(graph, i, values, batch, with_bias, memo) for i in node.inputs]
+        out = _apply(node, ins, with_bias)
+    memo[name] = out
+    return out
+
+
+def fold_chain(graph: Graph, current: str, src: str) -> np.ndarray:
+    """The integer matrix (size of ``current``, size of ``src``) of the linear chain from
+    population ``src`` to node ``current`` (biases left out)."""
+    n_src = int(np.prod(graph[src].shape))
+    eye = torch.eye(n_src, dtype=torch.float64).reshape((n_src,) + tuple(graph[src].shape))
+    y = _evaluate(graph, current, {src: eye}, n_src, False, {})
+    m = y.reshape(n_src, -1).T.contiguous().numpy()
+    return np.rint(m).astype(np.int64)
+
+
+def fold_bias(graph: Graph, current: str) -> np.ndarray:
+    """The per-step bias at node ``current`` (all populations silent), flattened."""
+    y = _evaluate(graph, current, {}, 1, True, {})
+    return np.rint(y.reshape(-1).numpy()).astype(np.int64)
+
+
+def _chain_bias_mode(graph: Graph, current: str) -> set[str]:
+    modes: set[str] = set()
+    stack = [current]
+    while stack:
+        node = graph[stack.pop()]
+        if not isinstance(node, LINEAR_OPS):
+            continue
+        if isinstance(node, WeightedNode) and node.bias_int is not None and np.any(node.bias_int):
+            modes.add(node.bias_mode)
+        stack += node.inputs
+    return modes
+
+
+def _per_neuron(a: np.ndarray | None, shape: tuple[int, ...], default: int = 0) -> np.ndarray:
+    """A per-channel (C,) or (1,) IR array broadcast to one value per neuron, flattened."""
+    if a is None:
+        return np.full(int(np.prod(shape)), default, np.int64)
+    a = np.asarray(a)
+    if a.size == int(np.prod(shape)):
+        return np.rint(a.reshape(-1)).astype(np.int64)
+    a = a.reshape((-1,) + (1,) * (len(shape) - 1))
+    return np.rint(np.broadcast_to(a, shape).reshape(-1)).astype(np.int64)
+
+
+def build_network(graph: Graph, timesteps: int | None = None) -> Network:
+    """Regroup ``graph`` into populations and folded Dense connections."""
+    inp = graph.input
+    net = Network(inp.name, tuple(inp.shape), inp.mode, inp.bits, int(timesteps or graph.timesteps or 1))
+    depth: dict[str, int] = {inp.name: 0}
+    outputs = set(graph.outputs)
+    for node in graph.nodes:
+        if isinstance(node, (InputNode,) + LINEAR_OPS) and node.name not in outputs:
+            continue
+        if not isinstance(node, IFNode) and node.name not in outputs:
+            net.problems.append(Violation(node.name, f"operation '{node.op}'", "not supported", "dense, conv, "
+                                          "affine, sum pool, reshape, pad, concat, add and IF layers",
+                                          _fix_for(node)))
+            continue
+        if isinstance(node, IFNode):
+            current = node.inputs[0]
+            if not isinstance(graph[current], LINEAR_OPS):
+                net.problems.append(Violation(node.name, "input of an IF layer", graph[current].op,
+                                              "a weighted layer", "put a dense/conv layer before it"))
+                continue
+        elif isinstance(node, LINEAR_OPS):
+            current = node.name
+        else:
+            net.problems.append(Violation(node.name, "output kind", node.op, "a weighted layer "
+                                          "(non-spiking accumulator)", "end the model with a linear layer"))
+            continue
+        srcs = _sources(graph, current)
+        bad = [s for s in srcs if s not in depth]
+        if bad:  # fed by something unsupported (already reported)
+            continue
+        depths = {depth[s] for s in srcs}
+        if len(depths) > 1:
+            net.problems.append(Violation(node.name, "path delays of its inputs",
+                                          "/".join(f"{s}:{depth[s] + 1}" for s in srcs), "equal",
+                                          "join only branches with the same number of layers "
+                                          "(Lava delays each connection by one step)"))
+            continue
+        d = max(depths, default=0) + 1
+        depth[node.name] = d
+        size = int(np.prod(node.shape))
+        for s in srcs:
+            n_src = int(np.prod(graph[s].shape))
+            if n_src * size > MAX_DENSE_ENTRIES:
+                net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
+                                              n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
+                continue
+            net.connections.append(Connection(f"{s}->{node.name}", s, node.name,
+                                              fold_chain(graph, current, s)))
+        modes = _chain_bias_mode(graph, current)
+        if len(modes) > 1:
+            net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
+                                          "one mode", "convert with one --input-mode"))
+        bias = fold_bias(graph, current)
+        if isinstance(node, IFNode):
+            net.populations.append(Population(
+                node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),
+                _per_neuron(node.v_init, node.shape), bias, modes == {"first_step"}, node.reset,
+                node.membrane_bits))
+        else:
+            net.outputs.append(Output(node.name, tuple(node.shape), d, bias))
+    return net
+
+
+def _fix_for(node: Node) -> str:
+    if node.op == "maxpool2d":
+        return "use average pooling or a stride-2 convolution instead of max pooling"
+    return "replace this operation in the model"

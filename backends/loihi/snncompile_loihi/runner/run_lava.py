@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Run a snncompile Loihi artifact on Lava's bit-accurate CPU simulator (lava-nc only).
+
+    python run_lava.py --input x_int.npz --output result.npz [--timesteps T] [--record-spikes]
+
+``x_int.npz`` holds ``x``: integer input levels (N, *input shape). ``result.npz`` receives,
+per output ``<name>``, ``out/<name>`` (N, size): the output accumulator (sum over the window
+of the output layer's input current), and with ``--record-spikes`` ``spikes/<name>`` (T, N,
+size) uint8 per IF layer, and ``wraps/<name>``: inputs beyond the 24-bit current
+register (results may then differ from the reference), all on the reference time axis (the delays removed), plus
+``wall_s``/``steps`` timings.
+
+The network is described by ``network.json`` and ``params.npz`` beside this file:
+populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
+8-bit weights (``weights = 2 w``, ``weight_exp = -1``), the input as graded spikes from a
+RingBuffer (``num_message_bits = 16``), and every output read from its Dense through a sink
+RingBuffer. Samples run back to back, ``T`` steps each with no gap: every population resets
+its state at the start of its own window (offset by its depth, one step per connection).
+
+This file is copied verbatim into each artifact by snncompile; it imports only lava-nc and
+numpy (lava-nc 0.10.0 needs Python 3.10 and numpy < 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FORMAT = "snncompile-loihi-net"
+MESSAGE_BITS = 16
+
+
+def load_network(directory: str = HERE) -> tuple[dict, dict]:
+    """The network description and its parameter arrays."""
+    with open(os.path.join(directory, "network.json")) as f:
+        net = json.load(f)
+    if net.get("format") != FORMAT:
+        raise SystemExit(f"{directory}/network.json is not a {FORMAT} file")
+    with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as z:
+        params = {k: z[k] for k in z.files}
+    return net, params
+
+
+def input_columns(net: dict, x: np.ndarray, T: int) -> np.ndarray:
+    """The RingBuffer data (n_in, N*T): the input charge of each sample's window."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1).astype(np.int64)
+    cols = np.zeros((flat.shape[1], n * T), np.int64)
+    if net["input"]["mode"] == "every_step":
+        cols[:] = np.repeat(flat.T, T, axis=1)
+    else:  # once: all the charge (T times the level) at the first step of the window
+        cols[:, ::T] = flat.T * T
+    top = 2 ** (MESSAGE_BITS - 1) - 1
+    if np.abs(cols).max(initial=0) > top:
+        raise SystemExit(f"input charge {np.abs(cols).max()} does not fit a {MESSAGE_BITS}-bit "
+                         f"graded spike (max {top}); use fewer time steps or input bits")
+    return cols.astype(np.int32)
+
+
+def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool):
+    """Create the Lava processes; returns (source, output sinks, spike sinks)."""
+    sys.path.insert(0, HERE)
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava_intfire.intfire import IntFire
+
+    source = Source(data=cols)
+    ports = {net["input"]["name"]: source.s_out}
+    targets = {}
+    spike_sinks = {}
+    pops = {}
+    for p in net["populations"]:
+        name, size = p["name"], p["size"]
+        pop = IntFire(shape=(size,), vth=params[f"pop/{name}/theta"] - 1,
+                      bias_mant=params[f"pop/{name}/bias"], bias_exp=6,
+                      v_reset=params[f"pop/{name}/v_init"] * 64, reset_mode=p["reset"],
+                      window=T, window_offset=(1 + p["depth"]) % T,
+                      bias_first_step=p["bias_first_step"], v_limit=p["v_limit"], name=name)
+        ports[name] = pop.s_out
+        pops[name] = pop
+        targets[name] = pop.a_in
+        if record_spikes:
+            spike_sinks[name] = Sink(shape=(size,), buffer=steps)
+            pop.s_out.connect(spike_sinks[name].a_in)
+    out_sinks = {}
+    for o in net["outputs"]:
+        out_sinks[o["name"]] = Sink(shape=(o["size"],), buffer=steps)
+        targets[o["name"]] = out_sinks[o["name"]].a_in
+    for c in net["connections"]:
+        graded = c["src"] == net["input"]["name"]
+        w = params[f"conn/{c['name']}/weight"].astype(np.int32)
+        dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=MESSAGE_BITS if graded else 0,
+                      name=c["name"])
+        ports[c["src"]].connect(dense.s_in)
+        dense.a_out.connect(targets[c["dst"]])
+    return source, pops, out_sinks, spike_sinks
+
+
+def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
+        directory: str = HERE) -> dict[str, np.ndarray]:
+    """Run the network on integer inputs ``x`` (N, *shape); results on the reference time axis."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    net, params = load_network(directory)
+    T = int(T or net["timesteps"])
+    n = x.shape[0]
+    depth = max([o["depth"] for o in net["outputs"]] + [p["depth"] for p in net["populations"]])
+    steps = n * T + depth
+    cols = input_columns(net, x, T)
+    t0 = time.perf_counter()
+    source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes)
+    result: dict[str, np.ndarray] = {}
+    try:
+        t1 = time.perf_counter()
+        source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        t2 = time.perf_counter()
+        for o in net["outputs"]:
+            data = np.asarray(out_sinks[o["name"]].data.get(), np.int64)   # (size, steps)
+            d = o["depth"]
+            win = data[:, d:d + n * T].reshape(o["size"], n, T).sum(axis=2).T
+            result[f"out/{o['name']}"] = win + T * params[f"out/{o['name']}/bias"].astype(np.int64)
+        for p in net["populations"]:
+            if p["name"] in spike_sinks:
+                data = np.asarray(spike_sinks[p["name"]].data.get())
+                d = p["depth"]
+                s = data[:, d:d + n * T].reshape(p["size"], n, T)
+                result[f"spikes/{p['name']}"] = np.transpose(s, (2, 1, 0)).astype(np.uint8)
+        for name, pop in pops.items():
+            result[f"wraps/{name}"] = np.asarray(pop.wraps.get(), np.int64).reshape(())
+    finally:
+        source.stop()
+    t3 = time.perf_counter()
+    result["wall_s"] = np.array([t1 - t0, t2 - t1, t3 - t2])  # build, run, read back
+    result["steps"] = np.array(steps)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", required=True, help=".npz with x: integer input levels (N, ...)")
+    ap.add_argument("--output", required=True, help=".npz to write the results to")
+    ap.add_argument("--timesteps", type=int, default=None)
+    ap.add_argument("--record-spikes", action="store_true")
+    a = ap.parse_args(argv)
+    with np.load(a.input, allow_pickle=False) as z:
+        x = z["x"]
+    res = run(x, a.timesteps, a.record_spikes)
+    np.savez(a.output, **res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
