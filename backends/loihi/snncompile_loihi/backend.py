@@ -57,6 +57,7 @@ class LoihiBackend(Backend):
         chip = {k: v for k, v in self.options.items() if k not in RUN_OPTIONS}
         self._limits = L.loihi_limits(chip)
         self.python = self.options.get("python", sys.executable)
+        self._lava_ok = False  # checked once per instance, on the first run
         try:
             self.timeout_s = float(self.options.get("timeout_s", 600))
         except ValueError:
@@ -131,11 +132,14 @@ class LoihiBackend(Backend):
         return core_estimate(read_network(directory), self.limits())
 
     def _require_lava(self, runner: Path) -> None:
+        if self._lava_ok:
+            return
         probe = [self.python, "-c", "import lava.magma.core.run_configs"]
         try:
             ok = subprocess.run(probe, capture_output=True, timeout=120).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             ok = False
+        self._lava_ok = ok
         if not ok:
             raise UsageError(LAVA_HELP.format(python=self.python, runner=runner),
                              "see docs/loihi.md, 'Running without Python 3.10'")

@@ -59,6 +59,7 @@ class Connection:
     src: str
     dst: str
     weight: np.ndarray
+    ir_weight_max: int = 0          # largest |w| of the IR weighted ops folded into it
 
 
 @dataclass
@@ -181,28 +182,31 @@ def fold_bias(graph: Graph, current: str) -> np.ndarray:
     return np.rint(y.reshape(-1).numpy()).astype(np.int64)
 
 
-def _chain_bias_mode(graph: Graph, current: str) -> set[str]:
-    modes: set[str] = set()
+def _chain_weighted(graph: Graph, current: str) -> list[WeightedNode]:
+    """The weighted ops of the linear chain ending at ``current``."""
+    out: dict[str, WeightedNode] = {}
     stack = [current]
     while stack:
         node = graph[stack.pop()]
         if not isinstance(node, LINEAR_OPS):
             continue
-        if isinstance(node, WeightedNode) and node.bias_int is not None and np.any(node.bias_int):
-            modes.add(node.bias_mode)
+        if isinstance(node, WeightedNode):
+            out[node.name] = node
         stack += node.inputs
-    return modes
+    return list(out.values())
+
+
+def _chain_bias_mode(graph: Graph, current: str) -> set[str]:
+    return {n.bias_mode for n in _chain_weighted(graph, current)
+            if n.bias_int is not None and np.any(n.bias_int)}
 
 
 def _per_neuron(a: np.ndarray | None, shape: tuple[int, ...], default: int = 0) -> np.ndarray:
-    """A per-channel (C,) or (1,) IR array broadcast to one value per neuron, flattened."""
+    """An IR array broadcastable to ``shape`` (as the IR stores thresholds and initial
+    membranes), one value per neuron, flattened in row-major order."""
     if a is None:
         return np.full(int(np.prod(shape)), default, np.int64)
-    a = np.asarray(a)
-    if a.size == int(np.prod(shape)):
-        return np.rint(a.reshape(-1)).astype(np.int64)
-    a = a.reshape((-1,) + (1,) * (len(shape) - 1))
-    return np.rint(np.broadcast_to(a, shape).reshape(-1)).astype(np.int64)
+    return np.rint(np.broadcast_to(np.asarray(a), shape).reshape(-1)).astype(np.int64)
 
 
 def build_network(graph: Graph, timesteps: int | None = None) -> Network:
@@ -245,6 +249,8 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
         d = max(depths, default=0) + 1
         depth[node.name] = d
         size = int(np.prod(node.shape))
+        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in _chain_weighted(graph, current)),
+                     default=0)
         for s in srcs:
             n_src = int(np.prod(graph[s].shape))
             if n_src * size > MAX_DENSE_ENTRIES:
@@ -252,7 +258,7 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
                                               n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
                 continue
             net.connections.append(Connection(f"{s}->{node.name}", s, node.name,
-                                              fold_chain(graph, current, s)))
+                                              fold_chain(graph, current, s), ir_max))
         modes = _chain_bias_mode(graph, current)
         if len(modes) > 1:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),

@@ -23,7 +23,7 @@ def _rule_folded_weights(net: Network, lim: Limits) -> list[Violation]:
     out = []
     for c in net.connections:
         m = int(np.abs(c.weight).max(initial=0))
-        if m > L.WEIGHT_MAX:
+        if m > L.WEIGHT_MAX and c.ir_weight_max <= L.WEIGHT_MAX:  # else the generic rule says it
             out.append(Violation(c.dst, f"folded weight from '{c.src}' (|w|)", m, L.WEIGHT_MAX,
                                  "--bits 8, and no overlapping pools or two weighted layers in a "
                                  "row (their product needs wider weights)"))

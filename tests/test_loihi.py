@@ -1,0 +1,272 @@
+"""The loihi backend (backends/loihi): limits and lowering without Lava, and bit-exactness
+against the reference simulator on Lava's fixed-point CPU simulator.
+
+The Lava tests run only where lava-nc imports (Python 3.10, as `make setup` and CI install
+it); everything else runs everywhere. Networks are tiny and sample counts small: Lava runs
+a few hundred steps per second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncompile.errors import ArtifactError, UsageError
+from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
+                           Graph, IFNode, InputNode, MaxPool2dNode, PadNode)
+from snncompile.plugin import LimitError, get_backend
+from snncompile.simulator import quantize_input, simulate
+
+HAVE_LAVA = importlib.util.find_spec("lava") is not None
+needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
+
+
+# --- a zoo of small integer graphs ------------------------------------------------------------
+
+def _w(rng, shape, lo=-40, hi=40):
+    return rng.integers(lo, hi + 1, shape).astype(np.int32)
+
+
+def _dense(rng, name, inp, nin, nout, mode="every_step", lo=-40, hi=40, bias=(-20, 20)):
+    w = _w(rng, (nout, nin), lo, hi)
+    b = rng.integers(bias[0], bias[1] + 1, nout).astype(np.int64) if bias else None
+    return DenseNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w,
+                     bias_int=b, bias_mode=mode)
+
+
+def _conv(rng, name, inp, cin, cout, k=3, stride=(1, 1), padding=(1, 1, 1, 1), mode="every_step"):
+    w = _w(rng, (cout, cin, k, k), -30, 30)
+    b = rng.integers(-10, 11, cout).astype(np.int64)
+    return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w, bias_int=b,
+                      stride=stride, padding=padding, bias_mode=mode)
+
+
+def _if(name, inp, theta, reset="subtract", mb=18, v_init=None):
+    return IFNode(name=name, inputs=[inp], threshold=np.asarray(theta), reset=reset,
+                  membrane_bits=mb, v_init=None if v_init is None else np.asarray(v_init))
+
+
+def mlp(rng) -> Graph:
+    """Dense layers, input once, subtract and zero reset, v_init, per-step bias."""
+    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once"),
+             _dense(rng, "d1", "x", 12, 10), _if("s1", "d1", [200], v_init=[100]),
+             _dense(rng, "d2", "s1", 10, 8), _if("s2", "d2", [50], reset="zero"),
+             _dense(rng, "d3", "s2", 8, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
+def cnn(rng) -> Graph:
+    """Conv (stride, asymmetric padding), sum pools folded into the next layer, flatten,
+    per-channel thresholds, first-step bias, every-step input."""
+    nodes = [InputNode(name="x", shape=(2, 6, 6), out_scale=np.array(1.0), mode="every_step"),
+             _conv(rng, "c1", "x", 2, 4, padding=(1, 0, 1, 1), mode="first_step"),
+             _if("s1", "c1", np.reshape([60, 80, 100, 120], (4, 1, 1)),
+                 v_init=np.reshape([30, 40, 50, 60], (4, 1, 1))),
+             AvgPool2dNode(name="p1", inputs=["s1"], kernel=(2, 2), stride=(2, 2)),
+             _conv(rng, "c2", "p1", 4, 5, stride=(2, 2), padding=(1, 1, 1, 1)),
+             _if("s2", "c2", [40], reset="zero"),
+             FlattenNode(name="f", inputs=["s2"]),
+             _dense(rng, "d", "f", 10, 4)]
+    return Graph(nodes, ["d"], timesteps=5)
+
+
+def branches(rng) -> Graph:
+    """Two branches joined by concat and by add (equal depths), padding, a saturating
+    narrow membrane."""
+    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "a", "x", 8, 6), _if("sa", "a", [60]),
+             _dense(rng, "b", "x", 8, 6), _if("sb", "b", [45], reset="zero"),
+             ConcatNode(name="cat", inputs=["sa", "sb"], axis=0),
+             _dense(rng, "m", "cat", 12, 5, lo=-5, hi=40),
+             _dense(rng, "r", "sa", 6, 5, lo=0, hi=40, bias=None),
+             AddNode(name="sum", inputs=["m", "r"]),
+             _if("sc", "sum", [30], mb=8),
+             PadNode(name="pad", inputs=["sc"], pads=(1, 2)),
+             _dense(rng, "out", "pad", 8, 3)]
+    return Graph(nodes, ["out"], timesteps=7)
+
+
+def _validated(g: Graph) -> Graph:
+    g.validate()
+    return g
+
+
+def _inputs(rng, g: Graph, n: int) -> np.ndarray:
+    return rng.integers(-40, 90, (n,) + tuple(g.input.shape)).astype(np.float64)
+
+
+# --- without Lava: limits, violations, artifact ------------------------------------------------
+
+def test_backend_is_discovered_with_limits_and_sources():
+    b = get_backend("loihi")
+    info = b.info()
+    lim = info["limits"]
+    assert (lim["weight_bits"], lim["membrane_bits"], lim["threshold_bits"], lim["cores"]) == (8, 18, 17, 128)
+    assert lim["delay_per_layer"] == 1 and info["can_run"]
+    assert {"weight_bits", "membrane_bits", "threshold_bits", "cores", "fan_in"} <= set(lim["sources"])
+    assert get_backend("loihi", {"cores": "4"}).limits().cores == 4
+    with pytest.raises(UsageError, match="unknown loihi target option 'bogus'"):
+        get_backend("loihi", {"bogus": "1"})
+
+
+@pytest.mark.parametrize("build", [mlp, cnn, branches])
+def test_zoo_fits_loihi(build):
+    g = _validated(build(np.random.default_rng(0)))
+    assert get_backend("loihi").check(g) == []
+
+
+def test_every_violation_is_reported_at_once():
+    rng = np.random.default_rng(1)
+    wide = _dense(rng, "d1", "fx", 16, 8, lo=-300, hi=300)
+    big_bias = _dense(rng, "d2", "s1", 8, 8, bias=(5000, 6000))
+    nodes = [InputNode(name="x", shape=(1, 4, 4), out_scale=np.array(1.0), mode="once"),
+             MaxPool2dNode(name="mp", inputs=["x"], kernel=(2, 2), stride=(2, 2)),
+             FlattenNode(name="fx", inputs=["x"]),
+             wide, _if("s1", "d1", [200], mb=32),
+             big_bias, _if("s2", "d2", [300000]),
+             # overlapping pool: folded weights add up beyond 8 bits
+             _conv(rng, "c", "x", 1, 2), _if("sc", "c", [50]),
+             AvgPool2dNode(name="ap", inputs=["sc"], kernel=(3, 3), stride=(1, 1)),
+             FlattenNode(name="fa", inputs=["ap"]),
+             DenseNode(name="d3", inputs=["fa"], weight=np.full((3, 8), 100, np.float32),
+                       weight_int=np.full((3, 8), 100, np.int32)),
+             _if("s3", "d3", [50]),
+             # unequal path delays into one layer
+             _dense(rng, "e1", "s3", 3, 8, bias=None), _dense(rng, "e2", "s1", 8, 8, bias=None),
+             AddNode(name="e", inputs=["e1", "e2"]), _if("se", "e", [50]),
+             _dense(rng, "out", "se", 8, 2)]
+    g = _validated(Graph(nodes, ["out"], timesteps=300))
+    b = get_backend("loihi", {"cores": "3"})
+    found = {(v.layer, v.quantity.split(" (")[0].split(" from")[0]) for v in b.check(g)}
+    assert found == {
+        ("d1", "weight bits"), ("s1", "membrane bits"), ("s2", "threshold"),
+        ("mp", "operation 'maxpool2d'"), ("s2", "bias mantissa"), ("s3", "folded weight"),
+        ("se", "path delays of its inputs"), ("x", "input charge per step"), ("(all)", "cores needed"),
+    }
+    with pytest.raises(LimitError) as err:
+        b.lower(g, Path("/nonexistent"))
+    assert "average pooling or a stride-2 convolution" in str(err.value)
+    assert "--membrane-bits 18" in str(err.value)
+
+
+def test_artifact_is_self_contained(tmp_path):
+    g = _validated(cnn(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"network.json", "params.npz", "run_lava.py", "lava_intfire/intfire.py",
+            "lava_intfire/__init__.py"} <= names
+    for py in tmp_path.rglob("*.py"):  # lava-nc and numpy only
+        imports = re.findall(r"^\s*(?:import|from)\s+([\w.]+)", py.read_text(), re.M)
+        assert {i.split(".")[0] for i in imports} <= {"lava", "lava_intfire", "numpy", "argparse",
+                                                      "json", "os", "sys", "time", "typing",
+                                                      "__future__"}, py
+    net = json.loads((tmp_path / "network.json").read_text())
+    assert [p["depth"] for p in net["populations"]] == [1, 2] and net["outputs"][0]["depth"] == 3
+    with np.load(tmp_path / "params.npz") as z:
+        w = z["conn/s1->s2/weight"]
+    assert w.dtype == np.int8 and w.shape == (10, 4 * 6 * 5)
+
+
+def test_run_without_lava_says_how_to_get_it(tmp_path):
+    g = _validated(mlp(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    b = get_backend("loihi", {"python": "/bin/false"})
+    with pytest.raises(UsageError, match="lava-nc 0.10.0 is not importable.*Python 3.10"):
+        b.run(tmp_path, np.zeros((1, 12)))
+    with pytest.raises(ArtifactError, match="not a loihi artifact"):
+        b.run(tmp_path / "missing", np.zeros((1, 12)))
+
+
+# --- on Lava: bit for bit against the reference simulator ---------------------------------------
+
+def _assert_bit_exact(g: Graph, x: np.ndarray, tmp_path: Path, timesteps: int | None = None,
+                      record_spikes: bool = True):
+    ref = simulate(g, x, timesteps=timesteps, record_spikes=record_spikes)
+    b = get_backend("loihi")
+    b.lower(g, tmp_path)
+    got = b.run(tmp_path, quantize_input(g, x), timesteps=timesteps, record_spikes=record_spikes)
+    for k, acc in ref.output_acc.items():
+        np.testing.assert_array_equal(got.output_acc[k], acc, err_msg=f"output {k}")
+    if record_spikes:
+        assert set(got.spikes) == set(ref.spikes)
+        for k, s in ref.spikes.items():
+            assert got.spikes[k].shape == s.shape and got.spikes[k].dtype == np.uint8
+            np.testing.assert_array_equal(got.spikes[k], s, err_msg=f"spikes of {k}")
+            assert s.sum() > 0, f"layer {k} never spikes: the test would not see a difference"
+    assert all(v == 0 for v in got.stats["current_wraps"].values())
+    return ref, got
+
+
+@needs_lava
+@pytest.mark.parametrize("build", [mlp, cnn, branches])
+def test_zoo_is_bit_exact_on_lava(build, tmp_path):
+    rng = np.random.default_rng(3)
+    g = _validated(build(rng))
+    ref, got = _assert_bit_exact(g, _inputs(rng, g, 3), tmp_path)
+    assert got.stats["samples"] == 3 and got.stats["lava_steps"] == 3 * g.timesteps + \
+        max(json.loads((tmp_path / "network.json").read_text())["outputs"][0]["depth"], 1)
+    assert got.stats["cores"] == sum(got.stats["cores_per_layer"].values()) >= 3
+    if build is branches:
+        assert ref.saturations["sc"] > 0  # the narrow membrane saturates: clamp checked too
+
+
+@needs_lava
+def test_other_window_and_outputs_only(tmp_path):
+    rng = np.random.default_rng(4)
+    g = _validated(mlp(rng))
+    _assert_bit_exact(g, _inputs(rng, g, 2), tmp_path, timesteps=9, record_spikes=False)
+
+
+def _converted(onnx_kit, input_mode: str, rng) -> tuple[Graph, np.ndarray]:
+    """A real conversion (ONNX -> IR with snncompile.convert, calibrated) at Loihi settings."""
+    from onnx import helper
+
+    from snncompile.calibrate import activation_scales
+    from snncompile.convert import ConversionOptions, convert
+    from snncompile.frontend import import_onnx
+
+    inits = {"w1": rng.normal(0, 0.4, (4, 1, 3, 3)).astype(np.float32),
+             "b1": rng.normal(0, 0.1, 4).astype(np.float32),
+             "w2": rng.normal(0, 0.3, (3, 4 * 3 * 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    model = onnx_kit.model(nodes, inits, in_shape=(1, 6, 6))
+    ann = import_onnx(model).graph
+    x = rng.uniform(0, 1, (67, 1, 6, 6)).astype(np.float32)
+    opts = ConversionOptions(timesteps=8, weight_bits=8, membrane_bits=18, input_mode=input_mode)
+    return convert(ann, activation_scales(model, ann, x[3:]), opts), x[:3]
+
+
+@needs_lava
+def test_converted_onnx_model_is_bit_exact(tmp_path, onnx_kit):
+    g, x = _converted(onnx_kit, "every_step", np.random.default_rng(5))
+    assert get_backend("loihi").check(g) == []
+    _assert_bit_exact(g, x, tmp_path)
+
+
+@needs_lava
+def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit):
+    """Input once at 8 bits: T times the charge in one step overflows Loihi's 24-bit current
+    register (the reference saturates the membrane instead); run says so per layer."""
+    g, x = _converted(onnx_kit, "once", np.random.default_rng(5))
+    b = get_backend("loihi")
+    b.lower(g, tmp_path)
+    got = b.run(tmp_path, quantize_input(g, x))
+    assert got.stats["current_wraps"]["r"] > 0
+
+
+@needs_lava
+def test_hung_run_is_stopped_by_the_timeout(tmp_path):
+    g = _validated(mlp(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    b = get_backend("loihi", {"timeout_s": "0.5"})
+    with pytest.raises(ArtifactError, match="did not finish within 0.5 s"):
+        b.run(tmp_path, np.zeros((2, 12)))
