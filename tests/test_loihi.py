@@ -61,18 +61,33 @@ def mlp(rng) -> Graph:
 
 
 def cnn(rng) -> Graph:
-    """Conv (stride, asymmetric padding), sum pools folded into the next layer, flatten,
-    per-channel thresholds, first-step bias, every-step input."""
+    """A Lava Conv from the graded input (symmetric padding), per-channel thresholds and
+    initial membranes, first-step bias; a conv with asymmetric padding after a sum pool
+    (both folded into one Dense); flatten."""
     nodes = [InputNode(name="x", shape=(2, 6, 6), out_scale=np.array(1.0), mode="every_step"),
-             _conv(rng, "c1", "x", 2, 4, padding=(1, 0, 1, 1), mode="first_step"),
+             _conv(rng, "c1", "x", 2, 4, padding=(1, 1, 1, 1), mode="first_step"),
              _if("s1", "c1", np.reshape([60, 80, 100, 120], (4, 1, 1)),
                  v_init=np.reshape([30, 40, 50, 60], (4, 1, 1))),
              AvgPool2dNode(name="p1", inputs=["s1"], kernel=(2, 2), stride=(2, 2)),
-             _conv(rng, "c2", "p1", 4, 5, stride=(2, 2), padding=(1, 1, 1, 1)),
+             _conv(rng, "c2", "p1", 4, 5, stride=(2, 2), padding=(1, 0, 1, 1)),
              _if("s2", "c2", [40], reset="zero"),
              FlattenNode(name="f", inputs=["s2"]),
              _dense(rng, "d", "f", 10, 4)]
     return Graph(nodes, ["d"], timesteps=5)
+
+
+def convs(rng) -> Graph:
+    """Lava Convs between spiking layers: stride, rectangular padding, dilation, groups,
+    non-square images, and a conv as the output layer."""
+    c2 = _conv(rng, "c2", "s1", 4, 6, k=3, stride=(1, 2), padding=(2, 1, 2, 1))
+    c2.dilation = (2, 1)
+    w3 = _w(rng, (4, 3, 2, 2), -30, 30)
+    c3 = Conv2dNode(name="c3", inputs=["s2"], weight=w3.astype(np.float32), weight_int=w3,
+                    bias_int=np.arange(4, dtype=np.int64), groups=2, stride=(2, 2))
+    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once"),
+             _conv(rng, "c1", "x", 1, 4, stride=(2, 1), padding=(1, 1, 1, 1), mode="first_step"),
+             _if("s1", "c1", [300]), c2, _if("s2", "c2", [60]), c3]
+    return Graph(nodes, ["c3"], timesteps=6)
 
 
 def branches(rng) -> Graph:
@@ -89,6 +104,15 @@ def branches(rng) -> Graph:
              PadNode(name="pad", inputs=["sc"], pads=(1, 2)),
              _dense(rng, "out", "pad", 8, 3)]
     return Graph(nodes, ["out"], timesteps=7)
+
+
+def chain_zero(rng) -> Graph:
+    """What lava-dl netx can hold: a chain of dense layers with reset-to-zero neurons."""
+    nodes = [InputNode(name="x", shape=(10,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "d1", "x", 10, 9), _if("s1", "d1", [150], reset="zero"),
+             _dense(rng, "d2", "s1", 9, 7, lo=-10), _if("s2", "d2", [40], reset="zero"),
+             _dense(rng, "d3", "s2", 7, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
 
 
 def _validated(g: Graph) -> Graph:
@@ -114,7 +138,7 @@ def test_backend_is_discovered_with_limits_and_sources():
         get_backend("loihi", {"bogus": "1"})
 
 
-@pytest.mark.parametrize("build", [mlp, cnn, branches])
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches])
 def test_zoo_fits_loihi(build):
     g = _validated(build(np.random.default_rng(0)))
     assert get_backend("loihi").check(g) == []
@@ -167,9 +191,31 @@ def test_artifact_is_self_contained(tmp_path):
                                                       "__future__"}, py
     net = json.loads((tmp_path / "network.json").read_text())
     assert [p["depth"] for p in net["populations"]] == [1, 2] and net["outputs"][0]["depth"] == 3
+    assert [c["kind"] for c in net["connections"]] == ["conv", "dense", "dense"]
     with np.load(tmp_path / "params.npz") as z:
         w = z["conn/s1->s2/weight"]
-    assert w.dtype == np.int8 and w.shape == (10, 4 * 6 * 5)
+    assert w.dtype == np.int8 and w.shape == (10, 4 * 6 * 6)
+
+
+def test_netx_export_where_it_fits(tmp_path):
+    import h5py
+
+    g = _validated(chain_zero(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    with h5py.File(tmp_path / "netx.h5") as f:
+        layers = f["layer"]
+        assert sorted(layers, key=int) == ["0", "1", "2"]
+        l0 = layers["0"]
+        assert l0["type"][0] == b"dense" and l0["neuron/type"][0] == b"CUBA"
+        assert (l0["neuron/iDecay"][()], l0["neuron/vDecay"][()], l0["neuron/vThMant"][()]) == (4096, 0, 149)
+        np.testing.assert_array_equal(l0["weight"][()], g["d1"].weight_int)
+        np.testing.assert_array_equal(l0["bias"][()], g["d1"].bias_int)
+        assert layers["2"]["neuron/vThMant"][()] == 2 ** 17 - 1
+    other = tmp_path / "mlp"
+    other.mkdir()
+    get_backend("loihi").lower(_validated(mlp(np.random.default_rng(0))), other)
+    assert not (other / "netx.h5").exists()
+    assert "resets by subtraction" in (other / "netx-unsupported.txt").read_text()
 
 
 def test_run_without_lava_says_how_to_get_it(tmp_path):
@@ -203,7 +249,7 @@ def _assert_bit_exact(g: Graph, x: np.ndarray, tmp_path: Path, timesteps: int | 
 
 
 @needs_lava
-@pytest.mark.parametrize("build", [mlp, cnn, branches])
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches])
 def test_zoo_is_bit_exact_on_lava(build, tmp_path):
     rng = np.random.default_rng(3)
     g = _validated(build(rng))
@@ -270,3 +316,50 @@ def test_hung_run_is_stopped_by_the_timeout(tmp_path):
     b = get_backend("loihi", {"timeout_s": "0.5"})
     with pytest.raises(ArtifactError, match="did not finish within 0.5 s"):
         b.run(tmp_path, np.zeros((2, 12)))
+
+
+@needs_lava
+def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
+    """Rebuild the exported netx.h5 with Lava's stock LIF and Dense the way netx maps a CUBA
+    layer (du = iDecay - 1, dv = vDecay, vth = vThMant, bias_exp = 6): one sample, bit-exact
+    spikes against the reference (delay k per layer k). The stock LIFReset clears what the
+    bias charged during the k warm-up steps before the first input arrives."""
+    import h5py
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIFReset
+
+    rng = np.random.default_rng(6)
+    g = _validated(chain_zero(rng))
+    x = _inputs(rng, g, 1)
+    T = g.timesteps
+    ref = simulate(g, x, record_spikes=True)
+    get_backend("loihi").lower(g, tmp_path)
+    steps = T + 3
+    src = Source(data=np.repeat(quantize_input(g, x).T.astype(np.int32), steps, axis=1))
+    port, sinks = src.s_out, []
+    with h5py.File(tmp_path / "netx.h5") as f:
+        for i in range(2):  # the two IF layers
+            layer = f["layer"][str(i)]
+            w = layer["weight"][()].astype(np.int32)
+            nrn = layer["neuron"]
+            dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=16 if i == 0 else 0)
+            lif = LIFReset(shape=(w.shape[0],), du=int(nrn["iDecay"][()]) - 1,
+                           dv=int(nrn["vDecay"][()]), vth=int(nrn["vThMant"][()]),
+                           bias_mant=layer["bias"][()].astype(np.int32), bias_exp=6,
+                           reset_interval=1000, reset_offset=2 + i)
+            port.connect(dense.s_in)
+            dense.a_out.connect(lif.a_in)
+            sinks.append(Sink(shape=(w.shape[0],), buffer=steps))
+            lif.s_out.connect(sinks[-1].a_in)
+            port = lif.s_out
+    try:
+        src.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        got = [np.asarray(s.data.get()) for s in sinks]
+    finally:
+        src.stop()
+    for k, (name, data) in enumerate(zip(["s1", "s2"], got), start=1):
+        np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0], err_msg=name)

@@ -33,6 +33,7 @@ from . import __version__
 from . import limits as L
 from .emit import write_artifact
 
+from .netx import write_netx
 from .network import build_network
 from .rules import check_network, core_estimate
 
@@ -81,6 +82,11 @@ class LoihiBackend(Backend):
             raise LimitError(self.name, violations)
         net = build_network(graph)
         write_artifact(net, Path(directory))
+        why = write_netx(net, Path(directory) / "netx.h5")
+        if why:
+            (Path(directory) / "netx-unsupported.txt").write_text(
+                "No netx.h5: this network does not fit lava-dl netx because\n"
+                + "".join(f"- {w}\n" for w in why))
 
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,

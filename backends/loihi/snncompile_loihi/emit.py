@@ -2,7 +2,8 @@
 
     <dir>/network.json        populations, connections, outputs, time window (format below)
     <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init},
-                              conn/<name>/weight (int8, dst x src), out/<name>/bias
+                              conn/<name>/weight (int8; dense: dst x src,
+                              conv: Cout x Cin/groups x kH x kW as in the IR), out/<name>/bias
     <dir>/run_lava.py         the entry point (lava-nc + numpy only)
     <dir>/lava_intfire/       the IntFire process and its fixed-point model
     <dir>/netx.h5             lava-dl netx layout, where the network fits it (see netx.py)
@@ -37,11 +38,19 @@ def network_manifest(net: Network) -> dict:
                          "reset": p.reset, "membrane_bits": p.membrane_bits,
                          "v_limit": 2 ** (p.membrane_bits - 1) - 1,
                          "bias_first_step": p.bias_first_step} for p in net.populations],
-        "connections": [{"name": c.name, "src": c.src, "dst": c.dst,
-                         "shape": list(c.weight.shape)} for c in net.connections],
+        "connections": [_connection(c) for c in net.connections],
         "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth}
                     for o in net.outputs],
     }
+
+
+def _connection(c) -> dict:
+    d = {"name": c.name, "src": c.src, "dst": c.dst, "kind": c.kind, "shape": list(c.weight.shape)}
+    if c.kind == "conv":
+        d.update({"in_shape": list(c.in_shape), "out_shape": list(c.out_shape),
+                  "stride": list(c.stride), "padding": list(c.padding),
+                  "dilation": list(c.dilation), "groups": c.groups})
+    return d
 
 
 def network_arrays(net: Network) -> dict[str, np.ndarray]:
@@ -93,8 +102,13 @@ def read_network(directory: Path) -> Network:
                 z[k + "v_init"].astype(np.int64), z[k + "bias"].astype(np.int64),
                 p["bias_first_step"], p["reset"], p["membrane_bits"]))
         for c in m["connections"]:
-            net.connections.append(Connection(c["name"], c["src"], c["dst"],
-                                              z[f"conn/{c['name']}/weight"].astype(np.int64)))
+            w = z[f"conn/{c['name']}/weight"].astype(np.int64)
+            conv = {} if c["kind"] != "conv" else {
+                "in_shape": tuple(c["in_shape"]), "out_shape": tuple(c["out_shape"]),
+                "stride": tuple(c["stride"]), "padding": tuple(c["padding"]),
+                "dilation": tuple(c["dilation"]), "groups": c["groups"]}
+            net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
+                                              int(np.abs(w).max(initial=0)), c["kind"], **conv))
         for o in m["outputs"]:
             net.outputs.append(Output(o["name"], tuple(o["shape"]), o["depth"],
                                       z[f"out/{o['name']}/bias"].astype(np.int64)))

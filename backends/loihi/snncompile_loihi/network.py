@@ -53,13 +53,29 @@ class Population:
 
 @dataclass
 class Connection:
-    """One Dense connection: ``weight`` (dst size, src size) integers."""
+    """One connection. ``dense``: ``weight`` (dst size, src size) integers. ``conv``: one
+    IR convolution kept as such (weight (Cout, Cin/groups, kH, kW) in the IR's layout, from
+    a (C, H, W) source), lowered to Lava's Conv process with symmetric padding."""
 
     name: str
     src: str
     dst: str
     weight: np.ndarray
     ir_weight_max: int = 0          # largest |w| of the IR weighted ops folded into it
+    kind: str = "dense"
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)   # (rows, columns), each applied on both sides
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def synapses(self) -> int:
+        """Non-zero synapses (for a conv: an estimate, kernel taps times output positions)."""
+        if self.kind == "conv":
+            return int(np.count_nonzero(self.weight)) * int(np.prod(self.out_shape[1:]))
+        return int(np.count_nonzero(self.weight))
 
 
 @dataclass
@@ -257,8 +273,9 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
                 net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
                                               n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
                 continue
-            net.connections.append(Connection(f"{s}->{node.name}", s, node.name,
-                                              fold_chain(graph, current, s), ir_max))
+            conv = _as_conv(graph, current, s, node.name)
+            net.connections.append(conv if conv is not None else Connection(
+                f"{s}->{node.name}", s, node.name, fold_chain(graph, current, s), ir_max))
         modes = _chain_bias_mode(graph, current)
         if len(modes) > 1:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
@@ -272,6 +289,21 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
         else:
             net.outputs.append(Output(node.name, tuple(node.shape), d, bias))
     return net
+
+
+def _as_conv(graph: Graph, current: str, src: str, dst: str) -> Connection | None:
+    """A ``conv`` connection when the chain is one convolution reading ``src`` directly with
+    symmetric padding (what Lava's Conv process takes); None to fold it into a Dense."""
+    node = graph[current]
+    if not (isinstance(node, Conv2dNode) and node.inputs == [src] and len(graph[src].shape) == 3):
+        return None
+    pt, pl, pb, pr = node.padding
+    if pt != pb or pl != pr:
+        return None
+    w = np.asarray(node.weight_int).astype(np.int64)
+    return Connection(f"{src}->{dst}", src, dst, w, int(np.abs(w).max(initial=0)), "conv",
+                      tuple(graph[src].shape), tuple(node.shape), tuple(node.stride), (pt, pl),
+                      tuple(node.dilation), int(node.groups))
 
 
 def _fix_for(node: Node) -> str:

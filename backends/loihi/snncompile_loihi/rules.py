@@ -75,7 +75,7 @@ def core_estimate(net: Network, lim: Limits) -> dict[str, int]:
     weights), whichever needs more."""
     out = {}
     for p in list(net.populations) + list(net.outputs):
-        syn = sum(int(np.count_nonzero(c.weight)) for c in net.incoming(p.name))
+        syn = sum(c.synapses for c in net.incoming(p.name))
         by_neurons = -(-p.size // (lim.neurons_per_core or p.size))
         by_synapses = -(-syn // (lim.synapses_per_core or max(syn, 1)))
         out[p.name] = max(1, by_neurons, by_synapses)

@@ -12,7 +12,8 @@ register (results may then differ from the reference), all on the reference time
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
 populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
-8-bit weights (``weights = 2 w``, ``weight_exp = -1``), the input as graded spikes from a
+8-bit weights (``weights = 2 w``, ``weight_exp = -1``) or Conv connections (kernel flipped
+and transposed to Lava's layout), the input as graded spikes from a
 RingBuffer (``num_message_bits = 16``), and every output read from its Dense through a sink
 RingBuffer. Samples run back to back, ``T`` steps each with no gap: every population resets
 its state at the start of its own window (offset by its depth, one step per connection).
@@ -63,9 +64,24 @@ def input_columns(net: dict, x: np.ndarray, T: int) -> np.ndarray:
     return cols.astype(np.int32)
 
 
+def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) -> None:
+    """A Lava Conv between flat populations. Lava lays images out (W, H, C) and computes a
+    true convolution with weights (Cout, kW, kH, Cin): flip the (cross-correlation) kernel
+    in space and transpose it; views of the ports reorder the flat (C, H, W) neurons."""
+    c_in, h_in, w_in = c["in_shape"]
+    c_out, h_out, w_out = c["out_shape"]
+    kernel = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
+    conv = Conv(weight=kernel, input_shape=(w_in, h_in, c_in), padding=tuple(c["padding"][::-1]),
+                stride=tuple(c["stride"][::-1]), dilation=tuple(c["dilation"][::-1]),
+                groups=c["groups"], num_message_bits=bits, name=c["name"])
+    src_port.reshape((c_in, h_in, w_in)).transpose([2, 1, 0]).connect(conv.s_in)
+    conv.a_out.transpose([2, 1, 0]).reshape((c_out * h_out * w_out,)).connect(dst_port)
+
+
 def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool):
     """Create the Lava processes; returns (source, output sinks, spike sinks)."""
     sys.path.insert(0, HERE)
+    from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
@@ -96,10 +112,13 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     for c in net["connections"]:
         graded = c["src"] == net["input"]["name"]
         w = params[f"conn/{c['name']}/weight"].astype(np.int32)
-        dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=MESSAGE_BITS if graded else 0,
-                      name=c["name"])
-        ports[c["src"]].connect(dense.s_in)
-        dense.a_out.connect(targets[c["dst"]])
+        bits = MESSAGE_BITS if graded else 0
+        if c["kind"] == "conv":
+            conv_connect(c, w, bits, ports[c["src"]], targets[c["dst"]], Conv)
+        else:
+            dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=bits, name=c["name"])
+            ports[c["src"]].connect(dense.s_in)
+            dense.a_out.connect(targets[c["dst"]])
     return source, pops, out_sinks, spike_sinks
 
 
