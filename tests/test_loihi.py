@@ -106,6 +106,17 @@ def branches(rng) -> Graph:
     return Graph(nodes, ["out"], timesteps=7)
 
 
+def wide_bias(rng) -> Graph:
+    """Biases beyond the neuron's 13-bit mantissa (sent as graded spikes), per step and
+    first step, at depths 1 and 2."""
+    nodes = [InputNode(name="x", shape=(6,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "d1", "x", 6, 7, bias=(-9000, 9000)), _if("s1", "d1", [9000]),
+             _dense(rng, "d2", "s1", 7, 5, mode="first_step", bias=(-20000, 20000)),
+             _if("s2", "d2", [2000], v_init=[1000]),
+             _dense(rng, "d3", "s2", 5, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
 def chain_zero(rng) -> Graph:
     """What lava-dl netx can hold: a chain of dense layers with reset-to-zero neurons."""
     nodes = [InputNode(name="x", shape=(10,), out_scale=np.array(1.0), mode="every_step"),
@@ -138,16 +149,30 @@ def test_backend_is_discovered_with_limits_and_sources():
         get_backend("loihi", {"bogus": "1"})
 
 
-@pytest.mark.parametrize("build", [mlp, cnn, convs, branches])
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches, wide_bias])
 def test_zoo_fits_loihi(build):
     g = _validated(build(np.random.default_rng(0)))
     assert get_backend("loihi").check(g) == []
 
 
+def test_wide_bias_digits_are_exact_8_bit_weights():
+    from snncompile_loihi.network import bias_digits
+
+    b = np.array([0, 1, -1, 63, 64, -64, -65, 4095, -9000, 30000, 2 ** 20 + 3])
+    digits, payload = bias_digits(b)
+    assert digits.min() >= -64 and digits.max() <= 63
+    np.testing.assert_array_equal(digits @ payload, b)
+    g = _validated(wide_bias(np.random.default_rng(0)))
+    from snncompile_loihi.network import build_network
+    net = build_network(g)
+    assert [s.dst for s in net.bias_sources] == ["s1", "s2"] and net.bias_sources[1].first_step
+    assert all(not np.any(p.bias) for p in net.populations)
+
+
 def test_every_violation_is_reported_at_once():
     rng = np.random.default_rng(1)
     wide = _dense(rng, "d1", "fx", 16, 8, lo=-300, hi=300)
-    big_bias = _dense(rng, "d2", "s1", 8, 8, bias=(5000, 6000))
+    big_bias = _dense(rng, "d2", "s1", 8, 8, bias=(5000, 6000), mode="first_step")
     nodes = [InputNode(name="x", shape=(1, 4, 4), out_scale=np.array(1.0), mode="once"),
              MaxPool2dNode(name="mp", inputs=["x"], kernel=(2, 2), stride=(2, 2)),
              FlattenNode(name="fx", inputs=["x"]),
@@ -169,7 +194,7 @@ def test_every_violation_is_reported_at_once():
     found = {(v.layer, v.quantity.split(" (")[0].split(" from")[0]) for v in b.check(g)}
     assert found == {
         ("d1", "weight bits"), ("s1", "membrane bits"), ("s2", "threshold"),
-        ("mp", "operation 'maxpool2d'"), ("s2", "bias mantissa"), ("s3", "folded weight"),
+        ("mp", "operation 'maxpool2d'"), ("s2", "bias as graded spikes"), ("s3", "folded weight"),
         ("se", "path delays of its inputs"), ("x", "input charge per step"), ("(all)", "cores needed"),
     }
     with pytest.raises(LimitError) as err:
@@ -249,7 +274,7 @@ def _assert_bit_exact(g: Graph, x: np.ndarray, tmp_path: Path, timesteps: int | 
 
 
 @needs_lava
-@pytest.mark.parametrize("build", [mlp, cnn, convs, branches])
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches, wide_bias])
 def test_zoo_is_bit_exact_on_lava(build, tmp_path):
     rng = np.random.default_rng(3)
     g = _validated(build(rng))

@@ -3,7 +3,8 @@
     <dir>/network.json        populations, connections, outputs, time window (format below)
     <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init},
                               conn/<name>/weight (int8; dense: dst x src,
-                              conv: Cout x Cin/groups x kH x kW as in the IR), out/<name>/bias
+                              conv: Cout x Cin/groups x kH x kW as in the IR),
+                              bias/<name>/bias (biases too wide for the neuron), out/<name>/bias
     <dir>/run_lava.py         the entry point (lava-nc + numpy only)
     <dir>/lava_intfire/       the IntFire process and its fixed-point model
     <dir>/netx.h5             lava-dl netx layout, where the network fits it (see netx.py)
@@ -39,6 +40,9 @@ def network_manifest(net: Network) -> dict:
                          "v_limit": 2 ** (p.membrane_bits - 1) - 1,
                          "bias_first_step": p.bias_first_step} for p in net.populations],
         "connections": [_connection(c) for c in net.connections],
+        "bias_sources": [{"name": b.name, "dst": b.dst, "depth": b.depth,
+                          "first_step": b.first_step}
+                         for b in net.bias_sources],
         "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth}
                     for o in net.outputs],
     }
@@ -61,6 +65,8 @@ def network_arrays(net: Network) -> dict[str, np.ndarray]:
         arrays[f"pop/{p.name}/v_init"] = p.v_init.astype(np.int32)
     for c in net.connections:
         arrays[f"conn/{c.name}/weight"] = c.weight.astype(np.int8)
+    for b in net.bias_sources:
+        arrays[f"bias/{b.name}/bias"] = b.bias.astype(np.int64)
     for o in net.outputs:
         arrays[f"out/{o.name}/bias"] = o.bias.astype(np.int64)
     return arrays
@@ -82,7 +88,7 @@ def read_network(directory: Path) -> Network:
     """The network of an artifact written by :func:`write_artifact`."""
     from snncompile.plugin import ArtifactError
 
-    from .network import Connection, Output, Population
+    from .network import BiasSource, Connection, Output, Population
 
     directory = Path(directory)
     try:
@@ -109,6 +115,10 @@ def read_network(directory: Path) -> Network:
                 "dilation": tuple(c["dilation"]), "groups": c["groups"]}
             net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
                                               int(np.abs(w).max(initial=0)), c["kind"], **conv))
+        for b in m.get("bias_sources", []):
+            net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],
+                                               z[f"bias/{b['name']}/bias"].astype(np.int64),
+                                               b["first_step"]))
         for o in m["outputs"]:
             net.outputs.append(Output(o["name"], tuple(o["shape"]), o["depth"],
                                       z[f"out/{o['name']}/bias"].astype(np.int64)))

@@ -29,6 +29,7 @@ from snncompile.plugin import Violation
 
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
               ConcatNode, AddNode)
+BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed neuron bias mantissa (used with bias_exp = 6)
 MAX_DENSE_ENTRIES = 2 ** 24  # largest folded matrix this lowering builds (memory bound)
 
 
@@ -93,6 +94,35 @@ class Output:
 
 
 @dataclass
+class BiasSource:
+    """A bias too wide for the neuron's 13-bit mantissa, delivered exactly as graded spikes:
+    the per-step charge ``c`` (``bias``, or ``T * bias`` on the first step of each window for
+    ``first_step``) is split into balanced base-128 digits (each in -64..63); ``K`` constant
+    channels with payloads ``128^k`` reach the layer through 8-bit weights holding the digits,
+    so ``digits @ payload == c`` (see :func:`bias_digits`; the runner splits with the run's T)."""
+
+    name: str
+    dst: str
+    depth: int
+    bias: np.ndarray
+    first_step: bool
+
+    def charge(self, timesteps: int) -> np.ndarray:
+        return self.bias * (timesteps if self.first_step else 1)
+
+
+def bias_digits(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-128 digits of integer ``bias`` (size,): (digits (size, K), 128^k)."""
+    rest = np.asarray(bias, np.int64).copy()
+    digits = []
+    while np.any(rest) or not digits:
+        d = (rest + 64) % 128 - 64
+        digits.append(d)
+        rest = (rest - d) // 128
+    return np.stack(digits, axis=1), 128 ** np.arange(len(digits), dtype=np.int64)
+
+
+@dataclass
 class Network:
     """What the artifact holds: the input, populations, connections and outputs."""
 
@@ -104,6 +134,7 @@ class Network:
     populations: list[Population] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    bias_sources: list[BiasSource] = field(default_factory=list)
     problems: list[Violation] = field(default_factory=list)
 
     def incoming(self, name: str) -> list[Connection]:
@@ -281,6 +312,10 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
                                           "one mode", "convert with one --input-mode"))
         bias = fold_bias(graph, current)
+        if isinstance(node, IFNode) and np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
+            net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias,
+                                               modes == {"first_step"}))
+            bias = np.zeros_like(bias)
         if isinstance(node, IFNode):
             net.populations.append(Population(
                 node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),

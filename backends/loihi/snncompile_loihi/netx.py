@@ -44,6 +44,8 @@ def netx_problems(net: Network) -> list[str]:
         prev = p.name
         if any(c.kind != "dense" for c in inc):
             why.append(f"'{p.name}' is fed by a convolution (this export writes dense layers only)")
+    for b in net.bias_sources:
+        why.append(f"'{b.dst}' has a bias wider than the 13-bit mantissa (sent as graded spikes here)")
     if len(net.outputs) != 1:
         why.append("netx networks have one output")
     for p in net.populations:

@@ -14,7 +14,7 @@ import numpy as np
 from snncompile.plugin import Limits, Violation
 
 from . import limits as L
-from .network import Network
+from .network import Network, bias_digits
 
 NetRule = Callable[[Network, Limits], list[Violation]]
 
@@ -27,17 +27,6 @@ def _rule_folded_weights(net: Network, lim: Limits) -> list[Violation]:
             out.append(Violation(c.dst, f"folded weight from '{c.src}' (|w|)", m, L.WEIGHT_MAX,
                                  "--bits 8, and no overlapping pools or two weighted layers in a "
                                  "row (their product needs wider weights)"))
-    return out
-
-
-def _rule_bias(net: Network, lim: Limits) -> list[Violation]:
-    top = 2 ** (L.BIAS_MANT_BITS - 1) - 1
-    out = []
-    for p in list(net.populations):
-        m = int(np.abs(p.bias).max(initial=0))
-        if m > top:
-            out.append(Violation(p.name, "bias mantissa (13-bit signed, exponent 6)", m, top,
-                                 "fewer --bits (biases scale with the weights)"))
     return out
 
 
@@ -59,11 +48,17 @@ def input_bound(net: Network) -> int:
 
 def _rule_input_message(net: Network, lim: Limits) -> list[Violation]:
     top = 2 ** (L.MESSAGE_BITS - 1) - 1
+    out = []
     b = input_bound(net)
-    if b <= top:
-        return []
-    return [Violation(net.input_name, f"input charge per step ({L.MESSAGE_BITS}-bit graded spike)",
-                      b, top, "fewer --input-bits, fewer --timesteps, or --input-mode every_step")]
+    if b > top:
+        out.append(Violation(net.input_name, f"input charge per step ({L.MESSAGE_BITS}-bit graded spike)",
+                             b, top, "fewer --input-bits, fewer --timesteps, or --input-mode every_step"))
+    for s in net.bias_sources:
+        m = int(bias_digits(s.charge(net.timesteps))[1].max())
+        if m > top:
+            out.append(Violation(s.dst, f"bias as graded spikes ({L.MESSAGE_BITS}-bit payload)", m, top,
+                                 "fewer --timesteps or --input-mode every_step (a per-step bias)"))
+    return out
 
 
 def _rule_problems(net: Network, lim: Limits) -> list[Violation]:
@@ -76,6 +71,8 @@ def core_estimate(net: Network, lim: Limits) -> dict[str, int]:
     out = {}
     for p in list(net.populations) + list(net.outputs):
         syn = sum(c.synapses for c in net.incoming(p.name))
+        syn += sum(int(np.count_nonzero(bias_digits(s.charge(net.timesteps))[0]))
+                   for s in net.bias_sources if s.dst == p.name)
         by_neurons = -(-p.size // (lim.neurons_per_core or p.size))
         by_synapses = -(-syn // (lim.synapses_per_core or max(syn, 1)))
         out[p.name] = max(1, by_neurons, by_synapses)
@@ -94,7 +91,7 @@ def _rule_cores(net: Network, lim: Limits) -> list[Violation]:
                       f"a smaller model (largest layer: '{worst}', {est[worst]} cores)")]
 
 
-NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_folded_weights, _rule_bias, _rule_v_init,
+NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_folded_weights, _rule_v_init,
                                   _rule_input_message, _rule_cores)
 
 

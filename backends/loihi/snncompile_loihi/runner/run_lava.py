@@ -12,7 +12,8 @@ register (results may then differ from the reference), all on the reference time
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
 populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
-8-bit weights (``weights = 2 w``, ``weight_exp = -1``) or Conv connections (kernel flipped
+8-bit weights (``weights = 2 w``, ``weight_exp = -1``), biases wider than the neuron's
+13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (kernel flipped
 and transposed to Lava's layout), the input as graded spikes from a
 RingBuffer (``num_message_bits = 16``), and every output read from its Dense through a sink
 RingBuffer. Samples run back to back, ``T`` steps each with no gap: every population resets
@@ -64,6 +65,22 @@ def input_columns(net: dict, x: np.ndarray, T: int) -> np.ndarray:
     return cols.astype(np.int32)
 
 
+def bias_digits(charge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-128 digits (size, K), each in -64..63, and payloads 128^k, such that
+    digits @ payloads == charge: a wide bias as K graded channels through 8-bit weights."""
+    rest = charge.copy()
+    digits = []
+    while np.any(rest) or not digits:
+        d = (rest + 64) % 128 - 64
+        digits.append(d)
+        rest = (rest - d) // 128
+    payload = 128 ** np.arange(len(digits), dtype=np.int64)
+    if payload[-1] > 2 ** (MESSAGE_BITS - 1) - 1:
+        raise SystemExit(f"a bias charge of {np.abs(charge).max()} needs more than {MESSAGE_BITS}-bit "
+                         "graded spikes; use fewer time steps")
+    return np.stack(digits, axis=1), payload
+
+
 def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) -> None:
     """A Lava Conv between flat populations. Lava lays images out (W, H, C) and computes a
     true convolution with weights (Cout, kW, kH, Cin): flip the (cross-correlation) kernel
@@ -109,6 +126,18 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     for o in net["outputs"]:
         out_sinks[o["name"]] = Sink(shape=(o["size"],), buffer=steps)
         targets[o["name"]] = out_sinks[o["name"]].a_in
+    for b in net.get("bias_sources", []):  # wide biases as constant graded spikes
+        charge = params[f"bias/{b['name']}/bias"].astype(np.int64) * (T if b["first_step"] else 1)
+        digits, payload = bias_digits(charge)
+        data = np.zeros((len(payload), steps), np.int32)
+        if b["first_step"]:  # the window's first step at depth d is fed from column d-1+iT
+            data[:, b["depth"] - 1::T] = payload[:, None]
+        else:
+            data[:] = payload[:, None]
+        dense = Dense(weights=2 * digits.astype(np.int32), weight_exp=-1,
+                      num_message_bits=MESSAGE_BITS, name=b["name"])
+        Source(data=data).s_out.connect(dense.s_in)
+        dense.a_out.connect(targets[b["dst"]])
     for c in net["connections"]:
         graded = c["src"] == net["input"]["name"]
         w = params[f"conn/{c['name']}/weight"].astype(np.int32)
