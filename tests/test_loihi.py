@@ -212,7 +212,8 @@ def test_artifact_is_self_contained(tmp_path):
     for py in tmp_path.rglob("*.py"):  # lava-nc and numpy only
         imports = re.findall(r"^\s*(?:import|from)\s+([\w.]+)", py.read_text(), re.M)
         assert {i.split(".")[0] for i in imports} <= {"lava", "lava_intfire", "numpy", "argparse",
-                                                      "json", "os", "sys", "time", "typing",
+                                                      "json", "os", "shutil", "sys", "tempfile",
+                                                      "time", "typing",
                                                       "__future__"}, py
     net = json.loads((tmp_path / "network.json").read_text())
     assert [p["depth"] for p in net["populations"]] == [1, 2] and net["outputs"][0]["depth"] == 3

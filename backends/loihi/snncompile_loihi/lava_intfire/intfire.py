@@ -21,6 +21,8 @@ and changes only what snncompile's semantics need:
   clamping at a multiple of 64 keeps ``v`` a multiple of 64, which the ``vth = theta - 1``
   threshold mapping needs.
 
+``Recorder`` (below) records a port's values to a file, for reading results back quickly.
+
 This file is self-contained (lava and numpy only): snncompile copies it into every Loihi
 artifact. Keep it alone in its folder: Lava's compiler executes every sibling ``*.py`` file
 while looking for process models.
@@ -32,8 +34,11 @@ import typing as ty
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.ports import PyOutPort
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort
+from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -119,3 +124,36 @@ class PyIntFireModelFixed(AbstractPyLifModelFixed):
         spikes = self.spiking_activation()
         self.reset_voltage(spike_vector=spikes)
         self.s_out.send(spikes)
+
+
+class Recorder(AbstractProcess):
+    """Records its input every step and saves all of it, (size, steps), to ``path`` (.npy)
+    after step ``steps``. Reading a sink's Var back after the run costs one message per
+    element (tens of seconds for a few hundred thousand values); a file costs nothing."""
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], steps: int, path: str,
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(shape=shape, steps=int(steps), path=str(path), name=name)
+        self.a_in = InPort(shape=shape)
+
+
+@implements(proc=Recorder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyRecorderModel(PyLoihiProcessModel):
+    """Host-side recorder (not a Loihi resource): buffers in the model, writes at the end."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.steps = proc_params["steps"]
+        self.path = proc_params["path"]
+        self.buffer = np.zeros(proc_params["shape"] + (self.steps,), np.int32)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        if self.time_step <= self.steps:
+            self.buffer[..., self.time_step - 1] = data
+        if self.time_step == self.steps:
+            np.save(self.path, self.buffer)

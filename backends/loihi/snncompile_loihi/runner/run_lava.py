@@ -15,8 +15,8 @@ populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections 
 8-bit weights (``weights = 2 w``, ``weight_exp = -1``), biases wider than the neuron's
 13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (kernel flipped
 and transposed to Lava's layout), the input as graded spikes from a
-RingBuffer (``num_message_bits = 16``), and every output read from its Dense through a sink
-RingBuffer. Samples run back to back, ``T`` steps each with no gap: every population resets
+RingBuffer (``num_message_bits = 16``), and every output read from its Dense by a Recorder
+(``lava_intfire/intfire.py``) that saves what it received to a file at the last step. Samples run back to back, ``T`` steps each with no gap: every population resets
 its state at the start of its own window (offset by its depth, one step per connection).
 
 This file is copied verbatim into each artifact by snncompile; it imports only lava-nc and
@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -95,14 +97,21 @@ def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) ->
     conv.a_out.transpose([2, 1, 0]).reshape((c_out * h_out * w_out,)).connect(dst_port)
 
 
-def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool):
-    """Create the Lava processes; returns (source, output sinks, spike sinks)."""
+def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool,
+          tmp: str):
+    """Create the Lava processes; returns (source, populations, output files, spike files).
+    Recorders write each output's current and each layer's spikes to .npy files in ``tmp``."""
     sys.path.insert(0, HERE)
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
-    from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
-    from lava_intfire.intfire import IntFire
+    from lava_intfire.intfire import IntFire, Recorder
+
+    files = []
+
+    def Sink(shape, name):
+        files.append(os.path.join(tmp, f"{len(files)}.npy"))
+        return Recorder(shape=shape, steps=steps, path=files[-1], name=f"record {name}"), files[-1]
 
     source = Source(data=cols)
     ports = {net["input"]["name"]: source.s_out}
@@ -120,12 +129,12 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
         pops[name] = pop
         targets[name] = pop.a_in
         if record_spikes:
-            spike_sinks[name] = Sink(shape=(size,), buffer=steps)
-            pop.s_out.connect(spike_sinks[name].a_in)
+            rec, spike_sinks[name] = Sink((size,), name)
+            pop.s_out.connect(rec.a_in)
     out_sinks = {}
     for o in net["outputs"]:
-        out_sinks[o["name"]] = Sink(shape=(o["size"],), buffer=steps)
-        targets[o["name"]] = out_sinks[o["name"]].a_in
+        rec, out_sinks[o["name"]] = Sink((o["size"],), o["name"])
+        targets[o["name"]] = rec.a_in
     for b in net.get("bias_sources", []):  # wide biases as constant graded spikes
         charge = params[f"bias/{b['name']}/bias"].astype(np.int64) * (T if b["first_step"] else 1)
         digits, payload = bias_digits(charge)
@@ -164,20 +173,21 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
     steps = n * T + depth
     cols = input_columns(net, x, T)
     t0 = time.perf_counter()
-    source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes)
+    tmp = tempfile.mkdtemp(prefix="run_lava-")
+    source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes, tmp)
     result: dict[str, np.ndarray] = {}
     try:
         t1 = time.perf_counter()
         source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         t2 = time.perf_counter()
         for o in net["outputs"]:
-            data = np.asarray(out_sinks[o["name"]].data.get(), np.int64)   # (size, steps)
+            data = np.load(out_sinks[o["name"]]).astype(np.int64)   # (size, steps)
             d = o["depth"]
             win = data[:, d:d + n * T].reshape(o["size"], n, T).sum(axis=2).T
             result[f"out/{o['name']}"] = win + T * params[f"out/{o['name']}/bias"].astype(np.int64)
         for p in net["populations"]:
             if p["name"] in spike_sinks:
-                data = np.asarray(spike_sinks[p["name"]].data.get())
+                data = np.load(spike_sinks[p["name"]])
                 d = p["depth"]
                 s = data[:, d:d + n * T].reshape(p["size"], n, T)
                 result[f"spikes/{p['name']}"] = np.transpose(s, (2, 1, 0)).astype(np.uint8)
@@ -185,6 +195,7 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
             result[f"wraps/{name}"] = np.asarray(pop.wraps.get(), np.int64).reshape(())
     finally:
         source.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     t3 = time.perf_counter()
     result["wall_s"] = np.array([t1 - t0, t2 - t1, t3 - t2])  # build, run, read back
     result["steps"] = np.array(steps)
