@@ -19,7 +19,6 @@ INTEL_LOIHI2 = ("Intel Loihi 2 brief (public): 128 neuro-cores/chip, up to ~1M n
 # Arithmetic of Lava's fixed-point models (not options).
 WEIGHT_BITS = 8                 # signed mantissa; exact as weights=2w, weight_exp=-1
 WEIGHT_MAX = 127                # |w|; -128 is not exact for an all-inhibitory matrix
-WEIGHT_EXP_RANGE = (-8, 7)      # Dense weight_exp the artifacts may use (this lowering uses -1)
 STATE_BITS = 24                 # u and v registers
 ACT_SHIFT = 6                   # synaptic input and threshold are << 6 (MSB alignment)
 MEMBRANE_BITS = STATE_BITS - ACT_SHIFT          # 18: the IR width that v holds exactly

@@ -177,8 +177,12 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
     source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes, tmp)
     result: dict[str, np.ndarray] = {}
     try:
+        cfg = Loihi2SimCfg(select_tag="fixed_pt")
         t1 = time.perf_counter()
-        source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        source.run(condition=RunSteps(num_steps=1), run_cfg=cfg)  # compiles and starts processes
+        t1b = time.perf_counter()
+        if steps > 1:
+            source.run(condition=RunSteps(num_steps=steps - 1), run_cfg=cfg)
         t2 = time.perf_counter()
         for o in net["outputs"]:
             data = np.load(out_sinks[o["name"]]).astype(np.int64)   # (size, steps)
@@ -197,7 +201,7 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
         source.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     t3 = time.perf_counter()
-    result["wall_s"] = np.array([t1 - t0, t2 - t1, t3 - t2])  # build, run, read back
+    result["wall_s"] = np.array([t1 - t0, t1b - t1, t2 - t1b, t3 - t2])  # build, compile+1 step, rest, read back
     result["steps"] = np.array(steps)
     return result
 
