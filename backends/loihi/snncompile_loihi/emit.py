@@ -49,7 +49,8 @@ def network_manifest(net: Network) -> dict:
 
 
 def _connection(c) -> dict:
-    d = {"name": c.name, "src": c.src, "dst": c.dst, "kind": c.kind, "shape": list(c.weight.shape)}
+    d = {"name": c.name, "src": c.src, "dst": c.dst, "kind": c.kind, "shape": list(c.weight.shape),
+         "delay": c.delay}
     if c.kind == "conv":
         d.update({"in_shape": list(c.in_shape), "out_shape": list(c.out_shape),
                   "stride": list(c.stride), "padding": list(c.padding),
@@ -114,7 +115,8 @@ def read_network(directory: Path) -> Network:
                 "stride": tuple(c["stride"]), "padding": tuple(c["padding"]),
                 "dilation": tuple(c["dilation"]), "groups": c["groups"]}
             net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
-                                              int(np.abs(w).max(initial=0)), c["kind"], **conv))
+                                              int(np.abs(w).max(initial=0)), kind=c["kind"],
+                                              delay=c.get("delay", 0), **conv))
         for b in m.get("bias_sources", []):
             net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],
                                                z[f"bias/{b['name']}/bias"].astype(np.int64),

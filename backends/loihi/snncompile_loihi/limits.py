@@ -39,7 +39,8 @@ SOURCES = {
     "synapses_per_core": f"{INTEL_LOIHI2}: 120M / 128 (option synapses_per_core)",
     "fan_in": ("not published for Loihi 2 in lava-nc; default 4096 = Loihi 1 input axons per "
                "core as nengo-loihi enforces it (option fan_in)"),
-    "delay_per_layer": "lava-nc 0.10.0 Dense/Conv models send the previous step's buffer",
+    "delay_per_layer": ("lava-nc 0.10.0 Dense/Conv models send the previous step's buffer; skips "
+                        "use DelayDense, 6-bit delays (0..63 steps)"),
     "bias": f"{LAVA_LIF}: bias_mant signed 13-bit, bias_exp 3-bit",
     "current": f"{LAVA_LIF}: u = decay(u) + (a_in << 6) wraps at 24 bits",
     "input": "graded spikes of num_message_bits = 16 into a Dense (lava-nc Dense models)",

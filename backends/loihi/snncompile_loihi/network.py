@@ -10,6 +10,10 @@ when the pool windows do not overlap (each input element lands in one window), s
 weights stay 8-bit; an overlapping pool or two weighted ops in a row can widen them, which
 :mod:`snncompile_loihi.rules` reports.
 
+Branches of different depths may join (a residual skip): every connection delays by one
+step, so the shorter branch's connection gets the missing steps as synaptic delay (Lava's
+DelayDense, up to 63 steps).
+
 Anything that cannot be folded exactly is recorded in ``Network.problems`` (as violations)
 instead of raising, so ``check`` can report every problem at once.
 """
@@ -30,7 +34,8 @@ from snncompile.plugin import Violation
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
               ConcatNode, AddNode)
 BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed neuron bias mantissa (used with bias_exp = 6)
-MAX_DENSE_ENTRIES = 2 ** 24  # largest folded matrix this lowering builds (memory bound)
+MAX_DENSE_ENTRIES = 2 ** 24
+MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"  # largest folded matrix this lowering builds (memory bound)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Connection:
     weight: np.ndarray
     ir_weight_max: int = 0          # largest |w| of the IR weighted ops folded into it
     kind: str = "dense"
+    delay: int = 0                  # extra steps of synaptic delay (a DelayDense when > 0)
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
     stride: tuple[int, int] = (1, 1)
@@ -286,14 +292,7 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
         bad = [s for s in srcs if s not in depth]
         if bad:  # fed by something unsupported (already reported)
             continue
-        depths = {depth[s] for s in srcs}
-        if len(depths) > 1:
-            net.problems.append(Violation(node.name, "path delays of its inputs",
-                                          "/".join(f"{s}:{depth[s] + 1}" for s in srcs), "equal",
-                                          "join only branches with the same number of layers "
-                                          "(Lava delays each connection by one step)"))
-            continue
-        d = max(depths, default=0) + 1
+        d = max((depth[s] for s in srcs), default=0) + 1
         depth[node.name] = d
         size = int(np.prod(node.shape))
         ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in _chain_weighted(graph, current)),
@@ -304,9 +303,14 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
                 net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
                                               n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
                 continue
-            conv = _as_conv(graph, current, s, node.name)
+            delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
+            if delay > MAX_EXTRA_DELAY:
+                net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
+                                              MAX_EXTRA_DELAY, "a shorter skip connection"))
+            conv = _as_conv(graph, current, s, node.name) if delay == 0 else None
             net.connections.append(conv if conv is not None else Connection(
-                f"{s}->{node.name}", s, node.name, fold_chain(graph, current, s), ir_max))
+                f"{s}->{node.name}", s, node.name, fold_chain(graph, current, s), ir_max,
+                delay=delay))
         modes = _chain_bias_mode(graph, current)
         if len(modes) > 1:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
@@ -336,9 +340,10 @@ def _as_conv(graph: Graph, current: str, src: str, dst: str) -> Connection | Non
     if pt != pb or pl != pr:
         return None
     w = np.asarray(node.weight_int).astype(np.int64)
-    return Connection(f"{src}->{dst}", src, dst, w, int(np.abs(w).max(initial=0)), "conv",
-                      tuple(graph[src].shape), tuple(node.shape), tuple(node.stride), (pt, pl),
-                      tuple(node.dilation), int(node.groups))
+    return Connection(f"{src}->{dst}", src, dst, w, int(np.abs(w).max(initial=0)), kind="conv",
+                      in_shape=tuple(graph[src].shape), out_shape=tuple(node.shape),
+                      stride=tuple(node.stride), padding=(pt, pl),
+                      dilation=tuple(node.dilation), groups=int(node.groups))
 
 
 def _fix_for(node: Node) -> str:

@@ -42,6 +42,8 @@ def netx_problems(net: Network) -> list[str]:
         if len(inc) != 1 or inc[0].src != prev:
             why.append(f"'{p.name}' is not fed by exactly the layer before it (netx builds chains)")
         prev = p.name
+        if any(c.delay for c in inc):
+            why.append(f"'{p.name}' has a delayed (skip) connection")
         if any(c.kind != "dense" for c in inc):
             why.append(f"'{p.name}' is fed by a convolution (this export writes dense layers only)")
     for b in net.bias_sources:

@@ -12,7 +12,7 @@ register (results may then differ from the reference), all on the reference time
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
 populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
-8-bit weights (``weights = 2 w``, ``weight_exp = -1``), biases wider than the neuron's
+8-bit weights (``weights = 2 w``, ``weight_exp = -1``), a DelayDense where a shorter branch joins a longer one, biases wider than the neuron's
 13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (kernel flipped
 and transposed to Lava's layout), the input as graded spikes from a
 RingBuffer (``num_message_bits = 16``), and every output read from its Dense by a Recorder
@@ -103,7 +103,7 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     Recorders write each output's current and each layer's spikes to .npy files in ``tmp``."""
     sys.path.insert(0, HERE)
     from lava.proc.conv.process import Conv
-    from lava.proc.dense.process import Dense
+    from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer as Source
     from lava_intfire.intfire import IntFire, Recorder
 
@@ -154,7 +154,13 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
         if c["kind"] == "conv":
             conv_connect(c, w, bits, ports[c["src"]], targets[c["dst"]], Conv)
         else:
-            dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=bits, name=c["name"])
+            delay = c.get("delay", 0)
+            if delay:  # a skip over shorter branches: DelayDense adds `delay` steps
+                dense = DelayDense(weights=2 * w, delays=np.full(w.shape, delay, dtype=int),
+                                   max_delay=delay, weight_exp=-1, num_message_bits=bits,
+                                   name=c["name"])
+            else:
+                dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=bits, name=c["name"])
             ports[c["src"]].connect(dense.s_in)
             dense.a_out.connect(targets[c["dst"]])
     return source, pops, out_sinks, spike_sinks
