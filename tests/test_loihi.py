@@ -166,6 +166,7 @@ def test_backend_is_discovered_with_limits_and_sources():
 def test_zoo_fits_loihi(build):
     g = _validated(build(np.random.default_rng(0)))
     assert get_backend("loihi").check(g) == []
+    assert all(v >= 1 for v in get_backend("loihi").cores(g).values())
 
 
 def test_wide_bias_digits_are_exact_8_bit_weights():
@@ -350,7 +351,7 @@ def test_converted_onnx_model_is_bit_exact(tmp_path, onnx_kit):
 
 
 @needs_lava
-def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit):
+def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit, caplog):
     """Input once at 8 bits: T times the charge in one step overflows Loihi's 24-bit current
     register (the reference saturates the membrane instead); run says so per layer."""
     g, x = _converted(onnx_kit, "once", np.random.default_rng(5))
@@ -358,6 +359,7 @@ def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit):
     b.lower(g, tmp_path)
     got = b.run(tmp_path, quantize_input(g, x))
     assert got.stats["current_wraps"]["r"] > 0
+    assert "wrapped in r" in caplog.text and "every_step" in caplog.text
 
 
 @needs_lava

@@ -14,6 +14,7 @@ lava-nc, default: this one) and ``timeout_s`` (default 600).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from .netx import write_netx
 from .network import build_network
 from .rules import check_network, core_estimate
 
+log = logging.getLogger("snncompile")
 RUN_OPTIONS = ("python", "timeout_s")
 LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10 (it fails at "
              "import on 3.11+) and numpy < 2. Get it with: python3.10 -m venv lava-env && "
@@ -75,6 +77,11 @@ class LoihiBackend(Backend):
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
         out += check_network(build_network(graph, timesteps), lim)
         return out
+
+    def cores(self, graph: Graph) -> dict[str, int]:
+        """Estimated Loihi 2 cores per layer (neurons and incoming synapses per core), for
+        reports such as ``evaluate``."""
+        return core_estimate(build_network(graph), self.limits())
 
     def lower(self, graph: Graph, directory: Path) -> None:
         violations = self.check(graph)
@@ -129,6 +136,11 @@ class LoihiBackend(Backend):
                  "cores_per_layer": self._cores(directory)}
         stats["current_wraps"] = {p["name"]: int(result[f"wraps/{p['name']}"])
                                   for p in net["populations"]}
+        wrapped = {k: v for k, v in stats["current_wraps"].items() if v}
+        if wrapped:
+            log.warning("loihi: inputs beyond the 24-bit current register wrapped in %s; the "
+                        "results may differ from the reference (use --input-mode every_step "
+                        "or fewer --bits)", ", ".join(f"{k} ({v}x)" for k, v in wrapped.items()))
         stats["cores"] = sum(stats["cores_per_layer"].values())
         return BackendRun(output_acc=outputs, spikes=spikes, stats=stats)
 
