@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snncompile.errors import ArtifactError, UsageError
+from snncompile.errors import ArtifactError, DataError, UsageError
 from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                            Graph, IFNode, InputNode, MaxPool2dNode, PadNode)
 from snncompile.plugin import LimitError, get_backend
@@ -278,6 +278,8 @@ def test_run_without_lava_says_how_to_get_it(tmp_path):
         b.run(tmp_path, np.zeros((1, 12)))
     with pytest.raises(ArtifactError, match="not a loihi artifact"):
         b.run(tmp_path / "missing", np.zeros((1, 12)))
+    with pytest.raises(DataError, match=r"input shape \(1, 11\) does not match"):
+        b.run(tmp_path, np.zeros((1, 11)))
 
 
 # --- on Lava: bit for bit against the reference simulator ---------------------------------------

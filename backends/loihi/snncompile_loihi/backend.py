@@ -14,6 +14,7 @@ lava-nc, default: this one) and ``timeout_s`` (default 600).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,12 +28,12 @@ from typing import Mapping
 import numpy as np
 
 from snncompile.ir import Graph
-from snncompile.plugin import (ArtifactError, Backend, BackendRun, LimitError, Limits, UsageError,
-                               Violation, check_limits)
+from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
+                               UsageError, Violation, check_limits)
 
 from . import __version__
 from . import limits as L
-from .emit import write_artifact
+from .emit import read_network, write_artifact
 
 from .netx import write_netx
 from .network import build_network
@@ -95,7 +96,6 @@ class LoihiBackend(Backend):
                 "No netx.h5: this network does not fit lava-dl netx because\n"
                 + "".join(f"- {w}\n" for w in why))
 
-
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:
         directory = Path(directory)
@@ -103,11 +103,13 @@ class LoihiBackend(Backend):
         if not runner.is_file() or not (directory / "network.json").is_file():
             raise ArtifactError(f"{directory} is not a loihi artifact (no run_lava.py/network.json)",
                                 "lower the graph again ('snncompile convert --target loihi')")
-        self._require_lava(runner)
-        import json
         net = json.loads((directory / "network.json").read_text())
-        T = int(timesteps or net["timesteps"])
         x_int = np.asarray(x_int)
+        if x_int.ndim < 1 or x_int.shape[0] < 1 or tuple(x_int.shape[1:]) != tuple(net["input"]["shape"]):
+            raise DataError(f"input shape {tuple(x_int.shape)} does not match the network's "
+                            f"(N, {', '.join(map(str, net['input']['shape']))}) with N >= 1")
+        T = int(timesteps or net["timesteps"])
+        self._require_lava(runner)
         with tempfile.TemporaryDirectory(prefix="snncompile-loihi-") as tmp:
             xin, res = Path(tmp) / "x.npz", Path(tmp) / "result.npz"
             np.savez(xin, x=np.rint(x_int).astype(np.int32))
@@ -147,7 +149,6 @@ class LoihiBackend(Backend):
     # --- helpers ---------------------------------------------------------------------------
 
     def _cores(self, directory: Path) -> dict[str, int]:
-        from .emit import read_network
         return core_estimate(read_network(directory), self.limits())
 
     def _require_lava(self, runner: Path) -> None:
