@@ -1,0 +1,185 @@
+"""The ``loihi`` backend plugin: snncompile IR -> a Lava process network for Intel Loihi 2.
+
+``lower`` folds the graph into populations and Dense connections (network.py), checks the
+Loihi 2 limits (limits.py, rules.py), and writes an artifact that runs with lava-nc alone
+(emit.py). ``run`` executes that artifact's ``run_lava.py`` in a subprocess on Lava's
+bit-accurate CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``), bounded by a timeout
+(a Lava run can hang without an error), and returns the results on the reference time axis.
+
+Options (``--target-option KEY=VALUE``): ``cores``, ``neurons_per_core``,
+``synapses_per_core``, ``fan_in`` (chip limits), ``python`` (the interpreter that has
+lava-nc, default: this one) and ``timeout_s`` (default 600).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from snncompile.ir import Graph
+from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
+                               UsageError, Violation, check_limits)
+
+from . import __version__
+from . import limits as L
+from .emit import read_network, write_artifact
+
+from .netx import write_netx
+from .network import build_network
+from .rules import check_network, core_estimate
+
+log = logging.getLogger("snncompile")
+RUN_OPTIONS = ("python", "timeout_s")
+LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10 (it fails at "
+             "import on 3.11+) and numpy < 2. Get it with: python3.10 -m venv lava-env && "
+             "lava-env/bin/pip install lava-nc==0.10.0 numpy'<2'; then pass --target-option "
+             "python=lava-env/bin/python, or run the artifact directly: lava-env/bin/python "
+             "{runner} --input x_int.npz --output result.npz")
+
+
+class LoihiBackend(Backend):
+    """Intel Loihi 2 via Lava (bit-accurate fixed-point CPU simulation)."""
+
+    name = "loihi"
+    version = __version__
+    description = "Intel Loihi 2 via Lava: bit-exact on Loihi2SimCfg(select_tag='fixed_pt')"
+    can_run = True
+
+    def __init__(self, options: Mapping[str, str] | None = None):
+        super().__init__(options)
+        chip = {k: v for k, v in self.options.items() if k not in RUN_OPTIONS}
+        self._limits = L.loihi_limits(chip)
+        self.python = self.options.get("python", sys.executable)
+        self._lava_ok = False  # checked once per instance, on the first run
+        try:
+            self.timeout_s = float(self.options.get("timeout_s", 600))
+        except ValueError:
+            raise UsageError(f"loihi target option timeout_s={self.options['timeout_s']!r} "
+                             "is not a number") from None
+
+    def limits(self) -> Limits:
+        return self._limits
+
+    def check(self, graph: Graph, timesteps: int | None = None) -> list[Violation]:
+        """Generic rules (cores left to the Loihi rule, which also counts synapses) plus the
+        Loihi rules on the folded network."""
+        lim = self.limits()
+        out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
+        out += check_network(build_network(graph, timesteps), lim)
+        return out
+
+    def cores(self, graph: Graph) -> dict[str, int]:
+        """Estimated Loihi 2 cores per layer (neurons and incoming synapses per core), for
+        reports such as ``evaluate``."""
+        return core_estimate(build_network(graph), self.limits())
+
+    def lower(self, graph: Graph, directory: Path) -> None:
+        violations = self.check(graph)
+        if violations:
+            raise LimitError(self.name, violations)
+        net = build_network(graph)
+        write_artifact(net, Path(directory))
+        why = write_netx(net, Path(directory) / "netx.h5")
+        if why:
+            (Path(directory) / "netx-unsupported.txt").write_text(
+                "No netx.h5: this network does not fit lava-dl netx because\n"
+                + "".join(f"- {w}\n" for w in why))
+
+    def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
+            record_spikes: bool = False) -> BackendRun:
+        directory = Path(directory)
+        runner = directory / "run_lava.py"
+        if not runner.is_file() or not (directory / "network.json").is_file():
+            raise ArtifactError(f"{directory} is not a loihi artifact (no run_lava.py/network.json)",
+                                "lower the graph again ('snncompile convert --target loihi')")
+        net = json.loads((directory / "network.json").read_text())
+        x_int = np.asarray(x_int)
+        if x_int.ndim < 1 or x_int.shape[0] < 1 or tuple(x_int.shape[1:]) != tuple(net["input"]["shape"]):
+            raise DataError(f"input shape {tuple(x_int.shape)} does not match the network's "
+                            f"(N, {', '.join(map(str, net['input']['shape']))}) with N >= 1")
+        T = int(timesteps or net["timesteps"])
+        self._require_lava(runner)
+        with tempfile.TemporaryDirectory(prefix="snncompile-loihi-") as tmp:
+            xin, res = Path(tmp) / "x.npz", Path(tmp) / "result.npz"
+            np.savez(xin, x=np.rint(x_int).astype(np.int32))
+            cmd = [self.python, str(runner), "--input", str(xin), "--output", str(res),
+                   "--timesteps", str(T)] + (["--record-spikes"] if record_spikes else [])
+            t0 = time.perf_counter()
+            self._run_bounded(cmd)
+            wall = time.perf_counter() - t0
+            with np.load(res, allow_pickle=False) as z:
+                result = {k: z[k] for k in z.files}
+        n = x_int.shape[0]
+        outputs = {o["name"]: result[f"out/{o['name']}"].reshape((n,) + tuple(o["shape"]))
+                   for o in net["outputs"]}
+        spikes = None
+        if record_spikes:
+            spikes = {p["name"]: result[f"spikes/{p['name']}"].reshape((T, n) + tuple(p["shape"]))
+                      for p in net["populations"]}
+        build_s, start_s, run_s, read_s = (float(v) for v in result["wall_s"])
+        steps = int(result["steps"])
+        stats = {"simulator": "lava-nc Loihi2SimCfg(select_tag='fixed_pt')", "samples": n,
+                 "timesteps": T, "lava_steps": steps, "delay_per_layer": 1,
+                 "wall_s": round(wall, 3), "lava_build_s": round(build_s, 3),
+                 "lava_compile_first_step_s": round(start_s, 3),
+                 "lava_run_s": round(run_s, 3), "lava_readback_s": round(read_s, 3),
+                 "lava_steps_per_s": round((steps - 1) / run_s, 1) if run_s > 0 else None,
+                 "cores_per_layer": self._cores(directory)}
+        stats["current_wraps"] = {p["name"]: int(result[f"wraps/{p['name']}"])
+                                  for p in net["populations"]}
+        wrapped = {k: v for k, v in stats["current_wraps"].items() if v}
+        if wrapped:
+            log.warning("loihi: inputs beyond the 24-bit current register wrapped in %s; the "
+                        "results may differ from the reference (use --input-mode every_step "
+                        "or fewer --bits)", ", ".join(f"{k} ({v}x)" for k, v in wrapped.items()))
+        stats["cores"] = sum(stats["cores_per_layer"].values())
+        return BackendRun(output_acc=outputs, spikes=spikes, stats=stats)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _cores(self, directory: Path) -> dict[str, int]:
+        return core_estimate(read_network(directory), self.limits())
+
+    def _require_lava(self, runner: Path) -> None:
+        if self._lava_ok:
+            return
+        probe = [self.python, "-c", "import lava.magma.core.run_configs"]
+        try:
+            ok = subprocess.run(probe, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        self._lava_ok = ok
+        if not ok:
+            raise UsageError(LAVA_HELP.format(python=self.python, runner=runner),
+                             "see docs/loihi.md, 'Running without Python 3.10'")
+
+    def _run_bounded(self, cmd: list[str]) -> None:
+        """Run ``cmd`` in its own process group; kill the whole group on timeout (Lava forks
+        one process per Lava process, and a failed run may hang instead of exiting)."""
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, text=True)
+        try:
+            out, err = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise ArtifactError(f"the Lava run did not finish within {self.timeout_s:g} s and was "
+                                "stopped (Lava can hang on errors or oversize input)",
+                                "run fewer samples or steps, or raise --target-option timeout_s")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0:
+            tail = "\n".join((err or out or "").strip().splitlines()[-15:])
+            raise ArtifactError(f"the Lava run failed (exit code {proc.returncode}):\n{tail}")

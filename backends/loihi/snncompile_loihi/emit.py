@@ -1,0 +1,127 @@
+"""Write a folded network as a Loihi artifact that runs with lava-nc alone.
+
+    <dir>/network.json        populations, connections, outputs, time window (format below)
+    <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init},
+                              conn/<name>/weight (int8; dense: dst x src,
+                              conv: Cout x Cin/groups x kH x kW as in the IR),
+                              bias/<name>/bias (biases too wide for the neuron), out/<name>/bias
+    <dir>/run_lava.py         the entry point (lava-nc + numpy only)
+    <dir>/lava_intfire/       the IntFire process and its fixed-point model
+    <dir>/netx.h5             lava-dl netx layout, where the network fits it (see netx.py)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .network import Network
+
+FORMAT = "snncompile-loihi-net"
+VERSION = 1
+PACKAGE = Path(__file__).resolve().parent
+RUNNER = PACKAGE / "runner" / "run_lava.py"
+PROCESS_DIR = PACKAGE / "lava_intfire"
+
+
+def network_manifest(net: Network) -> dict:
+    """The JSON description of ``net`` (arrays go to params.npz)."""
+    return {
+        "format": FORMAT, "version": VERSION, "generator": f"snncompile-loihi {__version__}",
+        "timesteps": net.timesteps,
+        "input": {"name": net.input_name, "shape": list(net.input_shape), "mode": net.input_mode,
+                  "bits": net.input_bits, "size": int(np.prod(net.input_shape))},
+        "populations": [{"name": p.name, "shape": list(p.shape), "size": p.size, "depth": p.depth,
+                         "reset": p.reset, "membrane_bits": p.membrane_bits,
+                         "v_limit": 2 ** (p.membrane_bits - 1) - 1,
+                         "bias_first_step": p.bias_first_step} for p in net.populations],
+        "connections": [_connection(c) for c in net.connections],
+        "bias_sources": [{"name": b.name, "dst": b.dst, "depth": b.depth,
+                          "first_step": b.first_step}
+                         for b in net.bias_sources],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth}
+                    for o in net.outputs],
+    }
+
+
+def _connection(c) -> dict:
+    d = {"name": c.name, "src": c.src, "dst": c.dst, "kind": c.kind, "shape": list(c.weight.shape),
+         "delay": c.delay}
+    if c.kind == "conv":
+        d.update({"in_shape": list(c.in_shape), "out_shape": list(c.out_shape),
+                  "stride": list(c.stride), "padding": list(c.padding),
+                  "dilation": list(c.dilation), "groups": c.groups})
+    return d
+
+
+def network_arrays(net: Network) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for p in net.populations:
+        arrays[f"pop/{p.name}/theta"] = p.theta.astype(np.int32)
+        arrays[f"pop/{p.name}/bias"] = p.bias.astype(np.int32)
+        arrays[f"pop/{p.name}/v_init"] = p.v_init.astype(np.int32)
+    for c in net.connections:
+        arrays[f"conn/{c.name}/weight"] = c.weight.astype(np.int8)
+    for b in net.bias_sources:
+        arrays[f"bias/{b.name}/bias"] = b.bias.astype(np.int64)
+    for o in net.outputs:
+        arrays[f"out/{o.name}/bias"] = o.bias.astype(np.int64)
+    return arrays
+
+
+def write_artifact(net: Network, directory: Path) -> None:
+    """Write everything ``run_lava.py`` needs into ``directory`` (existing)."""
+    directory = Path(directory)
+    (directory / "network.json").write_text(json.dumps(network_manifest(net), indent=1))
+    np.savez_compressed(directory / "params.npz", **network_arrays(net))
+    shutil.copyfile(RUNNER, directory / "run_lava.py")
+    proc = directory / "lava_intfire"
+    proc.mkdir(exist_ok=True)
+    shutil.copyfile(PROCESS_DIR / "intfire.py", proc / "intfire.py")
+    (proc / "__init__.py").write_text("")
+
+
+def read_network(directory: Path) -> Network:
+    """The network of an artifact written by :func:`write_artifact`."""
+    from snncompile.plugin import ArtifactError
+
+    from .network import BiasSource, Connection, Output, Population
+
+    directory = Path(directory)
+    try:
+        m = json.loads((directory / "network.json").read_text())
+        z = np.load(directory / "params.npz", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read the loihi network in {directory}: {e}") from None
+    if m.get("format") != FORMAT or m.get("version") != VERSION:
+        raise ArtifactError(f"{directory}/network.json is not a {FORMAT} v{VERSION} file")
+    with z:
+        inp = m["input"]
+        net = Network(inp["name"], tuple(inp["shape"]), inp["mode"], inp["bits"], m["timesteps"])
+        for p in m["populations"]:
+            k = f"pop/{p['name']}/"
+            net.populations.append(Population(
+                p["name"], tuple(p["shape"]), p["depth"], z[k + "theta"].astype(np.int64),
+                z[k + "v_init"].astype(np.int64), z[k + "bias"].astype(np.int64),
+                p["bias_first_step"], p["reset"], p["membrane_bits"]))
+        for c in m["connections"]:
+            w = z[f"conn/{c['name']}/weight"].astype(np.int64)
+            conv = {} if c["kind"] != "conv" else {
+                "in_shape": tuple(c["in_shape"]), "out_shape": tuple(c["out_shape"]),
+                "stride": tuple(c["stride"]), "padding": tuple(c["padding"]),
+                "dilation": tuple(c["dilation"]), "groups": c["groups"]}
+            net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
+                                              int(np.abs(w).max(initial=0)), kind=c["kind"],
+                                              delay=c.get("delay", 0), **conv))
+        for b in m.get("bias_sources", []):
+            net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],
+                                               z[f"bias/{b['name']}/bias"].astype(np.int64),
+                                               b["first_step"]))
+        for o in m["outputs"]:
+            net.outputs.append(Output(o["name"], tuple(o["shape"]), o["depth"],
+                                      z[f"out/{o['name']}/bias"].astype(np.int64)))
+    return net

@@ -1,0 +1,159 @@
+"""IntFire: a Lava process for the non-leaky integer integrate-and-fire neuron of snncompile.
+
+Why a process of our own: Lava's built-in neurons (LIF, LIFReset, TernaryLIF) all reset the
+membrane to zero, while snncompile's default neuron resets by subtracting the threshold.
+The fixed-point model below *reuses* the LIF fixed-point arithmetic unchanged (it subclasses
+``AbstractPyLifModelFixed``: input << 6, current decay with ``du``, 24-bit current wrap,
+bias ``mant << exp``, 24-bit voltage saturation, threshold ``vth << 6``, strict ``v > vth``)
+and changes only what snncompile's semantics need:
+
+* reset: ``subtract`` (``v -= vth_eff``, where ``vth_eff = (vth + 1) << 6`` is the IR
+  threshold) or ``zero`` (the stock behaviour);
+* window: every ``window`` steps (at ``window_offset``) the state returns to ``v_reset``
+  (the IR's initial membrane) and ``u`` to 0, so samples can run back to back, and the
+  layer's warm-up steps before its first input arrives (one step of delay per connection)
+  are discarded;
+* bias ``first_step``: the bias is applied ``window`` times over on the first step of each
+  window and not on the others (the IR's ``first_step`` bias mode);
+* a diagnostic counter ``wraps``: inputs beyond the 24-bit current register (``|a_in| >
+  2^17 - 1``), which wrap instead of saturating as the reference does;
+* membrane clamp at ``+-(v_limit << 6)``: the IR saturates at ``2^(membrane_bits-1) - 1``;
+  clamping at a multiple of 64 keeps ``v`` a multiple of 64, which the ``vth = theta - 1``
+  threshold mapping needs.
+
+``Recorder`` (below) records a port's values to a file, for reading results back quickly.
+
+This file is self-contained (lava and numpy only): snncompile copies it into every Loihi
+artifact. Keep it alone in its folder: Lava's compiler executes every sibling ``*.py`` file
+while looking for process models.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.lif.models import AbstractPyLifModelFixed
+from lava.proc.lif.process import AbstractLIF
+
+RESET_MODES = ("subtract", "zero")
+
+
+class IntFire(AbstractLIF):
+    """Integer IF neurons: LIF state and parameters, plus a per-neuron threshold ``vth``
+    (spike when ``v > vth << 6``), a per-neuron reset value ``v_reset`` (in ``<< 6`` units),
+    and the process parameters ``reset_mode``, ``window``, ``window_offset``,
+    ``bias_first_step`` and ``v_limit`` described in the module docstring."""
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], vth: np.ndarray, bias_mant: np.ndarray,
+                 bias_exp: int = 6, v_reset: ty.Optional[np.ndarray] = None,
+                 reset_mode: str = "subtract", window: int = 1, window_offset: int = 0,
+                 bias_first_step: bool = False, v_limit: int = 2 ** 17 - 1,
+                 du: int = 4095, dv: int = 0, name: ty.Optional[str] = None) -> None:
+        if reset_mode not in RESET_MODES:
+            raise ValueError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
+        v_reset = np.zeros(shape, np.int32) if v_reset is None else np.asarray(v_reset, np.int32)
+        super().__init__(shape=shape, u=0, v=v_reset, du=du, dv=dv, bias_mant=bias_mant,
+                         bias_exp=bias_exp, name=name, log_config=None,
+                         reset_mode=reset_mode, window=int(window),
+                         window_offset=int(window_offset), bias_first_step=bool(bias_first_step),
+                         v_limit=int(v_limit))
+        self.vth = Var(shape=shape, init=np.asarray(vth, np.int32))
+        self.v_reset = Var(shape=shape, init=v_reset)
+        self.wraps = Var(shape=(1,), init=0)
+
+
+@implements(proc=IntFire, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PyIntFireModelFixed(AbstractPyLifModelFixed):
+    """Fixed-point IntFire: the LIF fixed-point update with the changes listed above."""
+
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
+    v_reset: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    wraps: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.reset_mode = proc_params["reset_mode"]
+        self.window = proc_params["window"]
+        self.window_offset = proc_params["window_offset"] % self.window
+        self.bias_first_step = proc_params["bias_first_step"]
+        self.v_clamp = np.int32(proc_params["v_limit"]) << self.vth_shift
+        self.effective_vth = 0
+        self.current_max = (1 << (self.uv_bitwidth - 1 - self.act_shift)) - 1
+
+    def scale_threshold(self):
+        self.effective_vth = np.left_shift(self.vth, self.vth_shift)
+        self.isthrscaled = True
+
+    def spiking_activation(self):
+        return self.v > self.effective_vth
+
+    def reset_voltage(self, spike_vector: np.ndarray):
+        if self.reset_mode == "zero":
+            self.v[spike_vector] = 0
+        else:  # subtract the IR threshold theta = vth + 1, in << 6 units
+            self.v[spike_vector] -= (self.effective_vth[spike_vector]
+                                     + (np.int32(1) << self.vth_shift))
+
+    def run_spk(self):
+        a_in_data = self.a_in.recv()
+        window_start = (self.time_step % self.window) == self.window_offset
+        if window_start:
+            self.u[:] = 0
+            self.v[:] = self.v_reset
+        self.scale_bias()
+        if self.bias_first_step:
+            self.effective_bias = self.effective_bias * self.window if window_start else 0
+        if not self.isthrscaled:
+            self.scale_threshold()
+        self.wraps[0] += np.count_nonzero(np.abs(a_in_data) > self.current_max)
+        self.subthr_dynamics(activation_in=a_in_data)
+        self.v[:] = np.clip(self.v, -self.v_clamp, self.v_clamp)
+        spikes = self.spiking_activation()
+        self.reset_voltage(spike_vector=spikes)
+        self.s_out.send(spikes)
+
+
+class Recorder(AbstractProcess):
+    """Records its input every step and saves all of it, (size, steps), to ``path`` (.npy)
+    after step ``steps``. Reading a sink's Var back after the run costs one message per
+    element (tens of seconds for a few hundred thousand values); a file costs nothing."""
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], steps: int, path: str,
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(shape=shape, steps=int(steps), path=str(path), name=name)
+        self.a_in = InPort(shape=shape)
+
+
+@implements(proc=Recorder, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyRecorderModel(PyLoihiProcessModel):
+    """Host-side recorder (not a Loihi resource): buffers in the model, writes at the end."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.steps = proc_params["steps"]
+        self.path = proc_params["path"]
+        self.buffer = np.zeros(proc_params["shape"] + (self.steps,), np.int32)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        if self.time_step <= self.steps:
+            self.buffer[..., self.time_step - 1] = data
+        if self.time_step == self.steps:
+            np.save(self.path, self.buffer)

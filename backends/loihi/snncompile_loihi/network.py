@@ -1,0 +1,352 @@
+"""The Loihi network: an snncompile IR regrouped into what Lava runs.
+
+Lava connects *neuron populations* through *connection processes*; the IR has many small
+linear ops between its populations (conv, dense, affine, sum pools, flatten, reshape, pad,
+concat, add). :func:`build_network` folds every chain of linear ops between two populations
+into one exact integer matrix (by pushing unit vectors through the chain in float64, exact
+for the integer ranges involved), so each (source population, target) pair becomes one Dense
+connection. Folding a sum pool into the following weighted layer keeps its weights unchanged
+when the pool windows do not overlap (each input element lands in one window), so the
+weights stay 8-bit; an overlapping pool or two weighted ops in a row can widen them, which
+:mod:`snncompile_loihi.rules` reports.
+
+Branches of different depths may join (a residual skip): every connection delays by one
+step, so the shorter branch's connection gets the missing steps as synaptic delay (Lava's
+DelayDense, up to 63 steps).
+
+Anything that cannot be folded exactly is recorded in ``Network.problems`` (as violations)
+instead of raising, so ``check`` can report every problem at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
+                           FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
+                           WeightedNode)
+from snncompile.plugin import Violation
+
+LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
+              ConcatNode, AddNode)
+BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed neuron bias mantissa (used with bias_exp = 6)
+MAX_DENSE_ENTRIES = 2 ** 24
+MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"  # largest folded matrix this lowering builds (memory bound)
+
+
+@dataclass
+class Population:
+    """A layer of IntFire neurons (an IR IF node) with the current that feeds it."""
+
+    name: str
+    shape: tuple[int, ...]
+    depth: int                      # connections between the input and this layer
+    theta: np.ndarray               # (size,) integer thresholds
+    v_init: np.ndarray              # (size,) initial membrane
+    bias: np.ndarray                # (size,) per-step bias (or the per-step unit of first_step)
+    bias_first_step: bool
+    reset: str
+    membrane_bits: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Connection:
+    """One connection. ``dense``: ``weight`` (dst size, src size) integers. ``conv``: one
+    IR convolution kept as such (weight (Cout, Cin/groups, kH, kW) in the IR's layout, from
+    a (C, H, W) source), lowered to Lava's Conv process with symmetric padding."""
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray
+    ir_weight_max: int = 0          # largest |w| of the IR weighted ops folded into it
+    kind: str = "dense"
+    delay: int = 0                  # extra steps of synaptic delay (a DelayDense when > 0)
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)   # (rows, columns), each applied on both sides
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def synapses(self) -> int:
+        """Non-zero synapses (for a conv: an estimate, kernel taps times output positions)."""
+        if self.kind == "conv":
+            return int(np.count_nonzero(self.weight)) * int(np.prod(self.out_shape[1:]))
+        return int(np.count_nonzero(self.weight))
+
+
+@dataclass
+class Output:
+    """A non-spiking output: the current of an IR output node, accumulated over the window."""
+
+    name: str
+    shape: tuple[int, ...]
+    depth: int
+    bias: np.ndarray                # (size,) per-step bias; the window adds T times it
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class BiasSource:
+    """A bias too wide for the neuron's 13-bit mantissa, delivered exactly as graded spikes:
+    the per-step charge ``c`` (``bias``, or ``T * bias`` on the first step of each window for
+    ``first_step``) is split into balanced base-128 digits (each in -64..63); ``K`` constant
+    channels with payloads ``128^k`` reach the layer through 8-bit weights holding the digits,
+    so ``digits @ payload == c`` (see :func:`bias_digits`; the runner splits with the run's T)."""
+
+    name: str
+    dst: str
+    depth: int
+    bias: np.ndarray
+    first_step: bool
+
+    def charge(self, timesteps: int) -> np.ndarray:
+        return self.bias * (timesteps if self.first_step else 1)
+
+
+def bias_digits(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-128 digits of integer ``bias`` (size,): (digits (size, K), 128^k)."""
+    rest = np.asarray(bias, np.int64).copy()
+    digits = []
+    while np.any(rest) or not digits:
+        d = (rest + 64) % 128 - 64
+        digits.append(d)
+        rest = (rest - d) // 128
+    return np.stack(digits, axis=1), 128 ** np.arange(len(digits), dtype=np.int64)
+
+
+@dataclass
+class Network:
+    """What the artifact holds: the input, populations, connections and outputs."""
+
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_mode: str
+    input_bits: int
+    timesteps: int
+    populations: list[Population] = field(default_factory=list)
+    connections: list[Connection] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    bias_sources: list[BiasSource] = field(default_factory=list)
+    problems: list[Violation] = field(default_factory=list)
+
+    def incoming(self, name: str) -> list[Connection]:
+        return [c for c in self.connections if c.dst == name]
+
+
+def _sources(graph: Graph, name: str, seen: set[str] | None = None) -> list[str]:
+    """Populations (input, IF, or anything unsupported) that feed node ``name`` through
+    linear ops, in graph order."""
+    out: list[str] = []
+    for i in graph[name].inputs:
+        node = graph[i]
+        if isinstance(node, LINEAR_OPS):
+            out += [s for s in _sources(graph, i) if s not in out]
+        elif i not in out:
+            out.append(i)
+    order = {n.name: k for k, n in enumerate(graph.nodes)}
+    return sorted(set(out), key=order.__getitem__)
+
+
+def _apply(node: Node, ins: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
+    """One linear op on float64 batches (exact for integers below 2^53)."""
+    x = ins[0]
+    if isinstance(node, WeightedNode):
+        w = torch.as_tensor(node.weight_int, dtype=torch.float64)
+        if isinstance(node, DenseNode):
+            y = x @ w.T
+        elif isinstance(node, Conv2dNode):
+            pt, pl, pb, pr = node.padding
+            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, None, node.stride, 0, node.dilation,
+                         node.groups)
+        else:
+            y = x * w.reshape((1, -1) + (1,) * (x.dim() - 2))
+        if with_bias and node.bias_int is not None:
+            b = torch.as_tensor(node.bias_int, dtype=torch.float64)
+            y = y + (b.reshape(-1, 1, 1) if isinstance(node, Conv2dNode) else
+                     b.reshape((-1,) + (1,) * (x.dim() - 2)) if isinstance(node, AffineNode) else b)
+        return y
+    if isinstance(node, AvgPool2dNode):
+        pt, pl, pb, pr = node.padding
+        return F.avg_pool2d(F.pad(x, (pl, pr, pt, pb)), node.kernel, node.stride,
+                            divisor_override=1)
+    if isinstance(node, FlattenNode):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(node, ReshapeNode):
+        return x.reshape((x.shape[0],) + tuple(node.target))
+    if isinstance(node, PadNode):
+        k = len(node.shape)
+        pads: list[int] = []
+        for axis in reversed(range(k)):
+            pads += [node.pads[axis], node.pads[axis + k]]
+        return F.pad(x, pads)
+    if isinstance(node, ConcatNode):
+        return torch.cat(ins, dim=node.axis + 1)
+    if isinstance(node, AddNode):
+        y = ins[0]
+        for i in ins[1:]:
+            y = y + i
+        return y
+    raise TypeError(node.op)
+
+
+def _evaluate(graph: Graph, name: str, values: dict[str, torch.Tensor], batch: int,
+              with_bias: bool, memo: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The current at ``name`` given population outputs ``values`` (others zero)."""
+    if name in memo:
+        return memo[name]
+    node = graph[name]
+    if not isinstance(node, LINEAR_OPS):
+        v = values.get(name)
+        out = v if v is not None else torch.zeros((batch,) + tuple(node.shape), dtype=torch.float64)
+    else:
+        ins = [_evaluate(graph, i, values, batch, with_bias, memo) for i in node.inputs]
+        out = _apply(node, ins, with_bias)
+    memo[name] = out
+    return out
+
+
+def fold_chain(graph: Graph, current: str, src: str) -> np.ndarray:
+    """The integer matrix (size of ``current``, size of ``src``) of the linear chain from
+    population ``src`` to node ``current`` (biases left out)."""
+    n_src = int(np.prod(graph[src].shape))
+    eye = torch.eye(n_src, dtype=torch.float64).reshape((n_src,) + tuple(graph[src].shape))
+    y = _evaluate(graph, current, {src: eye}, n_src, False, {})
+    m = y.reshape(n_src, -1).T.contiguous().numpy()
+    return np.rint(m).astype(np.int64)
+
+
+def fold_bias(graph: Graph, current: str) -> np.ndarray:
+    """The per-step bias at node ``current`` (all populations silent), flattened."""
+    y = _evaluate(graph, current, {}, 1, True, {})
+    return np.rint(y.reshape(-1).numpy()).astype(np.int64)
+
+
+def _chain_weighted(graph: Graph, current: str) -> list[WeightedNode]:
+    """The weighted ops of the linear chain ending at ``current``."""
+    out: dict[str, WeightedNode] = {}
+    stack = [current]
+    while stack:
+        node = graph[stack.pop()]
+        if not isinstance(node, LINEAR_OPS):
+            continue
+        if isinstance(node, WeightedNode):
+            out[node.name] = node
+        stack += node.inputs
+    return list(out.values())
+
+
+def _chain_bias_mode(graph: Graph, current: str) -> set[str]:
+    return {n.bias_mode for n in _chain_weighted(graph, current)
+            if n.bias_int is not None and np.any(n.bias_int)}
+
+
+def _per_neuron(a: np.ndarray | None, shape: tuple[int, ...], default: int = 0) -> np.ndarray:
+    """An IR array broadcastable to ``shape`` (as the IR stores thresholds and initial
+    membranes), one value per neuron, flattened in row-major order."""
+    if a is None:
+        return np.full(int(np.prod(shape)), default, np.int64)
+    return np.rint(np.broadcast_to(np.asarray(a), shape).reshape(-1)).astype(np.int64)
+
+
+def build_network(graph: Graph, timesteps: int | None = None) -> Network:
+    """Regroup ``graph`` into populations and folded Dense connections."""
+    inp = graph.input
+    net = Network(inp.name, tuple(inp.shape), inp.mode, inp.bits, int(timesteps or graph.timesteps or 1))
+    depth: dict[str, int] = {inp.name: 0}
+    outputs = set(graph.outputs)
+    for node in graph.nodes:
+        if isinstance(node, (InputNode,) + LINEAR_OPS) and node.name not in outputs:
+            continue
+        if not isinstance(node, IFNode) and node.name not in outputs:
+            net.problems.append(Violation(node.name, f"operation '{node.op}'", "not supported", "dense, conv, "
+                                          "affine, sum pool, reshape, pad, concat, add and IF layers",
+                                          _fix_for(node)))
+            continue
+        if isinstance(node, IFNode):
+            current = node.inputs[0]
+            if not isinstance(graph[current], LINEAR_OPS):
+                net.problems.append(Violation(node.name, "input of an IF layer", graph[current].op,
+                                              "a weighted layer", "put a dense/conv layer before it"))
+                continue
+        elif isinstance(node, LINEAR_OPS):
+            current = node.name
+        else:
+            net.problems.append(Violation(node.name, "output kind", node.op, "a weighted layer "
+                                          "(non-spiking accumulator)", "end the model with a linear layer"))
+            continue
+        srcs = _sources(graph, current)
+        bad = [s for s in srcs if s not in depth]
+        if bad:  # fed by something unsupported (already reported)
+            continue
+        d = max((depth[s] for s in srcs), default=0) + 1
+        depth[node.name] = d
+        size = int(np.prod(node.shape))
+        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in _chain_weighted(graph, current)),
+                     default=0)
+        for s in srcs:
+            n_src = int(np.prod(graph[s].shape))
+            if n_src * size > MAX_DENSE_ENTRIES:
+                net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
+                                              n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
+                continue
+            delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
+            if delay > MAX_EXTRA_DELAY:
+                net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
+                                              MAX_EXTRA_DELAY, "a shorter skip connection"))
+            conv = _as_conv(graph, current, s, node.name) if delay == 0 else None
+            net.connections.append(conv if conv is not None else Connection(
+                f"{s}->{node.name}", s, node.name, fold_chain(graph, current, s), ir_max,
+                delay=delay))
+        modes = _chain_bias_mode(graph, current)
+        if len(modes) > 1:
+            net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
+                                          "one mode", "convert with one --input-mode"))
+        bias = fold_bias(graph, current)
+        if isinstance(node, IFNode) and np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
+            net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias,
+                                               modes == {"first_step"}))
+            bias = np.zeros_like(bias)
+        if isinstance(node, IFNode):
+            net.populations.append(Population(
+                node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),
+                _per_neuron(node.v_init, node.shape), bias, modes == {"first_step"}, node.reset,
+                node.membrane_bits))
+        else:
+            net.outputs.append(Output(node.name, tuple(node.shape), d, bias))
+    return net
+
+
+def _as_conv(graph: Graph, current: str, src: str, dst: str) -> Connection | None:
+    """A ``conv`` connection when the chain is one convolution reading ``src`` directly with
+    symmetric padding (what Lava's Conv process takes); None to fold it into a Dense."""
+    node = graph[current]
+    if not (isinstance(node, Conv2dNode) and node.inputs == [src] and len(graph[src].shape) == 3):
+        return None
+    pt, pl, pb, pr = node.padding
+    if pt != pb or pl != pr:
+        return None
+    w = np.asarray(node.weight_int).astype(np.int64)
+    return Connection(f"{src}->{dst}", src, dst, w, int(np.abs(w).max(initial=0)), kind="conv",
+                      in_shape=tuple(graph[src].shape), out_shape=tuple(node.shape),
+                      stride=tuple(node.stride), padding=(pt, pl),
+                      dilation=tuple(node.dilation), groups=int(node.groups))
+
+
+def _fix_for(node: Node) -> str:
+    if node.op == "maxpool2d":
+        return "use average pooling or a stride-2 convolution instead of max pooling"
+    return "replace this operation in the model"

@@ -1,0 +1,97 @@
+"""Export a folded network in lava-dl's netx HDF5 layout, where the network fits it.
+
+netx (``lava.lib.dl.netx.hdf5.Network``) builds a *chain* of blocks, each a connection plus
+a layer of Lava's stock LIF neurons configured from ``neuron/{type, iDecay, vDecay, vThMant,
+refDelay, gradedSpike}`` (type ``CUBA``: ``du = iDecay - 1``, ``dv = vDecay``, ``vth =
+vThMant``, ``bias_exp = 6``). The stock LIF resets to zero, so a network fits netx when:
+
+* it is a chain: every population has exactly one incoming connection, from the one before;
+* every IF layer resets to zero, starts at v = 0, has one threshold per layer and a per-step
+  bias (netx has no subtract reset, initial membrane, per-channel threshold or first-step
+  bias);
+
+Each population becomes a ``dense`` layer with its folded integer weights (shape stored as
+``[size]``, flat in the IR's row-major order) and a ``CUBA`` neuron with ``iDecay = 4096``
+(current lasts one step: ``du = 4095``), ``vDecay = 0`` (no leak) and ``vThMant = theta -
+1`` (LIF spikes on ``v > vth``, the IR on ``v >= theta``). The output accumulator has no
+netx equivalent; it is written as a last ``dense`` layer whose neurons never spike (``vThMant
+= 2^17 - 1``): read its voltage. The input enters layer 0 as graded spikes (load with
+``has_graded_input=True``); with input ``once``, its charge is T times the level at the
+first step. The file is written with h5py only; lava-dl is not needed (nor installed here:
+lava-dl 0.6.0 pins torch 2.3), so loading it with netx is not tested in this repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .network import Network
+
+VTH_MAX = 2 ** 17 - 1
+
+
+def netx_problems(net: Network) -> list[str]:
+    """Why ``net`` cannot be written as netx (empty when it can)."""
+    why = []
+    prev = net.input_name
+    for p in list(net.populations) + list(net.outputs):
+        inc = net.incoming(p.name)
+        if len(inc) != 1 or inc[0].src != prev:
+            why.append(f"'{p.name}' is not fed by exactly the layer before it (netx builds chains)")
+        prev = p.name
+        if any(c.delay for c in inc):
+            why.append(f"'{p.name}' has a delayed (skip) connection")
+        if any(c.kind != "dense" for c in inc):
+            why.append(f"'{p.name}' is fed by a convolution (this export writes dense layers only)")
+    for b in net.bias_sources:
+        why.append(f"'{b.dst}' has a bias wider than the 13-bit mantissa (sent as graded spikes here)")
+    if len(net.outputs) != 1:
+        why.append("netx networks have one output")
+    for p in net.populations:
+        if p.reset != "zero":
+            why.append(f"'{p.name}' resets by subtraction (netx's LIF resets to zero)")
+        if np.any(p.v_init):
+            why.append(f"'{p.name}' starts at a non-zero membrane")
+        if np.unique(p.theta).size != 1:
+            why.append(f"'{p.name}' has more than one threshold (netx: one vThMant per layer)")
+        if p.bias_first_step:
+            why.append(f"'{p.name}' has a first-step bias (netx: a constant bias)")
+    return why
+
+
+def _text(g: h5py.Group, key: str, value: str) -> None:
+    g.create_dataset(key, (1,), f"S{max(len(value), 1)}", [value.encode("ascii")])
+
+
+def _layer(g: h5py.Group, weight: np.ndarray, bias: np.ndarray, vth: int) -> None:
+    _text(g, "type", "dense")
+    g.create_dataset("shape", data=np.array([weight.shape[0]], np.int64))
+    g.create_dataset("weight", data=weight.astype(np.float32))
+    g.create_dataset("bias", data=bias.astype(np.float32))
+    n = g.create_group("neuron")
+    _text(n, "type", "CUBA")
+    n.create_dataset("iDecay", data=4096)
+    n.create_dataset("vDecay", data=0)
+    n.create_dataset("vThMant", data=int(vth))
+    n.create_dataset("refDelay", data=1)
+    n.create_dataset("gradedSpike", data=False)
+
+
+def write_netx(net: Network, path: Path) -> list[str]:
+    """Write ``path`` when the network fits netx; return the reasons when it does not."""
+    why = netx_problems(net)
+    if why:
+        return why
+    with h5py.File(path, "w") as f:
+        _text(f, "simulator", "lava")
+        layers = f.create_group("layer")
+        for i, p in enumerate(net.populations):
+            _layer(layers.create_group(str(i)), net.incoming(p.name)[0].weight, p.bias,
+                   int(p.theta[0]) - 1)
+        out = net.outputs[0]
+        _layer(layers.create_group(str(len(net.populations))), net.incoming(out.name)[0].weight,
+               out.bias, VTH_MAX)
+    return []

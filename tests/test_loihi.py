@@ -1,0 +1,420 @@
+"""The loihi backend (backends/loihi): limits and lowering without Lava, and bit-exactness
+against the reference simulator on Lava's fixed-point CPU simulator.
+
+The Lava tests run only where lava-nc imports (Python 3.10, as `make setup` and CI install
+it); everything else runs everywhere. Networks are tiny and sample counts small: Lava runs
+a few hundred steps per second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncompile.errors import ArtifactError, DataError, UsageError
+from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
+                           Graph, IFNode, InputNode, MaxPool2dNode, PadNode)
+from snncompile.plugin import LimitError, get_backend
+from snncompile.simulator import quantize_input, simulate
+
+HAVE_LAVA = importlib.util.find_spec("lava") is not None
+needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
+
+
+# --- a zoo of small integer graphs ------------------------------------------------------------
+
+def _w(rng, shape, lo=-40, hi=40):
+    return rng.integers(lo, hi + 1, shape).astype(np.int32)
+
+
+def _dense(rng, name, inp, nin, nout, mode="every_step", lo=-40, hi=40, bias=(-20, 20)):
+    w = _w(rng, (nout, nin), lo, hi)
+    b = rng.integers(bias[0], bias[1] + 1, nout).astype(np.int64) if bias else None
+    return DenseNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w,
+                     bias_int=b, bias_mode=mode)
+
+
+def _conv(rng, name, inp, cin, cout, k=3, stride=(1, 1), padding=(1, 1, 1, 1), mode="every_step"):
+    w = _w(rng, (cout, cin, k, k), -30, 30)
+    b = rng.integers(-10, 11, cout).astype(np.int64)
+    return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w, bias_int=b,
+                      stride=stride, padding=padding, bias_mode=mode)
+
+
+def _if(name, inp, theta, reset="subtract", mb=18, v_init=None):
+    return IFNode(name=name, inputs=[inp], threshold=np.asarray(theta), reset=reset,
+                  membrane_bits=mb, v_init=None if v_init is None else np.asarray(v_init))
+
+
+def mlp(rng) -> Graph:
+    """Dense layers, input once, subtract and zero reset, v_init, per-step bias."""
+    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once"),
+             _dense(rng, "d1", "x", 12, 10), _if("s1", "d1", [200], v_init=[100]),
+             _dense(rng, "d2", "s1", 10, 8), _if("s2", "d2", [50], reset="zero"),
+             _dense(rng, "d3", "s2", 8, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
+def cnn(rng) -> Graph:
+    """A Lava Conv from the graded input (symmetric padding), per-channel thresholds and
+    initial membranes, first-step bias; a conv with asymmetric padding after a sum pool
+    (both folded into one Dense); flatten."""
+    nodes = [InputNode(name="x", shape=(2, 6, 6), out_scale=np.array(1.0), mode="every_step"),
+             _conv(rng, "c1", "x", 2, 4, padding=(1, 1, 1, 1), mode="first_step"),
+             _if("s1", "c1", np.reshape([60, 80, 100, 120], (4, 1, 1)),
+                 v_init=np.reshape([30, 40, 50, 60], (4, 1, 1))),
+             AvgPool2dNode(name="p1", inputs=["s1"], kernel=(2, 2), stride=(2, 2)),
+             _conv(rng, "c2", "p1", 4, 5, stride=(2, 2), padding=(1, 0, 1, 1)),
+             _if("s2", "c2", [40], reset="zero"),
+             FlattenNode(name="f", inputs=["s2"]),
+             _dense(rng, "d", "f", 10, 4)]
+    return Graph(nodes, ["d"], timesteps=5)
+
+
+def convs(rng) -> Graph:
+    """Lava Convs between spiking layers: stride, rectangular padding, dilation, groups,
+    non-square images, and a conv as the output layer."""
+    c2 = _conv(rng, "c2", "s1", 4, 6, k=3, stride=(1, 2), padding=(2, 1, 2, 1))
+    c2.dilation = (2, 1)
+    w3 = _w(rng, (4, 3, 2, 2), -30, 30)
+    c3 = Conv2dNode(name="c3", inputs=["s2"], weight=w3.astype(np.float32), weight_int=w3,
+                    bias_int=np.arange(4, dtype=np.int64), groups=2, stride=(2, 2))
+    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once"),
+             _conv(rng, "c1", "x", 1, 4, stride=(2, 1), padding=(1, 1, 1, 1), mode="first_step"),
+             _if("s1", "c1", [300]), c2, _if("s2", "c2", [60]), c3]
+    return Graph(nodes, ["c3"], timesteps=6)
+
+
+def branches(rng) -> Graph:
+    """Two branches joined by concat and by add (equal depths), padding, a saturating
+    narrow membrane."""
+    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "a", "x", 8, 6), _if("sa", "a", [60]),
+             _dense(rng, "b", "x", 8, 6), _if("sb", "b", [45], reset="zero"),
+             ConcatNode(name="cat", inputs=["sa", "sb"], axis=0),
+             _dense(rng, "m", "cat", 12, 5, lo=-5, hi=40),
+             _dense(rng, "r", "sa", 6, 5, lo=0, hi=40, bias=None),
+             AddNode(name="sum", inputs=["m", "r"]),
+             _if("sc", "sum", [30], mb=8),
+             PadNode(name="pad", inputs=["sc"], pads=(1, 2)),
+             _dense(rng, "out", "pad", 8, 3)]
+    return Graph(nodes, ["out"], timesteps=7)
+
+
+def residual(rng) -> Graph:
+    """Skips over layers (a ResNet-style add, and the input straight into a deeper layer):
+    the shorter branch's connection is delayed to line up."""
+    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="once"),
+             _dense(rng, "d1", "x", 8, 6), _if("s1", "d1", [400]),
+             _dense(rng, "d2", "s1", 6, 6, lo=-10), _if("s2", "d2", [30]),
+             _dense(rng, "d3", "s2", 6, 5, bias=None), _dense(rng, "skip", "s1", 6, 5, lo=0, bias=None),
+             _dense(rng, "inp", "x", 8, 5, lo=-3, hi=3),
+             AddNode(name="sum", inputs=["d3", "skip", "inp"]), _if("s3", "sum", [90]),
+             _dense(rng, "out", "s3", 5, 3)]
+    return Graph(nodes, ["out"], timesteps=6)
+
+
+def wide_bias(rng) -> Graph:
+    """Biases beyond the neuron's 13-bit mantissa (sent as graded spikes), per step and
+    first step, at depths 1 and 2."""
+    nodes = [InputNode(name="x", shape=(6,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "d1", "x", 6, 7, bias=(-9000, 9000)), _if("s1", "d1", [9000]),
+             _dense(rng, "d2", "s1", 7, 5, mode="first_step", bias=(-20000, 20000)),
+             _if("s2", "d2", [2000], v_init=[1000]),
+             _dense(rng, "d3", "s2", 5, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
+def chain_zero(rng) -> Graph:
+    """What lava-dl netx can hold: a chain of dense layers with reset-to-zero neurons."""
+    nodes = [InputNode(name="x", shape=(10,), out_scale=np.array(1.0), mode="every_step"),
+             _dense(rng, "d1", "x", 10, 9), _if("s1", "d1", [150], reset="zero"),
+             _dense(rng, "d2", "s1", 9, 7, lo=-10), _if("s2", "d2", [40], reset="zero"),
+             _dense(rng, "d3", "s2", 7, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
+def _validated(g: Graph) -> Graph:
+    g.validate()
+    return g
+
+
+def _inputs(rng, g: Graph, n: int) -> np.ndarray:
+    return rng.integers(-40, 90, (n,) + tuple(g.input.shape)).astype(np.float64)
+
+
+# --- without Lava: limits, violations, artifact ------------------------------------------------
+
+def test_backend_is_discovered_with_limits_and_sources():
+    b = get_backend("loihi")
+    info = b.info()
+    lim = info["limits"]
+    assert (lim["weight_bits"], lim["membrane_bits"], lim["threshold_bits"], lim["cores"]) == (8, 18, 17, 128)
+    assert lim["delay_per_layer"] == 1 and info["can_run"]
+    assert {"weight_bits", "membrane_bits", "threshold_bits", "cores", "fan_in"} <= set(lim["sources"])
+    assert get_backend("loihi", {"cores": "4"}).limits().cores == 4
+    with pytest.raises(UsageError, match="unknown loihi target option 'bogus'"):
+        get_backend("loihi", {"bogus": "1"})
+
+
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches, residual, wide_bias])
+def test_zoo_fits_loihi(build):
+    g = _validated(build(np.random.default_rng(0)))
+    assert get_backend("loihi").check(g) == []
+    assert all(v >= 1 for v in get_backend("loihi").cores(g).values())
+
+
+def test_wide_bias_digits_are_exact_8_bit_weights():
+    from snncompile_loihi.network import bias_digits
+
+    b = np.array([0, 1, -1, 63, 64, -64, -65, 4095, -9000, 30000, 2 ** 20 + 3])
+    digits, payload = bias_digits(b)
+    assert digits.min() >= -64 and digits.max() <= 63
+    np.testing.assert_array_equal(digits @ payload, b)
+    g = _validated(wide_bias(np.random.default_rng(0)))
+    from snncompile_loihi.network import build_network
+    net = build_network(g)
+    assert [s.dst for s in net.bias_sources] == ["s1", "s2"] and net.bias_sources[1].first_step
+    assert all(not np.any(p.bias) for p in net.populations)
+
+
+def test_every_violation_is_reported_at_once():
+    rng = np.random.default_rng(1)
+    wide = _dense(rng, "d1", "fx", 16, 8, lo=-300, hi=300)
+    big_bias = _dense(rng, "d2", "s1", 8, 8, bias=(5000, 6000), mode="first_step")
+    nodes = [InputNode(name="x", shape=(1, 4, 4), out_scale=np.array(1.0), mode="once"),
+             MaxPool2dNode(name="mp", inputs=["x"], kernel=(2, 2), stride=(2, 2)),
+             FlattenNode(name="fx", inputs=["x"]),
+             wide, _if("s1", "d1", [200], mb=32),
+             big_bias, _if("s2", "d2", [300000]),
+             # overlapping pool: folded weights add up beyond 8 bits
+             _conv(rng, "c", "x", 1, 2), _if("sc", "c", [50]),
+             AvgPool2dNode(name="ap", inputs=["sc"], kernel=(3, 3), stride=(1, 1)),
+             FlattenNode(name="fa", inputs=["ap"]),
+             DenseNode(name="d3", inputs=["fa"], weight=np.full((3, 8), 100, np.float32),
+                       weight_int=np.full((3, 8), 100, np.int32)),
+             _if("s3", "d3", [50]),
+             _dense(rng, "out", "s3", 3, 2)]
+    g = _validated(Graph(nodes, ["out"], timesteps=300))
+    b = get_backend("loihi", {"cores": "3"})
+    found = {(v.layer, v.quantity.split(" (")[0].split(" from")[0]) for v in b.check(g)}
+    assert found == {
+        ("d1", "weight bits"), ("s1", "membrane bits"), ("s2", "threshold"),
+        ("mp", "operation 'maxpool2d'"), ("s2", "bias as graded spikes"), ("s3", "folded weight"),
+        ("x", "input charge per step"), ("(all)", "cores needed"),
+    }
+    with pytest.raises(LimitError) as err:
+        b.lower(g, Path("/nonexistent"))
+    assert "average pooling or a stride-2 convolution" in str(err.value)
+    assert "--membrane-bits 18" in str(err.value)
+
+
+def test_skip_longer_than_loihi_delays_is_a_violation():
+    rng = np.random.default_rng(2)
+    nodes = [InputNode(name="x", shape=(2,), out_scale=np.array(1.0), mode="every_step")]
+    prev = "x"
+    for i in range(65):
+        nodes += [_dense(rng, f"d{i}", prev, 2, 2), _if(f"s{i}", f"d{i}", [50])]
+        prev = f"s{i}"
+    nodes += [_dense(rng, "late", prev, 2, 2, bias=None), _dense(rng, "early", "x", 2, 2, bias=None),
+              AddNode(name="sum", inputs=["late", "early"]), _if("ss", "sum", [50]),
+              _dense(rng, "out", "ss", 2, 1)]
+    g = _validated(Graph(nodes, ["out"], timesteps=4))
+    found = [(v.layer, v.quantity, v.value, v.limit) for v in get_backend("loihi").check(g)]
+    assert found == [("ss", "synaptic delay from 'x' (steps)", 65, 63)]
+
+
+def test_artifact_is_self_contained(tmp_path):
+    g = _validated(cnn(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"network.json", "params.npz", "run_lava.py", "lava_intfire/intfire.py",
+            "lava_intfire/__init__.py"} <= names
+    for py in tmp_path.rglob("*.py"):  # lava-nc and numpy only
+        imports = re.findall(r"^\s*(?:import|from)\s+([\w.]+)", py.read_text(), re.M)
+        assert {i.split(".")[0] for i in imports} <= {"lava", "lava_intfire", "numpy", "argparse",
+                                                      "json", "os", "shutil", "sys", "tempfile",
+                                                      "time", "typing",
+                                                      "__future__"}, py
+    net = json.loads((tmp_path / "network.json").read_text())
+    assert [p["depth"] for p in net["populations"]] == [1, 2] and net["outputs"][0]["depth"] == 3
+    assert [c["kind"] for c in net["connections"]] == ["conv", "dense", "dense"]
+    with np.load(tmp_path / "params.npz") as z:
+        w = z["conn/s1->s2/weight"]
+    assert w.dtype == np.int8 and w.shape == (10, 4 * 6 * 6)
+
+
+def test_netx_export_where_it_fits(tmp_path):
+    import h5py
+
+    g = _validated(chain_zero(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    with h5py.File(tmp_path / "netx.h5") as f:
+        layers = f["layer"]
+        assert sorted(layers, key=int) == ["0", "1", "2"]
+        l0 = layers["0"]
+        assert l0["type"][0] == b"dense" and l0["neuron/type"][0] == b"CUBA"
+        assert (l0["neuron/iDecay"][()], l0["neuron/vDecay"][()], l0["neuron/vThMant"][()]) == (4096, 0, 149)
+        np.testing.assert_array_equal(l0["weight"][()], g["d1"].weight_int)
+        np.testing.assert_array_equal(l0["bias"][()], g["d1"].bias_int)
+        assert layers["2"]["neuron/vThMant"][()] == 2 ** 17 - 1
+    other = tmp_path / "mlp"
+    other.mkdir()
+    get_backend("loihi").lower(_validated(mlp(np.random.default_rng(0))), other)
+    assert not (other / "netx.h5").exists()
+    assert "resets by subtraction" in (other / "netx-unsupported.txt").read_text()
+
+
+def test_run_without_lava_says_how_to_get_it(tmp_path):
+    g = _validated(mlp(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    b = get_backend("loihi", {"python": "/bin/false"})
+    with pytest.raises(UsageError, match="lava-nc 0.10.0 is not importable.*Python 3.10"):
+        b.run(tmp_path, np.zeros((1, 12)))
+    with pytest.raises(ArtifactError, match="not a loihi artifact"):
+        b.run(tmp_path / "missing", np.zeros((1, 12)))
+    with pytest.raises(DataError, match=r"input shape \(1, 11\) does not match"):
+        b.run(tmp_path, np.zeros((1, 11)))
+
+
+# --- on Lava: bit for bit against the reference simulator ---------------------------------------
+
+def _assert_bit_exact(g: Graph, x: np.ndarray, tmp_path: Path, timesteps: int | None = None,
+                      record_spikes: bool = True):
+    ref = simulate(g, x, timesteps=timesteps, record_spikes=record_spikes)
+    b = get_backend("loihi")
+    b.lower(g, tmp_path)
+    got = b.run(tmp_path, quantize_input(g, x), timesteps=timesteps, record_spikes=record_spikes)
+    for k, acc in ref.output_acc.items():
+        np.testing.assert_array_equal(got.output_acc[k], acc, err_msg=f"output {k}")
+    if record_spikes:
+        assert set(got.spikes) == set(ref.spikes)
+        for k, s in ref.spikes.items():
+            assert got.spikes[k].shape == s.shape and got.spikes[k].dtype == np.uint8
+            np.testing.assert_array_equal(got.spikes[k], s, err_msg=f"spikes of {k}")
+            assert s.sum() > 0, f"layer {k} never spikes: the test would not see a difference"
+    assert all(v == 0 for v in got.stats["current_wraps"].values())
+    return ref, got
+
+
+@needs_lava
+@pytest.mark.parametrize("build", [mlp, cnn, convs, branches, residual, wide_bias])
+def test_zoo_is_bit_exact_on_lava(build, tmp_path):
+    rng = np.random.default_rng(3)
+    g = _validated(build(rng))
+    ref, got = _assert_bit_exact(g, _inputs(rng, g, 3), tmp_path)
+    assert got.stats["samples"] == 3 and got.stats["lava_steps"] == 3 * g.timesteps + \
+        max(json.loads((tmp_path / "network.json").read_text())["outputs"][0]["depth"], 1)
+    assert got.stats["cores"] == sum(got.stats["cores_per_layer"].values()) >= 3
+    if build is branches:
+        assert ref.saturations["sc"] > 0  # the narrow membrane saturates: clamp checked too
+
+
+@needs_lava
+def test_other_window_and_outputs_only(tmp_path):
+    rng = np.random.default_rng(4)
+    g = _validated(mlp(rng))
+    _assert_bit_exact(g, _inputs(rng, g, 2), tmp_path, timesteps=9, record_spikes=False)
+
+
+def _converted(onnx_kit, input_mode: str, rng) -> tuple[Graph, np.ndarray]:
+    """A real conversion (ONNX -> IR with snncompile.convert, calibrated) at Loihi settings."""
+    from onnx import helper
+
+    from snncompile.calibrate import activation_scales
+    from snncompile.convert import ConversionOptions, convert
+    from snncompile.frontend import import_onnx
+
+    inits = {"w1": rng.normal(0, 0.4, (4, 1, 3, 3)).astype(np.float32),
+             "b1": rng.normal(0, 0.1, 4).astype(np.float32),
+             "w2": rng.normal(0, 0.3, (3, 4 * 3 * 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    model = onnx_kit.model(nodes, inits, in_shape=(1, 6, 6))
+    ann = import_onnx(model).graph
+    x = rng.uniform(0, 1, (67, 1, 6, 6)).astype(np.float32)
+    opts = ConversionOptions(timesteps=8, weight_bits=8, membrane_bits=18, input_mode=input_mode)
+    return convert(ann, activation_scales(model, ann, x[3:]), opts), x[:3]
+
+
+@needs_lava
+def test_converted_onnx_model_is_bit_exact(tmp_path, onnx_kit):
+    g, x = _converted(onnx_kit, "every_step", np.random.default_rng(5))
+    assert get_backend("loihi").check(g) == []
+    _assert_bit_exact(g, x, tmp_path)
+
+
+@needs_lava
+def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit, caplog):
+    """Input once at 8 bits: T times the charge in one step overflows Loihi's 24-bit current
+    register (the reference saturates the membrane instead); run says so per layer."""
+    g, x = _converted(onnx_kit, "once", np.random.default_rng(5))
+    b = get_backend("loihi")
+    b.lower(g, tmp_path)
+    got = b.run(tmp_path, quantize_input(g, x))
+    assert got.stats["current_wraps"]["r"] > 0
+    assert "wrapped in r" in caplog.text and "every_step" in caplog.text
+
+
+@needs_lava
+def test_hung_run_is_stopped_by_the_timeout(tmp_path):
+    g = _validated(mlp(np.random.default_rng(0)))
+    get_backend("loihi").lower(g, tmp_path)
+    b = get_backend("loihi", {"timeout_s": "0.5"})
+    with pytest.raises(ArtifactError, match="did not finish within 0.5 s"):
+        b.run(tmp_path, np.zeros((2, 12)))
+
+
+@needs_lava
+def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
+    """Rebuild the exported netx.h5 with Lava's stock LIF and Dense the way netx maps a CUBA
+    layer (du = iDecay - 1, dv = vDecay, vth = vThMant, bias_exp = 6): one sample, bit-exact
+    spikes against the reference (delay k per layer k). The stock LIFReset clears what the
+    bias charged during the k warm-up steps before the first input arrives."""
+    import h5py
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIFReset
+
+    rng = np.random.default_rng(6)
+    g = _validated(chain_zero(rng))
+    x = _inputs(rng, g, 1)
+    T = g.timesteps
+    ref = simulate(g, x, record_spikes=True)
+    get_backend("loihi").lower(g, tmp_path)
+    steps = T + 3
+    src = Source(data=np.repeat(quantize_input(g, x).T.astype(np.int32), steps, axis=1))
+    port, sinks = src.s_out, []
+    with h5py.File(tmp_path / "netx.h5") as f:
+        for i in range(2):  # the two IF layers
+            layer = f["layer"][str(i)]
+            w = layer["weight"][()].astype(np.int32)
+            nrn = layer["neuron"]
+            dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=16 if i == 0 else 0)
+            lif = LIFReset(shape=(w.shape[0],), du=int(nrn["iDecay"][()]) - 1,
+                           dv=int(nrn["vDecay"][()]), vth=int(nrn["vThMant"][()]),
+                           bias_mant=layer["bias"][()].astype(np.int32), bias_exp=6,
+                           reset_interval=1000, reset_offset=2 + i)
+            port.connect(dense.s_in)
+            dense.a_out.connect(lif.a_in)
+            sinks.append(Sink(shape=(w.shape[0],), buffer=steps))
+            lif.s_out.connect(sinks[-1].a_in)
+            port = lif.s_out
+    try:
+        src.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        got = [np.asarray(s.data.get()) for s in sinks]
+    finally:
+        src.stop()
+    for k, (name, data) in enumerate(zip(["s1", "s2"], got), start=1):
+        np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0], err_msg=name)
