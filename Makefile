@@ -9,12 +9,14 @@ DIGITS := examples/digits
 setup: $(STAMP)
 
 # Re-installs only when the package metadata changes; recreates a venv of the wrong Python.
-$(STAMP): setup.cfg pyproject.toml
+BACKENDS := backends/netlist backends/cyclesim
+
+$(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(BACKENDS))
 	@py=$$(tools/find_python310.sh) || exit 1; \
 	if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then \
 	  echo "recreating $(VENV) with Python 3.10"; rm -rf $(VENV); fi; \
 	[ -x $(PY) ] || $$py -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]" $(addprefix -e ,$(BACKENDS))
 	@touch $(STAMP)
 
 $(DIGITS)/data/digits_cnn.onnx: $(STAMP) $(DIGITS)/train.py

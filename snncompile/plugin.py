@@ -28,12 +28,14 @@ from .errors import ArtifactError, DataError, ModelError, SnnCompileError, Usage
 from .ir import IFNode, InputNode, WeightedNode, Graph
 from .metrics import population_fanin, populations, weight_bits
 from .serialize import load_graph
+from .synapses import FlatNetwork, Population, Projection, flatten_network
 
 ENTRY_POINT_GROUP = "snncompile.backends"
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError",
+    "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
+    "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
 
@@ -94,6 +96,13 @@ class LimitError(SnnCompileError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BackendError(SnnCompileError):
+    """A backend plugin failed in a way that is its own bug (an unexpected exception while
+    lowering or running): reported with the plugin's name instead of a traceback."""
+
+    exit_code = 7
 
 
 @dataclass
@@ -262,6 +271,13 @@ def _rule_neurons(g: Graph, lim: Limits) -> list[Violation]:
 
 GENERIC_RULES: tuple[Rule, ...] = (_rule_weight_bits, _rule_fan_in, _rule_threshold_bits,
                                    _rule_membrane_bits, _rule_modes, _rule_neurons)
+
+# The same rules by name, so a backend with a finer rule of its own (say, a mapper that
+# counts cores exactly) can keep the others: check_limits(g, lim, name, rules=(RULES["modes"], ...)).
+RULES: dict[str, Rule] = {"weight_bits": _rule_weight_bits, "fan_in": _rule_fan_in,
+                          "threshold_bits": _rule_threshold_bits,
+                          "membrane_bits": _rule_membrane_bits, "modes": _rule_modes,
+                          "neurons": _rule_neurons}
 
 
 def check_limits(graph: Graph, limits: Limits, target: str = "",

@@ -66,7 +66,7 @@ class _Builder:
                                    padding=tuple(padding), groups=groups, out_scale=np.ones(1)))
 
     def spiking(self, name, src, channels, lo=4, hi=20, reset="subtract", half=True,
-                membrane_bits=32, per_channel_dims=2) -> str:
+                membrane_bits=24, per_channel_dims=2) -> str:
         th = self.rng.integers(lo, hi + 1, size=(channels,) + (1,) * per_channel_dims).astype(np.int64)
         return self.add(IFNode(name=name, inputs=[src], threshold=th,
                                v_init=th // 2 if half else None, reset=reset,
