@@ -179,6 +179,28 @@ FAKE_PLUGINS = {
                 (directory / "partial.bin").write_bytes(b"half")
                 raise ZeroDivisionError("oops in the plugin")
     """),
+    "liarmod.py": textwrap.dedent("""
+        import numpy as np
+        from snncompile.plugin import Backend, BackendRun, Limits, load_graph
+        from snncompile.serialize import save_graph
+        from snncompile.simulator import simulate
+
+        class Liar(Backend):  # fires on v > theta instead of v >= theta
+            name = "liar"
+            version = "0.1"
+            can_run = True
+            def limits(self):
+                return Limits()
+            def lower(self, graph, directory):
+                save_graph(graph, directory)
+            def run(self, directory, x_int, timesteps=None, record_spikes=False):
+                g = load_graph(directory)
+                for n in g.nodes:
+                    if n.op == "if":
+                        n.threshold = n.threshold + 1
+                r = simulate(g, x_int * np.asarray(g.input.out_scale), timesteps, record_spikes=record_spikes)
+                return BackendRun(r.output_acc, r.spikes)
+    """),
 }
 
 
@@ -188,7 +210,7 @@ def test_broken_plugins_are_named_and_do_not_hide_others(digits, tmp_path, monke
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[snncompile.backends]\nbroken = brokenmod:Nope\n"
-                                           "crashy = crashymod:Crashy\n")
+                                           "crashy = crashymod:Crashy\nliar = liarmod:Liar\n")
     for name, text in FAKE_PLUGINS.items():
         (site / name).write_text(text)
     monkeypatch.syspath_prepend(str(site))  # entry points are looked up on sys.path at each call
@@ -204,3 +226,11 @@ def test_broken_plugins_are_named_and_do_not_hide_others(digits, tmp_path, monke
     r = cli("convert", str(digits / "digits_cnn.onnx"), "-o", str(out), "--target", "crashy")
     assert_clean_failure(r, 7, "backend 'crashy' 0.1 failed while lowering", "ZeroDivisionError: oops")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["site"]
+    # a backend that is not bit-exact: run says where it diverged and exits 1
+    r = cli("convert", str(digits / "digits_cnn.onnx"), "--calib", str(digits / "calib.npz"), "-T", "8",
+            "-o", str(out), "--target", "liar", *HW)
+    assert r.returncode == 0, r.stderr
+    r = cli("run", str(out), "--data", str(digits / "small.npz"))
+    assert r.returncode == 1 and "bit_exact: false" in r.stdout
+    assert "difference: layer '/relu1/Relu_output_0' diverged at time step" in r.stderr
+    assert "error: the backend's spikes or outputs differ" in r.stderr
