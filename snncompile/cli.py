@@ -93,10 +93,10 @@ def main(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
-def convert(model: str, out: str, target: str, target_options: tuple[str, ...], timesteps: int, calib: str | None, norm: str,
+def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
             percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
             v_init: str, membrane_bits: int, output_name: str | None, seed: int, force: bool,
-            as_json: bool) -> None:
+            as_json: bool, target_options: tuple[str, ...] = ()) -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT."""
     from .pipeline import CompileRequest, compile_model
     from .plugin import parse_backend_options

@@ -12,6 +12,10 @@ kit (:mod:`snncompile.testing`) checks that.
 Everything a plugin may import from snncompile is re-exported here or in
 :mod:`snncompile.testing`: the IR (:mod:`snncompile.ir`), :func:`load_graph` for an IR saved in
 an artifact, the figures in :mod:`snncompile.metrics`, and the error types.
+:func:`flatten_network` turns a graph into populations and integer synapse matrices (what
+neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules so a backend
+can replace one with a finer rule of its own. An unexpected exception inside a plugin is
+reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
 """
 
 from __future__ import annotations
