@@ -198,14 +198,16 @@ def inspect(target: str, output_name: str | None, as_json: bool) -> None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Data (.npz with x, and y for accuracy).")
 @click.option("--timesteps", "-T", default=None, type=int, help="Override T.")
+@click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Samples per backend call (spikes of a batch are held in memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_handle_errors
-def run(out: str, data: str, timesteps: int | None, as_json: bool) -> None:
+def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
     """Run OUT on the backend it was compiled for, and compare every spike and output with
     the reference simulator on the same inputs (exit 1 when they differ)."""
     from .runner import run_artifact
 
-    res = run_artifact(out, data, timesteps)
+    res = run_artifact(out, data, timesteps, batch_size)
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

@@ -160,6 +160,14 @@ class Backend(ABC):
         graph's T when None)."""
         raise UsageError(f"backend '{self.name}' cannot run its artifacts")
 
+    def combine_stats(self, parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Statistics of a run made in chunks (`snncompile run` runs large data sets in
+        batches): ``parts`` holds (samples, stats) per chunk. The default keeps one chunk's
+        stats as they are and lists several per chunk; override it to add them up."""
+        if len(parts) == 1:
+            return parts[0][1]
+        return {"chunks": [dict(s, samples=n) for n, s in parts]}
+
     def info(self) -> dict[str, Any]:
         """What `snncompile backends` prints."""
         return {"name": self.name, "version": self.version, "description": self.description,

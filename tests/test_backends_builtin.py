@@ -90,3 +90,21 @@ def test_backends_use_only_the_public_api():
             for m in mods:
                 if m.startswith("snncompile.") or m == "snncompile":
                     assert m in PUBLIC, f"{py.relative_to(ROOT)} imports {m}, not in the public API"
+
+
+def test_cyclesim_stats_of_a_chunked_run_equal_one_run(tmp_path):
+    import numpy as np
+
+    be = get_backend("cyclesim")
+    c = zoo_case("avgpool_sum")
+    be.lower(c.graph, tmp_path)
+    whole = be.run(tmp_path, c.x_int, c.timesteps).stats
+    parts = [(k, be.run(tmp_path, c.x_int[a:a + k], c.timesteps).stats) for a, k in ((0, 1), (1, 3))]
+    merged = be.combine_stats(parts)
+    for key in ("cycles_per_step", "cycles_per_step_max", "latency_cycles", "synops_per_sample",
+                "input_events_per_sample", "spikes_per_sample", "energy_nj_per_sample"):
+        assert np.isclose(merged[key], whole[key], rtol=1e-12), key
+    assert merged["saturations"] == whole["saturations"] and merged["chunks"] == 2
+    for a, b in zip(merged["cores"], whole["cores"]):
+        assert abs(a["busy_fraction"] - b["busy_fraction"]) <= 1e-4  # per-chunk values are rounded to 4 places
+        assert np.isclose(a["events_per_sample"], b["events_per_sample"], rtol=1e-12)

@@ -70,10 +70,11 @@ def test_cyclesim_end_to_end(digits, cyclesim_out):
     assert info["target"] == "cyclesim" and info["backend"]["version"] == "1.0.0"
     assert info["backend"]["options"] == {"neurons_per_core": "256"}
     assert {"arch.json", "mapping.json", "network.json", "network.npz"} <= set(os.listdir(cyclesim_out / "cyclesim"))
-    r = run("run", str(cyclesim_out), "--data", str(digits / "small.npz"), "--json")
+    r = run("run", str(cyclesim_out), "--data", str(digits / "small.npz"), "--json", "--batch-size", "50")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["bit_exact"] is True and res["backend"] == "cyclesim" and res["differences"] == []
+    assert res["stats"]["chunks"] == 2  # 80 samples in batches of 50
     assert res["accuracy"] >= 0.9 and res["samples"] == 80 and res["timesteps"] == 16
     st = res["stats"]
     for k in ("cycles_per_step", "latency_cycles", "latency_us", "synops_per_sample",

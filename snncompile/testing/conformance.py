@@ -47,12 +47,14 @@ def _index(shape: tuple[int, ...], flat: int) -> str:
     return str(tuple(int(i) for i in np.unravel_index(flat, shape)))
 
 
-def compare_run(graph: Graph, ref: SimResult, run: BackendRun, network: str = "") -> list[str]:
+def compare_run(graph: Graph, ref: SimResult, run: BackendRun, network: str = "",
+                sample_offset: int = 0) -> list[str]:
     """Every difference between a backend's run and the reference, the root cause first.
 
     Spikes are compared for every spiking layer (IF layers and max pools): the first message
     names the earliest diverging step, at that step the first layer in graph order, and the
-    first neuron (sample, index within the layer). Output accumulators are compared after."""
+    first neuron (sample, index within the layer). Output accumulators are compared after.
+    ``sample_offset`` is added to reported sample numbers (for runs made in chunks)."""
     where = f"network '{network}': " if network else ""
     msgs: list[str] = []
     order = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -80,7 +82,7 @@ def compare_run(graph: Graph, ref: SimResult, run: BackendRun, network: str = ""
                 firsts.append((t, order[name], name, s, i, w, g, int(diff.sum()), shape))
     firsts.sort()
     for t, _, name, s, i, w, g, count, shape in firsts:
-        msgs.append(f"{where}layer '{name}' diverged at time step {t}, sample {s}, neuron "
+        msgs.append(f"{where}layer '{name}' diverged at time step {t}, sample {s + sample_offset}, neuron "
                     f"{_index(shape, i)} (flat index {i}): reference spike {w}, backend {g} "
                     f"({count} spike{'s' if count != 1 else ''} differ in this layer)")
     for name, want in ref.output_acc.items():
@@ -95,7 +97,7 @@ def compare_run(graph: Graph, ref: SimResult, run: BackendRun, network: str = ""
         bad = np.argwhere(got.reshape(len(want), -1) != want.reshape(len(want), -1))
         if len(bad):
             s, i = (int(v) for v in bad[0])
-            msgs.append(f"{where}output '{name}' differs at sample {s}, unit "
+            msgs.append(f"{where}output '{name}' differs at sample {s + sample_offset}, unit "
                         f"{_index(want.shape[1:], i)}: reference {int(want.reshape(len(want), -1)[s, i])}, "
                         f"backend {int(got.reshape(len(want), -1)[s, i])} ({len(bad)} values differ)")
     return msgs

@@ -18,7 +18,7 @@ from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Violation, ch
                                flatten_network)
 
 from .arch import Architecture
-from .engine import run_network
+from .engine import combine_stats, run_network
 from .mapping import map_network, unit_violations
 from .store import load, save
 
@@ -70,3 +70,6 @@ class CycleSimBackend(Backend):
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:
         return run_network(load(Path(directory)), x_int, timesteps, record_spikes)
+
+    def combine_stats(self, parts):
+        return combine_stats(parts)

@@ -241,3 +241,42 @@ def _stats(net: Loaded, cores: dict[str, list[_CoreState]], T: int, B: int, tota
         "synaptic_events_per_second": events_total / wall if wall > 0 else None,
         "cores": core_rows,
     }
+
+
+_SUMMED = ("wall_seconds",)
+_MAXED = ("cycles_per_step_max",)
+_FIXED = ("architecture", "cores_used", "cores_available", "neuron_updates_per_sample")
+
+
+def combine_stats(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Statistics of a run made in chunks: per-sample figures averaged over all samples,
+    maxima and wall time combined, throughputs recomputed, saturations summed."""
+    if len(parts) == 1:
+        return parts[0][1]
+    n = sum(k for k, _ in parts)
+    first = parts[0][1]
+    out: dict[str, Any] = {k: first[k] for k in _FIXED}
+    for key, value in first.items():
+        if key in _FIXED or key in ("cores", "saturations", "samples_per_second", "synaptic_events_per_second"):
+            continue
+        vals = [s[key] for _, s in parts]
+        if key in _SUMMED:
+            out[key] = sum(vals)
+        elif key in _MAXED:
+            out[key] = max(vals)
+        else:
+            out[key] = sum(k * s[key] for k, s in parts) / n
+    out["saturations"] = {k: sum(s["saturations"][k] for _, s in parts) for k in first["saturations"]}
+    wall = out["wall_seconds"]
+    events = (out["synops_per_sample"] + out["input_events_per_sample"]) * n
+    out["samples_per_second"] = n / wall if wall > 0 else None
+    out["synaptic_events_per_second"] = events / wall if wall > 0 else None
+    cores = []
+    for i, row in enumerate(first["cores"]):
+        r = dict(row)
+        for key in ("busy_fraction", "events_per_sample"):
+            r[key] = sum(k * s["cores"][i][key] for k, s in parts) / n
+        cores.append(r)
+    out["cores"] = cores
+    out["chunks"] = len(parts)
+    return out
