@@ -8,16 +8,18 @@ DIGITS := examples/digits
 
 setup: $(STAMP)
 
-LOIHI  := backends/loihi
+# The built-in backends are plugin packages of their own, installed editable next to the core.
+BACKENDS := backends/netlist backends/cyclesim
+LOIHI    := backends/loihi
 
 # Re-installs only when the package metadata changes; recreates a venv of the wrong Python.
 # lava-nc (the loihi backend's simulator) comes with the "loihi" extra of setup.cfg.
-$(STAMP): setup.cfg pyproject.toml $(LOIHI)/pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(BACKENDS) $(LOIHI))
 	@py=$$(tools/find_python310.sh) || exit 1; \
 	if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then \
 	  echo "recreating $(VENV) with Python 3.10"; rm -rf $(VENV); fi; \
 	[ -x $(PY) ] || $$py -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,loihi]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,loihi]" $(addprefix -e ,$(BACKENDS))
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e $(LOIHI)
 	@touch $(STAMP)
 

@@ -4,6 +4,7 @@
     OUT/model.onnx            the source model, self-contained (external data inlined), for
                               the ANN baseline
     OUT/compile.json          options, calibration scales, warnings, versions, target
+    OUT/<target>/             what the target's backend plugin wrote (absent for target sim)
 
 The directory is written through a temporary sibling and renamed when complete.
 """
@@ -16,7 +17,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 
@@ -44,8 +45,10 @@ class Artifact:
 
 
 def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
-                   info: dict[str, Any], force: bool = False) -> Path:
-    """Write graph, source model and info atomically to ``out``."""
+                   info: dict[str, Any], force: bool = False,
+                   lower: Callable[[Path], Any] | None = None) -> Path:
+    """Write graph, source model and info atomically to ``out``; ``lower``, when given, is
+    called with the temporary directory to add a backend's files (an error removes all)."""
     info = dict(info)
     info.update({"snncompile_version": __version__, "python": platform.python_version(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -53,6 +56,8 @@ def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
         save_graph(graph, tmp)
         onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=False)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=_json_default))
+        if lower is not None:
+            lower(tmp)
     return Path(out)
 
 

@@ -64,7 +64,11 @@ def main(verbose: bool) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output directory (must not exist, unless --force).")
-@click.option("--target", default="sim", show_default=True, help="Backend to compile for.")
+@click.option("--target", default="sim", show_default=True,
+              help="Backend to compile for: sim (reference simulator) or an installed backend "
+                   "(see 'snncompile backends').")
+@click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the target backend (repeatable), e.g. neurons_per_core=256.")
 @click.option("--timesteps", "-T", default=16, show_default=True, type=int,
               help="Time window T: a spike count over T steps stands for an activation.")
 @click.option("--calib", type=click.Path(dir_okay=False),
@@ -92,21 +96,23 @@ def main(verbose: bool) -> None:
 def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
             percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
             v_init: str, membrane_bits: int, output_name: str | None, seed: int, force: bool,
-            as_json: bool) -> None:
+            as_json: bool, target_options: tuple[str, ...] = ()) -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT."""
     from .pipeline import CompileRequest, compile_model
+    from .plugin import parse_backend_options
 
     opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
                              membrane_bits=membrane_bits)
     summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                                            percentile=percentile, output=output_name, seed=seed,
-                                           force=force, options=opts))
+                                           force=force, options=opts,
+                                           target_options=parse_backend_options(target_options)))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
-        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']} "
-                   f"({summary['seconds']:.2f} s)")
+        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}, "
+                   f"target {summary['target']} ({summary['seconds']:.2f} s)")
 
 
 @main.command()
@@ -185,6 +191,74 @@ def inspect(target: str, output_name: str | None, as_json: bool) -> None:
             click.echo(f"unsupported: {p}", err=True)
     if not report["convertible"]:
         sys.exit(UnsupportedOpError.exit_code)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Data (.npz with x, and y for accuracy).")
+@click.option("--timesteps", "-T", default=None, type=int, help="Override T.")
+@click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Samples per backend call (spikes of a batch are held in memory).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
+    """Run OUT on the backend it was compiled for, and compare every spike and output with
+    the reference simulator on the same inputs (exit 1 when they differ)."""
+    from .runner import run_artifact
+
+    res = run_artifact(out, data, timesteps, batch_size)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"backend: {res['backend']} {res['backend_version']}")
+        for k in ("accuracy", "mse"):
+            if k in res:
+                click.echo(f"{k}: {res[k]:.4f}")
+        click.echo(f"bit_exact: {str(res['bit_exact']).lower()}")
+        click.echo(f"samples: {res['samples']}  T: {res['timesteps']}  backend {res['seconds_backend']:.2f} s, "
+                   f"reference {res['seconds_reference']:.2f} s")
+        for k, v in res["stats"].items():
+            if isinstance(v, (int, float, str)):
+                click.echo(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    if not res["bit_exact"]:
+        for d in res["differences"][:5]:
+            click.echo(f"difference: {d}", err=True)
+        click.echo("error: the backend's spikes or outputs differ from the reference simulator", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def backends(as_json: bool) -> None:
+    """List the compile targets: the built-in reference simulator and every installed backend
+    plugin (entry-point group snncompile.backends), with versions and limits."""
+    from .plugin import available_backends, get_backend
+
+    rows: list[dict[str, Any]] = [{"name": "sim", "version": __version__, "can_run": True,
+                                   "description": "the reference simulator (built in, no limits)",
+                                   "limits": {}}]
+    for name, ep in available_backends().items():
+        try:
+            rows.append(get_backend(name).info())
+        except SnnCompileError as e:  # one broken plugin must not hide the others
+            rows.append({"name": name, "version": None, "can_run": False, "error": e.message,
+                         "description": f"failed to load ({ep.value})", "limits": {}})
+    if as_json:
+        click.echo(json.dumps({"backends": rows}, indent=1))
+        return
+    click.echo(format_table(["target", "version", "runs", "description"],
+                            [[r["name"], r["version"] or "-", "yes" if r["can_run"] else "no",
+                              r["description"]] for r in rows]))
+    for r in rows:
+        if r.get("error"):
+            click.echo(f"\n{r['name']}: error: {r['error']}")
+            continue
+        lim = {k: v for k, v in r["limits"].items() if v not in (None, {}, [])}
+        if lim:
+            click.echo(f"\n{r['name']} limits: " + ", ".join(
+                f"{k}={'/'.join(v) if isinstance(v, list) else v}" for k, v in lim.items() if k != "sources"))
 
 
 def _span(v: list | None, fmt: str = "{}") -> str:

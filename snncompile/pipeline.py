@@ -9,7 +9,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,10 @@ from .frontend import import_onnx, load_onnx
 from .ir import IFNode
 from .metrics import ann_macs, populations
 from .simulator import simulate
+from .targets import SIM, check_fit, lower_into, resolve_target, target_info
 
 log = logging.getLogger("snncompile")
-TARGETS = ("sim",)
+TARGETS = (SIM,)  # built in; backend plugins add theirs (see snncompile.targets)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class CompileRequest:
     seed: int = 0
     force: bool = False
     options: ConversionOptions = ConversionOptions()
+    target_options: dict[str, str] = field(default_factory=dict)  # --target-option KEY=VALUE
 
 
 def seed_everything(seed: int) -> None:
@@ -56,8 +58,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     """Import, calibrate, convert and write; returns a summary (also stored in compile.json).
 
     All inputs are checked before the output directory is created."""
-    if req.target not in TARGETS:
-        raise UsageError(f"unknown target '{req.target}'", f"available targets: {', '.join(TARGETS)}")
+    backend = resolve_target(req.target, req.target_options)
     req.options.check()
     if os.path.exists(req.out) and not req.force:
         raise UsageError(f"output directory '{req.out}' already exists",
@@ -75,8 +76,11 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     else:
         calib = weight_bounds(ann)
     snn = convert(ann, calib, req.options)
+    if backend is not None:
+        check_fit(backend, snn)  # every violation at once, before anything is written
     info = {
-        "source": os.path.abspath(req.model), "target": req.target, "seed": req.seed,
+        "source": os.path.abspath(req.model), "target": req.target,
+        "backend": target_info(backend, req.target), "seed": req.seed,
         "options": asdict(req.options), "normalization": calib.method,
         "calibration_samples": int(calib_data.x.shape[0]) if calib_data is not None else 0,
         "lam": {k: v.tolist() for k, v in calib.lam.items()},
@@ -84,9 +88,10 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         "import_seconds": round(t_import, 3),
         "convert_seconds": round(time.perf_counter() - t0, 3),
     }
-    write_artifact(req.out, snn, model, info, force=req.force)
+    lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
+    write_artifact(req.out, snn, model, info, force=req.force, lower=lower)
     return {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
-            "timesteps": snn.timesteps, "warnings": info["warnings"],
+            "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

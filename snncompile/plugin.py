@@ -12,6 +12,10 @@ kit (:mod:`snncompile.testing`) checks that.
 Everything a plugin may import from snncompile is re-exported here or in
 :mod:`snncompile.testing`: the IR (:mod:`snncompile.ir`), :func:`load_graph` for an IR saved in
 an artifact, the figures in :mod:`snncompile.metrics`, and the error types.
+:func:`flatten_network` turns a graph into populations and integer synapse matrices (what
+neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules so a backend
+can replace one with a finer rule of its own. An unexpected exception inside a plugin is
+reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from .errors import ArtifactError, DataError, ModelError, SnnCompileError, Usage
 from .ir import IFNode, InputNode, WeightedNode, Graph
 from .metrics import population_fanin, populations, weight_bits
 from .serialize import load_graph
+from .synapses import FlatNetwork, Population, Projection, flatten_network
 
 ENTRY_POINT_GROUP = "snncompile.backends"
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError",
+    "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
+    "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
 
@@ -96,6 +102,13 @@ class LimitError(SnnCompileError):
         return self.message
 
 
+class BackendError(SnnCompileError):
+    """A backend plugin failed in a way that is its own bug (an unexpected exception while
+    lowering or running): reported with the plugin's name instead of a traceback."""
+
+    exit_code = 7
+
+
 @dataclass
 class BackendRun:
     """What :meth:`Backend.run` returns, aligned to the reference simulator's time axis
@@ -146,6 +159,14 @@ class Backend(ABC):
         shape), as produced by ``snncompile.simulator.quantize_input``, for ``timesteps`` (the
         graph's T when None)."""
         raise UsageError(f"backend '{self.name}' cannot run its artifacts")
+
+    def combine_stats(self, parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Statistics of a run made in chunks (`snncompile run` runs large data sets in
+        batches): ``parts`` holds (samples, stats) per chunk. The default keeps one chunk's
+        stats as they are and lists several per chunk; override it to add them up."""
+        if len(parts) == 1:
+            return parts[0][1]
+        return {"chunks": [dict(s, samples=n) for n, s in parts]}
 
     def info(self) -> dict[str, Any]:
         """What `snncompile backends` prints."""
@@ -262,6 +283,13 @@ def _rule_neurons(g: Graph, lim: Limits) -> list[Violation]:
 
 GENERIC_RULES: tuple[Rule, ...] = (_rule_weight_bits, _rule_fan_in, _rule_threshold_bits,
                                    _rule_membrane_bits, _rule_modes, _rule_neurons)
+
+# The same rules by name, so a backend with a finer rule of its own (say, a mapper that
+# counts cores exactly) can keep the others: check_limits(g, lim, name, rules=(RULES["modes"], ...)).
+RULES: dict[str, Rule] = {"weight_bits": _rule_weight_bits, "fan_in": _rule_fan_in,
+                          "threshold_bits": _rule_threshold_bits,
+                          "membrane_bits": _rule_membrane_bits, "modes": _rule_modes,
+                          "neurons": _rule_neurons}
 
 
 def check_limits(graph: Graph, limits: Limits, target: str = "",

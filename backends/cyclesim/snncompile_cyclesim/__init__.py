@@ -1,0 +1,75 @@
+"""snncompile backend ``cyclesim``: a cycle-level, event-driven simulator of a configurable
+multi-core neuromorphic architecture.
+
+Lowering maps every population onto cores (splitting populations that do not fit a core's
+neurons, axons or synapse memory) and stores the mapped network; running simulates it step
+by step and event by event, core by core, with spikes identical to the reference simulator,
+and reports cycles per step, latency, SynOps, an energy estimate and per-core utilization.
+See docs/plugins.md and the architecture defaults in :mod:`snncompile_cyclesim.arch`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Violation, check_limits,
+                               flatten_network)
+
+from .arch import Architecture
+from .engine import combine_stats, run_network
+from .mapping import map_network, unit_violations
+from .store import load, save
+
+__version__ = "1.0.0"
+__all__ = ["CycleSimBackend", "Architecture"]
+
+
+class CycleSimBackend(Backend):
+    """Maps a graph onto cores of an :class:`Architecture` and simulates it cycle-level."""
+
+    name = "cyclesim"
+    version = __version__
+    description = "cycle-level event-driven simulator of a configurable multi-core chip"
+    can_run = True
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.arch = Architecture.from_options(self.options)
+
+    def limits(self) -> Limits:
+        a = self.arch
+        return Limits(weight_bits=a.weight_bits, fan_in=a.axons_per_core, neurons_per_core=a.neurons_per_core,
+                      synapses_per_core=a.synapses_per_core, cores=a.cores, membrane_bits=a.membrane_bits,
+                      threshold_bits=a.threshold_bits,
+                      sources={"*": "cyclesim architecture options (illustrative defaults; --target-option)"})
+
+    def check(self, graph) -> list[Violation]:
+        """Generic width and mode rules, then the exact ones of the mapper: per-neuron
+        synapses and axons, composed weights, and the cores the mapping really needs."""
+        lim = self.limits()
+        out = check_limits(graph, lim, self.name, rules=(RULES["weight_bits"], RULES["threshold_bits"],
+                                                         RULES["membrane_bits"], RULES["modes"]))
+        net = flatten_network(graph)
+        flagged = {(v.layer, "weight") for v in out if v.quantity == "weight bits"}
+        unit = unit_violations(net, self.arch)
+        out += [v for v in unit if not (v.quantity.startswith("synaptic weight") and flagged)]
+        if not unit:
+            need = len(map_network(net, self.arch))
+            if need > self.arch.cores:
+                out.append(Violation("(all)", "cores needed", need, self.arch.cores,
+                                     f"a smaller model, or --target-option cores={need} (or larger "
+                                     f"neurons_per_core/synapses_per_core)"))
+        return out
+
+    def lower(self, graph, directory: Path) -> None:
+        net = flatten_network(graph)
+        save(Path(directory), net, self.arch, map_network(net, self.arch))
+
+    def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
+            record_spikes: bool = False) -> BackendRun:
+        return run_network(load(Path(directory)), x_int, timesteps, record_spikes)
+
+    def combine_stats(self, parts):
+        return combine_stats(parts)

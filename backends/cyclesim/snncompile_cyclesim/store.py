@@ -1,0 +1,82 @@
+"""The cyclesim artifact: ``arch.json`` (the architecture), ``mapping.json`` (the cores),
+``network.json`` + ``network.npz`` (populations and synapse matrices, CSR)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from snncompile.plugin import ArtifactError, FlatNetwork
+
+from .arch import Architecture
+from .mapping import Core
+
+LAYOUT_VERSION = 1
+
+
+def save(directory: Path, net: FlatNetwork, arch: Architecture, cores: list[Core]) -> None:
+    """Write the four files of a lowered network."""
+    arrays: dict[str, np.ndarray] = {}
+    pops = []
+    for i, p in enumerate(net.populations):
+        e = {"name": p.name, "kind": p.kind, "node": p.node, "shape": list(p.shape), "slots": p.slots,
+             "reset": p.reset, "membrane_bits": p.membrane_bits, "input_mode": p.input_mode}
+        if p.kind != "input":
+            arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
+            arrays[f"p{i}.bias_first"] = net.bias_first[p.name]
+        if p.kind == "if":
+            arrays[f"p{i}.threshold"] = p.threshold
+            arrays[f"p{i}.v_init"] = p.v_init
+        pops.append(e)
+    projs = []
+    for k, pr in enumerate(net.projections):
+        m = pr.matrix.tocsr()
+        arrays[f"j{k}.indptr"], arrays[f"j{k}.indices"], arrays[f"j{k}.data"] = m.indptr, m.indices, m.data
+        projs.append({"source": pr.source, "target": pr.target, "shape": list(m.shape), "synapses": int(m.nnz)})
+    d = Path(directory)
+    (d / "arch.json").write_text(json.dumps(arch.as_dict(), indent=1))
+    (d / "mapping.json").write_text(json.dumps({"cores_used": len(cores), "cores": [c.as_dict() for c in cores]},
+                                               indent=1))
+    (d / "network.json").write_text(json.dumps({"layout": LAYOUT_VERSION, "timesteps": net.timesteps,
+                                                "populations": pops, "projections": projs}, indent=1))
+    np.savez(d / "network.npz", **arrays)
+
+
+@dataclass
+class Loaded:
+    """A lowered network read back: architecture, cores, populations, matrices."""
+
+    arch: Architecture
+    cores: list[Core]
+    pops: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray]
+    projections: list[tuple[str, str, sp.csr_matrix]]
+    timesteps: int
+
+
+def load(directory: Path) -> Loaded:
+    """Read an artifact written by :func:`save`; ArtifactError when incomplete or damaged."""
+    d = Path(directory)
+    try:
+        arch = Architecture(**json.loads((d / "arch.json").read_text()))
+        mapping = json.loads((d / "mapping.json").read_text())
+        netdoc = json.loads((d / "network.json").read_text())
+        with np.load(d / "network.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if netdoc.get("layout") != LAYOUT_VERSION:
+            raise ValueError(f"layout version {netdoc.get('layout')!r}, expected {LAYOUT_VERSION}")
+        cores = [Core(**c) for c in mapping["cores"]]
+        projs = []
+        for k, pr in enumerate(netdoc["projections"]):
+            m = sp.csr_matrix((arrays[f"j{k}.data"].astype(np.int64), arrays[f"j{k}.indices"],
+                               arrays[f"j{k}.indptr"]), shape=tuple(pr["shape"]))
+            projs.append((pr["source"], pr["target"], m))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"'{d}' is not a complete cyclesim artifact ({type(e).__name__}: {e})",
+                            "re-run 'snncompile convert --target cyclesim'") from None
+    return Loaded(arch, cores, netdoc["populations"], arrays, projs, int(netdoc["timesteps"] or 1))

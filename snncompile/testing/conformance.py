@@ -1,0 +1,151 @@
+"""Bit-exactness checks of a backend against the reference simulator.
+
+:func:`compare_run` finds where a backend's run first diverges from the reference (the
+earliest time step, and at that step the first layer in graph order, and in it the first
+neuron), which is where a bug shows itself before its consequences spread downstream.
+:func:`check_backend` lowers every zoo network with the backend, runs it, and raises
+:class:`ConformanceError` (an AssertionError, so pytest reports it as a failure) naming
+the network, layer, time step and neuron that diverged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..ir import Graph
+from ..plugin import Backend, BackendRun, get_backend
+from ..simulator import SimResult, simulate
+from .zoo import Case, zoo_case, zoo_names
+
+
+class ConformanceError(AssertionError):
+    """A backend's spikes or outputs differ from the reference simulator's."""
+
+
+@dataclass
+class Report:
+    """What :func:`check_backend` did: cases that passed, and cases the backend's limits
+    exclude (with the violations that excluded them)."""
+
+    backend: str
+    passed: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+
+def reference(graph: Graph, x_int: np.ndarray, timesteps: int) -> SimResult:
+    """The reference simulator's run on integer input levels (spikes recorded)."""
+    scale = np.asarray(graph.input.out_scale, np.float64)
+    return simulate(graph, np.asarray(x_int, np.float64) * scale, timesteps=timesteps,
+                    record_spikes=True)
+
+
+def _index(shape: tuple[int, ...], flat: int) -> str:
+    return str(tuple(int(i) for i in np.unravel_index(flat, shape)))
+
+
+def compare_run(graph: Graph, ref: SimResult, run: BackendRun, network: str = "",
+                sample_offset: int = 0) -> list[str]:
+    """Every difference between a backend's run and the reference, the root cause first.
+
+    Spikes are compared for every spiking layer (IF layers and max pools): the first message
+    names the earliest diverging step, at that step the first layer in graph order, and the
+    first neuron (sample, index within the layer). Output accumulators are compared after.
+    ``sample_offset`` is added to reported sample numbers (for runs made in chunks)."""
+    where = f"network '{network}': " if network else ""
+    msgs: list[str] = []
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    firsts = []
+    ref_spikes = ref.spikes or {}
+    if run.spikes is None:
+        msgs.append(f"{where}the backend returned no spikes (run with record_spikes=True)")
+    else:
+        for name, want in ref_spikes.items():
+            got = run.spikes.get(name)
+            if got is None:
+                msgs.append(f"{where}layer '{name}': the backend returned no spikes for it")
+                continue
+            got = np.asarray(got)
+            if got.shape != want.shape:
+                msgs.append(f"{where}layer '{name}': spikes have shape {got.shape}, expected "
+                            f"{want.shape} (T, N, *layer shape)")
+                continue
+            diff = got.reshape(want.shape[0], want.shape[1], -1) != want.reshape(want.shape[0], want.shape[1], -1)
+            if diff.any():
+                t, s, i = (int(v) for v in np.argwhere(diff)[np.lexsort(np.argwhere(diff)[:, ::-1].T)][0])
+                shape = want.shape[2:]
+                w = int(want.reshape(want.shape[0], want.shape[1], -1)[t, s, i])
+                g = int(got.reshape(want.shape[0], want.shape[1], -1)[t, s, i])
+                firsts.append((t, order[name], name, s, i, w, g, int(diff.sum()), shape))
+    firsts.sort()
+    for t, _, name, s, i, w, g, count, shape in firsts:
+        msgs.append(f"{where}layer '{name}' diverged at time step {t}, sample {s + sample_offset}, neuron "
+                    f"{_index(shape, i)} (flat index {i}): reference spike {w}, backend {g} "
+                    f"({count} spike{'s' if count != 1 else ''} differ in this layer)")
+    for name, want in ref.output_acc.items():
+        got = run.output_acc.get(name)
+        if got is None:
+            msgs.append(f"{where}output '{name}': missing from the backend's output_acc")
+            continue
+        got = np.asarray(got)
+        if got.shape != want.shape:
+            msgs.append(f"{where}output '{name}': shape {got.shape}, expected {want.shape}")
+            continue
+        bad = np.argwhere(got.reshape(len(want), -1) != want.reshape(len(want), -1))
+        if len(bad):
+            s, i = (int(v) for v in bad[0])
+            msgs.append(f"{where}output '{name}' differs at sample {s + sample_offset}, unit "
+                        f"{_index(want.shape[1:], i)}: reference {int(want.reshape(len(want), -1)[s, i])}, "
+                        f"backend {int(got.reshape(len(want), -1)[s, i])} ({len(bad)} values differ)")
+    return msgs
+
+
+def _resolve(backend: Backend | str) -> Backend:
+    return get_backend(backend) if isinstance(backend, str) else backend
+
+
+def check_case(backend: Backend | str, case: Case | str, workdir: str | Path | None = None) -> bool:
+    """Lower and run one zoo case; raise ConformanceError on any difference.
+
+    Returns False (and checks nothing) when the backend's limits exclude the case."""
+    be = _resolve(backend)
+    c = zoo_case(case) if isinstance(case, str) else case
+    if be.check(c.graph):
+        return False
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        d = Path(tmp) / be.name
+        d.mkdir()
+        be.lower(c.graph, d)
+        run = be.run(d, np.asarray(c.x_int).copy(), c.timesteps, record_spikes=True)
+    ref = reference(c.graph, c.x_int, c.timesteps)
+    msgs = compare_run(c.graph, ref, run, c.name)
+    if msgs:
+        more = f"\n  ... and {len(msgs) - 6} more" if len(msgs) > 6 else ""
+        raise ConformanceError(f"backend '{be.name}' is not bit-exact with the reference simulator:\n  "
+                               + "\n  ".join(msgs[:6]) + more)
+    return True
+
+
+def check_backend(backend: Backend | str, cases: list[str] | None = None,
+                  workdir: str | Path | None = None, allow_skips: bool = True) -> Report:
+    """Run the whole zoo (or ``cases``) on ``backend`` (an instance, or an installed name).
+
+    Cases the backend's :meth:`~snncompile.plugin.Backend.check` rejects are skipped and
+    listed in the report (``allow_skips=False`` makes a skip a failure)."""
+    be = _resolve(backend)
+    report = Report(be.name)
+    for name in cases or zoo_names():
+        c = zoo_case(name)
+        violations = be.check(c.graph)
+        if violations:
+            if not allow_skips:
+                raise ConformanceError(f"backend '{be.name}' cannot hold network '{name}': "
+                                       + "; ".join(map(str, violations)))
+            report.skipped[name] = [str(v) for v in violations]
+            continue
+        check_case(be, c, workdir)
+        report.passed.append(name)
+    return report
