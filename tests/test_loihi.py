@@ -53,7 +53,7 @@ def _if(name, inp, theta, reset="subtract", mb=18, v_init=None):
 
 def mlp(rng) -> Graph:
     """Dense layers, input once, subtract and zero reset, v_init, per-step bias."""
-    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once"),
+    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once", bits=6),
              _dense(rng, "d1", "x", 12, 10), _if("s1", "d1", [200], v_init=[100]),
              _dense(rng, "d2", "s1", 10, 8), _if("s2", "d2", [50], reset="zero"),
              _dense(rng, "d3", "s2", 8, 3)]
@@ -84,7 +84,7 @@ def convs(rng) -> Graph:
     w3 = _w(rng, (4, 3, 2, 2), -30, 30)
     c3 = Conv2dNode(name="c3", inputs=["s2"], weight=w3.astype(np.float32), weight_int=w3,
                     bias_int=np.arange(4, dtype=np.int64), groups=2, stride=(2, 2))
-    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once"),
+    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once", bits=6),
              _conv(rng, "c1", "x", 1, 4, stride=(2, 1), padding=(1, 1, 1, 1), mode="first_step"),
              _if("s1", "c1", [300]), c2, _if("s2", "c2", [60]), c3]
     return Graph(nodes, ["c3"], timesteps=6)
@@ -109,7 +109,7 @@ def branches(rng) -> Graph:
 def residual(rng) -> Graph:
     """Skips over layers (a ResNet-style add, and the input straight into a deeper layer):
     the shorter branch's connection is delayed to line up."""
-    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="once"),
+    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="once", bits=6),
              _dense(rng, "d1", "x", 8, 6), _if("s1", "d1", [400]),
              _dense(rng, "d2", "s1", 6, 6, lo=-10), _if("s2", "d2", [30]),
              _dense(rng, "d3", "s2", 6, 5, bias=None), _dense(rng, "skip", "s1", 6, 5, lo=0, bias=None),
@@ -207,6 +207,9 @@ def test_every_violation_is_reported_at_once():
         ("d1", "weight bits"), ("s1", "membrane bits"), ("s2", "threshold"),
         ("mp", "operation 'maxpool2d'"), ("s2", "bias as graded spikes"), ("s3", "folded weight"),
         ("x", "input charge per step"), ("(all)", "cores needed"),
+        # T x the input (s1, sc) or a first-step bias (s2) in one step: beyond the register
+        ("s1", "input current per step"), ("sc", "input current per step"),
+        ("s2", "input current per step"),
     }
     with pytest.raises(LimitError) as err:
         b.lower(g, Path("/nonexistent"))
@@ -353,15 +356,18 @@ def test_converted_onnx_model_is_bit_exact(tmp_path, onnx_kit):
 
 
 @needs_lava
-def test_current_beyond_24_bits_is_reported(tmp_path, onnx_kit, caplog):
-    """Input once at 8 bits: T times the charge in one step overflows Loihi's 24-bit current
-    register (the reference saturates the membrane instead); run says so per layer."""
+def test_current_beyond_24_bits_is_refused(tmp_path, onnx_kit):
+    """Input once at 8 bits: T times the charge in one step can overflow Loihi's 24-bit
+    current register (which wraps, where the reference saturates the membrane), so lowering
+    refuses it and names the fix; the same model with the input every step fits."""
     g, x = _converted(onnx_kit, "once", np.random.default_rng(5))
     b = get_backend("loihi")
-    b.lower(g, tmp_path)
-    got = b.run(tmp_path, quantize_input(g, x))
-    assert got.stats["current_wraps"]["r"] > 0
-    assert "wrapped in r" in caplog.text and "every_step" in caplog.text
+    with pytest.raises(LimitError) as err:
+        b.lower(g, tmp_path)
+    assert "layer 'r': input current per step" in str(err.value)
+    assert "--input-mode every_step" in str(err.value)
+    g2, _ = _converted(onnx_kit, "every_step", np.random.default_rng(5))
+    assert not [v for v in b.check(g2) if "current" in v.quantity]
 
 
 @needs_lava
@@ -418,3 +424,16 @@ def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
         src.stop()
     for k, (name, data) in enumerate(zip(["s1", "s2"], got), start=1):
         np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0], err_msg=name)
+
+
+@pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
+def test_conformance_kit_on_lava(tmp_path):
+    """The plugin authors' kit, run on Lava's fixed_pt simulator: every zoo network Loihi can
+    hold is bit-exact; the two it cannot hold are excluded by real limits, named."""
+    from snncompile.testing import check_backend, zoo_names
+
+    report = check_backend("loihi", workdir=tmp_path)
+    assert set(report.skipped) == {"maxpool_counts", "membrane_saturation"}
+    assert "maxpool2d" in report.skipped["maxpool_counts"][0]
+    assert "current per step" in report.skipped["membrane_saturation"][0]
+    assert sorted(report.passed) == sorted(set(zoo_names()) - set(report.skipped))

@@ -13,8 +13,8 @@ or all at once with :func:`check_backend`. See docs/plugins.md.
 """
 
 from .conformance import (ConformanceError, Report, check_backend, check_case, compare_run,
-                          reference)
+                          fit_case, reference)
 from .zoo import Case, zoo_case, zoo_names
 
 __all__ = ["Case", "ConformanceError", "Report", "check_backend", "check_case", "compare_run",
-           "reference", "zoo_case", "zoo_names"]
+           "fit_case", "reference", "zoo_case", "zoo_names"]

@@ -11,13 +11,13 @@ the network, layer, time step and neuron that diverged.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..ir import Graph
-from ..plugin import Backend, BackendRun, get_backend
+from ..ir import Graph, IFNode
+from ..plugin import Backend, BackendRun, Limits, get_backend
 from ..simulator import SimResult, simulate
 from .zoo import Case, zoo_case, zoo_names
 
@@ -107,12 +107,30 @@ def _resolve(backend: Backend | str) -> Backend:
     return get_backend(backend) if isinstance(backend, str) else backend
 
 
+def fit_case(case: Case, limits: Limits) -> Case:
+    """The case with its membranes narrowed to the backend's declared membrane width.
+
+    Membrane width is a parameter of each IF layer whose effect the reference simulator
+    defines at any width, so a narrower copy is as strict a test (its saturation included);
+    nothing else is changed: a case that breaks other limits stays excluded."""
+    top = limits.membrane_bits
+    if top is None or not any(isinstance(n, IFNode) and n.membrane_bits > top for n in case.graph.nodes):
+        return case
+    g = case.graph.copy()
+    for n in g.nodes:
+        if isinstance(n, IFNode) and n.membrane_bits > top:
+            n.membrane_bits = top
+    g.validate()
+    return replace(case, graph=g, about=f"{case.about} (membranes narrowed to {top} bits)")
+
+
 def check_case(backend: Backend | str, case: Case | str, workdir: str | Path | None = None) -> bool:
-    """Lower and run one zoo case; raise ConformanceError on any difference.
+    """Lower and run one zoo case (membranes narrowed to the backend's width, see
+    :func:`fit_case`); raise ConformanceError on any difference.
 
     Returns False (and checks nothing) when the backend's limits exclude the case."""
     be = _resolve(backend)
-    c = zoo_case(case) if isinstance(case, str) else case
+    c = fit_case(zoo_case(case) if isinstance(case, str) else case, be.limits())
     if be.check(c.graph):
         return False
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -138,7 +156,7 @@ def check_backend(backend: Backend | str, cases: list[str] | None = None,
     be = _resolve(backend)
     report = Report(be.name)
     for name in cases or zoo_names():
-        c = zoo_case(name)
+        c = fit_case(zoo_case(name), be.limits())
         violations = be.check(c.graph)
         if violations:
             if not allow_skips:

@@ -90,6 +90,12 @@ class LoihiBackend(Backend):
             raise LimitError(self.name, violations)
         net = build_network(graph)
         write_artifact(net, Path(directory))
+        # outputs that are spiking layers: their accumulators are their spike counts
+        spiking = [o for o in graph.outputs if any(p.name == o for p in net.populations)]
+        manifest = Path(directory) / "network.json"
+        m = json.loads(manifest.read_text())
+        m["spiking_outputs"] = spiking
+        manifest.write_text(json.dumps(m, indent=1))
         why = write_netx(net, Path(directory) / "netx.h5")
         if why:
             (Path(directory) / "netx-unsupported.txt").write_text(
@@ -109,12 +115,14 @@ class LoihiBackend(Backend):
             raise DataError(f"input shape {tuple(x_int.shape)} does not match the network's "
                             f"(N, {', '.join(map(str, net['input']['shape']))}) with N >= 1")
         T = int(timesteps or net["timesteps"])
+        spiking_outputs = net.get("spiking_outputs", [])
+        record = record_spikes or bool(spiking_outputs)
         self._require_lava(runner)
         with tempfile.TemporaryDirectory(prefix="snncompile-loihi-") as tmp:
             xin, res = Path(tmp) / "x.npz", Path(tmp) / "result.npz"
             np.savez(xin, x=np.rint(x_int).astype(np.int32))
             cmd = [self.python, str(runner), "--input", str(xin), "--output", str(res),
-                   "--timesteps", str(T)] + (["--record-spikes"] if record_spikes else [])
+                   "--timesteps", str(T)] + (["--record-spikes"] if record else [])
             t0 = time.perf_counter()
             self._run_bounded(cmd)
             wall = time.perf_counter() - t0
@@ -124,9 +132,13 @@ class LoihiBackend(Backend):
         outputs = {o["name"]: result[f"out/{o['name']}"].reshape((n,) + tuple(o["shape"]))
                    for o in net["outputs"]}
         spikes = None
-        if record_spikes:
+        if record:
             spikes = {p["name"]: result[f"spikes/{p['name']}"].reshape((T, n) + tuple(p["shape"]))
                       for p in net["populations"]}
+            for name in spiking_outputs:
+                outputs[name] = spikes[name].sum(axis=0, dtype=np.int64)
+            if not record_spikes:
+                spikes = None
         build_s, start_s, run_s, read_s = (float(v) for v in result["wall_s"])
         steps = int(result["steps"])
         stats = {"simulator": "lava-nc Loihi2SimCfg(select_tag='fixed_pt')", "samples": n,

@@ -61,6 +61,37 @@ def _rule_input_message(net: Network, lim: Limits) -> list[Violation]:
     return out
 
 
+def current_bound(net: Network, name: str) -> int:
+    """Largest |current| a neuron of population (or output) ``name`` can receive in one step:
+    its incoming weights' absolute row sums times the largest value of each source, plus a
+    bias that arrives as graded spikes (all of a first-step one in one step). A bias held in
+    the neuron's own bias register adds to v, not to the current, and is not counted."""
+    total = 0
+    for c in net.incoming(name):
+        w = np.abs(np.asarray(c.weight, np.int64))
+        rows = int(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0))
+        total += rows * (input_bound(net) if c.src == net.input_name else 1)
+    for s in net.bias_sources:
+        if s.dst == name:
+            total += int(np.abs(s.charge(net.timesteps)).max(initial=0))
+    return total
+
+
+def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:
+    """Lava's LIF adds ``a_in << 6`` to a 24-bit current register that wraps: a step's input
+    beyond 2^17 - 1 would wrap silently, so a network whose weights allow it is refused."""
+    out = []
+    for p in list(net.populations) + list(net.outputs):
+        b = current_bound(net, p.name)
+        if b > L.CURRENT_MAX:
+            fix = ("--input-mode every_step (once injects T times the charge in one step), "
+                   "fewer --input-bits or --bits" if net.input_mode == "once" else
+                   "fewer --input-bits or --bits, or a smaller --fanin")
+            out.append(Violation(p.name, "input current per step (24-bit register)", b,
+                                 L.CURRENT_MAX, fix))
+    return out
+
+
 def _rule_problems(net: Network, lim: Limits) -> list[Violation]:
     return list(net.problems)
 
@@ -92,7 +123,7 @@ def _rule_cores(net: Network, lim: Limits) -> list[Violation]:
 
 
 NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_folded_weights, _rule_v_init,
-                                  _rule_input_message, _rule_cores)
+                                  _rule_input_message, _rule_current_register, _rule_cores)
 
 
 def check_network(net: Network, lim: Limits) -> list[Violation]:
