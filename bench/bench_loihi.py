@@ -5,7 +5,7 @@ reference (one sample at a time with spikes recorded, and batched without), plus
 start-up cost (everything but the simulated steps: interpreter, lava import, network
 build and compile, read-back).
 
-    .venv/bin/python backends/loihi/bench_lava.py OUT --data test.npz [--samples 20] [--json]
+    .venv/bin/python bench/bench_loihi.py OUT --data test.npz [--samples 20] [--json]
 
 OUT is a directory written by `snncompile convert` (its IR in ir.json/ir.npz).
 """
