@@ -339,16 +339,17 @@ def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tenso
     """Integer sum over each window of (M, C, H, W): for small windows a sum of strided
     slices, which is several times faster than avg_pool2d on the CPU."""
     (kh, kw), (sh, sw) = n.kernel, n.stride
-    x = _pool_pad(n, _as(x, dt))
     if kh * kw > 16:
-        return F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
+        return F.avg_pool2d(_pool_pad(n, _as(x, dt)), n.kernel, n.stride, divisor_override=1)
+    # spikes (uint8 0/1) are summed as uint8 (at most 16 per window) and converted after
+    x = _pool_pad(n, x if x.dtype == torch.uint8 else _as(x, dt))
     oh, ow = n.shape[1:]
     out = None
     for i in range(kh):
         for j in range(kw):
             part = x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
             out = part.clone() if out is None else out.add_(part)
-    return out
+    return _as(out, dt)
 
 
 def _merge(ins: list[_Val], T: int) -> tuple[list[torch.Tensor], str]:
