@@ -168,6 +168,11 @@ class Backend(ABC):
             return parts[0][1]
         return {"chunks": [dict(s, samples=n) for n, s in parts]}
 
+    def layer_resources(self, graph: Graph) -> dict[str, dict[str, int]]:
+        """Per layer, what the target spends on it (e.g. ``{"cores": 2}``), for `evaluate`
+        to report next to accuracy; an empty dict where the backend has no such figures."""
+        return {}
+
     def info(self) -> dict[str, Any]:
         """What `snncompile backends` prints."""
         return {"name": self.name, "version": self.version, "description": self.description,

@@ -63,6 +63,13 @@ class CycleSimBackend(Backend):
                                      f"neurons_per_core/synapses_per_core)"))
         return out
 
+    def layer_resources(self, graph) -> dict[str, dict[str, int]]:
+        """Cores the mapping gives each population."""
+        out: dict[str, dict[str, int]] = {}
+        for core in map_network(flatten_network(graph), self.arch):
+            out.setdefault(core.population, {"cores": 0})["cores"] += 1
+        return out
+
     def lower(self, graph, directory: Path) -> None:
         net = flatten_network(graph)
         save(Path(directory), net, self.arch, map_network(net, self.arch))

@@ -84,6 +84,10 @@ class LoihiBackend(Backend):
         reports such as ``evaluate``."""
         return core_estimate(build_network(graph), self.limits())
 
+    def layer_resources(self, graph: Graph) -> dict[str, dict[str, int]]:
+        """Estimated Loihi 2 cores per layer."""
+        return {k: {"cores": v} for k, v in self.cores(graph).items()}
+
     def lower(self, graph: Graph, directory: Path) -> None:
         violations = self.check(graph)
         if violations:
