@@ -166,8 +166,12 @@ def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias
     n.out_scale = np.full((1,) * len(n.shape), out_scale)
 
 
-def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:
-    """Scale every tensor, quantize every weighted node, set every threshold."""
+def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
+                  input_scale: np.ndarray | None = None) -> Graph:
+    """Scale every tensor, quantize every weighted node, set every threshold.
+
+    ``input_scale`` keeps a given input scale (re-quantizing a converted graph after its float
+    weights changed) instead of deriving it from ``calib.input_absmax``."""
     g = graph.copy()
     qmax = 2 ** (opts.weight_bits - 1) - 1
     scale: dict[str, np.ndarray] = {}
@@ -178,8 +182,11 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> 
         ins = [g[i] for i in n.inputs]
         if isinstance(n, InputNode):
             n.mode, n.bits = opts.input_mode, opts.input_bits
-            amax = calib.input_absmax if calib.input_absmax > 0 else 1.0
-            n.out_scale = np.full((1,) * len(n.shape), amax / (2 ** (opts.input_bits - 1) - 1))
+            if input_scale is not None:
+                n.out_scale = np.asarray(input_scale, np.float64).reshape((1,) * len(n.shape))
+            else:
+                amax = calib.input_absmax if calib.input_absmax > 0 else 1.0
+                n.out_scale = np.full((1,) * len(n.shape), amax / (2 ** (opts.input_bits - 1) - 1))
             once[n.name] = opts.input_mode == "once"
         elif isinstance(n, WeightedNode):
             wr = _real_weights(n, scale[n.inputs[0]], ins[0].shape)
