@@ -44,8 +44,9 @@ class Artifact:
 
 
 def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
-                   info: dict[str, Any], force: bool = False) -> Path:
-    """Write graph, source model and info atomically to ``out``."""
+                   info: dict[str, Any], force: bool = False, carry: tuple[str, ...] = ()) -> Path:
+    """Write graph, source model and info atomically to ``out``; entries named in ``carry``
+    (e.g. ``checkpoints``) that exist in an old ``out`` are moved into the new one."""
     info = dict(info)
     info.update({"snncompile_version": __version__, "python": platform.python_version(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -53,6 +54,9 @@ def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
         save_graph(graph, tmp)
         onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=False)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=_json_default))
+        for name in carry:
+            if (Path(out) / name).exists():
+                os.replace(Path(out) / name, tmp / name)
     return Path(out)
 
 

@@ -84,6 +84,21 @@ def main(verbose: bool) -> None:
               help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
 @click.option("--membrane-bits", default=32, show_default=True, type=int,
               help="Membrane width; values beyond it saturate (and are counted).")
+@click.option("--fanin", type=int, default=None,
+              help="Most non-zero incoming synapses per neuron (largest weights kept).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False),
+              help="Validation data (.npz with x, y) the scheduler watches (needs --train).")
+@click.option("--method", type=click.Choice(["ptl", "tl", "none"]), default="ptl", show_default=True,
+              help="Tuning: progressive (ptl), all layers and constraints at once (tl), or none.")
+@click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
+@click.option("--patience", default=6, show_default=True, type=int,
+              help="Epochs without validation gain before a stage ends.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Tuning batch size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where tuning runs.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted tuning run in OUT from its checkpoints.")
 @click.option("--output", "output_name", help="ONNX output to compile, when the model has several.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
@@ -91,22 +106,44 @@ def main(verbose: bool) -> None:
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
             percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
-            v_init: str, membrane_bits: int, output_name: str | None, seed: int, force: bool,
+            v_init: str, membrane_bits: int, fanin: int | None, train_path: str | None,
+            val_path: str | None, method: str, epochs: int, patience: int, batch_size: int,
+            device: str, resume: bool, output_name: str | None, seed: int, force: bool,
             as_json: bool) -> None:
-    """Convert MODEL (ONNX) into an integer SNN in directory OUT."""
+    """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
+    under the --bits/--fanin limits, layer by layer."""
     from .pipeline import CompileRequest, compile_model
 
     opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
                              membrane_bits=membrane_bits)
+    report = None if as_json else _epoch_reporter()
     summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                                            percentile=percentile, output=output_name, seed=seed,
-                                           force=force, options=opts))
+                                           force=force, options=opts, fanin=fanin, train=train_path,
+                                           val=val_path, method=method, epochs=epochs,
+                                           patience=patience, batch_size=batch_size, device=device,
+                                           resume=resume, progress=not as_json and sys.stderr.isatty(),
+                                           report=report))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
-        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']} "
-                   f"({summary['seconds']:.2f} s)")
+        tuned = ""
+        if "tuning" in summary:
+            t = summary["tuning"]
+            metric = (f"val accuracy {t['val_accuracy']:.4f}" if "val_accuracy" in t
+                      else f"val loss {t.get('val_loss', float('nan')):.5f}")
+            tuned = f", tuned ({t['method']}, {t['epochs']} epochs, {metric})"
+        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
+                   f"{tuned} ({summary['seconds']:.2f} s)")
+
+
+def _epoch_reporter() -> Callable[[str], None]:
+    """One line per tuning epoch on stderr, written around the progress bar."""
+    def report(line: str) -> None:
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stderr)
+    return report
 
 
 @main.command()
@@ -142,6 +179,11 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
                               f"{r['synops_per_mac']:.3f}" if r.get("synops_per_mac") is not None else "-"]
                              for r in runs]))
     click.echo(f"ANN MACs/sample: {res['ann_macs_per_sample']}   samples: {res['samples']}")
+    limits = res.get("constraints") or {}
+    click.echo(f"max weight bits: {res['max_weight_bits']}"
+               + (f" (limit {limits['bits']})" if limits.get("bits") else "")
+               + f"   max fan-in: {res['max_fanin']}"
+               + (f" (limit {limits['fanin']})" if limits.get("fanin") else ""))
 
 
 @main.command()

@@ -38,7 +38,8 @@ from .requant import with_params
 class TandemNet(nn.Module):
     """A converted graph with trainable float weights and a staged tandem forward."""
 
-    def __init__(self, graph: Graph, bits: int | None = None, fanin: int | None = None):
+    def __init__(self, graph: Graph, bits: int | None = None, fanin: int | None = None,
+                 prune_lead: int = 0):
         super().__init__()
         if not graph.is_spiking or not graph.timesteps:
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
@@ -46,6 +47,9 @@ class TandemNet(nn.Module):
         self.T = int(graph.timesteps)
         self.bits = bits
         self.fanin = fanin
+        # A node's fan-in mask is imposed ``prune_lead`` stages before it is quantized and its
+        # layer spikes (0: at the same stage), so it is pruned while still an ANN layer.
+        self.prune_lead = int(prune_lead)
         self.layers = [n.name for n in graph.nodes if isinstance(n, IFNode)]
         self.weighted = [n.name for n in graph.nodes if isinstance(n, WeightedNode)]
         self.key = {name: f"n{i}" for i, name in enumerate(self.weighted)}
@@ -58,6 +62,8 @@ class TandemNet(nn.Module):
             if n.bias is not None:
                 self.bias[k] = nn.Parameter(torch.tensor(np.asarray(n.bias, np.float32)))
             self.register_buffer(f"mask_{k}", torch.ones(n.weight.shape))
+        for j, name in enumerate(self.layers):
+            self.register_buffer(f"lam_{j}", torch.tensor(np.asarray(graph[name].lam, np.float64)))
         self.budgets = fanin_budgets(graph, fanin) if fanin else {}
         self.stage = 0
         self._cache: tuple | None = None
@@ -78,7 +84,14 @@ class TandemNet(nn.Module):
         return len(self.layers) + 1
 
     def stage_name(self, stage: int) -> str:
+        if stage == 0:
+            return "ann"
         return self.layers[stage - 1] if 1 <= stage <= len(self.layers) else "output"
+
+    def pruned(self, stage: int | None = None) -> list[str]:
+        """Weighted nodes whose fan-in mask is in force at ``stage``."""
+        s = self.stage if stage is None else stage
+        return [n for n in self.weighted if self._owner[n] <= s + self.prune_lead]
 
     def constrained(self, stage: int | None = None) -> list[str]:
         """Weighted nodes quantized (and pruned) at ``stage``."""
@@ -96,10 +109,10 @@ class TandemNet(nn.Module):
         current weights (it stays fixed from then on)."""
         if not 0 <= stage <= self.n_stages:
             raise ValueError(f"stage {stage} outside 0..{self.n_stages}")
-        before = set(self.constrained())
+        before = set(self.pruned())
         self.stage = stage
         with torch.no_grad():
-            for name in self.constrained():
+            for name in self.pruned():
                 if name not in before and name in self.budgets:
                     k = self.key[name]
                     w = self.weight[k].detach().cpu().numpy()
@@ -140,7 +153,8 @@ class TandemNet(nn.Module):
             weights[name] = (self.weight[k] * self.mask(name)).detach().cpu().numpy()
             if k in self.bias:
                 biases[name] = self.bias[k].detach().cpu().numpy()
-        g = with_params(self.base, weights, biases, weight_bits=self.bits)
+        lam = {name: getattr(self, f"lam_{j}").detach().cpu().numpy() for j, name in enumerate(self.layers)}
+        g = with_params(self.base, weights, biases, lam=lam, weight_bits=self.bits)
         g.meta["tandem"] = {"stage": self.stage, "bits": self.bits, "fanin": self.fanin}
         return g
 
@@ -165,6 +179,42 @@ class TandemNet(nn.Module):
     def forward(self, x: torch.Tensor, return_ints: bool = False):
         """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
         also the integer result (:class:`.intsim.IntResult`) of the spiking part."""
+        g, vals, ints = self._values(x)
+        y = vals[g.outputs[0]]
+        if ints is not None and g.outputs[0] in ints.acc:
+            s = torch.as_tensor(np.asarray(g[g.outputs[0]].out_scale, np.float64), device=x.device)
+            exact = (ints.acc[g.outputs[0]] * s / self.T).to(torch.float32)
+            y = y + (exact - y).detach()
+        return (y, ints) if return_ints else y
+
+    @torch.no_grad()
+    def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
+                    batch_size: int = 256) -> np.ndarray:
+        """Set the scale ``lam`` (hence the threshold) of IF layer ``layer`` to a percentile
+        of its ANN activation ``relu(z)`` at the current stage (earlier layers spiking, its
+        own weights pruned and quantized) over inputs ``x``; returns the new scale."""
+        j = self.layers.index(layer)
+        src = self.base[layer].inputs[0]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            _, vals, _ = self._values(x[i:i + batch_size])
+            a = torch.relu(vals[src]).double().cpu().numpy()
+            parts.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1)
+                         if a.ndim > 2 else a.reshape(1, -1))
+        vals_c = np.concatenate(parts, axis=1)
+        old = getattr(self, f"lam_{j}")
+        if old.numel() > 1:
+            lam = np.percentile(vals_c, percentile, axis=1)
+            lam = np.where(lam > 0, lam, old.cpu().numpy())
+        else:
+            lam = np.array([np.percentile(vals_c, percentile)])
+            if lam[0] <= 0:
+                lam = old.cpu().numpy()
+        old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))
+        self._cache = None
+        return lam
+
+    def _values(self, x: torch.Tensor):
         g, fq, types = self._current()
         xq = quantized_input(g, x)
         ints_needed = self.integer_nodes()
@@ -188,12 +238,7 @@ class TandemNet(nn.Module):
             else:
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
-        y = vals[g.outputs[0]]
-        if ints is not None and g.outputs[0] in ints.acc:
-            s = torch.as_tensor(np.asarray(g[g.outputs[0]].out_scale, np.float64), device=dev)
-            exact = (ints.acc[g.outputs[0]] * s / self.T).to(torch.float32)
-            y = y + (exact - y).detach()
-        return (y, ints) if return_ints else y
+        return g, vals, ints
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]
