@@ -86,6 +86,9 @@ def main(verbose: bool) -> None:
               help="Membrane width; values beyond it saturate (and are counted).")
 @click.option("--fanin", type=int, default=None,
               help="Most non-zero incoming synapses per neuron (largest weights kept).")
+@click.option("--prune-ahead", default=99, show_default=True, type=int,
+              help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
+                   "spikes; large: all masks first, in an ANN stage 0).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
@@ -106,7 +109,7 @@ def main(verbose: bool) -> None:
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
             percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
-            v_init: str, membrane_bits: int, fanin: int | None, train_path: str | None,
+            v_init: str, membrane_bits: int, fanin: int | None, prune_ahead: int, train_path: str | None,
             val_path: str | None, method: str, epochs: int, patience: int, batch_size: int,
             device: str, resume: bool, output_name: str | None, seed: int, force: bool,
             as_json: bool) -> None:
@@ -120,7 +123,8 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
     report = None if as_json else _epoch_reporter()
     summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                                            percentile=percentile, output=output_name, seed=seed,
-                                           force=force, options=opts, fanin=fanin, train=train_path,
+                                           force=force, options=opts, fanin=fanin,
+                                           prune_ahead=prune_ahead, train=train_path,
                                            val=val_path, method=method, epochs=epochs,
                                            patience=patience, batch_size=batch_size, device=device,
                                            resume=resume, progress=not as_json and sys.stderr.isatty(),

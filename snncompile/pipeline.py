@@ -46,6 +46,7 @@ class CompileRequest:
     options: ConversionOptions = ConversionOptions()
     # Constraints and tuning (progressive tandem learning); see snncompile/tandem.
     fanin: int | None = None
+    prune_ahead: int = 99          # stages a layer's fan-in mask comes before it spikes
     train: str | None = None
     val: str | None = None
     method: str = "ptl"            # ptl | tl (all at once) | none (conversion only)
@@ -117,7 +118,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         from .tandem.model import TandemNet
         from .tandem.schedule import tune
 
-        net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin)
+        net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
+                        prune_lead=req.prune_ahead if training else 0)
         if training:
             ckpt = CheckpointDir(ckpt_dir)
             ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
@@ -165,6 +167,8 @@ def _check_tuning(req: CompileRequest):
 
     if req.fanin is not None and req.fanin < 1:
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
+    if req.prune_ahead < 0:
+        raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
     if req.method not in TUNE_METHODS:
         raise UsageError(f"unknown --method '{req.method}'", f"use one of {', '.join(TUNE_METHODS)}")
     if req.val and not req.train:
@@ -220,6 +224,7 @@ def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:
     """What must match for --resume to continue a run: inputs (by content) and options."""
     return {"model": _sha256(req.model), "calib": _sha256(req.calib), "train": _sha256(req.train),
             "val": _sha256(req.val), "options": asdict(req.options), "fanin": req.fanin,
+            "prune_ahead": req.prune_ahead,
             "norm": req.norm, "percentile": req.percentile, "output": req.output,
             "tuning": asdict(topts)}
 

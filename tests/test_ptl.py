@@ -97,6 +97,36 @@ def test_epoch_budget_is_shared_by_stages(small_net):
     assert none.epochs == 0 and len(none.history) == 3  # converted stage by stage, untrained
 
 
+def test_regression_targets_tune_on_validation_loss(small_net):
+    """Float targets: MSE loss, the scheduler keeps the lowest validation loss."""
+    g, train, val = small_net
+    w = np.random.default_rng(1).random((6, 3)).astype(np.float32)
+    tr = Dataset(x=train.x, y=train.x @ w, path="train")
+    va = Dataset(x=val.x, y=val.x @ w, path="val")
+    net = TandemNet(g, bits=8)
+    res = tune(net, tr, va, TrainOptions(epochs=9, patience=3, batch_size=32))
+    assert all("val_accuracy" not in h for h in res.history)
+    first, last = res.history[0]["val_loss"], res.stages[-1]["best"]["val_loss"]
+    assert last < first
+    for st in res.stages:  # the kept state is the stage's lowest loss
+        losses = [h["val_loss"] for h in res.history if h["stage"] == st["stage"]]
+        assert st["best"]["val_loss"] == min(losses)
+
+
+@pytest.mark.parametrize("epochs", [4, 12])
+def test_gradual_pruning_ends_exactly_at_the_budget(small_net, epochs):
+    """Kept weights halve epoch by epoch in the ANN stage 0 (8 -> 4 -> 2 here); a budget too
+    short for the ramp still ends with every mask at its limit."""
+    g, train, val = small_net
+    net = TandemNet(g, bits=8, fanin=2, prune_lead=99)
+    res = tune(net, train, val, TrainOptions(epochs=epochs, gradual=True, batch_size=48))
+    assert [s["stage"] for s in res.stages] == [0, 1, 2, 3]
+    assert bool(net.masked.all())
+    assert violations(net.to_graph(), bits=8, fanin=2) == []
+    kept = [int(net.mask(n).reshape(net.mask(n).shape[0], -1).sum(1).max()) for n in net.weighted]
+    assert kept == [2, 2, 2]
+
+
 @pytest.fixture(scope="module")
 def tuned(digits_dir, tmp_path_factory):
     """PTL on digits with 8-bit weights and fan-in 64, a small epoch budget."""
@@ -125,7 +155,7 @@ def test_tuned_artifact_meets_constraints_exactly(tuned):
     assert (tuned / "checkpoints" / "stage_4.npz").is_file()
     info = json.loads((tuned / "compile.json").read_text())
     assert info["constraints"] == {"bits": 8, "fanin": 64}
-    assert [s["stage"] for s in info["tuning"]["stages"]] == [1, 2, 3, 4]
+    assert [s["stage"] for s in info["tuning"]["stages"]] == [0, 1, 2, 3, 4]  # 0: ANN, masks in force
     assert info["tuning"]["epochs"] <= 8
 
 

@@ -62,6 +62,8 @@ class TandemNet(nn.Module):
             if n.bias is not None:
                 self.bias[k] = nn.Parameter(torch.tensor(np.asarray(n.bias, np.float32)))
             self.register_buffer(f"mask_{k}", torch.ones(n.weight.shape))
+        # which nodes have their fan-in mask fixed (a buffer: checkpoints carry it)
+        self.register_buffer("masked", torch.zeros(len(self.weighted), dtype=torch.bool))
         for j, name in enumerate(self.layers):
             self.register_buffer(f"lam_{j}", torch.tensor(np.asarray(graph[name].lam, np.float64)))
         self.budgets = fanin_budgets(graph, fanin) if fanin else {}
@@ -104,20 +106,35 @@ class TandemNet(nn.Module):
             return {n.name for n in self.base.nodes}
         return needed(self.base, self.layers[:s]) if s > 0 else set()
 
-    def set_stage(self, stage: int) -> None:
-        """Move to ``stage``: nodes newly constrained get their fan-in mask now, from their
-        current weights (it stays fixed from then on)."""
+    def set_stage(self, stage: int, prune: bool = True) -> None:
+        """Move to ``stage``. With ``prune``, nodes whose fan-in mask falls due get it now,
+        from their current weights (fixed from then on); without, the caller imposes them
+        gradually with :meth:`shrink`."""
         if not 0 <= stage <= self.n_stages:
             raise ValueError(f"stage {stage} outside 0..{self.n_stages}")
-        before = set(self.pruned())
         self.stage = stage
-        with torch.no_grad():
-            for name in self.pruned():
-                if name not in before and name in self.budgets:
-                    k = self.key[name]
-                    w = self.weight[k].detach().cpu().numpy()
-                    m = torch.tensor(topk_mask(w, self.budgets[name]), device=self.weight[k].device)
-                    getattr(self, f"mask_{k}").copy_(m)
+        if prune:
+            self.shrink(self.due_masks(), 0.0)
+        self._cache = None
+
+    def due_masks(self) -> list[str]:
+        """Nodes whose fan-in mask is due at the current stage but not yet fixed."""
+        return [n for n in self.pruned() if n in self.budgets
+                and not bool(self.masked[self.weighted.index(n)])]
+
+    @torch.no_grad()
+    def shrink(self, names: list[str], keep: float) -> None:
+        """Prune ``names`` to the larger of their budget and ``keep`` x their dense fan-in,
+        by magnitude among the weights still kept; at the budget the mask is fixed."""
+        for name in names:
+            k = self.key[name]
+            m = self.mask(name)
+            w = (self.weight[k] * m).detach().cpu().numpy()
+            full = int(np.prod(w.shape[1:]))
+            n_keep = max(self.budgets[name], int(np.ceil(full * keep)))
+            m.copy_(torch.tensor(topk_mask(w, n_keep), device=m.device))
+            if n_keep == self.budgets[name]:
+                self.masked[self.weighted.index(name)] = True
         self._cache = None
 
     def trainable(self, stage: int | None = None) -> list[nn.Parameter]:

@@ -44,6 +44,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
+    gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
     percentile: float = 99.9
 
     def check(self) -> None:
@@ -140,7 +141,8 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             if bar is not None:
                 bar.update(len(record["history"]) - 1)
             continue
-        net.set_stage(stage)
+        net.set_stage(stage, prune=not opts.gradual)
+        ramp = net.due_masks() if opts.gradual else []
         if opts.recalibrate:
             xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
@@ -148,7 +150,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, i == len(plan) - 1 and
-                                      opts.method == "ptl", say, bar)
+                                      opts.method == "ptl", say, bar, ramp)
         used += len(history) - 1
         result.history.extend(history)
         result.stages.append(summary)
@@ -164,12 +166,30 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     return result
 
 
+def _ramp_steps(net: TandemNet, names: list[str]) -> int:
+    """Epochs to halve each node's kept weights down to its budget."""
+    steps = 0
+    for n in names:
+        full = int(np.prod(net.base[n].weight.shape[1:]))
+        steps = max(steps, math.ceil(math.log2(full / net.budgets[n])) if full > net.budgets[n] else 0)
+    return steps
+
+
 def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions, stage: int,
-               cap: int, final: bool, say: Callable[[str], None], bar) -> tuple[list, dict]:
+               cap: int, final: bool, say: Callable[[str], None], bar,
+               ramp: list[str] | None = None) -> tuple[list, dict]:
+    """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
+    epoch), and the scheduler's best/patience start once they are complete."""
     name = net.stage_name(stage)
     t0 = time.perf_counter()
     params = net.trainable()
     lr = opts.final_lr if final else opts.lr
+    steps = _ramp_steps(net, ramp or [])
+    if steps and (cap == 0 or not params):
+        net.shrink(ramp, 0.0)  # no epochs to spend: impose at once
+        steps = 0
+    if steps:
+        net.shrink(ramp, 0.5)
     best = evaluate(net, val)
     first = dict(best)
     history = [{"stage": stage, "layer": name, "epoch": 0, "train_loss": None, **_val(best),
@@ -196,8 +216,12 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             opt.step()
             total += float(loss.detach()) * len(idx)
         net.eval()
+        if epoch < steps:
+            net.shrink(ramp, 0.5 ** (epoch + 1) if epoch + 1 < steps else 0.0)
         m = evaluate(net, val)
-        improved = _key(m) > _key(best)
+        improved = _key(m) > _key(best) or epoch == steps  # the first fully pruned state
+        if epoch < steps:
+            improved = False
         if improved:
             best, best_epoch, bad = m, epoch, 0
             best_state = copy.deepcopy(net.state_dict())
@@ -212,8 +236,12 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         if bar is not None:
             bar.set_postfix(stage=f"{stage}/{net.n_stages}", val=_fmt(m))
             bar.update(1)
-        if bad >= opts.patience:
+        if bad >= opts.patience and epoch >= steps:
             break
+    if epoch < steps:  # the budget ran out during the ramp: impose the masks, keep that state
+        net.shrink(ramp, 0.0)
+        best, best_epoch = evaluate(net, val), epoch
+        best_state = copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     return history, _summary(stage, name, first, best, best_epoch, lr)
 
