@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        # the reference for tuning time: training the ANN itself (60 epochs, same data)
+        import subprocess
+        import sys
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "examples/digits/train.py", "--out", str(Path(tmp) / "ann")],
+                       check=True, capture_output=True)
+        ann_seconds = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"ann_train_seconds": ann_seconds}), flush=True)
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in args.configs.split(","):
                 r = run_one(args.data, name, seed, args.epochs, args.timesteps, Path(tmp))
@@ -81,10 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"command": "python bench/ptl_constraints.py " + " ".join(argv or []),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads 1",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "epochs": args.epochs,
-            "timesteps": args.timesteps}
+            "timesteps": args.timesteps, "ann_train_seconds": ann_seconds}
     tmp_out = args.out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp_out, args.out)
+    print(f"\nANN training (examples/digits/train.py, 60 epochs): {ann_seconds} s")
     print("\n| config | seed | ANN acc | SNN acc (T=%d) | max w bits | max fan-in | epochs | s |" % args.timesteps)
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -132,7 +132,7 @@ def _weighted(n: WeightedNode, x: torch.Tensor, T: int, dt: torch.dtype) -> torc
     xs = x.to(dt)
     if isinstance(n, DenseNode):
         y = torch.round(xs @ w.T)
-        per_c = (1,) * 0
+        per_c: tuple[int, ...] = ()
     elif isinstance(n, Conv2dNode):
         xf = _flat(xs)
         pt, pl, pb, pr = n.padding

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -267,6 +267,3 @@ def _bar(enabled: bool, total: int):
     from tqdm import tqdm
     return tqdm(total=total, desc="tuning", unit="epoch", leave=False)
 
-
-def options_dict(opts: TrainOptions) -> dict[str, Any]:
-    return asdict(opts)
