@@ -75,6 +75,9 @@ def main(verbose: bool) -> None:
               help="Percentile of each ReLU's output used as its scale.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
               help="Signed integer weight width (per-layer symmetric).")
+@click.option("--weight-exp", default=0, show_default=True, type=int,
+              help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
+                   "and biases get E more bits of resolution.")
 @click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
 @click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
               help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
@@ -108,9 +111,9 @@ def main(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
-            percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
-            v_init: str, membrane_bits: int, fanin: int | None, prune_ahead: int, train_path: str | None,
-            val_path: str | None, method: str, epochs: int, patience: int, batch_size: int,
+            percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
+            input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
+            prune_ahead: int, train_path: str | None, val_path: str | None, method: str, epochs: int, patience: int, batch_size: int,
             device: str, resume: bool, output_name: str | None, seed: int, force: bool,
             as_json: bool) -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
@@ -119,7 +122,7 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
 
     opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
-                             membrane_bits=membrane_bits)
+                             membrane_bits=membrane_bits, weight_exp=weight_exp)
     report = None if as_json else _epoch_reporter()
     summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                                            percentile=percentile, output=output_name, seed=seed,
@@ -183,6 +186,8 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
                               f"{r['synops_per_mac']:.3f}" if r.get("synops_per_mac") is not None else "-"]
                              for r in runs]))
     click.echo(f"ANN MACs/sample: {res['ann_macs_per_sample']}   samples: {res['samples']}")
+    if "snn_psnr" in res:
+        click.echo(f"PSNR (dB, peak = target range): ANN {res['ann_psnr']:.2f}   SNN {res['snn_psnr']:.2f}")
     limits = res.get("constraints") or {}
     click.echo(f"max weight bits: {res['max_weight_bits']}"
                + (f" (limit {limits['bits']})" if limits.get("bits") else "")

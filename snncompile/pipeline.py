@@ -254,7 +254,10 @@ def _score(pred: np.ndarray, data: Dataset) -> dict[str, float]:
     if data.is_classification:
         return {"accuracy": float((pred.reshape(len(pred), -1).argmax(1) == data.y).mean())}
     err = pred.reshape(data.y.shape) - data.y
-    return {"mse": float(np.mean(err ** 2))}
+    mse = float(np.mean(err ** 2))
+    peak = float(data.y.max() - data.y.min())  # the targets' range (1 for images in [0, 1])
+    psnr = 10.0 * np.log10(peak ** 2 / mse) if mse > 0 and peak > 0 else float("inf")
+    return {"mse": mse, "psnr": float(psnr)}
 
 
 def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,

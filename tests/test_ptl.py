@@ -267,3 +267,17 @@ def test_bad_tuning_input_is_one_clear_message(case, expect, digits_dir, tmp_pat
     assert expect in r.stderr and r.stderr.startswith("error:")
     assert "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_regression_scores_and_target_checks():
+    from snncompile.errors import DataError
+    from snncompile.pipeline import _check_targets, _score
+
+    y = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
+    pred = y + np.array([[0.1, -0.1], [0.1, -0.1]], np.float32)
+    s = _score(pred, Dataset(x=np.zeros((2, 3), np.float32), y=y, path="d"))
+    assert s["mse"] == pytest.approx(0.01, rel=1e-5)
+    assert s["psnr"] == pytest.approx(20.0, rel=1e-4)  # peak = range of y = 1
+    _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (2,))
+    with pytest.raises(DataError, match="targets y have shape"):
+        _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (3,))

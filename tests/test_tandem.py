@@ -18,7 +18,7 @@ from snncompile.convert import ConversionOptions, convert
 from snncompile.errors import UsageError
 from snncompile.frontend import import_onnx
 from snncompile.ir import IFNode
-from snncompile.metrics import population_fanin
+from snncompile.metrics import population_fanin, weight_bits
 from snncompile.simulator import simulate
 from snncompile.tandem.constraints import fanin_budgets, topk_mask, violations
 from snncompile.tandem.model import TandemNet
@@ -203,3 +203,23 @@ def test_forward_equals_simulator_on_digits_cnn(digits_dir):
     for bits, fanin in ((16, None), (8, 64)):
         net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=8)), bits=bits, fanin=fanin)
         _assert_exact(net, x)
+
+
+def test_loihi_style_weight_exponent(branchy):
+    """--weight-exp E: weights are a --bits mantissa times 2^E (Loihi's per-layer weight
+    exponent); thresholds gain E bits of resolution; the forward stays exact."""
+    ann, cal, x = branchy
+    plain = convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=6))
+    g = convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=6, weight_exp=3))
+    for a, b in zip(plain.nodes, g.nodes):
+        if a.is_weighted:
+            np.testing.assert_array_equal(b.weight_int, a.weight_int * 8)
+            assert b.weight_exp == 3 and weight_bits(b) == weight_bits(a) <= 6
+        if isinstance(a, IFNode):
+            assert np.all(np.abs(b.threshold - 8 * a.threshold) <= 4)
+    np.testing.assert_allclose(simulate(g, x).output, simulate(plain, x).output, atol=0.05)
+    net = TandemNet(g, bits=6, fanin=30)
+    _assert_exact(net, x)
+    assert violations(net.to_graph(), bits=6, fanin=30) == []
+    with pytest.raises(UsageError, match="--weight-exp"):
+        ConversionOptions(weight_bits=20, weight_exp=8).check()
