@@ -132,6 +132,8 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
                                            patience=patience, batch_size=batch_size, device=device,
                                            resume=resume, progress=not as_json and sys.stderr.isatty(),
                                            report=report))
+    if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:

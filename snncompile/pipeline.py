@@ -121,12 +121,18 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
                         prune_lead=req.prune_ahead if training else 0)
         if training:
+            from .tandem import distributed as ddp
+
+            ddp.init_from_env(topts.device)
             ckpt = CheckpointDir(ckpt_dir)
-            ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
+            if ddp.rank() == 0:
+                ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
+            ddp.barrier()
             res = tune(net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
                        on_stage_end=req.on_stage_end, progress=req.progress,
                        calib_x=calib_data.x if calib_data is not None else None)
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
+                      "world_size": res.world_size,
                       "patience": topts.patience, "seconds": res.seconds, "stages": res.stages,
                       "history": res.history}
         else:
@@ -151,6 +157,11 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     }
     if tuning is not None:
         info["tuning"] = tuning
+    if training:
+        rank = ddp.rank()
+        ddp.finish()
+        if rank != 0:  # under torchrun only rank 0 writes
+            return {"out": req.out, "rank": rank}
     write_artifact(req.out, snn, model, info, force=req.force or training, carry=(DIRNAME,))
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
                "timesteps": snn.timesteps, "warnings": info["warnings"],

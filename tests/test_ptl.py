@@ -281,3 +281,28 @@ def test_regression_scores_and_target_checks():
     _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (2,))
     with pytest.raises(DataError, match="targets y have shape"):
         _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (3,))
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(digits_dir, tmp_path):
+    """The same command under torchrun (2 CPU processes, gloo): batches split between the
+    processes, gradients averaged, rank 0 alone reports and writes."""
+    d = digits_dir
+    tr = np.load(d / "train.npz")
+    np.savez(tmp_path / "train300.npz", x=tr["x"][:300], y=tr["y"][:300])
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "snncompile", "convert",
+                        str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "4", "--bits", "8",
+                        "--fanin", "200", "--train", str(tmp_path / "train300.npz"), "--val",
+                        str(d / "val.npz"), "--epochs", "5", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1  # one report, from rank 0
+    info = json.loads((out / "compile.json").read_text())
+    assert info["tuning"]["world_size"] == 2
+    assert [s["stage"] for s in info["tuning"]["stages"]] == [0, 1, 2, 3, 4]
+    g = load_graph(out)
+    assert violations(g, bits=8, fanin=200) == []
+    e = run("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
+    assert e.returncode == 0 and json.loads(e.stdout)["snn_accuracy"] > 0.85

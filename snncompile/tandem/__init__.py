@@ -7,4 +7,5 @@ reference simulator and a straight-through backward ("count ~ activation").
 * :mod:`.model`      :class:`TandemNet`, the torch module with stages (layers 1..k spiking)
 * :mod:`.schedule`   progressive tandem learning: the adaptive scheduler and the training loop
 * :mod:`.checkpoint` per-stage checkpoints in OUT/checkpoints, and resuming from them
+* :mod:`.distributed` data-parallel tuning under torchrun (gradients averaged by hand)
 """

@@ -24,6 +24,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import UsageError
+from . import distributed as ddp
 from .checkpoint import CheckpointDir
 from .model import TandemNet
 
@@ -71,6 +72,7 @@ class TuneResult:
     stages: list[dict[str, Any]] = field(default_factory=list)
     epochs: int = 0
     seconds: float = 0.0
+    world_size: int = 1
 
 
 def stage_plan(net: TandemNet, method: str) -> list[int]:
@@ -127,7 +129,9 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     done = checkpoints.completed() if checkpoints is not None else -1
     used = 0
     bar = _bar(progress, opts.epochs)
-    say = report or (lambda s: None)
+    say = report if (report is not None and ddp.rank() == 0) else (lambda s: None)
+    if ddp.rank() != 0:
+        bar = None
     for i, stage in enumerate(plan):
         if stage <= done:
             state, record = checkpoints.load(stage)
@@ -154,14 +158,16 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         used += len(history) - 1
         result.history.extend(history)
         result.stages.append(summary)
-        if checkpoints is not None:
+        if checkpoints is not None and ddp.rank() == 0:
             checkpoints.save(stage, net.state_dict(), {"stage": stage, "epochs_used_total": used,
                                                        "history": history, "summary": summary})
         if on_stage_end is not None:
             on_stage_end(stage)
     if bar is not None:
         bar.close()
+    ddp.barrier()
     result.epochs = used
+    result.world_size = ddp.world_size()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
 
@@ -190,7 +196,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         steps = 0
     if steps:
         net.shrink(ramp, 0.5)
-    best = evaluate(net, val)
+    best = ddp.from_rank0(evaluate(net, val))
     first = dict(best)
     history = [{"stage": stage, "layer": name, "epoch": 0, "train_loss": None, **_val(best),
                 "seconds": round(time.perf_counter() - t0, 3)}]
@@ -207,18 +213,21 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         perm = torch.randperm(len(train.x), generator=gen).numpy()
         total = 0.0
         for s in range(0, len(perm), opts.batch_size):
-            idx = np.sort(perm[s:s + opts.batch_size])
-            x = torch.as_tensor(train.x[idx], device=dev)
-            y = torch.as_tensor(train.y[idx], device=dev)
-            loss = _loss(net(x), y, train.is_classification)
+            idx = np.sort(perm[s:s + opts.batch_size])[ddp.rank()::ddp.world_size()]
             opt.zero_grad()
-            loss.backward()
+            if len(idx):
+                x = torch.as_tensor(train.x[idx], device=dev)
+                y = torch.as_tensor(train.y[idx], device=dev)
+                loss = _loss(net(x), y, train.is_classification)
+                loss.backward()
+                total += float(loss.detach()) * len(idx)
+            ddp.average_gradients(params)
             opt.step()
-            total += float(loss.detach()) * len(idx)
+        total = ddp.total(total)
         net.eval()
         if epoch < steps:
             net.shrink(ramp, 0.5 ** (epoch + 1) if epoch + 1 < steps else 0.0)
-        m = evaluate(net, val)
+        m = ddp.from_rank0(evaluate(net, val))
         improved = _key(m) > _key(best) or epoch == steps  # the first fully pruned state
         if epoch < steps:
             improved = False
