@@ -124,14 +124,20 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
                              input_mode=input_mode, reset=reset, v_init=v_init,
                              membrane_bits=membrane_bits, weight_exp=weight_exp)
     report = None if as_json else _epoch_reporter()
-    summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
-                                           percentile=percentile, output=output_name, seed=seed,
-                                           force=force, options=opts, fanin=fanin,
-                                           prune_ahead=prune_ahead, train=train_path,
-                                           val=val_path, method=method, epochs=epochs,
-                                           patience=patience, batch_size=batch_size, device=device,
-                                           resume=resume, progress=not as_json and sys.stderr.isatty(),
-                                           report=report))
+    req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
+                         percentile=percentile, output=output_name, seed=seed, force=force,
+                         options=opts, fanin=fanin, prune_ahead=prune_ahead, train=train_path,
+                         val=val_path, method=method, epochs=epochs, patience=patience,
+                         batch_size=batch_size, device=device, resume=resume,
+                         progress=not as_json and sys.stderr.isatty(), report=report)
+    try:
+        summary = compile_model(req)
+    except KeyboardInterrupt:
+        if train_path:
+            click.echo(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
+                       "command with --resume to continue", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        raise
     if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
         return
     if as_json:

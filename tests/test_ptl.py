@@ -306,3 +306,34 @@ def test_two_processes_under_torchrun(digits_dir, tmp_path):
     assert violations(g, bits=8, fanin=200) == []
     e = run("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
     assert e.returncode == 0 and json.loads(e.stdout)["snn_accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
+    """A real SIGINT once stage 1 is checkpointed: exit 130 with a --resume hint, OUT holds
+    only checkpoints; the same command with --resume finishes the run."""
+    import signal
+    import time
+
+    d = digits_dir
+    tr = np.load(d / "train.npz")
+    np.savez(tmp_path / "train300.npz", x=tr["x"][:300], y=tr["y"][:300])
+    out = tmp_path / "snn"
+    args = [sys.executable, "-m", "snncompile", "convert", str(d / "digits_cnn.onnx"), "--calib",
+            str(d / "calib.npz"), "-T", "4", "--bits", "8", "--train", str(tmp_path / "train300.npz"),
+            "--val", str(d / "val.npz"), "--epochs", "40", "--patience", "3", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "stage_1.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint of stage 1 appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "loaded from checkpoint" in r.stderr
+    assert violations(load_graph(out), bits=8) == []
