@@ -223,3 +223,26 @@ def test_loihi_style_weight_exponent(branchy):
     assert violations(net.to_graph(), bits=6, fanin=30) == []
     with pytest.raises(UsageError, match="--weight-exp"):
         ConversionOptions(weight_bits=20, weight_exp=8).check()
+
+
+def test_version_1_artifacts_still_load(branchy, tmp_path):
+    """IR version 2 added weight_exp; a version 1 manifest (no such field) reads as 0."""
+    import json
+
+    from snncompile.serialize import load_graph, save_graph
+
+    ann, cal, _ = branchy
+    g = convert(ann, cal, ConversionOptions(timesteps=4))
+    save_graph(g, tmp_path)
+    m = json.loads((tmp_path / "ir.json").read_text())
+    assert m["version"] == 2
+    m["version"] = 1
+    for n in m["nodes"]:
+        n.pop("weight_exp", None)
+    (tmp_path / "ir.json").write_text(json.dumps(m))
+    old = load_graph(tmp_path)
+    assert all(n.weight_exp == 0 for n in old.nodes if n.is_weighted)
+    m["version"] = 99
+    (tmp_path / "ir.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="reads versions 1, 2"):
+        load_graph(tmp_path)
