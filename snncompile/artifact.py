@@ -46,9 +46,11 @@ class Artifact:
 
 def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
                    info: dict[str, Any], force: bool = False,
-                   lower: Callable[[Path], Any] | None = None) -> Path:
+                   lower: Callable[[Path], Any] | None = None, carry: tuple[str, ...] = ()) -> Path:
     """Write graph, source model and info atomically to ``out``; ``lower``, when given, is
-    called with the temporary directory to add a backend's files (an error removes all)."""
+    called with the temporary directory to add a backend's files (an error removes all);
+    entries named in ``carry`` (e.g. ``checkpoints``) that exist in an old ``out`` are moved
+    into the new one."""
     info = dict(info)
     info.update({"snncompile_version": __version__, "python": platform.python_version(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -58,6 +60,9 @@ def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=_json_default))
         if lower is not None:
             lower(tmp)
+        for name in carry:
+            if (Path(out) / name).exists():
+                os.replace(Path(out) / name, tmp / name)
     return Path(out)
 
 

@@ -79,6 +79,9 @@ def main(verbose: bool) -> None:
               help="Percentile of each ReLU's output used as its scale.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
               help="Signed integer weight width (per-layer symmetric).")
+@click.option("--weight-exp", default=0, show_default=True, type=int,
+              help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
+                   "and biases get E more bits of resolution.")
 @click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
 @click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
               help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
@@ -88,31 +91,82 @@ def main(verbose: bool) -> None:
               help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
 @click.option("--membrane-bits", default=32, show_default=True, type=int,
               help="Membrane width; values beyond it saturate (and are counted).")
+@click.option("--fanin", type=int, default=None,
+              help="Most non-zero incoming synapses per neuron (largest weights kept).")
+@click.option("--prune-ahead", default=99, show_default=True, type=int,
+              help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
+                   "spikes; large: all masks first, in an ANN stage 0).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False),
+              help="Validation data (.npz with x, y) the scheduler watches (needs --train).")
+@click.option("--method", type=click.Choice(["ptl", "tl", "none"]), default="ptl", show_default=True,
+              help="Tuning: progressive (ptl), all layers and constraints at once (tl), or none.")
+@click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
+@click.option("--patience", default=6, show_default=True, type=int,
+              help="Epochs without validation gain before a stage ends.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Tuning batch size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where tuning runs.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted tuning run in OUT from its checkpoints.")
 @click.option("--output", "output_name", help="ONNX output to compile, when the model has several.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
-            percentile: float, weight_bits: int, input_bits: int, input_mode: str, reset: str,
-            v_init: str, membrane_bits: int, output_name: str | None, seed: int, force: bool,
-            as_json: bool, target_options: tuple[str, ...] = ()) -> None:
-    """Convert MODEL (ONNX) into an integer SNN in directory OUT."""
+            percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
+            input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
+            prune_ahead: int, train_path: str | None, val_path: str | None, method: str,
+            epochs: int, patience: int, batch_size: int, device: str, resume: bool,
+            output_name: str | None, seed: int, force: bool, as_json: bool,
+            target_options: tuple[str, ...] = ()) -> None:
+    """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
+    under the --bits/--fanin limits, layer by layer; with --target, check it against a
+    backend's limits and lower it into OUT/<target>/."""
     from .pipeline import CompileRequest, compile_model
     from .plugin import parse_backend_options
 
     opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
-                             membrane_bits=membrane_bits)
-    summary = compile_model(CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
-                                           percentile=percentile, output=output_name, seed=seed,
-                                           force=force, options=opts,
-                                           target_options=parse_backend_options(target_options)))
+                             membrane_bits=membrane_bits, weight_exp=weight_exp)
+    report = None if as_json else _epoch_reporter()
+    req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
+                         percentile=percentile, output=output_name, seed=seed, force=force,
+                         options=opts, fanin=fanin, prune_ahead=prune_ahead, train=train_path,
+                         val=val_path, method=method, epochs=epochs, patience=patience,
+                         batch_size=batch_size, device=device, resume=resume,
+                         progress=not as_json and sys.stderr.isatty(), report=report,
+                         target_options=parse_backend_options(target_options))
+    try:
+        summary = compile_model(req)
+    except KeyboardInterrupt:
+        if train_path:
+            click.echo(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
+                       "command with --resume to continue", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        raise
+    if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
-        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}, "
-                   f"target {summary['target']} ({summary['seconds']:.2f} s)")
+        tuned = ""
+        if "tuning" in summary:
+            t = summary["tuning"]
+            metric = (f"val accuracy {t['val_accuracy']:.4f}" if "val_accuracy" in t
+                      else f"val loss {t.get('val_loss', float('nan')):.5f}")
+            tuned = f", tuned ({t['method']}, {t['epochs']} epochs, {metric})"
+        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
+                   f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
+
+
+def _epoch_reporter() -> Callable[[str], None]:
+    """One line per tuning epoch on stderr, written around the progress bar."""
+    def report(line: str) -> None:
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stderr)
+    return report
 
 
 @main.command()
@@ -148,6 +202,13 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
                               f"{r['synops_per_mac']:.3f}" if r.get("synops_per_mac") is not None else "-"]
                              for r in runs]))
     click.echo(f"ANN MACs/sample: {res['ann_macs_per_sample']}   samples: {res['samples']}")
+    if "snn_psnr" in res:
+        click.echo(f"PSNR (dB, peak = target range): ANN {res['ann_psnr']:.2f}   SNN {res['snn_psnr']:.2f}")
+    limits = res.get("constraints") or {}
+    click.echo(f"max weight bits: {res['max_weight_bits']}"
+               + (f" (limit {limits['bits']})" if limits.get("bits") else "")
+               + f"   max fan-in: {res['max_fanin']}"
+               + (f" (limit {limits['fanin']})" if limits.get("fanin") else ""))
 
 
 @main.command()

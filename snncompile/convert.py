@@ -37,12 +37,16 @@ class ConversionOptions:
     reset: str = "subtract"
     v_init: str = "half"           # membrane starts at half the threshold: counts round, not floor
     membrane_bits: int = 32
+    weight_exp: int = 0            # Loihi-style: weights = (weight_bits)-bit mantissa * 2^weight_exp
 
     def check(self) -> None:
         if self.timesteps < 1:
             raise UsageError(f"--timesteps must be at least 1, got {self.timesteps}")
         if not 2 <= self.weight_bits <= 24:
             raise UsageError(f"--bits must lie in 2..24, got {self.weight_bits}")
+        if not 0 <= self.weight_exp <= 8 or self.weight_bits + self.weight_exp > 24:
+            raise UsageError(f"--weight-exp must lie in 0..8 with --bits + --weight-exp <= 24, got "
+                             f"{self.weight_exp} (with --bits {self.weight_bits})")
         if not 2 <= self.input_bits <= 24:
             raise UsageError(f"--input-bits must lie in 2..24, got {self.input_bits}")
         if self.input_mode not in INPUT_MODES:
@@ -157,17 +161,26 @@ def _natural_scale(wr: np.ndarray, qmax: int) -> float:
     return m / qmax if m > 0 else 1.0
 
 
-def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias_mode: str) -> None:
+def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias_mode: str,
+              exp: int = 0) -> None:
+    """Weights: a ``qmax`` mantissa at scale ``out_scale``, times 2^exp (so one integer unit,
+    the node's scale, is ``out_scale / 2^exp``: thresholds and biases gain ``exp`` bits)."""
     q = np.rint(wr / np.float32(out_scale))
-    n.weight_int = np.clip(q, -qmax, qmax, out=q).astype(np.int32)  # weight_bits <= 24
+    n.weight_int = (np.clip(q, -qmax, qmax, out=q) * 2 ** exp).astype(np.int32)  # bits + exp <= 24
+    n.weight_exp = exp
+    out_scale = out_scale / 2 ** exp
     bias = n.bias if n.bias is not None else np.zeros(wr.shape[0])
     n.bias_int = np.rint(np.asarray(bias, np.float64) / out_scale).astype(np.int64)
     n.bias_mode = bias_mode
     n.out_scale = np.full((1,) * len(n.shape), out_scale)
 
 
-def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:
-    """Scale every tensor, quantize every weighted node, set every threshold."""
+def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
+                  input_scale: np.ndarray | None = None) -> Graph:
+    """Scale every tensor, quantize every weighted node, set every threshold.
+
+    ``input_scale`` keeps a given input scale (re-quantizing a converted graph after its float
+    weights changed) instead of deriving it from ``calib.input_absmax``."""
     g = graph.copy()
     qmax = 2 ** (opts.weight_bits - 1) - 1
     scale: dict[str, np.ndarray] = {}
@@ -178,8 +191,11 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> 
         ins = [g[i] for i in n.inputs]
         if isinstance(n, InputNode):
             n.mode, n.bits = opts.input_mode, opts.input_bits
-            amax = calib.input_absmax if calib.input_absmax > 0 else 1.0
-            n.out_scale = np.full((1,) * len(n.shape), amax / (2 ** (opts.input_bits - 1) - 1))
+            if input_scale is not None:
+                n.out_scale = np.asarray(input_scale, np.float64).reshape((1,) * len(n.shape))
+            else:
+                amax = calib.input_absmax if calib.input_absmax > 0 else 1.0
+                n.out_scale = np.full((1,) * len(n.shape), amax / (2 ** (opts.input_bits - 1) - 1))
             once[n.name] = opts.input_mode == "once"
         elif isinstance(n, WeightedNode):
             wr = _real_weights(n, scale[n.inputs[0]], ins[0].shape)
@@ -188,14 +204,16 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions) -> 
             if len(consumers) == 1 and isinstance(consumers[0], AddNode):
                 pending[n.name] = (wr, _natural_scale(wr, qmax))
                 continue
-            _quantize(n, wr, _natural_scale(wr, qmax), qmax, "first_step" if once[n.name] else "every_step")
+            _quantize(n, wr, _natural_scale(wr, qmax), qmax, "first_step" if once[n.name] else "every_step",
+                      opts.weight_exp)
         elif isinstance(n, AddNode):
             target = max(pending[i][1] for i in n.inputs)
             for i in n.inputs:
                 src = g[i]
-                _quantize(src, pending.pop(i)[0], target, qmax, "first_step" if once[i] else "every_step")
+                _quantize(src, pending.pop(i)[0], target, qmax, "first_step" if once[i] else "every_step",
+                          opts.weight_exp)
                 scale[i] = src.out_scale
-            n.out_scale = np.full((1,) * len(n.shape), target)
+            n.out_scale = np.full((1,) * len(n.shape), target / 2 ** opts.weight_exp)
             once[n.name] = all(once[i] for i in n.inputs)
         elif isinstance(n, IFNode):
             sc = _channel_scale(n, scale[n.inputs[0]], n.shape)

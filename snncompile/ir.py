@@ -86,6 +86,9 @@ class WeightedNode(Node):
     # every_step: bias_int added each step; first_step: T * bias_int added at t = 0 only
     # (used where the analog input arrives once, so charge and bias arrive together).
     bias_mode: str = "every_step"
+    # weight_int is a mantissa times 2^weight_exp (Loihi's shared per-layer weight exponent);
+    # the weight width counts the mantissa. 0: plain integers.
+    weight_exp: int = 0
 
     @property
     def is_weighted(self) -> bool:

@@ -88,10 +88,16 @@ def chain_ops(graph: Graph, name: str) -> list[Node]:
 
 
 def weight_bits(node: WeightedNode) -> int:
-    """Signed bits needed to hold the node's integer weights (0 when not converted)."""
+    """Signed bits needed to hold the node's integer weights (0 when not converted); with a
+    weight exponent, the bits of the mantissa ``weight_int / 2^weight_exp`` (which must be
+    an integer, else the full width is counted)."""
     if node.weight_int is None:
         return 0
-    m = int(np.abs(node.weight_int).max(initial=0))
+    w = np.abs(node.weight_int.astype(np.int64))
+    e = int(getattr(node, "weight_exp", 0) or 0)
+    if e and not np.any(w % (1 << e)):
+        w = w >> e
+    m = int(w.max(initial=0))
     return int(m).bit_length() + 1
 
 

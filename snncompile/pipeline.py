@@ -19,7 +19,7 @@ from .artifact import read_artifact, write_artifact
 from .calibrate import activation_scales, onnx_forward, weight_bounds
 from .convert import ConversionOptions, convert
 from .data import Dataset, load_npz
-from .errors import UsageError
+from .errors import DataError, ModelError, UsageError
 from .frontend import import_onnx, load_onnx
 from .ir import IFNode
 from .metrics import ann_macs, populations
@@ -28,6 +28,7 @@ from .targets import SIM, check_fit, lower_into, resolve_target, target_info
 
 log = logging.getLogger("snncompile")
 TARGETS = (SIM,)  # built in; backend plugins add theirs (see snncompile.targets)
+TUNE_METHODS = ("ptl", "tl", "none")
 
 
 @dataclass
@@ -45,6 +46,20 @@ class CompileRequest:
     force: bool = False
     options: ConversionOptions = ConversionOptions()
     target_options: dict[str, str] = field(default_factory=dict)  # --target-option KEY=VALUE
+    # Constraints and tuning (progressive tandem learning); see snncompile/tandem.
+    fanin: int | None = None
+    prune_ahead: int = 99          # stages a layer's fan-in mask comes before it spikes
+    train: str | None = None
+    val: str | None = None
+    method: str = "ptl"            # ptl | tl (all at once) | none (conversion only)
+    epochs: int = 60
+    patience: int = 6
+    batch_size: int = 64
+    device: str = "cpu"
+    resume: bool = False
+    progress: bool = False
+    report: Any = None             # callable(str) for one line per epoch, or None
+    on_stage_end: Any = None       # callable(stage) after each stage's checkpoint (tests)
 
 
 def seed_everything(seed: int) -> None:
@@ -55,14 +70,25 @@ def seed_everything(seed: int) -> None:
 
 
 def compile_model(req: CompileRequest) -> dict[str, Any]:
-    """Import, calibrate, convert and write; returns a summary (also stored in compile.json).
+    """Import, calibrate, convert, (constrain and tune), write; returns a summary (also
+    stored in compile.json).
 
-    All inputs are checked before the output directory is created."""
+    All inputs are checked before the output directory is created; a tuning run keeps
+    per-stage checkpoints in OUT/checkpoints (see snncompile.tandem.checkpoint)."""
+    from .tandem.checkpoint import DIRNAME, CheckpointDir
+
     backend = resolve_target(req.target, req.target_options)
     req.options.check()
+    topts = _check_tuning(req)
+    training = topts is not None
+    ckpt_dir = os.path.join(req.out, DIRNAME)
     if os.path.exists(req.out) and not req.force:
-        raise UsageError(f"output directory '{req.out}' already exists",
-                         "choose another -o, or pass --force to replace it")
+        if not (req.resume and training and os.path.isdir(ckpt_dir)):
+            has_ckpt = os.path.isdir(ckpt_dir)
+            raise UsageError(f"output directory '{req.out}' already exists"
+                             + (" and holds checkpoints of an earlier tuning run" if has_ckpt else ""),
+                             "pass --resume to continue that run, or --force to start over" if has_ckpt
+                             else "choose another -o, or pass --force to replace it")
     seed_everything(req.seed)
     t0 = time.perf_counter()
     model = load_onnx(req.model)
@@ -70,12 +96,60 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     ann = imported.graph
     ann.meta["source"] = os.path.basename(req.model)
     calib_data = load_npz(req.calib, ann.input.shape, need_labels=False) if req.calib else None
+    train_data = val_data = None
+    if training:
+        train_data = load_npz(req.train, ann.input.shape, need_labels=True)
+        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
+        out_shape = tuple(ann[ann.outputs[0]].shape)
+        _check_targets(train_data, out_shape)
+        _check_targets(val_data, out_shape, validation=True)
+        if train_data.is_classification != val_data.is_classification:
+            raise DataError(f"'{req.train}' and '{req.val}' disagree on the task: one has integer "
+                            "labels, the other float targets")
     t_import = time.perf_counter() - t0
     if calib_data is not None:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
     else:
         calib = weight_bounds(ann)
     snn = convert(ann, calib, req.options)
+    warnings = list(imported.warnings) + list(calib.warnings)
+    tuning: dict[str, Any] | None = None
+    if training or req.fanin:
+        from .tandem.constraints import violations
+        from .tandem.model import TandemNet
+        from .tandem.schedule import tune
+
+        net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
+                        prune_lead=req.prune_ahead if training else 0)
+        if training and backend is not None:  # fail before tuning, not after: the limits the
+            early = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin)  # target sets
+            early.set_stage(early.n_stages)
+            check_fit(backend, early.to_graph())
+        if training:
+            from .tandem import distributed as ddp
+
+            ddp.init_from_env(topts.device)
+            ckpt = CheckpointDir(ckpt_dir)
+            if ddp.rank() == 0:
+                ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
+            ddp.barrier()
+            res = tune(net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
+                       on_stage_end=req.on_stage_end, progress=req.progress,
+                       calib_x=calib_data.x if calib_data is not None else None)
+            tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
+                      "world_size": res.world_size,
+                      "patience": topts.patience, "seconds": res.seconds, "stages": res.stages,
+                      "history": res.history}
+        else:
+            net.set_stage(net.n_stages)
+            msg = (f"--fanin {req.fanin} pruned {_pruned_share(net):.0%} of the weights without "
+                   "fine-tuning: accuracy will suffer; pass --train and --val to recover it")
+            log.warning(msg)
+            warnings.append(msg)
+        snn = net.to_graph()
+        problems = violations(snn, bits=req.options.weight_bits, fanin=req.fanin)
+        if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
+            raise ModelError("the tuned graph breaks the requested limits: " + "; ".join(problems))
     if backend is not None:
         check_fit(backend, snn)  # every violation at once, before anything is written
     info = {
@@ -84,15 +158,102 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         "options": asdict(req.options), "normalization": calib.method,
         "calibration_samples": int(calib_data.x.shape[0]) if calib_data is not None else 0,
         "lam": {k: v.tolist() for k, v in calib.lam.items()},
-        "warnings": list(imported.warnings) + list(calib.warnings),
+        "constraints": {"bits": req.options.weight_bits, "fanin": req.fanin},
+        "warnings": warnings,
         "import_seconds": round(t_import, 3),
         "convert_seconds": round(time.perf_counter() - t0, 3),
     }
+    if tuning is not None:
+        info["tuning"] = tuning
+    if training:
+        rank = ddp.rank()
+        ddp.finish()
+        if rank != 0:  # under torchrun only rank 0 writes
+            return {"out": req.out, "rank": rank}
     lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
-    write_artifact(req.out, snn, model, info, force=req.force, lower=lower)
-    return {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
-            "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    write_artifact(req.out, snn, model, info, force=req.force or training, lower=lower,
+                   carry=(DIRNAME,))
+    summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
+               "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    if tuning is not None:
+        last = tuning["stages"][-1]["best"] if tuning["stages"] else {}
+        summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"], **last}
+    return summary
+
+
+def _check_tuning(req: CompileRequest):
+    """The tuning options, checked (None when the run only converts)."""
+    from .tandem.schedule import TrainOptions
+
+    if req.fanin is not None and req.fanin < 1:
+        raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
+    if req.prune_ahead < 0:
+        raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
+    if req.method not in TUNE_METHODS:
+        raise UsageError(f"unknown --method '{req.method}'", f"use one of {', '.join(TUNE_METHODS)}")
+    if req.val and not req.train:
+        raise UsageError("--val was given without --train", "pass --train TRAIN.npz as well (or drop --val)")
+    if req.resume and not req.train:
+        raise UsageError("--resume continues a tuning run, which needs --train and --val")
+    if not req.train:
+        return None
+    if not req.val:
+        raise UsageError("--train needs --val: the scheduler watches validation accuracy",
+                         "hold out part of the training data and pass it with --val")
+    if req.method == "none":
+        raise UsageError("--method none converts only, but --train was given",
+                         "drop --train/--val, or use --method ptl")
+    opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
+                        method=req.method, seed=req.seed, device=req.device,
+                        percentile=100.0 if req.norm == "max" else req.percentile)
+    opts.check()
+    return opts
+
+
+def _check_targets(data: Dataset, out_shape: tuple[int, ...], validation: bool = False) -> None:
+    """Labels must index the model's outputs; regression targets must have its shape."""
+    if data.is_classification:
+        n_out = int(np.prod(out_shape))
+        y = data.y
+        if y.ndim != 1:
+            raise DataError(f"'{data.path}': labels y have shape {y.shape}, expected (N,)")
+        if y.min() < 0 or y.max() >= n_out:
+            raise DataError(f"'{data.path}': labels span {int(y.min())}..{int(y.max())}, but the model "
+                            f"has {n_out} outputs", "labels must be class indices 0..outputs-1")
+        if validation and len(np.unique(y)) < 2:
+            raise DataError(f"'{data.path}': the validation set holds only one class ({int(y[0])})",
+                            "validate on a sample of every class (e.g. a stratified split)")
+    elif tuple(data.y.shape[1:]) != tuple(out_shape):
+        raise DataError(f"'{data.path}': targets y have shape {data.y.shape}, the model outputs "
+                        f"(N, {', '.join(map(str, out_shape))})")
+
+
+def _sha256(path: str | None) -> str | None:
+    if not path:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:
+    """What must match for --resume to continue a run: inputs (by content) and options."""
+    return {"model": _sha256(req.model), "calib": _sha256(req.calib), "train": _sha256(req.train),
+            "val": _sha256(req.val), "options": asdict(req.options), "fanin": req.fanin,
+            "prune_ahead": req.prune_ahead,
+            "norm": req.norm, "percentile": req.percentile, "output": req.output,
+            "tuning": asdict(topts)}
+
+
+def _pruned_share(net) -> float:
+    total = sum(int(net.mask(n).numel()) for n in net.weighted)
+    kept = sum(int(net.mask(n).sum()) for n in net.weighted)
+    return 1.0 - kept / total if total else 0.0
 
 
 def parse_timesteps(text: str | None) -> list[int] | None:
@@ -114,7 +275,10 @@ def _score(pred: np.ndarray, data: Dataset) -> dict[str, float]:
     if data.is_classification:
         return {"accuracy": float((pred.reshape(len(pred), -1).argmax(1) == data.y).mean())}
     err = pred.reshape(data.y.shape) - data.y
-    return {"mse": float(np.mean(err ** 2))}
+    mse = float(np.mean(err ** 2))
+    peak = float(data.y.max() - data.y.min())  # the targets' range (1 for images in [0, 1])
+    psnr = 10.0 * np.log10(peak ** 2 / mse) if mse > 0 and peak > 0 else float("inf")
+    return {"mse": mse, "psnr": float(psnr)}
 
 
 def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,
@@ -158,6 +322,13 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
             run["agreement"] = float((res.output.argmax(1) == ann_pred.reshape(len(ann_pred), -1).argmax(1)).mean())
         runs.append(run)
     result = dict(runs[-1])
+    rows = runs[-1]["layers"]
+    result["max_weight_bits"] = max((r["weight_bits"] for r in rows), default=0)
+    result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
+    result["constraints"] = art.info.get("constraints", {})
+    if "tuning" in art.info:
+        t = art.info["tuning"]
+        result["tuning"] = {k: t.get(k) for k in ("method", "epochs", "epochs_budget", "seconds")}
     if len(runs) > 1:
         result["sweep"] = [{k: r[k] for k in r if k != "layers"} for r in runs]
     return result

@@ -19,7 +19,10 @@ from .errors import ArtifactError, ModelError
 from .ir import NODE_TYPES, Graph, Node
 
 FORMAT = "snncompile-ir"
-VERSION = 1
+# 2: weighted nodes may carry weight_exp (Loihi-style weight exponent); version 1 files
+# lack it and load with its default, 0.
+VERSION = 2
+READABLE = (1, 2)
 MANIFEST = "ir.json"
 ARRAYS = "ir.npz"
 
@@ -97,9 +100,10 @@ def load_graph(directory: str | os.PathLike) -> Graph:
         raise ArtifactError(f"{mpath} is not valid JSON ({e})", "re-run 'snncompile convert'") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath} is not an snncompile IR manifest")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE:
         raise ArtifactError(f"{mpath} has IR version {manifest.get('version')}, this snncompile "
-                            f"reads version {VERSION}", "re-run 'snncompile convert' with this version")
+                            f"reads versions {', '.join(map(str, READABLE))}",
+                            "re-run 'snncompile convert' with this version")
     try:
         with np.load(apath, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

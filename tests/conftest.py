@@ -58,3 +58,17 @@ def onnx_kit() -> type[OnnxKit]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """The digits example's model and data splits, trained here exactly as `make demo` does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("digits_data")
+    subprocess.run([sys.executable, str(root / "examples/digits/train.py"), "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    return out

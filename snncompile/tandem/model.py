@@ -1,0 +1,289 @@
+"""TandemNet: a converted graph as a trainable torch module, spiking up to a stage.
+
+Parameters are the *float* weights and biases of the graph's weighted nodes (real units, as
+in the ANN). At every forward the integer graph is derived from them by the write-back pass
+(:func:`.requant.with_params`: fan-in mask, per-layer symmetric quantization, thresholds
+``round(lam / s_in)``), so the integers the forward runs on are the ones an artifact stores.
+
+Stages: hidden layers are the IF nodes in graph order, L of them. At stage k (0 <= k <= L)
+IF layers 1..k and everything feeding them run the exact integer forward
+(:mod:`.intsim`); at stage L + 1 the output layer is constrained too and the output is the
+integer accumulator (``scale * acc / T``), i.e. exactly what the reference simulator returns.
+A weighted node is *constrained* (fan-in pruned, quantized) from the stage its consumer
+population first spikes.
+
+Forward values are real: a spiking IF layer passes ``lam * count / T``. Backward is the
+tandem rule: the gradient w.r.t. a layer's spike-count value is copied onto the ANN
+activation ``relu(z)`` computed from the same input values (straight-through), and the
+gradient of a quantized weight onto its float weight (straight-through).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ann import _EVALUATORS, _pad4
+from ..convert import _real_weights
+from ..errors import ModelError
+from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
+from .constraints import fanin_budgets, topk_mask
+from .intsim import dtypes, needed, quantized_input, run_integer
+from .requant import with_params
+
+
+class TandemNet(nn.Module):
+    """A converted graph with trainable float weights and a staged tandem forward."""
+
+    def __init__(self, graph: Graph, bits: int | None = None, fanin: int | None = None,
+                 prune_lead: int = 0):
+        super().__init__()
+        if not graph.is_spiking or not graph.timesteps:
+            raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
+        self.base = graph
+        self.T = int(graph.timesteps)
+        self.bits = bits
+        self.fanin = fanin
+        # A node's fan-in mask is imposed ``prune_lead`` stages before it is quantized and its
+        # layer spikes (0: at the same stage), so it is pruned while still an ANN layer.
+        self.prune_lead = int(prune_lead)
+        self.layers = [n.name for n in graph.nodes if isinstance(n, IFNode)]
+        self.weighted = [n.name for n in graph.nodes if isinstance(n, WeightedNode)]
+        self.key = {name: f"n{i}" for i, name in enumerate(self.weighted)}
+        self.weight = nn.ParameterDict()
+        self.bias = nn.ParameterDict()
+        for name in self.weighted:
+            n = graph[name]
+            k = self.key[name]
+            self.weight[k] = nn.Parameter(torch.tensor(np.asarray(n.weight, np.float32)))
+            if n.bias is not None:
+                self.bias[k] = nn.Parameter(torch.tensor(np.asarray(n.bias, np.float32)))
+            self.register_buffer(f"mask_{k}", torch.ones(n.weight.shape))
+        # which nodes have their fan-in mask fixed (a buffer: checkpoints carry it)
+        self.register_buffer("masked", torch.zeros(len(self.weighted), dtype=torch.bool))
+        for j, name in enumerate(self.layers):
+            self.register_buffer(f"lam_{j}", torch.tensor(np.asarray(graph[name].lam, np.float64)))
+        self.budgets = fanin_budgets(graph, fanin) if fanin else {}
+        self.stage = 0
+        self._cache: tuple | None = None
+        # Which weighted nodes each stage constrains: those feeding IF layers 1..k.
+        self._owner: dict[str, int] = {}
+        for k, layer in enumerate(self.layers, start=1):
+            for name in needed(graph, [layer]):
+                if name in self.key and name not in self._owner:
+                    self._owner[name] = k
+        for name in self.weighted:
+            self._owner.setdefault(name, len(self.layers) + 1)
+
+    # --- stages ---------------------------------------------------------------------------
+
+    @property
+    def n_stages(self) -> int:
+        """L hidden layers, then the output layer: stages 1 .. L + 1."""
+        return len(self.layers) + 1
+
+    def stage_name(self, stage: int) -> str:
+        if stage == 0:
+            return "ann"
+        return self.layers[stage - 1] if 1 <= stage <= len(self.layers) else "output"
+
+    def pruned(self, stage: int | None = None) -> list[str]:
+        """Weighted nodes whose fan-in mask is in force at ``stage``."""
+        s = self.stage if stage is None else stage
+        return [n for n in self.weighted if self._owner[n] <= s + self.prune_lead]
+
+    def constrained(self, stage: int | None = None) -> list[str]:
+        """Weighted nodes quantized (and pruned) at ``stage``."""
+        s = self.stage if stage is None else stage
+        return [n for n in self.weighted if self._owner[n] <= s]
+
+    def integer_nodes(self, stage: int | None = None) -> set[str]:
+        s = self.stage if stage is None else stage
+        if s > len(self.layers):
+            return {n.name for n in self.base.nodes}
+        return needed(self.base, self.layers[:s]) if s > 0 else set()
+
+    def set_stage(self, stage: int, prune: bool = True) -> None:
+        """Move to ``stage``. With ``prune``, nodes whose fan-in mask falls due get it now,
+        from their current weights (fixed from then on); without, the caller imposes them
+        gradually with :meth:`shrink`."""
+        if not 0 <= stage <= self.n_stages:
+            raise ValueError(f"stage {stage} outside 0..{self.n_stages}")
+        self.stage = stage
+        if prune:
+            self.shrink(self.due_masks(), 0.0)
+        self._cache = None
+
+    def due_masks(self) -> list[str]:
+        """Nodes whose fan-in mask is due at the current stage but not yet fixed."""
+        return [n for n in self.pruned() if n in self.budgets
+                and not bool(self.masked[self.weighted.index(n)])]
+
+    @torch.no_grad()
+    def shrink(self, names: list[str], keep: float) -> None:
+        """Prune ``names`` to the larger of their budget and ``keep`` x their dense fan-in,
+        by magnitude among the weights still kept; at the budget the mask is fixed."""
+        for name in names:
+            k = self.key[name]
+            m = self.mask(name)
+            w = (self.weight[k] * m).detach().cpu().numpy()
+            full = int(np.prod(w.shape[1:]))
+            n_keep = max(self.budgets[name], int(np.ceil(full * keep)))
+            m.copy_(torch.tensor(topk_mask(w, n_keep), device=m.device))
+            if n_keep == self.budgets[name]:
+                self.masked[self.weighted.index(name)] = True
+        self._cache = None
+
+    def trainable(self, stage: int | None = None) -> list[nn.Parameter]:
+        """Parameters still trained at ``stage``: all but those fixed in earlier stages."""
+        s = self.stage if stage is None else stage
+        fixed = set(self.constrained(s - 1)) if s > 0 else set()
+        out = []
+        for name in self.weighted:
+            k = self.key[name]
+            grad = name not in fixed
+            self.weight[k].requires_grad_(grad)
+            if k in self.bias:
+                self.bias[k].requires_grad_(grad)
+            if grad:
+                out.append(self.weight[k])
+                if k in self.bias:
+                    out.append(self.bias[k])
+        return out
+
+    # --- the integer graph ------------------------------------------------------------------
+
+    def mask(self, name: str) -> torch.Tensor:
+        return getattr(self, f"mask_{self.key[name]}")
+
+    def to_graph(self) -> Graph:
+        """The write-back pass: the integer IR of the current parameters (validated).
+
+        Nodes not yet constrained keep their float weights unpruned; their integers follow
+        the same quantization (they are what an ANN layer would convert to)."""
+        weights, biases = {}, {}
+        for name in self.weighted:
+            k = self.key[name]
+            weights[name] = (self.weight[k] * self.mask(name)).detach().cpu().numpy()
+            if k in self.bias:
+                biases[name] = self.bias[k].detach().cpu().numpy()
+        lam = {name: getattr(self, f"lam_{j}").detach().cpu().numpy() for j, name in enumerate(self.layers)}
+        g = with_params(self.base, weights, biases, lam=lam, weight_bits=self.bits)
+        g.meta["tandem"] = {"stage": self.stage, "bits": self.bits, "fanin": self.fanin}
+        return g
+
+    def _current(self) -> tuple[Graph, dict, dict]:
+        version = tuple(p._version for p in self.parameters()) + tuple(b._version for b in self.buffers())
+        if self._cache is None or self._cache[0] != (version, self.stage):
+            g = self.to_graph()
+            fq: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+            for name in self.constrained():
+                n = g[name]
+                ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
+                s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
+                s_out = float(np.asarray(n.out_scale).reshape(-1)[0])
+                w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
+                b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
+                fq[name] = (w, b)
+            self._cache = ((version, self.stage), g, fq, dtypes(g, self.T))
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    # --- forward ----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, return_ints: bool = False):
+        """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
+        also the integer result (:class:`.intsim.IntResult`) of the spiking part."""
+        g, vals, ints = self._values(x)
+        y = vals[g.outputs[0]]
+        if ints is not None and g.outputs[0] in ints.acc:
+            s = torch.as_tensor(np.asarray(g[g.outputs[0]].out_scale, np.float64), device=x.device)
+            exact = (ints.acc[g.outputs[0]] * s / self.T).to(torch.float32)
+            y = y + (exact - y).detach()
+        return (y, ints) if return_ints else y
+
+    @torch.no_grad()
+    def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
+                    batch_size: int = 256) -> np.ndarray:
+        """Set the scale ``lam`` (hence the threshold) of IF layer ``layer`` to a percentile
+        of its ANN activation ``relu(z)`` at the current stage (earlier layers spiking, its
+        own weights pruned and quantized) over inputs ``x``; returns the new scale."""
+        j = self.layers.index(layer)
+        src = self.base[layer].inputs[0]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            _, vals, _ = self._values(x[i:i + batch_size])
+            a = torch.relu(vals[src]).double().cpu().numpy()
+            parts.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1)
+                         if a.ndim > 2 else a.reshape(1, -1))
+        vals_c = np.concatenate(parts, axis=1)
+        old = getattr(self, f"lam_{j}")
+        if old.numel() > 1:
+            lam = np.percentile(vals_c, percentile, axis=1)
+            lam = np.where(lam > 0, lam, old.cpu().numpy())
+        else:
+            lam = np.array([np.percentile(vals_c, percentile)])
+            if lam[0] <= 0:
+                lam = old.cpu().numpy()
+        old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))
+        self._cache = None
+        return lam
+
+    def _values(self, x: torch.Tensor):
+        g, fq, types = self._current()
+        xq = quantized_input(g, x)
+        ints_needed = self.integer_nodes()
+        ints = run_integer(g, xq, self.T, ints_needed, types) if len(ints_needed) > 1 else None
+        vals: dict[str, torch.Tensor] = {}
+        dev = x.device
+        for n in g.nodes:
+            if isinstance(n, InputNode):
+                s = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
+                vals[n.name] = xq.to(torch.float32) * s
+                continue
+            ins = [vals[i] for i in n.inputs]
+            if isinstance(n, WeightedNode):
+                out = self._weighted(n, ins[0], fq.get(n.name))
+            elif isinstance(n, IFNode):
+                out = torch.relu(ins[0])
+                if ints is not None and n.name in ints.counts:
+                    lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
+                    snn = ints.counts[n.name].to(torch.float32) * lam / self.T
+                    out = out + (snn - out).detach()
+            else:
+                out = _EVALUATORS[type(n)](n, ins)
+            vals[n.name] = out
+        return g, vals, ints
+
+    def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
+        k = self.key[n.name]
+        w = self.weight[k] * self.mask(n.name)
+        b = self.bias[k] if k in self.bias else None
+        if fq is not None:
+            wq = torch.as_tensor(fq[0], device=x.device)
+            w = w + (wq - w).detach()
+            if b is not None and fq[1] is not None:
+                bq = torch.as_tensor(fq[1], device=x.device)
+                b = b + (bq - b).detach()
+        node = dataclasses.replace(n, weight=w, bias=b)
+        return _WEIGHTED[type(n)](node, x)
+
+
+def _conv(n, x):
+    return torch.nn.functional.conv2d(_pad4(x, n.padding), n.weight, n.bias, stride=n.stride,
+                                      dilation=n.dilation, groups=n.groups)
+
+
+def _dense(n, x):
+    return torch.nn.functional.linear(x, n.weight, n.bias)
+
+
+def _affine(n, x):
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    y = x * n.weight.reshape(view)
+    return y if n.bias is None else y + n.bias.reshape(view)
+
+
+_WEIGHTED = {Conv2dNode: _conv, DenseNode: _dense, AffineNode: _affine}

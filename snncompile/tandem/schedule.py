@@ -1,0 +1,278 @@
+"""Progressive tandem learning (PTL) with an adaptive scheduler.
+
+Stages 1..L convert hidden layer k: layers 1..k spike (integer forward), k+1..L stay ANN,
+and layer k's constraints (fan-in mask, weight quantization, thresholds) take effect. Stage
+L + 1 constrains the output layer and is trained at the lower final learning rate, so the
+last stage trains the exact integer network end to end. In each stage a fresh Adam trains
+everything not fixed yet; the scheduler watches validation accuracy (loss for regression),
+keeps the stage's best weights, and when ``patience`` epochs bring no improvement (or the
+stage's share of the epoch budget is spent) reloads them, fixes the stage's layer and moves
+on. Method ``tl`` is the all-at-once baseline: one stage with every layer spiking and every
+constraint imposed from the start, the same budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..errors import UsageError
+from . import distributed as ddp
+from .checkpoint import CheckpointDir
+from .model import TandemNet
+
+METHODS = ("ptl", "tl")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to tune (see the module docstring)."""
+
+    epochs: int = 60
+    patience: int = 6
+    lr: float = 1e-3
+    final_lr: float = 1e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 64
+    method: str = "ptl"
+    seed: int = 0
+    device: str = "cpu"
+    recalibrate: bool = True       # re-derive a layer's threshold when it is converted
+    gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
+    percentile: float = 99.9
+
+    def check(self) -> None:
+        if self.epochs < 0:
+            raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.patience < 1:
+            raise UsageError(f"--patience must be >= 1, got {self.patience}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown tuning method '{self.method}'", f"use one of {', '.join(METHODS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"unknown device '{self.device}'", "use cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda was requested but no CUDA device is available",
+                             "use --device cpu")
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run did: one record per epoch, one summary per stage."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    epochs: int = 0
+    seconds: float = 0.0
+    world_size: int = 1
+
+
+def stage_plan(net: TandemNet, method: str) -> list[int]:
+    """The stages to run: 1..L+1 for PTL (after an ANN stage 0 when fan-in masks are
+    imposed ahead of conversion), only L+1 for all-at-once."""
+    if method != "ptl":
+        return [net.n_stages]
+    first = 0 if (net.prune_lead > 0 and net.budgets) else 1
+    return list(range(first, net.n_stages + 1))
+
+
+def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256) -> dict[str, float]:
+    """Validation loss (and accuracy) of the network at its current stage."""
+    dev = next(net.parameters()).device
+    total, correct, n = 0.0, 0, len(data.x)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = torch.as_tensor(data.x[i:i + batch_size], device=dev)
+            y = torch.as_tensor(data.y[i:i + batch_size], device=dev)
+            out = net(x)
+            total += float(_loss(out, y, data.is_classification)) * len(x)
+            if data.is_classification:
+                correct += int((out.argmax(1) == y).sum())
+    res = {"loss": total / n}
+    if data.is_classification:
+        res["accuracy"] = correct / n
+    return res
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
+    if classification:
+        return torch.nn.functional.cross_entropy(out, y.long())
+    return torch.nn.functional.mse_loss(out.reshape(y.shape), y.to(out.dtype))
+
+
+def _key(m: dict[str, float]) -> tuple[float, ...]:
+    """Higher is better: accuracy, ties broken by lower loss (the val split is small)."""
+    return (m["accuracy"], -m["loss"]) if "accuracy" in m else (-m["loss"],)
+
+
+def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
+         checkpoints: CheckpointDir | None = None, report: Callable[[str], None] | None = None,
+         on_stage_end: Callable[[int], None] | None = None, progress: bool = False,
+         calib_x: np.ndarray | None = None) -> TuneResult:
+    """Run the schedule on ``net`` (in place; it ends at the last stage with its best
+    weights). Stages already checkpointed are loaded instead of trained. ``calib_x``
+    (default: the first 256 training inputs) sets thresholds of newly converted layers."""
+    opts.check()
+    t0 = time.perf_counter()
+    dev = torch.device(opts.device)
+    net.to(dev)
+    plan = stage_plan(net, opts.method)
+    result = TuneResult()
+    done = checkpoints.completed() if checkpoints is not None else -1
+    used = 0
+    bar = _bar(progress, opts.epochs)
+    say = report if (report is not None and ddp.rank() == 0) else (lambda s: None)
+    if ddp.rank() != 0:
+        bar = None
+    for i, stage in enumerate(plan):
+        if stage <= done:
+            state, record = checkpoints.load(stage)
+            net.stage, net._cache = stage, None
+            net.load_state_dict({k: v.to(dev) for k, v in state.items()})
+            used = record["epochs_used_total"]
+            result.history.extend(record["history"])
+            result.stages.append(record["summary"])
+            say(f"stage {stage}/{net.n_stages} ({net.stage_name(stage)}): loaded from checkpoint, "
+                f"val {_fmt(record['summary']['best'])}")
+            if bar is not None:
+                bar.update(len(record["history"]) - 1)
+            continue
+        net.set_stage(stage, prune=not opts.gradual)
+        ramp = net.due_masks() if opts.gradual else []
+        if opts.recalibrate:
+            xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
+            prev = plan[i - 1] if i > 0 else 0
+            for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
+                net.recalibrate(layer, xc, opts.percentile)
+        cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
+        history, summary = _run_stage(net, train, val, opts, stage, cap, i == len(plan) - 1 and
+                                      opts.method == "ptl", say, bar, ramp)
+        used += len(history) - 1
+        result.history.extend(history)
+        result.stages.append(summary)
+        if checkpoints is not None and ddp.rank() == 0:
+            checkpoints.save(stage, net.state_dict(), {"stage": stage, "epochs_used_total": used,
+                                                       "history": history, "summary": summary})
+        if on_stage_end is not None:
+            on_stage_end(stage)
+    if bar is not None:
+        bar.close()
+    ddp.barrier()
+    result.epochs = used
+    result.world_size = ddp.world_size()
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _ramp_steps(net: TandemNet, names: list[str]) -> int:
+    """Epochs to halve each node's kept weights down to its budget."""
+    steps = 0
+    for n in names:
+        full = int(np.prod(net.base[n].weight.shape[1:]))
+        steps = max(steps, math.ceil(math.log2(full / net.budgets[n])) if full > net.budgets[n] else 0)
+    return steps
+
+
+def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions, stage: int,
+               cap: int, final: bool, say: Callable[[str], None], bar,
+               ramp: list[str] | None = None) -> tuple[list, dict]:
+    """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
+    epoch), and the scheduler's best/patience start once they are complete."""
+    name = net.stage_name(stage)
+    t0 = time.perf_counter()
+    params = net.trainable()
+    lr = opts.final_lr if final else opts.lr
+    steps = _ramp_steps(net, ramp or [])
+    if steps and (cap == 0 or not params):
+        net.shrink(ramp, 0.0)  # no epochs to spend: impose at once
+        steps = 0
+    if steps:
+        net.shrink(ramp, 0.5)
+    best = ddp.from_rank0(evaluate(net, val))
+    first = dict(best)
+    history = [{"stage": stage, "layer": name, "epoch": 0, "train_loss": None, **_val(best),
+                "seconds": round(time.perf_counter() - t0, 3)}]
+    say(f"stage {stage}/{net.n_stages} ({name}) converted: val {_fmt(best)}")
+    if cap == 0 or not params:
+        return history, _summary(stage, name, first, best, 0, lr)
+    best_state = copy.deepcopy(net.state_dict())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
+    gen = torch.Generator().manual_seed(opts.seed * 1000 + stage)
+    dev = next(net.parameters()).device
+    bad, best_epoch = 0, 0
+    for epoch in range(1, cap + 1):
+        net.train()
+        perm = torch.randperm(len(train.x), generator=gen).numpy()
+        total = 0.0
+        for s in range(0, len(perm), opts.batch_size):
+            idx = np.sort(perm[s:s + opts.batch_size])[ddp.rank()::ddp.world_size()]
+            opt.zero_grad()
+            if len(idx):
+                x = torch.as_tensor(train.x[idx], device=dev)
+                y = torch.as_tensor(train.y[idx], device=dev)
+                loss = _loss(net(x), y, train.is_classification)
+                loss.backward()
+                total += float(loss.detach()) * len(idx)
+            ddp.average_gradients(params)
+            opt.step()
+        total = ddp.total(total)
+        net.eval()
+        if epoch < steps:
+            net.shrink(ramp, 0.5 ** (epoch + 1) if epoch + 1 < steps else 0.0)
+        m = ddp.from_rank0(evaluate(net, val))
+        improved = _key(m) > _key(best) or epoch == steps  # the first fully pruned state
+        if epoch < steps:
+            improved = False
+        if improved:
+            best, best_epoch, bad = m, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            bad += 1
+        rec = {"stage": stage, "layer": name, "epoch": epoch, "train_loss": round(total / len(perm), 6),
+               **_val(m), "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(rec)
+        say(f"stage {stage}/{net.n_stages} ({name}) epoch {epoch}/{cap}  train loss "
+            f"{rec['train_loss']:.4f}  val {_fmt(m)}{'  *' if improved else ''}  "
+            f"{rec['seconds']:.1f} s")
+        if bar is not None:
+            bar.set_postfix(stage=f"{stage}/{net.n_stages}", val=_fmt(m))
+            bar.update(1)
+        if bad >= opts.patience and epoch >= steps:
+            break
+    if epoch < steps:  # the budget ran out during the ramp: impose the masks, keep that state
+        net.shrink(ramp, 0.0)
+        best, best_epoch = evaluate(net, val), epoch
+        best_state = copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    return history, _summary(stage, name, first, best, best_epoch, lr)
+
+
+def _val(m: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": round(v, 6) for k, v in m.items()}
+
+
+def _fmt(m: dict[str, float]) -> str:
+    if "accuracy" in m or "val_accuracy" in m:
+        return f"acc {m.get('accuracy', m.get('val_accuracy')):.4f}"
+    return f"loss {m.get('loss', m.get('val_loss')):.5f}"
+
+
+def _summary(stage: int, name: str, first: dict, best: dict, best_epoch: int, lr: float) -> dict:
+    return {"stage": stage, "layer": name, "converted": _val(first), "best": _val(best),
+            "best_epoch": best_epoch, "lr": lr}
+
+
+def _bar(enabled: bool, total: int):
+    if not enabled or total <= 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="tuning", unit="epoch", leave=False)
+

@@ -1,0 +1,339 @@
+"""Progressive tandem learning end to end: the scheduler, constraints on the saved artifact,
+the CLI's tuning options and their bad inputs, checkpoints and --resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from snncompile.convert import ConversionOptions
+from snncompile.data import Dataset
+from snncompile.metrics import population_fanin, weight_bits
+from snncompile.pipeline import CompileRequest, compile_model
+from snncompile.serialize import load_graph
+from snncompile.tandem import schedule
+from snncompile.tandem.constraints import violations
+from snncompile.tandem.model import TandemNet
+from snncompile.tandem.schedule import TrainOptions, tune
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snncompile", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    """A converted 6-8-3 MLP and a toy data set."""
+    import io
+    import warnings
+
+    import onnx
+    import torch.nn as nn
+
+    from snncompile.calibrate import activation_scales
+    from snncompile.convert import convert
+    from snncompile.frontend import import_onnx
+
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(f, (torch.zeros(1, 6),), buf, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    model = onnx.load_from_string(buf.getvalue())
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 6)).astype(np.float32)
+    y = (x[:, 0] * 3).astype(np.int64).clip(0, 2)
+    ann = import_onnx(model).graph
+    g = convert(ann, activation_scales(model, ann, x), ConversionOptions(timesteps=4, weight_bits=8))
+    return g, Dataset(x=x, y=y, path="train"), Dataset(x=x[:48], y=y[:48], path="val")
+
+
+def test_scheduler_patience_reloads_best_and_fixes_layers(small_net, monkeypatch):
+    g, train, val = small_net
+    net = TandemNet(g, bits=8)
+    script = iter([0.5, 0.6, 0.55, 0.55,          # stage 1: best at epoch 1, patience 2 ends it
+                   0.4, 0.45, 0.5, 0.45, 0.45,    # stage 2: best at epoch 2
+                   0.7, 0.6, 0.6])                # stage 3: nothing beats the converted network
+    snapshots: dict[tuple[int, int], dict] = {}
+    calls: list[int] = []
+
+    def fake_eval(n, data, batch_size=256):
+        calls.append(n.stage)
+        epoch = sum(1 for s in calls if s == n.stage) - 1
+        snapshots[(n.stage, epoch)] = {k: v.clone() for k, v in n.state_dict().items()}
+        return {"accuracy": next(script), "loss": 1.0}
+
+    monkeypatch.setattr(schedule, "evaluate", fake_eval)
+    res = tune(net, train, val, TrainOptions(epochs=30, patience=2, batch_size=32, recalibrate=False))
+    per_stage = [[h["epoch"] for h in res.history if h["stage"] == s] for s in (1, 2, 3)]
+    assert per_stage == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2]]
+    assert [s["best_epoch"] for s in res.stages] == [1, 2, 0]
+    assert [s["lr"] for s in res.stages] == [1e-3, 1e-3, 1e-4]
+    final = net.state_dict()
+    first_layer = f"weight.{net.key[net.constrained(1)[0]]}"
+    # layer 1 ends with stage 1's best weights and stays fixed through stages 2 and 3
+    assert torch.equal(final[first_layer], snapshots[(1, 1)][first_layer])
+    # stage 3 found nothing better than its start: its start (= stage 2's best) is restored
+    for k in final:
+        assert torch.equal(final[k], snapshots[(3, 0)][k]), k
+    assert not torch.equal(snapshots[(2, 2)]["weight.n1"], snapshots[(2, 0)]["weight.n1"])
+
+
+def test_epoch_budget_is_shared_by_stages(small_net):
+    g, train, val = small_net
+    res = tune(TandemNet(g), train, val, TrainOptions(epochs=5, patience=99, batch_size=48))
+    assert res.epochs == 5
+    assert [len([h for h in res.history if h["stage"] == s]) - 1 for s in (1, 2, 3)] == [2, 2, 1]
+    none = tune(TandemNet(g), train, val, TrainOptions(epochs=0))
+    assert none.epochs == 0 and len(none.history) == 3  # converted stage by stage, untrained
+
+
+def test_regression_targets_tune_on_validation_loss(small_net):
+    """Float targets: MSE loss, the scheduler keeps the lowest validation loss."""
+    g, train, val = small_net
+    w = np.random.default_rng(1).random((6, 3)).astype(np.float32)
+    tr = Dataset(x=train.x, y=train.x @ w, path="train")
+    va = Dataset(x=val.x, y=val.x @ w, path="val")
+    net = TandemNet(g, bits=8)
+    res = tune(net, tr, va, TrainOptions(epochs=9, patience=3, batch_size=32))
+    assert all("val_accuracy" not in h for h in res.history)
+    first, last = res.history[0]["val_loss"], res.stages[-1]["best"]["val_loss"]
+    assert last < first
+    for st in res.stages:  # the kept state is the stage's lowest loss
+        losses = [h["val_loss"] for h in res.history if h["stage"] == st["stage"]]
+        assert st["best"]["val_loss"] == min(losses)
+
+
+@pytest.mark.parametrize("epochs", [4, 12])
+def test_gradual_pruning_ends_exactly_at_the_budget(small_net, epochs):
+    """Kept weights halve epoch by epoch in the ANN stage 0 (8 -> 4 -> 2 here); a budget too
+    short for the ramp still ends with every mask at its limit."""
+    g, train, val = small_net
+    net = TandemNet(g, bits=8, fanin=2, prune_lead=99)
+    res = tune(net, train, val, TrainOptions(epochs=epochs, gradual=True, batch_size=48))
+    assert [s["stage"] for s in res.stages] == [0, 1, 2, 3]
+    assert bool(net.masked.all())
+    assert violations(net.to_graph(), bits=8, fanin=2) == []
+    kept = [int(net.mask(n).reshape(net.mask(n).shape[0], -1).sum(1).max()) for n in net.weighted]
+    assert kept == [2, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def tuned(digits_dir, tmp_path_factory):
+    """PTL on digits with 8-bit weights and fan-in 64, a small epoch budget."""
+    out = tmp_path_factory.mktemp("ptl") / "snn"
+    d = digits_dir
+    r = run("convert", str(d / "digits_cnn.onnx"), "-o", str(out), "--calib", str(d / "calib.npz"),
+            "--timesteps", "8", "--bits", "8", "--fanin", "64", "--train", str(d / "train.npz"),
+            "--val", str(d / "val.npz"), "--epochs", "8", "--patience", "3")
+    assert r.returncode == 0, r.stderr
+    assert "stage 4/4 (output)" in r.stderr and "epoch 1/" in r.stderr  # the schedule, as it runs
+    return out
+
+
+@pytest.mark.slow
+def test_tuned_artifact_meets_constraints_exactly(tuned):
+    g = load_graph(tuned)
+    assert violations(g, bits=8, fanin=64) == []
+    for n in g.nodes:
+        if n.is_weighted:
+            assert n.weight_int.dtype.kind == "i" and weight_bits(n) <= 8
+            assert np.abs(n.weight_int).max() <= 127
+        if n.op == "if":
+            assert n.threshold.dtype.kind == "i" and n.threshold.min() >= 1
+    fanins = {n.name: population_fanin(g, n.name) for n in g.nodes if n.op == "if"}
+    assert max(fanins.values()) <= 64 and min(fanins.values()) > 0
+    assert (tuned / "checkpoints" / "stage_4.npz").is_file()
+    info = json.loads((tuned / "compile.json").read_text())
+    assert info["constraints"] == {"bits": 8, "fanin": 64}
+    assert [s["stage"] for s in info["tuning"]["stages"]] == [0, 1, 2, 3, 4]  # 0: ANN, masks in force
+    assert info["tuning"]["epochs"] <= 8
+
+
+@pytest.mark.slow
+def test_tuning_recovers_accuracy_lost_to_constraints(tuned, digits_dir, tmp_path):
+    """The same limits imposed without tuning cost far more accuracy (fan-in 64 prunes
+    conv2 and fc1 to 16 weights per neuron: a 2x2 sum pool makes each weight 4 synapses)."""
+    plain = tmp_path / "plain"
+    d = digits_dir
+    r = run("convert", str(d / "digits_cnn.onnx"), "-o", str(plain), "--calib", str(d / "calib.npz"),
+            "--timesteps", "8", "--bits", "8", "--fanin", "64")
+    assert r.returncode == 0, r.stderr
+    assert "warning: --fanin 64 pruned" in r.stderr
+    scores = {}
+    for name, out in (("plain", plain), ("tuned", tuned)):
+        e = run("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
+        assert e.returncode == 0, e.stderr
+        scores[name] = json.loads(e.stdout)
+        assert scores[name]["max_weight_bits"] <= 8 and scores[name]["max_fanin"] <= 64
+    assert scores["tuned"]["snn_accuracy"] >= scores["plain"]["snn_accuracy"] + 0.2
+    text = run("evaluate", str(tuned), "--data", str(d / "test.npz"))
+    assert "max weight bits: 8 (limit 8)" in text.stdout and "(limit 64)" in text.stdout
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_gives_the_same_artifact(digits_dir, tmp_path):
+    d = digits_dir
+    tr = np.load(d / "train.npz")
+    np.savez(tmp_path / "train300.npz", x=tr["x"][:300], y=tr["y"][:300])  # keeps the test quick
+
+    def request(out, **kw):
+        return CompileRequest(model=str(d / "digits_cnn.onnx"), out=str(out), calib=str(d / "calib.npz"),
+                              train=str(tmp_path / "train300.npz"), val=str(d / "val.npz"), epochs=5,
+                              patience=2,
+                              options=ConversionOptions(timesteps=4, weight_bits=6), fanin=200, **kw)
+
+    compile_model(request(tmp_path / "full"))
+
+    def stop(stage):
+        if stage == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compile_model(request(tmp_path / "cut", on_stage_end=stop))
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoints"]
+    with pytest.raises(Exception, match="--resume"):
+        compile_model(request(tmp_path / "cut"))
+    compile_model(request(tmp_path / "cut", resume=True))
+    a = json.loads((tmp_path / "full" / "ir.json").read_text())
+    b = json.loads((tmp_path / "cut" / "ir.json").read_text())
+    assert a == b
+    with np.load(tmp_path / "full" / "ir.npz") as fa, np.load(tmp_path / "cut" / "ir.npz") as fb:
+        assert fa.files == fb.files
+        for k in fa.files:
+            np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+    ia = json.loads((tmp_path / "full" / "compile.json").read_text())["tuning"]
+    ib = json.loads((tmp_path / "cut" / "compile.json").read_text())["tuning"]
+    assert [h["val_accuracy"] for h in ia["history"]] == [h["val_accuracy"] for h in ib["history"]]
+    # a resumed run with other settings is refused, naming what differs
+    with pytest.raises(Exception, match="differs in: fanin"):
+        compile_model(CompileRequest(**{**request(tmp_path / "cut", resume=True).__dict__, "fanin": 100}))
+
+
+def _bad_data(tmp_path: Path, digits_dir: Path, kind: str) -> Path:
+    v = np.load(digits_dir / "val.npz")
+    x, y = v["x"], v["y"]
+    if kind == "shape":
+        x = x[:, :, :4, :]
+    elif kind == "labels":
+        y = y + 5
+    elif kind == "one_class":
+        y = np.zeros_like(y)
+    p = tmp_path / f"{kind}.npz"
+    np.savez(p, x=x, y=y)
+    return p
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("val_without_train", "--val was given without --train"),
+    ("train_without_val", "--train needs --val"),
+    ("fanin0", "--fanin must be at least 1"),
+    ("fanin_small", "--fanin 3 is too small for layer"),
+    ("bits1", "--bits must lie in 2..24"),
+    ("shape", "but the model takes"),
+    ("labels", "but the model has 10 outputs"),
+    ("one_class", "only one class"),
+    ("patience0", "--patience must be >= 1"),
+    ("cuda", "no CUDA device"),
+])
+def test_bad_tuning_input_is_one_clear_message(case, expect, digits_dir, tmp_path):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the error cannot occur")
+    d = digits_dir
+    out = tmp_path / "out"
+    base = ["convert", str(d / "digits_cnn.onnx"), "-o", str(out), "--calib", str(d / "calib.npz")]
+    train = ["--train", str(d / "train.npz")]
+    val = ["--val", str(d / "val.npz")]
+    args = {
+        "val_without_train": val, "train_without_val": train, "fanin0": ["--fanin", "0"],
+        "fanin_small": ["--fanin", "3"] + train + val, "bits1": ["--bits", "1"] + train + val,
+        "shape": train + ["--val", str(_bad_data(tmp_path, d, "shape"))],
+        "labels": train + ["--val", str(_bad_data(tmp_path, d, "labels"))],
+        "one_class": train + ["--val", str(_bad_data(tmp_path, d, "one_class"))],
+        "patience0": train + val + ["--patience", "0"],
+        "cuda": train + val + ["--device", "cuda"],
+    }[case]
+    r = run(*base, *args)
+    assert r.returncode != 0
+    assert expect in r.stderr and r.stderr.startswith("error:")
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_regression_scores_and_target_checks():
+    from snncompile.errors import DataError
+    from snncompile.pipeline import _check_targets, _score
+
+    y = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
+    pred = y + np.array([[0.1, -0.1], [0.1, -0.1]], np.float32)
+    s = _score(pred, Dataset(x=np.zeros((2, 3), np.float32), y=y, path="d"))
+    assert s["mse"] == pytest.approx(0.01, rel=1e-5)
+    assert s["psnr"] == pytest.approx(20.0, rel=1e-4)  # peak = range of y = 1
+    _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (2,))
+    with pytest.raises(DataError, match="targets y have shape"):
+        _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (3,))
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(digits_dir, tmp_path):
+    """The same command under torchrun (2 CPU processes, gloo): batches split between the
+    processes, gradients averaged, rank 0 alone reports and writes."""
+    d = digits_dir
+    tr = np.load(d / "train.npz")
+    np.savez(tmp_path / "train300.npz", x=tr["x"][:300], y=tr["y"][:300])
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "snncompile", "convert",
+                        str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "4", "--bits", "8",
+                        "--fanin", "200", "--train", str(tmp_path / "train300.npz"), "--val",
+                        str(d / "val.npz"), "--epochs", "5", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1  # one report, from rank 0
+    info = json.loads((out / "compile.json").read_text())
+    assert info["tuning"]["world_size"] == 2
+    assert [s["stage"] for s in info["tuning"]["stages"]] == [0, 1, 2, 3, 4]
+    g = load_graph(out)
+    assert violations(g, bits=8, fanin=200) == []
+    e = run("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
+    assert e.returncode == 0 and json.loads(e.stdout)["snn_accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
+    """A real SIGINT once stage 1 is checkpointed: exit 130 with a --resume hint, OUT holds
+    only checkpoints; the same command with --resume finishes the run."""
+    import signal
+    import time
+
+    d = digits_dir
+    tr = np.load(d / "train.npz")
+    np.savez(tmp_path / "train300.npz", x=tr["x"][:300], y=tr["y"][:300])
+    out = tmp_path / "snn"
+    args = [sys.executable, "-m", "snncompile", "convert", str(d / "digits_cnn.onnx"), "--calib",
+            str(d / "calib.npz"), "-T", "4", "--bits", "8", "--train", str(tmp_path / "train300.npz"),
+            "--val", str(d / "val.npz"), "--epochs", "40", "--patience", "3", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "stage_1.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint of stage 1 appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "loaded from checkpoint" in r.stderr
+    assert violations(load_graph(out), bits=8) == []

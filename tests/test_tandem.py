@@ -1,0 +1,248 @@
+"""Tandem layers: the staged torch forward equals the reference simulator bit for bit, the
+backward is the straight-through tandem rule, and the write-back pass gives a valid IR."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snncompile.calibrate import activation_scales
+from snncompile.convert import ConversionOptions, convert
+from snncompile.errors import UsageError
+from snncompile.frontend import import_onnx
+from snncompile.ir import IFNode
+from snncompile.metrics import population_fanin, weight_bits
+from snncompile.simulator import simulate
+from snncompile.tandem.constraints import fanin_budgets, topk_mask, violations
+from snncompile.tandem.model import TandemNet
+from snncompile.tandem.requant import requantize
+
+
+class Branchy(nn.Module):
+    """Strided and asymmetrically padded convs, a residual add, a concat, max and avg pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0 = nn.Conv2d(2, 6, 3, padding=1)
+        self.c1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.ca = nn.Conv2d(6, 4, 1)
+        self.cb = nn.Conv2d(6, 3, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.avg = nn.AvgPool2d(2, padding=1)
+        self.fc1 = nn.Linear(7 * 3 * 3, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.c0(x))
+        a = torch.relu(self.c1(a) + a)
+        pa = self.pool(torch.relu(self.ca(F.pad(a, (0, 1, 0, 1)))))  # 9x9 -> 4x4
+        b = torch.cat([pa, torch.relu(self.cb(a))], 1)
+        b = self.avg(b)  # padded: 4x4 -> 3x3
+        return self.fc2(torch.relu(self.fc1(torch.flatten(b, 1))))
+
+
+def _export(net: nn.Module, shape) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.zeros(1, *shape),), buf, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def branchy():
+    torch.manual_seed(0)
+    model = _export(Branchy(), (2, 8, 8))
+    x = np.random.default_rng(0).random((48, 2, 8, 8)).astype(np.float32)
+    ann = import_onnx(model).graph
+    return ann, activation_scales(model, ann, x), x
+
+
+def _assert_exact(net: TandemNet, x: np.ndarray) -> None:
+    """The tandem forward at the last stage against the reference simulator."""
+    net.set_stage(net.n_stages)
+    with torch.no_grad():
+        y, ints = net(torch.tensor(x), return_ints=True)
+    g = net.to_graph()
+    ref = simulate(g, x, batch_size=17)
+    assert set(ref.spike_counts) <= set(ints.counts) and ref.spike_counts
+    for k, v in ref.spike_counts.items():
+        np.testing.assert_array_equal(v, ints.counts[k].numpy(), err_msg=k)
+    for k, v in ref.output_acc.items():
+        np.testing.assert_array_equal(v, ints.acc[k].numpy().astype(np.int64), err_msg=k)
+    np.testing.assert_array_equal(ref.output, y.numpy())
+    assert ref.saturations == {k: ints.saturations[k] for k in ref.saturations}
+
+
+@pytest.mark.parametrize("opts", [
+    ConversionOptions(timesteps=6),
+    ConversionOptions(timesteps=5, weight_bits=6, input_mode="every_step", reset="zero", v_init="zero"),
+    ConversionOptions(timesteps=7, weight_bits=8, input_mode="every_step", membrane_bits=10),
+])
+def test_forward_equals_simulator_on_synthetic_graph(branchy, opts):
+    ann, cal, x = branchy
+    g = convert(ann, cal, opts)
+    kinds = {n.op for n in g.nodes}
+    assert {"add", "concat", "maxpool2d", "avgpool2d", "pad", "affine"} <= kinds
+    _assert_exact(TandemNet(g), x)
+
+
+def test_forward_equals_simulator_after_training_steps_with_constraints(branchy):
+    """Perturbed weights, pruned and quantized: what the module computes is what the
+    written-back IR computes in the reference simulator."""
+    ann, cal, x = branchy
+    net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4)), bits=5, fanin=20)
+    net.set_stage(net.n_stages)
+    opt = torch.optim.SGD(net.trainable(), lr=0.05)
+    for _ in range(2):
+        loss = net(torch.tensor(x)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _assert_exact(net, x)
+    assert violations(net.to_graph(), bits=5, fanin=20) == []
+
+
+def test_requantize_reproduces_conversion(branchy):
+    ann, cal, _ = branchy
+    g = convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=7))
+    again = requantize(g)
+    for a, b in zip(g.nodes, again.nodes):
+        for k in a.array_names():
+            va, vb = getattr(a, k), getattr(b, k)
+            assert (va is None) == (vb is None)
+            if va is not None:
+                np.testing.assert_array_equal(va, vb, err_msg=f"{a.name}.{k}")
+
+
+def test_stages_spike_layer_by_layer(branchy):
+    ann, cal, x = branchy
+    net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4)))
+    layers = [n.name for n in net.base.nodes if isinstance(n, IFNode)]
+    assert net.n_stages == len(layers) + 1
+    for k in range(net.n_stages + 1):
+        net.set_stage(k)
+        with torch.no_grad():
+            _, ints = net(torch.tensor(x[:4]), return_ints=True)
+        spiking = set(ints.counts) & set(layers) if ints is not None else set()
+        assert spiking == set(layers[:k])
+
+
+def test_backward_is_straight_through_onto_ann_activation():
+    """One hidden layer, stage 1: d loss / d W1 equals the gradient of the float network
+    relu(x W1^T + b1) -> W2 in which the hidden activation is replaced (forward only) by
+    the spike-count value: the tandem rule."""
+    torch.manual_seed(1)
+    net_f = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model = _export(net_f, (6,))
+    x = np.random.default_rng(1).random((32, 6)).astype(np.float32)
+    ann = import_onnx(model).graph
+    g = convert(ann, activation_scales(model, ann, x), ConversionOptions(timesteps=5))
+    net = TandemNet(g)
+    net.set_stage(1)
+    net.trainable()
+    target = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    y, ints = net(torch.tensor(x), return_ints=True)
+    ((y - target) ** 2).mean().backward()
+
+    gq = net.to_graph()
+    d1, d2 = gq.nodes[1], gq.nodes[3]
+    s_x = float(gq.input.out_scale.reshape(-1)[0])
+    s1 = float(d1.out_scale.reshape(-1)[0])
+    xin = torch.tensor(np.clip(np.rint(x / s_x), -127, 127) * s_x, dtype=torch.float32)
+    w1 = torch.tensor(s1 * d1.weight_int / s_x, dtype=torch.float32, requires_grad=True)
+    b1 = torch.tensor(s1 * d1.bias_int, dtype=torch.float32)
+    a = torch.relu(xin @ w1.T + b1)
+    lam = torch.tensor(np.asarray(gq.nodes[2].out_scale, np.float32))
+    h = a + (ints.counts[gq.nodes[2].name].float() * lam / 5 - a).detach()
+    w2 = torch.tensor(d2.weight)
+    out = h @ w2.T + torch.tensor(d2.bias)
+    np.testing.assert_allclose(out.detach().numpy(), y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ((out - target) ** 2).mean().backward()
+    got = net.weight[net.key[d1.name]].grad
+    np.testing.assert_allclose(got.numpy(), w1.grad.numpy(), rtol=1e-4, atol=1e-7)
+    assert float(got.abs().sum()) > 0
+
+
+def test_fanin_masks_and_budgets(branchy):
+    ann, cal, _ = branchy
+    g = convert(ann, cal, ConversionOptions(timesteps=4))
+    w = np.array([[3.0, -1.0, 2.0, -5.0], [1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(topk_mask(w, 2), [[1, 0, 0, 1], [1, 1, 0, 0]])
+    budgets = fanin_budgets(g, 36)
+    fc1 = next(n for n in g.nodes if n.op == "dense")
+    # fc1 reads a 2x2 sum pool (each weight is 4 synapses) of a concat of two populations;
+    # population_fanin counts one chain per concat input, so the limit is shared by 2.
+    assert budgets[fc1.name] == 36 // 2 // 4
+    with pytest.raises(UsageError, match="too small"):
+        fanin_budgets(g, 3)
+    net = TandemNet(g, fanin=24)
+    net.set_stage(net.n_stages)
+    pruned = net.to_graph()
+    assert max(population_fanin(pruned, n) for n in pruned.outputs) <= 24
+    assert violations(pruned, fanin=24) == []
+    assert violations(g, fanin=24)  # the unpruned graph breaks the limit
+
+
+@pytest.mark.slow
+def test_forward_equals_simulator_on_digits_cnn(digits_dir):
+    from snncompile.frontend import load_onnx
+
+    model = load_onnx(str(digits_dir / "digits_cnn.onnx"))
+    ann = import_onnx(model).graph
+    cal = activation_scales(model, ann, np.load(digits_dir / "calib.npz")["x"])
+    x = np.load(digits_dir / "test.npz")["x"][:200]
+    for bits, fanin in ((16, None), (8, 64)):
+        net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=8)), bits=bits, fanin=fanin)
+        _assert_exact(net, x)
+
+
+def test_loihi_style_weight_exponent(branchy):
+    """--weight-exp E: weights are a --bits mantissa times 2^E (Loihi's per-layer weight
+    exponent); thresholds gain E bits of resolution; the forward stays exact."""
+    ann, cal, x = branchy
+    plain = convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=6))
+    g = convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=6, weight_exp=3))
+    for a, b in zip(plain.nodes, g.nodes):
+        if a.is_weighted:
+            np.testing.assert_array_equal(b.weight_int, a.weight_int * 8)
+            assert b.weight_exp == 3 and weight_bits(b) == weight_bits(a) <= 6
+        if isinstance(a, IFNode):
+            assert np.all(np.abs(b.threshold - 8 * a.threshold) <= 4)
+    np.testing.assert_allclose(simulate(g, x).output, simulate(plain, x).output, atol=0.05)
+    net = TandemNet(g, bits=6, fanin=30)
+    _assert_exact(net, x)
+    assert violations(net.to_graph(), bits=6, fanin=30) == []
+    with pytest.raises(UsageError, match="--weight-exp"):
+        ConversionOptions(weight_bits=20, weight_exp=8).check()
+
+
+def test_version_1_artifacts_still_load(branchy, tmp_path):
+    """IR version 2 added weight_exp; a version 1 manifest (no such field) reads as 0."""
+    import json
+
+    from snncompile.serialize import load_graph, save_graph
+
+    ann, cal, _ = branchy
+    g = convert(ann, cal, ConversionOptions(timesteps=4))
+    save_graph(g, tmp_path)
+    m = json.loads((tmp_path / "ir.json").read_text())
+    assert m["version"] == 2
+    m["version"] = 1
+    for n in m["nodes"]:
+        n.pop("weight_exp", None)
+    (tmp_path / "ir.json").write_text(json.dumps(m))
+    old = load_graph(tmp_path)
+    assert all(n.weight_exp == 0 for n in old.nodes if n.is_weighted)
+    m["version"] = 99
+    (tmp_path / "ir.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="reads versions 1, 2"):
+        load_graph(tmp_path)
