@@ -187,11 +187,14 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return
+    with_cores = "cores" in res
     rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
              f"{r['spikes_per_sample']:.1f}" if "firing_rate" in r else "-",
-             f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"] for r in res["layers"]]
+             f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"]
+            + ([r.get("cores", "-")] if with_cores else []) for r in res["layers"]]
     click.echo(format_table(["layer", "kind", "synapses", "neurons", "max fan-in", "w bits",
-                             "spikes/sample", "rate"], rows))
+                             "spikes/sample", "rate"] + ([f"{res['target']} cores"] if with_cores else []),
+                            rows))
     metric = "accuracy" if "ann_accuracy" in res else "mse"
     runs = res.get("sweep", [res])
     click.echo("")
@@ -208,7 +211,8 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
     click.echo(f"max weight bits: {res['max_weight_bits']}"
                + (f" (limit {limits['bits']})" if limits.get("bits") else "")
                + f"   max fan-in: {res['max_fanin']}"
-               + (f" (limit {limits['fanin']})" if limits.get("fanin") else ""))
+               + (f" (limit {limits['fanin']})" if limits.get("fanin") else "")
+               + (f"   {res['target']} cores: {res['cores']}" if with_cores else ""))
 
 
 @main.command()

@@ -19,10 +19,11 @@ from .artifact import read_artifact, write_artifact
 from .calibrate import activation_scales, onnx_forward, weight_bounds
 from .convert import ConversionOptions, convert
 from .data import Dataset, load_npz
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, ModelError, SnnCompileError, UsageError
 from .frontend import import_onnx, load_onnx
 from .ir import IFNode
 from .metrics import ann_macs, populations
+from .plugin import available_backends, get_backend
 from .simulator import simulate
 from .targets import SIM, check_fit, lower_into, resolve_target, target_info
 
@@ -256,6 +257,22 @@ def _pruned_share(net) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
+def _target_resources(art) -> dict[str, dict[str, int]]:
+    """Per-layer figures (cores) of the backend the artifact was compiled for; empty for the
+    reference simulator, or when that backend is not installed here."""
+    name = art.info.get("target", SIM)
+    if name == SIM or name not in available_backends():
+        return {}
+    opts = (art.info.get("backend") or {}).get("options") or {}
+    try:
+        return get_backend(name, opts).layer_resources(art.graph)
+    except SnnCompileError:
+        raise
+    except Exception as e:  # a plugin's bug must not cost the user the evaluation
+        log.warning("backend '%s' could not estimate its resources (%s: %s)", name, type(e).__name__, e)
+        return {}
+
+
 def parse_timesteps(text: str | None) -> list[int] | None:
     """'8' or '4,8,16,32' -> [8] or [4, 8, 16, 32]."""
     if text is None or text == "":
@@ -326,6 +343,12 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     result["max_weight_bits"] = max((r["weight_bits"] for r in rows), default=0)
     result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
     result["constraints"] = art.info.get("constraints", {})
+    result["target"] = art.info.get("target", SIM)
+    resources = _target_resources(art)
+    if resources:
+        for r in rows:
+            r.update(resources.get(r["name"], {}))
+        result["cores"] = sum(v.get("cores", 0) for v in resources.values())
     if "tuning" in art.info:
         t = art.info["tuning"]
         result["tuning"] = {k: t.get(k) for k in ("method", "epochs", "epochs_budget", "seconds")}

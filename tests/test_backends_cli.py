@@ -87,6 +87,10 @@ def test_cyclesim_end_to_end(digits, cyclesim_out):
     ev = json.loads(run("evaluate", str(cyclesim_out), "--data", str(digits / "small.npz"), "--json").stdout)
     assert st["synops_per_sample"] == pytest.approx(ev["synops_per_sample"], rel=1e-9)
     assert res["accuracy"] == pytest.approx(ev["snn_accuracy"], abs=1e-12)
+    # evaluate reports the cores the mapping gives each layer, and they add up to the run's
+    assert ev["target"] == "cyclesim" and ev["cores"] == len(st["cores"])
+    assert sum(r["cores"] for r in ev["layers"]) == len(st["cores"])
+    assert next(r for r in ev["layers"] if r["neurons"] == 1024)["cores"] == 4
     # other T, and the text form
     r = cli("run", str(cyclesim_out), "--data", str(digits / "small.npz"), "-T", "5")
     assert r.returncode == 0, r.stderr
