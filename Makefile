@@ -36,6 +36,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+	$(PY) bench/bench_backends.py --repeats 3
 
 clean:
 	rm -rf $(VENV) $(DIGITS)/data $(DIGITS)/out bench/results

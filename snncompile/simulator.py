@@ -426,8 +426,10 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
     return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat}
 
 
-# Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models.
-CHUNK_ELEMENTS = 2 ** 26
+# Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models, and
+# tensors that stay near the CPU caches are faster to sweep step by step (measured on the
+# CIFAR-sized CNN of bench/bench_simulator.py: 2^22 runs 2.4x faster than 2^26).
+CHUNK_ELEMENTS = 2 ** 22
 
 
 def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_size: int = 256,

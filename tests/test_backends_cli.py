@@ -239,3 +239,28 @@ def test_broken_plugins_are_named_and_do_not_hide_others(digits, tmp_path, monke
     assert r.returncode == 1 and "bit_exact: false" in r.stdout
     assert "difference: layer '/relu1/Relu_output_0' diverged at time step" in r.stderr
     assert "error: the backend's spikes or outputs differ" in r.stderr
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("lava"),
+                    reason="lava-nc is not importable (needs Python 3.10)")
+def test_headline_loihi_command_end_to_end(digits, tmp_path):
+    """The mission's command: convert for Loihi under 8-bit weights and fan-in 64 with
+    progressive tandem learning (a short budget), then run the artifact on Lava's fixed_pt
+    simulator: bit-exact with the reference, and the accuracy evaluate reports."""
+    out = tmp_path / "loihi"
+    r = convert(digits, out, "--target", "loihi", "--bits", "8", "--fanin", "64", "-T", "8",
+                "--membrane-bits", "18", "--input-mode", "every_step", "--train",
+                str(digits / "train.npz"), "--val", str(digits / "val.npz"), "--epochs", "6")
+    assert r.returncode == 0, r.stderr
+    assert "tuned (ptl" in r.stdout and "target loihi" in r.stdout
+    data = str(digits / "small.npz")
+    res = json.loads(run("run", str(out), "--data", data, "--json").stdout)
+    assert res["backend"] == "loihi" and res["bit_exact"] is True, res.get("differences")
+    ev = json.loads(run("evaluate", str(out), "--data", data, "--json").stdout)
+    assert res["accuracy"] == pytest.approx(ev["snn_accuracy"], abs=1e-12)
+    assert ev["max_weight_bits"] <= 8 and ev["max_fanin"] <= 64 and ev["cores"] >= 4
+    # the same command with the input injected once cannot fit Loihi's current register
+    r = convert(digits, tmp_path / "once", "--target", "loihi", "--bits", "8", "--fanin", "64",
+                "-T", "8", "--membrane-bits", "18")
+    assert_clean_failure(r, 6, "input current per step", "--input-mode every_step")
+    assert not (tmp_path / "once").exists()
