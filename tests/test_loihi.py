@@ -139,6 +139,18 @@ def chain_zero(rng) -> Graph:
     return Graph(nodes, ["d3"], timesteps=6)
 
 
+def conv_chain_zero(rng) -> Graph:
+    """A convolution (stride, padding) from the image input, then dense layers: netx holds
+    it with the convolution written as its dense matrix."""
+    nodes = [InputNode(name="x", shape=(2, 5, 5), out_scale=np.array(1.0), mode="every_step"),
+             _conv(rng, "c1", "x", 2, 3, stride=(2, 2), padding=(1, 1, 1, 1)),
+             _if("s1", "c1", [150], reset="zero"),
+             FlattenNode(name="f", inputs=["s1"]),
+             _dense(rng, "d2", "f", 27, 7, lo=-10), _if("s2", "d2", [40], reset="zero"),
+             _dense(rng, "d3", "s2", 7, 3)]
+    return Graph(nodes, ["d3"], timesteps=6)
+
+
 def _validated(g: Graph) -> Graph:
     g.validate()
     return g
@@ -266,6 +278,13 @@ def test_netx_export_where_it_fits(tmp_path):
         np.testing.assert_array_equal(l0["weight"][()], g["d1"].weight_int)
         np.testing.assert_array_equal(l0["bias"][()], g["d1"].bias_int)
         assert layers["2"]["neuron/vThMant"][()] == 2 ** 17 - 1
+    conv = tmp_path / "conv"
+    conv.mkdir()
+    gc = _validated(conv_chain_zero(np.random.default_rng(0)))
+    get_backend("loihi").lower(gc, conv)
+    from snncompile_loihi.network import fold_chain
+    with h5py.File(conv / "netx.h5") as f:
+        np.testing.assert_array_equal(f["layer/0/weight"][()], fold_chain(gc, "c1", "x"))
     other = tmp_path / "mlp"
     other.mkdir()
     get_backend("loihi").lower(_validated(mlp(np.random.default_rng(0))), other)
@@ -380,7 +399,8 @@ def test_hung_run_is_stopped_by_the_timeout(tmp_path):
 
 
 @needs_lava
-def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
+@pytest.mark.parametrize("make", [chain_zero, conv_chain_zero])
+def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path, make):
     """Rebuild the exported netx.h5 with Lava's stock LIF and Dense the way netx maps a CUBA
     layer (du = iDecay - 1, dv = vDecay, vth = vThMant, bias_exp = 6): one sample, bit-exact
     spikes against the reference (delay k per layer k). The stock LIFReset clears what the
@@ -394,13 +414,13 @@ def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
     from lava.proc.lif.process import LIFReset
 
     rng = np.random.default_rng(6)
-    g = _validated(chain_zero(rng))
+    g = _validated(make(rng))
     x = _inputs(rng, g, 1)
     T = g.timesteps
     ref = simulate(g, x, record_spikes=True)
     get_backend("loihi").lower(g, tmp_path)
     steps = T + 3
-    src = Source(data=np.repeat(quantize_input(g, x).T.astype(np.int32), steps, axis=1))
+    src = Source(data=np.repeat(quantize_input(g, x).reshape(1, -1).T.astype(np.int32), steps, axis=1))
     port, sinks = src.s_out, []
     with h5py.File(tmp_path / "netx.h5") as f:
         for i in range(2):  # the two IF layers
@@ -423,7 +443,8 @@ def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path):
     finally:
         src.stop()
     for k, (name, data) in enumerate(zip(["s1", "s2"], got), start=1):
-        np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0], err_msg=name)
+        np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0].reshape(T, -1),
+                                      err_msg=name)
 
 
 @pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")

@@ -11,7 +11,8 @@ vThMant``, ``bias_exp = 6``). The stock LIF resets to zero, so a network fits ne
   bias);
 
 Each population becomes a ``dense`` layer with its folded integer weights (shape stored as
-``[size]``, flat in the IR's row-major order) and a ``CUBA`` neuron with ``iDecay = 4096``
+``[size]``, flat in the IR's row-major order; a convolution is written as the dense matrix it
+is, computed exactly from its kernel, stride, padding, dilation and groups) and a ``CUBA`` neuron with ``iDecay = 4096``
 (current lasts one step: ``du = 4095``), ``vDecay = 0`` (no leak) and ``vThMant = theta -
 1`` (LIF spikes on ``v > vth``, the IR on ``v >= theta``). The output accumulator has no
 netx equivalent; it is written as a last ``dense`` layer whose neurons never spike (``vThMant
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from .network import Network
+from .network import Connection, Network
 
 VTH_MAX = 2 ** 17 - 1
 
@@ -44,8 +47,6 @@ def netx_problems(net: Network) -> list[str]:
         prev = p.name
         if any(c.delay for c in inc):
             why.append(f"'{p.name}' has a delayed (skip) connection")
-        if any(c.kind != "dense" for c in inc):
-            why.append(f"'{p.name}' is fed by a convolution (this export writes dense layers only)")
     for b in net.bias_sources:
         why.append(f"'{b.dst}' has a bias wider than the 13-bit mantissa (sent as graded spikes here)")
     if len(net.outputs) != 1:
@@ -60,6 +61,18 @@ def netx_problems(net: Network) -> list[str]:
         if p.bias_first_step:
             why.append(f"'{p.name}' has a first-step bias (netx: a constant bias)")
     return why
+
+
+def dense_weight(c: Connection) -> np.ndarray:
+    """The (out size, in size) integer matrix of a connection; a convolution's is found by
+    convolving every unit input (exact: small integers in float64)."""
+    if c.kind != "conv":
+        return np.asarray(c.weight)
+    n_in = int(np.prod(c.in_shape))
+    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + tuple(c.in_shape))
+    y = F.conv2d(eye, torch.as_tensor(np.asarray(c.weight), dtype=torch.float64), None,
+                 tuple(c.stride), tuple(c.padding), tuple(c.dilation), c.groups)
+    return np.rint(y.reshape(n_in, -1).T.numpy()).astype(np.int64)
 
 
 def _text(g: h5py.Group, key: str, value: str) -> None:
@@ -89,9 +102,9 @@ def write_netx(net: Network, path: Path) -> list[str]:
         _text(f, "simulator", "lava")
         layers = f.create_group("layer")
         for i, p in enumerate(net.populations):
-            _layer(layers.create_group(str(i)), net.incoming(p.name)[0].weight, p.bias,
+            _layer(layers.create_group(str(i)), dense_weight(net.incoming(p.name)[0]), p.bias,
                    int(p.theta[0]) - 1)
         out = net.outputs[0]
-        _layer(layers.create_group(str(len(net.populations))), net.incoming(out.name)[0].weight,
+        _layer(layers.create_group(str(len(net.populations))), dense_weight(net.incoming(out.name)[0]),
                out.bias, VTH_MAX)
     return []
