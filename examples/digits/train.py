@@ -36,11 +36,22 @@ BATCH_SIZE = 32
 LR = 5e-3
 
 
-def build_model() -> nn.Module:
+def build_model(arch: str = "pool") -> nn.Module:
     """The CNN to convert: only conv, ReLU, average pooling and linear layers.
 
-    Layers are named so the ONNX initializers read ``conv1.weight`` etc.
+    ``pool`` (the demo): conv16-avgpool-conv32-avgpool-fc64-10. ``stride``: average pools
+    replaced by stride-2 convolutions, as the PTL authors build their models, so no sum pool
+    multiplies a layer's synapses (conv16-conv32/2-conv32/2-fc64-10). Layers are named so the
+    ONNX initializers read ``conv1.weight`` etc.
     """
+    if arch == "stride":
+        return nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(1, 16, 3, padding=1)), ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(16, 32, 3, stride=2, padding=1)), ("relu2", nn.ReLU()),
+            ("conv3", nn.Conv2d(32, 32, 3, stride=2, padding=1)), ("relu3", nn.ReLU()),
+            ("flatten", nn.Flatten()), ("fc1", nn.Linear(32 * 2 * 2, 64)), ("relu4", nn.ReLU()),
+            ("fc2", nn.Linear(64, 10)),
+        ]))
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(1, 16, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.AvgPool2d(2)),
         ("conv2", nn.Conv2d(16, 32, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.AvgPool2d(2)),
@@ -76,10 +87,10 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
     return float((logits.argmax(1).numpy() == y).mean()), float(loss)
 
 
-def train(splits: dict, seed: int, epochs: int) -> tuple[nn.Module, float, int]:
+def train(splits: dict, seed: int, epochs: int, arch: str = "pool") -> tuple[nn.Module, float, int]:
     """Train with Adam; return the model from the epoch with best val accuracy."""
     x_tr, y_tr = (torch.from_numpy(a) for a in splits["train"])
-    model = build_model()
+    model = build_model(arch)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     gen = torch.Generator().manual_seed(seed)
     best_key, best_epoch, best_state = (-1.0, 0.0), 0, None
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--epochs", type=int, default=60, help="training epochs")
+    p.add_argument("--arch", choices=("pool", "stride"), default="pool",
+                   help="average pooling (the demo) or stride-2 convolutions instead")
     args = p.parse_args(argv)
 
     start = time.perf_counter()
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.seed)
     print("samples: " + ", ".join(f"{k} {len(v[1])}" for k, v in splits.items()))
-    model, val_acc, best_epoch = train(splits, args.seed, args.epochs)
+    model, val_acc, best_epoch = train(splits, args.seed, args.epochs, args.arch)
     x_te, y_te = splits["test"]
     test_acc = evaluate(model, x_te, y_te)[0]
 
