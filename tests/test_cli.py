@@ -194,3 +194,19 @@ def test_help_and_version():
         r = run(*cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
     assert "snncompile" in run("--version").stdout
+
+
+def test_stride_variant_of_the_example(tmp_path):
+    """`train.py --arch stride`: stride-2 convolutions instead of pools, so fan-in is the
+    kernel's; it exports, converts and evaluates (a short training run)."""
+    out = tmp_path / "d"
+    subprocess.run([sys.executable, str(ROOT / "examples/digits/train.py"), "--out", str(out),
+                    "--arch", "stride", "--epochs", "3"], check=True, capture_output=True, timeout=300)
+    ops = [n.op_type for n in onnx.load(str(out / "digits_cnn.onnx")).graph.node]
+    assert ops.count("Conv") == 3 and "AveragePool" not in ops
+    r = run("convert", str(out / "digits_cnn.onnx"), "--calib", str(out / "calib.npz"), "-T", "8",
+            "-o", str(tmp_path / "snn"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(run("evaluate", str(tmp_path / "snn"), "--data", str(out / "test.npz"), "--json").stdout)
+    fanin = {row["name"]: row["max_fanin"] for row in res["layers"]}
+    assert sorted(fanin.values()) == [9, 64, 128, 144, 288]  # kernels and rows, no pools
