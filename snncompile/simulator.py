@@ -72,43 +72,33 @@ def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
 
 def value_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
     """An upper bound of |value| of every node's per-step integer output."""
-    b: dict[str, float] = {}
-    for n in graph.nodes:
-        if isinstance(n, InputNode):
-            qmax = 2 ** (n.bits - 1) - 1
-            b[n.name] = float(qmax * (timesteps if n.mode == "once" else 1))
-        elif isinstance(n, (IFNode, MaxPool2dNode)):
-            b[n.name] = 1.0
-        elif isinstance(n, WeightedNode):
-            w = np.abs(n.weight_int).astype(np.float64)
-            row = w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0) if not isinstance(n, AffineNode) else w.max(initial=0)
-            bias = float(np.abs(n.bias_int).max(initial=0)) if n.bias_int is not None else 0.0
-            if n.bias_mode == "first_step":
-                bias *= timesteps
-            b[n.name] = float(row) * b[n.inputs[0]] + bias
-        elif isinstance(n, AvgPool2dNode):
-            b[n.name] = b[n.inputs[0]] * n.kernel[0] * n.kernel[1]
-        elif isinstance(n, AddNode):
-            b[n.name] = sum(b[i] for i in n.inputs)
-        else:
-            b[n.name] = max(b[i] for i in n.inputs)
-    return b
+    return _bounds(graph, timesteps, per_step=True)
 
 
 def window_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
     """An upper bound of the sum over the window of |value| of every node's output."""
+    return _bounds(graph, timesteps, per_step=False)
+
+
+def _bounds(graph: Graph, timesteps: int, per_step: bool) -> dict[str, float]:
+    """Bounds propagated through the graph: of one step's value (``per_step``: the once
+    input and a first-step bias bring T times their value at t = 0), or of the sum over the
+    window (T steps of at most one spike; every input and bias adds up to T times its value)."""
     T = timesteps
     b: dict[str, float] = {}
     for n in graph.nodes:
         if isinstance(n, InputNode):
-            b[n.name] = float((2 ** (n.bits - 1) - 1) * T)  # once: T x at t = 0; else x per step
+            qmax = 2 ** (n.bits - 1) - 1
+            b[n.name] = float(qmax * (T if n.mode == "once" or not per_step else 1))
         elif isinstance(n, (IFNode, MaxPool2dNode)):
-            b[n.name] = float(T)
+            b[n.name] = 1.0 if per_step else float(T)
         elif isinstance(n, WeightedNode):
             w = np.abs(n.weight_int).astype(np.float64)
-            row = w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0) if not isinstance(n, AffineNode) else w.max(initial=0)
+            row = w.max(initial=0) if isinstance(n, AffineNode) else w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0)
             bias = float(np.abs(n.bias_int).max(initial=0)) if n.bias_int is not None else 0.0
-            b[n.name] = float(row) * b[n.inputs[0]] + T * bias
+            if n.bias_mode == "first_step" or not per_step:
+                bias *= T
+            b[n.name] = float(row) * b[n.inputs[0]] + bias
         elif isinstance(n, AvgPool2dNode):
             b[n.name] = b[n.inputs[0]] * n.kernel[0] * n.kernel[1]
         elif isinstance(n, AddNode):
