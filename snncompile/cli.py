@@ -216,6 +216,58 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
 
 
 @main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y) the baseline is measured on.")
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
+              help="Baseline file to write (JSON).")
+@click.option("--force", is_flag=True, help="Replace the baseline file if it exists.")
+@_handle_errors
+def baseline(out: str, data: str, path: str, force: bool) -> None:
+    """Record what the known-good build OUT achieves on DATA (accuracy, SynOps, T, neurons,
+    cores) with default tolerances, for 'snncompile check --baseline'."""
+    from .gate import write_baseline
+
+    base = write_baseline(out, data, path, force)
+    m = base["metrics"]
+    click.echo(f"wrote {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in m.items()))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--target", help="Check against this backend's limits (default: the build's own target).")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Baseline file written by 'snncompile baseline'.")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Labelled data for the baseline checks (default: the baseline's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write the checks as JUnit XML.")
+@_handle_errors
+def check(out: str, target: str | None, baseline_path: str | None, data: str | None,
+          as_json: bool, junit: str | None) -> None:
+    """CI gate: verify the build OUT against a target's hardware limits and a baseline.
+
+    Exit 0 when every check holds, 1 when one fails; 2 and up when the gate cannot run."""
+    from .fsutil import atomic_write_text
+    from .gate import as_json as checks_json
+    from .gate import junit_xml, run_checks
+
+    checks = run_checks(out, target, baseline_path, data)
+    if junit:
+        atomic_write_text(junit, junit_xml(checks, out))
+    if as_json:
+        click.echo(json.dumps(checks_json(checks), indent=1))
+    else:
+        for c in checks:
+            click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.message}")
+        bad = sum(not c.passed for c in checks)
+        click.echo(f"\n{len(checks) - bad} passed, {bad} failed")
+    if not all(c.passed for c in checks):
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("target", type=click.Path())
 @click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
