@@ -157,7 +157,7 @@ class _Plan:
                 self.v0[n.name] = (torch.as_tensor(n.v_init, dtype=dt, device=device)
                                    if n.v_init is not None else None)
         self.synop_nodes = sorted(spike_driven(graph))
-        self.fanout = {k: torch.as_tensor(fanout(graph, graph[k]), dtype=torch.float64, device=device)
+        self.fanout = {k: torch.as_tensor(fanout(graph, graph[k]), dtype=torch.float64, device=device).reshape(-1)
                        for k in self.synop_nodes}
         self.largest = max(int(np.prod(n.shape)) for n in graph.nodes)
 
@@ -177,6 +177,9 @@ SKIP_CHECK_ELEMENTS = 2 ** 16
 class _Val:
     data: torch.Tensor
     kind: str = "full"
+    # Holds spike events or sums of them (small non-negative integers, float32): silent steps
+    # are found by the maximum alone, and sums over the window are exact in float32.
+    events: bool = False
 
     def full(self, T: int) -> torch.Tensor:
         if self.kind == "full":
@@ -190,20 +193,24 @@ class _Val:
     def total(self, T: int, dtype: torch.dtype) -> torch.Tensor:
         """The sum over the window."""
         if self.kind == "full":
+            if self.events:
+                return self.data.sum(dim=0).to(dtype)
             return self.data.sum(dim=0, dtype=dtype)
         return self.data.to(dtype) * (T if self.kind == "const" else 1)
 
-    def map(self, fn) -> "_Val":
-        """A linear map without bias, applied at every step (zero steps stay zero)."""
+    def map(self, fn, events: bool = False) -> "_Val":
+        """A linear map without bias, applied at every step (zero steps stay zero); ``events``:
+        the map keeps event sums event sums (pools, reshapes, padding)."""
+        events = events and self.events
         if self.kind != "full":
-            return _Val(fn(self.data), self.kind)
+            return _Val(fn(self.data), self.kind, events)
         x = self.data
         k, n = x.shape[:2]
         if x.numel() < SKIP_CHECK_ELEMENTS:  # finding the silent steps would cost more
             n_active = k
         else:
             flat = x.reshape(k, -1)
-            if x.dtype == torch.uint8:
+            if self.events:
                 active = flat.amax(dim=1) > 0
             else:
                 lo, hi = torch.aminmax(flat, dim=1)
@@ -211,14 +218,14 @@ class _Val:
             n_active = int(active.sum())
         if n_active == k:
             y = fn(x.reshape((k * n,) + tuple(x.shape[2:])))
-            return _Val(y.reshape((k, n) + tuple(y.shape[1:])))
+            return _Val(y.reshape((k, n) + tuple(y.shape[1:])), events=events)
         xa = x[active] if n_active else x[:1]
         ya = fn(xa.reshape((xa.shape[0] * n,) + tuple(x.shape[2:])))
         ya = ya.reshape((xa.shape[0], n) + tuple(ya.shape[1:]))
         y = torch.zeros((k,) + tuple(ya.shape[1:]), dtype=ya.dtype, device=ya.device)
         if n_active:
             y[active] = ya
-        return _Val(y)
+        return _Val(y, events=events)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -256,14 +263,17 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     elif isinstance(n, Conv2dNode):
         pt, pl, pb, pr = n.padding
 
+        # symmetric padding is the convolution's own (no padded copy of the input)
+        inner = (pt, pl) if (pt, pl) == (pb, pr) else (0, 0)
+
         def conv(a: torch.Tensor) -> torch.Tensor:
-            if pt or pl or pb or pr:
-                a = F.pad(_as(a, torch.float32 if parts else dt), (pl, pr, pt, pb))
+            a = _as(a, torch.float32 if parts else dt)
+            if inner == (0, 0) and (pt or pl or pb or pr):
+                a = F.pad(a, (pl, pr, pt, pb))
             if parts:
-                a = _as(a, torch.float32)
-                return sum(torch.round(F.conv2d(a, p, None, n.stride, 0, n.dilation, n.groups)).to(dt) * f
+                return sum(F.conv2d(a, p, None, n.stride, inner, n.dilation, n.groups).round_().to(dt) * f
                            for p, f in parts)
-            return torch.round(F.conv2d(_as(a, dt), w, None, n.stride, 0, n.dilation, n.groups))
+            return F.conv2d(a, w, None, n.stride, inner, n.dilation, n.groups).round_()
         y = x.map(conv)
     else:  # AffineNode: per-channel multiplier
         y = x.map(lambda a: _as(a, dt) * w.reshape((1, -1) + (1,) * (a.dim() - 2)))
@@ -273,7 +283,7 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     if n.bias_mode == "every_step":
         if y.kind == "first":
             y = _Val(y.full(T))
-        return _Val(y.data + b, y.kind)
+        return _Val(y.data.add_(b) if y.kind == "full" else y.data + b, y.kind)
     if y.kind == "first":
         return _Val(y.data + T * b, "first")
     data = y.full(T).clone()
@@ -282,7 +292,7 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
 
 
 def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
-    """The IF layer over the window: (T, N, *shape) spikes as uint8 (0/1)."""
+    """The IF layer over the window: (T, N, *shape) spikes as float32 0/1."""
     T = plan.T
     dt, may_saturate = plan.membrane[n.name]
     cur = _as(current.data, dt)
@@ -292,7 +302,9 @@ def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, in
         v += plan.v0[n.name]
     th = plan.th[n.name]
     lim = float(2 ** (n.membrane_bits - 1) - 1)
-    spikes = torch.empty((T,) + shape, dtype=torch.bool, device=cur.device)
+    # Spikes are kept as float32 0/1: the next layer's convolution takes them as they are, and
+    # float comparisons and multiply-adds run many times faster than the same ops on bool.
+    spikes = torch.empty((T,) + shape, dtype=torch.float32, device=cur.device)
     for t in range(T):
         if current.kind == "full":
             v += cur[t]
@@ -307,8 +319,8 @@ def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, in
         if n.reset == "subtract":
             v.addcmul_(s, th, value=-1)
         else:
-            v.masked_fill_(s, 0)
-    return _Val(spikes.view(torch.uint8))  # uint8 converts to float far faster than bool
+            v.mul_(1 - s)
+    return _Val(spikes, events=True)
 
 
 def _max_pool_spikes(n: MaxPool2dNode, x: _Val, T: int) -> _Val:
@@ -317,7 +329,7 @@ def _max_pool_spikes(n: MaxPool2dNode, x: _Val, T: int) -> _Val:
     k, nb = cum.shape[:2]
     flat = _pool_pad(n, cum.reshape((k * nb,) + tuple(cum.shape[2:])))
     m = F.max_pool2d(flat, n.kernel, n.stride).reshape((k, nb) + tuple(n.shape))
-    return _Val(torch.diff(m, dim=0, prepend=torch.zeros_like(m[:1])).to(torch.uint8))
+    return _Val(torch.diff(m, dim=0, prepend=torch.zeros_like(m[:1])), events=True)
 
 
 def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
@@ -331,8 +343,7 @@ def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tenso
     (kh, kw), (sh, sw) = n.kernel, n.stride
     if kh * kw > 16:
         return F.avg_pool2d(_pool_pad(n, _as(x, dt)), n.kernel, n.stride, divisor_override=1)
-    # spikes (uint8 0/1) are summed as uint8 (at most 16 per window) and converted after
-    x = _pool_pad(n, x if x.dtype == torch.uint8 else _as(x, dt))
+    x = _pool_pad(n, _as(x, dt))
     oh, ow = n.shape[1:]
     out = None
     for i in range(kh):
@@ -360,9 +371,9 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Va
         return _max_pool_spikes(n, ins[0], T)
     x = ins[0]
     if isinstance(n, AvgPool2dNode):
-        return x.map(lambda a: _sum_pool(n, a, plan.dtype[n.name]))
+        return x.map(lambda a: _sum_pool(n, a, plan.dtype[n.name]), events=True)
     if isinstance(n, (FlattenNode, ReshapeNode)):
-        return x.map(lambda a: a.reshape((a.shape[0],) + tuple(n.shape)))
+        return x.map(lambda a: a.reshape((a.shape[0],) + tuple(n.shape)), events=True)
     if isinstance(n, AddNode):
         xs, kind = _merge(ins, T)
         out = xs[0]
@@ -377,7 +388,7 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Va
         pads = []
         for axis in reversed(range(r)):
             pads += [n.pads[axis], n.pads[axis + r]]
-        return x.map(lambda a: F.pad(a if a.dtype != torch.uint8 else a.to(torch.float32), pads))
+        return x.map(lambda a: F.pad(a, pads), events=True)
     raise ModelError(f"node '{n.name}' ({n.op}) cannot be simulated in a spiking graph",
                      "convert the graph first ('snncompile convert')")
 
@@ -391,6 +402,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
             left[i] += 1
     keep = set(graph.outputs)
     val: dict[str, _Val] = {}
+    totals: dict[str, torch.Tensor] = {}  # sums over the window, (N, elements) float64
     counts: dict[str, np.ndarray] = {}
     spikes: dict[str, np.ndarray] = {}
     sat = {n.name: 0 for n in graph.nodes if isinstance(n, IFNode)}
@@ -401,14 +413,18 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
         else:
             ins = [val[i] for i in n.inputs]
             if n.name in plan.fanout:  # SynOps: events times the synapses each one reaches
-                syn += (ins[0].total(T, torch.float64) * plan.fanout[n.name]).reshape(nb, -1).sum(dim=1)
+                tot = totals.get(n.inputs[0])
+                if tot is None:
+                    tot = totals[n.inputs[0]] = ins[0].total(T, torch.float64).reshape(nb, -1)
+                syn += tot @ plan.fanout[n.name]
             out = _evaluate(n, ins, plan, sat)
             for i in n.inputs:
                 left[i] -= 1
                 if left[i] == 0 and i not in keep:
                     del val[i]
         if isinstance(n, (IFNode, MaxPool2dNode)):
-            counts[n.name] = out.data.sum(dim=0, dtype=torch.int32).cpu().numpy()
+            tot = totals[n.name] = out.total(T, torch.float64).reshape(nb, -1)
+            counts[n.name] = tot.to(torch.int32).reshape((nb,) + tuple(n.shape)).cpu().numpy()
             if record:
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
         val[n.name] = out
