@@ -268,6 +268,34 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
 
 
 @main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y) to measure the build on.")
+@click.option("-o", "--output", "report_dir", required=True, type=click.Path(file_okay=False),
+              help="Report directory to write (must not exist, unless --force).")
+@click.option("--timesteps", "-T", default=None,
+              help="Time steps of the accuracy sweep, e.g. 2,4,8,16,32 (the default; the build's "
+                   "own T is always added).")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace the report directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as one JSON object.")
+@_handle_errors
+def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_size: int,
+           force: bool, as_json: bool) -> None:
+    """Measure the build OUT on DATA and write a report with plots (accuracy vs T, firing
+    rates, SynOps vs MACs, weight histograms, fan-in vs limit, ANN-vs-SNN divergence per
+    layer) into a new directory: report.html (self-contained), report.md, PNGs, report.json."""
+    from .pipeline import parse_timesteps
+    from .report import write_report
+
+    res = write_report(out, data, report_dir, parse_timesteps(timesteps), force, batch_size)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"wrote {report_dir}: " + ", ".join(res["files"]))
+
+
+@main.command()
 @click.argument("target", type=click.Path())
 @click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -140,20 +140,26 @@ def _channel_scale(node: Node, scale: np.ndarray, shape: tuple[int, ...]) -> np.
         else s.reshape(-1).copy()
 
 
+def input_scale_per_weight(n: WeightedNode, in_scale: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """The scale of the input element each weight of ``n`` reads, broadcastable to the
+    weights' layout (conversion multiplies float weights by it before quantizing; reports
+    divide by it to recover real weights from integers)."""
+    if isinstance(n, DenseNode):
+        return np.broadcast_to(in_scale, in_shape).reshape(1, -1)
+    sc = _channel_scale(n, in_scale, in_shape)
+    if isinstance(n, AffineNode):
+        return sc
+    cout, cin_g = n.weight.shape[:2]
+    group_of_out = np.arange(cout) // (cout // n.groups)
+    idx = group_of_out[:, None] * cin_g + np.arange(cin_g)[None, :]
+    return sc[idx][:, :, None, None]
+
+
 def _real_weights(n: WeightedNode, in_scale: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
     """Float weights times the scale of the input each one reads."""
     # float32 keeps large layers cheap; its relative error (6e-8) is far below the
     # resolution of any weight width we quantize to (at most 24 bits).
-    w = np.asarray(n.weight, np.float32)
-    if isinstance(n, DenseNode):
-        return w * np.broadcast_to(in_scale, in_shape).reshape(1, -1).astype(np.float32)
-    sc = _channel_scale(n, in_scale, in_shape)
-    if isinstance(n, AffineNode):
-        return w * sc.astype(np.float32)
-    cout, cin_g = w.shape[:2]
-    group_of_out = np.arange(cout) // (cout // n.groups)
-    idx = group_of_out[:, None] * cin_g + np.arange(cin_g)[None, :]
-    return w * sc[idx][:, :, None, None].astype(np.float32)
+    return np.asarray(n.weight, np.float32) * input_scale_per_weight(n, in_scale, in_shape).astype(np.float32)
 
 
 def _natural_scale(wr: np.ndarray, qmax: int) -> float:

@@ -53,6 +53,8 @@ class SimResult:
     timesteps: int
     saturations: dict[str, int] = field(default_factory=dict)  # membrane saturations per layer
     spikes: dict[str, np.ndarray] | None = None  # (T, N, *shape) uint8 when recorded
+    # (N,) synaptic events per sample of each spike-driven weighted node; they add up to synops
+    synops_by_node: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def output(self) -> np.ndarray:
@@ -407,6 +409,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
     spikes: dict[str, np.ndarray] = {}
     sat = {n.name: 0 for n in graph.nodes if isinstance(n, IFNode)}
     syn = torch.zeros(nb, dtype=torch.float64, device=xq.device)
+    syn_node: dict[str, np.ndarray] = {}
     for n in graph.nodes:
         if isinstance(n, InputNode):
             out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
@@ -416,7 +419,9 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
                 tot = totals.get(n.inputs[0])
                 if tot is None:
                     tot = totals[n.inputs[0]] = ins[0].total(T, torch.float64).reshape(nb, -1)
-                syn += tot @ plan.fanout[n.name]
+                events = tot @ plan.fanout[n.name]
+                syn += events
+                syn_node[n.name] = events.cpu().numpy()
             out = _evaluate(n, ins, plan, sat)
             for i in n.inputs:
                 left[i] -= 1
@@ -429,7 +434,8 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
         val[n.name] = out
     acc = {o: val[o].total(T, torch.float64).cpu().numpy() for o in graph.outputs}
-    return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat}
+    return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat,
+            "synops_by_node": syn_node}
 
 
 # Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models, and
@@ -481,7 +487,9 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
     sat = {k: sum(p["sat"][k] for p in parts) for k in parts[0]["sat"]} if parts else {}
     return SimResult(outputs=outputs, output_acc={k: np.rint(a).astype(np.int64) for k, a in acc.items()},
                      spike_counts=counts, synops=np.concatenate([p["synops"] for p in parts]),
-                     timesteps=T, saturations=sat, spikes=spikes)
+                     timesteps=T, saturations=sat, spikes=spikes,
+                     synops_by_node={k: np.concatenate([p["synops_by_node"][k] for p in parts])
+                                     for k in plan.synop_nodes} if parts else {})
 
 
 def _progress(enabled: bool, total: int):
