@@ -157,7 +157,8 @@ def test_regression_report_uses_psnr(onnx_kit, tmp_path, rng):
     res = write_report(str(tmp_path / "b"), str(tmp_path / "d.npz"), str(tmp_path / "r"), [4])
     assert res["task"] == "regression"
     assert res["evaluation"]["ann_mse"] < 1e-10 and np.isfinite(res["evaluation"]["snn_psnr"])
-    assert "PSNR (dB)" in (tmp_path / "r/report.md").read_text()
+    md = (tmp_path / "r/report.md").read_text()
+    assert "PSNR (dB): ANN inf" in md and "| SNN PSNR (dB) |" in md
     assert [s["timesteps"] for s in res["sweep"]] == [4, 8]
 
 
