@@ -180,4 +180,6 @@ def test_bad_inputs_are_clear_and_write_nothing(build, digits_dir, tmp_path):
 
     r = cli_here("report", str(build), "--data", data, "-o", str(tmp_path / "r3"), "--timesteps", "0")
     assert r.returncode == 2 and "--timesteps" in r.stderr
+    r = cli_here("report", str(build), "--data", data, "-o", str(tmp_path / "no/such/dir"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["exists", "other.npz"]  # nothing half-written

@@ -31,9 +31,13 @@ def write_report(out: str, data: str, report_dir: str, timesteps: list[int] | No
     from .plots import save_figures
     from .render import html_page, markdown
 
-    if os.path.exists(report_dir) and not force:  # fail before the (slow) measuring
+    # Fail before the (slow) measuring on what would stop the writing.
+    if os.path.exists(report_dir) and not force:
         raise UsageError(f"report directory '{report_dir}' already exists",
                          "choose another -o, or pass --force to replace it")
+    if not Path(report_dir).resolve().parent.is_dir():
+        raise UsageError(f"cannot write '{report_dir}': folder '{Path(report_dir).resolve().parent}' "
+                         "does not exist", "create it first, or choose another -o")
     rep = measure_report(out, data, timesteps, batch_size)
     summary = rep.as_json()
     with atomic_directory(report_dir, force=force) as tmp:

@@ -16,16 +16,17 @@ Two things are added here:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from ..artifact import Artifact, read_artifact
 from ..calibrate import onnx_forward
+from ..convert import input_scale_per_weight
 from ..data import load_npz
 from ..ir import Graph, IFNode, WeightedNode
-from ..metrics import chain_ops, op_fanin, populations
+from ..metrics import chain_ops, op_fanin, populations, weight_bits
 from ..pipeline import evaluate_artifact
 from ..simulator import simulate
 
@@ -120,7 +121,8 @@ class ReportData:
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready summary (weights as counts, not values)."""
-        d = {k: v for k, v in asdict(self).items() if k != "weights"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("weights", "layers")}
+        d["layers"] = [asdict(l) for l in self.layers]
         d["weights"] = [{"name": w.name, "layer": w.layer, "bits": w.bits,
                          "count": int(w.float_weights.size),
                          "max_abs_error": float(np.abs(w.float_weights - w.quantized_weights).max(initial=0.0))}
@@ -171,7 +173,8 @@ def _divergence(art: Artifact, x: np.ndarray, sim, batch_size: int) -> dict[str,
     tensors = {n.name: n.calib_tensor for n in g.nodes if isinstance(n, IFNode) and n.calib_tensor}
     out_name = g.meta["onnx_output"]
     wanted = sorted(set(tensors.values()) | {out_name})
-    agree = {name: Agreement() for name in list(tensors) + list(g.outputs)}
+    first = g.outputs[0]  # the output evaluate scores (the ONNX output compiled)
+    agree = {name: Agreement() for name in list(tensors) + [first]}
     start = 0
     for batch in onnx_forward(art.load_model(), g.meta["onnx_input"], wanted, x, batch_size):
         n = len(next(iter(batch.values())))
@@ -180,9 +183,8 @@ def _divergence(art: Artifact, x: np.ndarray, sim, batch_size: int) -> dict[str,
             node = g[name]
             snn = sim.spike_counts[name][sl] * _if_scale(node) / T
             agree[name].add(np.maximum(batch[t].reshape(snn.shape), 0.0), snn)
-        for o in g.outputs:
-            snn = sim.outputs[o][sl]
-            agree[o].add(batch[out_name].reshape(snn.shape), snn)
+        snn = sim.outputs[first][sl]
+        agree[first].add(batch[out_name].reshape(snn.shape), snn)
         start += n
     return agree
 
@@ -196,8 +198,6 @@ def dequantized(graph: Graph, node: WeightedNode) -> np.ndarray:
     """The real weights a node's integers stand for, in the float weights' layout:
     ``weight_int * out_scale / input scale`` (conversion's ``weight_int = round(w * s_in /
     s_out)`` undone; a weight exponent is part of ``out_scale``)."""
-    from ..convert import input_scale_per_weight
-
     s_in = input_scale_per_weight(node, graph[node.inputs[0]].out_scale, graph[node.inputs[0]].shape)
     s_out = float(np.asarray(node.out_scale).reshape(-1)[0])
     return node.weight_int.astype(np.float64) * s_out / s_in
@@ -209,8 +209,6 @@ def weight_figures(graph: Graph) -> list[WeightFigures]:
     for p in populations(graph):
         for o in chain_ops(graph, p.name):
             owner.setdefault(o.name, p.name)
-    from ..metrics import weight_bits
-
     out = []
     for n in graph.nodes:
         if isinstance(n, WeightedNode) and n.weight_int is not None:

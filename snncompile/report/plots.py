@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
 from .measure import LayerFigures, ReportData
 
@@ -105,7 +105,7 @@ def accuracy_vs_timesteps(rep: ReportData) -> Figure:
     ax2.set_ylim(0, max(syn + [macs]) * 1.1)
     ax2.set_ylabel("operations per sample")
     ax2.set_title("SynOps against time steps")
-    ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax2.grid(alpha=0.3)
     _legend_below(ax2)
     return fig
@@ -159,7 +159,7 @@ def synops_vs_macs(rep: ReportData) -> Figure:
 def weight_histograms(rep: ReportData) -> Figure:
     """Per weighted node, the float weights and the real values its integers stand for."""
     ws = rep.weights
-    ncols = 2 if len(ws) > 1 else 1
+    ncols = 1 if len(ws) < 2 else 2 if len(ws) <= 8 else 3
     nrows = max(1, math.ceil(len(ws) / ncols))
     fig = Figure(figsize=(5.2 * ncols, 0.6 + 2.9 * nrows), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
