@@ -312,6 +312,24 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
 
 
 @main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["nir"]), default="nir", show_default=True,
+              help="Exchange format (nir: a NIR graph, see docs/nir.md).")
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
+              help="File to write (e.g. model.nir).")
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+@_handle_errors
+def export(out: str, fmt: str, path: str, force: bool) -> None:
+    """Write the compiled network OUT in an exchange format (whatever target it was compiled
+    for); layers the format cannot express are all named and nothing is written (exit 6)."""
+    from .export import export_artifact
+
+    res = export_artifact(out, fmt, path, force)
+    click.echo(f"wrote {res['path']}: {fmt} ({res['backend']} {res['backend_version']}), "
+               f"T={res['timesteps']}, {res['bytes']} bytes")
+
+
+@main.command()
 @click.argument("target", type=click.Path())
 @click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

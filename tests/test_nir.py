@@ -127,3 +127,49 @@ def test_digits_cli_refuses_the_default_and_writes_a_runnable_nir_file(digits_di
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["bit_exact"] is True and res["backend"] == "nir" and res["samples"] == 40
+
+
+def test_export_writes_the_same_graph_as_the_target_and_refuses_cleanly(tmp_path):
+    from click.testing import CliRunner
+
+    from snncompile.artifact import write_artifact
+    from snncompile.cli import main
+
+    g = nir_variant("avgpool_sum").graph
+    write_artifact(tmp_path / "art", g, onnx_placeholder(), {"target": "sim"})
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    r = run("export", tmp_path / "art", "--format", "nir", "-o", tmp_path / "m.nir")
+    assert r.exit_code == 0, r.output
+    back = nir.read(str(tmp_path / "m.nir"))
+    from snncompile_nir import nir_names, to_nir
+
+    want = to_nir(g)
+    assert set(back.nodes) == set(want.nodes) and sorted(map(tuple, back.edges)) == sorted(want.edges)
+    assert names_ok(nir_names(g), back)
+    r = run("export", tmp_path / "art", "-o", tmp_path / "m.nir")
+    assert r.exit_code == 2 and "already exists" in r.output
+    write_artifact(tmp_path / "dflt", zoo_case("maxpool_counts").graph, onnx_placeholder(), {})
+    r = run("export", tmp_path / "dflt", "-o", tmp_path / "x.nir")
+    assert r.exit_code == 6 and "layer 'm1': op maxpool2d cannot be written as NIR" in r.output
+    assert not (tmp_path / "x.nir").exists() and not list(tmp_path.glob(".x.nir*"))
+
+
+def onnx_placeholder():
+    """An artifact needs its source model; export never reads it."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    return helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+
+
+def names_ok(names: dict[str, str], back) -> bool:
+    """Every IR node is in the file under its sanitized name, with its IR name in metadata."""
+    for ir, key in names.items():
+        meta = back.nodes[key].metadata.get("ir_name")
+        if (meta.decode() if isinstance(meta, bytes) else meta) != ir:
+            return False
+    return True
