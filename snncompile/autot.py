@@ -158,7 +158,7 @@ class TimestepSearch:
                 break
         return search
 
-    def not_found(self, search: Search, tuned: bool) -> TimestepsNotFound:
+    def not_found(self, search: Search, tuned: bool, calibrated: bool = True) -> TimestepsNotFound:
         """The error for a scan where no candidate met the drop: the best one, and what to try."""
         best = min(search.trials, key=lambda t: (t.drop, t.timesteps))
         unit = "dB of PSNR" if self.regression else "points of accuracy"
@@ -167,8 +167,11 @@ class TimestepSearch:
         tips = [f"allow a larger drop ({flag} {np.ceil(best.drop * 10) / 10:g} would take "
                 f"T={best.timesteps})", "add larger windows (--timesteps-candidates "
                 f"{cands},{2 * max(self.opts.candidates)})"]
-        tips += (["improve the tuning (more --epochs, a looser --fanin)"] if tuned else
-                 ["calibrate with --calib (and try --norm channel)", "tune with --train"])
+        if tuned:
+            tips.append("improve the tuning (more --epochs, a looser --fanin)")
+        else:
+            tips += [("try another --norm (channel, max)" if calibrated else
+                      "calibrate with --calib"), "tune with --train"]
         return TimestepsNotFound(
             f"no time window in {cands} keeps the SNN within {self.max_drop:g} {unit} of the ANN "
             f"on '{self.val.path}' (ANN {self.metric} {self.ann_score:.4f}); the best is "

@@ -172,7 +172,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
         final = tsearch.run(snn, "tuned" if training else "conversion")
         if final.chosen is None:
-            raise tsearch.not_found(final, tuned=training)
+            raise tsearch.not_found(final, tuned=training, calibrated=calib_data is not None)
         snn = with_timesteps(snn, final.chosen)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
     if backend is not None:
