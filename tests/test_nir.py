@@ -26,16 +26,17 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def nir_variant(name: str):
-    """A zoo case in the modes NIR's IF can say: every-step input and biases, reset to zero,
-    membranes starting at 0 (the reference simulator defines these modes like any other)."""
+def nir_variant(name: str, reset: str | None = "zero"):
+    """A zoo case in the modes NIR can say: every-step input and biases, membranes starting
+    at 0, reset to zero (NIR's IF) or, with ``reset=None``, as the case has it (subtraction:
+    NIR's I -> Threshold -> Scale loop). The reference simulator defines every mode."""
     c = zoo_case(name)
     g = c.graph.copy()
     for n in g.nodes:
         if isinstance(n, InputNode):
             n.mode = "every_step"
         elif isinstance(n, IFNode):
-            n.reset, n.v_init = "zero", None
+            n.reset, n.v_init = reset or n.reset, None
         elif isinstance(n, WeightedNode):
             n.bias_mode = "every_step"
     g.validate()
@@ -47,10 +48,11 @@ EXPRESSIBLE = ["dense_subtract_once", "dense_zero_every_step", "conv_groups_dila
                "avgpool_sum", "residual_add", "zero_weights", "bias_modes", "two_outputs"]
 
 
+@pytest.mark.parametrize("reset", ["zero", None])
 @pytest.mark.parametrize("case", EXPRESSIBLE)
-def test_nir_reader_is_bit_exact_with_the_reference(case, tmp_path):
+def test_nir_reader_is_bit_exact_with_the_reference(case, reset, tmp_path):
     be = get_backend("nir")
-    variant = nir_variant(case)
+    variant = nir_variant(case, reset)
     assert be.check(variant.graph) == []
     assert check_case(be, variant, tmp_path)  # raises ConformanceError on any difference
 
@@ -94,11 +96,34 @@ def test_file_round_trips_through_nir_read(tmp_path):
     assert gm["format"] == "snncompile-nir" and gm["format_version"] == 1
 
 
+def test_reset_by_subtraction_is_written_as_an_integrator_threshold_loop(tmp_path):
+    from snncompile_nir import GRAPH_FILE, nir_names
+
+    g = nir_variant("dense_subtract_once", reset=None).graph
+    get_backend("nir").lower(g, tmp_path)
+    back = nir.read(str(tmp_path / GRAPH_FILE))
+    names = nir_names(g)
+    for n in g.nodes:
+        if not isinstance(n, IFNode):
+            continue
+        assert n.reset == "subtract"
+        s = names[n.name]
+        th = np.broadcast_to(n.threshold.reshape((-1,) + (1,) * (len(n.shape) - 1)), n.shape)
+        assert isinstance(back.nodes[s], nir.Threshold) and isinstance(back.nodes[f"{s}_v"], nir.I)
+        np.testing.assert_array_equal(back.nodes[s].threshold, th - 0.5)
+        np.testing.assert_array_equal(back.nodes[f"{s}_reset"].scale, -th)
+        edges = {tuple(e) for e in back.edges}
+        assert {(names[n.inputs[0]], f"{s}_v"), (f"{s}_v", s), (s, f"{s}_reset"), (f"{s}_reset", f"{s}_v")} <= edges
+        assert (names[n.inputs[0]], s) not in edges
+        meta = back.nodes[s].metadata
+        assert (meta["reset"].decode() if isinstance(meta["reset"], bytes) else meta["reset"]) == "subtract"
+
+
 def test_what_nir_cannot_say_is_refused_naming_each_layer():
     be = get_backend("nir")
     found = {(v.layer, v.quantity) for v in be.check(zoo_case("maxpool_counts").graph)}
-    assert {("m1", "op"), ("m2", "op"), ("x", "input mode"), ("s1", "reset mode"),
-            ("s1", "initial membrane"), ("c1", "bias mode")} <= found
+    assert {("m1", "op"), ("m2", "op"), ("x", "input mode"), ("s1", "initial membrane"),
+            ("c1", "bias mode")} <= found and not any(q == "reset mode" for _, q in found)
     assert {(v.layer, v.quantity) for v in be.check(nir_variant("concat").graph)} == {
         ("cat", "op"), ("cat2", "op")}
     assert {(v.layer, v.quantity) for v in be.check(nir_variant("reshape_pad").graph)} == {
@@ -114,13 +139,13 @@ def test_digits_cli_refuses_the_default_and_writes_a_runnable_nir_file(digits_di
             "--target", "nir"]
     r = cli(*base, "-o", str(tmp_path / "default"))
     assert r.returncode == 6 and not (tmp_path / "default").exists()
-    for expect in ("reset mode (subtract)", "input mode (once)", "initial membrane", "fix: --v-init zero"):
+    for expect in ("input mode (once)", "initial membrane", "fix: --v-init zero", "bias mode first_step"):
         assert expect in r.stderr
-    out = tmp_path / "ok"
-    r = cli(*base, "--input-mode", "every_step", "--reset", "zero", "--v-init", "zero", "-o", str(out))
+    out = tmp_path / "ok"  # reset by subtraction (the default): NIR's I -> Threshold -> Scale loop
+    r = cli(*base, "--input-mode", "every_step", "--v-init", "zero", "-o", str(out))
     assert r.returncode == 0, r.stderr
     graph = nir.read(str(out / "nir" / "graph.nir"))
-    assert sum(isinstance(n, nir.IF) for n in graph.nodes.values()) == 3
+    assert sum(isinstance(n, nir.Threshold) for n in graph.nodes.values()) == 3
     test = np.load(d / "test.npz")
     np.savez(tmp_path / "few.npz", x=test["x"][:40], y=test["y"][:40])
     r = cli("run", str(out), "--data", str(tmp_path / "few.npz"), "--json")

@@ -4,8 +4,8 @@
 NIR is read by many simulators and chips; it fixes the neuron equations but leaves open
 what an integer network needs (bit widths, T, dt, the input encoding), which this backend
 records in node metadata. Only networks NIR's equations reproduce exactly are written: the
-limits ask for reset-to-zero neurons fed every step, and :func:`.lower.nir_violations`
-names every other layer NIR cannot express. docs/nir.md has the details.
+limits ask for inputs fed every step, and :func:`.lower.nir_violations` names every other
+layer NIR cannot express. docs/nir.md has the details.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from .lower import FORMAT_VERSION, GRAPH_FILE, nir_names, nir_violations, to_nir
 from .run import load_module, run_nir
 
 __version__ = "1.0.0"
-__all__ = ["NirBackend", "GRAPH_FILE", "FORMAT_VERSION", "nir_names", "nir_violations", "to_nir", "write_graph",
-           "load_module", "run_nir"]
+__all__ = ["NirBackend", "GRAPH_FILE", "FORMAT_VERSION", "nir_names", "nir_violations", "to_nir",
+           "write_graph", "load_module", "run_nir"]
 
 
 class NirBackend(Backend):
@@ -39,9 +39,8 @@ class NirBackend(Backend):
                              "drop the --target-option flags")
 
     def limits(self) -> Limits:
-        return Limits(reset_modes=("zero",), input_modes=("every_step",),
-                      sources={"reset_modes": "NIR 1.0 IF: v = v_reset after a spike",
-                               "input_modes": "NIR adds a bias every step; a charge injected "
+        return Limits(input_modes=("every_step",),
+                      sources={"input_modes": "NIR adds a bias every step; a charge injected "
                                               "once at t = 0 has no NIR node"})
 
     def check(self, graph) -> list:

@@ -5,20 +5,27 @@ leaves open what the IR pins down (bit widths, the time window, the input encodi
 module writes only what NIR's own node semantics reproduce exactly under a time step of
 ``dt = 1``, and records the integer details in node metadata:
 
-* ``if`` -> ``nir.IF`` (``r = 1``, ``v_reset = 0``, ``v_threshold = threshold - 1``: NIR's IF
-  spikes at ``v > v_threshold``, ours at ``v >= threshold``, the same on integer membranes);
-  only reset-to-zero neurons starting at ``v = 0`` are NIR's IF, so subtraction and
-  ``v_init`` are refused (see :func:`nir_violations`);
-* ``conv2d`` -> ``nir.Conv2d`` (grouped ones as the equal ungrouped weight), ``dense`` -> ``nir.Affine``, a per-channel ``affine`` -> a
-  1x1 ``nir.Conv2d`` with a diagonal weight (images) or a diagonal ``nir.Affine`` (vectors), all with their
-  integer weights and the bias added every step;
+* ``if`` with reset to zero -> ``nir.IF`` (``r = 1``, ``v_reset = 0``, ``v_threshold =
+  threshold - 1``: NIR's IF spikes at ``v > v_threshold``, ours at ``v >= threshold``, the same
+  on integer membranes);
+* ``if`` with reset by subtraction, which NIR's IF cannot say (it sets ``v = v_reset``) ->
+  ``nir.I`` (the membrane) -> ``nir.Threshold`` (``threshold - 0.5``) -> ``nir.Scale``
+  (``-threshold``) back into the ``I``: each spike takes the threshold off the membrane. Stepped
+  with ``dt = 1``, the loop's edge carries the previous step's spikes, so the ``I`` holds our
+  membrane before this step's reset, and the spikes are ours exactly;
+* a non-zero initial membrane (``v_init``) has no NIR parameter and is refused (see
+  :func:`nir_violations`);
+* ``conv2d`` -> ``nir.Conv2d`` (grouped ones as the equal ungrouped weight), ``dense`` ->
+  ``nir.Affine``, a per-channel ``affine`` -> a 1x1 ``nir.Conv2d`` with a diagonal weight
+  (images) or a diagonal ``nir.Affine`` (vectors), all with their integer weights and the bias
+  added every step;
 * ``avgpool2d`` (an integer sum pool) -> ``nir.SumPool2d``; ``flatten`` (and a reshape to a
   vector) -> ``nir.Flatten`` over the per-sample axes;
 * ``add`` -> ``nir.Scale`` of ones with one edge per input (NIR sums the edges into a node);
 * every output -> ``nir.I`` (``r = 1``: the accumulator ``sum_t I[t]``) -> ``nir.Output``.
 
-Anything else (max pools, concats, pads, first-step biases, subtraction resets, a non-zero
-initial membrane, uneven padding) is refused with a violation naming the layer: never
+Anything else (max pools, concats, pads, first-step biases, a non-zero initial membrane,
+uneven padding) is refused with a violation naming the layer: never
 written approximately.
 """
 
@@ -142,6 +149,31 @@ def ungroup(weight: np.ndarray, groups: int) -> np.ndarray:
     return full
 
 
+def full_threshold(n: IFNode) -> np.ndarray:
+    """The integer threshold of every neuron of the layer (the IR keeps one per channel)."""
+    th = np.asarray(n.threshold).reshape((-1,) + (1,) * (len(n.shape) - 1))
+    return np.broadcast_to(th, n.shape)
+
+
+def _subtract_loop(n: IFNode, name: str, taken: dict) -> tuple[dict[str, Any], list[tuple[str, str]], str]:
+    """The membrane ``I`` and reset ``Scale`` around the Threshold ``name`` of a subtracting IF
+    layer: (nodes, loop edges, the node the layer's inputs feed)."""
+    import nir
+
+    v, reset = _free(f"{name}_v", taken), _free(f"{name}_reset", taken)
+    nodes = {v: nir.I(r=np.ones(n.shape)),
+             reset: nir.Scale(scale=-_f64(full_threshold(n)))}
+    nodes[v].metadata = {"ir_name": n.name, "role": "membrane (before this step's reset)"}
+    nodes[reset].metadata = {"ir_name": n.name, "role": "reset by subtraction: -threshold per spike"}
+    return nodes, [(v, name), (name, reset), (reset, v)], v
+
+
+def _free(name: str, taken: dict) -> str:
+    while name in taken:
+        name += "_"
+    return name
+
+
 def _node(n: Node, graph: Graph):
     """The NIR node of one IR node, and its metadata beyond ``ir_name``."""
     import nir
@@ -156,7 +188,8 @@ def _node(n: Node, graph: Graph):
         top, left = n.padding[:2]
         return nir.Conv2d(input_shape=in_shape[1:], weight=ungroup(n.weight_int, n.groups),
                           stride=tuple(n.stride), padding=(top, left), dilation=tuple(n.dilation),
-                          groups=1, bias=_bias(n, n.shape[0])), _weighted_meta(n) | {"ir_groups": int(n.groups)}
+                          groups=1, bias=_bias(n, n.shape[0])), (_weighted_meta(n)
+                                                                  | {"ir_groups": int(n.groups)})
     if isinstance(n, DenseNode):
         return nir.Affine(weight=_f64(n.weight_int), bias=_bias(n, n.shape[0])), _weighted_meta(n)
     if isinstance(n, AffineNode):
@@ -168,12 +201,17 @@ def _node(n: Node, graph: Graph):
                               stride=1, padding=0, dilation=1, groups=1, bias=_bias(n, c))
         return node, _weighted_meta(n) | {"ir_op": "affine"}
     if isinstance(n, IFNode):
-        th = np.broadcast_to(np.asarray(n.threshold).reshape(
-            (-1,) + (1,) * (len(n.shape) - 1)), n.shape)
-        node = nir.IF(r=np.ones(n.shape), v_threshold=_f64(th) - 1.0, v_reset=np.zeros(n.shape))
-        return node, {"threshold_int": np.asarray(n.threshold, np.int64).reshape(-1),
-                      "spike_rule": "v >= threshold_int, i.e. v > v_threshold on integer membranes",
-                      "reset": n.reset, "v_init": 0, "membrane_bits": int(n.membrane_bits)}
+        meta = {"threshold_int": np.asarray(n.threshold, np.int64).reshape(-1), "reset": n.reset,
+                "v_init": 0, "membrane_bits": int(n.membrane_bits)}
+        if n.reset == "subtract":  # the Threshold of the I -> Threshold -> Scale loop (to_nir)
+            return nir.Threshold(threshold=_f64(full_threshold(n)) - 0.5), meta | {
+                "spike_rule": "u >= threshold_int, u the membrane (node '<name>_v') before reset",
+                "construction": "I (membrane) -> Threshold -> Scale(-threshold_int) -> I: reset by "
+                                "subtraction, stepped with dt = 1, the loop edge carrying the "
+                                "previous step's spikes"}
+        th = _f64(full_threshold(n))
+        node = nir.IF(r=np.ones(n.shape), v_threshold=th - 1.0, v_reset=np.zeros(n.shape))
+        return node, meta | {"spike_rule": "v >= threshold_int, i.e. v > v_threshold on integer membranes"}
     if isinstance(n, AvgPool2dNode):
         return nir.SumPool2d(kernel_size=np.array(n.kernel), stride=np.array(n.stride),
                              padding=np.array(n.padding[:2])), {"ir_op": "avgpool2d (integer sum)"}
@@ -192,11 +230,18 @@ def to_nir(graph: Graph):
     names = nir_names(graph)
     nodes: dict[str, Any] = {}
     edges: list[tuple[str, str]] = []
+    taken = set(names.values())
     for n in graph.nodes:
         node, meta = _node(n, graph)
         node.metadata = {"ir_name": n.name, "ir_op": n.op} | meta | _scale_meta(n)
         nodes[names[n.name]] = node
-        edges += [(names[i], names[n.name]) for i in n.inputs]
+        fed = names[n.name]
+        if isinstance(n, IFNode) and n.reset == "subtract":
+            loop, loop_edges, fed = _subtract_loop(n, names[n.name], taken)
+            taken |= set(loop)
+            nodes |= loop
+            edges += loop_edges
+        edges += [(names[i], fed) for i in n.inputs]
     outputs = []
     for k, o in enumerate(graph.outputs):
         acc, out = f"{names[o]}_acc", ("output" if len(graph.outputs) == 1 else f"output_{k}")
@@ -210,7 +255,8 @@ def to_nir(graph: Graph):
         outputs.append(out)
     inp = graph.input
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "snncompile_version": importlib.metadata.version("snncompile"), "timesteps": int(graph.timesteps or 0), "dt": 1.0,
+            "snncompile_version": importlib.metadata.version("snncompile"),
+            "timesteps": int(graph.timesteps or 0), "dt": 1.0,
             "time": "discrete steps t = 0..T-1 of length dt = 1; integrate with r * dt = 1",
             "input_mode": inp.mode, "input_bits": int(inp.bits), "outputs": ",".join(outputs)}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)

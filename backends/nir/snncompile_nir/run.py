@@ -4,10 +4,10 @@ This is a *reader*: it knows nothing of snncompile's IR. It reads the file with
 ``nir.read``, maps every node to a torch module by the equations of NIR's documentation,
 discretized with a step of ``dt = 1`` (the graph metadata's ``dt``), and lets
 ``nirtorch.nir_to_torch`` wire the graph (edges into one node are summed) and carry the
-state from step to step:
+state from step to step (an edge that closes a loop carries the previous step's value):
 
 * ``IF``: ``v += r * dt * I``; spike where ``v > v_threshold``; there ``v = v_reset``;
-* ``I``: ``v += r * dt * I``, output ``v``;
+* ``I``: ``v += r * dt * I``, output ``v``; ``Threshold``: ``H(x - threshold)``;
 * ``Affine`` ``W x + b``, ``Conv2d``, ``SumPool2d`` (a sum over each window, zero padding),
   ``Scale``, ``Flatten`` over the per-sample axes (NIR types have no batch axis).
 
@@ -50,6 +50,18 @@ class _IF(torch.nn.Module):
         z = (v > self.th).to(x.dtype)
         v = torch.where(z > 0, self.v_reset.expand_as(v), v)
         return z, (v, z)
+
+
+class _Threshold(torch.nn.Module):
+    """NIR's Threshold: ``z = H(x - threshold)`` (stateless; the state keeps z for recording)."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.th = _t(node.threshold)
+
+    def forward(self, x: torch.Tensor, state: Any = None):
+        z = (x > self.th).to(x.dtype)
+        return z, z
 
 
 class _Integrator(torch.nn.Module):
@@ -121,7 +133,7 @@ def load_module(path: str | Path):
                             "re-run 'snncompile convert --target nir'") from None
     dt = float(graph.metadata.get("dt", 1.0))
     node_map = {nir.IF: lambda n: _IF(n, dt), nir.I: lambda n: _Integrator(n, dt),
-                nir.Affine: _Affine, nir.SumPool2d: _SumPool, nir.Scale: _Scale,
+                nir.Threshold: _Threshold, nir.Affine: _Affine, nir.SumPool2d: _SumPool, nir.Scale: _Scale,
                 nir.Flatten: _Flatten}
     module = nirtorch.nir_to_torch(_one_output(graph), node_map, dtype=torch.float64)
     return graph, module
@@ -156,8 +168,9 @@ def run_nir(directory: Path, x_int: np.ndarray, timesteps: int | None = None,
         raise ArtifactError(f"'{path}': input mode '{_text(graph.metadata['input_mode'])}' is not "
                             "one this reader feeds (every_step)")
     ir_name = {k: _text(n.metadata.get("ir_name", k)) for k, n in graph.nodes.items()}
-    spiking = [k for k, n in graph.nodes.items() if type(n).__name__ == "IF"]
-    accs = [k for k, n in graph.nodes.items() if type(n).__name__ == "I"]
+    spiking = [k for k, n in graph.nodes.items() if type(n).__name__ in ("IF", "Threshold")]
+    outputs = {e[0] for e in graph.edges if type(graph.nodes[e[1]]).__name__ == "Output"}
+    accs = [k for k, n in graph.nodes.items() if type(n).__name__ == "I" and k in outputs]
     x = torch.as_tensor(np.asarray(x_int, np.float64))
     state = None
     spikes: dict[str, list[np.ndarray]] = {k: [] for k in spiking}
@@ -166,7 +179,8 @@ def run_nir(directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             _, state = module(x, state)
             if record_spikes:
                 for k in spiking:
-                    spikes[k].append(state[k][1].to(torch.uint8).numpy())
+                    z = state[k][1] if isinstance(state[k], tuple) else state[k]
+                    spikes[k].append(z.to(torch.uint8).numpy())
     acc = {ir_name[k]: np.rint(state[k].numpy()).astype(np.int64) for k in accs}
     rec = {ir_name[k]: np.stack(v) for k, v in spikes.items()} if record_spikes else None
     return BackendRun(output_acc=acc, spikes=rec, stats={"reader": "NIR semantics via nirtorch",
