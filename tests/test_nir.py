@@ -11,14 +11,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import nir  # installed with backends/nir by `make setup`
 import numpy as np
 import pytest
 
-nir = pytest.importorskip("nir")  # installed with backends/nir by `make setup`
-
-from snncompile.ir import AvgPool2dNode, Conv2dNode, DenseNode, IFNode, InputNode, WeightedNode  # noqa: E402
-from snncompile.plugin import get_backend  # noqa: E402
-from snncompile.testing import check_case, zoo_case  # noqa: E402
+from snncompile.ir import AvgPool2dNode, Conv2dNode, DenseNode, IFNode, InputNode, WeightedNode
+from snncompile.plugin import get_backend
+from snncompile.testing import check_case, zoo_case
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
