@@ -9,7 +9,7 @@ DIGITS := examples/digits
 setup: $(STAMP)
 
 # The built-in backends are plugin packages of their own, installed editable next to the core.
-BACKENDS := backends/netlist backends/cyclesim
+BACKENDS := backends/netlist backends/cyclesim backends/nir
 LOIHI    := backends/loihi
 
 # Re-installs only when the package metadata changes; recreates a venv of the wrong Python.

@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .convert import V_INIT_MODES, ConversionOptions
-from .errors import SnnCompileError, UnsupportedOpError
+from .errors import SnnCompileError, UnsupportedOpError, UsageError
 from .ir import INPUT_MODES, RESET_MODES
 from .calibrate import NORM_MODES
 from .table import format_table
@@ -69,8 +69,17 @@ def main(verbose: bool) -> None:
                    "(see 'snncompile backends').")
 @click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
               help="A setting of the target backend (repeatable), e.g. neurons_per_core=256.")
-@click.option("--timesteps", "-T", default=16, show_default=True, type=int,
-              help="Time window T: a spike count over T steps stands for an activation.")
+@click.option("--timesteps", "-T", default="16", show_default=True,
+              help="Time window T: a spike count over T steps stands for an activation; 'auto' "
+                   "picks the smallest candidate that meets --max-accuracy-drop on --val.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="With --timesteps auto: allowed SNN accuracy loss against the ANN on --val, in "
+                   "percentage points (default 1.0).")
+@click.option("--max-psnr-drop", type=float, default=None, metavar="DB",
+              help="With --timesteps auto, for float targets: allowed PSNR loss in dB (default 1.0).")
+@click.option("--timesteps-candidates", default=None, metavar="LIST",
+              help="With --timesteps auto: the T values tried, smallest first (default "
+                   "1,2,4,...,256; ranges allowed, e.g. 1-32).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz with x) for threshold normalization.")
 @click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
@@ -114,20 +123,22 @@ def main(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
-def convert(model: str, out: str, target: str, timesteps: int, calib: str | None, norm: str,
+def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
             percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, train_path: str | None, val_path: str | None, method: str,
             epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
-            target_options: tuple[str, ...] = ()) -> None:
+            target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
+            max_psnr_drop: float | None = None, timesteps_candidates: str | None = None) -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
     under the --bits/--fanin limits, layer by layer; with --target, check it against a
     backend's limits and lower it into OUT/<target>/."""
     from .pipeline import CompileRequest, compile_model
     from .plugin import parse_backend_options
 
-    opts = ConversionOptions(timesteps=timesteps, weight_bits=weight_bits, input_bits=input_bits,
+    auto, steps = _auto_timesteps(timesteps, max_accuracy_drop, max_psnr_drop, timesteps_candidates)
+    opts = ConversionOptions(timesteps=steps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
                              membrane_bits=membrane_bits, weight_exp=weight_exp)
     report = None if as_json else _epoch_reporter()
@@ -137,7 +148,7 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
                          val=val_path, method=method, epochs=epochs, patience=patience,
                          batch_size=batch_size, device=device, resume=resume,
                          progress=not as_json and sys.stderr.isatty(), report=report,
-                         target_options=parse_backend_options(target_options))
+                         target_options=parse_backend_options(target_options), auto_timesteps=auto)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:
@@ -157,8 +168,41 @@ def convert(model: str, out: str, target: str, timesteps: int, calib: str | None
             metric = (f"val accuracy {t['val_accuracy']:.4f}" if "val_accuracy" in t
                       else f"val loss {t.get('val_loss', float('nan')):.5f}")
             tuned = f", tuned ({t['method']}, {t['epochs']} epochs, {metric})"
+        if "auto_timesteps" in summary:
+            _print_timestep_search(summary["auto_timesteps"])
         click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
                    f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
+
+
+def _auto_timesteps(text: str, max_accuracy_drop: float | None, max_psnr_drop: float | None,
+                    candidates: str | None):
+    """(AutoTOptions or None, the T conversion starts with) from the --timesteps options."""
+    from .autot import AutoTOptions, parse_candidates, parse_timesteps_option
+
+    steps = parse_timesteps_option(text)
+    if steps is not None:
+        given = [f for f, v in (("--max-accuracy-drop", max_accuracy_drop),
+                                ("--max-psnr-drop", max_psnr_drop),
+                                ("--timesteps-candidates", candidates)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used "
+                             "with --timesteps auto",
+                             f"pass --timesteps auto, or drop {given[0]}")
+        return None, steps
+    auto = AutoTOptions(parse_candidates(candidates), max_accuracy_drop, max_psnr_drop)
+    auto.check()
+    return auto, max(auto.candidates)  # a placeholder until the search has chosen
+
+
+def _print_timestep_search(rec: dict[str, Any]) -> None:
+    """The --timesteps auto search, one row per candidate tried."""
+    unit, metric = rec["drop_unit"], rec["metric"]
+    for s in rec["searches"]:
+        click.echo(f"time window search on {rec['val']} ({s['phase']} network; ANN {metric} "
+                   f"{rec['ann']:.4f}, allowed drop {rec['max_drop']:g} {unit}):")
+        click.echo(format_table(["T", f"SNN {metric}", f"drop ({unit})", "meets"],
+                                [[t["timesteps"], f"{t['score']:.4f}", f"{t['drop']:.2f}",
+                                  "yes" if t["meets"] else "no"] for t in s["trials"]]))
 
 
 def _epoch_reporter() -> Callable[[str], None]:
@@ -293,6 +337,24 @@ def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_si
         click.echo(json.dumps(res, indent=1))
     else:
         click.echo(f"wrote {report_dir}: " + ", ".join(res["files"]))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["nir"]), default="nir", show_default=True,
+              help="Exchange format (nir: a NIR graph, see docs/nir.md).")
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
+              help="File to write (e.g. model.nir).")
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+@_handle_errors
+def export(out: str, fmt: str, path: str, force: bool) -> None:
+    """Write the compiled network OUT in an exchange format (whatever target it was compiled
+    for); layers the format cannot express are all named and nothing is written (exit 6)."""
+    from .export import export_artifact
+
+    res = export_artifact(out, fmt, path, force)
+    click.echo(f"wrote {res['path']}: {fmt} ({res['backend']} {res['backend_version']}), "
+               f"T={res['timesteps']}, {res['bytes']} bytes")
 
 
 @main.command()

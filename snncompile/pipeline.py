@@ -9,7 +9,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,9 @@ class CompileRequest:
     progress: bool = False
     report: Any = None             # callable(str) for one line per epoch, or None
     on_stage_end: Any = None       # callable(stage) after each stage's checkpoint (tests)
+    # --timesteps auto: snncompile.autot.AutoTOptions (T chosen on --val; options.timesteps
+    # is then only a placeholder)
+    auto_timesteps: Any = None
 
 
 def seed_everything(seed: int) -> None:
@@ -80,6 +83,9 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
 
     backend = resolve_target(req.target, req.target_options)
     req.options.check()
+    if req.auto_timesteps is not None and not req.val:
+        raise UsageError("--timesteps auto needs --val: T is chosen by accuracy on validation data",
+                         "pass --val VAL.npz (labelled), or give --timesteps a number")
     topts = _check_tuning(req)
     training = topts is not None
     ckpt_dir = os.path.join(req.out, DIRNAME)
@@ -107,6 +113,9 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         if train_data.is_classification != val_data.is_classification:
             raise DataError(f"'{req.train}' and '{req.val}' disagree on the task: one has integer "
                             "labels, the other float targets")
+    elif req.val:  # --timesteps auto without tuning
+        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
+        _check_targets(val_data, tuple(ann[ann.outputs[0]].shape), validation=True)
     t_import = time.perf_counter() - t0
     if calib_data is not None:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
@@ -114,6 +123,15 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         calib = weight_bounds(ann)
     snn = convert(ann, calib, req.options)
     warnings = list(imported.warnings) + list(calib.warnings)
+    tsearch = None
+    if req.auto_timesteps is not None:  # see snncompile/autot.py
+        from .autot import TimestepSearch, with_timesteps
+
+        tsearch = TimestepSearch(req.auto_timesteps, model, ann, val_data)
+        if training:  # tune at the smallest T the converted network meets, else the largest
+            first = tsearch.run(snn, "conversion")
+            T = first.chosen or max(req.auto_timesteps.candidates)
+            snn, req = with_timesteps(snn, T), replace(req, options=replace(req.options, timesteps=T))
     tuning: dict[str, Any] | None = None
     if training or req.fanin:
         from .tandem.constraints import violations
@@ -151,6 +169,12 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         problems = violations(snn, bits=req.options.weight_bits, fanin=req.fanin)
         if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
             raise ModelError("the tuned graph breaks the requested limits: " + "; ".join(problems))
+    if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
+        final = tsearch.run(snn, "tuned" if training else "conversion")
+        if final.chosen is None:
+            raise tsearch.not_found(final, tuned=training, calibrated=calib_data is not None)
+        snn = with_timesteps(snn, final.chosen)
+        req = replace(req, options=replace(req.options, timesteps=final.chosen))
     if backend is not None:
         check_fit(backend, snn)  # every violation at once, before anything is written
     info = {
@@ -166,6 +190,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     }
     if tuning is not None:
         info["tuning"] = tuning
+    if tsearch is not None:
+        info["auto_timesteps"] = tsearch.record()
     if training:
         rank = ddp.rank()
         ddp.finish()
@@ -180,6 +206,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if tuning is not None:
         last = tuning["stages"][-1]["best"] if tuning["stages"] else {}
         summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"], **last}
+    if tsearch is not None:
+        summary["auto_timesteps"] = info["auto_timesteps"]
     return summary
 
 
@@ -193,8 +221,9 @@ def _check_tuning(req: CompileRequest):
         raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
     if req.method not in TUNE_METHODS:
         raise UsageError(f"unknown --method '{req.method}'", f"use one of {', '.join(TUNE_METHODS)}")
-    if req.val and not req.train:
-        raise UsageError("--val was given without --train", "pass --train TRAIN.npz as well (or drop --val)")
+    if req.val and not req.train and req.auto_timesteps is None:
+        raise UsageError("--val was given without --train", "pass --train TRAIN.npz as well, or "
+                         "--timesteps auto (which chooses T on --val), or drop --val")
     if req.resume and not req.train:
         raise UsageError("--resume continues a tuning run, which needs --train and --val")
     if not req.train:
