@@ -194,3 +194,17 @@ def test_unknown_method_lists_the_known_ones(digits_dir, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: unknown --method 'bogus'")
     assert all(m in r.stderr for m in ("ptl", "tandem", "ltl", "stdb", "none")) and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_tandem_trains_every_layer(digits_net, digits_dir):
+    """One stage with everything spiking trains all weights, not only the output layer's
+    (the old 'tl' fixed every hidden layer as if earlier stages had run)."""
+    from snncompile.data import Dataset
+    from snncompile.tandem.schedule import TrainOptions, tune
+
+    g, _ = digits_net
+    tr = np.load(digits_dir / "train.npz")
+    data = Dataset(x=tr["x"][:64], y=tr["y"][:64], path="train")
+    net = TandemNet(g, bits=8)
+    tune(net, data, data, TrainOptions(epochs=1, method="tandem", batch_size=32, recalibrate=False))
+    assert all(p.requires_grad for p in net.weight.values())
