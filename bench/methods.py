@@ -23,10 +23,12 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from snncompile.convert import ConversionOptions
@@ -55,18 +57,34 @@ def _to_best(history: list[dict], stages: list[dict]) -> tuple[int, float]:
     return epochs, round(seconds, 1)
 
 
-def run_one(data: Path, method: str, T: int, args: argparse.Namespace, work: Path) -> dict:
+def subsets(data: Path, args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """The split files, cut to their first ``--max-SPLIT`` samples where asked (to size a
+    run on a large dataset to the machine)."""
+    files = {}
+    for split in ("train", "val", "test"):
+        limit = getattr(args, f"max_{split}")
+        files[split] = data / f"{split}.npz"
+        if limit:
+            with np.load(files[split]) as f:
+                x, y = f["x"][:limit], f["y"][:limit]
+            files[split] = work / f"{split}-{limit}.npz"
+            np.savez(files[split], x=x, y=y)
+    return files
+
+
+def run_one(data: Path, files: dict[str, Path], method: str, T: int, args: argparse.Namespace,
+            work: Path) -> dict:
     out = work / f"{method}-T{T}"
     req = CompileRequest(model=str(_model(data)), out=str(out), calib=str(data / "calib.npz"),
                          seed=args.seed, options=ConversionOptions(timesteps=T, weight_bits=args.bits),
-                         fanin=args.fanin, epochs=args.epochs, patience=args.patience, method=method,
-                         force=True)
+                         fanin=args.fanin or None, epochs=args.epochs, patience=args.patience,
+                         method=method, force=True)
     if method != "none":
-        req.train, req.val = str(data / "train.npz"), str(data / "val.npz")
+        req.train, req.val = str(files["train"]), str(files["val"])
     t0 = time.perf_counter()
     compile_model(req)
     seconds = round(time.perf_counter() - t0, 1)
-    ev = evaluate_artifact(str(out), str(data / "test.npz"))
+    ev = evaluate_artifact(str(out), str(files["test"]))
     row = {"method": method, "T": T, "ann_accuracy": ev["ann_accuracy"], "snn_accuracy": ev["snn_accuracy"],
            "synops_per_sample": round(ev["synops_per_sample"]), "ann_macs": ev.get("ann_macs_per_sample"),
            "max_weight_bits": ev["max_weight_bits"], "max_fanin": ev["max_fanin"],
@@ -90,23 +108,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--bits", type=int, default=8)
-    p.add_argument("--fanin", type=int, default=64)
+    p.add_argument("--fanin", type=int, default=64, help="0: no fan-in limit")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--max-{split}", type=int, default=0, help=f"use the first N {split} samples (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench/results/methods.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    meta = {"command": "python bench/methods.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    meta = {"command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared), torch threads {args.threads}",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": str(args.data),
             "epochs": args.epochs, "patience": args.patience, "bits": args.bits, "fanin": args.fanin,
-            "seed": args.seed}
+            "seed": args.seed, "max_samples": {k: getattr(args, f"max_{k}") for k in ("train", "val", "test")}}
     rows: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        files = subsets(args.data, args, Path(tmp))
         for T in [int(t) for t in args.timesteps.split(",")]:
             for method in args.methods.split(","):
-                r = run_one(args.data, method, T, args, Path(tmp))
+                r = run_one(args.data, files, method, T, args, Path(tmp))
                 print(json.dumps(r), flush=True)
                 rows.append(r)
                 atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1))
