@@ -28,6 +28,7 @@ from ..ir import Graph, IFNode, WeightedNode
 from . import intsim
 from .intsim import IntResult, quantized_input, run_integer
 from .model import TandemNet, unit_scales
+from .schedule import TrainOptions
 
 SURROGATES = ("exp", "linear")
 
@@ -66,13 +67,21 @@ class Surrogate:
         return linear_grad(u, self.alpha)
 
 
-def surrogate_from(opts, default_kind: str) -> Surrogate:
+def surrogate_from(opts: TrainOptions, default_kind: str) -> Surrogate:
     """The surrogate a :class:`.schedule.TrainOptions` asks for (unset fields: defaults)."""
     s = Surrogate(opts.surrogate or default_kind,
                   0.3 if opts.surrogate_alpha is None else float(opts.surrogate_alpha),
                   0.01 if opts.surrogate_beta is None else float(opts.surrogate_beta))
     s.check()
     return s
+
+
+def fixed_thresholds(opts: TrainOptions) -> TrainOptions:
+    """``opts`` with the per-stage threshold recalibration off: ltl and stdb set the
+    thresholds themselves before training."""
+    import dataclasses
+
+    return dataclasses.replace(opts, recalibrate=False)
 
 
 SpikeHook = Callable[[IFNode, torch.Tensor, IntResult], torch.Tensor]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset
-from .bptt import forward, surrogate_from, surrogate_if
+from .bptt import fixed_thresholds, forward, surrogate_from, surrogate_if
 from .model import TandemNet
 from .schedule import TrainOptions, TuneResult, _loss, tune
 
@@ -96,12 +96,5 @@ def train_ltl(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         return loss
 
     plan = [0, net.n_stages] if staged else [net.n_stages]
-    return tune(net, train, val, _fixed(opts), plan=plan, step_loss=step_loss, calib_x=calib_x,
+    return tune(net, train, val, fixed_thresholds(opts), plan=plan, step_loss=step_loss, calib_x=calib_x,
                 on_stage_end=stage_end, **kw)
-
-
-def _fixed(opts: TrainOptions) -> TrainOptions:
-    """The options with threshold recalibration off: the method has set the thresholds."""
-    import dataclasses
-
-    return dataclasses.replace(opts, recalibrate=False)

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset
-from .bptt import forward, surrogate_from, surrogate_if
-from .ltl import _fixed
+from .bptt import fixed_thresholds, forward, surrogate_from, surrogate_if
 from .model import TandemNet
 from .schedule import TrainOptions, TuneResult, _loss, tune
 
@@ -56,5 +55,5 @@ def train_stdb(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         out, _ = forward(model, x, spiking)
         return _loss(out, y, train.is_classification)
 
-    return tune(net, train, val, _fixed(opts), plan=[net.n_stages], step_loss=step_loss,
+    return tune(net, train, val, fixed_thresholds(opts), plan=[net.n_stages], step_loss=step_loss,
                 calib_x=calib_x, **kw)
