@@ -109,8 +109,18 @@ def main(verbose: bool) -> None:
               help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
               help="Validation data (.npz with x, y) the scheduler watches (needs --train).")
-@click.option("--method", type=click.Choice(["ptl", "tl", "none"]), default="ptl", show_default=True,
-              help="Tuning: progressive (ptl), all layers and constraints at once (tl), or none.")
+@click.option("--method", default="ptl", show_default=True, metavar="NAME",
+              help="Tuning method: ptl (progressive tandem learning), tandem (all layers at once; "
+                   "old name tl), ltl (local tandem learning), stdb (threshold balancing + "
+                   "spike-timing-dependent BPTT), or none (convert only).")
+@click.option("--surrogate", type=click.Choice(["exp", "linear"]), default=None,
+              help="ltl/stdb: surrogate gradient, alpha*exp(-beta*dt) (exp; stdb's default) or "
+                   "alpha*max(0, 1-|v/theta-1|) (linear; ltl's default).")
+@click.option("--surrogate-alpha", type=float, default=None, help="ltl/stdb: surrogate scale alpha [0.3].")
+@click.option("--surrogate-beta", type=float, default=None,
+              help="ltl/stdb: decay beta of the exp surrogate per step since the last spike [0.01].")
+@click.option("--balance-scale", type=float, default=None,
+              help="stdb: thresholds after balancing are this times the layer's largest activation [0.7].")
 @click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
 @click.option("--patience", default=6, show_default=True, type=int,
               help="Epochs without validation gain before a stage ends.")
@@ -127,6 +137,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, train_path: str | None, val_path: str | None, method: str,
+            surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
+            balance_scale: float | None,
             epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
@@ -148,7 +160,9 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          val=val_path, method=method, epochs=epochs, patience=patience,
                          batch_size=batch_size, device=device, resume=resume,
                          progress=not as_json and sys.stderr.isatty(), report=report,
-                         target_options=parse_backend_options(target_options), auto_timesteps=auto)
+                         target_options=parse_backend_options(target_options), auto_timesteps=auto,
+                         surrogate=surrogate, surrogate_alpha=surrogate_alpha,
+                         surrogate_beta=surrogate_beta, balance_scale=balance_scale)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:

@@ -29,7 +29,6 @@ from .targets import SIM, check_fit, lower_into, resolve_target, target_info
 
 log = logging.getLogger("snncompile")
 TARGETS = (SIM,)  # built in; backend plugins add theirs (see snncompile.targets)
-TUNE_METHODS = ("ptl", "tl", "none")
 
 
 @dataclass
@@ -52,7 +51,7 @@ class CompileRequest:
     prune_ahead: int = 99          # stages a layer's fan-in mask comes before it spikes
     train: str | None = None
     val: str | None = None
-    method: str = "ptl"            # ptl | tl (all at once) | none (conversion only)
+    method: str = "ptl"            # a name in snncompile.tandem.methods, or none (conversion only)
     epochs: int = 60
     patience: int = 6
     batch_size: int = 64
@@ -64,6 +63,11 @@ class CompileRequest:
     # --timesteps auto: snncompile.autot.AutoTOptions (T chosen on --val; options.timesteps
     # is then only a placeholder)
     auto_timesteps: Any = None
+    # Options of the surrogate-gradient methods (ltl, stdb); None: the method's default.
+    surrogate: str | None = None
+    surrogate_alpha: float | None = None
+    surrogate_beta: float | None = None
+    balance_scale: float | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -135,8 +139,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     tuning: dict[str, Any] | None = None
     if training or req.fanin:
         from .tandem.constraints import violations
+        from .tandem.methods import get_method
         from .tandem.model import TandemNet
-        from .tandem.schedule import tune
 
         net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
                         prune_lead=req.prune_ahead if training else 0)
@@ -152,9 +156,10 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             if ddp.rank() == 0:
                 ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
             ddp.barrier()
-            res = tune(net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
-                       on_stage_end=req.on_stage_end, progress=req.progress,
-                       calib_x=calib_data.x if calib_data is not None else None)
+            res = get_method(topts.method).train(
+                net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
+                on_stage_end=req.on_stage_end, progress=req.progress,
+                calib_x=calib_data.x if calib_data is not None else None)
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
                       "world_size": res.world_size,
                       "patience": topts.patience, "seconds": res.seconds, "stages": res.stages,
@@ -213,14 +218,20 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
 
 def _check_tuning(req: CompileRequest):
     """The tuning options, checked (None when the run only converts)."""
+    from .tandem.methods import OPTION_FLAGS, canonical, check_request
     from .tandem.schedule import TrainOptions
 
     if req.fanin is not None and req.fanin < 1:
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
     if req.prune_ahead < 0:
         raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
-    if req.method not in TUNE_METHODS:
-        raise UsageError(f"unknown --method '{req.method}'", f"use one of {', '.join(TUNE_METHODS)}")
+    method = canonical(req.method)
+    given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
+             "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
+    if method == "none" and any(v is not None for v in given.values()):
+        flag = next(OPTION_FLAGS[k] for k, v in given.items() if v is not None)
+        raise UsageError(f"{flag} cannot be honoured by --method none: it converts only, without training",
+                         f"drop {flag}, or choose a method that trains (ltl, stdb)")
     if req.val and not req.train and req.auto_timesteps is None:
         raise UsageError("--val was given without --train", "pass --train TRAIN.npz as well, or "
                          "--timesteps auto (which chooses T on --val), or drop --val")
@@ -231,12 +242,13 @@ def _check_tuning(req: CompileRequest):
     if not req.val:
         raise UsageError("--train needs --val: the scheduler watches validation accuracy",
                          "hold out part of the training data and pass it with --val")
-    if req.method == "none":
+    if method == "none":
         raise UsageError("--method none converts only, but --train was given",
                          "drop --train/--val, or use --method ptl")
+    check_request(method, resume=req.resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
-                        method=req.method, seed=req.seed, device=req.device,
-                        percentile=100.0 if req.norm == "max" else req.percentile)
+                        method=method, seed=req.seed, device=req.device,
+                        percentile=100.0 if req.norm == "max" else req.percentile, **given)
     opts.check()
     return opts
 

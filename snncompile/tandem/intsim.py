@@ -12,6 +12,7 @@ shows every partial sum stays below 2^24, else float64; convolution results roun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +62,17 @@ def quantized_input(graph: Graph, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_integer(graph: Graph, xq: torch.Tensor, timesteps: int, nodes: set[str] | None = None,
-                types: dict[str, torch.dtype] | None = None) -> IntResult:
-    """Integer values of ``nodes`` (default: all) for integer inputs ``xq`` (N, *shape)."""
+                types: dict[str, torch.dtype] | None = None,
+                weighted: Callable[[WeightedNode, torch.Tensor, int, torch.dtype], torch.Tensor] | None = None,
+                spiking: Callable[[IFNode, torch.Tensor, IntResult], torch.Tensor] | None = None) -> IntResult:
+    """Integer values of ``nodes`` (default: all) for integer inputs ``xq`` (N, *shape).
+
+    ``weighted`` and ``spiking`` replace the weighted ops and the IF layers (same arguments
+    as :func:`_weighted` and :func:`_if_layer`): surrogate-gradient training
+    (:mod:`.bptt`) runs the same integers with differentiable weights and spikes."""
     T = int(timesteps)
+    weighted = weighted or _weighted
+    spiking = spiking or _if_layer
     todo = nodes if nodes is not None else {n.name for n in graph.nodes}
     types = types or dtypes(graph, T)
     res = IntResult()
@@ -82,9 +91,9 @@ def run_integer(graph: Graph, xq: torch.Tensor, timesteps: int, nodes: set[str] 
             continue
         ins = [val[i] for i in n.inputs]
         if isinstance(n, WeightedNode):
-            out = _weighted(n, ins[0], T, types[n.name])
+            out = weighted(n, ins[0], T, types[n.name])
         elif isinstance(n, IFNode):
-            out = _if_layer(n, ins[0], res)
+            out = spiking(n, ins[0], res)
         elif isinstance(n, MaxPool2dNode):
             out = _maxpool(n, ins[0], res)
         elif isinstance(n, AvgPool2dNode):
@@ -127,18 +136,28 @@ def _unflat(y: torch.Tensor, T: int) -> torch.Tensor:
     return y.reshape((T, y.shape[0] // T) + tuple(y.shape[1:]))
 
 
-def _weighted(n: WeightedNode, x: torch.Tensor, T: int, dt: torch.dtype) -> torch.Tensor:
-    w = torch.as_tensor(n.weight_int, dtype=dt, device=x.device)
+def _round(y: torch.Tensor) -> torch.Tensor:
+    """Round to integers; a tensor that carries gradients keeps them (straight through)."""
+    if not y.requires_grad:
+        return torch.round(y)
+    return torch.round(y.detach()) + (y - y.detach())
+
+
+def _weighted(n: WeightedNode, x: torch.Tensor, T: int, dt: torch.dtype,
+              w: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
+    """The op's integer output per step; ``w``/``b`` (integer-valued tensors, possibly
+    carrying gradients) stand in for the node's ``weight_int``/``bias_int``."""
+    w = torch.as_tensor(n.weight_int, dtype=dt, device=x.device) if w is None else w.to(dt)
     xs = x.to(dt)
     if isinstance(n, DenseNode):
-        y = torch.round(xs @ w.T)
+        y = _round(xs @ w.T)
         per_c: tuple[int, ...] = ()
     elif isinstance(n, Conv2dNode):
         xf = _flat(xs)
         pt, pl, pb, pr = n.padding
         if pt or pl or pb or pr:
             xf = F.pad(xf, (pl, pr, pt, pb))
-        y = _unflat(torch.round(F.conv2d(xf, w, None, n.stride, 0, n.dilation, n.groups)), T)
+        y = _unflat(_round(F.conv2d(xf, w, None, n.stride, 0, n.dilation, n.groups)), T)
         per_c = (1, 1)
     elif isinstance(n, AffineNode):
         per_c = (1,) * (xs.dim() - 3)
@@ -146,7 +165,8 @@ def _weighted(n: WeightedNode, x: torch.Tensor, T: int, dt: torch.dtype) -> torc
     else:
         raise ModelError(f"node '{n.name}' ({n.op}) has no integer forward")
     if n.bias_int is not None:
-        b = torch.as_tensor(n.bias_int, dtype=dt, device=x.device).reshape((-1,) + per_c)
+        b = torch.as_tensor(n.bias_int, dtype=dt, device=x.device) if b is None else b.to(dt)
+        b = b.reshape((-1,) + per_c)
         if n.bias_mode == "every_step":
             y = y + b
         else:

@@ -137,10 +137,11 @@ class TandemNet(nn.Module):
                 self.masked[self.weighted.index(name)] = True
         self._cache = None
 
-    def trainable(self, stage: int | None = None) -> list[nn.Parameter]:
-        """Parameters still trained at ``stage``: all but those fixed in earlier stages."""
+    def trainable(self, stage: int | None = None, fix_earlier: bool = True) -> list[nn.Parameter]:
+        """Parameters still trained at ``stage``: all but those fixed in earlier stages
+        (without ``fix_earlier``, all: a run whose first stage this is fixed none)."""
         s = self.stage if stage is None else stage
-        fixed = set(self.constrained(s - 1)) if s > 0 else set()
+        fixed = set(self.constrained(s - 1)) if s > 0 and fix_earlier else set()
         out = []
         for name in self.weighted:
             k = self.key[name]
@@ -182,9 +183,7 @@ class TandemNet(nn.Module):
             fq: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
             for name in self.constrained():
                 n = g[name]
-                ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
-                s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
-                s_out = float(np.asarray(n.out_scale).reshape(-1)[0])
+                s_in, s_out = unit_scales(g, name)
                 w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
                 b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
                 fq[name] = (w, b)
@@ -269,6 +268,16 @@ class TandemNet(nn.Module):
                 b = b + (bq - b).detach()
         node = dataclasses.replace(n, weight=w, bias=b)
         return _WEIGHTED[type(n)](node, x)
+
+
+def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
+    """For weighted node ``name`` of integer graph ``g``: the scale of the input each weight
+    reads (array shaped like the weight) and the node's output scale, so that a real weight
+    is ``s_out * weight_int / s_in``."""
+    n = g[name]
+    ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
+    s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
+    return s_in, float(np.asarray(n.out_scale).reshape(-1)[0])
 
 
 def _conv(n, x):

@@ -7,8 +7,9 @@ last stage trains the exact integer network end to end. In each stage a fresh Ad
 everything not fixed yet; the scheduler watches validation accuracy (loss for regression),
 keeps the stage's best weights, and when ``patience`` epochs bring no improvement (or the
 stage's share of the epoch budget is spent) reloads them, fixes the stage's layer and moves
-on. Method ``tl`` is the all-at-once baseline: one stage with every layer spiking and every
-constraint imposed from the start, the same budget.
+on. Method ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every
+layer spiking, every constraint imposed and every layer trained from the start, the same
+budget. The other methods are in :mod:`.methods`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from . import distributed as ddp
 from .checkpoint import CheckpointDir
 from .model import TandemNet
 
-METHODS = ("ptl", "tl")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class TrainOptions:
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
     percentile: float = 99.9
+    # surrogate-gradient methods (ltl, stdb; see methods.py): None = the method's default
+    surrogate: str | None = None   # exp (STDB) | linear
+    surrogate_alpha: float | None = None
+    surrogate_beta: float | None = None
+    balance_scale: float | None = None  # stdb: thresholds x this after balancing
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -55,8 +60,17 @@ class TrainOptions:
             raise UsageError(f"--patience must be >= 1, got {self.patience}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.method not in METHODS:
-            raise UsageError(f"unknown tuning method '{self.method}'", f"use one of {', '.join(METHODS)}")
+        from .methods import check_request
+
+        check_request(self.method, given={"surrogate": self.surrogate, "surrogate_alpha": self.surrogate_alpha,
+                                          "surrogate_beta": self.surrogate_beta,
+                                          "balance_scale": self.balance_scale})
+        if any(v is not None for v in (self.surrogate, self.surrogate_alpha, self.surrogate_beta)):
+            from .bptt import surrogate_from
+
+            surrogate_from(self, "exp")  # checks the values
+        if self.balance_scale is not None and not self.balance_scale > 0:
+            raise UsageError(f"--balance-scale must be > 0, got {self.balance_scale}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"unknown device '{self.device}'", "use cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -78,7 +92,7 @@ class TuneResult:
 def stage_plan(net: TandemNet, method: str) -> list[int]:
     """The stages to run: 1..L+1 for PTL (after an ANN stage 0 when fan-in masks are
     imposed ahead of conversion), only L+1 for all-at-once."""
-    if method != "ptl":
+    if method != "ptl":  # tandem (and its old name tl): one stage, everything spiking
         return [net.n_stages]
     first = 0 if (net.prune_lead > 0 and net.budgets) else 1
     return list(range(first, net.n_stages + 1))
@@ -113,18 +127,24 @@ def _key(m: dict[str, float]) -> tuple[float, ...]:
     return (m["accuracy"], -m["loss"]) if "accuracy" in m else (-m["loss"],)
 
 
+StepLoss = Callable[[TandemNet, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
          checkpoints: CheckpointDir | None = None, report: Callable[[str], None] | None = None,
          on_stage_end: Callable[[int], None] | None = None, progress: bool = False,
-         calib_x: np.ndarray | None = None) -> TuneResult:
+         calib_x: np.ndarray | None = None, plan: list[int] | None = None,
+         step_loss: StepLoss | None = None) -> TuneResult:
     """Run the schedule on ``net`` (in place; it ends at the last stage with its best
     weights). Stages already checkpointed are loaded instead of trained. ``calib_x``
-    (default: the first 256 training inputs) sets thresholds of newly converted layers."""
+    (default: the first 256 training inputs) sets thresholds of newly converted layers.
+    ``plan`` overrides the stages of ``opts.method``; ``step_loss(net, x, y)`` replaces
+    the tandem loss of a training batch (surrogate-gradient methods, see :mod:`.bptt`)."""
     opts.check()
     t0 = time.perf_counter()
     dev = torch.device(opts.device)
     net.to(dev)
-    plan = stage_plan(net, opts.method)
+    plan = plan if plan is not None else stage_plan(net, opts.method)
     result = TuneResult()
     done = checkpoints.completed() if checkpoints is not None else -1
     used = 0
@@ -154,7 +174,8 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, i == len(plan) - 1 and
-                                      opts.method == "ptl", say, bar, ramp)
+                                      opts.method == "ptl", say, bar, ramp, fix_earlier=i > 0 and opts.method == "ptl",
+                                      step_loss=step_loss)
         used += len(history) - 1
         result.history.extend(history)
         result.stages.append(summary)
@@ -183,12 +204,15 @@ def _ramp_steps(net: TandemNet, names: list[str]) -> int:
 
 def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions, stage: int,
                cap: int, final: bool, say: Callable[[str], None], bar,
-               ramp: list[str] | None = None) -> tuple[list, dict]:
+               ramp: list[str] | None = None, fix_earlier: bool = True,
+               step_loss: StepLoss | None = None) -> tuple[list, dict]:
     """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
-    epoch), and the scheduler's best/patience start once they are complete."""
+    epoch), and the scheduler's best/patience start once they are complete. Layers
+    converted in earlier stages stay fixed (``fix_earlier``); the first stage of a run
+    trains every layer."""
     name = net.stage_name(stage)
     t0 = time.perf_counter()
-    params = net.trainable()
+    params = net.trainable(fix_earlier=fix_earlier)
     lr = opts.final_lr if final else opts.lr
     steps = _ramp_steps(net, ramp or [])
     if steps and (cap == 0 or not params):
@@ -218,7 +242,8 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             if len(idx):
                 x = torch.as_tensor(train.x[idx], device=dev)
                 y = torch.as_tensor(train.y[idx], device=dev)
-                loss = _loss(net(x), y, train.is_classification)
+                loss = (step_loss(net, x, y) if step_loss is not None
+                        else _loss(net(x), y, train.is_classification))
                 loss.backward()
                 total += float(loss.detach()) * len(idx)
             ddp.average_gradients(params)
