@@ -34,7 +34,7 @@ demo: $(DIGITS)/data/digits_cnn.onnx
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: setup
+bench: setup bench-peers
 	$(PY) bench/run_all.py
 	$(PY) bench/bench_backends.py --repeats 3
 
@@ -69,3 +69,11 @@ fashion-mnist: $(FMNIST)/data/fmnist_cnn.onnx
 	  --timesteps 8 --bits 8 --fanin 64 --train $(FMNIST)/data/train.npz --val $(FMNIST)/data/val.npz \
 	  -o $(FMNIST)/out --force
 	$(VENV)/bin/snncompile evaluate $(FMNIST)/out --data $(FMNIST)/data/test.npz --timesteps 4,8,16
+
+# --- peers for bench/ptl_accuracy.py -----------------------------------------------------------
+# spikingjelly 2.0.0 declares Python >= 3.11 and heavy optional dependencies; its ann2snn path
+# runs on our 3.10 with only loguru, tqdm and requests, so it goes in with --no-deps.
+.PHONY: bench-peers
+bench-peers: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python spikingjelly==2.0.0
