@@ -71,14 +71,30 @@ def torch_model(example: str, onnx_path: Path) -> torch.nn.Module:
     raise SystemExit(f"{onnx_path}: its weights fit none of the {example} architectures")
 
 
+def stratified_subset(src: Path, dst: Path, n: int | None, seed: int) -> Path:
+    """The first ``n`` // classes samples of each class of ``src`` (in a seeded random order),
+    written to ``dst``; ``src`` itself when ``n`` is None or not smaller than it."""
+    d = np.load(src)
+    x, y = d["x"], d["y"]
+    if n is None or n >= len(y):
+        return src
+    order = np.random.default_rng(seed).permutation(len(y))
+    classes = np.unique(y)
+    keep = np.sort(np.concatenate([order[y[order] == c][:n // len(classes)] for c in classes]))
+    with open(dst, "wb") as f:
+        np.savez(f, x=x[keep], y=y[keep])
+    return dst
+
+
 def compile_and_score(data: Path, onnx_name: str, out: Path, T: int, eval_T: list[int], seed: int,
                       bits: int = 16, fanin: int | None = None, tune: dict | None = None) -> dict:
-    """Compile (convert, or tune when ``tune`` is given) and score on the test split."""
+    """Compile (convert, or tune when ``tune`` is given) and score on the test split. ``tune``
+    may name ``train`` / ``val`` files other than the example's (subsets)."""
     req = CompileRequest(model=str(data / onnx_name), out=str(out), calib=str(data / "calib.npz"),
                          seed=seed, force=True, fanin=fanin,
                          options=ConversionOptions(timesteps=T, weight_bits=bits))
     if tune:
-        req.train, req.val, req.method = str(data / "train.npz"), str(data / "val.npz"), "ptl"
+        req.train, req.val, req.method = str(tune["train"]), str(tune["val"]), "ptl"
         req.epochs, req.patience = tune["epochs"], tune["patience"]
         req.report = lambda line: print("   ", line, flush=True)
     else:
@@ -106,6 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peers", default="spikingjelly,sinabs", help="comma list; empty: none")
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="tune on this many training samples (stratified; default: all)")
+    p.add_argument("--val-subset", type=int, default=None,
+                   help="validate on this many validation samples (stratified; default: all)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -140,10 +160,14 @@ def main(argv: list[str] | None = None) -> dict:
             acc = peers.RUNNERS[name](model, calib["x"], test["x"], test["y"], Ts)
             save(name, {"accuracy": acc, "seconds": round(time.perf_counter() - t0, 1),
                         "version": peers.version(name)})
+        tr = stratified_subset(args.data / "train.npz", Path(tmp) / "train_sub.npz", args.train_subset, 0)
+        va = stratified_subset(args.data / "val.npz", Path(tmp) / "val_sub.npz", args.val_subset, 0)
+        result["meta"]["tuning_data"] = {"train": int(len(np.load(tr)["y"])), "val": int(len(np.load(va)["y"]))}
         for T in tune_at:
             r = compile_and_score(args.data, onnx_name, Path(tmp) / f"ptl{T}", T, Ts, args.seed,
                                   bits=args.bits, fanin=args.fanin,
-                                  tune={"epochs": args.epochs, "patience": args.patience})
+                                  tune={"epochs": args.epochs, "patience": args.patience,
+                                        "train": tr, "val": va})
             if metrics.get("train_seconds"):
                 r["tuning_over_ann_training"] = round(r["tuning"]["seconds"] / metrics["train_seconds"], 2)
             save(f"PTL@T{T}", r)
