@@ -86,6 +86,17 @@ def stratified_subset(src: Path, dst: Path, n: int | None, seed: int) -> Path:
     return dst
 
 
+def time_ann_training(example: str, onnx_path: Path, seed: int, epochs: int) -> float:
+    """Seconds the example's own training loop takes here (the digits example does not record
+    it): same data split, epochs and architecture as the trained model, one torch thread."""
+    mod = load_example(example)
+    arch = "stride" if "conv3.weight" in torch_model(example, onnx_path).state_dict() else "pool"
+    splits = mod.load_splits(seed)
+    t0 = time.perf_counter()
+    mod.train(splits, seed, epochs, arch)
+    return round(time.perf_counter() - t0, 1)
+
+
 def compile_and_score(data: Path, onnx_name: str, out: Path, T: int, eval_T: list[int], seed: int,
                       bits: int = 16, fanin: int | None = None, tune: dict | None = None) -> dict:
     """Compile (convert, or tune when ``tune`` is given) and score on the test split. ``tune``
@@ -100,14 +111,14 @@ def compile_and_score(data: Path, onnx_name: str, out: Path, T: int, eval_T: lis
     else:
         req.method = "none"
     t0 = time.perf_counter()
-    summary = compile_model(req)
+    compile_model(req)
     seconds = time.perf_counter() - t0
     ev = evaluate_artifact(str(out), str(data / "test.npz"), timesteps=eval_T)
     runs = {r["timesteps"]: r for r in ev.get("sweep", [ev])}
     return {"seconds": round(seconds, 1), "ann_accuracy": ev["ann_accuracy"],
             "accuracy": {T_: runs[T_]["snn_accuracy"] for T_ in eval_T},
             "max_weight_bits": ev["max_weight_bits"], "max_fanin": ev["max_fanin"],
-            "tuning": summary.get("tuning")}
+            "tuning": ev.get("tuning")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,8 +137,17 @@ def main(argv: list[str] | None = None) -> dict:
                    help="tune on this many training samples (stratified; default: all)")
     p.add_argument("--val-subset", type=int, default=None,
                    help="validate on this many validation samples (stratified; default: all)")
+    p.add_argument("--ann-seconds", type=float, default=None,
+                   help="ANN training time to compare with (default: train_seconds of ann_metrics.json)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--report", type=Path, default=None,
+                   help="only print the tables of a saved result (JSON written by this script)")
     args = p.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        saved["meta"]["ann_train_seconds"] = args.ann_seconds or saved["meta"]["ann_train_seconds"]
+        print(markdown(saved, [int(t) for t in args.timesteps.split(",")]))
+        return saved
     torch.set_num_threads(1)
     Ts = [int(t) for t in args.timesteps.split(",")]
     tune_at = [int(t) for t in args.tune_at.split(",") if t]
@@ -137,8 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {
         "meta": {"command": "python bench/ptl_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
                  "machine": machine_info(), "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "ann_train_seconds": metrics.get("train_seconds"), "ann_metrics": metrics},
+                 "ann_train_seconds": args.ann_seconds or metrics.get("train_seconds"), "ann_metrics": metrics},
         "rows": {}}
+
+    if not result["meta"]["ann_train_seconds"] and args.example == "digits":
+        result["meta"]["ann_train_seconds"] = time_ann_training(args.example, args.data / onnx_name,
+                                                                   metrics["seed"], metrics["epochs"])
 
     def save(row: str, value: dict) -> None:
         result["rows"][row] = value
@@ -168,31 +192,39 @@ def main(argv: list[str] | None = None) -> dict:
                                   bits=args.bits, fanin=args.fanin,
                                   tune={"epochs": args.epochs, "patience": args.patience,
                                         "train": tr, "val": va})
-            if metrics.get("train_seconds"):
-                r["tuning_over_ann_training"] = round(r["tuning"]["seconds"] / metrics["train_seconds"], 2)
+            ann_s = result["meta"]["ann_train_seconds"]
+            if ann_s:
+                r["tuning_over_ann_training"] = round(r["seconds"] / ann_s, 2)
             save(f"PTL@T{T}", r)
     print(markdown(result, Ts))
     return result
+
+
+def _by_T(acc: dict) -> dict[int, float]:
+    """Accuracy per T with int keys (JSON turns them into strings)."""
+    return {int(k): v for k, v in acc.items()}
 
 
 def markdown(result: dict, Ts: list[int]) -> str:
     """The accuracy table (rows x T) and the tuning-time line."""
     rows = result["rows"]
     lines = ["| method | " + " | ".join(f"T={T}" for T in Ts) + " |", "|---" * (len(Ts) + 1) + "|"]
-    conv = {T: rows[f"convert@T{T}"]["accuracy"][T] for T in Ts if f"convert@T{T}" in rows}
+    conv = {T: _by_T(rows[f"convert@T{T}"]["accuracy"])[T] for T in Ts if f"convert@T{T}" in rows}
     named = [("ANN", rows.get("ANN", {}).get("accuracy", {}))]
     named.append(("primitive conversion (16-bit, no limits)", conv))
     named += [(f"{k} (8-bit, fan-in 64)" if k.startswith("PTL") else k, v["accuracy"])
               for k, v in rows.items() if k.startswith("PTL")]
     named += [(k, v["accuracy"]) for k, v in rows.items() if k in ("spikingjelly", "sinabs")]
     for label, acc in named:
-        acc = {int(k): v for k, v in acc.items()}
+        acc = _by_T(acc)
         lines.append(f"| {label} | " + " | ".join(f"{acc[T]:.4f}" if T in acc else "-" for T in Ts) + " |")
     ann_s = result["meta"]["ann_train_seconds"]
     for k, v in rows.items():
-        if k.startswith("PTL") and v.get("tuning"):
-            lines.append(f"\n{k}: tuning {v['tuning']['seconds']:.0f} s over {v['tuning']['epochs']} epochs; "
-                         f"ANN training {ann_s} s; ratio {v.get('tuning_over_ann_training')}")
+        if k.startswith("PTL"):
+            epochs = (v.get("tuning") or {}).get("epochs")
+            ratio = f"{v['seconds'] / ann_s:.2f}x" if ann_s else "-"
+            lines.append(f"\n{k}: convert + tune {v['seconds']:.0f} s ({epochs} epochs); "
+                         f"ANN training {ann_s} s; ratio {ratio}")
     return "\n".join(lines)
 
 
