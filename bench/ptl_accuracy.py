@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="tune on this many training samples (stratified; default: all)")
     p.add_argument("--val-subset", type=int, default=None,
                    help="validate on this many validation samples (stratified; default: all)")
+    p.add_argument("--parts", default="convert,peers,ptl",
+                   help="what to run (comma list of convert, peers, ptl), e.g. to split a long run")
     p.add_argument("--ann-seconds", type=float, default=None,
                    help="ANN training time to compare with (default: train_seconds of ann_metrics.json)")
     p.add_argument("--out", type=Path, default=None)
@@ -171,12 +173,13 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(out_json, result)  # after every row: a cut-off run keeps what it measured
 
     with tempfile.TemporaryDirectory() as tmp:
-        for T in Ts:
+        parts = set(args.parts.split(","))
+        for T in (Ts if "convert" in parts else []):
             r = compile_and_score(args.data, onnx_name, Path(tmp) / f"convert{T}", T, [T], args.seed)
             if "ANN" not in result["rows"]:
                 save("ANN", {"accuracy": {T_: r["ann_accuracy"] for T_ in Ts}})
             save(f"convert@T{T}", r)
-        for name in [s for s in args.peers.split(",") if s]:
+        for name in [s for s in args.peers.split(",") if s and "peers" in parts]:
             import peers
             model = torch_model(args.example, args.data / onnx_name)
             test, calib = np.load(args.data / "test.npz"), np.load(args.data / "calib.npz")
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         tr = stratified_subset(args.data / "train.npz", Path(tmp) / "train_sub.npz", args.train_subset, 0)
         va = stratified_subset(args.data / "val.npz", Path(tmp) / "val_sub.npz", args.val_subset, 0)
         result["meta"]["tuning_data"] = {"train": int(len(np.load(tr)["y"])), "val": int(len(np.load(va)["y"]))}
-        for T in tune_at:
+        for T in (tune_at if "ptl" in parts else []):
             r = compile_and_score(args.data, onnx_name, Path(tmp) / f"ptl{T}", T, Ts, args.seed,
                                   bits=args.bits, fanin=args.fanin,
                                   tune={"epochs": args.epochs, "patience": args.patience,
