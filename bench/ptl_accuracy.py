@@ -106,7 +106,7 @@ def compile_and_score(data: Path, onnx_name: str, out: Path, T: int, eval_T: lis
                          options=ConversionOptions(timesteps=T, weight_bits=bits))
     if tune:
         req.train, req.val, req.method = str(tune["train"]), str(tune["val"]), "ptl"
-        req.epochs, req.patience = tune["epochs"], tune["patience"]
+        req.epochs, req.patience, req.device = tune["epochs"], tune["patience"], tune["device"]
         req.report = lambda line: print("   ", line, flush=True)
     else:
         req.method = "none"
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where PTL tunes")
     p.add_argument("--peers", default="spikingjelly,sinabs", help="comma list; empty: none")
     p.add_argument("--train-subset", type=int, default=None,
                    help="tune on this many training samples (stratified; default: all)")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = compile_and_score(args.data, onnx_name, Path(tmp) / f"ptl{T}", T, Ts, args.seed,
                                   bits=args.bits, fanin=args.fanin,
                                   tune={"epochs": args.epochs, "patience": args.patience,
-                                        "train": tr, "val": va})
+                                        "train": tr, "val": va, "device": args.device})
             ann_s = result["meta"]["ann_train_seconds"]
             if ann_s:
                 r["tuning_over_ann_training"] = round(r["seconds"] / ann_s, 2)
