@@ -34,9 +34,46 @@ demo: $(DIGITS)/data/digits_cnn.onnx
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: setup
+bench: setup bench-peers
 	$(PY) bench/run_all.py
 	$(PY) bench/bench_backends.py --repeats 3
 
 clean:
 	rm -rf $(VENV) $(DIGITS)/data $(DIGITS)/out bench/results
+
+# --- Fashion-MNIST example (examples/fashion_mnist) -----------------------------------------
+# The data are Debian's dataset-fashion-mnist package (IDX files). Installed here, on request,
+# where missing; never by the library at run time and never by `make test`.
+FMNIST_IDX  := /usr/share/datasets/fashion-mnist
+FMNIST      := examples/fashion_mnist
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: fashion-mnist-data fashion-mnist
+
+fashion-mnist-data:
+	@if [ -f $(FMNIST_IDX)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST found in $(FMNIST_IDX)"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "error: $(FMNIST_IDX) is missing and this system has no apt-get." >&2; \
+	  echo "fix: put the four Fashion-MNIST IDX .gz files in a folder and pass --data-dir to $(FMNIST)/train.py" >&2; exit 1; \
+	else echo "installing Debian's dataset-fashion-mnist (into $(FMNIST_IDX))"; \
+	  $(SUDO) apt-get install -y dataset-fashion-mnist || { \
+	  echo "error: 'apt-get install -y dataset-fashion-mnist' failed (see above)." >&2; \
+	  echo "fix: run it as root (after 'apt-get update'), or pass --data-dir to $(FMNIST)/train.py" >&2; exit 1; }; fi
+
+$(FMNIST)/data/fmnist_cnn.onnx: $(STAMP) $(FMNIST)/train.py
+	@$(MAKE) --no-print-directory fashion-mnist-data
+	$(PY) $(FMNIST)/train.py --out $(FMNIST)/data
+
+fashion-mnist: $(FMNIST)/data/fmnist_cnn.onnx
+	$(VENV)/bin/snncompile convert $(FMNIST)/data/fmnist_cnn.onnx --calib $(FMNIST)/data/calib.npz \
+	  --timesteps 8 --bits 8 --fanin 64 --train $(FMNIST)/data/train.npz --val $(FMNIST)/data/val.npz \
+	  -o $(FMNIST)/out --force
+	$(VENV)/bin/snncompile evaluate $(FMNIST)/out --data $(FMNIST)/data/test.npz --timesteps 4,8,16
+
+# --- peers for bench/ptl_accuracy.py -----------------------------------------------------------
+# spikingjelly 2.0.0 declares Python >= 3.11 and heavy optional dependencies; its ann2snn path
+# runs on our 3.10 with only loguru, tqdm and requests, so it goes in with --no-deps.
+.PHONY: bench-peers
+bench-peers: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python spikingjelly==2.0.0

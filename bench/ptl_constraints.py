@@ -10,6 +10,7 @@ epoch budget, and is scored by the reference simulator on the held-out test spli
 * ``ptl``            PTL as shipped: all fan-in masks first (ANN stage 0), then layer by
                      layer quantized and spiking (--prune-ahead 99)
 * ``convert-bits8``, ``ptl-bits8``  8-bit weights without a fan-in limit (not in the default run)
+* ``ptl-channels``   PTL with structured fan-in (--fanin-mode channels; not in the default run)
 
 Usage (writes bench/results/ptl_constraints.json and prints a markdown table)::
 
@@ -39,6 +40,7 @@ CONFIGS = {
     "ptl": dict(bits=8, fanin=64, method="ptl", prune_ahead=99),
     "convert-bits8": dict(bits=8, fanin=None, method=None),
     "ptl-bits8": dict(bits=8, fanin=None, method="ptl"),
+    "ptl-channels": dict(bits=8, fanin=64, method="ptl", prune_ahead=99, fanin_mode="channels"),
 }
 
 
@@ -47,7 +49,8 @@ def run_one(data: Path, name: str, seed: int, epochs: int, timesteps: int, work:
     out = work / f"{name}-{seed}"
     req = CompileRequest(model=str(data / "digits_cnn.onnx"), out=str(out), calib=str(data / "calib.npz"),
                          seed=seed, options=ConversionOptions(timesteps=timesteps, weight_bits=cfg["bits"]),
-                         fanin=cfg["fanin"], epochs=epochs, prune_ahead=cfg.get("prune_ahead", 99))
+                         fanin=cfg["fanin"], epochs=epochs, prune_ahead=cfg.get("prune_ahead", 99),
+                         fanin_mode=cfg.get("fanin_mode", "magnitude"))
     if cfg["method"]:
         req.train, req.val, req.method = str(data / "train.npz"), str(data / "val.npz"), cfg["method"]
     t0 = time.perf_counter()

@@ -105,6 +105,9 @@ def main(verbose: bool) -> None:
 @click.option("--prune-ahead", default=99, show_default=True, type=int,
               help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
                    "spikes; large: all masks first, in an ANN stage 0).")
+@click.option("--fanin-mode", type=click.Choice(["magnitude", "channels"]), default="magnitude",
+              show_default=True, help="Which weights --fanin keeps: the largest per neuron, or whole "
+                                      "input channels (full kernels) of largest L1 norm per output channel.")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
@@ -136,7 +139,7 @@ def main(verbose: bool) -> None:
 def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
             percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
-            prune_ahead: int, train_path: str | None, val_path: str | None, method: str,
+            prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
             balance_scale: float | None,
             epochs: int, patience: int, batch_size: int, device: str, resume: bool,
@@ -156,7 +159,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
     report = None if as_json else _epoch_reporter()
     req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                          percentile=percentile, output=output_name, seed=seed, force=force,
-                         options=opts, fanin=fanin, prune_ahead=prune_ahead, train=train_path,
+                         options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
                          val=val_path, method=method, epochs=epochs, patience=patience,
                          batch_size=batch_size, device=device, resume=resume,
                          progress=not as_json and sys.stderr.isatty(), report=report,

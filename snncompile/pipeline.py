@@ -49,6 +49,7 @@ class CompileRequest:
     # Constraints and tuning (progressive tandem learning); see snncompile/tandem.
     fanin: int | None = None
     prune_ahead: int = 99          # stages a layer's fan-in mask comes before it spikes
+    fanin_mode: str = "magnitude"  # which weights a neuron keeps (tandem.constraints.FANIN_MODES)
     train: str | None = None
     val: str | None = None
     method: str = "ptl"            # a name in snncompile.tandem.methods, or none (conversion only)
@@ -143,7 +144,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         from .tandem.model import TandemNet
 
         net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
-                        prune_lead=req.prune_ahead if training else 0)
+                        prune_lead=req.prune_ahead if training else 0, fanin_mode=req.fanin_mode)
         if training and backend is not None:  # fail before tuning, not after: the limits the
             early = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin)  # target sets
             early.set_stage(early.n_stages)
@@ -225,6 +226,9 @@ def _check_tuning(req: CompileRequest):
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
     if req.prune_ahead < 0:
         raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
+    from .tandem.constraints import FANIN_MODES
+    if req.fanin_mode not in FANIN_MODES:
+        raise UsageError(f"unknown --fanin-mode '{req.fanin_mode}'", f"use one of {', '.join(FANIN_MODES)}")
     method = canonical(req.method)
     given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
@@ -287,7 +291,7 @@ def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:
     """What must match for --resume to continue a run: inputs (by content) and options."""
     return {"model": _sha256(req.model), "calib": _sha256(req.calib), "train": _sha256(req.train),
             "val": _sha256(req.val), "options": asdict(req.options), "fanin": req.fanin,
-            "prune_ahead": req.prune_ahead,
+            "prune_ahead": req.prune_ahead, "fanin_mode": req.fanin_mode,
             "norm": req.norm, "percentile": req.percentile, "output": req.output,
             "tuning": asdict(topts)}
 

@@ -321,7 +321,7 @@ def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
     out = tmp_path / "snn"
     args = [sys.executable, "-m", "snncompile", "convert", str(d / "digits_cnn.onnx"), "--calib",
             str(d / "calib.npz"), "-T", "4", "--bits", "8", "--train", str(tmp_path / "train300.npz"),
-            "--val", str(d / "val.npz"), "--epochs", "40", "--patience", "3", "-o", str(out)]
+            "--val", str(d / "val.npz"), "--epochs", "40", "--patience", "10", "-o", str(out)]
     # A shell's background job inherits SIGINT as ignored, and Python then installs no
     # KeyboardInterrupt handler: restore the default so the test means the same everywhere.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

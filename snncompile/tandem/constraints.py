@@ -73,6 +73,30 @@ def topk_mask(weight: np.ndarray, k: int) -> np.ndarray:
     return mask.reshape(weight.shape)
 
 
+def channel_mask(weight: np.ndarray, k: int) -> np.ndarray:
+    """Structured fan-in: 1 for whole input channels of each output channel, those with the
+    largest L1 norm over their kernel (ties: lower index first), as many as fit in ``k``
+    weights (``k // (kh * kw)``, at least one). For a dense layer (no kernel) it is
+    :func:`topk_mask`. A neuron then listens to few input channels, each through its full
+    kernel: the pattern hardware that routes per input channel (shared axons) favours."""
+    w = np.abs(np.asarray(weight, np.float64))
+    if w.ndim <= 2:
+        return topk_mask(weight, k)
+    taps = int(np.prod(w.shape[2:]))
+    per_ch = w.reshape(w.shape[0], w.shape[1], taps).sum(axis=2)
+    n_ch = max(1, k // taps)
+    if n_ch >= w.shape[1]:
+        return np.ones(weight.shape, np.float32)
+    order = np.argsort(-per_ch, axis=1, kind="stable")[:, :n_ch]
+    keep = np.zeros(per_ch.shape, dtype=np.float32)
+    np.put_along_axis(keep, order, 1.0, axis=1)
+    return np.broadcast_to(keep.reshape(keep.shape + (1,) * (w.ndim - 2)), w.shape).astype(np.float32)
+
+
+# How --fanin picks the weights a neuron keeps (``--fanin-mode``).
+FANIN_MODES = {"magnitude": topk_mask, "channels": channel_mask}
+
+
 def violations(graph: Graph, bits: int | None = None, fanin: int | None = None) -> list[str]:
     """Every way a converted graph breaks the limits, one line each (empty when it meets them)."""
     out = []

@@ -30,7 +30,7 @@ from ..ann import _EVALUATORS, _pad4
 from ..convert import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
-from .constraints import fanin_budgets, topk_mask
+from .constraints import FANIN_MODES, fanin_budgets
 from .intsim import dtypes, needed, quantized_input, run_integer
 from .requant import with_params
 
@@ -39,7 +39,7 @@ class TandemNet(nn.Module):
     """A converted graph with trainable float weights and a staged tandem forward."""
 
     def __init__(self, graph: Graph, bits: int | None = None, fanin: int | None = None,
-                 prune_lead: int = 0):
+                 prune_lead: int = 0, fanin_mode: str = "magnitude"):
         super().__init__()
         if not graph.is_spiking or not graph.timesteps:
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
@@ -47,6 +47,7 @@ class TandemNet(nn.Module):
         self.T = int(graph.timesteps)
         self.bits = bits
         self.fanin = fanin
+        self.fanin_mode = fanin_mode  # a key of constraints.FANIN_MODES
         # A node's fan-in mask is imposed ``prune_lead`` stages before it is quantized and its
         # layer spikes (0: at the same stage), so it is pruned while still an ANN layer.
         self.prune_lead = int(prune_lead)
@@ -132,7 +133,7 @@ class TandemNet(nn.Module):
             w = (self.weight[k] * m).detach().cpu().numpy()
             full = int(np.prod(w.shape[1:]))
             n_keep = max(self.budgets[name], int(np.ceil(full * keep)))
-            m.copy_(torch.tensor(topk_mask(w, n_keep), device=m.device))
+            m.copy_(torch.tensor(FANIN_MODES[self.fanin_mode](w, n_keep), device=m.device))
             if n_keep == self.budgets[name]:
                 self.masked[self.weighted.index(name)] = True
         self._cache = None
