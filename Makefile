@@ -77,3 +77,6 @@ fashion-mnist: $(FMNIST)/data/fmnist_cnn.onnx
 bench-peers: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python spikingjelly==2.0.0
+# sinabs 3.1.3 pins nir<=1.0.4 and so downgrades what the nir backend needs; its from_model
+# path (all the benchmark uses) imports and runs with nir 1.0.8, so put the backend's pins back.
+	$(PY) -m pip install -q --disable-pip-version-check "nir>=1.0.8,<2" "nirtorch>=2.6,<3"
