@@ -241,8 +241,6 @@ def test_broken_plugins_are_named_and_do_not_hide_others(digits, tmp_path, monke
     assert "error: the backend's spikes or outputs differ" in r.stderr
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("lava"),
-                    reason="lava-nc is not importable (needs Python 3.10)")
 def test_headline_loihi_command_end_to_end(digits, tmp_path):
     """The mission's command: convert for Loihi under 8-bit weights and fan-in 64 with
     progressive tandem learning (a short budget), then run the artifact on Lava's fixed_pt
