@@ -21,11 +21,13 @@ to absorb any transform error of the convolution algorithm.
 The graph is evaluated node by node over the whole window (one convolution over T x N
 samples instead of T convolutions over N), which equals step-by-step evaluation because a
 feed-forward graph has no path back; tests/test_simulator_orders.py checks the two orders
-against each other bit for bit.
+against each other bit for bit. Convolutions run channels-last (oneDNN's own layout on the
+CPU); on large CPU runs IF layers run in the one-pass kernel of ``if_kernel.py``.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,8 +115,9 @@ def _bounds(graph: Graph, timesteps: int, per_step: bool) -> dict[str, float]:
 class _Plan:
     """Per-node tensors and dtypes prepared once per simulation."""
 
-    def __init__(self, graph: Graph, timesteps: int, device: torch.device):
+    def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False):
         self.graph = graph
+        self.fused_if = fused_if  # CPU: IF layers by the one-pass kernel (if_kernel.py)
         self.T = timesteps
         self.device = device
         bounds = value_bounds(graph, timesteps)
@@ -128,19 +131,27 @@ class _Plan:
         # Weights split into digits whose products stay exact in float32 (fast kernels), for
         # nodes whose worst-case sums need float64: w = sum_k parts[k] * factor[k].
         self.parts: dict[str, list[tuple[torch.Tensor, float]]] = {}
+        # ... and the whole weights in float32 with their largest magnitude, for the rows of a
+        # spike input that are exact in float32 (_exact_in_float32)
+        self.w32: dict[str, torch.Tensor] = {}
+        self.wmax: dict[str, float] = {}
         for n in graph.nodes:
             if isinstance(n, WeightedNode):
                 if n.weight_int is None:
                     raise ModelError(f"node '{n.name}' has no integer weights: the graph is not converted")
                 dt = self.dtype[n.name]
-                self.w[n.name] = torch.as_tensor(n.weight_int, dtype=dt, device=device)
+                fmt = torch.channels_last if isinstance(n, Conv2dNode) else torch.contiguous_format
+                self.w[n.name] = torch.as_tensor(n.weight_int, dtype=dt, device=device).contiguous(memory_format=fmt)
                 self.b[n.name] = (torch.as_tensor(n.bias_int, dtype=dt, device=device)
                                   if n.bias_int is not None else None)
                 if dt == torch.float64 and not isinstance(n, AffineNode):
                     parts = _float32_parts(n, bounds[n.inputs[0]])
                     if parts is not None:
-                        self.parts[n.name] = [(torch.as_tensor(p, dtype=torch.float32, device=device), f)
-                                              for p, f in parts]
+                        self.w32[n.name] = torch.as_tensor(n.weight_int, dtype=torch.float32,
+                                                           device=device).contiguous(memory_format=fmt)
+                        self.wmax[n.name] = float(np.abs(n.weight_int).max(initial=0))
+                        self.parts[n.name] = [(torch.as_tensor(p, dtype=torch.float32, device=device)
+                                               .contiguous(memory_format=fmt), f) for p, f in parts]
         # Membranes: |v| never exceeds |v_init| plus the summed |input| (a reset only moves v
         # towards zero), so where that stays within the membrane width no step can saturate.
         self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
@@ -182,6 +193,10 @@ class _Val:
     # Holds spike events or sums of them (small non-negative integers, float32): silent steps
     # are found by the maximum alone, and sums over the window are exact in float32.
     events: bool = False
+    # (T,) bool where known: False marks a step known to be all zero (a linear map keeps it so)
+    active: torch.Tensor | None = None
+    # the sum over the window where already known, (N, *shape)
+    window_sum: torch.Tensor | None = None
 
     def full(self, T: int) -> torch.Tensor:
         if self.kind == "full":
@@ -194,6 +209,8 @@ class _Val:
 
     def total(self, T: int, dtype: torch.dtype) -> torch.Tensor:
         """The sum over the window."""
+        if self.window_sum is not None:
+            return self.window_sum.to(dtype)
         if self.kind == "full":
             if self.events:
                 return self.data.sum(dim=0).to(dtype)
@@ -202,13 +219,22 @@ class _Val:
 
     def map(self, fn, events: bool = False) -> "_Val":
         """A linear map without bias, applied at every step (zero steps stay zero); ``events``:
-        the map keeps event sums event sums (pools, reshapes, padding)."""
-        events = events and self.events
+        the map keeps event sums event sums (pools, reshapes, padding), and it maps a known
+        window sum too (a linear map of the sum is the sum of the maps, at 1/T the cost)."""
+        y = self._map(fn, events and self.events)
+        if events and self.window_sum is not None:
+            y.window_sum = fn(self.window_sum)
+        return y
+
+    def _map(self, fn, events: bool) -> "_Val":
         if self.kind != "full":
             return _Val(fn(self.data), self.kind, events)
         x = self.data
         k, n = x.shape[:2]
-        if x.numel() < SKIP_CHECK_ELEMENTS:  # finding the silent steps would cost more
+        if self.active is not None:
+            active = self.active
+            n_active = int(active.sum())
+        elif x.numel() < SKIP_CHECK_ELEMENTS:  # finding the silent steps would cost more
             n_active = k
         else:
             flat = x.reshape(k, -1)
@@ -220,14 +246,14 @@ class _Val:
             n_active = int(active.sum())
         if n_active == k:
             y = fn(x.reshape((k * n,) + tuple(x.shape[2:])))
-            return _Val(y.reshape((k, n) + tuple(y.shape[1:])), events=events)
+            return _Val(y.reshape((k, n) + tuple(y.shape[1:])), events=events, active=self.active)
         xa = x[active] if n_active else x[:1]
         ya = fn(xa.reshape((xa.shape[0] * n,) + tuple(x.shape[2:])))
         ya = ya.reshape((xa.shape[0], n) + tuple(ya.shape[1:]))
         y = torch.zeros((k,) + tuple(ya.shape[1:]), dtype=ya.dtype, device=ya.device)
         if n_active:
             y[active] = ya
-        return _Val(y, events=events)
+        return _Val(y, events=events, active=active)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -252,14 +278,45 @@ def _float32_parts(n: WeightedNode, in_bound: float) -> list[tuple[np.ndarray, f
     return None
 
 
+def _exact_in_float32(n: WeightedNode, a: torch.Tensor, wmax: float) -> torch.Tensor:
+    """Rows of an event input ``a`` (M, ...) whose weighted sums are exact in float32 whatever
+    the order of summation: max|w| times the most events any one output sees stays below
+    2^24. Worst-case bounds over all inputs put nodes in float64; actual spike inputs are
+    sparse, so most rows pass and take one float32 product instead of several digit ones."""
+    if isinstance(n, DenseNode):
+        seen = a.sum(dim=1)
+    else:
+        pt, pl, pb, pr = n.padding
+        per_position = F.pad(a.sum(dim=1, keepdim=True), (pl, pr, pt, pb))
+        box = torch.ones((1, 1) + tuple(n.weight_int.shape[2:]), dtype=a.dtype, device=a.device)
+        seen = F.conv2d(per_position, box, None, n.stride, 0, n.dilation).amax(dim=(1, 2, 3))
+    return seen * wmax < EXACT_F32
+
+
 def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     dt = plan.dtype[n.name]
     T = plan.T
     w, b = plan.w[n.name], plan.b[n.name]
     parts = plan.parts.get(n.name)
+
+    def exact(a: torch.Tensor, single, by_parts) -> torch.Tensor:
+        """``by_parts`` (float32 products of weight digits, summed in float64) where a
+        worst-case bound needs it; ``single`` (one float32 product) on the rows of an event
+        input that are exact in float32 anyway."""
+        if not x.events:
+            return by_parts(a)
+        ok = _exact_in_float32(n, a, plan.wmax[n.name])
+        if not bool(ok.all()):
+            y = single(a).to(dt)
+            y[~ok] = by_parts(a[~ok])
+            return y
+        return single(a).to(dt)
+
     if isinstance(n, DenseNode):
         if parts:
-            y = x.map(lambda a: sum(torch.round(_as(a, torch.float32) @ p.T).to(dt) * f for p, f in parts))
+            w32 = plan.w32[n.name]
+            y = x.map(lambda a: exact(_as(a, torch.float32), lambda r: r @ w32.T,
+                                      lambda r: sum(torch.round(r @ p.T).to(dt) * f for p, f in parts)))
         else:
             y = x.map(lambda a: _as(a, dt) @ w.T)
     elif isinstance(n, Conv2dNode):
@@ -268,15 +325,24 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
         # symmetric padding is the convolution's own (no padded copy of the input)
         inner = (pt, pl) if (pt, pl) == (pb, pr) else (0, 0)
 
-        def conv(a: torch.Tensor) -> torch.Tensor:
-            a = _as(a, torch.float32 if parts else dt)
+        def conv(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             if inner == (0, 0) and (pt or pl or pb or pr):
                 a = F.pad(a, (pl, pr, pt, pb))
+            y = F.conv2d(a, weight, None, n.stride, inner, n.dilation, n.groups).round_()
+            # oneDNN answers a single-channel input in NCHW; the IF layer and pools after
+            # this node run on the current's layout, so make it channels-last here, once
+            return y.contiguous(memory_format=torch.channels_last)
+
+        def by_parts(a: torch.Tensor) -> torch.Tensor:
+            return sum(conv(a, p).to(dt) * f for p, f in parts)
+
+        def layer(a: torch.Tensor) -> torch.Tensor:
+            # channels-last: the layout oneDNN's CPU convolutions take without reordering
+            a = _as(a, torch.float32 if parts else dt).contiguous(memory_format=torch.channels_last)
             if parts:
-                return sum(F.conv2d(a, p, None, n.stride, inner, n.dilation, n.groups).round_().to(dt) * f
-                           for p, f in parts)
-            return F.conv2d(a, w, None, n.stride, inner, n.dilation, n.groups).round_()
-        y = x.map(conv)
+                return exact(a, lambda r: conv(r, plan.w32[n.name]), by_parts)
+            return conv(a, w)
+        y = x.map(layer)
     else:  # AffineNode: per-channel multiplier
         y = x.map(lambda a: _as(a, dt) * w.reshape((1, -1) + (1,) * (a.dim() - 2)))
     if b is None:
@@ -295,6 +361,52 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
 
 def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
     """The IF layer over the window: (T, N, *shape) spikes as float32 0/1."""
+    if plan.device.type == "cpu" and plan.fused_if:
+        return _integrate_and_fire_fused(n, current, plan, sat)
+    return _integrate_and_fire_steps(n, current, plan, sat)
+
+
+def _dense_order(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``x`` and the order of its dimensions in memory, axis 0 first: the permutation that
+    makes it contiguous (channels-last tensors), or ``x`` made contiguous."""
+    order = [0] + sorted(range(1, x.dim()), key=lambda d: (-x.stride(d), d))
+    if x.permute(order).is_contiguous():
+        return x, order
+    return x.contiguous(), list(range(x.dim()))
+
+
+def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
+    """The IF layer by the one-pass CPU kernel, on the current's own memory layout."""
+    from .if_kernel import EVERY_STEP, FIRST_STEP, FULL, integrate_and_fire
+
+    T = plan.T
+    dt, may_saturate = plan.membrane[n.name]
+    x = current.data if current.kind == "full" else current.data.unsqueeze(0)
+    step_shape = tuple(x.shape[1:])
+    x, order = _dense_order(_as(x, dt))
+    step_order = [d - 1 for d in order[1:]]
+    inverse = [order.index(d) for d in range(len(order))]
+
+    def flat(t: torch.Tensor | None) -> np.ndarray:
+        full = (torch.zeros((), dtype=dt) if t is None else t).expand(step_shape)
+        return full.permute(step_order).contiguous().reshape(-1).numpy()
+
+    mode = {"full": FULL, "const": EVERY_STEP, "first": FIRST_STEP}[current.kind]
+    res = integrate_and_fire(x.permute(order).reshape(x.shape[0], -1).numpy(), mode, T,
+                             flat(plan.th[n.name]), flat(plan.v0[n.name]),
+                             n.reset == "subtract",
+                             float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
+                             round_input=False)
+    sat[n.name] += res.saturations
+    physical = tuple(step_shape[d] for d in step_order)
+    spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
+    counts = torch.from_numpy(res.counts).reshape(physical).permute(
+        [step_order.index(d) for d in range(len(physical))])
+    return _Val(spikes, events=True, active=torch.from_numpy(res.active), window_sum=counts)
+
+
+def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
+    """The IF layer step by step with torch operations (any device)."""
     T = plan.T
     dt, may_saturate = plan.membrane[n.name]
     cur = _as(current.data, dt)
@@ -340,19 +452,11 @@ def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-    """Integer sum over each window of (M, C, H, W): for small windows a sum of strided
-    slices, which is several times faster than avg_pool2d on the CPU."""
-    (kh, kw), (sh, sw) = n.kernel, n.stride
-    if kh * kw > 16:
-        return F.avg_pool2d(_pool_pad(n, _as(x, dt)), n.kernel, n.stride, divisor_override=1)
-    x = _pool_pad(n, _as(x, dt))
-    oh, ow = n.shape[1:]
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            out = part.clone() if out is None else out.add_(part)
-    return _as(out, dt)
+    """Integer sum over each window of (M, C, H, W), exact for the integer values it sums (the
+    divisor is 1); channels-last, where the CPU pooling kernel is vectorised over channels
+    (2 to 4 times faster than summing strided slices, measured on the simulator's shapes)."""
+    x = _pool_pad(n, _as(x, dt)).contiguous(memory_format=torch.channels_last)
+    return F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
 
 
 def _merge(ins: list[_Val], T: int) -> tuple[list[torch.Tensor], str]:
@@ -443,6 +547,23 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
 # CIFAR-sized CNN of bench/bench_simulator.py: 2^22 runs 2.4x faster than 2^26).
 CHUNK_ELEMENTS = 2 ** 22
 
+# On the CPU, IF layers run in the one-pass kernel of if_kernel.py where that pays: its
+# one-time start in a process (importing numba and loading the cached compiled kernel, about
+# 1 s) outweighs the torch formulation's extra passes below about 2^27 neuron-steps, and
+# once it is loaded it serves every run. True or False forces the choice (tests check each
+# formulation against the step-by-step simulator); both give the same bits.
+FUSED_IF: bool | str = "auto"
+FUSED_IF_MIN_NEURON_STEPS = 2 ** 27
+
+
+def _fused_if(graph: Graph, timesteps: int, samples: int, device: torch.device) -> bool:
+    if device.type != "cpu" or FUSED_IF is False:
+        return False
+    if FUSED_IF is True or "snncompile.if_kernel" in sys.modules:
+        return True
+    neurons = sum(int(np.prod(n.shape)) for n in graph.nodes if isinstance(n, IFNode))
+    return neurons * timesteps * samples >= FUSED_IF_MIN_NEURON_STEPS
+
 
 def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_size: int = 256,
              record_spikes: bool = False, progress: bool = False,
@@ -461,7 +582,7 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
         raise DataError(f"input shape {tuple(x.shape[1:])} per sample does not match the model's "
                         f"{tuple(graph.input.shape)}")
     dev = torch.device(device)
-    plan = _Plan(graph, T, dev)
+    plan = _Plan(graph, T, dev, fused_if=_fused_if(graph, T, x.shape[0], dev))
     xq_all = quantize_input(graph, x)
     n_total = x.shape[0]
     chunk = max(1, min(int(batch_size), CHUNK_ELEMENTS // (T * plan.largest)))

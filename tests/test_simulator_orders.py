@@ -101,6 +101,14 @@ def silent_step_path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["fused IF", "torch IF"], autouse=True)
+def if_path(request, monkeypatch):
+    """Run every test with the one-pass CPU IF kernel and with the torch formulation that
+    other devices use."""
+    monkeypatch.setattr(sim, "FUSED_IF", request.param == "fused IF")
+    return request.param
+
+
 def _assert_same(g: Graph, x: np.ndarray, T: int) -> None:
     new = simulate(g, x, timesteps=T, record_spikes=True, batch_size=3)
     old = step_simulator.simulate(g, x, timesteps=T, record_spikes=True, batch_size=5)
@@ -201,3 +209,55 @@ def test_wide_weights_split_into_float32_digits():
     x = rng.integers(-100, 100, (5, 2, 9, 9)).astype(np.float32)
     _assert_same(g, x, 12)
     assert simulate(g, x, timesteps=12).spike_counts["h2"].sum() > 0
+
+
+def test_spike_rows_exact_in_float32_take_one_product():
+    """Wide weights behind spikes: the rows (sample-steps) whose spikes are few enough for
+    float32 to be exact take one float32 convolution/product, the others the weight digits;
+    a mix of both must still agree with the step-by-step simulator bit for bit."""
+    import torch
+
+    rng = np.random.default_rng(21)
+    nodes = [
+        InputNode(name="x", shape=(3, 6, 6), mode="every_step", out_scale=ONE),
+        _conv(rng, "c1", "x", 3, 6),
+        _if(rng, "h1", "c1", (6, 6, 6)),
+        _conv(rng, "c2", "h1", 6, 5, lo=-2 ** 20, hi=2 ** 20),
+        IFNode(name="h2", inputs=["c2"], threshold=np.full((5, 1, 1), 2 ** 19), reset="subtract",
+               v_init=np.full((5, 1, 1), 2 ** 18), out_scale=ONE),
+        FlattenNode(name="f", inputs=["h2"], out_scale=ONE),
+    ]
+    wd = rng.integers(-2 ** 19, 2 ** 19, (4, 5 * 6 * 6))
+    nodes += [DenseNode(name="o", inputs=["f"], weight=wd.astype(np.float32), weight_int=wd,
+                        bias_int=rng.integers(-3, 4, 4), out_scale=ONE)]
+    g = Graph(nodes, ["o"], timesteps=10)
+    g.validate()
+    plan = sim._Plan(g, 10, torch.device("cpu"))
+    assert {"c2", "o"} <= set(plan.parts)
+    # samples from silent to busy, so some steps stay under the float32 bound and some do not
+    x = (rng.integers(0, 9, (8, 3, 6, 6)) * np.linspace(0, 1, 8)[:, None, None, None]).astype(np.float32)
+    spikes = step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h1"]
+    rows = torch.as_tensor(spikes.reshape((-1,) + spikes.shape[2:]), dtype=torch.float32)
+    ok = sim._exact_in_float32(g["c2"], rows, plan.wmax["c2"])
+    assert bool(ok.any()) and not bool(ok.all())
+    _assert_same(g, x, 10)
+
+
+def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
+    """"auto": the one-pass kernel only where its start-up pays (large runs, or once loaded);
+    never off the CPU."""
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(sim, "FUSED_IF", "auto")
+    monkeypatch.delitem(sys.modules, "snncompile.if_kernel", raising=False)
+    g = strided_graph(np.random.default_rng(0), "once", "subtract")
+    neurons = 4 * 5 * 4 + 7
+    cpu = torch.device("cpu")
+    big = sim.FUSED_IF_MIN_NEURON_STEPS // (neurons * 8) + 1
+    assert not sim._fused_if(g, 8, 10, cpu)
+    assert sim._fused_if(g, 8, big, cpu)
+    assert not sim._fused_if(g, 8, big, torch.device("meta"))
+    import snncompile.if_kernel  # noqa: F401  (loaded: serves small runs too)
+    assert sim._fused_if(g, 8, 10, cpu)

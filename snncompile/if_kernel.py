@@ -1,0 +1,132 @@
+"""Integrate-and-fire over a whole window in one pass over memory (CPU, numba).
+
+The reference simulator evaluates a layer over all T steps at once. Written as torch
+operations, an IF step is three passes over every neuron (add the input, compare, reset),
+each reading and writing whole tensors; here each block of neurons keeps its membranes in
+the cache for all T steps, so the input is read once and the spikes are written once. The
+results equal the torch formulation in ``snncompile.simulator`` bit for bit (same integer
+arithmetic in the same dtype; tests/test_simulator_orders.py checks both against the
+step-by-step simulator).
+
+Inputs are flat per step: ``cur`` is (T, M) for a current that changes every step, or (1, M)
+for the analog input that arrives every step (``EVERY_STEP``) or at t = 0 only
+(``FIRST_STEP``); ``th`` and ``v0`` are (M,) in the same element order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+FULL, EVERY_STEP, FIRST_STEP = 0, 1, 2
+
+# Neurons per block: membranes, thresholds and counts of a block stay in the L1/L2 cache
+# while the block runs through the window.
+BLOCK = 2048
+
+
+@dataclass
+class IFResult:
+    spikes: np.ndarray      # (T, M) float32 0/1
+    counts: np.ndarray      # (M,) float32 spikes per neuron over the window
+    active: np.ndarray      # (T,) bool: some neuron spiked at step t
+    saturations: int        # membrane values clamped to the membrane width
+
+
+def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarray, v0: np.ndarray,
+                       subtract: bool, limit: float | None, round_input: bool) -> IFResult:
+    """Run non-leaky IF neurons over ``timesteps`` steps.
+
+    ``limit``: the membrane saturates at +-limit (clamped and counted) when given; None
+    where a bound shows it cannot be reached. ``round_input``: round the current to the
+    nearest integer first (a convolution's result, exact up to its algorithm's error)."""
+    m = th.shape[0]
+    dt = th.dtype
+    cur = np.ascontiguousarray(cur, dtype=dt)
+    spikes = np.empty((timesteps, m), np.float32)
+    counts = np.empty(m, np.float32)
+    blocks = max(1, -(-m // BLOCK))
+    active = np.zeros((blocks, timesteps), np.bool_)
+    sat = np.zeros(blocks, np.int64)
+    if subtract and limit is None:
+        _if_subtract(cur, mode, th, v0, spikes, counts, active, round_input)
+    else:
+        _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract,
+                    float(limit) if limit is not None else np.inf, round_input)
+    return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "nsz", "contract"})
+def _if_subtract(cur, mode, th, v0, spikes, counts, active, round_input):  # pragma: no cover - compiled
+    steps, m = spikes.shape
+    for b in prange(active.shape[0]):
+        lo = b * BLOCK
+        hi = min(m, lo + BLOCK)
+        n = hi - lo
+        v = v0[lo:hi].copy()
+        thb = th[lo:hi]
+        cnt = np.zeros(n, np.float32)
+        for t in range(steps):
+            sp = spikes[t, lo:hi]
+            if mode == FULL or mode == EVERY_STEP or t == 0:
+                c = cur[t if mode == FULL else 0, lo:hi]
+                if round_input:
+                    for i in range(n):
+                        v[i] += np.rint(c[i])
+                else:
+                    for i in range(n):
+                        v[i] += c[i]
+            for i in range(n):
+                s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
+                v[i] -= s * thb[i]
+                cnt[i] += s
+                sp[i] = s
+        for t in range(steps):
+            sp = spikes[t, lo:hi]
+            total = np.float32(0.0)
+            for i in range(n):
+                total += sp[i]
+            active[b, t] = total > 0
+        counts[lo:hi] = cnt
+
+
+@njit(parallel=True, cache=True)
+def _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract, limit,
+                round_input):  # pragma: no cover - compiled
+    steps, m = spikes.shape
+    for b in prange(active.shape[0]):
+        lo = b * BLOCK
+        hi = min(m, lo + BLOCK)
+        n = hi - lo
+        v = v0[lo:hi].copy()
+        thb = th[lo:hi]
+        cnt = np.zeros(n, np.float32)
+        clamped = 0
+        for t in range(steps):
+            sp = spikes[t, lo:hi]
+            fired = False
+            if mode == FULL or mode == EVERY_STEP or t == 0:
+                c = cur[t if mode == FULL else 0, lo:hi]
+                for i in range(n):
+                    v[i] += np.rint(c[i]) if round_input else c[i]
+            for i in range(n):
+                x = v[i]
+                if x > limit:
+                    x = limit
+                    clamped += 1
+                elif x < -limit:
+                    x = -limit
+                    clamped += 1
+                if x >= thb[i]:
+                    x = x - thb[i] if subtract else x * 0.0
+                    cnt[i] += 1.0
+                    sp[i] = 1.0
+                    fired = True
+                else:
+                    sp[i] = 0.0
+                v[i] = x
+            active[b, t] = fired
+        sat[b] = clamped
+        counts[lo:hi] = cnt
