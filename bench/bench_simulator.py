@@ -17,6 +17,10 @@ load only ever adds time). Reported: the
 simulator's seconds per sample per time step, onnxruntime's seconds per sample per forward,
 and their ratio (the target: a simulated step costs no more than one ANN forward, ratio <= 1).
 
+The IF kernel of ``snncompile/if_kernel.py`` is loaded before timing, so the simulator runs
+as it does in a process that has simulated before (steady state: a process's first use costs
+about 1 s more to import numba and load the compiled kernel; see ``simulator.FUSED_IF``).
+
 Threads: torch keeps its default (``torch.get_num_threads()``); the onnxruntime session is
 given the same number of intra-op threads (and one inter-op thread, sequential execution).
 
@@ -138,6 +142,7 @@ def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | N
     """Time simulator and onnxruntime on one compiled network at every batch size."""
     import torch
 
+    import snncompile.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
     from snncompile.artifact import read_artifact
     from snncompile.simulator import simulate
 
