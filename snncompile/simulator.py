@@ -306,11 +306,17 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
         if not x.events:
             return by_parts(a)
         ok = _exact_in_float32(n, a, plan.wmax[n.name])
-        if not bool(ok.all()):
-            y = single(a).to(dt)
-            y[~ok] = by_parts(a[~ok])
-            return y
-        return single(a).to(dt)
+        n_ok = int(ok.sum())
+        if n_ok == ok.numel():
+            return single(a).to(dt)
+        if n_ok == 0:
+            return by_parts(a)
+        first = single(a[ok]).to(dt)
+        y = torch.empty((a.shape[0],) + tuple(first.shape[1:]), dtype=dt, device=a.device,
+                        memory_format=torch.channels_last if first.dim() == 4 else torch.contiguous_format)
+        y[ok] = first
+        y[~ok] = by_parts(a[~ok])
+        return y
 
     if isinstance(n, DenseNode):
         if parts:
