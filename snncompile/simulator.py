@@ -115,7 +115,8 @@ def _bounds(graph: Graph, timesteps: int, per_step: bool) -> dict[str, float]:
 class _Plan:
     """Per-node tensors and dtypes prepared once per simulation."""
 
-    def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False):
+    def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False,
+                 synops: bool = True):
         self.graph = graph
         self.fused_if = fused_if  # CPU: IF layers by the one-pass kernel (if_kernel.py)
         self.T = timesteps
@@ -169,7 +170,7 @@ class _Plan:
                 self.th[n.name] = torch.as_tensor(n.threshold, dtype=dt, device=device)
                 self.v0[n.name] = (torch.as_tensor(n.v_init, dtype=dt, device=device)
                                    if n.v_init is not None else None)
-        self.synop_nodes = sorted(spike_driven(graph))
+        self.synop_nodes = sorted(spike_driven(graph)) if synops else []
         self.fanout = {k: torch.as_tensor(fanout(graph, graph[k]), dtype=torch.float64, device=device).reshape(-1)
                        for k in self.synop_nodes}
         self.largest = max(int(np.prod(n.shape)) for n in graph.nodes)
@@ -505,22 +506,25 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Va
                      "convert the graph first ('snncompile convert')")
 
 
-def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dict:
-    """Simulate one chunk of samples over the whole window."""
+def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
+               nodes: set[str] | None = None) -> dict:
+    """Simulate one chunk of samples over the whole window (``nodes``: only these, which
+    must include their inputs; default all). Counts and accumulators stay torch tensors."""
     T, nb = plan.T, xq.shape[0]
-    left = {n.name: 0 for n in graph.nodes}
-    for n in graph.nodes:
+    order = [n for n in graph.nodes if nodes is None or n.name in nodes]
+    left = {n.name: 0 for n in order}
+    for n in order:
         for i in n.inputs:
             left[i] += 1
     keep = set(graph.outputs)
     val: dict[str, _Val] = {}
     totals: dict[str, torch.Tensor] = {}  # sums over the window, (N, elements) float64
-    counts: dict[str, np.ndarray] = {}
+    counts: dict[str, torch.Tensor] = {}
     spikes: dict[str, np.ndarray] = {}
-    sat = {n.name: 0 for n in graph.nodes if isinstance(n, IFNode)}
+    sat = {n.name: 0 for n in order if isinstance(n, IFNode)}
     syn = torch.zeros(nb, dtype=torch.float64, device=xq.device)
     syn_node: dict[str, np.ndarray] = {}
-    for n in graph.nodes:
+    for n in order:
         if isinstance(n, InputNode):
             out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
         else:
@@ -539,13 +543,36 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool) -> dic
                     del val[i]
         if isinstance(n, (IFNode, MaxPool2dNode)):
             tot = totals[n.name] = out.total(T, torch.float64).reshape(nb, -1)
-            counts[n.name] = tot.to(torch.int32).reshape((nb,) + tuple(n.shape)).cpu().numpy()
+            counts[n.name] = tot.reshape((nb,) + tuple(n.shape))
             if record:
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
         val[n.name] = out
-    acc = {o: val[o].total(T, torch.float64).cpu().numpy() for o in graph.outputs}
+    acc = {o: val[o].total(T, torch.float64) for o in graph.outputs if o in val}
     return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat,
             "synops_by_node": syn_node}
+
+
+@dataclass
+class WindowResult:
+    """Integer results of one batch over the window, as float64 tensors on its device."""
+
+    counts: dict[str, torch.Tensor]    # (N, *shape) spike counts of IF layers and max pools
+    acc: dict[str, torch.Tensor]       # (N, *shape) output accumulators (sum over T)
+    saturations: dict[str, int]
+
+
+def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
+               nodes: set[str] | None = None) -> WindowResult:
+    """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
+    from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
+    the integer forward of tuning loops, which run it on every batch and keep the tensors.
+    ``nodes`` limits the work to these nodes (which must include their inputs)."""
+    T = int(timesteps)
+    plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
+                 synops=False)
+    with torch.no_grad():
+        r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes)
+    return WindowResult(r["counts"], r["acc"], r["sat"])
 
 
 # Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models, and
@@ -603,12 +630,13 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
                 bar.update(xb.shape[0])
     if bar is not None:
         bar.close()
-    acc = {k: np.concatenate([p["acc"][k] for p in parts]) for k in graph.outputs}
+    acc = {k: np.concatenate([p["acc"][k].cpu().numpy() for p in parts]) for k in graph.outputs}
     outputs = {}
     for k, a in acc.items():
         scale = graph[k].out_scale
         outputs[k] = (a * (scale if scale is not None else 1.0) / T).astype(np.float32)
-    counts = {k: np.concatenate([p["counts"][k] for p in parts]) for k in spike_nodes}
+    counts = {k: np.concatenate([p["counts"][k].to(torch.int32).cpu().numpy() for p in parts])
+              for k in spike_nodes}
     spikes = ({k: np.concatenate([p["spikes"][k] for p in parts], axis=1) for k in spike_nodes}
               if record_spikes else None)
     sat = {k: sum(p["sat"][k] for p in parts) for k in parts[0]["sat"]} if parts else {}

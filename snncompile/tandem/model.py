@@ -31,7 +31,8 @@ from ..convert import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .constraints import FANIN_MODES, fanin_budgets
-from .intsim import dtypes, needed, quantized_input, run_integer
+from ..simulator import run_window
+from .intsim import dtypes, needed, quantized_input
 from .requant import with_params
 
 
@@ -45,6 +46,9 @@ class TandemNet(nn.Module):
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
         self.base = graph
         self.T = int(graph.timesteps)
+        # Training runs the integer forward on every batch: load the simulator's one-pass IF
+        # kernel now, so every batch on the CPU uses it (see simulator.FUSED_IF)
+        import snncompile.if_kernel  # noqa: F401
         self.bits = bits
         self.fanin = fanin
         self.fanin_mode = fanin_mode  # a key of constraints.FANIN_MODES
@@ -232,10 +236,10 @@ class TandemNet(nn.Module):
         return lam
 
     def _values(self, x: torch.Tensor):
-        g, fq, types = self._current()
+        g, fq, _ = self._current()
         xq = quantized_input(g, x)
         ints_needed = self.integer_nodes()
-        ints = run_integer(g, xq, self.T, ints_needed, types) if len(ints_needed) > 1 else None
+        ints = run_window(g, xq, self.T, ints_needed) if len(ints_needed) > 1 else None
         vals: dict[str, torch.Tensor] = {}
         dev = x.device
         for n in g.nodes:
