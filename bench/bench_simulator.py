@@ -21,8 +21,10 @@ The IF kernel of ``snncompile/if_kernel.py`` is loaded before timing, so the sim
 as it does in a process that has simulated before (steady state: a process's first use costs
 about 1 s more to import numba and load the compiled kernel; see ``simulator.FUSED_IF``).
 
-Threads: torch keeps its default (``torch.get_num_threads()``); the onnxruntime session is
-given the same number of intra-op threads (and one inter-op thread, sequential execution).
+Threads: torch keeps its default (``torch.get_num_threads()``) unless ``--threads`` sets it;
+the onnxruntime session is given the same number of intra-op threads (and one inter-op
+thread, sequential execution). ``--clock cpu`` times CPU seconds of this process instead of
+wall seconds (with ``--threads 1``: a measure that a shared machine disturbs far less).
 
 Usage::
 
@@ -33,7 +35,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+import time
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -51,6 +55,7 @@ CIFAR_CALIB = 256
 CIFAR_EVAL = 256
 STREAM_SAMPLES = 64  # samples timed at small batch sizes, batch by batch
 CIFAR_BATCH = 64
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def build_cifar_cnn(seed: int) -> Any:
@@ -138,11 +143,12 @@ def graph_facts(graph: Any, timesteps: int) -> dict[str, Any]:
 
 def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | None,
                   batch_sizes: list[int], timesteps: int, repeats: int,
-                  profile_dir: Path | None, stream: int = 64) -> dict[str, Any]:
+                  profile_dir: Path | None, stream: int = 64, clock: str = "wall") -> dict[str, Any]:
     """Time simulator and onnxruntime on one compiled network at every batch size."""
     import torch
 
-    import snncompile.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
+    if importlib.util.find_spec("snncompile.if_kernel"):  # absent in older versions (A/B runs)
+        import snncompile.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
     from snncompile.artifact import read_artifact
     from snncompile.simulator import simulate
 
@@ -166,8 +172,8 @@ def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | N
             return np.concatenate([sess.run([out_name], {in_name: x[i:i + bs]})[0]
                                    for i in range(0, n, bs)])
 
-        sim_times = time_repeats(run_sim, repeats, warmup=1)
-        ort_times = time_repeats(run_ort, max(10, 3 * repeats), warmup=2)
+        sim_times = time_repeats(run_sim, repeats, warmup=1, clock=CLOCKS[clock])
+        ort_times = time_repeats(run_ort, max(10, 3 * repeats), warmup=2, clock=CLOCKS[clock])
         ann = run_ort().reshape(n, -1)
         snn = result["res"].output.reshape(n, -1)
         sim_step = min(sim_times) / (n * timesteps)
@@ -189,7 +195,7 @@ def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | N
     if profile_dir is not None:
         profile_simulate(g, np.ascontiguousarray(x_all[:max(batch_sizes)], dtype=np.float32),
                          timesteps, profile_dir / f"simulate_{name.replace(' ', '_')}.txt")
-    return {"network": name, "threads": {"torch": threads, "onnxruntime_intra_op": threads,
+    return {"network": name, "clock": clock, "threads": {"torch": threads, "onnxruntime_intra_op": threads,
                                          "onnxruntime_inter_op": 1},
             **graph_facts(g, timesteps), "results": rows}
 
@@ -236,7 +242,7 @@ def summary_table(networks: list[dict[str, Any]]) -> str:
 
 
 def run(batch_sizes: list[int], timesteps: int, repeats: int, out_dir: Path, profile: bool,
-        seed: int = 0, bits_list: tuple[int, ...] = (16, 8)) -> dict[str, Any]:
+        seed: int = 0, bits_list: tuple[int, ...] = (16, 8), clock: str = "wall") -> dict[str, Any]:
     """Prepare both networks, time them, write ``simulator.json``; return the results."""
     profile_dir = out_dir / "profiles" if profile else None
     networks = []
@@ -254,7 +260,8 @@ def run(batch_sizes: list[int], timesteps: int, repeats: int, out_dir: Path, pro
                 out = work / f"{name}_{bits}"
                 cmd = compile_cli(model, calib, out, timesteps, bits)
                 net = bench_network(f"{name} {bits}-bit", out, x, y, sorted(set(sizes)), timesteps,
-                                    repeats, profile_dir, STREAM_SAMPLES if name == "digits" else 8)
+                                    repeats, profile_dir, STREAM_SAMPLES if name == "digits" else 8,
+                                    clock)
                 net["convert_command"] = " ".join(cmd)
                 networks.append(net)
     data = {"benchmark": "simulator", "machine": machine_info(), "networks": networks}
@@ -273,11 +280,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--profile", action="store_true",
                    help="also write cProfile and torch.profiler tables under OUT/profiles")
     p.add_argument("--seed", type=int, default=0, help="seed of the CIFAR-sized CNN and its data")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and onnxruntime threads (default: torch's default)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall seconds, or CPU seconds of this process")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if not sizes or min(sizes) < 1:
         p.error("--batch-sizes takes positive integers")
-    data = run(sizes, args.timesteps, max(1, args.repeats), args.out, args.profile, args.seed)
+    data = run(sizes, args.timesteps, max(1, args.repeats), args.out, args.profile, args.seed,
+               clock=args.clock)
     print(summary_table(data["networks"]))
     print(f"results: {args.out / 'simulator.json'}")
     return data
