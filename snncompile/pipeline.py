@@ -69,9 +69,6 @@ class CompileRequest:
     surrogate_alpha: float | None = None
     surrogate_beta: float | None = None
     balance_scale: float | None = None
-    # Knowledge distillation from the original ANN (ptl, tandem; see tandem/distill.py).
-    distill: float = 0.0
-    distill_temperature: float = 4.0
 
 
 def seed_everything(seed: int) -> None:
@@ -160,16 +157,10 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             if ddp.rank() == 0:
                 ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
             ddp.barrier()
-            extra: dict[str, Any] = {}
-            if topts.distill > 0:
-                from .tandem.distill import Teacher, teacher_function, teacher_outputs
-
-                extra["teacher"] = Teacher(teacher_outputs(model, ann, train_data.x),
-                                           teacher_outputs(model, ann, val_data.x), teacher_function(model, ann))
             res = get_method(topts.method).train(
                 net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
                 on_stage_end=req.on_stage_end, progress=req.progress,
-                calib_x=calib_data.x if calib_data is not None else None, **extra)
+                calib_x=calib_data.x if calib_data is not None else None)
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
                       "world_size": res.world_size,
                       "patience": topts.patience, "seconds": res.seconds, "stages": res.stages,
@@ -261,8 +252,7 @@ def _check_tuning(req: CompileRequest):
     check_request(method, resume=req.resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
                         method=method, seed=req.seed, device=req.device,
-                        percentile=100.0 if req.norm == "max" else req.percentile,
-                        distill=req.distill, distill_temperature=req.distill_temperature, **given)
+                        percentile=100.0 if req.norm == "max" else req.percentile, **given)
     opts.check()
     return opts
 

@@ -19,8 +19,7 @@ from ..errors import UsageError
 
 # The CLI flag of each method option (fields of TrainOptions).
 OPTION_FLAGS = {"surrogate": "--surrogate", "surrogate_alpha": "--surrogate-alpha",
-                "surrogate_beta": "--surrogate-beta", "balance_scale": "--balance-scale",
-                "distill": "--distill"}
+                "surrogate_beta": "--surrogate-beta", "balance_scale": "--balance-scale"}
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,9 @@ _STRAIGHT = "it trains with the tandem rule (straight-through count ~ activation
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ptl", "progressive tandem learning (Wu et al., TPAMI 2021): layer by layer, adaptive schedule",
-           "schedule:tune", stages=True, distributed=True, options=("distill",), why_not=_STRAIGHT),
+           "schedule:tune", stages=True, distributed=True, why_not=_STRAIGHT),
     Method("tandem", "tandem learning (Wu et al., TNNLS): all layers spiking from the start, one stage",
-           "schedule:tune", stages=False, distributed=True, options=("distill",), why_not=_STRAIGHT),
+           "schedule:tune", stages=False, distributed=True, why_not=_STRAIGHT),
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", stages=False, distributed=False,
            options=("surrogate", "surrogate_alpha", "surrogate_beta")),

@@ -33,7 +33,6 @@ from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, We
 from .constraints import FANIN_MODES, fanin_budgets
 from .intsim import dtypes, needed, quantized_input, run_integer
 from .requant import with_params
-from .scales import choose_scales
 
 
 class TandemNet(nn.Module):
@@ -139,14 +138,6 @@ class TandemNet(nn.Module):
                 self.masked[self.weighted.index(name)] = True
         self._cache = None
 
-    def learn_scales(self) -> None:
-        """Make the layer scales ``lam`` trainable parameters (LSQ-style, see :func:`_scale_grad`)."""
-        for j in range(len(self.layers)):
-            name = f"lam_{j}"
-            b = self._buffers.pop(name)
-            self.register_parameter(name, nn.Parameter(b.clone(), requires_grad=False))
-        self._cache = None
-
     def trainable(self, stage: int | None = None, fix_earlier: bool = True) -> list[nn.Parameter]:
         """Parameters still trained at ``stage``: all but those fixed in earlier stages
         (without ``fix_earlier``, all: a run whose first stage this is fixed none)."""
@@ -163,13 +154,6 @@ class TandemNet(nn.Module):
                 out.append(self.weight[k])
                 if k in self.bias:
                     out.append(self.bias[k])
-        for j in range(min(s, len(self.layers))):
-            p = getattr(self, f"lam_{j}")
-            if isinstance(p, nn.Parameter):
-                grad = not fix_earlier or j + 1 == s
-                p.requires_grad_(grad)
-                if grad:
-                    out.append(p)
         return out
 
     # --- the integer graph ------------------------------------------------------------------
@@ -222,12 +206,10 @@ class TandemNet(nn.Module):
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
-                    batch_size: int = 256, rule: str = "percentile") -> np.ndarray:
+                    batch_size: int = 256) -> np.ndarray:
         """Set the scale ``lam`` (hence the threshold) of IF layer ``layer`` to a percentile
         of its ANN activation ``relu(z)`` at the current stage (earlier layers spiking, its
-        own weights pruned and quantized) over inputs ``x`` (or, with ``rule`` mse, the
-        scale that represents those activations best in counts, see :mod:`.scales`);
-        returns the new scale."""
+        own weights pruned and quantized) over inputs ``x``; returns the new scale."""
         j = self.layers.index(layer)
         src = self.base[layer].inputs[0]
         parts = []
@@ -238,10 +220,13 @@ class TandemNet(nn.Module):
                          if a.ndim > 2 else a.reshape(1, -1))
         vals_c = np.concatenate(parts, axis=1)
         old = getattr(self, f"lam_{j}")
-        if old.numel() == 1:
-            vals_c = vals_c.reshape(1, -1)
-        lam = choose_scales(vals_c, self.T, percentile, rule)
-        lam = np.where(lam > 0, lam, old.cpu().numpy().reshape(-1))
+        if old.numel() > 1:
+            lam = np.percentile(vals_c, percentile, axis=1)
+            lam = np.where(lam > 0, lam, old.cpu().numpy())
+        else:
+            lam = np.array([np.percentile(vals_c, percentile)])
+            if lam[0] <= 0:
+                lam = old.cpu().numpy()
         old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))
         self._cache = None
         return lam
@@ -267,9 +252,6 @@ class TandemNet(nn.Module):
                     lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
                     snn = ints.counts[n.name].to(torch.float32) * lam / self.T
                     out = out + (snn - out).detach()
-                    p = getattr(self, f"lam_{self.layers.index(n.name)}")
-                    if p.requires_grad:
-                        out = out + _scale_grad(ins[0], p, lam, ints.counts[n.name], self.T)
             else:
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
@@ -287,19 +269,6 @@ class TandemNet(nn.Module):
                 b = b + (bq - b).detach()
         node = dataclasses.replace(n, weight=w, bias=b)
         return _WEIGHTED[type(n)](node, x)
-
-
-def _scale_grad(z: torch.Tensor, p: torch.Tensor, lam: torch.Tensor, counts: torch.Tensor,
-                T: int) -> torch.Tensor:
-    """Zero in value; its gradient w.r.t. the scale ``p`` is the step-size gradient of a
-    count code (Esser et al.'s LSQ): count/T minus relu(z)/lam where the activation is below
-    the scale, so a scale moves to where its counts represent the activations best."""
-    pl = p.to(torch.float32)
-    pl = pl.reshape(lam.shape) if pl.numel() == lam.numel() else pl.reshape((1, -1) + (1,) * (z.dim() - 2))
-    r = torch.relu(z.detach())
-    inside = (r < lam).to(torch.float32)
-    g = counts.to(torch.float32) / T - inside * r / lam
-    return (pl - pl.detach()) * g
 
 
 def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:

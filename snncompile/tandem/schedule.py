@@ -27,7 +27,6 @@ from ..data import Dataset
 from ..errors import UsageError
 from . import distributed as ddp
 from .checkpoint import CheckpointDir
-from .distill import Teacher, distill_loss, mixed_inputs
 from .model import TandemNet
 
 
@@ -48,21 +47,11 @@ class TrainOptions:
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
     percentile: float = 99.9
-    scale_rule: str = "percentile"  # how a converted layer's scale is chosen (see scales.py)
     # surrogate-gradient methods (ltl, stdb; see methods.py): None = the method's default
     surrogate: str | None = None   # exp (STDB) | linear
     surrogate_alpha: float | None = None
     surrogate_beta: float | None = None
     balance_scale: float | None = None  # stdb: thresholds x this after balancing
-    # knowledge distillation from the original ANN (see distill.py); 0 = off
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-    distill_select: bool = False
-    distill_mix: float = 0.0
-    average: bool = False
-    notie: bool = False
-    learn_scales: bool = False
-    anchor: float = 0.0
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -80,11 +69,6 @@ class TrainOptions:
             from .bptt import surrogate_from
 
             surrogate_from(self, "exp")  # checks the values
-        from .distill import check as check_distill
-
-        check_distill(self.distill, self.distill_temperature)
-        if self.distill > 0:
-            check_request(self.method, given={"distill": self.distill})
         if self.balance_scale is not None and not self.balance_scale > 0:
             raise UsageError(f"--balance-scale must be > 0, got {self.balance_scale}")
         if self.device not in ("cpu", "cuda"):
@@ -114,26 +98,19 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
     return list(range(first, net.n_stages + 1))
 
 
-def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256,
-             teacher: np.ndarray | None = None, temperature: float = 1.0) -> dict[str, float]:
-    """Validation loss (and accuracy) of the network at its current stage; with the
-    ``teacher``'s outputs on ``data``, also the distillation term (``distill``)."""
+def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256) -> dict[str, float]:
+    """Validation loss (and accuracy) of the network at its current stage."""
     dev = next(net.parameters()).device
-    total, soft, correct, n = 0.0, 0.0, 0, len(data.x)
+    total, correct, n = 0.0, 0, len(data.x)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = torch.as_tensor(data.x[i:i + batch_size], device=dev)
             y = torch.as_tensor(data.y[i:i + batch_size], device=dev)
             out = net(x)
             total += float(_loss(out, y, data.is_classification)) * len(x)
-            if teacher is not None:
-                t = torch.as_tensor(teacher[i:i + batch_size], device=dev)
-                soft += float(distill_loss(out, y, t, 1.0, temperature, data.is_classification)) * len(x)
             if data.is_classification:
                 correct += int((out.argmax(1) == y).sum())
     res = {"loss": total / n}
-    if teacher is not None:
-        res["distill"] = soft / n
     if data.is_classification:
         res["accuracy"] = correct / n
     return res
@@ -147,10 +124,7 @@ def _loss(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Ten
 
 def _key(m: dict[str, float]) -> tuple[float, ...]:
     """Higher is better: accuracy, ties broken by lower loss (the val split is small)."""
-    tie = -m.get("distill", m["loss"])
-    if "accuracy" in m and m.get("_notie"):
-        return (m["accuracy"],)
-    return (m["accuracy"], tie) if "accuracy" in m else (-m["loss"],)
+    return (m["accuracy"], -m["loss"]) if "accuracy" in m else (-m["loss"],)
 
 
 StepLoss = Callable[[TandemNet, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,20 +134,16 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
          checkpoints: CheckpointDir | None = None, report: Callable[[str], None] | None = None,
          on_stage_end: Callable[[int], None] | None = None, progress: bool = False,
          calib_x: np.ndarray | None = None, plan: list[int] | None = None,
-         step_loss: StepLoss | None = None, teacher: Teacher | None = None) -> TuneResult:
+         step_loss: StepLoss | None = None) -> TuneResult:
     """Run the schedule on ``net`` (in place; it ends at the last stage with its best
     weights). Stages already checkpointed are loaded instead of trained. ``calib_x``
     (default: the first 256 training inputs) sets thresholds of newly converted layers.
     ``plan`` overrides the stages of ``opts.method``; ``step_loss(net, x, y)`` replaces
-    the tandem loss of a training batch (surrogate-gradient methods, see :mod:`.bptt`).
-    ``teacher`` (the ANN's outputs on ``train.x``, row for row) adds the distillation term
-    of :mod:`.distill` to the tandem loss, weighted ``opts.distill``."""
+    the tandem loss of a training batch (surrogate-gradient methods, see :mod:`.bptt`)."""
     opts.check()
     t0 = time.perf_counter()
     dev = torch.device(opts.device)
     net.to(dev)
-    if opts.learn_scales:
-        net.learn_scales()
     plan = plan if plan is not None else stage_plan(net, opts.method)
     result = TuneResult()
     done = checkpoints.completed() if checkpoints is not None else -1
@@ -201,11 +171,11 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
-                net.recalibrate(layer, xc, opts.percentile, rule=opts.scale_rule)
+                net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, i == len(plan) - 1 and
                                       opts.method == "ptl", say, bar, ramp, fix_earlier=i > 0 and opts.method == "ptl",
-                                      step_loss=step_loss, teacher=teacher)
+                                      step_loss=step_loss)
         used += len(history) - 1
         result.history.extend(history)
         result.stages.append(summary)
@@ -235,7 +205,7 @@ def _ramp_steps(net: TandemNet, names: list[str]) -> int:
 def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions, stage: int,
                cap: int, final: bool, say: Callable[[str], None], bar,
                ramp: list[str] | None = None, fix_earlier: bool = True,
-               step_loss: StepLoss | None = None, teacher: Teacher | None = None) -> tuple[list, dict]:
+               step_loss: StepLoss | None = None) -> tuple[list, dict]:
     """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
     epoch), and the scheduler's best/patience start once they are complete. Layers
     converted in earlier stages stay fixed (``fix_earlier``); the first stage of a run
@@ -250,9 +220,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         steps = 0
     if steps:
         net.shrink(ramp, 0.5)
-    watch = dict(teacher=teacher.val, temperature=opts.distill_temperature) if (
-        teacher is not None and opts.distill_select) else {}
-    best = ddp.from_rank0(evaluate(net, val, **watch))
+    best = ddp.from_rank0(evaluate(net, val))
     first = dict(best)
     history = [{"stage": stage, "layer": name, "epoch": 0, "train_loss": None, **_val(best),
                 "seconds": round(time.perf_counter() - t0, 3)}]
@@ -264,8 +232,6 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     gen = torch.Generator().manual_seed(opts.seed * 1000 + stage)
     dev = next(net.parameters()).device
     bad, best_epoch = 0, 0
-    avg, n_avg = None, 0
-    anchors = {nm: torch.as_tensor(np.asarray(net.base[nm].weight, np.float32), device=dev) for nm in net.weighted}
     for epoch in range(1, cap + 1):
         net.train()
         perm = torch.randperm(len(train.x), generator=gen).numpy()
@@ -276,21 +242,8 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             if len(idx):
                 x = torch.as_tensor(train.x[idx], device=dev)
                 y = torch.as_tensor(train.y[idx], device=dev)
-                if step_loss is not None:
-                    loss = step_loss(net, x, y)
-                elif teacher is not None and opts.distill > 0:
-                    loss = distill_loss(net(x), y, torch.as_tensor(teacher.train[idx], device=dev), opts.distill,
-                                        opts.distill_temperature, train.is_classification)
-                    if opts.distill_mix > 0 and teacher.fn is not None:
-                        xm = mixed_inputs(x, gen)
-                        tm = torch.as_tensor(teacher.fn(xm.cpu().numpy()), device=dev)
-                        loss = loss + opts.distill_mix * distill_loss(net(xm), y, tm, 1.0, opts.distill_temperature,
-                                                                      train.is_classification)
-                else:
-                    loss = _loss(net(x), y, train.is_classification)
-                if opts.anchor > 0:
-                    loss = loss + opts.anchor * sum(((net.weight[net.key[nm]] - anchors[nm]) ** 2).sum()
-                                                    for nm in net.weighted if net.weight[net.key[nm]].requires_grad)
+                loss = (step_loss(net, x, y) if step_loss is not None
+                        else _loss(net(x), y, train.is_classification))
                 loss.backward()
                 total += float(loss.detach()) * len(idx)
             ddp.average_gradients(params)
@@ -299,9 +252,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         net.eval()
         if epoch < steps:
             net.shrink(ramp, 0.5 ** (epoch + 1) if epoch + 1 < steps else 0.0)
-        m = ddp.from_rank0(evaluate(net, val, **watch))
-        if opts.notie:
-            m["_notie"] = best["_notie"] = 1
+        m = ddp.from_rank0(evaluate(net, val))
         improved = _key(m) > _key(best) or epoch == steps  # the first fully pruned state
         if epoch < steps:
             improved = False
@@ -310,14 +261,6 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             best_state = copy.deepcopy(net.state_dict())
         else:
             bad += 1
-        if opts.average and epoch >= steps:
-            cur = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
-            if avg is None:
-                avg, n_avg = cur, 1
-            else:
-                n_avg += 1
-                for k in avg:
-                    avg[k] += (cur[k] - avg[k]) / n_avg
         rec = {"stage": stage, "layer": name, "epoch": epoch, "train_loss": round(total / len(perm), 6),
                **_val(m), "seconds": round(time.perf_counter() - t0, 3)}
         history.append(rec)
@@ -331,17 +274,9 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             break
     if epoch < steps:  # the budget ran out during the ramp: impose the masks, keep that state
         net.shrink(ramp, 0.0)
-        best, best_epoch = evaluate(net, val, **watch), epoch
+        best, best_epoch = evaluate(net, val), epoch
         best_state = copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
-    if opts.average and avg is not None and n_avg > 1:
-        keep = copy.deepcopy(net.state_dict())
-        net.load_state_dict({**keep, **{k: v for k, v in avg.items() if not k.startswith("lam_")}})
-        m = ddp.from_rank0(evaluate(net, val, **watch))
-        if m.get("accuracy", 0) >= best.get("accuracy", 1) if "accuracy" in m else m["loss"] <= best["loss"]:
-            best = m
-        else:
-            net.load_state_dict(keep)
     return history, _summary(stage, name, first, best, best_epoch, lr)
 
 
