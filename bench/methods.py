@@ -77,10 +77,10 @@ def run_one(data: Path, files: dict[str, Path], method: str, T: int, args: argpa
     out = work / f"{method}-T{T}"
     req = CompileRequest(model=str(_model(data)), out=str(out), calib=str(data / "calib.npz"),
                          seed=args.seed, options=ConversionOptions(timesteps=T, weight_bits=args.bits),
-                         fanin=args.fanin or None, epochs=args.epochs, patience=args.patience,
-                         method=method, force=True)
-    if method != "none":
+                         fanin=args.fanin or None, method=method, force=True)
+    if method != "none":  # (--method none would warn that it ignores the tuning options)
         req.train, req.val = str(files["train"]), str(files["val"])
+        req.epochs, req.patience = args.epochs, args.patience
     t0 = time.perf_counter()
     compile_model(req)
     seconds = round(time.perf_counter() - t0, 1)
