@@ -77,10 +77,10 @@ def run_one(data: Path, files: dict[str, Path], method: str, T: int, args: argpa
     out = work / f"{method}-T{T}"
     req = CompileRequest(model=str(_model(data)), out=str(out), calib=str(data / "calib.npz"),
                          seed=args.seed, options=ConversionOptions(timesteps=T, weight_bits=args.bits),
-                         fanin=args.fanin or None, epochs=args.epochs, patience=args.patience,
-                         method=method, force=True)
-    if method != "none":
+                         fanin=args.fanin or None, method=method, force=True)
+    if method != "none":  # (--method none would warn that it ignores the tuning options)
         req.train, req.val = str(files["train"]), str(files["val"])
+        req.epochs, req.patience = args.epochs, args.patience
     t0 = time.perf_counter()
     compile_model(req)
     seconds = round(time.perf_counter() - t0, 1)
@@ -100,6 +100,45 @@ def run_one(data: Path, files: dict[str, Path], method: str, T: int, args: argpa
     return row
 
 
+def wide_tables(rows: list[dict]) -> str:
+    """The rows as the docs show them: one line per method with its accuracy, SynOps, epochs
+    and seconds to best at every T (best accuracy per T and fewest SynOps of a tuned method
+    in bold), then LTL's validation accuracy by epoch of its student stage."""
+    ts = sorted({r["T"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    at = {(r["method"], r["T"]): r for r in rows}
+    top = {T: max(r["snn_accuracy"] for r in rows if r["T"] == T) for T in ts}
+    low = {T: min((r["synops_per_sample"] for r in rows if r["T"] == T and r["method"] != "none"), default=None)
+           for T in ts}
+
+    def cell(m: str, T: int, key: str) -> str:
+        r = at.get((m, T))
+        if r is None:
+            return "n/a"
+        v = r[key]
+        if key == "snn_accuracy":
+            return f"**{v:.4f}**" if v == top[T] else f"{v:.4f}"
+        if m == "none" and key in ("epochs_to_best", "seconds_to_best"):
+            return "-"
+        return f"**{v}**" if key == "synops_per_sample" and v == low[T] and m != "none" else f"{v}"
+
+    slash = " / ".join(str(T) for T in ts)
+    out = ["| method | " + " | ".join(f"T={T} acc" for T in ts) + f" | SynOps/sample T={slash} | "
+           f"epochs to best (T={slash}) | s to best (T={slash}) |", "|---" * (len(ts) + 4) + "|"]
+    for m in methods:
+        out.append(f"| {m} | " + " | ".join(cell(m, T, "snn_accuracy") for T in ts) + " | "
+                   + " | ".join(" / ".join(cell(m, T, k) for T in ts)
+                                for k in ("synops_per_sample", "epochs_to_best", "seconds_to_best")) + " |")
+    ltl = [r for r in rows if r["method"] == "ltl" and r.get("ltl_val_by_epoch")]
+    if ltl:
+        out += ["", "| T | LTL student validation accuracy by epoch (0 = converted) | best (epoch) |", "|---|---|---|"]
+        for r in ltl:
+            v = r["ltl_val_by_epoch"]
+            best = max(range(len(v)), key=lambda i: v[i])
+            out.append(f"| {r['T']} | {' / '.join(f'{a:.4f}' for a in v)} | {v[best]:.4f} ({best}) |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("examples/digits/data"))
@@ -114,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench/results/methods.json"))
+    p.add_argument("--tables-from", type=Path, metavar="JSON",
+                   help="print the tables of an earlier run's results (--out file) and exit")
     args = p.parse_args(argv)
+    if args.tables_from:
+        print(wide_tables(json.loads(args.tables_from.read_text())["rows"]))
+        return
     torch.set_num_threads(args.threads)
     meta = {"command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared), torch threads {args.threads}",

@@ -165,7 +165,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          progress=not as_json and sys.stderr.isatty(), report=report,
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
-                         surrogate_beta=surrogate_beta, balance_scale=balance_scale)
+                         surrogate_beta=surrogate_beta, balance_scale=balance_scale,
+                         explicit=_explicit_options())
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:
@@ -189,6 +190,16 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             _print_timestep_search(summary["auto_timesteps"])
         click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
                    f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
+
+
+def _explicit_options() -> frozenset[str]:
+    """The parameters of the running command the user set (not left at their defaults), so
+    that an option the method ignores is reported only when it was asked for."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(p.name for p in ctx.command.params if p.name is not None
+                     and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT))
 
 
 def _auto_timesteps(text: str, max_accuracy_drop: float | None, max_psnr_drop: float | None,

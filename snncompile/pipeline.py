@@ -69,6 +69,9 @@ class CompileRequest:
     surrogate_alpha: float | None = None
     surrogate_beta: float | None = None
     balance_scale: float | None = None
+    # The options the user set (the CLI passes the flags on its command line); None: those
+    # whose value differs from the default. Options the method ignores are reviewed on these.
+    explicit: frozenset[str] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -91,8 +94,10 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if req.auto_timesteps is not None and not req.val:
         raise UsageError("--timesteps auto needs --val: T is chosen by accuracy on validation data",
                          "pass --val VAL.npz (labelled), or give --timesteps a number")
-    topts = _check_tuning(req)
+    topts, notes = _check_tuning(req)
     training = topts is not None
+    for note in notes:
+        log.warning(note)
     ckpt_dir = os.path.join(req.out, DIRNAME)
     if os.path.exists(req.out) and not req.force:
         if not (req.resume and training and os.path.isdir(ckpt_dir)):
@@ -127,7 +132,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     else:
         calib = weight_bounds(ann)
     snn = convert(ann, calib, req.options)
-    warnings = list(imported.warnings) + list(calib.warnings)
+    warnings = list(notes) + list(imported.warnings) + list(calib.warnings)
     tsearch = None
     if req.auto_timesteps is not None:  # see snncompile/autot.py
         from .autot import TimestepSearch, with_timesteps
@@ -218,8 +223,9 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
 
 
 def _check_tuning(req: CompileRequest):
-    """The tuning options, checked (None when the run only converts)."""
-    from .tandem.methods import OPTION_FLAGS, canonical, check_request
+    """The tuning options, checked (None when the run only converts), and one warning per
+    option the method ignores (:func:`.tandem.methods.review_options`)."""
+    from .tandem.methods import canonical, review_options
     from .tandem.schedule import TrainOptions
 
     if req.fanin is not None and req.fanin < 1:
@@ -230,31 +236,45 @@ def _check_tuning(req: CompileRequest):
     if req.fanin_mode not in FANIN_MODES:
         raise UsageError(f"unknown --fanin-mode '{req.fanin_mode}'", f"use one of {', '.join(FANIN_MODES)}")
     method = canonical(req.method)
-    given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
-             "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
-    if method == "none" and any(v is not None for v in given.values()):
-        flag = next(OPTION_FLAGS[k] for k, v in given.items() if v is not None)
-        raise UsageError(f"{flag} cannot be honoured by --method none: it converts only, without training",
-                         f"drop {flag}, or choose a method that trains (ltl, stdb)")
     if req.val and not req.train and req.auto_timesteps is None:
         raise UsageError("--val was given without --train", "pass --train TRAIN.npz as well, or "
                          "--timesteps auto (which chooses T on --val), or drop --val")
     if req.resume and not req.train:
         raise UsageError("--resume continues a tuning run, which needs --train and --val")
-    if not req.train:
-        return None
-    if not req.val:
+    if req.train and not req.val:
         raise UsageError("--train needs --val: the scheduler watches validation accuracy",
                          "hold out part of the training data and pass it with --val")
-    if method == "none":
+    if req.train and method == "none":
         raise UsageError("--method none converts only, but --train was given",
                          "drop --train/--val, or use --method ptl")
-    check_request(method, resume=req.resume, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    notes = review_options(method, _given_options(req), training=bool(req.train),
+                           settings={"fanin": req.fanin, "norm": req.norm, "surrogate": req.surrogate},
+                           world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if not req.train:
+        return None, notes
+    given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
+             "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
                         method=method, seed=req.seed, device=req.device,
                         percentile=100.0 if req.norm == "max" else req.percentile, **given)
     opts.check()
-    return opts
+    return opts, notes
+
+
+def _given_options(req: CompileRequest) -> set[str]:
+    """The method-dependent options the user set: ``req.explicit`` where the caller knows
+    (the CLI), else those whose value differs from the default; --resume when it is on."""
+    from dataclasses import fields
+
+    from .tandem.methods import OPTIONS
+
+    if req.explicit is not None:
+        given = set(req.explicit) & set(OPTIONS)
+    else:
+        given = {f.name for f in fields(req) if f.name in OPTIONS and getattr(req, f.name) != f.default}
+    given |= {k for k in ("surrogate", "surrogate_alpha", "surrogate_beta", "balance_scale")
+              if getattr(req, k) is not None}
+    return (given | {"resume"}) if req.resume else (given - {"resume"})
 
 
 def _check_targets(data: Dataset, out_shape: tuple[int, ...], validation: bool = False) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from ..data import Dataset
 from .bptt import fixed_thresholds, forward, surrogate_from, surrogate_if
+from .methods import METHODS
 from .model import TandemNet
 from .schedule import TrainOptions, TuneResult, _loss, tune
 
@@ -78,7 +79,7 @@ def train_ltl(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         if on_stage_end is not None:
             on_stage_end(stage)
 
-    spiking = surrogate_if(surrogate_from(opts, "linear"), detach_output=True)
+    spiking = surrogate_if(surrogate_from(opts, METHODS["ltl"].surrogate), detach_output=True)
 
     def step_loss(model: TandemNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if model.stage == 0:  # the teacher's own fine-tuning under the fan-in masks

@@ -23,6 +23,7 @@ import torch
 
 from ..data import Dataset
 from .bptt import fixed_thresholds, forward, surrogate_from, surrogate_if
+from .methods import METHODS
 from .model import TandemNet
 from .schedule import TrainOptions, TuneResult, _loss, tune
 
@@ -49,7 +50,7 @@ def train_stdb(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     net.set_stage(net.n_stages)
     xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:1024], device=dev)
     balance_thresholds(net, xc, opts.balance_scale if opts.balance_scale is not None else 0.7)
-    spiking = surrogate_if(surrogate_from(opts, "exp"))
+    spiking = surrogate_if(surrogate_from(opts, METHODS["stdb"].surrogate))
 
     def step_loss(model: TandemNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out, _ = forward(model, x, spiking)

@@ -1,0 +1,139 @@
+"""Options a tuning method cannot honour (issue 7): the registry's table says, per method,
+which options it ignores and why; an ignored option the user set is refused before any work
+when it asks for behaviour the method lacks, and warned about (named, with the method and
+why) when it has nothing to act on. Options left at their defaults are never reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from snncompile.cli import main
+from snncompile.errors import UsageError
+from snncompile.pipeline import CompileRequest, compile_model
+from snncompile.tandem.methods import METHODS, NEEDS, NONE, OPTIONS, review_options
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    """In-process run of the command line (no interpreter start-up)."""
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+
+def test_the_table_names_only_known_options_and_every_refusal_has_a_method_that_honours_it():
+    for m in (*METHODS.values(), NONE):
+        assert set(m.cannot) <= set(OPTIONS), m.name
+        assert all(why for why in m.cannot.values()), m.name
+        for opt in m.cannot:
+            if OPTIONS[opt].refuse:  # the fix can name a method to use instead
+                assert any(o.honours(opt) for o in METHODS.values()), opt
+    assert set(NEEDS) <= set(OPTIONS)
+    # what the issue names: --prune-ahead is ignored by the one-stage methods, resume needs stages
+    assert [k for k, m in METHODS.items() if not m.honours("prune_ahead")] == ["tandem", "stdb"]
+    assert [k for k, m in METHODS.items() if m.honours("resume")] == ["ptl"]
+
+
+@pytest.mark.parametrize("method,given,training,settings,expect", [
+    ("ptl", ["surrogate"], True, {}, "--surrogate cannot be honoured by --method ptl: it trains with the tandem rule"),
+    ("tl", ["surrogate_alpha"], True, {}, "--surrogate-alpha cannot be honoured by --method tandem"),
+    ("ptl", ["balance_scale"], True, {}, "--balance-scale cannot be honoured by --method ptl"),
+    ("ltl", ["balance_scale"], True, {}, "--balance-scale cannot be honoured by --method ltl"),
+    ("tandem", ["resume"], True, {}, "--resume cannot be honoured by --method tandem: it trains in one stage"),
+    ("stdb", ["resume"], True, {}, "--resume cannot be honoured by --method stdb"),
+    ("ltl", ["surrogate_beta"], True, {}, "--surrogate-beta cannot be honoured by --method ltl with the "
+                                            "linear surrogate (ltl's default)"),
+    ("stdb", ["surrogate_beta"], True, {"surrogate": "linear"}, "--surrogate-beta cannot be honoured by "
+                                                                 "--method stdb with the linear surrogate:"),
+    ("none", ["surrogate"], False, {}, "--surrogate cannot be honoured by --method none: it converts only"),
+    ("ptl", ["balance_scale"], False, {}, "--balance-scale cannot be honoured without --train"),
+])
+def test_refused_options(method, given, training, settings, expect):
+    with pytest.raises(UsageError) as e:
+        review_options(method, given, training=training, settings=settings)
+    assert str(e.value).startswith(expect), str(e.value)
+    assert "fix: drop --" in str(e.value) or "fix: add --surrogate exp" in str(e.value)
+
+
+@pytest.mark.parametrize("method,given,training,settings,expect", [
+    ("tandem", ["prune_ahead"], True, {"fanin": 64}, "--prune-ahead has no effect with --method tandem: it "
+                                                     "trains in one stage"),
+    ("stdb", ["prune_ahead"], True, {"fanin": 64}, "--prune-ahead has no effect with --method stdb"),
+    ("stdb", ["percentile"], True, {}, "--percentile has no effect with --method stdb: threshold balancing"),
+    ("none", ["epochs"], False, {}, "--epochs has no effect with --method none: it converts only"),
+    ("ptl", ["patience"], False, {}, "--patience has no effect without --train"),
+    ("ptl", ["device"], False, {}, "--device has no effect without --train"),
+    ("ptl", ["batch_size"], False, {}, "--batch-size has no effect without --train"),
+    ("none", ["prune_ahead"], False, {"fanin": 64}, "--prune-ahead has no effect with --method none"),
+    ("ptl", ["prune_ahead"], True, {}, "--prune-ahead has no effect without --fanin"),
+    ("ltl", ["fanin_mode"], True, {}, "--fanin-mode has no effect without --fanin"),
+    ("ptl", ["percentile"], True, {"norm": "max"}, "--percentile has no effect without --norm percentile"),
+])
+def test_ignored_options_are_warnings_naming_option_method_and_why(method, given, training, settings, expect):
+    (note,) = review_options(method, given, training=training, settings=settings)
+    assert note.startswith(expect) and note.endswith("it is ignored"), note
+
+
+@pytest.mark.parametrize("method,given,settings", [
+    ("ptl", ["prune_ahead", "fanin_mode", "percentile", "epochs", "patience", "batch_size", "device",
+             "resume"], {"fanin": 64}),
+    ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device"], {"fanin": 64}),
+    ("ltl", ["prune_ahead", "percentile", "surrogate", "surrogate_alpha"], {"fanin": 64}),
+    ("ltl", ["surrogate_beta"], {"surrogate": "exp"}),
+    ("stdb", ["surrogate", "surrogate_alpha", "surrogate_beta", "balance_scale", "fanin_mode"], {"fanin": 64}),
+])
+def test_honoured_options_pass_silently(method, given, settings):
+    assert review_options(method, given, training=True, settings=settings) == []
+
+
+def test_torchrun_is_refused_for_methods_not_made_for_it():
+    with pytest.raises(UsageError, match="--method ltl does not run under torchrun"):
+        review_options("ltl", [], world_size=2)
+    assert review_options("tandem", [], world_size=2) == []
+
+
+def _convert(d, out, *extra):
+    return cli("convert", d / "digits_cnn.onnx", "--calib", d / "calib.npz", "-T", "4", "--bits", "8",
+               "-o", out, *extra)
+
+
+def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
+    """--prune-ahead left at its default says nothing for tandem; set explicitly (to the
+    same value) it is a warning on stderr and in compile.json, and the run goes on."""
+    d = digits_dir
+    tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--fanin", "64", "--method", "tandem",
+            "--epochs", "0"]
+    r = _convert(d, tmp_path / "quiet", *tune)
+    assert r.returncode == 0, r.stderr
+    assert "--prune-ahead" not in r.stderr
+    r = _convert(d, tmp_path / "loud", *tune, "--prune-ahead", "99")
+    assert r.returncode == 0, r.stderr
+    want = "warning: --prune-ahead has no effect with --method tandem"
+    assert r.stderr.count(want) == 1, r.stderr
+    assert any(w.startswith("--prune-ahead has no effect")
+               for w in json.loads((tmp_path / "loud" / "compile.json").read_text())["warnings"])
+
+
+def test_cli_refusal_is_a_usage_error_before_anything_is_written(digits_dir, tmp_path):
+    d = digits_dir
+    out = tmp_path / "out"
+    r = _convert(d, out, "--train", d / "val.npz", "--val", d / "val.npz", "--method", "ltl",
+                 "--surrogate-beta", "0.05")
+    assert r.returncode == UsageError.exit_code, r.stderr
+    assert r.stderr.startswith("error: --surrogate-beta cannot be honoured by --method ltl")
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_api_callers_are_reviewed_on_values_that_differ_from_the_defaults(digits_dir, tmp_path):
+    """Without ``explicit`` (scripts calling compile_model) a non-default value counts as set."""
+    d = digits_dir
+    req = CompileRequest(model=str(d / "digits_cnn.onnx"), out=str(tmp_path / "o"), calib=str(d / "calib.npz"),
+                         method="none", epochs=5)
+    res = compile_model(req)
+    assert any(w.startswith("--epochs has no effect with --method none") for w in res["warnings"])
+    res = compile_model(CompileRequest(model=req.model, out=req.out, calib=req.calib, method="none", force=True))
+    assert not any("has no effect" in w for w in res["warnings"])
