@@ -1,0 +1,56 @@
+"""The one-pass IF kernel on its own: against a plain loop over steps, for both kernels
+(reset by subtraction without saturation; the general one), the three input forms, and
+several blocks with a short last one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncompile import if_kernel as k
+
+
+def _reference(cur, mode, T, th, v0, subtract, limit):
+    v = v0.astype(np.float64).copy()
+    spikes = np.zeros((T, th.size), np.float32)
+    sat = 0
+    for t in range(T):
+        if mode == k.FULL:
+            v += cur[t]
+        elif mode == k.EVERY_STEP or t == 0:
+            v += cur[0]
+        if limit is not None:
+            sat += int((np.abs(v) > limit).sum())
+            v = np.clip(v, -limit, limit)
+        s = v >= th
+        spikes[t] = s
+        v = np.where(s, v - th if subtract else 0.0, v)
+    return spikes, sat
+
+
+@pytest.mark.parametrize("mode", [k.FULL, k.EVERY_STEP, k.FIRST_STEP])
+@pytest.mark.parametrize("subtract,limit", [(True, None), (False, None), (True, 40.0)])
+def test_kernel_matches_a_plain_loop(mode, subtract, limit):
+    rng = np.random.default_rng(mode * 10 + int(subtract))
+    T, m = 7, 3 * k.BLOCK + 5  # several blocks, the last one short
+    cur = rng.integers(-12, 20, (T if mode == k.FULL else 1, m)).astype(np.float32)
+    if mode == k.FIRST_STEP:
+        cur *= T
+    th = rng.integers(5, 30, m).astype(np.float32)
+    v0 = np.floor(th / 2)
+    res = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit, False)
+    spikes, sat = _reference(cur, mode, T, th, v0, subtract, limit)
+    np.testing.assert_array_equal(res.spikes, spikes)
+    np.testing.assert_array_equal(res.counts, spikes.sum(axis=0))
+    np.testing.assert_array_equal(res.active, spikes.any(axis=1))
+    assert res.saturations == sat
+    assert spikes.any() and not spikes.all()
+    if limit is not None:
+        assert sat > 0
+
+
+def test_rounds_its_input_when_asked():
+    cur = np.array([[0.6, 1.4, 2.5]], np.float32)
+    th = np.ones(3, np.float32)
+    res = k.integrate_and_fire(cur, k.FIRST_STEP, 4, th, np.zeros(3, np.float32), True, None, True)
+    np.testing.assert_array_equal(res.counts, [1, 1, 2])  # 0.6 -> 1, 1.4 -> 1, 2.5 -> 2 (to even)
