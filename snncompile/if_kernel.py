@@ -30,8 +30,8 @@ BLOCK = 2048
 # in one process made a tandem training step take twice the CPU time of the torch loop it
 # replaced (measured on the Fashion-MNIST CNN); on one thread the step is 3x faster.
 # Splitting the blocks over Python threads (kernels compiled with nogil) was slower too:
-# CIFAR-sized CNN, two torch threads, 265 against 200 us per sample-step, as torch's
-# OpenMP threads still spin for work when the kernel starts.
+# CIFAR-sized CNN, two torch threads, 265 against 200 us per sample-step (likely torch's
+# OpenMP threads still spinning after each convolution; not investigated further).
 
 
 @dataclass
