@@ -43,12 +43,11 @@ class IFResult:
 
 
 def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarray, v0: np.ndarray,
-                       subtract: bool, limit: float | None, round_input: bool) -> IFResult:
+                       subtract: bool, limit: float | None) -> IFResult:
     """Run non-leaky IF neurons over ``timesteps`` steps.
 
     ``limit``: the membrane saturates at +-limit (clamped and counted) when given; None
-    where a bound shows it cannot be reached. ``round_input``: round the current to the
-    nearest integer first (a convolution's result, exact up to its algorithm's error)."""
+    where a bound shows it cannot be reached."""
     m = th.shape[0]
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
@@ -58,34 +57,39 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
     active = np.zeros((blocks, timesteps), np.bool_)
     sat = np.zeros(blocks, np.int64)
     if subtract and limit is None:
-        _if_subtract(cur, mode, th, v0, spikes, counts, active, round_input)
+        _if_subtract(cur, mode, th, v0, spikes, counts, active)
     else:
         _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract,
-                    float(limit) if limit is not None else np.inf, round_input)
+                    float(limit) if limit is not None else np.inf)
     return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
 
 
+@njit(cache=True)
+def _block(b, m, th, v0):  # pragma: no cover - compiled
+    """Bounds of block ``b`` of ``m`` neurons, its thresholds, fresh membranes and counts."""
+    lo = b * BLOCK
+    hi = min(m, lo + BLOCK)
+    return lo, hi, th[lo:hi], v0[lo:hi].copy(), np.zeros(hi - lo, np.float32)
+
+
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _if_subtract(cur, mode, th, v0, spikes, counts, active, round_input):  # pragma: no cover - compiled
+def _add_input(v, cur, mode, t, lo, hi):  # pragma: no cover - compiled
+    """Step ``t``'s input current into the block's membranes (the input forms of the module)."""
+    if mode == FULL or mode == EVERY_STEP or t == 0:
+        c = cur[t if mode == FULL else 0, lo:hi]
+        for i in range(hi - lo):
+            v[i] += c[i]
+
+
+@njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
+def _if_subtract(cur, mode, th, v0, spikes, counts, active):  # pragma: no cover - compiled
     steps, m = spikes.shape
     for b in range(active.shape[0]):
-        lo = b * BLOCK
-        hi = min(m, lo + BLOCK)
-        n = hi - lo
-        v = v0[lo:hi].copy()
-        thb = th[lo:hi]
-        cnt = np.zeros(n, np.float32)
+        lo, hi, thb, v, cnt = _block(b, m, th, v0)
         for t in range(steps):
+            _add_input(v, cur, mode, t, lo, hi)
             sp = spikes[t, lo:hi]
-            if mode == FULL or mode == EVERY_STEP or t == 0:
-                c = cur[t if mode == FULL else 0, lo:hi]
-                if round_input:
-                    for i in range(n):
-                        v[i] += np.rint(c[i])
-                else:
-                    for i in range(n):
-                        v[i] += c[i]
-            for i in range(n):
+            for i in range(hi - lo):
                 s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
                 v[i] -= s * thb[i]
                 cnt[i] += s
@@ -93,32 +97,23 @@ def _if_subtract(cur, mode, th, v0, spikes, counts, active, round_input):  # pra
         for t in range(steps):
             sp = spikes[t, lo:hi]
             total = np.float32(0.0)
-            for i in range(n):
+            for i in range(hi - lo):
                 total += sp[i]
             active[b, t] = total > 0
         counts[lo:hi] = cnt
 
 
 @njit(cache=True)
-def _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract, limit,
-                round_input):  # pragma: no cover - compiled
+def _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract, limit):  # pragma: no cover
     steps, m = spikes.shape
     for b in range(active.shape[0]):
-        lo = b * BLOCK
-        hi = min(m, lo + BLOCK)
-        n = hi - lo
-        v = v0[lo:hi].copy()
-        thb = th[lo:hi]
-        cnt = np.zeros(n, np.float32)
+        lo, hi, thb, v, cnt = _block(b, m, th, v0)
         clamped = 0
         for t in range(steps):
+            _add_input(v, cur, mode, t, lo, hi)
             sp = spikes[t, lo:hi]
             fired = False
-            if mode == FULL or mode == EVERY_STEP or t == 0:
-                c = cur[t if mode == FULL else 0, lo:hi]
-                for i in range(n):
-                    v[i] += np.rint(c[i]) if round_input else c[i]
-            for i in range(n):
+            for i in range(hi - lo):
                 x = v[i]
                 if x > limit:
                     x = limit

@@ -402,8 +402,7 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     res = integrate_and_fire(x.permute(order).reshape(x.shape[0], -1).numpy(), mode, T,
                              flat(plan.th[n.name]), flat(plan.v0[n.name]),
                              n.reset == "subtract",
-                             float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
-                             round_input=False)
+                             float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None)
     sat[n.name] += res.saturations
     physical = tuple(step_shape[d] for d in step_order)
     spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)

@@ -38,7 +38,7 @@ def test_kernel_matches_a_plain_loop(mode, subtract, limit):
         cur *= T
     th = rng.integers(5, 30, m).astype(np.float32)
     v0 = np.floor(th / 2)
-    res = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit, False)
+    res = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit)
     spikes, sat = _reference(cur, mode, T, th, v0, subtract, limit)
     np.testing.assert_array_equal(res.spikes, spikes)
     np.testing.assert_array_equal(res.counts, spikes.sum(axis=0))
@@ -48,9 +48,3 @@ def test_kernel_matches_a_plain_loop(mode, subtract, limit):
     if limit is not None:
         assert sat > 0
 
-
-def test_rounds_its_input_when_asked():
-    cur = np.array([[0.6, 1.4, 2.5]], np.float32)
-    th = np.ones(3, np.float32)
-    res = k.integrate_and_fire(cur, k.FIRST_STEP, 4, th, np.zeros(3, np.float32), True, None, True)
-    np.testing.assert_array_equal(res.counts, [1, 1, 2])  # 0.6 -> 1, 1.4 -> 1, 2.5 -> 2 (to even)
