@@ -151,14 +151,14 @@ def forward(net: TandemNet, x: torch.Tensor, spiking: SpikeHook) -> tuple[torch.
     integer result of the whole network, differentiable through ``spiking``'s surrogate."""
     if net.stage != net.n_stages:
         raise ValueError("surrogate-gradient training runs the whole network spiking (last stage)")
-    g, _, types = net._current()
+    g, _ = net._current()
     params = ste_params(net, g)
 
     def weighted(n: WeightedNode, xin: torch.Tensor, T: int, dt: torch.dtype) -> torch.Tensor:
         w, b = params[n.name]
         return intsim._weighted(n, xin, T, dt, w, b)
 
-    res = run_integer(g, quantized_input(g, x), net.T, None, types, weighted=weighted, spiking=spiking)
+    res = run_integer(g, quantized_input(g, x), net.T, None, weighted=weighted, spiking=spiking)
     o = g.outputs[0]
     s = torch.as_tensor(np.asarray(g[o].out_scale, np.float64), device=x.device)
     return (res.acc[o] * s / net.T).to(torch.float32), res

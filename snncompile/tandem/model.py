@@ -32,7 +32,7 @@ from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .constraints import FANIN_MODES, fanin_budgets
 from ..simulator import run_window
-from .intsim import dtypes, needed, quantized_input
+from .intsim import needed, quantized_input
 from .requant import with_params
 
 
@@ -181,7 +181,7 @@ class TandemNet(nn.Module):
         g.meta["tandem"] = {"stage": self.stage, "bits": self.bits, "fanin": self.fanin}
         return g
 
-    def _current(self) -> tuple[Graph, dict, dict]:
+    def _current(self) -> tuple[Graph, dict]:
         version = tuple(p._version for p in self.parameters()) + tuple(b._version for b in self.buffers())
         if self._cache is None or self._cache[0] != (version, self.stage):
             g = self.to_graph()
@@ -192,8 +192,8 @@ class TandemNet(nn.Module):
                 w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
                 b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
                 fq[name] = (w, b)
-            self._cache = ((version, self.stage), g, fq, dtypes(g, self.T))
-        return self._cache[1], self._cache[2], self._cache[3]
+            self._cache = ((version, self.stage), g, fq)
+        return self._cache[1], self._cache[2]
 
     # --- forward ----------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ class TandemNet(nn.Module):
         return lam
 
     def _values(self, x: torch.Tensor):
-        g, fq, _ = self._current()
+        g, fq = self._current()
         xq = quantized_input(g, x)
         ints_needed = self.integer_nodes()
         ints = run_window(g, xq, self.T, ints_needed) if len(ints_needed) > 1 else None
