@@ -1,4 +1,4 @@
-"""One PTL configuration on the digits CNN over several seeds: the search for issue 3's gap.
+"""One PTL configuration on an example's CNN over several seeds: the search for issue 3's gap.
 
 Compiles the model with `--bits 8 --fanin 64 --timesteps 8` (or ``--bits``/``--timesteps``) and PTL (60 epochs, patience 6),
 changing only what ``--set`` (fields of :class:`snncompile.pipeline.CompileRequest`) and
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,13 +39,40 @@ def _values(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """Compile, tune and score one seed; the artifact goes to a temporary directory."""
+def _model(data: Path) -> Path:
+    """The example's ONNX file in ``data`` (digits_cnn.onnx, fmnist_cnn.onnx, ...)."""
+    found = sorted(data.glob("*.onnx"))
+    if len(found) != 1:
+        raise SystemExit(f"expected one .onnx file in {data}, found {len(found)}")
+    return found[0]
+
+
+def _reuse_stages(src: Path, out: Path) -> None:
+    """Copy every stage checkpoint of the kept run ``src`` but its last into ``out``, so a
+    resumed run re-trains only the final stage (the stages before it do not depend on
+    options that act only there, such as ``joint_final``). No run.json: nothing to match."""
+    stages = sorted(int(p.stem.split("_")[1]) for p in (src / "checkpoints").glob("stage_*.json"))
+    if not stages:
+        raise SystemExit(f"no stage checkpoints in {src / 'checkpoints'}")
+    (out / "checkpoints").mkdir(parents=True)
+    for k in stages[:-1]:
+        for ext in ("npz", "json"):
+            shutil.copy(src / "checkpoints" / f"stage_{k}.{ext}", out / "checkpoints")
+
+
+def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, Any],
+             epochs: int = 60, keep: Path | None = None, stages_from: Path | None = None) -> dict[str, Any]:
+    """Compile, tune and score one seed; the artifact goes to a temporary directory, copied
+    to ``keep/seed<seed>`` when given. With ``stages_from``, the stages before the last come
+    from the checkpoints of that kept run (``stages_from/seed<seed>``)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        kw: dict[str, Any] = dict(model=str(data / "digits_cnn.onnx"), out=str(out), calib=str(data / "calib.npz"),
+        if stages_from is not None:
+            _reuse_stages(stages_from / f"seed{seed}", out)
+            extra = {**extra, "resume": True}
+        kw: dict[str, Any] = dict(model=str(_model(data)), out=str(out), calib=str(data / "calib.npz"),
                                   seed=seed, options=ConversionOptions(timesteps=timesteps, weight_bits=bits),
-                                  fanin=64, epochs=60, train=str(data / "train.npz"), val=str(data / "val.npz"),
+                                  fanin=64, epochs=epochs, train=str(data / "train.npz"), val=str(data / "val.npz"),
                                   method="ptl")
         kw.update(extra)
         t0 = time.perf_counter()
@@ -52,6 +80,8 @@ def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, 
         seconds = time.perf_counter() - t0
         ev = evaluate_artifact(str(out), str(data / "test.npz"))
         stages = read_artifact(str(out)).info["tuning"]["stages"]
+        if keep is not None:
+            shutil.copytree(out, keep / f"seed{seed}", dirs_exist_ok=True)
     return {"seed": seed, "test": ev["snn_accuracy"], "ann": ev["ann_accuracy"],
             "val": summary["tuning"].get("val_accuracy"), "val_loss": round(summary["tuning"]["val_loss"], 4),
             "epochs": summary["tuning"]["epochs"], "seconds": round(seconds, 1),
@@ -83,13 +113,18 @@ def _report_stages(test_path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="examples/digits/train.py --arch stride output")
+    p.add_argument("--data", type=Path, required=True,
+                   help="an example's train.py output (digits --arch stride, fashion_mnist)")
+    p.add_argument("--epochs", type=int, default=60, help="the tuning's epoch budget")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--name", required=True, help="a label for the configuration")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--bits", type=int, default=8)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="CompileRequest field")
     p.add_argument("--opt", action="append", default=[], metavar="FIELD=JSON", help="TrainOptions field")
+    p.add_argument("--keep", type=Path, help="copy each seed's artifact (checkpoints too) to KEEP/seed<S>")
+    p.add_argument("--stages-from", type=Path, metavar="KEEP",
+                   help="take every stage but the last from a run kept with --keep (A/B of a final-stage option)")
     p.add_argument("--per-stage", action="store_true",
                    help="diagnostic: print train and test accuracy after each stage (never used to choose)")
     args = p.parse_args(argv)
@@ -101,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_stage:
         _report_stages(args.data / "test.npz")
     for seed in [int(s) for s in args.seeds.split(",")]:
-        row = run_seed(args.data, seed, args.timesteps, args.bits, extra)
+        row = run_seed(args.data, seed, args.timesteps, args.bits, extra, args.epochs, args.keep, args.stages_from)
         print(json.dumps({"name": args.name, **row, "set": extra, "opt": opts}), flush=True)
 
 

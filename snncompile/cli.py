@@ -124,6 +124,9 @@ def main(verbose: bool) -> None:
               help="ltl/stdb: decay beta of the exp surrogate per step since the last spike [0.01].")
 @click.option("--balance-scale", type=float, default=None,
               help="stdb: thresholds after balancing are this times the layer's largest activation [0.7].")
+@click.option("--joint-final", is_flag=True,
+              help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
+                   "learning rate), not only the output layer.")
 @click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
 @click.option("--patience", default=6, show_default=True, type=int,
               help="Epochs without validation gain before a stage ends.")
@@ -141,7 +144,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
-            balance_scale: float | None,
+            balance_scale: float | None, joint_final: bool,
             epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
@@ -166,7 +169,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                         explicit=_explicit_options())
+                         joint_final=joint_final, explicit=_explicit_options())
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:

@@ -55,6 +55,7 @@ class CompileRequest:
     method: str = "ptl"            # a name in snncompile.tandem.methods, or none (conversion only)
     epochs: int = 60
     patience: int = 6
+    joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
     batch_size: int = 64
     device: str = "cpu"
     resume: bool = False
@@ -168,7 +169,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
                 calib_x=calib_data.x if calib_data is not None else None)
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
                       "world_size": res.world_size,
-                      "patience": topts.patience, "seconds": res.seconds, "stages": res.stages,
+                      "patience": topts.patience, "joint_final": topts.joint_final,
+                      "seconds": res.seconds, "stages": res.stages,
                       "history": res.history}
         else:
             net.set_stage(net.n_stages)
@@ -255,7 +257,7 @@ def _check_tuning(req: CompileRequest):
     given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
-                        method=method, seed=req.seed, device=req.device,
+                        joint_final=req.joint_final, method=method, seed=req.seed, device=req.device,
                         percentile=100.0 if req.norm == "max" else req.percentile, **given)
     opts.check()
     return opts, notes

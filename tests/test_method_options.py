@@ -72,6 +72,9 @@ def test_refused_options(method, given, training, settings, expect):
     ("ptl", ["prune_ahead"], True, {}, "--prune-ahead has no effect without --fanin"),
     ("ltl", ["fanin_mode"], True, {}, "--fanin-mode has no effect without --fanin"),
     ("ptl", ["percentile"], True, {"norm": "max"}, "--percentile has no effect without --norm percentile"),
+    ("tandem", ["joint_final"], True, {}, "--joint-final has no effect with --method tandem: it trains every layer"),
+    ("ltl", ["joint_final"], True, {}, "--joint-final has no effect with --method ltl: it has no progressive"),
+    ("ptl", ["joint_final"], False, {}, "--joint-final has no effect without --train"),
 ])
 def test_ignored_options_are_warnings_naming_option_method_and_why(method, given, training, settings, expect):
     (note,) = review_options(method, given, training=training, settings=settings)
@@ -80,7 +83,7 @@ def test_ignored_options_are_warnings_naming_option_method_and_why(method, given
 
 @pytest.mark.parametrize("method,given,settings", [
     ("ptl", ["prune_ahead", "fanin_mode", "percentile", "epochs", "patience", "batch_size", "device",
-             "resume"], {"fanin": 64}),
+             "resume", "joint_final"], {"fanin": 64}),
     ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device"], {"fanin": 64}),
     ("ltl", ["prune_ahead", "percentile", "surrogate", "surrogate_alpha"], {"fanin": 64}),
     ("ltl", ["surrogate_beta"], {"surrogate": "exp"}),
@@ -116,6 +119,20 @@ def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
     assert r.stderr.count(want) == 1, r.stderr
     assert any(w.startswith("--prune-ahead has no effect")
                for w in json.loads((tmp_path / "loud" / "compile.json").read_text())["warnings"])
+
+
+def test_cli_joint_final_reaches_the_schedule(digits_dir, tmp_path):
+    """--joint-final goes into the tuning options (recorded with the tuning, and part of
+    what --resume must match); what it does is tested in test_ptl."""
+    d = digits_dir
+    tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0"]
+    for name, extra in (("plain", []), ("joint", ["--joint-final"])):
+        r = _convert(d, tmp_path / name, *tune, *extra)
+        assert r.returncode == 0, r.stderr
+        info = json.loads((tmp_path / name / "compile.json").read_text())
+        assert info["tuning"]["joint_final"] is (name == "joint") and info["warnings"] == []
+        run = json.loads((tmp_path / name / "checkpoints" / "run.json").read_text())
+        assert run["tuning"]["joint_final"] is (name == "joint")
 
 
 def test_cli_refusal_is_a_usage_error_before_anything_is_written(digits_dir, tmp_path):

@@ -88,6 +88,26 @@ def test_scheduler_patience_reloads_best_and_fixes_layers(small_net, monkeypatch
     assert not torch.equal(snapshots[(2, 2)]["weight.n1"], snapshots[(2, 0)]["weight.n1"])
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
+    """With ``joint_final`` the last stage (output constrained, every layer spiking) trains
+    the layers fixed in earlier stages too, at the final learning rate, and the fan-in
+    masks still hold; without it those layers stay as their stage left them."""
+    g, train, val = small_net
+    net = TandemNet(g, bits=8, fanin=4, prune_lead=99)
+    score = iter(np.linspace(0.1, 0.9, 40))  # every epoch improves: each stage keeps its last state
+    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256: {"accuracy": next(score), "loss": 1.0})
+    after: dict[int, dict] = {}
+    res = tune(net, train, val, TrainOptions(epochs=8, patience=9, batch_size=32, recalibrate=False,
+                                             joint_final=joint),
+               on_stage_end=lambda s: after.update({s: {k: v.clone() for k, v in net.state_dict().items()}}))
+    assert [s["stage"] for s in res.stages] == [0, 1, 2, 3] and res.stages[-1]["lr"] == 1e-4
+    first = f"weight.{net.key[net.weighted[0]]}"
+    assert torch.equal(after[2][first], after[1][first])  # fixed through stage 2 either way
+    assert torch.equal(after[3][first], after[2][first]) is (not joint)
+    assert violations(net.to_graph(), bits=8, fanin=4) == []
+
+
 def test_epoch_budget_is_shared_by_stages(small_net):
     g, train, val = small_net
     res = tune(TandemNet(g), train, val, TrainOptions(epochs=5, patience=99, batch_size=48))

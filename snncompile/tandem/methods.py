@@ -36,7 +36,7 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
     "prune_ahead": ("--prune-ahead", False), "fanin_mode": ("--fanin-mode", False),
     "percentile": ("--percentile", False), "epochs": ("--epochs", False),
     "patience": ("--patience", False), "batch_size": ("--batch-size", False),
-    "device": ("--device", False),
+    "device": ("--device", False), "joint_final": ("--joint-final", False),
 }.items()}
 OPTION_FLAGS = {k: o.flag for k, o in OPTIONS.items()}
 
@@ -78,6 +78,7 @@ _STRAIGHT = "it trains with the tandem rule (straight-through count ~ activation
 _ONE_STAGE_RESUME = "it trains in one stage, so an interrupted run leaves no finished stage to continue from"
 _ONE_STAGE_PRUNE = ("it trains in one stage with every fan-in mask imposed from the first epoch, so there "
                     "is no earlier stage to impose a mask in")
+_NO_FINAL_STAGE = "it has no progressive stages, so no final stage that would otherwise train the output layer alone"
 _PERCENTILE_BALANCE = ("threshold balancing sets every hidden threshold to --balance-scale x its layer's "
                        "largest activation, replacing the --percentile scales")
 
@@ -94,14 +95,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tandem", "tandem learning (Wu et al., TNNLS): all layers spiking from the start, one stage",
            "schedule:tune", distributed=True,
            cannot={**_no_surrogate(_STRAIGHT), "resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE,
-                   "balance_scale": "it sets every threshold from --percentile"}),
+                   "balance_scale": "it sets every threshold from --percentile",
+                   "joint_final": "it trains every layer in its one stage already"}),
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
-           cannot={"resume": _ONE_STAGE_RESUME,
+           cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
-           cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE,
+           cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
                    "percentile": _PERCENTILE_BALANCE}),
 )}
 

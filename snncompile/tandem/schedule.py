@@ -46,6 +46,7 @@ class TrainOptions:
     device: str = "cpu"
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
+    joint_final: bool = False      # PTL's last stage trains every layer (all spiking) at final_lr
     percentile: float = 99.9
     # surrogate-gradient methods (ltl, stdb; see methods.py): None = the method's default
     surrogate: str | None = None   # exp (STDB) | linear
@@ -173,9 +174,10 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
                 net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
-        history, summary = _run_stage(net, train, val, opts, stage, cap, i == len(plan) - 1 and
-                                      opts.method == "ptl", say, bar, ramp, fix_earlier=i > 0 and opts.method == "ptl",
-                                      step_loss=step_loss)
+        final = i == len(plan) - 1 and opts.method == "ptl"
+        fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
+        history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
+                                      fix_earlier=fix, step_loss=step_loss)
         used += len(history) - 1
         result.history.extend(history)
         result.stages.append(summary)
