@@ -48,14 +48,15 @@ def _model(data: Path) -> Path:
 
 
 def _reuse_stages(src: Path, out: Path) -> None:
-    """Copy every stage checkpoint of the kept run ``src`` but its last into ``out``, so a
-    resumed run re-trains only the final stage (the stages before it do not depend on
-    options that act only there, such as ``joint_final``). No run.json: nothing to match."""
+    """Copy the stage checkpoints of the run kept in ``src`` into ``out``, all but the last
+    when that run finished (``src/compile.json``), so a resumed run re-trains only the final
+    stage (the stages before it do not depend on options that act only there, such as
+    ``joint_final``). No run.json: nothing to match."""
     stages = sorted(int(p.stem.split("_")[1]) for p in (src / "checkpoints").glob("stage_*.json"))
     if not stages:
         raise SystemExit(f"no stage checkpoints in {src / 'checkpoints'}")
     (out / "checkpoints").mkdir(parents=True)
-    for k in stages[:-1]:
+    for k in stages[:-1] if (src / "compile.json").is_file() else stages:
         for ext in ("npz", "json"):
             shutil.copy(src / "checkpoints" / f"stage_{k}.{ext}", out / "checkpoints")
 
