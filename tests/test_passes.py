@@ -72,7 +72,10 @@ def test_bn_folding_is_exact(rng, x):
     a = ann_forward(g, x, return_all=True)
     b = ann_forward(folded, x, return_all=True)
     torch.testing.assert_close(b["bn2"], a["bn2"], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(b["out"], a["out"], rtol=1e-6, atol=1e-6)
+    # exact in real numbers; in float32 the folded weights round differently, a few ulps per
+    # layer, and the layers after the fold add up such differences (seen: 1.6e-6 relative on
+    # one CPU); a wrong fold is off by far more than 1e-5
+    torch.testing.assert_close(b["out"], a["out"], rtol=1e-5, atol=1e-5)
 
 
 def test_fold_needs_a_single_consumer(rng):
