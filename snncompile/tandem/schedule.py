@@ -5,9 +5,9 @@ and layer k's constraints (fan-in mask, weight quantization, thresholds) take ef
 L + 1 constrains the output layer and is trained at the lower final learning rate on the
 exact integer network: only the output layer, or (``joint_final``) every layer, end to end
 through the tandem rule. In each stage a fresh Adam trains everything not fixed yet; the
-scheduler watches validation accuracy (loss for regression), keeps the stage's best weights, and when ``patience`` epochs bring no improvement (or the
-stage's share of the epoch budget is spent) reloads them, fixes the stage's layer and moves
-on. Method ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every
+scheduler watches validation accuracy (loss for regression), keeps the stage's best
+weights, and when ``patience`` epochs bring no improvement (or the stage's share of the
+epoch budget is spent) reloads them, fixes the stage's layer and moves on. Method ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every
 layer spiking, every constraint imposed and every layer trained from the start, the same
 budget. The other methods are in :mod:`.methods`.
 """
