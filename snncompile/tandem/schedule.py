@@ -7,9 +7,10 @@ exact integer network: only the output layer, or (``joint_final``) every layer, 
 through the tandem rule. In each stage a fresh Adam trains everything not fixed yet; the
 scheduler watches validation accuracy (loss for regression), keeps the stage's best
 weights, and when ``patience`` epochs bring no improvement (or the stage's share of the
-epoch budget is spent) reloads them, fixes the stage's layer and moves on. Method ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every
-layer spiking, every constraint imposed and every layer trained from the start, the same
-budget. The other methods are in :mod:`.methods`.
+epoch budget is spent) reloads them, fixes the stage's layer and moves on. Method
+``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every layer
+spiking, every constraint imposed and every layer trained from the start, the same budget.
+The other methods are in :mod:`.methods`.
 """
 
 from __future__ import annotations
