@@ -84,8 +84,9 @@ def main(verbose: bool) -> None:
               help="Calibration data (.npz with x) for threshold normalization.")
 @click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
               help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
-@click.option("--percentile", default=99.9, show_default=True, type=float,
-              help="Percentile of each ReLU's output used as its scale.")
+@click.option("--percentile", default="99.9", show_default=True,
+              help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
+                   "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
               help="Signed integer weight width (per-layer symmetric).")
 @click.option("--weight-exp", default=0, show_default=True, type=int,
@@ -140,7 +141,7 @@ def main(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
-            percentile: float, weight_bits: int, weight_exp: int, input_bits: int,
+            percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
@@ -156,12 +157,17 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
     from .plugin import parse_backend_options
 
     auto, steps = _auto_timesteps(timesteps, max_accuracy_drop, max_psnr_drop, timesteps_candidates)
+    percentile_value, percentile_search = _percentile_option(percentile)
+    explicit = _explicit_options()
+    if percentile_search:  # reviewed against the method as its own option
+        explicit = (explicit - {"percentile"}) | {"percentile_search"}
     opts = ConversionOptions(timesteps=steps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
                              membrane_bits=membrane_bits, weight_exp=weight_exp)
     report = None if as_json else _epoch_reporter()
     req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
-                         percentile=percentile, output=output_name, seed=seed, force=force,
+                         percentile=percentile_value, percentile_search=percentile_search,
+                         output=output_name, seed=seed, force=force,
                          options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
                          val=val_path, method=method, epochs=epochs, patience=patience,
                          batch_size=batch_size, device=device, resume=resume,
@@ -169,7 +175,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                         joint_final=joint_final, explicit=_explicit_options())
+                         joint_final=joint_final, explicit=explicit)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:
@@ -203,6 +209,18 @@ def _explicit_options() -> frozenset[str]:
     ctx = click.get_current_context()
     return frozenset(p.name for p in ctx.command.params if p.name is not None
                      and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT))
+
+
+def _percentile_option(text: str) -> tuple[float, bool]:
+    """(percentile for calibration, whether tuning searches each layer's) from --percentile."""
+    if text.strip().lower() == "auto":
+        return 99.9, True  # the conversion before tuning uses the default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--percentile must be a number in (0, 100] or auto, got '{text}'",
+                         "e.g. --percentile 99.9, or --percentile auto with --train/--val") from None
+    return value, False
 
 
 def _auto_timesteps(text: str, max_accuracy_drop: float | None, max_psnr_drop: float | None,

@@ -41,6 +41,7 @@ class CompileRequest:
     calib: str | None = None
     norm: str = "percentile"
     percentile: float = 99.9
+    percentile_search: bool = False  # --percentile auto: tuning picks each layer's on --val
     output: str | None = None
     seed: int = 0
     force: bool = False
@@ -172,6 +173,9 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
                       "patience": topts.patience, "joint_final": topts.joint_final,
                       "seconds": res.seconds, "stages": res.stages,
                       "history": res.history}
+            if topts.percentile_search:  # --percentile auto: what each layer got
+                tuning["percentiles"] = {layer: rec["chosen"] for st in res.stages
+                                         for layer, rec in st.get("percentiles", {}).items()}
         else:
             net.set_stage(net.n_stages)
             msg = (f"--fanin {req.fanin} pruned {_pruned_share(net):.0%} of the weights without "
@@ -228,7 +232,7 @@ def _check_tuning(req: CompileRequest):
     """The tuning options, checked (None when the run only converts), and one warning per
     option the method ignores (:func:`.tandem.methods.review_options`)."""
     from .tandem.methods import canonical, review_options
-    from .tandem.schedule import TrainOptions
+    from .tandem.schedule import PERCENTILE_GRID, TrainOptions
 
     if req.fanin is not None and req.fanin < 1:
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
@@ -258,7 +262,9 @@ def _check_tuning(req: CompileRequest):
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
                         joint_final=req.joint_final, method=method, seed=req.seed, device=req.device,
-                        percentile=100.0 if req.norm == "max" else req.percentile, **given)
+                        percentile=100.0 if req.norm == "max" else req.percentile,
+                        percentile_search=PERCENTILE_GRID if req.percentile_search and req.norm != "max" else (),
+                        **given)
     opts.check()
     return opts, notes
 

@@ -51,6 +51,10 @@ def test_the_table_names_only_known_options_and_every_refusal_has_a_method_that_
                                                                  "--method stdb with the linear surrogate:"),
     ("none", ["surrogate"], False, {}, "--surrogate cannot be honoured by --method none: it converts only"),
     ("ptl", ["balance_scale"], False, {}, "--balance-scale cannot be honoured without --train"),
+    ("stdb", ["percentile_search"], True, {}, "--percentile auto cannot be honoured by --method stdb: threshold"),
+    ("ltl", ["percentile_search"], True, {}, "--percentile auto cannot be honoured by --method ltl: its thresholds"),
+    ("none", ["percentile_search"], False, {}, "--percentile auto cannot be honoured by --method none: it converts"),
+    ("ptl", ["percentile_search"], False, {}, "--percentile auto cannot be honoured without --train: it converts"),
 ])
 def test_refused_options(method, given, training, settings, expect):
     with pytest.raises(UsageError) as e:
@@ -133,6 +137,47 @@ def test_cli_joint_final_reaches_the_schedule(digits_dir, tmp_path):
         assert info["tuning"]["joint_final"] is (name == "joint") and info["warnings"] == []
         run = json.loads((tmp_path / name / "checkpoints" / "run.json").read_text())
         assert run["tuning"]["joint_final"] is (name == "joint")
+
+
+def test_cli_percentile_auto_chooses_each_layer_on_validation(digits_dir, tmp_path):
+    """--percentile auto: every IF layer's percentile is one of the grid's, the one whose
+    converted network scored best on --val (recorded per stage with every candidate's
+    score), and the search is part of what --resume must match."""
+    from snncompile.tandem.schedule import PERCENTILE_GRID
+
+    d = digits_dir
+    r = _convert(d, tmp_path / "auto", "--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0",
+                 "--percentile", "auto")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "auto" / "compile.json").read_text())
+    tuning = info["tuning"]
+    layers = [layer for st in tuning["stages"] for layer in st.get("percentiles", {})]
+    assert sorted(layers) == sorted(info["lam"]) and set(tuning["percentiles"]) == set(layers)
+    for st in tuning["stages"]:
+        for layer, rec in st.get("percentiles", {}).items():
+            assert rec["chosen"] in PERCENTILE_GRID and list(rec["val"]) == [f"{p:g}" for p in PERCENTILE_GRID]
+            key = {p: (m["val_accuracy"], -m["val_loss"]) for p, m in rec["val"].items()}
+            assert key[f"{rec['chosen']:g}"] == max(key.values())
+            assert tuning["percentiles"][layer] == rec["chosen"]
+            assert st["converted"] == rec["val"][f"{rec['chosen']:g}"]  # the stage starts from it
+    run = json.loads((tmp_path / "auto" / "checkpoints" / "run.json").read_text())
+    assert run["tuning"]["percentile_search"] == list(PERCENTILE_GRID)
+    assert "percentile auto" not in r.stderr  # honoured: no warning
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--percentile", "auto"], "error: --percentile auto cannot be honoured without --train"),
+    (["--percentile", "high"], "error: --percentile must be a number in (0, 100] or auto, got 'high'"),
+    (["--percentile", "auto", "--train", "TRAIN", "--val", "TRAIN", "--method", "stdb"],
+     "error: --percentile auto cannot be honoured by --method stdb"),
+])
+def test_cli_bad_percentile_is_refused_before_anything_is_written(digits_dir, tmp_path, extra, expect):
+    d = digits_dir
+    out = tmp_path / "out"
+    r = _convert(d, out, *[str(d / "val.npz") if a == "TRAIN" else a for a in extra])
+    assert r.returncode == UsageError.exit_code, r.stderr
+    assert r.stderr.startswith(expect), r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
 
 
 def test_cli_refusal_is_a_usage_error_before_anything_is_written(digits_dir, tmp_path):

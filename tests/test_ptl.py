@@ -14,6 +14,7 @@ import torch
 
 from snncompile.convert import ConversionOptions
 from snncompile.data import Dataset
+from snncompile.errors import UsageError
 from snncompile.metrics import population_fanin, weight_bits
 from snncompile.pipeline import CompileRequest, compile_model
 from snncompile.serialize import load_graph
@@ -106,6 +107,42 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     assert torch.equal(after[2][first], after[1][first])  # fixed through stage 2 either way
     assert torch.equal(after[3][first], after[2][first]) is (not joint)
     assert violations(net.to_graph(), bits=8, fanin=4) == []
+
+
+def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, monkeypatch):
+    """Each layer, as its stage converts it, tries every candidate percentile; the one whose
+    network scores best on validation sets its threshold (ties: the first candidate)."""
+    g, train, val = small_net
+    net = TandemNet(g, bits=8)
+    favourite = {net.layers[0]: 98.0, net.layers[1]: 99.99}
+    calls: list[tuple[str, float, np.ndarray]] = []
+    recalibrate = net.recalibrate
+
+    def spy(layer, x, percentile=99.9, batch_size=256):
+        calls.append((layer, percentile, recalibrate(layer, x, percentile, batch_size)))
+        return calls[-1][2]
+
+    def fake_eval(n, data, batch_size=256):  # the favourite scores best, the others by distance
+        layer, p, _ = calls[-1]
+        return {"accuracy": 1.0 - abs(p - favourite[layer]) / 100, "loss": 1.0}
+
+    monkeypatch.setattr(net, "recalibrate", spy)
+    monkeypatch.setattr(schedule, "evaluate", fake_eval)
+    grid = (97.0, 98.0, 99.0, 99.9, 99.99)
+    res = tune(net, train, val, TrainOptions(epochs=0, percentile_search=grid))
+    for j, layer in enumerate(net.layers):
+        rec = res.stages[j]["percentiles"][layer]
+        assert rec["chosen"] == favourite[layer] and list(rec["val"]) == ["97", "98", "99", "99.9", "99.99"]
+        tried = [c for c in calls if c[0] == layer]
+        assert [c[1] for c in tried] == [*grid, favourite[layer]]  # then set to the winner
+        assert np.allclose(getattr(net, f"lam_{j}").numpy(), tried[-1][2])
+        assert not np.allclose(tried[0][2], tried[-1][2])  # the candidates do differ
+    calls.clear()
+    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256: {"accuracy": 0.5, "loss": 1.0})
+    res = tune(TandemNet(g, bits=8), train, val, TrainOptions(epochs=0, percentile_search=grid))
+    assert [st["percentiles"][layer]["chosen"] for st, layer in zip(res.stages, net.layers)] == [97.0, 97.0]
+    with pytest.raises(UsageError, match="percentile candidates must lie in"):
+        TrainOptions(percentile_search=(99.0, 101.0)).check()
 
 
 def test_epoch_budget_is_shared_by_stages(small_net):

@@ -39,6 +39,7 @@ class CheckpointDir:
     def start(self, run: dict[str, Any], resume: bool) -> None:
         """Create the folder and record ``run``; with ``resume``, existing checkpoints must
         come from an identical run (else UsageError naming what differs)."""
+        run = json.loads(json.dumps(run))  # as it reads back (tuples become lists)
         old = self.read_run()
         if resume and old is not None:
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))

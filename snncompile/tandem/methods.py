@@ -34,7 +34,8 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
     "surrogate_alpha": ("--surrogate-alpha", True), "surrogate_beta": ("--surrogate-beta", True),
     "balance_scale": ("--balance-scale", True),
     "prune_ahead": ("--prune-ahead", False), "fanin_mode": ("--fanin-mode", False),
-    "percentile": ("--percentile", False), "epochs": ("--epochs", False),
+    "percentile": ("--percentile", False), "percentile_search": ("--percentile auto", True),
+    "epochs": ("--epochs", False),
     "patience": ("--patience", False), "batch_size": ("--batch-size", False),
     "device": ("--device", False), "joint_final": ("--joint-final", False),
 }.items()}
@@ -47,6 +48,8 @@ NEEDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "fanin_mode": ("--fanin (no fan-in masks to choose without it)", lambda s: s.get("fanin") is not None),
     "percentile": ("--norm percentile or channel (--norm max takes the maximum)",
                    lambda s: s.get("norm", "percentile") != "max"),
+    "percentile_search": ("--norm percentile or channel (--norm max takes the maximum)",
+                          lambda s: s.get("norm", "percentile") != "max"),
 }
 
 
@@ -100,11 +103,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
            cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
-                   "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets"}),
+                   "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
+                   "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
+                                        "of its targets, set before any layer is trained"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
            cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
-                   "percentile": _PERCENTILE_BALANCE}),
+                   "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE}),
 )}
 
 _NOT_TRAINED = "it converts only, nothing is trained"

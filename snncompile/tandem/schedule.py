@@ -7,7 +7,11 @@ exact integer network: only the output layer, or (``joint_final``) every layer, 
 through the tandem rule. In each stage a fresh Adam trains everything not fixed yet; the
 scheduler watches validation accuracy (loss for regression), keeps the stage's best
 weights, and when ``patience`` epochs bring no improvement (or the stage's share of the
-epoch budget is spent) reloads them, fixes the stage's layer and moves on. Method
+epoch budget is spent) reloads them, fixes the stage's layer and moves on. A layer's
+threshold is re-derived when it starts spiking, from a percentile of its ANN activation
+given the spiking layers before it; with ``percentile_search`` (``--percentile auto``) the
+percentile is the candidate whose converted network scores best on validation, because the
+best clipping point depends on T (few count levels favour clipping more) and on the layer. Method
 ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every layer
 spiking, every constraint imposed and every layer trained from the start, the same budget.
 The other methods are in :mod:`.methods`.
@@ -49,6 +53,8 @@ class TrainOptions:
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
     joint_final: bool = False      # PTL's last stage trains every layer (all spiking) at final_lr
     percentile: float = 99.9
+    # non-empty: each layer's percentile is chosen from these on validation as it is converted
+    percentile_search: tuple[float, ...] = ()
     # surrogate-gradient methods (ltl, stdb; see methods.py): None = the method's default
     surrogate: str | None = None   # exp (STDB) | linear
     surrogate_alpha: float | None = None
@@ -62,6 +68,9 @@ class TrainOptions:
             raise UsageError(f"--patience must be >= 1, got {self.patience}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        bad = [p for p in self.percentile_search if not 0 < p <= 100]
+        if bad:
+            raise UsageError(f"percentile candidates must lie in (0, 100], got {bad[0]}")
         from .methods import check_request
 
         check_request(self.method, given={"surrogate": self.surrogate, "surrogate_alpha": self.surrogate_alpha,
@@ -78,6 +87,10 @@ class TrainOptions:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda was requested but no CUDA device is available",
                              "use --device cpu")
+
+
+# The candidates of --percentile auto: from clipping 3% of a layer's activations to 0.01%.
+PERCENTILE_GRID: tuple[float, ...] = (97.0, 98.0, 99.0, 99.5, 99.9, 99.99)
 
 
 @dataclass
@@ -169,17 +182,25 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             continue
         net.set_stage(stage, prune=not opts.gradual)
         ramp = net.due_masks() if opts.gradual else []
+        chosen: dict[str, dict[str, Any]] = {}
         if opts.recalibrate:
             xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
-                net.recalibrate(layer, xc, opts.percentile)
+                if opts.percentile_search:
+                    chosen[layer] = select_percentile(net, layer, xc, val, opts.percentile_search)
+                    say(f"stage {stage}/{net.n_stages} ({layer}): percentile {chosen[layer]['chosen']:g} "
+                        f"chosen on validation ({_scores(chosen[layer]['val'])})")
+                else:
+                    net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         final = i == len(plan) - 1 and opts.method == "ptl"
         fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
                                       fix_earlier=fix, step_loss=step_loss)
         used += len(history) - 1
+        if chosen:
+            summary["percentiles"] = chosen
         result.history.extend(history)
         result.stages.append(summary)
         if checkpoints is not None and ddp.rank() == 0:
@@ -194,6 +215,28 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     result.world_size = ddp.world_size()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
+                      candidates: tuple[float, ...]) -> dict[str, Any]:
+    """Set IF layer ``layer``'s scale from the candidate percentile (of its activation over
+    ``x``) whose network, as it stands at the current stage, scores best on ``val``
+    (accuracy, ties broken by loss; the first candidate on a full tie). Returns the choice
+    and each candidate's score, for the stage's record."""
+    scores: dict[float, dict[str, float]] = {}
+    best: float | None = None
+    for p in candidates:
+        net.recalibrate(layer, x, p)
+        scores[p] = ddp.from_rank0(evaluate(net, val))
+        if best is None or _key(scores[p]) > _key(scores[best]):
+            best = p
+    assert best is not None
+    net.recalibrate(layer, x, best)
+    return {"chosen": best, "val": {f"{p:g}": _val(m) for p, m in scores.items()}}
+
+
+def _scores(val: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{p}: {_fmt(m)}" for p, m in val.items())
 
 
 def _ramp_steps(net: TandemNet, names: list[str]) -> int:
