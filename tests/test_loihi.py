@@ -26,6 +26,20 @@ HAVE_LAVA = importlib.util.find_spec("lava") is not None
 needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
 
 
+@pytest.fixture(autouse=True)
+def _lava_may_set_fork(monkeypatch):
+    """Lava's runtime calls ``multiprocessing.set_start_method('fork')`` when first imported,
+    which raises once anything in the process has fixed the start method (torch's dynamo
+    exporter does, in tests/test_frontend_exporters.py, when pytest runs both files in one
+    process). The backend runs Lava in its own process; the tests here that import it in
+    the test process let it set the method it needs."""
+    import multiprocessing
+
+    set_method = multiprocessing.set_start_method
+    monkeypatch.setattr(multiprocessing, "set_start_method",
+                        lambda method, force=False: set_method(method, force=True))
+
+
 # --- a zoo of small integer graphs ------------------------------------------------------------
 
 def _w(rng, shape, lo=-40, hi=40):
