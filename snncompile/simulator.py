@@ -506,14 +506,18 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Va
 
 
 def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
-               nodes: set[str] | None = None) -> dict:
+               nodes: set[str] | None = None, given: dict[str, "SpikeTrains"] | None = None,
+               keep_spikes: set[str] = frozenset()) -> dict:
     """Simulate one chunk of samples over the whole window (``nodes``: only these, which
-    must include their inputs; default all). Counts and accumulators stay torch tensors."""
+    must include their inputs, or be in ``given``; default all). ``given``: the spike
+    trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes whose spike trains are returned as tensors.
+    Counts and accumulators stay torch tensors."""
     T, nb = plan.T, xq.shape[0]
+    given = given or {}
     order = [n for n in graph.nodes if nodes is None or n.name in nodes]
     left = {n.name: 0 for n in order}
     for n in order:
-        for i in n.inputs:
+        for i in n.inputs if n.name not in given else ():
             left[i] += 1
     keep = set(graph.outputs)
     val: dict[str, _Val] = {}
@@ -523,8 +527,12 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
     sat = {n.name: 0 for n in order if isinstance(n, IFNode)}
     syn = torch.zeros(nb, dtype=torch.float64, device=xq.device)
     syn_node: dict[str, np.ndarray] = {}
+    kept: dict[str, torch.Tensor] = {}
     for n in order:
-        if isinstance(n, InputNode):
+        if n.name in given:
+            g = given[n.name]
+            out = _Val(g.spikes, events=True, active=g.active, window_sum=g.counts)
+        elif isinstance(n, InputNode):
             out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
         else:
             ins = [val[i] for i in n.inputs]
@@ -545,10 +553,23 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             counts[n.name] = tot.reshape((nb,) + tuple(n.shape))
             if record:
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
+            if n.name in keep_spikes:
+                kept[n.name] = out.full(T)
         val[n.name] = out
     acc = {o: val[o].total(T, torch.float64) for o in graph.outputs if o in val}
     return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat,
-            "synops_by_node": syn_node}
+            "synops_by_node": syn_node, "kept": kept}
+
+
+@dataclass
+class SpikeTrains:
+    """An IF layer's output handed to :func:`run_window` instead of computed: ``spikes``
+    (T, N, *shape) float32 0/1, their ``counts`` over the window (N, *shape), and ``active``
+    (T,) bool, False where a step holds no spike."""
+
+    spikes: torch.Tensor
+    counts: torch.Tensor
+    active: torch.Tensor
 
 
 @dataclass
@@ -558,20 +579,25 @@ class WindowResult:
     counts: dict[str, torch.Tensor]    # (N, *shape) spike counts of IF layers and max pools
     acc: dict[str, torch.Tensor]       # (N, *shape) output accumulators (sum over T)
     saturations: dict[str, int]
+    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # (T, N, *shape) float32 0/1, if asked
 
 
 def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
-               nodes: set[str] | None = None) -> WindowResult:
+               nodes: set[str] | None = None, given: dict[str, SpikeTrains] | None = None,
+               keep_spikes: set[str] = frozenset()) -> WindowResult:
     """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
     from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
     the integer forward of tuning loops, which run it on every batch and keep the tensors.
-    ``nodes`` limits the work to these nodes (which must include their inputs)."""
+    ``nodes`` limits the work to these nodes (which must include their inputs, unless the
+    node is ``given``: IF nodes whose spike trains are taken as they are, so the nodes
+    feeding only them need not run); ``keep_spikes`` names IF nodes whose spike trains,
+    (T, N, *shape) float32 0/1, the result keeps."""
     T = int(timesteps)
     plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
                  synops=False)
     with torch.no_grad():
-        r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes)
-    return WindowResult(r["counts"], r["acc"], r["sat"])
+        r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes)
+    return WindowResult(r["counts"], r["acc"], r["sat"], r["kept"])
 
 
 # Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models, and

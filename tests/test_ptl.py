@@ -67,7 +67,7 @@ def test_scheduler_patience_reloads_best_and_fixes_layers(small_net, monkeypatch
     snapshots: dict[tuple[int, int], dict] = {}
     calls: list[int] = []
 
-    def fake_eval(n, data, batch_size=256):
+    def fake_eval(n, data, batch_size=256, prefix=None):
         calls.append(n.stage)
         epoch = sum(1 for s in calls if s == n.stage) - 1
         snapshots[(n.stage, epoch)] = {k: v.clone() for k, v in n.state_dict().items()}
@@ -97,7 +97,7 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     g, train, val = small_net
     net = TandemNet(g, bits=8, fanin=4, prune_lead=99)
     score = iter(np.linspace(0.1, 0.9, 40))  # every epoch improves: each stage keeps its last state
-    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256: {"accuracy": next(score), "loss": 1.0})
+    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
     after: dict[int, dict] = {}
     res = tune(net, train, val, TrainOptions(epochs=8, patience=9, batch_size=32, recalibrate=False,
                                              joint_final=joint),
@@ -122,7 +122,7 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         calls.append((layer, percentile, recalibrate(layer, x, percentile, batch_size)))
         return calls[-1][2]
 
-    def fake_eval(n, data, batch_size=256):  # the favourite scores best, the others by distance
+    def fake_eval(n, data, batch_size=256, prefix=None):  # the favourite scores best, the others by distance
         layer, p, _ = calls[-1]
         return {"accuracy": 1.0 - abs(p - favourite[layer]) / 100, "loss": 1.0}
 
@@ -138,7 +138,7 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         assert np.allclose(getattr(net, f"lam_{j}").numpy(), tried[-1][2])
         assert not np.allclose(tried[0][2], tried[-1][2])  # the candidates do differ
     calls.clear()
-    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256: {"accuracy": 0.5, "loss": 1.0})
+    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": 0.5, "loss": 1.0})
     res = tune(TandemNet(g, bits=8), train, val, TrainOptions(epochs=0, percentile_search=grid))
     assert [st["percentiles"][layer]["chosen"] for st, layer in zip(res.stages, net.layers)] == [97.0, 97.0]
     with pytest.raises(UsageError, match="percentile candidates must lie in"):

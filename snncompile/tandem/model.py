@@ -31,8 +31,9 @@ from ..convert import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .constraints import FANIN_MODES, fanin_budgets
-from ..simulator import run_window
+from ..simulator import SpikeTrains, run_window
 from .intsim import needed, quantized_input
+from .prefix import Frontier
 from .requant import with_params
 
 
@@ -197,16 +198,27 @@ class TandemNet(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, return_ints: bool = False):
+    def forward(self, x: torch.Tensor, return_ints: bool = False,
+                given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
-        also the integer result (:class:`.intsim.IntResult`) of the spiking part."""
-        g, vals, ints = self._values(x)
+        also the integer result (:class:`.intsim.IntResult`) of the spiking part. ``given``:
+        a frontier of fixed layers and their spike trains for these inputs
+        (:mod:`.prefix`), from which the forward starts (the same result, less work)."""
+        g, vals, ints = self._values(x, given)
         y = vals[g.outputs[0]]
         if ints is not None and g.outputs[0] in ints.acc:
             s = torch.as_tensor(np.asarray(g[g.outputs[0]].out_scale, np.float64), device=x.device)
             exact = (ints.acc[g.outputs[0]] * s / self.T).to(torch.float32)
-            y = y + (exact - y).detach()
+            y = _straight_through(exact, y)
         return (y, ints) if return_ints else y
+
+    @torch.no_grad()
+    def spike_trains(self, x: torch.Tensor, nodes: set[str]) -> dict[str, torch.Tensor]:
+        """The spike trains, (T, N, *shape) float32 0/1, of IF layers ``nodes`` (spiking at
+        the current stage) for float inputs ``x``."""
+        g, _ = self._current()
+        return run_window(g, quantized_input(g, x), self.T, needed(g, sorted(nodes)),
+                          keep_spikes=set(nodes)).spikes
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
@@ -235,14 +247,26 @@ class TandemNet(nn.Module):
         self._cache = None
         return lam
 
-    def _values(self, x: torch.Tensor):
+    def _values(self, x: torch.Tensor, given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         g, fq = self._current()
         xq = quantized_input(g, x)
         ints_needed = self.integer_nodes()
-        ints = run_window(g, xq, self.T, ints_needed) if len(ints_needed) > 1 else None
+        skip: frozenset[str] = frozenset()
+        trains: dict[str, SpikeTrains] = {}
+        if given is not None:
+            skip, trains = given[0].skip, given[1]
+            ints_needed = ints_needed - skip
+        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None)
+                if len(ints_needed) > 1 else None)
         vals: dict[str, torch.Tensor] = {}
         dev = x.device
         for n in g.nodes:
+            if n.name in skip:
+                continue
+            if n.name in trains:  # a fixed layer: its spike count value, nothing to train
+                lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
+                vals[n.name] = ints.counts[n.name].to(torch.float32) * lam / self.T
+                continue
             if isinstance(n, InputNode):
                 s = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
                 vals[n.name] = xq.to(torch.float32) * s
@@ -255,7 +279,7 @@ class TandemNet(nn.Module):
                 if ints is not None and n.name in ints.counts:
                     lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
                     snn = ints.counts[n.name].to(torch.float32) * lam / self.T
-                    out = out + (snn - out).detach()
+                    out = _straight_through(snn, out)
             else:
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
@@ -266,13 +290,18 @@ class TandemNet(nn.Module):
         w = self.weight[k] * self.mask(n.name)
         b = self.bias[k] if k in self.bias else None
         if fq is not None:
-            wq = torch.as_tensor(fq[0], device=x.device)
-            w = w + (wq - w).detach()
+            w = _straight_through(torch.as_tensor(fq[0], device=x.device), w)
             if b is not None and fq[1] is not None:
-                bq = torch.as_tensor(fq[1], device=x.device)
-                b = b + (bq - b).detach()
+                b = _straight_through(torch.as_tensor(fq[1], device=x.device), b)
         node = dataclasses.replace(n, weight=w, bias=b)
         return _WEIGHTED[type(n)](node, x)
+
+
+def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """Exactly ``value`` forward, the gradient of ``surrogate`` backward (``value`` plus an
+    exact zero that carries it; ``surrogate + (value - surrogate).detach()`` can be off by
+    a rounding step, and the forward must be the integer network's values exactly)."""
+    return value + (surrogate - surrogate.detach())
 
 
 def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:

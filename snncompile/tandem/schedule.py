@@ -32,7 +32,9 @@ from ..data import Dataset
 from ..errors import UsageError
 from . import distributed as ddp
 from .checkpoint import CheckpointDir
+from . import prefix as prefix_module
 from .model import TandemNet
+from .prefix import PrefixCache, frontier
 
 
 
@@ -113,15 +115,20 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
     return list(range(first, net.n_stages + 1))
 
 
-def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256) -> dict[str, float]:
-    """Validation loss (and accuracy) of the network at its current stage."""
+def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256,
+             prefix: PrefixCache | None = None) -> dict[str, float]:
+    """Validation loss (and accuracy) of the network at its current stage (``prefix``: the
+    fixed layers' spike trains for ``data``, see :mod:`.prefix`)."""
     dev = next(net.parameters()).device
     total, correct, n = 0.0, 0, len(data.x)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             x = torch.as_tensor(data.x[i:i + batch_size], device=dev)
             y = torch.as_tensor(data.y[i:i + batch_size], device=dev)
-            out = net(x)
+            given = None
+            if prefix is not None:
+                given = (prefix.frontier, prefix.take(np.arange(i, i + len(x)), dev))
+            out = net(x, given=given)
             total += float(_loss(out, y, data.is_classification)) * len(x)
             if data.is_classification:
                 correct += int((out.argmax(1) == y).sum())
@@ -182,22 +189,27 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             continue
         net.set_stage(stage, prune=not opts.gradual)
         ramp = net.due_masks() if opts.gradual else []
+        final = i == len(plan) - 1 and opts.method == "ptl"
+        fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
+        caches = _prefix_caches(net, stage, [train, val], fix and step_loss is None)
+        if caches is not None:
+            say(f"stage {stage}/{net.n_stages} ({net.stage_name(stage)}): spike trains of the fixed "
+                f"layers kept ({sum(c.nbytes for c in caches) / 2 ** 20:.0f} MiB)")
         chosen: dict[str, dict[str, Any]] = {}
         if opts.recalibrate:
             xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
                 if opts.percentile_search:
-                    chosen[layer] = select_percentile(net, layer, xc, val, opts.percentile_search)
+                    chosen[layer] = select_percentile(net, layer, xc, val, opts.percentile_search,
+                                                      prefix=caches[1] if caches else None)
                     say(f"stage {stage}/{net.n_stages} ({layer}): percentile {chosen[layer]['chosen']:g} "
                         f"chosen on validation ({_scores(chosen[layer]['val'])})")
                 else:
                     net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
-        final = i == len(plan) - 1 and opts.method == "ptl"
-        fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
-                                      fix_earlier=fix, step_loss=step_loss)
+                                      fix_earlier=fix, step_loss=step_loss, caches=caches)
         used += len(history) - 1
         if chosen:
             summary["percentiles"] = chosen
@@ -218,7 +230,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
 
 def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
-                      candidates: tuple[float, ...]) -> dict[str, Any]:
+                      candidates: tuple[float, ...], prefix: PrefixCache | None = None) -> dict[str, Any]:
     """Set IF layer ``layer``'s scale from the candidate percentile (of its activation over
     ``x``) whose network, as it stands at the current stage, scores best on ``val``
     (accuracy, ties broken by loss; the first candidate on a full tie). Returns the choice
@@ -227,7 +239,7 @@ def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
     best: float | None = None
     for p in candidates:
         net.recalibrate(layer, x, p)
-        scores[p] = ddp.from_rank0(evaluate(net, val))
+        scores[p] = ddp.from_rank0(evaluate(net, val, prefix=prefix))
         if best is None or _key(scores[p]) > _key(scores[best]):
             best = p
     assert best is not None
@@ -251,11 +263,13 @@ def _ramp_steps(net: TandemNet, names: list[str]) -> int:
 def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions, stage: int,
                cap: int, final: bool, say: Callable[[str], None], bar,
                ramp: list[str] | None = None, fix_earlier: bool = True,
-               step_loss: StepLoss | None = None) -> tuple[list, dict]:
+               step_loss: StepLoss | None = None,
+               caches: list[PrefixCache] | None = None) -> tuple[list, dict]:
     """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
     epoch), and the scheduler's best/patience start once they are complete. Layers
     converted in earlier stages stay fixed (``fix_earlier``); the first stage of a run
-    trains every layer."""
+    trains every layer. ``caches``: the fixed layers' spike trains for ``train`` and
+    ``val`` (:func:`_prefix_caches`)."""
     name = net.stage_name(stage)
     t0 = time.perf_counter()
     params = net.trainable(fix_earlier=fix_earlier)
@@ -266,7 +280,10 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         steps = 0
     if steps:
         net.shrink(ramp, 0.5)
-    best = ddp.from_rank0(evaluate(net, val))
+    def score() -> dict[str, float]:
+        return ddp.from_rank0(evaluate(net, val, prefix=caches[1] if caches else None))
+
+    best = score()
     first = dict(best)
     history = [{"stage": stage, "layer": name, "epoch": 0, "train_loss": None, **_val(best),
                 "seconds": round(time.perf_counter() - t0, 3)}]
@@ -288,8 +305,9 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             if len(idx):
                 x = torch.as_tensor(train.x[idx], device=dev)
                 y = torch.as_tensor(train.y[idx], device=dev)
+                given = (caches[0].frontier, caches[0].take(idx, dev)) if caches else None
                 loss = (step_loss(net, x, y) if step_loss is not None
-                        else _loss(net(x), y, train.is_classification))
+                        else _loss(net(x, given=given), y, train.is_classification))
                 loss.backward()
                 total += float(loss.detach()) * len(idx)
             ddp.average_gradients(params)
@@ -298,7 +316,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         net.eval()
         if epoch < steps:
             net.shrink(ramp, 0.5 ** (epoch + 1) if epoch + 1 < steps else 0.0)
-        m = ddp.from_rank0(evaluate(net, val))
+        m = score()
         improved = _key(m) > _key(best) or epoch == steps  # the first fully pruned state
         if epoch < steps:
             improved = False
@@ -320,10 +338,28 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             break
     if epoch < steps:  # the budget ran out during the ramp: impose the masks, keep that state
         net.shrink(ramp, 0.0)
-        best, best_epoch = evaluate(net, val), epoch
+        best, best_epoch = score(), epoch
         best_state = copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     return history, _summary(stage, name, first, best, best_epoch, lr)
+
+
+def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset],
+                   fixed: bool) -> list[PrefixCache] | None:
+    """Per data set, the spike trains of the layers fixed at ``stage`` (layers 1..stage-1,
+    when earlier stages are ``fixed``), or None where there is nothing to keep, a hand-over
+    is not an IF layer, or the trains would pass prefix.BUDGET_BYTES."""
+    if not fixed or stage < 2:
+        return None
+    front = frontier(net.base, net.layers[:stage - 1])
+    if front is None:
+        return None
+    samples = sum(len(d.x) for d in datasets)
+    if PrefixCache.nbytes_for(net.base, front, net.T, samples) > prefix_module.BUDGET_BYTES:
+        return None
+    dev = next(net.parameters()).device
+    run = lambda xb, keep: net.spike_trains(torch.as_tensor(xb, device=dev), keep)  # noqa: E731
+    return [PrefixCache.build(run, net.base, front, net.T, d.x) for d in datasets]
 
 
 def _val(m: dict[str, float]) -> dict[str, float]:

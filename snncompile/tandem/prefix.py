@@ -1,0 +1,116 @@
+"""Spike trains of the layers a PTL stage keeps fixed, computed once per stage.
+
+At stage k of PTL, layers 1..k-1 are fixed: their weights and thresholds do not change until
+the stage ends, so the spike trains they pass on are a function of the sample alone. Yet
+every training batch and every validation pass would simulate them again over the window,
+and on a CNN the early layers are the large ones. A stage therefore simulates them once per
+sample of its training and validation data, keeps the spike trains where the fixed part of
+the graph hands over to the rest (bit-packed, T bits per neuron), and each batch runs the
+integer simulation and the ANN pass from there on. The forward is bit for bit the one
+without the cache (a test checks it), so the cache changes the time of a run, never its
+result.
+
+It applies where the hand-over nodes are IF layers (spikes are what is cheap to keep) and
+the packed trains fit :data:`BUDGET_BYTES`; otherwise the stage runs as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..ir import Graph, IFNode, InputNode
+from ..simulator import SpikeTrains
+from .intsim import needed
+
+# Most bytes of packed spike trains one stage may keep, over its training and validation data.
+BUDGET_BYTES = 2 * 2 ** 30
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """Where the fixed part of a graph hands over: ``cached`` IF nodes whose spike trains
+    the rest reads, and ``skip``, the nodes that then need not run at all."""
+
+    cached: tuple[str, ...]
+    skip: frozenset[str]
+
+
+def frontier(graph: Graph, fixed_layers: list[str]) -> Frontier | None:
+    """The hand-over of the part of ``graph`` that feeds ``fixed_layers`` (IF layers whose
+    inputs are all fixed); None where there is nothing to skip or a hand-over node is not
+    an IF layer."""
+    if not fixed_layers:
+        return None
+    part = needed(graph, fixed_layers)
+    consumers: dict[str, list[str]] = {n.name: [] for n in graph.nodes}
+    for n in graph.nodes:
+        for i in n.inputs:
+            consumers[i].append(n.name)
+    edge = [n.name for n in graph.nodes if n.name in part
+            and (n.name in graph.outputs or any(c not in part for c in consumers[n.name]))]
+    cached = tuple(e for e in edge if not isinstance(graph[e], InputNode))
+    if not cached or not all(isinstance(graph[e], IFNode) for e in cached):
+        return None
+    return Frontier(cached, frozenset(part - set(edge)))
+
+
+def _stored_order(rank: int) -> list[int]:
+    """Dimensions (of a (T, N, *shape) train) in the order a sample's bits are stored: feature
+    maps channels-last, the layout the simulator's convolutions and pools take without
+    reordering (and the IF kernel writes), others as they are."""
+    return [3, 4, 2] if rank == 3 else list(range(2, rank + 2))
+
+
+class PrefixCache:
+    """The packed spike trains of a frontier's IF nodes for every sample of one data set."""
+
+    def __init__(self, front: Frontier, T: int, shapes: dict[str, tuple[int, ...]],
+                 packed: dict[str, np.ndarray]):
+        self.frontier = front
+        self.T = T
+        self.shapes = shapes
+        self.packed = packed  # node -> (N, ceil(T * neurons / 8)) uint8
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.packed.values())
+
+    @staticmethod
+    def nbytes_for(graph: Graph, front: Frontier, T: int, samples: int) -> int:
+        """Bytes the packed trains of ``samples`` samples take."""
+        return sum(samples * -(-T * int(np.prod(graph[k].shape)) // 8) for k in front.cached)
+
+    @classmethod
+    def build(cls, run, graph: Graph, front: Frontier, T: int, x: np.ndarray,
+              batch_size: int = 256) -> "PrefixCache":
+        """Simulate the fixed part on every sample of ``x``: ``run(xb, keep)`` returns the
+        spike trains ((T, n, *shape) tensors) of the nodes in ``keep`` for inputs ``xb``."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
+        for i in range(0, len(x), batch_size):
+            spikes = run(x[i:i + batch_size], set(front.cached))
+            for k in front.cached:
+                s = spikes[k].to(torch.uint8)                        # (T, n, *shape)
+                s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)
+                parts[k].append(np.packbits(s.reshape(s.shape[0], -1).cpu().numpy(), axis=1))
+        packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
+        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed)
+
+    def take(self, rows: np.ndarray, device: torch.device) -> dict[str, SpikeTrains]:
+        """The spike trains of samples ``rows`` (spikes (T, len(rows), *shape))."""
+        out = {}
+        for k, p in self.packed.items():
+            shape = self.shapes[k]
+            order = _stored_order(len(shape))
+            stored = tuple(shape[d - 2] for d in order)
+            bits = np.unpackbits(p[rows], axis=1, count=self.T * int(np.prod(shape)))
+            s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
+            dense = torch.empty((self.T, len(rows)) + stored, dtype=torch.float32, device=device)
+            dense.copy_(s)  # (T, rows, *stored order), contiguous
+            logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
+            counts = dense.sum(dim=0)
+            active = dense.reshape(self.T, -1).amax(dim=1) > 0
+            out[k] = SpikeTrains(dense.permute(logical), counts.permute([d - 1 for d in logical[1:]]), active)
+        return out

@@ -1,0 +1,98 @@
+"""The fixed layers' spike trains kept per stage (snncompile/tandem/prefix.py): where the
+fixed part hands over, the packing, and that a tuning run with the cache is bit for bit the
+run without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import snncompile.tandem.prefix as prefix
+from snncompile.convert import ConversionOptions
+from snncompile.ir import AddNode, Graph, InputNode
+from snncompile.pipeline import CompileRequest, compile_model
+from snncompile.serialize import load_graph
+from snncompile.tandem.prefix import PrefixCache, frontier
+
+from test_simulator_orders import ONE, _conv, _if, branchy_graph, strided_graph
+
+
+def test_frontier_is_where_the_fixed_part_hands_over():
+    rng = np.random.default_rng(0)
+    g = strided_graph(rng, "once", "subtract")
+    f = frontier(g, ["h1"])
+    assert f.cached == ("h1",) and f.skip == {"x", "c1"}
+    assert frontier(g, []) is None
+    b = branchy_graph(rng, "once", "subtract", 32)
+    # h0 feeds c1 and skip (in the fixed part of h1) and c2 (outside it): both are handed over
+    f = frontier(b, ["h0", "h1"])
+    assert f.cached == ("h0", "h1") and f.skip == {"x", "c0", "c1", "skip", "sum"}
+
+
+def test_no_cache_where_a_hand_over_is_not_a_spike_train():
+    rng = np.random.default_rng(1)
+    nodes = [InputNode(name="x", shape=(2, 5, 5), mode="once", out_scale=ONE),
+             _conv(rng, "c0", "x", 2, 3, bias_mode="first_step"),
+             _if(rng, "h0", "c0", (3, 5, 5)),
+             _conv(rng, "c1", "h0", 3, 3),
+             AddNode(name="a", inputs=["c0", "c1"], out_scale=ONE),  # c0 read past the fixed part
+             _if(rng, "h1", "a", (3, 5, 5))]
+    g = Graph(nodes, ["h1"], timesteps=4)
+    g.validate()
+    assert frontier(g, ["h0"]) is None
+
+
+@pytest.mark.parametrize("T,shape", [(3, (2, 3, 5)), (8, (4,)), (5, (1, 1, 1))])
+def test_packed_trains_come_back_exactly(T, shape):
+    rng = np.random.default_rng(T)
+    x = rng.random((11, 2)).astype(np.float32)
+    trains = (rng.random((T, len(x)) + shape) < 0.4).astype(np.float32)
+    front = prefix.Frontier(("h",), frozenset())
+    graph = type("G", (), {"__getitem__": lambda self, k: type("N", (), {"shape": shape})()})()
+    calls = []
+
+    def run(xb, keep):
+        i = next(j for j in range(len(x)) if np.array_equal(x[j], xb[0]))
+        calls.append(len(xb))
+        return {"h": torch.from_numpy(trains[:, i:i + len(xb)])}
+
+    cache = PrefixCache.build(run, graph, front, T, x, batch_size=4)
+    assert calls == [4, 4, 3]
+    assert cache.nbytes == len(x) * -(-T * int(np.prod(shape)) // 8)
+    rows = np.array([10, 0, 3, 3])
+    got = cache.take(rows, torch.device("cpu"))["h"]
+    assert got.spikes.dtype == torch.float32 and tuple(got.spikes.shape) == (T, 4) + shape
+    np.testing.assert_array_equal(got.spikes.numpy(), trains[:, rows])
+    np.testing.assert_array_equal(got.counts.numpy(), trains[:, rows].sum(axis=0))
+    np.testing.assert_array_equal(got.active.numpy(), trains[:, rows].reshape(T, -1).max(axis=1) > 0)
+
+
+def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_path, monkeypatch):
+    """The same artifact and the same per-epoch record, with the cache on (it is used from
+    stage 2 on) and off (budget 0)."""
+    d = digits_dir
+    runs = {}
+    for name, budget in (("cached", prefix.BUDGET_BYTES), ("uncached", 0)):
+        monkeypatch.setattr(prefix, "BUDGET_BYTES", budget)
+        lines: list[str] = []
+        req = CompileRequest(model=str(d / "digits_cnn.onnx"), out=str(tmp_path / name), calib=str(d / "calib.npz"),
+                             train=str(d / "val.npz"), val=str(d / "val.npz"), fanin=16, epochs=8, patience=2,
+                             options=ConversionOptions(timesteps=4, weight_bits=6), report=lines.append,
+                             seed=3)
+        compile_model(req)
+        runs[name] = (load_graph(tmp_path / name), lines)
+    kept = [line for line in runs["cached"][1] if "spike trains of the fixed layers kept" in line]
+    assert len(kept) >= 2 and not any("kept" in line for line in runs["uncached"][1])
+    assert [_no_time(x) for x in runs["cached"][1] if x not in kept] == [_no_time(x) for x in runs["uncached"][1]]
+    a, b = runs["cached"][0], runs["uncached"][0]
+    for n in a.nodes:
+        for field in ("weight_int", "bias_int", "threshold", "v_init"):
+            va, vb = getattr(n, field, None), getattr(b[n.name], field, None)
+            if va is not None:
+                np.testing.assert_array_equal(va, vb, err_msg=f"{n.name}.{field}")
+
+
+def _no_time(line: str) -> str:
+    """An epoch line without its seconds (the one thing the cache changes)."""
+    return line.rsplit("  ", 1)[0] if line.endswith(" s") else line
