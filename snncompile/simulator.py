@@ -510,8 +510,8 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                keep_spikes: set[str] = frozenset()) -> dict:
     """Simulate one chunk of samples over the whole window (``nodes``: only these, which
     must include their inputs, or be in ``given``; default all). ``given``: the spike
-    trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes whose spike trains are returned as tensors.
-    Counts and accumulators stay torch tensors."""
+    trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes
+    whose spike trains are returned as tensors. Counts and accumulators stay torch tensors."""
     T, nb = plan.T, xq.shape[0]
     given = given or {}
     order = [n for n in graph.nodes if nodes is None or n.name in nodes]

@@ -97,7 +97,8 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     g, train, val = small_net
     net = TandemNet(g, bits=8, fanin=4, prune_lead=99)
     score = iter(np.linspace(0.1, 0.9, 40))  # every epoch improves: each stage keeps its last state
-    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
+    monkeypatch.setattr(schedule, "evaluate",
+                        lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
     after: dict[int, dict] = {}
     res = tune(net, train, val, TrainOptions(epochs=8, patience=9, batch_size=32, recalibrate=False,
                                              joint_final=joint),

@@ -41,15 +41,15 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
 }.items()}
 OPTION_FLAGS = {k: o.flag for k, o in OPTIONS.items()}
 
+_NEEDS_PERCENTILE_NORM = ("--norm percentile or channel (--norm max takes the maximum)",
+                          lambda s: s.get("norm", "percentile") != "max")
 # Options that act only together with another setting of the run, whatever the method:
 # option -> (what it needs, whether the run's settings have it).
 NEEDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "prune_ahead": ("--fanin (no fan-in masks to impose without it)", lambda s: s.get("fanin") is not None),
     "fanin_mode": ("--fanin (no fan-in masks to choose without it)", lambda s: s.get("fanin") is not None),
-    "percentile": ("--norm percentile or channel (--norm max takes the maximum)",
-                   lambda s: s.get("norm", "percentile") != "max"),
-    "percentile_search": ("--norm percentile or channel (--norm max takes the maximum)",
-                          lambda s: s.get("norm", "percentile") != "max"),
+    "percentile": _NEEDS_PERCENTILE_NORM,
+    "percentile_search": _NEEDS_PERCENTILE_NORM,
 }
 
 

@@ -264,8 +264,7 @@ class TandemNet(nn.Module):
             if n.name in skip:
                 continue
             if n.name in trains:  # a fixed layer: its spike count value, nothing to train
-                lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-                vals[n.name] = ints.counts[n.name].to(torch.float32) * lam / self.T
+                vals[n.name] = self._count_value(n, ints, dev)
                 continue
             if isinstance(n, InputNode):
                 s = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
@@ -277,13 +276,16 @@ class TandemNet(nn.Module):
             elif isinstance(n, IFNode):
                 out = torch.relu(ins[0])
                 if ints is not None and n.name in ints.counts:
-                    lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-                    snn = ints.counts[n.name].to(torch.float32) * lam / self.T
-                    out = _straight_through(snn, out)
+                    out = _straight_through(self._count_value(n, ints, dev), out)
             else:
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
         return g, vals, ints
+
+    def _count_value(self, n: IFNode, ints, dev: torch.device) -> torch.Tensor:
+        """The real value a spiking layer passes on: ``lam * count / T``."""
+        lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
+        return ints.counts[n.name].to(torch.float32) * lam / self.T
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]

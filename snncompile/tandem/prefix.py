@@ -98,6 +98,10 @@ class PrefixCache:
         packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
         return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed)
 
+    def given(self, rows: np.ndarray, device: torch.device) -> tuple[Frontier, dict[str, SpikeTrains]]:
+        """What :meth:`.model.TandemNet.forward` takes as ``given`` for samples ``rows``."""
+        return self.frontier, self.take(rows, device)
+
     def take(self, rows: np.ndarray, device: torch.device) -> dict[str, SpikeTrains]:
         """The spike trains of samples ``rows`` (spikes (T, len(rows), *shape))."""
         out = {}

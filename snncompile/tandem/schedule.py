@@ -125,9 +125,7 @@ def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256,
         for i in range(0, n, batch_size):
             x = torch.as_tensor(data.x[i:i + batch_size], device=dev)
             y = torch.as_tensor(data.y[i:i + batch_size], device=dev)
-            given = None
-            if prefix is not None:
-                given = (prefix.frontier, prefix.take(np.arange(i, i + len(x)), dev))
+            given = prefix.given(np.arange(i, i + len(x)), dev) if prefix is not None else None
             out = net(x, given=given)
             total += float(_loss(out, y, data.is_classification)) * len(x)
             if data.is_classification:
@@ -305,7 +303,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             if len(idx):
                 x = torch.as_tensor(train.x[idx], device=dev)
                 y = torch.as_tensor(train.y[idx], device=dev)
-                given = (caches[0].frontier, caches[0].take(idx, dev)) if caches else None
+                given = caches[0].given(idx, dev) if caches else None
                 loss = (step_loss(net, x, y) if step_loss is not None
                         else _loss(net(x, given=given), y, train.is_classification))
                 loss.backward()
@@ -358,7 +356,10 @@ def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset],
     if PrefixCache.nbytes_for(net.base, front, net.T, samples) > prefix_module.BUDGET_BYTES:
         return None
     dev = next(net.parameters()).device
-    run = lambda xb, keep: net.spike_trains(torch.as_tensor(xb, device=dev), keep)  # noqa: E731
+
+    def run(xb: np.ndarray, keep: set[str]) -> dict[str, torch.Tensor]:
+        return net.spike_trains(torch.as_tensor(xb, device=dev), keep)
+
     return [PrefixCache.build(run, net.base, front, net.T, d.x) for d in datasets]
 
 
