@@ -36,21 +36,33 @@ BLOCK = 2048
 
 @dataclass
 class IFResult:
-    spikes: np.ndarray      # (T, M) float32 0/1
-    counts: np.ndarray      # (M,) float32 spikes per neuron over the window
-    active: np.ndarray      # (T,) bool: some neuron spiked at step t
-    saturations: int        # membrane values clamped to the membrane width
+    spikes: np.ndarray | None  # (T, M) float32 0/1; None when only the counts were asked for
+    counts: np.ndarray         # (M,) float32 spikes per neuron over the window
+    active: np.ndarray | None  # (T,) bool: some neuron spiked at step t (None with spikes)
+    saturations: int           # membrane values clamped to the membrane width
 
 
 def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarray, v0: np.ndarray,
-                       subtract: bool, limit: float | None) -> IFResult:
+                       subtract: bool, limit: float | None, keep_spikes: bool = True) -> IFResult:
     """Run non-leaky IF neurons over ``timesteps`` steps.
 
     ``limit``: the membrane saturates at +-limit (clamped and counted) when given; None
-    where a bound shows it cannot be reached."""
+    where a bound shows it cannot be reached. Without ``keep_spikes`` only the counts are
+    computed: a layer nothing reads the spikes of (the last spiking layer of a tuning stage)
+    then costs no (T, M) write."""
     m = th.shape[0]
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
+    if not keep_spikes:
+        counts = np.empty(m, np.float32)
+        sat = np.zeros(max(1, -(-m // BLOCK)), np.int64)
+        if subtract and limit is None:
+            _if_subtract_counts(cur, mode, timesteps, th, v0, counts)
+        else:  # one row of spikes, overwritten each step (it stays in the cache)
+            _if_general(cur, mode, timesteps, th, v0, np.empty((1, m), np.float32), counts,
+                        np.zeros((sat.size, timesteps), np.bool_), sat, subtract,
+                        float(limit) if limit is not None else np.inf)
+        return IFResult(None, counts, None, int(sat.sum()))
     spikes = np.empty((timesteps, m), np.float32)
     counts = np.empty(m, np.float32)
     blocks = max(1, -(-m // BLOCK))
@@ -59,7 +71,7 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
     if subtract and limit is None:
         _if_subtract(cur, mode, th, v0, spikes, counts, active)
     else:
-        _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract,
+        _if_general(cur, mode, timesteps, th, v0, spikes, counts, active, sat, subtract,
                     float(limit) if limit is not None else np.inf)
     return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
 
@@ -104,14 +116,16 @@ def _if_subtract(cur, mode, th, v0, spikes, counts, active):  # pragma: no cover
 
 
 @njit(cache=True)
-def _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract, limit):  # pragma: no cover
-    steps, m = spikes.shape
+def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract, limit):  # pragma: no cover
+    """Any reset, saturation counted; ``spikes`` is (steps, M), or (1, M) where only the
+    counts are wanted (the row is then reused by every step)."""
+    m = th.shape[0]
     for b in range(active.shape[0]):
         lo, hi, thb, v, cnt = _block(b, m, th, v0)
         clamped = 0
         for t in range(steps):
             _add_input(v, cur, mode, t, lo, hi)
-            sp = spikes[t, lo:hi]
+            sp = spikes[t if spikes.shape[0] == steps else 0, lo:hi]
             fired = False
             for i in range(hi - lo):
                 x = v[i]
@@ -131,4 +145,33 @@ def _if_general(cur, mode, th, v0, spikes, counts, active, sat, subtract, limit)
                 v[i] = x
             active[b, t] = fired
         sat[b] = clamped
+        counts[lo:hi] = cnt
+
+
+@njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
+def _if_subtract_counts(cur, mode, steps, th, v0, counts):  # pragma: no cover - compiled
+    """``_if_subtract`` without the spike trains. With all charge at t = 0 a neuron fires
+    on the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so
+    its count is that quotient capped at T: one division, not T steps."""
+    m = th.shape[0]
+    for b in range(-(-m // BLOCK)):
+        lo, hi, thb, v, cnt = _block(b, m, th, v0)
+        if mode == FIRST_STEP:
+            c = cur[0, lo:hi]
+            for i in range(hi - lo):
+                x = v[i] + c[i]
+                q = np.floor(x / thb[i])
+                # the quotient of two integers in floating point: step it onto the exact one
+                if (q + 1.0) * thb[i] <= x:
+                    q += 1.0
+                elif q * thb[i] > x:
+                    q -= 1.0
+                cnt[i] = min(max(q, 0.0), float(steps))
+        else:
+            for t in range(steps):
+                _add_input(v, cur, mode, t, lo, hi)
+                for i in range(hi - lo):
+                    s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
+                    v[i] -= s * thb[i]
+                    cnt[i] += s
         counts[lo:hi] = cnt

@@ -202,6 +202,8 @@ class _Val:
     def full(self, T: int) -> torch.Tensor:
         if self.kind == "full":
             return self.data
+        if self.kind == "counts":
+            raise AssertionError("an IF layer simulated for its counts only has no spike trains")
         if self.kind == "const":
             return self.data.unsqueeze(0).expand((T,) + tuple(self.data.shape))
         out = torch.zeros((T,) + tuple(self.data.shape), dtype=self.data.dtype, device=self.data.device)
@@ -366,11 +368,13 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     return _Val(data)
 
 
-def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
-    """The IF layer over the window: (T, N, *shape) spikes as float32 0/1."""
+def _integrate_and_fire(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int],
+                        counts_only: bool = False) -> _Val:
+    """The IF layer over the window: (T, N, *shape) spikes as float32 0/1, or with
+    ``counts_only`` (no node reads the spikes) only their counts, a value of kind "counts"."""
     if plan.device.type == "cpu" and plan.fused_if:
-        return _integrate_and_fire_fused(n, current, plan, sat)
-    return _integrate_and_fire_steps(n, current, plan, sat)
+        return _integrate_and_fire_fused(n, current, plan, sat, counts_only)
+    return _integrate_and_fire_steps(n, current, plan, sat, counts_only)
 
 
 def _dense_order(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -382,7 +386,8 @@ def _dense_order(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return x.contiguous(), list(range(x.dim()))
 
 
-def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
+def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int],
+                              counts_only: bool = False) -> _Val:
     """The IF layer by the one-pass CPU kernel, on the current's own memory layout."""
     from .if_kernel import EVERY_STEP, FIRST_STEP, FULL, integrate_and_fire
 
@@ -402,16 +407,20 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     res = integrate_and_fire(x.permute(order).reshape(x.shape[0], -1).numpy(), mode, T,
                              flat(plan.th[n.name]), flat(plan.v0[n.name]),
                              n.reset == "subtract",
-                             float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None)
+                             float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
+                             keep_spikes=not counts_only)
     sat[n.name] += res.saturations
     physical = tuple(step_shape[d] for d in step_order)
-    spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
     counts = torch.from_numpy(res.counts).reshape(physical).permute(
         [step_order.index(d) for d in range(len(physical))])
+    if counts_only:
+        return _Val(counts, "counts", events=True, window_sum=counts)
+    spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
     return _Val(spikes, events=True, active=torch.from_numpy(res.active), window_sum=counts)
 
 
-def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int]) -> _Val:
+def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int],
+                              counts_only: bool = False) -> _Val:
     """The IF layer step by step with torch operations (any device)."""
     T = plan.T
     dt, may_saturate = plan.membrane[n.name]
@@ -424,7 +433,8 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     lim = float(2 ** (n.membrane_bits - 1) - 1)
     # Spikes are kept as float32 0/1: the next layer's convolution takes them as they are, and
     # float comparisons and multiply-adds run many times faster than the same ops on bool.
-    spikes = torch.empty((T,) + shape, dtype=torch.float32, device=cur.device)
+    spikes = torch.empty((1 if counts_only else T,) + shape, dtype=torch.float32, device=cur.device)
+    counts = torch.zeros(shape, dtype=torch.float32, device=cur.device) if counts_only else None
     for t in range(T):
         if current.kind == "full":
             v += cur[t]
@@ -435,11 +445,15 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
             if float(hi) > lim or float(lo) < -lim:
                 sat[n.name] += int((v.abs() > lim).sum())
                 v.clamp_(-lim, lim)
-        s = torch.ge(v, th, out=spikes[t])
+        s = torch.ge(v, th, out=spikes[0 if counts_only else t])
         if n.reset == "subtract":
             v.addcmul_(s, th, value=-1)
         else:
             v.mul_(1 - s)
+        if counts_only:
+            counts += s
+    if counts_only:
+        return _Val(counts, "counts", events=True, window_sum=counts)
     return _Val(spikes, events=True)
 
 
@@ -473,12 +487,13 @@ def _merge(ins: list[_Val], T: int) -> tuple[list[torch.Tensor], str]:
     return [_as(i.data if kind != "full" else i.full(T), dt) for i in ins], kind
 
 
-def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int]) -> _Val:
+def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
+              counts_only: bool = False) -> _Val:
     T = plan.T
     if isinstance(n, WeightedNode):
         return _weighted(n, ins[0], plan)
     if isinstance(n, IFNode):
-        return _integrate_and_fire(n, ins[0], plan, sat)
+        return _integrate_and_fire(n, ins[0], plan, sat, counts_only)
     if isinstance(n, MaxPool2dNode):
         return _max_pool_spikes(n, ins[0], T)
     x = ins[0]
@@ -520,6 +535,11 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
         for i in n.inputs if n.name not in given else ():
             left[i] += 1
     keep = set(graph.outputs)
+    # IF layers whose spike trains nothing reads: their counts suffice
+    counts_only = {n.name for n in order if isinstance(n, IFNode) and left[n.name] == 0} - keep
+    if record:
+        counts_only = set()
+    counts_only -= set(keep_spikes)
     val: dict[str, _Val] = {}
     totals: dict[str, torch.Tensor] = {}  # sums over the window, (N, elements) float64
     counts: dict[str, torch.Tensor] = {}
@@ -539,18 +559,21 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             if n.name in plan.fanout:  # SynOps: events times the synapses each one reaches
                 tot = totals.get(n.inputs[0])
                 if tot is None:
-                    tot = totals[n.inputs[0]] = ins[0].total(T, torch.float64).reshape(nb, -1)
+                    src = counts.get(n.inputs[0])
+                    tot = src if src is not None else ins[0].total(T, torch.float64)
+                    tot = totals[n.inputs[0]] = tot.reshape(nb, -1)
                 events = tot @ plan.fanout[n.name]
                 syn += events
                 syn_node[n.name] = events.cpu().numpy()
-            out = _evaluate(n, ins, plan, sat)
+            out = _evaluate(n, ins, plan, sat, n.name in counts_only)
             for i in n.inputs:
                 left[i] -= 1
                 if left[i] == 0 and i not in keep:
                     del val[i]
         if isinstance(n, (IFNode, MaxPool2dNode)):
-            tot = totals[n.name] = out.total(T, torch.float64).reshape(nb, -1)
-            counts[n.name] = tot.reshape((nb,) + tuple(n.shape))
+            # kept in the layer's own memory layout (a flat view would copy a channels-last
+            # tensor); SynOps flatten it where a consumer counts them
+            counts[n.name] = out.total(T, torch.float64)
             if record:
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
             if n.name in keep_spikes:

@@ -47,4 +47,8 @@ def test_kernel_matches_a_plain_loop(mode, subtract, limit):
     assert spikes.any() and not spikes.all()
     if limit is not None:
         assert sat > 0
+    only = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit, keep_spikes=False)
+    assert only.spikes is None
+    np.testing.assert_array_equal(only.counts, spikes.sum(axis=0))
+    assert only.saturations == sat
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import step_simulator
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, PadNode,
                            ReshapeNode)
 import snncompile.simulator as sim
+from snncompile.tandem.intsim import needed
 from snncompile.simulator import simulate
 
 ONE = np.ones(1)
@@ -141,6 +143,25 @@ def test_branchy_graph(mode, reset, bits):
     _assert_same(g, x, 9)
     if bits < 32:
         assert sum(step_simulator.simulate(g, x, timesteps=9).saturations.values()) > 0
+
+
+@pytest.mark.parametrize("bits", [32, 9])
+def test_a_window_cut_at_an_if_layer_counts_its_spikes_alone(bits):
+    """run_window limited to an IF layer and its ancestors (what a tuning stage runs) skips
+    that layer's spike trains, nothing reads them, and must still count exactly what the
+    whole simulation counts, saturations included."""
+    rng = np.random.default_rng(5)
+    for g, x in [(strided_graph(rng, "once", "subtract"), rng.integers(-2, 6, (5, 2, 9, 9))),
+                 (branchy_graph(rng, "once", "subtract", bits), rng.integers(-4, 9, (6, 3, 6, 6)))]:
+        x = x.astype(np.float32)
+        whole = step_simulator.simulate(g, x, timesteps=9)
+        xq = torch.as_tensor(sim.quantize_input(g, x))
+        for layer in [n.name for n in g.nodes if isinstance(n, IFNode)]:
+            part = sim.run_window(g, xq, 9, needed(g, [layer]))
+            np.testing.assert_array_equal(part.counts[layer].numpy(), whole.spike_counts[layer],
+                                          err_msg=layer)
+            assert part.saturations[layer] == whole.saturations[layer], layer
+    assert bits == 32 or sum(whole.saturations.values()) > 0
 
 
 def test_converted_model_agrees():
