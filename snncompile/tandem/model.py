@@ -285,7 +285,10 @@ class TandemNet(nn.Module):
     def _count_value(self, n: IFNode, ints, dev: torch.device) -> torch.Tensor:
         """The real value a spiking layer passes on: ``lam * count / T``."""
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-        return ints.counts[n.name].to(torch.float32) * lam / self.T
+        # in the row-major layout of the ANN values it meets in the straight-through sum
+        # (the simulator's counts are channels-last; mixed layouts make every op strided)
+        count = ints.counts[n.name].to(torch.float32, memory_format=torch.contiguous_format)
+        return count.mul_(lam).div_(self.T)
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]
