@@ -38,7 +38,7 @@ BLOCK = 2048
 class IFResult:
     spikes: np.ndarray | None  # (T, M) float32 0/1; None when only the counts were asked for
     counts: np.ndarray         # (M,) float32 spikes per neuron over the window
-    active: np.ndarray | None  # (T,) bool: some neuron spiked at step t (None with spikes)
+    active: np.ndarray | None  # (T,) bool: some neuron spiked at step t (None without spikes)
     saturations: int           # membrane values clamped to the membrane width
 
 

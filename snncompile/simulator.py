@@ -178,11 +178,12 @@ class _Plan:
 
 # Values flow between nodes over the whole window at once: evaluating node by node over all
 # T steps is the same as step by step, since a feed-forward graph has no path from a later
-# node back to an earlier one. A value is stored in one of three forms, so the analog input
+# node back to an earlier one. A value is stored in one of four forms, so the analog input
 # and what is computed from it alone cost one step, not T:
 #   "full":  (T, N, *shape), one entry per step;
 #   "const": (N, *shape), the same at every step (the every-step input);
-#   "first": (N, *shape) at t = 0, zero after (the once input).
+#   "first": (N, *shape) at t = 0, zero after (the once input);
+#   "counts": (N, *shape) an IF layer's counts alone, where nothing reads its spikes.
 
 SKIP_CHECK_ELEMENTS = 2 ** 16
 
