@@ -53,26 +53,22 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
     m = th.shape[0]
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
-    if not keep_spikes:
-        counts = np.empty(m, np.float32)
-        sat = np.zeros(max(1, -(-m // BLOCK)), np.int64)
-        if subtract and limit is None:
-            _if_subtract_counts(cur, mode, timesteps, th, v0, counts)
-        else:  # one row of spikes, overwritten each step (it stays in the cache)
-            _if_general(cur, mode, timesteps, th, v0, np.empty((1, m), np.float32), counts,
-                        np.zeros((sat.size, timesteps), np.bool_), sat, subtract,
-                        float(limit) if limit is not None else np.inf)
-        return IFResult(None, counts, None, int(sat.sum()))
-    spikes = np.empty((timesteps, m), np.float32)
     counts = np.empty(m, np.float32)
     blocks = max(1, -(-m // BLOCK))
-    active = np.zeros((blocks, timesteps), np.bool_)
     sat = np.zeros(blocks, np.int64)
+    if not keep_spikes and subtract and limit is None and mode == FIRST_STEP:
+        _first_step_counts(cur, timesteps, th, v0, counts)
+        return IFResult(None, counts, None, 0)
+    # without keep_spikes: one row of spikes, overwritten each step (it stays in the cache)
+    spikes = np.empty((timesteps if keep_spikes else 1, m), np.float32)
+    active = np.zeros((blocks, timesteps), np.bool_)
     if subtract and limit is None:
-        _if_subtract(cur, mode, th, v0, spikes, counts, active)
+        _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active)
     else:
         _if_general(cur, mode, timesteps, th, v0, spikes, counts, active, sat, subtract,
                     float(limit) if limit is not None else np.inf)
+    if not keep_spikes:
+        return IFResult(None, counts, None, int(sat.sum()))
     return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
 
 
@@ -94,19 +90,22 @@ def _add_input(v, cur, mode, t, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _if_subtract(cur, mode, th, v0, spikes, counts, active):  # pragma: no cover - compiled
-    steps, m = spikes.shape
+def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active):  # pragma: no cover - compiled
+    """Reset by subtraction, no saturation; ``spikes`` as in ``_if_general`` (with one row,
+    ``active`` is left alone)."""
+    m = th.shape[0]
+    every = spikes.shape[0] == steps
     for b in range(active.shape[0]):
         lo, hi, thb, v, cnt = _block(b, m, th, v0)
         for t in range(steps):
             _add_input(v, cur, mode, t, lo, hi)
-            sp = spikes[t, lo:hi]
+            sp = spikes[t if every else 0, lo:hi]
             for i in range(hi - lo):
                 s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
                 v[i] -= s * thb[i]
                 cnt[i] += s
                 sp[i] = s
-        for t in range(steps):
+        for t in range(steps if every else 0):
             sp = spikes[t, lo:hi]
             total = np.float32(0.0)
             for i in range(hi - lo):
@@ -149,29 +148,16 @@ def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract,
 
 
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _if_subtract_counts(cur, mode, steps, th, v0, counts):  # pragma: no cover - compiled
-    """``_if_subtract`` without the spike trains. With all charge at t = 0 a neuron fires
-    on the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so
-    its count is that quotient capped at T: one division, not T steps."""
-    m = th.shape[0]
-    for b in range(-(-m // BLOCK)):
-        lo, hi, thb, v, cnt = _block(b, m, th, v0)
-        if mode == FIRST_STEP:
-            c = cur[0, lo:hi]
-            for i in range(hi - lo):
-                x = v[i] + c[i]
-                q = np.floor(x / thb[i])
-                # the quotient of two integers in floating point: step it onto the exact one
-                if (q + 1.0) * thb[i] <= x:
-                    q += 1.0
-                elif q * thb[i] > x:
-                    q -= 1.0
-                cnt[i] = min(max(q, 0.0), float(steps))
-        else:
-            for t in range(steps):
-                _add_input(v, cur, mode, t, lo, hi)
-                for i in range(hi - lo):
-                    s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
-                    v[i] -= s * thb[i]
-                    cnt[i] += s
-        counts[lo:hi] = cnt
+def _first_step_counts(cur, steps, th, v0, counts):  # pragma: no cover - compiled
+    """Counts of subtract-reset neurons whose charge all arrives at t = 0: a neuron fires on
+    the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so its
+    count is that quotient capped at T: one division, not T steps."""
+    for i in range(th.shape[0]):
+        x = v0[i] + cur[0, i]
+        q = np.floor(x / th[i])
+        # the quotient of two integers in floating point: step it onto the exact one
+        if (q + 1.0) * th[i] <= x:
+            q += 1.0
+        elif q * th[i] > x:
+            q -= 1.0
+        counts[i] = min(max(q, 0.0), float(steps))

@@ -537,10 +537,8 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             left[i] += 1
     keep = set(graph.outputs)
     # IF layers whose spike trains nothing reads: their counts suffice
-    counts_only = {n.name for n in order if isinstance(n, IFNode) and left[n.name] == 0} - keep
-    if record:
-        counts_only = set()
-    counts_only -= set(keep_spikes)
+    counts_only = set() if record else ({n.name for n in order if isinstance(n, IFNode) and left[n.name] == 0}
+                                        - keep - set(keep_spikes))
     val: dict[str, _Val] = {}
     totals: dict[str, torch.Tensor] = {}  # sums over the window, (N, elements) float64
     counts: dict[str, torch.Tensor] = {}
