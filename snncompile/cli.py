@@ -128,6 +128,11 @@ def main(verbose: bool) -> None:
 @click.option("--joint-final", is_flag=True,
               help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
                    "learning rate), not only the output layer.")
+@click.option("--distill", default=0.0, show_default=True, type=float, metavar="SHARE",
+              help="ptl/tandem: share (0..1) of the training loss that matches the float ANN's "
+                   "outputs (knowledge distillation) instead of the labels.")
+@click.option("--distill-temperature", default=4.0, show_default=True, type=float,
+              help="Softmax temperature of --distill (classification).")
 @click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
 @click.option("--patience", default=6, show_default=True, type=int,
               help="Epochs without validation gain before a stage ends.")
@@ -145,7 +150,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
-            balance_scale: float | None, joint_final: bool,
+            balance_scale: float | None, joint_final: bool, distill: float, distill_temperature: float,
             epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
@@ -175,7 +180,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                         joint_final=joint_final, explicit=explicit)
+                         joint_final=joint_final, distill=distill,
+                         distill_temperature=distill_temperature, explicit=explicit)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:

@@ -57,6 +57,8 @@ class CompileRequest:
     epochs: int = 60
     patience: int = 6
     joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
+    distill: float = 0.0           # ptl/tandem: share of the loss matching the float ANN's outputs
+    distill_temperature: float = 4.0
     batch_size: int = 64
     device: str = "cpu"
     resume: bool = False
@@ -171,6 +173,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
                       "world_size": res.world_size,
                       "patience": topts.patience, "joint_final": topts.joint_final,
+                      "distill": topts.distill, "distill_temperature": topts.distill_temperature,
                       "seconds": res.seconds, "stages": res.stages,
                       "history": res.history}
             if topts.percentile_search:  # --percentile auto: what each layer got
@@ -254,14 +257,16 @@ def _check_tuning(req: CompileRequest):
         raise UsageError("--method none converts only, but --train was given",
                          "drop --train/--val, or use --method ptl")
     notes = review_options(method, _given_options(req), training=bool(req.train),
-                           settings={"fanin": req.fanin, "norm": req.norm, "surrogate": req.surrogate},
+                           settings={"fanin": req.fanin, "norm": req.norm, "surrogate": req.surrogate,
+                                     "distill": req.distill},
                            world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if not req.train:
         return None, notes
     given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
-                        joint_final=req.joint_final, method=method, seed=req.seed, device=req.device,
+                        joint_final=req.joint_final, distill=req.distill,
+                        distill_temperature=req.distill_temperature, method=method, seed=req.seed, device=req.device,
                         percentile=100.0 if req.norm == "max" else req.percentile,
                         percentile_search=PERCENTILE_GRID if req.percentile_search and req.norm != "max" else (),
                         **given)

@@ -55,6 +55,9 @@ def test_the_table_names_only_known_options_and_every_refusal_has_a_method_that_
     ("ltl", ["percentile_search"], True, {}, "--percentile auto cannot be honoured by --method ltl: its thresholds"),
     ("none", ["percentile_search"], False, {}, "--percentile auto cannot be honoured by --method none: it converts"),
     ("ptl", ["percentile_search"], False, {}, "--percentile auto cannot be honoured without --train: it converts"),
+    ("ltl", ["distill"], True, {}, "--distill cannot be honoured by --method ltl: it trains with its own loss"),
+    ("stdb", ["distill"], True, {}, "--distill cannot be honoured by --method stdb: it trains with its own loss"),
+    ("none", ["distill"], False, {}, "--distill cannot be honoured by --method none: it converts only"),
 ])
 def test_refused_options(method, given, training, settings, expect):
     with pytest.raises(UsageError) as e:
@@ -79,6 +82,9 @@ def test_refused_options(method, given, training, settings, expect):
     ("tandem", ["joint_final"], True, {}, "--joint-final has no effect with --method tandem: it trains every layer"),
     ("ltl", ["joint_final"], True, {}, "--joint-final has no effect with --method ltl: it has no progressive"),
     ("ptl", ["joint_final"], False, {}, "--joint-final has no effect without --train"),
+    ("ptl", ["distill_temperature"], True, {}, "--distill-temperature has no effect without --distill above 0"),
+    ("stdb", ["distill_temperature"], True, {"distill": 0.5}, "--distill-temperature has no effect with "
+                                                              "--method stdb: it trains with its own loss"),
 ])
 def test_ignored_options_are_warnings_naming_option_method_and_why(method, given, training, settings, expect):
     (note,) = review_options(method, given, training=training, settings=settings)
@@ -87,8 +93,9 @@ def test_ignored_options_are_warnings_naming_option_method_and_why(method, given
 
 @pytest.mark.parametrize("method,given,settings", [
     ("ptl", ["prune_ahead", "fanin_mode", "percentile", "epochs", "patience", "batch_size", "device",
-             "resume", "joint_final"], {"fanin": 64}),
-    ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device"], {"fanin": 64}),
+             "resume", "joint_final", "distill", "distill_temperature"], {"fanin": 64, "distill": 0.5}),
+    ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device", "distill"],
+     {"fanin": 64}),
     ("ltl", ["prune_ahead", "percentile", "surrogate", "surrogate_alpha"], {"fanin": 64}),
     ("ltl", ["surrogate_beta"], {"surrogate": "exp"}),
     ("stdb", ["surrogate", "surrogate_alpha", "surrogate_beta", "balance_scale", "fanin_mode"], {"fanin": 64}),
@@ -137,6 +144,24 @@ def test_cli_joint_final_reaches_the_schedule(digits_dir, tmp_path):
         assert info["tuning"]["joint_final"] is (name == "joint") and info["warnings"] == []
         run = json.loads((tmp_path / name / "checkpoints" / "run.json").read_text())
         assert run["tuning"]["joint_final"] is (name == "joint")
+
+
+def test_cli_distill_reaches_the_schedule(digits_dir, tmp_path):
+    """--distill and its temperature go into the tuning options (recorded with the tuning,
+    part of what --resume must match); what they do is tested in test_ptl. A share outside
+    [0, 1] is refused before anything is written."""
+    d = digits_dir
+    tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "1"]
+    r = _convert(d, tmp_path / "kd", *tune, "--distill", "0.5", "--distill-temperature", "2")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "kd" / "compile.json").read_text())
+    assert (info["tuning"]["distill"], info["tuning"]["distill_temperature"]) == (0.5, 2.0)
+    assert info["warnings"] == []
+    run = json.loads((tmp_path / "kd" / "checkpoints" / "run.json").read_text())
+    assert (run["tuning"]["distill"], run["tuning"]["distill_temperature"]) == (0.5, 2.0)
+    r = _convert(d, tmp_path / "bad", *tune, "--distill", "1.5")
+    assert r.returncode == UsageError.exit_code and r.stderr.startswith("error: --distill must lie in [0, 1]")
+    assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
 
 
 def test_cli_percentile_auto_chooses_each_layer_on_validation(digits_dir, tmp_path):

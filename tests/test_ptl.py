@@ -146,6 +146,60 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         TrainOptions(percentile_search=(99.0, 101.0)).check()
 
 
+def test_distillation_follows_the_float_ann(small_net, monkeypatch):
+    """With ``distill`` the training loss pulls the network toward the float ANN's outputs,
+    taken once before tuning: trained on labels that are all 0, pure distillation brings the
+    integer network closer to the ANN's predictions while the plain loss learns the labels."""
+    g, train, val = small_net
+    ann = TandemNet(g, bits=8)
+    with torch.no_grad():
+        expected = ann(torch.as_tensor(train.x))
+    zeros = Dataset(x=train.x, y=np.zeros_like(train.y), path="zeros")
+    seen: list[torch.Tensor] = []
+    run_stage = schedule._run_stage
+
+    def spy(*a, teacher=None, **kw):
+        seen.append(teacher)
+        return run_stage(*a, teacher=teacher, **kw)
+
+    monkeypatch.setattr(schedule, "_run_stage", spy)
+    score = iter(np.linspace(0.1, 0.9, 200))  # every epoch improves: each stage keeps its last state
+    monkeypatch.setattr(schedule, "evaluate",
+                        lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
+    agree = {}
+    for share in (None, 0.0, 1.0):  # None: converted stage by stage, not trained
+        net = TandemNet(g, bits=8)
+        tune(net, zeros, val, TrainOptions(epochs=0 if share is None else 24, patience=99, batch_size=16,
+                                           lr=1e-2, final_lr=1e-2, recalibrate=False, distill=share or 0.0,
+                                           distill_temperature=2.0))
+        with torch.no_grad():
+            out = net(torch.as_tensor(train.x))
+        agree[share] = float((out.argmax(1) == expected.argmax(1)).float().mean())
+        if share:
+            assert len(seen) == 3 and all(torch.allclose(t, expected, atol=1e-5) for t in seen)
+        elif share == 0.0:
+            assert seen == [None] * 3 and float((out.argmax(1) == 0).float().mean()) > 0.9
+        seen.clear()
+    assert float((expected.argmax(1) == 0).float().mean()) < 0.7  # the labels do differ from the ANN
+    # distilled: closer to the ANN than the converted network it started from (0.64 -> 0.76)
+    assert agree[1.0] > agree[None] + 0.05 and agree[0.0] < 0.1
+
+
+def test_distillation_loss_mixes_task_and_match():
+    y = torch.tensor([0, 2])
+    out = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    ce = torch.nn.functional.cross_entropy(out, y)
+    assert torch.isclose(schedule._distill_loss(out, y, out + 3.0, True, 0.0, 4.0), ce)
+    assert float(schedule._distill_loss(out, y, out + 3.0, True, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    half = schedule._distill_loss(out, y, torch.zeros_like(out), True, 0.5, 1.0)
+    assert float(half) > 0.5 * float(ce)
+    reg = schedule._distill_loss(out, out + 1.0, out - 1.0, False, 0.25, 1.0)
+    assert float(reg) == pytest.approx(0.75 * 1.0 + 0.25 * 1.0)
+    for bad in (TrainOptions(distill=1.5), TrainOptions(distill=0.5, distill_temperature=0.0)):
+        with pytest.raises(UsageError, match="--distill"):
+            bad.check()
+
+
 def test_epoch_budget_is_shared_by_stages(small_net):
     g, train, val = small_net
     res = tune(TandemNet(g), train, val, TrainOptions(epochs=5, patience=99, batch_size=48))

@@ -38,6 +38,7 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
     "epochs": ("--epochs", False),
     "patience": ("--patience", False), "batch_size": ("--batch-size", False),
     "device": ("--device", False), "joint_final": ("--joint-final", False),
+    "distill": ("--distill", True), "distill_temperature": ("--distill-temperature", False),
 }.items()}
 OPTION_FLAGS = {k: o.flag for k, o in OPTIONS.items()}
 
@@ -50,6 +51,7 @@ NEEDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "fanin_mode": ("--fanin (no fan-in masks to choose without it)", lambda s: s.get("fanin") is not None),
     "percentile": _NEEDS_PERCENTILE_NORM,
     "percentile_search": _NEEDS_PERCENTILE_NORM,
+    "distill_temperature": ("--distill above 0", lambda s: (s.get("distill") or 0) > 0),
 }
 
 
@@ -82,6 +84,7 @@ _ONE_STAGE_RESUME = "it trains in one stage, so an interrupted run leaves no fin
 _ONE_STAGE_PRUNE = ("it trains in one stage with every fan-in mask imposed from the first epoch, so there "
                     "is no earlier stage to impose a mask in")
 _NO_FINAL_STAGE = "it has no progressive stages, so no final stage that would otherwise train the output layer alone"
+_OWN_LOSS = "it trains with its own loss ({}), which distillation does not enter"
 _PERCENTILE_BALANCE = ("threshold balancing sets every hidden threshold to --balance-scale x its layer's "
                        "largest activation, replacing the --percentile scales")
 
@@ -103,12 +106,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
            cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
+                   "distill": _OWN_LOSS.format("per-layer matches to the ANN teacher, then cross-entropy"),
+                   "distill_temperature": _OWN_LOSS.format("per-layer matches to the ANN teacher, then "
+                                                           "cross-entropy"),
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
                    "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
                                         "of its targets, set before any layer is trained"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
            cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
+                   "distill": _OWN_LOSS.format("BPTT through the spikes on the labels"),
+                   "distill_temperature": _OWN_LOSS.format("BPTT through the spikes on the labels"),
                    "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE}),
 )}
 

@@ -11,7 +11,10 @@ epoch budget is spent) reloads them, fixes the stage's layer and moves on. A lay
 threshold is re-derived when it starts spiking, from a percentile of its ANN activation
 given the spiking layers before it; with ``percentile_search`` (``--percentile auto``) the
 percentile is the candidate whose converted network scores best on validation, because the
-best clipping point depends on T (few count levels favour clipping more) and on the layer. Method
+best clipping point depends on T (few count levels favour clipping more) and on the layer. With
+``distill`` the training loss mixes in a match to the float ANN's outputs (knowledge
+distillation; the targets are taken once, before the first stage), so each stage learns to
+reproduce the network it replaces rather than only the labels. Method
 ``tandem`` (formerly ``tl``) is tandem learning all at once: one stage with every layer
 spiking, every constraint imposed and every layer trained from the start, the same budget.
 The other methods are in :mod:`.methods`.
@@ -62,6 +65,10 @@ class TrainOptions:
     surrogate_alpha: float | None = None
     surrogate_beta: float | None = None
     balance_scale: float | None = None  # stdb: thresholds x this after balancing
+    # > 0: the training loss mixes in this share of distillation from the float ANN (its
+    # outputs before tuning): KL at ``distill_temperature`` (classification) or MSE
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -82,6 +89,10 @@ class TrainOptions:
             from .bptt import surrogate_from
 
             surrogate_from(self, "exp")  # checks the values
+        if not 0.0 <= self.distill <= 1.0:
+            raise UsageError(f"--distill must lie in [0, 1], got {self.distill}")
+        if not self.distill_temperature > 0:
+            raise UsageError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
         if self.balance_scale is not None and not self.balance_scale > 0:
             raise UsageError(f"--balance-scale must be > 0, got {self.balance_scale}")
         if self.device not in ("cpu", "cuda"):
@@ -142,6 +153,32 @@ def _loss(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Ten
     return torch.nn.functional.mse_loss(out.reshape(y.shape), y.to(out.dtype))
 
 
+def _distill_loss(out: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, classification: bool,
+                  share: float, temperature: float) -> torch.Tensor:
+    """The task loss mixed with ``share`` of a match to the teacher's outputs: KL between
+    the softened distributions (times temperature squared, so its gradient keeps the task
+    loss's scale) or, for regression, MSE to the teacher's output."""
+    task = _loss(out, y, classification)
+    if classification:
+        t = temperature
+        match = torch.nn.functional.kl_div(torch.log_softmax(out / t, 1), torch.log_softmax(teacher / t, 1),
+                                           reduction="batchmean", log_target=True) * t * t
+    else:
+        match = torch.nn.functional.mse_loss(out, teacher)
+    return (1.0 - share) * task + share * match
+
+
+def teacher_outputs(net: TandemNet, data: Dataset, batch_size: int = 512) -> torch.Tensor:
+    """The network's outputs on ``data`` as it stands (before tuning: the float ANN), the
+    targets of ``TrainOptions.distill``."""
+    dev = next(net.parameters()).device
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(data.x), batch_size):
+            outs.append(net(torch.as_tensor(data.x[i:i + batch_size], device=dev)).float())
+    return torch.cat(outs)
+
+
 def _key(m: dict[str, float]) -> tuple[float, ...]:
     """Higher is better: accuracy, ties broken by lower loss (the val split is small)."""
     return (m["accuracy"], -m["loss"]) if "accuracy" in m else (-m["loss"],)
@@ -172,6 +209,15 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     say = report if (report is not None and ddp.rank() == 0) else (lambda s: None)
     if ddp.rank() != 0:
         bar = None
+    teacher = None
+    if opts.distill > 0:
+        if step_loss is not None:
+            raise UsageError(f"distillation is not available with method '{opts.method}'",
+                             "use --method ptl or tandem, or leave --distill out")
+        if net.stage != 0 or net.masked.any():
+            raise ValueError("distillation needs the network as converted, before any stage")
+        net.eval()
+        teacher = teacher_outputs(net, train)
     for i, stage in enumerate(plan):
         if stage <= done:
             state, record = checkpoints.load(stage)
@@ -207,7 +253,8 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                     net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
-                                      fix_earlier=fix, step_loss=step_loss, caches=caches)
+                                      fix_earlier=fix, step_loss=step_loss, caches=caches,
+                                      teacher=teacher)
         used += len(history) - 1
         if chosen:
             summary["percentiles"] = chosen
@@ -262,12 +309,14 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                cap: int, final: bool, say: Callable[[str], None], bar,
                ramp: list[str] | None = None, fix_earlier: bool = True,
                step_loss: StepLoss | None = None,
-               caches: list[PrefixCache] | None = None) -> tuple[list, dict]:
+               caches: list[PrefixCache] | None = None,
+               teacher: torch.Tensor | None = None) -> tuple[list, dict]:
     """One stage; fan-in masks in ``ramp`` are imposed gradually (kept weights halved each
     epoch), and the scheduler's best/patience start once they are complete. Layers
     converted in earlier stages stay fixed (``fix_earlier``); the first stage of a run
     trains every layer. ``caches``: the fixed layers' spike trains for ``train`` and
-    ``val`` (:func:`_prefix_caches`)."""
+    ``val`` (:func:`_prefix_caches`); ``teacher``: the outputs :func:`teacher_outputs` gave
+    on ``train``, the targets of distillation."""
     name = net.stage_name(stage)
     t0 = time.perf_counter()
     params = net.trainable(fix_earlier=fix_earlier)
@@ -304,8 +353,13 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 x = torch.as_tensor(train.x[idx], device=dev)
                 y = torch.as_tensor(train.y[idx], device=dev)
                 given = caches[0].given(idx, dev) if caches else None
-                loss = (step_loss(net, x, y) if step_loss is not None
-                        else _loss(net(x, given=given), y, train.is_classification))
+                if step_loss is not None:
+                    loss = step_loss(net, x, y)
+                elif teacher is not None:
+                    loss = _distill_loss(net(x, given=given), y, teacher[torch.as_tensor(idx)].to(dev),
+                                         train.is_classification, opts.distill, opts.distill_temperature)
+                else:
+                    loss = _loss(net(x, given=given), y, train.is_classification)
                 loss.backward()
                 total += float(loss.detach()) * len(idx)
             ddp.average_gradients(params)
