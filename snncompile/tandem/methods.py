@@ -85,6 +85,8 @@ _ONE_STAGE_PRUNE = ("it trains in one stage with every fan-in mask imposed from 
                     "is no earlier stage to impose a mask in")
 _NO_FINAL_STAGE = "it has no progressive stages, so no final stage that would otherwise train the output layer alone"
 _OWN_LOSS = "it trains with its own loss ({}), which distillation does not enter"
+_LTL_LOSS = _OWN_LOSS.format("per-layer matches to the ANN teacher, then cross-entropy")
+_STDB_LOSS = _OWN_LOSS.format("BPTT through the spikes on the labels")
 _PERCENTILE_BALANCE = ("threshold balancing sets every hidden threshold to --balance-scale x its layer's "
                        "largest activation, replacing the --percentile scales")
 
@@ -106,17 +108,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
            cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
-                   "distill": _OWN_LOSS.format("per-layer matches to the ANN teacher, then cross-entropy"),
-                   "distill_temperature": _OWN_LOSS.format("per-layer matches to the ANN teacher, then "
-                                                           "cross-entropy"),
+                   "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
                    "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
                                         "of its targets, set before any layer is trained"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
            cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
-                   "distill": _OWN_LOSS.format("BPTT through the spikes on the labels"),
-                   "distill_temperature": _OWN_LOSS.format("BPTT through the spikes on the labels"),
+                   "distill": _STDB_LOSS, "distill_temperature": _STDB_LOSS,
                    "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE}),
 )}
 

@@ -83,7 +83,7 @@ class TrainOptions:
         from .methods import check_request
 
         check_request(self.method, given={"surrogate": self.surrogate, "surrogate_alpha": self.surrogate_alpha,
-                                          "surrogate_beta": self.surrogate_beta,
+                                          "surrogate_beta": self.surrogate_beta, "distill": self.distill or None,
                                           "balance_scale": self.balance_scale})
         if any(v is not None for v in (self.surrogate, self.surrogate_alpha, self.surrogate_beta)):
             from .bptt import surrogate_from
@@ -210,10 +210,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     if ddp.rank() != 0:
         bar = None
     teacher = None
-    if opts.distill > 0:
-        if step_loss is not None:
-            raise UsageError(f"distillation is not available with method '{opts.method}'",
-                             "use --method ptl or tandem, or leave --distill out")
+    if opts.distill > 0:  # (methods with their own step_loss refuse distill in opts.check)
         if net.stage != 0 or net.masked.any():
             raise ValueError("distillation needs the network as converted, before any stage")
         net.eval()
