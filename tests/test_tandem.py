@@ -19,8 +19,9 @@ from snncompile.errors import UsageError
 from snncompile.frontend import import_onnx
 from snncompile.ir import IFNode
 from snncompile.metrics import population_fanin, weight_bits
-from snncompile.simulator import simulate
+from snncompile.simulator import run_window, simulate
 from snncompile.tandem.constraints import fanin_budgets, topk_mask, violations
+from snncompile.tandem.intsim import quantized_input
 from snncompile.tandem.model import TandemNet
 from snncompile.tandem.requant import requantize
 
@@ -109,6 +110,34 @@ def test_forward_equals_simulator_after_training_steps_with_constraints(branchy)
         opt.step()
     _assert_exact(net, x)
     assert violations(net.to_graph(), bits=5, fanin=20) == []
+
+
+def test_training_steps_at_a_middle_stage_see_fresh_integers(branchy):
+    """The integer graph is re-derived only when a constrained node changes (an ANN stage
+    skips the requantization): after training steps at a stage whose newest spiking layer
+    is trained, every spike count the forward reads is the one a freshly written-back graph
+    gives."""
+    ann, cal, x = branchy
+    net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4)), bits=5, fanin=20, prune_lead=1)
+    net.set_stage(2)
+    xt = torch.tensor(x)
+    with torch.no_grad():
+        _, before = net(xt, return_ints=True)
+    opt = torch.optim.SGD(net.trainable(), lr=1.0)
+    for _ in range(2):
+        loss = net(xt).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, ints = net(xt, return_ints=True)
+    newest = net.layers[1]
+    assert not torch.equal(before.counts[newest], ints.counts[newest])  # the steps changed it
+    g = net.to_graph()
+    fresh = run_window(g, quantized_input(g, xt), net.T, net.integer_nodes())
+    assert set(ints.counts) == set(fresh.counts) and ints.counts
+    for k, v in fresh.counts.items():
+        np.testing.assert_array_equal(v.numpy(), ints.counts[k].numpy(), err_msg=k)
 
 
 def test_requantize_reproduces_conversion(branchy):

@@ -183,7 +183,14 @@ class TandemNet(nn.Module):
         return g
 
     def _current(self) -> tuple[Graph, dict]:
-        version = tuple(p._version for p in self.parameters()) + tuple(b._version for b in self.buffers())
+        """The integer graph and the constrained nodes' quantized real weights, re-derived
+        only when something they depend on changed: the parameters of the constrained nodes
+        (the only ones whose integers the forward reads; the others' float weights are read
+        live), the buffers (masks, scales) or the stage. So an ANN stage, where nothing is
+        constrained, does not requantize the graph on every training step."""
+        params = [self.weight[self.key[n]] for n in self.constrained()]
+        params += [self.bias[self.key[n]] for n in self.constrained() if self.key[n] in self.bias]
+        version = tuple(p._version for p in params) + tuple(b._version for b in self.buffers())
         if self._cache is None or self._cache[0] != (version, self.stage):
             g = self.to_graph()
             fq: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -320,6 +327,10 @@ def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
 
 
 def _conv(n, x):
+    top, left, bottom, right = n.padding
+    if top == bottom and left == right:  # the convolution's own padding: no padded copy
+        return torch.nn.functional.conv2d(x, n.weight, n.bias, stride=n.stride, padding=(top, left),
+                                          dilation=n.dilation, groups=n.groups)
     return torch.nn.functional.conv2d(_pad4(x, n.padding), n.weight, n.bias, stride=n.stride,
                                       dilation=n.dilation, groups=n.groups)
 
