@@ -188,13 +188,14 @@ class TandemNet(nn.Module):
         (the only ones whose integers the forward reads; the others' float weights are read
         live), the buffers (masks, scales) or the stage. So an ANN stage, where nothing is
         constrained, does not requantize the graph on every training step."""
-        params = [self.weight[self.key[n]] for n in self.constrained()]
-        params += [self.bias[self.key[n]] for n in self.constrained() if self.key[n] in self.bias]
+        constrained = self.constrained()
+        params = [self.weight[self.key[n]] for n in constrained]
+        params += [self.bias[self.key[n]] for n in constrained if self.key[n] in self.bias]
         version = tuple(p._version for p in params) + tuple(b._version for b in self.buffers())
         if self._cache is None or self._cache[0] != (version, self.stage):
             g = self.to_graph()
             fq: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-            for name in self.constrained():
+            for name in constrained:
                 n = g[name]
                 s_in, s_out = unit_scales(g, name)
                 w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
