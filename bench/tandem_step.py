@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
             front = frontier(g, net.layers[:net.stage - 1]) if net.stage >= 2 else None
         if front is not None:
-            cache = PrefixCache.build(net.spike_trains, g, front, net.T, x)
+            cache = PrefixCache.build(lambda rows, keep: net.spike_trains(x[rows], keep), g, front, net.T, len(x))
             given = cache.given(np.arange(len(x)), x.device)
             row["seconds_per_step_prefix"] = min(time_repeats(step, max(1, args.repeats), warmup=1,
                                                               clock=CLOCKS[args.clock]))

@@ -52,13 +52,12 @@ def test_packed_trains_come_back_exactly(T, shape):
     graph = type("G", (), {"__getitem__": lambda self, k: type("N", (), {"shape": shape})()})()
     calls = []
 
-    def run(xb, keep):
-        i = next(j for j in range(len(x)) if np.array_equal(x[j], xb[0]))
-        calls.append(len(xb))
-        return {"h": torch.from_numpy(trains[:, i:i + len(xb)])}
+    def run(rows, keep):
+        calls.append(rows.tolist())
+        return {"h": torch.from_numpy(trains[:, rows])}
 
-    cache = PrefixCache.build(run, graph, front, T, x, batch_size=4)
-    assert calls == [4, 4, 3]
+    cache = PrefixCache.build(run, graph, front, T, len(x), batch_size=4)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert cache.nbytes == len(x) * -(-T * int(np.prod(shape)) // 8)
     rows = np.array([10, 0, 3, 3])
     got = cache.take(rows, torch.device("cpu"))["h"]
@@ -96,3 +95,69 @@ def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_pa
 def _no_time(line: str) -> str:
     """An epoch line without its seconds (the one thing the cache changes)."""
     return line.rsplit("  ", 1)[0] if line.endswith(" s") else line
+
+
+
+class _Residual(torch.nn.Module):
+    """conv - conv - conv (+ the first layer's output) - fc - fc: where the hand-over of the
+    first two layers is two nodes, one of them read two layers later."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1, self.c2 = (torch.nn.Conv2d(i, 4, 3, padding=1) for i in (2, 4, 4))
+        self.fc1, self.fc2 = torch.nn.Linear(4 * 5 * 5, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.c0(x))
+        c = torch.relu(self.c2(torch.relu(self.c1(a))) + a)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(c, 1))))
+
+
+def test_a_stage_starts_its_trains_from_those_of_the_stage_before():
+    """Each stage's cache, built from the previous stage's trains (simulating only the layer
+    fixed anew), is bit for bit the cache simulated from the inputs: also where the
+    hand-over has two nodes and one of them passes through, and after the layer fixed in
+    between was trained (here: perturbed)."""
+    import io
+    import warnings
+
+    import onnx
+
+    from snncompile.calibrate import activation_scales
+    from snncompile.convert import convert
+    from snncompile.data import Dataset
+    from snncompile.frontend import import_onnx
+    from snncompile.tandem.model import TandemNet
+    from snncompile.tandem.schedule import _prefix_caches
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Residual().eval(), (torch.zeros(1, 2, 5, 5),), buf, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    model = onnx.load_from_string(buf.getvalue())
+    rng = np.random.default_rng(4)
+    x = rng.random((30, 2, 5, 5)).astype(np.float32)
+    ann = import_onnx(model).graph
+    net = TandemNet(convert(ann, activation_scales(model, ann, x), ConversionOptions(timesteps=5, weight_bits=6)),
+                    bits=6, fanin=12)
+    data = [Dataset(x=x[:21], y=None, path=""), Dataset(x=x[21:], y=None, path="")]
+    previous, chained_stages, fronts = None, 0, []
+    for stage in range(2, net.n_stages + 1):
+        net.set_stage(stage)
+        scratch = _prefix_caches(net, stage, data, True)
+        chained = _prefix_caches(net, stage, data, True, previous=previous)
+        assert scratch is not None and chained is not None
+        fronts.append(scratch[0].frontier.cached)
+        for a, b in zip(scratch, chained):
+            assert a.frontier == b.frontier
+            for k in a.packed:
+                assert a.packed[k].any(), f"stage {stage} {k}: no spikes to compare"
+                np.testing.assert_array_equal(a.packed[k], b.packed[k], err_msg=f"stage {stage} {k}")
+        chained_stages += previous is not None
+        previous = chained
+        with torch.no_grad():  # training at this stage moves the layer it is about to fix
+            for p in net.trainable():
+                p.add_(torch.as_tensor(rng.normal(0, 0.2, tuple(p.shape)), dtype=p.dtype))
+    assert chained_stages == 3 and any(len(f) == 2 for f in fronts)

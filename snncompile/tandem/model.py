@@ -221,11 +221,18 @@ class TandemNet(nn.Module):
         return (y, ints) if return_ints else y
 
     @torch.no_grad()
-    def spike_trains(self, x: torch.Tensor, nodes: set[str]) -> dict[str, torch.Tensor]:
+    def spike_trains(self, x: torch.Tensor, nodes: set[str],
+                     given: tuple[Frontier, dict[str, SpikeTrains]] | None = None) -> dict[str, torch.Tensor]:
         """The spike trains, (T, N, *shape) float32 0/1, of IF layers ``nodes`` (spiking at
-        the current stage) for float inputs ``x``."""
+        the current stage) for float inputs ``x``; ``given`` as in :meth:`forward`: the
+        trains of an earlier frontier of these inputs, from which the simulation starts."""
         g, _ = self._current()
-        return run_window(g, quantized_input(g, x), self.T, needed(g, sorted(nodes)),
+        want = needed(g, sorted(nodes))
+        trains = None
+        if given is not None:
+            want -= given[0].skip
+            trains = given[1]
+        return run_window(g, quantized_input(g, x), self.T, want, given=trains,
                           keep_spikes=set(nodes)).spikes
 
     @torch.no_grad()

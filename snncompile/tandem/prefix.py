@@ -8,7 +8,9 @@ sample of its training and validation data, keeps the spike trains where the fix
 the graph hands over to the rest (bit-packed, T bits per neuron), and each batch runs the
 integer simulation and the ANN pass from there on. The forward is bit for bit the one
 without the cache (a test checks it), so the cache changes the time of a run, never its
-result.
+result. Stage k + 1 builds its trains from stage k's (the layers fixed then are still
+fixed), so each stage simulates only the layer it has just fixed, not the whole prefix
+again; while it builds, both stages' trains are in memory.
 
 It applies where the hand-over nodes are IF layers (spikes are what is cheap to keep) and
 the packed trains fit :data:`BUDGET_BYTES`; otherwise the stage runs as before.
@@ -84,13 +86,14 @@ class PrefixCache:
         return sum(samples * -(-T * int(np.prod(graph[k].shape)) // 8) for k in front.cached)
 
     @classmethod
-    def build(cls, run, graph: Graph, front: Frontier, T: int, x: np.ndarray,
+    def build(cls, run, graph: Graph, front: Frontier, T: int, samples: int,
               batch_size: int = 256) -> "PrefixCache":
-        """Simulate the fixed part on every sample of ``x``: ``run(xb, keep)`` returns the
-        spike trains ((T, n, *shape) tensors) of the nodes in ``keep`` for inputs ``xb``."""
+        """Simulate the fixed part on each of ``samples`` samples: ``run(rows, keep)``
+        returns the spike trains ((T, len(rows), *shape) tensors) of the nodes in ``keep``
+        for the samples at indices ``rows``."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
-        for i in range(0, len(x), batch_size):
-            spikes = run(x[i:i + batch_size], set(front.cached))
+        for i in range(0, samples, batch_size):
+            spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
                 s = spikes[k].to(torch.uint8)                        # (T, n, *shape)
                 s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)

@@ -215,6 +215,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             raise ValueError("distillation needs the network as converted, before any stage")
         net.eval()
         teacher = teacher_outputs(net, train)
+    caches: list[PrefixCache] | None = None
     for i, stage in enumerate(plan):
         if stage <= done:
             state, record = checkpoints.load(stage)
@@ -227,12 +228,14 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 f"val {_fmt(record['summary']['best'])}")
             if bar is not None:
                 bar.update(len(record["history"]) - 1)
+            caches = None
             continue
         net.set_stage(stage, prune=not opts.gradual)
         ramp = net.due_masks() if opts.gradual else []
         final = i == len(plan) - 1 and opts.method == "ptl"
         fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
-        caches = _prefix_caches(net, stage, [train, val], fix and step_loss is None)
+        caches = _prefix_caches(net, stage, [train, val], fix and step_loss is None,
+                                previous=caches if i > 0 and plan[i - 1] == stage - 1 else None)
         if caches is not None:
             say(f"stage {stage}/{net.n_stages} ({net.stage_name(stage)}): spike trains of the fixed "
                 f"layers kept ({sum(c.nbytes for c in caches) / 2 ** 20:.0f} MiB)")
@@ -393,11 +396,13 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     return history, _summary(stage, name, first, best, best_epoch, lr)
 
 
-def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset],
-                   fixed: bool) -> list[PrefixCache] | None:
+def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset], fixed: bool,
+                   previous: list[PrefixCache] | None = None) -> list[PrefixCache] | None:
     """Per data set, the spike trains of the layers fixed at ``stage`` (layers 1..stage-1,
     when earlier stages are ``fixed``), or None where there is nothing to keep, a hand-over
-    is not an IF layer, or the trains would pass prefix.BUDGET_BYTES."""
+    is not an IF layer, or the trains would pass prefix.BUDGET_BYTES. ``previous``: the
+    caches of stage - 1 of this run, whose layers are still as they were; the simulation
+    then starts from their trains, so each stage simulates only the layer it fixed anew."""
     if not fixed or stage < 2:
         return None
     front = frontier(net.base, net.layers[:stage - 1])
@@ -408,10 +413,15 @@ def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset],
         return None
     dev = next(net.parameters()).device
 
-    def run(xb: np.ndarray, keep: set[str]) -> dict[str, torch.Tensor]:
-        return net.spike_trains(torch.as_tensor(xb, device=dev), keep)
+    def simulator(data: Dataset, before: PrefixCache | None):
+        def run(rows: np.ndarray, keep: set[str]) -> dict[str, torch.Tensor]:
+            given = before.given(rows, dev) if before is not None else None
+            return net.spike_trains(torch.as_tensor(data.x[rows], device=dev), keep, given=given)
+        return run
 
-    return [PrefixCache.build(run, net.base, front, net.T, d.x) for d in datasets]
+    before = previous if previous is not None and len(previous) == len(datasets) else [None] * len(datasets)
+    return [PrefixCache.build(simulator(d, b), net.base, front, net.T, len(d.x))
+            for d, b in zip(datasets, before)]
 
 
 def _val(m: dict[str, float]) -> dict[str, float]:
