@@ -83,10 +83,24 @@ def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, 
         stages = read_artifact(str(out)).info["tuning"]["stages"]
         if keep is not None:
             shutil.copytree(out, keep / f"seed{seed}", dirs_exist_ok=True)
-    return {"seed": seed, "test": ev["snn_accuracy"], "ann": ev["ann_accuracy"],
-            "val": summary["tuning"].get("val_accuracy"), "val_loss": round(summary["tuning"]["val_loss"], 4),
-            "epochs": summary["tuning"]["epochs"], "seconds": round(seconds, 1),
-            "best_epochs": [s["best_epoch"] for s in stages]}
+    row = {"seed": seed, "test": ev["snn_accuracy"], "ann": ev["ann_accuracy"],
+           "val": summary["tuning"].get("val_accuracy"), "val_loss": round(summary["tuning"]["val_loss"], 4),
+           "epochs": summary["tuning"]["epochs"], "seconds": round(seconds, 1),
+           "best_epochs": [s["best_epoch"] for s in stages]}
+    ann_seconds = _ann_train_seconds(data)
+    if ann_seconds:  # the issue's time target: tuning against training the ANN (same machine and load?)
+        row["ann_train_seconds"] = ann_seconds
+        row["time_ratio"] = round(seconds / ann_seconds, 2)
+    return row
+
+
+def _ann_train_seconds(data: Path) -> float | None:
+    """The example's own training time (``train_seconds`` of its ann_metrics.json), if kept.
+    Comparable with ``seconds`` only when both ran under the same load."""
+    path = data / "ann_metrics.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("train_seconds")
 
 
 def _report_stages(test_path: Path) -> None:
