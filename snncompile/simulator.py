@@ -523,7 +523,7 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
 
 def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                nodes: set[str] | None = None, given: dict[str, "SpikeTrains"] | None = None,
-               keep_spikes: set[str] = frozenset()) -> dict:
+               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64) -> dict:
     """Simulate one chunk of samples over the whole window (``nodes``: only these, which
     must include their inputs, or be in ``given``; default all). ``given``: the spike
     trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes
@@ -572,7 +572,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
         if isinstance(n, (IFNode, MaxPool2dNode)):
             # kept in the layer's own memory layout (a flat view would copy a channels-last
             # tensor); SynOps flatten it where a consumer counts them
-            counts[n.name] = out.total(T, torch.float64)
+            counts[n.name] = out.total(T, counts_dtype)
             if record:
                 spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
             if n.name in keep_spikes:
@@ -596,7 +596,8 @@ class SpikeTrains:
 
 @dataclass
 class WindowResult:
-    """Integer results of one batch over the window, as float64 tensors on its device."""
+    """Integer results of one batch over the window, as float64 tensors on its device (the
+    counts in the type :func:`run_window` was asked for)."""
 
     counts: dict[str, torch.Tensor]    # (N, *shape) spike counts of IF layers and max pools
     acc: dict[str, torch.Tensor]       # (N, *shape) output accumulators (sum over T)
@@ -606,19 +607,22 @@ class WindowResult:
 
 def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
                nodes: set[str] | None = None, given: dict[str, SpikeTrains] | None = None,
-               keep_spikes: set[str] = frozenset()) -> WindowResult:
+               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64) -> WindowResult:
     """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
     from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
     the integer forward of tuning loops, which run it on every batch and keep the tensors.
     ``nodes`` limits the work to these nodes (which must include their inputs, unless the
     node is ``given``: IF nodes whose spike trains are taken as they are, so the nodes
     feeding only them need not run); ``keep_spikes`` names IF nodes whose spike trains,
-    (T, N, *shape) float32 0/1, the result keeps."""
+    (T, N, *shape) float32 0/1, the result keeps. ``counts_dtype``: the type of the counts
+    (float32 holds any count up to 2^24 steps exactly and saves the tuning loops a
+    conversion each way)."""
     T = int(timesteps)
     plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
                  synops=False)
     with torch.no_grad():
-        r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes)
+        r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes,
+                       counts_dtype)
     return WindowResult(r["counts"], r["acc"], r["sat"], r["kept"])
 
 

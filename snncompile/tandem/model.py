@@ -233,7 +233,7 @@ class TandemNet(nn.Module):
             want -= given[0].skip
             trains = given[1]
         return run_window(g, quantized_input(g, x), self.T, want, given=trains,
-                          keep_spikes=set(nodes)).spikes
+                          keep_spikes=set(nodes), counts_dtype=torch.float32).spikes
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
@@ -271,7 +271,7 @@ class TandemNet(nn.Module):
         if given is not None:
             skip, trains = given[0].skip, given[1]
             ints_needed = ints_needed - skip
-        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None)
+        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32)
                 if len(ints_needed) > 1 else None)
         vals: dict[str, torch.Tensor] = {}
         dev = x.device
@@ -300,10 +300,12 @@ class TandemNet(nn.Module):
     def _count_value(self, n: IFNode, ints, dev: torch.device) -> torch.Tensor:
         """The real value a spiking layer passes on: ``lam * count / T``."""
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-        # in the row-major layout of the ANN values it meets in the straight-through sum
-        # (the simulator's counts are channels-last; mixed layouts make every op strided)
-        count = ints.counts[n.name].to(torch.float32, memory_format=torch.contiguous_format)
-        return count.mul_(lam).div_(self.T)
+        # written in the row-major layout of the ANN values it meets in the straight-through
+        # sum (the simulator's counts are channels-last; mixed layouts make every op strided),
+        # into a new tensor: the counts themselves stay as the integer result holds them
+        count = ints.counts[n.name].to(torch.float32)
+        out = torch.empty(count.shape, dtype=torch.float32, device=count.device)
+        return torch.mul(count, lam, out=out).div_(self.T)
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]
