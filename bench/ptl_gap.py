@@ -88,7 +88,7 @@ def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, 
            "epochs": summary["tuning"]["epochs"], "seconds": round(seconds, 1),
            "best_epochs": [s["best_epoch"] for s in stages]}
     ann_seconds = _ann_train_seconds(data)
-    if ann_seconds:  # the issue's time target: tuning against training the ANN (same machine and load?)
+    if ann_seconds:  # the time target of issue 3: tuning against training the ANN
         row["ann_train_seconds"] = ann_seconds
         row["time_ratio"] = round(seconds / ann_seconds, 2)
     return row
