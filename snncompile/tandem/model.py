@@ -227,12 +227,8 @@ class TandemNet(nn.Module):
         the current stage) for float inputs ``x``; ``given`` as in :meth:`forward`: the
         trains of an earlier frontier of these inputs, from which the simulation starts."""
         g, _ = self._current()
-        want = needed(g, sorted(nodes))
-        trains = None
-        if given is not None:
-            want -= given[0].skip
-            trains = given[1]
-        return run_window(g, quantized_input(g, x), self.T, want, given=trains,
+        want, _, trains = _after(needed(g, sorted(nodes)), given)
+        return run_window(g, quantized_input(g, x), self.T, want, given=trains or None,
                           keep_spikes=set(nodes), counts_dtype=torch.float32).spikes
 
     @torch.no_grad()
@@ -265,12 +261,7 @@ class TandemNet(nn.Module):
     def _values(self, x: torch.Tensor, given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         g, fq = self._current()
         xq = quantized_input(g, x)
-        ints_needed = self.integer_nodes()
-        skip: frozenset[str] = frozenset()
-        trains: dict[str, SpikeTrains] = {}
-        if given is not None:
-            skip, trains = given[0].skip, given[1]
-            ints_needed = ints_needed - skip
+        ints_needed, skip, trains = _after(self.integer_nodes(), given)
         ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32)
                 if len(ints_needed) > 1 else None)
         vals: dict[str, torch.Tensor] = {}
@@ -317,6 +308,15 @@ class TandemNet(nn.Module):
                 b = _straight_through(torch.as_tensor(fq[1], device=x.device), b)
         node = dataclasses.replace(n, weight=w, bias=b)
         return _WEIGHTED[type(n)](node, x)
+
+
+def _after(nodes: set[str], given: tuple[Frontier, dict[str, SpikeTrains]] | None
+           ) -> tuple[set[str], frozenset[str], dict[str, SpikeTrains]]:
+    """The nodes still to simulate when a forward starts from the ``given`` frontier, the
+    nodes it skips, and the kept spike trains it starts from (none without a frontier)."""
+    if given is None:
+        return nodes, frozenset(), {}
+    return nodes - given[0].skip, given[0].skip, given[1]
 
 
 def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
