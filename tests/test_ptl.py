@@ -209,6 +209,19 @@ def test_epoch_budget_is_shared_by_stages(small_net):
     assert none.epochs == 0 and len(none.history) == 3  # converted stage by stage, untrained
 
 
+def test_count_aware_scores_layers_not_spiking_on_their_count_model(small_net):
+    """``count_aware`` reaches the network the schedule scores: untrained, a stage with a
+    layer still on the ANN side scores differently with it (that layer passes its count
+    model's value, not its ReLU); the last stage, every layer spiking, the same."""
+    g, train, val = small_net
+    runs = {flag: tune(TandemNet(g), train, val, TrainOptions(epochs=0, count_aware=flag))
+            for flag in (False, True)}
+    loss = {flag: [h["val_loss"] for h in r.history] for flag, r in runs.items()}
+    assert len(loss[True]) == 3
+    assert loss[True][0] != loss[False][0]  # stage 1: layer 2 modelled or relu
+    assert loss[True][-1] == loss[False][-1]  # all spiking
+
+
 def test_regression_targets_tune_on_validation_loss(small_net):
     """Float targets: MSE loss, the scheduler keeps the lowest validation loss."""
     g, train, val = small_net
@@ -452,3 +465,4 @@ def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "loaded from checkpoint" in r.stderr
     assert violations(load_graph(out), bits=8) == []
+

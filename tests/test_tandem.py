@@ -275,3 +275,32 @@ def test_version_1_artifacts_still_load(branchy, tmp_path):
     (tmp_path / "ir.json").write_text(json.dumps(m))
     with pytest.raises(Exception, match="reads versions 1, 2"):
         load_graph(tmp_path)
+
+
+def test_count_aware_ann_layers_pass_their_counts_values(branchy):
+    """With ``count_aware`` a hidden layer not spiking yet passes ``lam * count / T`` for the
+    count it would fire with all its charge at once: on the T + 1 levels of its scale, and
+    for the first layer (whose charge does come at once) the value the spiking layer passes
+    at the next stage, up to the rounding of its integer threshold."""
+    ann, cal, x = branchy
+    net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4, weight_bits=16)))
+    net.count_aware = True
+    first = net.layers[0]
+    lam = float(np.asarray(net.base[first].lam).reshape(-1)[0])
+    xt = torch.tensor(x)
+    net.set_stage(0)
+    with torch.no_grad():
+        _, modelled, _ = net._values(xt)
+    levels = modelled[first].numpy() * 4 / lam
+    np.testing.assert_allclose(levels, np.clip(np.rint(levels), 0, 4), atol=1e-4)
+    assert len(np.unique(np.rint(levels))) == 5  # every level used: the test can tell
+    net.set_stage(1)
+    with torch.no_grad():
+        _, spiking, _ = net._values(xt)
+    same = np.isclose(modelled[first].numpy(), spiking[first].numpy(), atol=1e-5)
+    assert same.mean() > 0.99
+    net.count_aware = False
+    net.set_stage(0)
+    with torch.no_grad():
+        _, plain, _ = net._values(xt)
+    assert not np.allclose(plain[first].numpy(), modelled[first].numpy())  # relu(z) otherwise

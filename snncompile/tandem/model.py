@@ -57,6 +57,9 @@ class TandemNet(nn.Module):
         # layer spikes (0: at the same stage), so it is pruned while still an ANN layer.
         self.prune_lead = int(prune_lead)
         self.layers = [n.name for n in graph.nodes if isinstance(n, IFNode)]
+        # True: a hidden layer not spiking yet passes the value its spike count will stand
+        # for, lam * clamp(round(z T / lam), 0, T) / T (straight-through), not relu(z)
+        self.count_aware = False
         self.weighted = [n.name for n in graph.nodes if isinstance(n, WeightedNode)]
         self.key = {name: f"n{i}" for i, name in enumerate(self.weighted)}
         self.weight = nn.ParameterDict()
@@ -283,6 +286,8 @@ class TandemNet(nn.Module):
                 out = torch.relu(ins[0])
                 if ints is not None and n.name in ints.counts:
                     out = _straight_through(self._count_value(n, ints, dev), out)
+                elif self.count_aware:
+                    out = self._count_model(n, ins[0])
             else:
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
@@ -297,6 +302,17 @@ class TandemNet(nn.Module):
         count = ints.counts[n.name].to(torch.float32)
         out = torch.empty(count.shape, dtype=torch.float32, device=count.device)
         return torch.mul(count, lam, out=out).div_(self.T)
+
+    def _count_model(self, n: IFNode, z: torch.Tensor) -> torch.Tensor:
+        """The value an IF layer's count would pass for input ``z`` if all its charge came at
+        once: ``lam * clamp(floor(z T / lam + 1/2), 0, T) / T``, with the gradient of
+        ``clamp(z, 0, lam)`` (straight-through rounding)."""
+        lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=z.device)
+        if lam.ndim and z.ndim > 2:
+            lam = lam.reshape(-1, *([1] * (z.ndim - 2)))
+        with torch.no_grad():
+            v = torch.clamp(torch.floor(z * (self.T / lam) + 0.5), 0, self.T) * lam / self.T
+        return _straight_through(v, torch.minimum(torch.relu(z), lam))
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]

@@ -69,6 +69,7 @@ class TrainOptions:
     # outputs before tuning): KL at ``distill_temperature`` (classification) or MSE
     distill: float = 0.0
     distill_temperature: float = 4.0
+    count_aware: bool = False      # hidden layers not spiking yet pass their count's value (see TandemNet)
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -201,6 +202,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     t0 = time.perf_counter()
     dev = torch.device(opts.device)
     net.to(dev)
+    net.count_aware = opts.count_aware
     plan = plan if plan is not None else stage_plan(net, opts.method)
     result = TuneResult()
     done = checkpoints.completed() if checkpoints is not None else -1
@@ -243,6 +245,10 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         if opts.recalibrate:
             xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
+            # With count_aware the layers not spiking yet pass values on their scales' levels:
+            # the first stage sets those scales from the network it starts from (fan-in masks
+            # imposed), in order, as conversion set the scales from the unpruned ANN
+            modelled = net.layers[stage:] if opts.count_aware and i == 0 else []
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
                 if opts.percentile_search:
                     chosen[layer] = select_percentile(net, layer, xc, val, opts.percentile_search,
@@ -251,6 +257,8 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                         f"chosen on validation ({_scores(chosen[layer]['val'])})")
                 else:
                     net.recalibrate(layer, xc, opts.percentile)
+            for layer in modelled:
+                net.recalibrate(layer, xc, opts.percentile)
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
                                       fix_earlier=fix, step_loss=step_loss, caches=caches,
