@@ -128,6 +128,10 @@ def main(verbose: bool) -> None:
 @click.option("--joint-final", is_flag=True,
               help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
                    "learning rate), not only the output layer.")
+@click.option("--count-aware", is_flag=True,
+              help="ptl: layers not spiking yet pass the value of the spike count they will fire "
+                   "(T + 1 levels) instead of their ReLU, so the ANN stages train for the count levels "
+                   "to come.")
 @click.option("--distill", default=0.0, show_default=True, type=float, metavar="SHARE",
               help="ptl/tandem: share (0..1) of the training loss that matches the float ANN's "
                    "outputs (knowledge distillation) instead of the labels.")
@@ -150,8 +154,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
-            balance_scale: float | None, joint_final: bool, distill: float, distill_temperature: float,
-            epochs: int, patience: int, batch_size: int, device: str, resume: bool,
+            balance_scale: float | None, joint_final: bool, count_aware: bool, distill: float,
+            distill_temperature: float, epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
             max_psnr_drop: float | None = None, timesteps_candidates: str | None = None) -> None:
@@ -180,7 +184,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                         joint_final=joint_final, distill=distill,
+                         joint_final=joint_final, count_aware=count_aware, distill=distill,
                          distill_temperature=distill_temperature, explicit=explicit)
     try:
         summary = compile_model(req)

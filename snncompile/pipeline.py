@@ -57,6 +57,7 @@ class CompileRequest:
     epochs: int = 60
     patience: int = 6
     joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
+    count_aware: bool = False      # ptl: layers not spiking yet pass their future count's value
     distill: float = 0.0           # ptl/tandem: share of the loss matching the float ANN's outputs
     distill_temperature: float = 4.0
     batch_size: int = 64
@@ -173,6 +174,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
                       "world_size": res.world_size,
                       "patience": topts.patience, "joint_final": topts.joint_final,
+                      "count_aware": topts.count_aware,
                       "distill": topts.distill, "distill_temperature": topts.distill_temperature,
                       "seconds": res.seconds, "stages": res.stages,
                       "history": res.history}
@@ -265,7 +267,7 @@ def _check_tuning(req: CompileRequest):
     given = {"surrogate": req.surrogate, "surrogate_alpha": req.surrogate_alpha,
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
-                        joint_final=req.joint_final, distill=req.distill,
+                        joint_final=req.joint_final, count_aware=req.count_aware, distill=req.distill,
                         distill_temperature=req.distill_temperature, method=method, seed=req.seed, device=req.device,
                         percentile=100.0 if req.norm == "max" else req.percentile,
                         percentile_search=PERCENTILE_GRID if req.percentile_search and req.norm != "max" else (),

@@ -82,6 +82,8 @@ def test_refused_options(method, given, training, settings, expect):
     ("tandem", ["joint_final"], True, {}, "--joint-final has no effect with --method tandem: it trains every layer"),
     ("ltl", ["joint_final"], True, {}, "--joint-final has no effect with --method ltl: it has no progressive"),
     ("ptl", ["joint_final"], False, {}, "--joint-final has no effect without --train"),
+    ("tandem", ["count_aware"], True, {}, "--count-aware has no effect with --method tandem: every layer spikes"),
+    ("stdb", ["count_aware"], True, {}, "--count-aware has no effect with --method stdb: every layer spikes"),
     ("ptl", ["distill_temperature"], True, {}, "--distill-temperature has no effect without --distill above 0"),
     ("stdb", ["distill_temperature"], True, {"distill": 0.5}, "--distill-temperature has no effect with "
                                                               "--method stdb: it trains with its own loss"),
@@ -93,7 +95,8 @@ def test_ignored_options_are_warnings_naming_option_method_and_why(method, given
 
 @pytest.mark.parametrize("method,given,settings", [
     ("ptl", ["prune_ahead", "fanin_mode", "percentile", "epochs", "patience", "batch_size", "device",
-             "resume", "joint_final", "distill", "distill_temperature"], {"fanin": 64, "distill": 0.5}),
+             "resume", "joint_final", "count_aware", "distill", "distill_temperature"],
+     {"fanin": 64, "distill": 0.5}),
     ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device", "distill"],
      {"fanin": 64}),
     ("ltl", ["prune_ahead", "percentile", "surrogate", "surrogate_alpha"], {"fanin": 64}),
@@ -132,18 +135,20 @@ def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
                for w in json.loads((tmp_path / "loud" / "compile.json").read_text())["warnings"])
 
 
-def test_cli_joint_final_reaches_the_schedule(digits_dir, tmp_path):
-    """--joint-final goes into the tuning options (recorded with the tuning, and part of
-    what --resume must match); what it does is tested in test_ptl."""
+@pytest.mark.parametrize("flag,key", [("--joint-final", "joint_final"), ("--count-aware", "count_aware")])
+def test_cli_ptl_flags_reach_the_schedule(digits_dir, tmp_path, flag, key):
+    """--joint-final and --count-aware go into the tuning options (recorded with the
+    tuning, and part of what --resume must match); what they do is tested in test_ptl and
+    test_tandem."""
     d = digits_dir
     tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0"]
-    for name, extra in (("plain", []), ("joint", ["--joint-final"])):
+    for name, extra in (("plain", []), ("set", [flag])):
         r = _convert(d, tmp_path / name, *tune, *extra)
         assert r.returncode == 0, r.stderr
         info = json.loads((tmp_path / name / "compile.json").read_text())
-        assert info["tuning"]["joint_final"] is (name == "joint") and info["warnings"] == []
+        assert info["tuning"][key] is (name == "set") and info["warnings"] == []
         run = json.loads((tmp_path / name / "checkpoints" / "run.json").read_text())
-        assert run["tuning"]["joint_final"] is (name == "joint")
+        assert run["tuning"][key] is (name == "set")
 
 
 def test_cli_distill_reaches_the_schedule(digits_dir, tmp_path):

@@ -38,6 +38,7 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
     "epochs": ("--epochs", False),
     "patience": ("--patience", False), "batch_size": ("--batch-size", False),
     "device": ("--device", False), "joint_final": ("--joint-final", False),
+    "count_aware": ("--count-aware", False),
     "distill": ("--distill", True), "distill_temperature": ("--distill-temperature", False),
 }.items()}
 OPTION_FLAGS = {k: o.flag for k, o in OPTIONS.items()}
@@ -84,6 +85,7 @@ _ONE_STAGE_RESUME = "it trains in one stage, so an interrupted run leaves no fin
 _ONE_STAGE_PRUNE = ("it trains in one stage with every fan-in mask imposed from the first epoch, so there "
                     "is no earlier stage to impose a mask in")
 _NO_FINAL_STAGE = "it has no progressive stages, so no final stage that would otherwise train the output layer alone"
+_NO_ANN_LAYERS = "every layer spikes from its first epoch, so no layer passes a modelled count"
 _OWN_LOSS = "it trains with its own loss ({}), which distillation does not enter"
 _LTL_LOSS = _OWN_LOSS.format("per-layer matches to the ANN teacher, then cross-entropy")
 _STDB_LOSS = _OWN_LOSS.format("BPTT through the spikes on the labels")
@@ -104,18 +106,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "schedule:tune", distributed=True,
            cannot={**_no_surrogate(_STRAIGHT), "resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE,
                    "balance_scale": "it sets every threshold from --percentile",
-                   "joint_final": "it trains every layer in its one stage already"}),
+                   "joint_final": "it trains every layer in its one stage already",
+                   "count_aware": _NO_ANN_LAYERS}),
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
            cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
-                   "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
+                   "count_aware": _NO_ANN_LAYERS, "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
                    "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
                                         "of its targets, set before any layer is trained"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
            cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
-                   "distill": _STDB_LOSS, "distill_temperature": _STDB_LOSS,
+                   "count_aware": _NO_ANN_LAYERS, "distill": _STDB_LOSS, "distill_temperature": _STDB_LOSS,
                    "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE}),
 )}
 
