@@ -466,3 +466,16 @@ def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
     assert "loaded from checkpoint" in r.stderr
     assert violations(load_graph(out), bits=8) == []
 
+
+@pytest.mark.slow
+def test_count_model_bench_separates_the_losses(digits_dir):
+    """bench/count_model.py (docs/benchmarks.md): trains the masked network on its count
+    model and reports that network's accuracy and its untuned SNN's, on the test split."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench/count_model.py"), "--data", str(digits_dir),
+                        "--timesteps", "4", "--epochs", "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["hidden"] == "count model" and row["T"] == 4
+    assert row["best_epoch"] >= 1 and row["val"] > row["val_untrained"]  # it trained
+    assert 0 < row["test"] <= 1 and 0 < row["snn_test_untuned"] <= 1
