@@ -128,10 +128,10 @@ def main(verbose: bool) -> None:
 @click.option("--joint-final", is_flag=True,
               help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
                    "learning rate), not only the output layer.")
-@click.option("--count-aware", is_flag=True,
+@click.option("--count-aware/--no-count-aware", default=True, show_default=True,
               help="ptl: layers not spiking yet pass the value of the spike count they will fire "
                    "(T + 1 levels) instead of their ReLU, so the ANN stages train for the count levels "
-                   "to come.")
+                   "to come; --no-count-aware trains them as ReLUs (PTL as published).")
 @click.option("--distill", default=0.0, show_default=True, type=float, metavar="SHARE",
               help="ptl/tandem: share (0..1) of the training loss that matches the float ANN's "
                    "outputs (knowledge distillation) instead of the labels.")

@@ -57,7 +57,7 @@ class CompileRequest:
     epochs: int = 60
     patience: int = 6
     joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
-    count_aware: bool = False      # ptl: layers not spiking yet pass their future count's value
+    count_aware: bool = True       # ptl: layers not spiking yet pass their future count's value
     distill: float = 0.0           # ptl/tandem: share of the loss matching the float ANN's outputs
     distill_temperature: float = 4.0
     batch_size: int = 64

@@ -135,20 +135,22 @@ def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
                for w in json.loads((tmp_path / "loud" / "compile.json").read_text())["warnings"])
 
 
-@pytest.mark.parametrize("flag,key", [("--joint-final", "joint_final"), ("--count-aware", "count_aware")])
-def test_cli_ptl_flags_reach_the_schedule(digits_dir, tmp_path, flag, key):
-    """--joint-final and --count-aware go into the tuning options (recorded with the
-    tuning, and part of what --resume must match); what they do is tested in test_ptl and
-    test_tandem."""
+@pytest.mark.parametrize("flag,key,default", [("--joint-final", "joint_final", False),
+                                              ("--no-count-aware", "count_aware", True)])
+def test_cli_ptl_flags_reach_the_schedule(digits_dir, tmp_path, flag, key, default):
+    """--joint-final (off by default) and --no-count-aware (count-aware is the default) go
+    into the tuning options (recorded with the tuning, and part of what --resume must
+    match); what they do is tested in test_ptl and test_tandem."""
     d = digits_dir
     tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0"]
     for name, extra in (("plain", []), ("set", [flag])):
         r = _convert(d, tmp_path / name, *tune, *extra)
         assert r.returncode == 0, r.stderr
+        want = default is not (name == "set")
         info = json.loads((tmp_path / name / "compile.json").read_text())
-        assert info["tuning"][key] is (name == "set") and info["warnings"] == []
+        assert info["tuning"][key] is want and info["warnings"] == []
         run = json.loads((tmp_path / name / "checkpoints" / "run.json").read_text())
-        assert run["tuning"][key] is (name == "set")
+        assert run["tuning"][key] is want
 
 
 def test_cli_distill_reaches_the_schedule(digits_dir, tmp_path):

@@ -110,9 +110,13 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     assert violations(net.to_graph(), bits=8, fanin=4) == []
 
 
-def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, monkeypatch):
+@pytest.mark.parametrize("count_aware", [False, True])
+def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, monkeypatch, count_aware):
     """Each layer, as its stage converts it, tries every candidate percentile; the one whose
-    network scores best on validation sets its threshold (ties: the first candidate)."""
+    network scores best on validation sets its threshold (ties: the first candidate).
+    Count-aware, a layer still modelled at the first stage has its scale re-measured at
+    ``percentile`` (its count model's levels) for every candidate of the layer before it,
+    since that layer's scale sets its inputs; its own search still decides its own."""
     g, train, val = small_net
     net = TandemNet(g, bits=8)
     favourite = {net.layers[0]: 98.0, net.layers[1]: 99.99}
@@ -124,20 +128,24 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         return calls[-1][2]
 
     def fake_eval(n, data, batch_size=256, prefix=None):  # the favourite scores best, the others by distance
-        layer, p, _ = calls[-1]
+        layer = n.layers[min(n.stage, len(n.layers)) - 1]  # the layer this stage converts (or the last)
+        p = [c[1] for c in calls if c[0] == layer][-1]
         return {"accuracy": 1.0 - abs(p - favourite[layer]) / 100, "loss": 1.0}
 
     monkeypatch.setattr(net, "recalibrate", spy)
     monkeypatch.setattr(schedule, "evaluate", fake_eval)
     grid = (97.0, 98.0, 99.0, 99.9, 99.99)
-    res = tune(net, train, val, TrainOptions(epochs=0, percentile_search=grid))
+    res = tune(net, train, val, TrainOptions(epochs=0, percentile_search=grid, count_aware=count_aware))
     for j, layer in enumerate(net.layers):
         rec = res.stages[j]["percentiles"][layer]
         assert rec["chosen"] == favourite[layer] and list(rec["val"]) == ["97", "98", "99", "99.9", "99.99"]
         tried = [c for c in calls if c[0] == layer]
-        assert [c[1] for c in tried] == [*grid, favourite[layer]]  # then set to the winner
+        # count-aware, the first stage (it converts layer 0) re-measures layer 1 after each of
+        # layer 0's candidates and its winner, and once more after the search
+        first = [99.9] * (len(grid) + 2) if count_aware and j > 0 else []
+        assert [c[1] for c in tried] == [*first, *grid, favourite[layer]]  # then set to the winner
         assert np.allclose(getattr(net, f"lam_{j}").numpy(), tried[-1][2])
-        assert not np.allclose(tried[0][2], tried[-1][2])  # the candidates do differ
+        assert not np.allclose(tried[len(first)][2], tried[-1][2])  # the candidates do differ
     calls.clear()
     monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": 0.5, "loss": 1.0})
     res = tune(TandemNet(g, bits=8), train, val, TrainOptions(epochs=0, percentile_search=grid))
@@ -220,6 +228,19 @@ def test_count_aware_scores_layers_not_spiking_on_their_count_model(small_net):
     assert len(loss[True]) == 3
     assert loss[True][0] != loss[False][0]  # stage 1: layer 2 modelled or relu
     assert loss[True][-1] == loss[False][-1]  # all spiking
+
+
+@pytest.mark.parametrize("method", ["ptl", "tandem", "ltl"])
+def test_only_ptl_models_counts_on_its_ann_stages(small_net, method):
+    """Count-aware is the default, but only PTL's ANN stages hand on to spiking ones: LTL's
+    ANN stage trains its teacher, whose activations must stay the ANN's."""
+    from snncompile.tandem.methods import get_method
+
+    g, train, val = small_net
+    net = TandemNet(g, bits=8)
+    assert TrainOptions().count_aware
+    get_method(method).train(net, train, val, TrainOptions(epochs=0, method=method))
+    assert net.count_aware is (method == "ptl")
 
 
 def test_regression_targets_tune_on_validation_loss(small_net):
@@ -479,3 +500,4 @@ def test_count_model_bench_separates_the_losses(digits_dir):
     assert row["hidden"] == "count model" and row["T"] == 4
     assert row["best_epoch"] >= 1 and row["val"] > row["val_untrained"]  # it trained
     assert 0 < row["test"] <= 1 and 0 < row["snn_test_untuned"] <= 1
+

@@ -86,6 +86,8 @@ _ONE_STAGE_PRUNE = ("it trains in one stage with every fan-in mask imposed from 
                     "is no earlier stage to impose a mask in")
 _NO_FINAL_STAGE = "it has no progressive stages, so no final stage that would otherwise train the output layer alone"
 _NO_ANN_LAYERS = "every layer spikes from its first epoch, so no layer passes a modelled count"
+_LTL_TEACHER = ("its only ANN stage fine-tunes the teacher under the fan-in masks, and the teacher's "
+                "activations stay real-valued targets")
 _OWN_LOSS = "it trains with its own loss ({}), which distillation does not enter"
 _LTL_LOSS = _OWN_LOSS.format("per-layer matches to the ANN teacher, then cross-entropy")
 _STDB_LOSS = _OWN_LOSS.format("BPTT through the spikes on the labels")
@@ -111,7 +113,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ltl", "local tandem learning, offline (Yang et al., NeurIPS 2022): per-layer teacher-student",
            "ltl:train_ltl", distributed=False, surrogate="linear",
            cannot={"resume": _ONE_STAGE_RESUME, "joint_final": _NO_FINAL_STAGE,
-                   "count_aware": _NO_ANN_LAYERS, "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
+                   "count_aware": _LTL_TEACHER, "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
                    "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
                                         "of its targets, set before any layer is trained"}),

@@ -69,7 +69,7 @@ class TrainOptions:
     # outputs before tuning): KL at ``distill_temperature`` (classification) or MSE
     distill: float = 0.0
     distill_temperature: float = 4.0
-    count_aware: bool = False      # hidden layers not spiking yet pass their count's value (see TandemNet)
+    count_aware: bool = True       # hidden layers not spiking yet pass their count's value (see TandemNet)
 
     def check(self) -> None:
         if self.epochs < 0:
@@ -202,7 +202,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     t0 = time.perf_counter()
     dev = torch.device(opts.device)
     net.to(dev)
-    net.count_aware = opts.count_aware
+    net.count_aware = False  # the float ANN, for a distillation teacher (set below)
     plan = plan if plan is not None else stage_plan(net, opts.method)
     result = TuneResult()
     done = checkpoints.completed() if checkpoints is not None else -1
@@ -217,6 +217,9 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             raise ValueError("distillation needs the network as converted, before any stage")
         net.eval()
         teacher = teacher_outputs(net, train)
+    # only a method whose ANN stages hand on to spiking ones models the counts to come: LTL's
+    # stage 0 trains its teacher, which must stay the ANN
+    net.count_aware = opts.count_aware and opts.method == "ptl"
     caches: list[PrefixCache] | None = None
     for i, stage in enumerate(plan):
         if stage <= done:
@@ -248,17 +251,24 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             # With count_aware the layers not spiking yet pass values on their scales' levels:
             # the first stage sets those scales from the network it starts from (fan-in masks
             # imposed), in order, as conversion set the scales from the unpruned ANN
-            modelled = net.layers[stage:] if opts.count_aware and i == 0 else []
+            # (they follow the layers converted here, so a percentile search re-measures them
+            # for every candidate: each is scored on the network it would leave)
+            modelled = net.layers[stage:] if net.count_aware and i == 0 else []
+
+            def remeasure() -> None:
+                for layer in modelled:
+                    net.recalibrate(layer, xc, opts.percentile)
+
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
                 if opts.percentile_search:
                     chosen[layer] = select_percentile(net, layer, xc, val, opts.percentile_search,
-                                                      prefix=caches[1] if caches else None)
+                                                      prefix=caches[1] if caches else None,
+                                                      then=remeasure if modelled else None)
                     say(f"stage {stage}/{net.n_stages} ({layer}): percentile {chosen[layer]['chosen']:g} "
                         f"chosen on validation ({_scores(chosen[layer]['val'])})")
                 else:
                     net.recalibrate(layer, xc, opts.percentile)
-            for layer in modelled:
-                net.recalibrate(layer, xc, opts.percentile)
+            remeasure()
         cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
                                       fix_earlier=fix, step_loss=step_loss, caches=caches,
@@ -283,20 +293,28 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
 
 def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
-                      candidates: tuple[float, ...], prefix: PrefixCache | None = None) -> dict[str, Any]:
+                      candidates: tuple[float, ...], prefix: PrefixCache | None = None,
+                      then: Callable[[], None] | None = None) -> dict[str, Any]:
     """Set IF layer ``layer``'s scale from the candidate percentile (of its activation over
     ``x``) whose network, as it stands at the current stage, scores best on ``val``
-    (accuracy, ties broken by loss; the first candidate on a full tie). Returns the choice
-    and each candidate's score, for the stage's record."""
+    (accuracy, ties broken by loss; the first candidate on a full tie). ``then`` runs after
+    each candidate is set, before it is scored (what depends on the layer's scale). Returns
+    the choice and each candidate's score, for the stage's record."""
     scores: dict[float, dict[str, float]] = {}
     best: float | None = None
-    for p in candidates:
+
+    def set_scale(p: float) -> None:
         net.recalibrate(layer, x, p)
+        if then is not None:
+            then()
+
+    for p in candidates:
+        set_scale(p)
         scores[p] = ddp.from_rank0(evaluate(net, val, prefix=prefix))
         if best is None or _key(scores[p]) > _key(scores[best]):
             best = p
     assert best is not None
-    net.recalibrate(layer, x, best)
+    set_scale(best)
     return {"chosen": best, "val": {f"{p:g}": _val(m) for p, m in scores.items()}}
 
 
