@@ -501,3 +501,26 @@ def test_count_model_bench_separates_the_losses(digits_dir):
     assert row["best_epoch"] >= 1 and row["val"] > row["val_untrained"]  # it trained
     assert 0 < row["test"] <= 1 and 0 < row["snn_test_untuned"] <= 1
 
+
+def test_count_error_bench_separates_the_dynamics(digits_dir, tmp_path):
+    """bench/count_error.py (docs/benchmarks.md): per IF layer, how often the count differs
+    from what the layer's total charge warrants. The first layer takes the input's charge all
+    at t = 0, so it fires exactly what its charge warrants; deeper layers get theirs spread
+    over the window, and some neuron fires a spike later inhibition would have cancelled."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "snn"
+    compile_model(CompileRequest(model=str(digits_dir / "digits_cnn.onnx"), out=str(out),
+                                 calib=str(digits_dir / "calib.npz"), options=ConversionOptions(timesteps=4)))
+    r = subprocess.run([sys.executable, str(root / "bench/count_error.py"), str(out), "--data",
+                        str(digits_dir / "test.npz"), "--samples", "200"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    layers = json.loads(r.stdout.strip().splitlines()[-1])["layers"]
+    assert len(layers) >= 2
+    first, deeper = layers[0], layers[1:]
+    assert first["count"] > 0 and first["count"] == first["warranted"]
+    assert first["more"] == first["fewer"] == 0
+    assert any(row["more"] > 0 for row in deeper)
+    for row in layers:  # the mean difference is what the extra and missing spikes add up to
+        assert 0 <= row["more_active"] <= 1 and 0 <= row["fewer_active"] <= 1
+        assert abs(row["count"] - row["warranted"]) <= 4 * (row["more"] + row["fewer"]) + 1e-12
