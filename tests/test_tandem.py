@@ -277,6 +277,27 @@ def test_version_1_artifacts_still_load(branchy, tmp_path):
         load_graph(tmp_path)
 
 
+def test_count_model_is_its_levels_forward_and_its_clamp_backward():
+    """The count model's one op: forward the count's value on the T + 1 levels (per channel
+    scales), backward the gradient torch gives ``min(relu(z), lam)``, exactly (1 inside
+    (0, lam), 0 outside, 1/2 where z equals lam), so tuning runs are what they were when
+    the op was composed of those torch ops."""
+    from snncompile.tandem.model import _CountModel
+
+    lam = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1)
+    z = torch.linspace(-1.0, 3.0, 2 * 3 * 67).reshape(2, 3, 67)
+    z[0, :, 5] = lam[:, 0]  # activations equal to the scale (lam is a percentile of them)
+    z.requires_grad_(True)
+    v = _CountModel.apply(z, lam, 4)
+    expect = torch.clamp(torch.floor(z.detach() * (4 / lam) + 0.5), 0, 4) * lam / 4
+    assert torch.equal(v, expect)
+    v.sum().backward()
+    zz = z.detach().clone().requires_grad_(True)
+    torch.minimum(torch.relu(zz), lam).sum().backward()
+    assert torch.equal(z.grad, zz.grad)
+    assert 0 < float((z.grad == 1).float().mean()) < 1 and int((z.grad == 0.5).sum()) == 3
+
+
 def test_count_aware_ann_layers_pass_their_counts_values(branchy):
     """With ``count_aware`` a hidden layer not spiking yet passes ``lam * count / T`` for the
     count it would fire with all its charge at once: on the T + 1 levels of its scale, and

@@ -310,9 +310,7 @@ class TandemNet(nn.Module):
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=z.device)
         if lam.ndim and z.ndim > 2:
             lam = lam.reshape(-1, *([1] * (z.ndim - 2)))
-        with torch.no_grad():
-            v = torch.clamp(torch.floor(z * (self.T / lam) + 0.5), 0, self.T) * lam / self.T
-        return _straight_through(v, torch.minimum(torch.relu(z), lam))
+        return _CountModel.apply(z, lam, self.T)
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]
@@ -333,6 +331,27 @@ def _after(nodes: set[str], given: tuple[Frontier, dict[str, SpikeTrains]] | Non
     if given is None:
         return nodes, frozenset(), {}
     return nodes - given[0].skip, given[0].skip, given[1]
+
+
+class _CountModel(torch.autograd.Function):
+    """``lam * clamp(floor(z T / lam + 1/2), 0, T) / T`` forward, the gradient of
+    ``min(relu(z), lam)`` backward (1 inside (0, lam), 1/2 where z equals lam, as torch
+    splits a tie), as one op: it runs on every hidden activation of every training step, and
+    one op makes fewer passes over them than the torch ops it replaced, with the same values."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, lam: torch.Tensor, T: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward((z > 0) & (z < lam), z == lam)
+        v = z * (T / lam)
+        return v.add_(0.5).floor_().clamp_(0, T).mul_(lam).div_(T)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        inside, tie = ctx.saved_tensors
+        out = grad * inside
+        if bool(tie.any()):  # lam is a percentile of the activations, so some can equal it
+            out = out + grad * tie * 0.5
+        return out, None, None
 
 
 def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
