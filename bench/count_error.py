@@ -30,13 +30,6 @@ from snncompile.ir import Graph, IFNode
 from snncompile.tandem.intsim import quantized_input, run_integer
 
 
-def _per_channel(values, channels: int, ndim: int, default: float = 0.0) -> torch.Tensor:
-    """A per-channel (or scalar) IR array shaped to broadcast over (N, C, ...)."""
-    a = torch.as_tensor(np.asarray(default if values is None else values, dtype=np.float64)).reshape(-1)
-    a = a.expand(channels) if a.numel() == 1 else a
-    return a.reshape((1, channels) + (1,) * (ndim - 2))
-
-
 def count_errors(graph: Graph, x: np.ndarray, timesteps: int | None = None) -> list[dict]:
     """Per IF layer: the mean count, the mean count its charge warrants, and the shares of
     neurons (of all, and of those that fire or should) firing more or fewer than that."""
@@ -47,8 +40,9 @@ def count_errors(graph: Graph, x: np.ndarray, timesteps: int | None = None) -> l
         if not isinstance(n, IFNode):
             continue
         charge = res.steps[n.inputs[0]].to(torch.float64).sum(dim=0)  # (N, C, ...)
-        th = _per_channel(n.threshold, charge.shape[1], charge.dim())
-        v0 = _per_channel(n.v_init, charge.shape[1], charge.dim())
+        # the IR keeps per-channel arrays shaped to broadcast over a sample, as the simulator reads them
+        th = torch.as_tensor(n.threshold, dtype=torch.float64)
+        v0 = torch.as_tensor(n.v_init if n.v_init is not None else 0.0, dtype=torch.float64)
         warranted = torch.clamp(torch.floor((v0 + charge) / th), 0, T)
         count = res.counts[n.name].to(torch.float64)
         d = count - warranted

@@ -217,9 +217,11 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             raise ValueError("distillation needs the network as converted, before any stage")
         net.eval()
         teacher = teacher_outputs(net, train)
-    # only a method whose ANN stages hand on to spiking ones models the counts to come: LTL's
-    # stage 0 trains its teacher, which must stay the ANN
-    net.count_aware = opts.count_aware and opts.method == "ptl"
+    # only a method whose ANN stages hand on to spiking ones models the counts to come (the
+    # registry says which: LTL's stage 0 trains its teacher, which must stay the ANN)
+    from .methods import get_method
+
+    net.count_aware = opts.count_aware and get_method(opts.method).honours("count_aware")
     caches: list[PrefixCache] | None = None
     for i, stage in enumerate(plan):
         if stage <= done:
