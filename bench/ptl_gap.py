@@ -62,7 +62,8 @@ def _reuse_stages(src: Path, out: Path) -> None:
 
 
 def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, Any],
-             epochs: int = 60, keep: Path | None = None, stages_from: Path | None = None) -> dict[str, Any]:
+             epochs: int = 60, keep: Path | None = None, stages_from: Path | None = None,
+             spikes: str = "binary") -> dict[str, Any]:
     """Compile, tune and score one seed; the artifact goes to a temporary directory, copied
     to ``keep/seed<seed>`` when given. With ``stages_from``, the stages before the last come
     from the checkpoints of that kept run (``stages_from/seed<seed>``)."""
@@ -72,7 +73,7 @@ def run_seed(data: Path, seed: int, timesteps: int, bits: int, extra: dict[str, 
             _reuse_stages(stages_from / f"seed{seed}", out)
             extra = {**extra, "resume": True}
         kw: dict[str, Any] = dict(model=str(_model(data)), out=str(out), calib=str(data / "calib.npz"),
-                                  seed=seed, options=ConversionOptions(timesteps=timesteps, weight_bits=bits),
+                                  seed=seed, options=ConversionOptions(timesteps=timesteps, weight_bits=bits, spikes=spikes),
                                   fanin=64, epochs=epochs, train=str(data / "train.npz"), val=str(data / "val.npz"),
                                   method="ptl")
         kw.update(extra)
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True, help="a label for the configuration")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--bits", type=int, default=8)
+    p.add_argument("--spikes", choices=("binary", "signed"), default="binary")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="CompileRequest field")
     p.add_argument("--opt", action="append", default=[], metavar="FIELD=JSON", help="TrainOptions field")
     p.add_argument("--keep", type=Path, help="copy each seed's artifact (checkpoints too) to KEEP/seed<S>")
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_stage:
         _report_stages(args.data / "test.npz")
     for seed in [int(s) for s in args.seeds.split(",")]:
-        row = run_seed(args.data, seed, args.timesteps, args.bits, extra, args.epochs, args.keep, args.stages_from)
+        row = run_seed(args.data, seed, args.timesteps, args.bits, extra, args.epochs, args.keep, args.stages_from,
+                       args.spikes)
         print(json.dumps({"name": args.name, **row, "set": extra, "opt": opts}), flush=True)
 
 

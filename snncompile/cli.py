@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .convert import V_INIT_MODES, ConversionOptions
 from .errors import SnnCompileError, UnsupportedOpError, UsageError
-from .ir import INPUT_MODES, RESET_MODES
+from .ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from .calibrate import NORM_MODES
 from .table import format_table
 
@@ -97,6 +97,10 @@ def main(verbose: bool) -> None:
               help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
 @click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
               help="IF reset: subtract the threshold, or reset to zero.")
+@click.option("--spikes", type=click.Choice(SPIKE_MODES), default="binary", show_default=True,
+              help="binary: spikes are +1; signed: a neuron that has fired can also emit -1 when "
+                   "later inhibition takes its membrane below 0 (needs a target that carries "
+                   "signed spikes).")
 @click.option("--v-init", type=click.Choice(V_INIT_MODES), default="half", show_default=True,
               help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
 @click.option("--membrane-bits", default=32, show_default=True, type=int,
@@ -151,7 +155,7 @@ def main(verbose: bool) -> None:
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
             percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
-            input_mode: str, reset: str, v_init: str, membrane_bits: int, fanin: int | None,
+            input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
             balance_scale: float | None, joint_final: bool, count_aware: bool, distill: float,
@@ -172,7 +176,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
         explicit = (explicit - {"percentile"}) | {"percentile_search"}
     opts = ConversionOptions(timesteps=steps, weight_bits=weight_bits, input_bits=input_bits,
                              input_mode=input_mode, reset=reset, v_init=v_init,
-                             membrane_bits=membrane_bits, weight_exp=weight_exp)
+                             membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes)
     report = None if as_json else _epoch_reporter()
     req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                          percentile=percentile_value, percentile_search=percentile_search,

@@ -19,7 +19,7 @@ import numpy as np
 from .calibrate import Calibration
 from .errors import ModelError, UsageError
 from .metrics import tensor_kinds
-from .ir import (INPUT_MODES, RESET_MODES, AddNode, AffineNode, AvgPool2dNode, ConcatNode,
+from .ir import (INPUT_MODES, RESET_MODES, SPIKE_MODES, AddNode, AffineNode, AvgPool2dNode, ConcatNode,
                  Conv2dNode, DenseNode, FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode,
                  Node, PadNode, ReluNode, ReshapeNode, WeightedNode)
 
@@ -38,6 +38,7 @@ class ConversionOptions:
     v_init: str = "half"           # membrane starts at half the threshold: counts round, not floor
     membrane_bits: int = 32
     weight_exp: int = 0            # Loihi-style: weights = (weight_bits)-bit mantissa * 2^weight_exp
+    spikes: str = "binary"         # "signed": a neuron can take a spike back (-1), see IFNode
 
     def check(self) -> None:
         if self.timesteps < 1:
@@ -57,6 +58,11 @@ class ConversionOptions:
             raise UsageError(f"v_init '{self.v_init}' not in {V_INIT_MODES}")
         if not 8 <= self.membrane_bits <= 52:
             raise UsageError(f"membrane bits must lie in 8..52, got {self.membrane_bits}")
+        if self.spikes not in SPIKE_MODES:
+            raise UsageError(f"spikes '{self.spikes}' not in {SPIKE_MODES}")
+        if self.spikes == "signed" and self.reset != "subtract":
+            raise UsageError("signed spikes need reset by subtraction: a negative spike gives back "
+                             "the threshold a spike took", "drop --reset zero, or use --spikes binary")
         if self.reset == "zero" and self.input_mode == "once":
             raise UsageError("reset-to-zero neurons lose the charge an input injected once carries "
                              "beyond one threshold", "use --input-mode every_step with --reset zero")
@@ -67,6 +73,11 @@ def convert(ann: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:
     opts.check()
     if ann.is_spiking:
         raise ModelError("the graph is already converted")
+    pools = [n.name for n in ann.nodes if isinstance(n, MaxPool2dNode)]
+    if opts.spikes == "signed" and pools:
+        raise UsageError(f"max pool '{pools[0]}' cannot read signed spikes: a spike-count maximum is "
+                         "defined only for counts that never fall",
+                         "use --spikes binary, or average pooling (or a stride-2 convolution) in the model")
     g = align_add_inputs(ann)
     g = relu_to_if(g, calib, opts)
     g = assign_scales(g, calib, opts)
@@ -109,7 +120,7 @@ def relu_to_if(graph: Graph, calib: Calibration, opts: ConversionOptions) -> Gra
             nodes.append(IFNode(name=n.name, inputs=n.inputs, shape=n.shape,
                                 threshold=np.ones(1, np.int64), lam=np.asarray(calib.lam[n.name], np.float64),
                                 reset=opts.reset, membrane_bits=opts.membrane_bits,
-                                calib_tensor=n.calib_tensor))
+                                calib_tensor=n.calib_tensor, spikes=opts.spikes))
         else:
             nodes.append(n)
     return graph.replace_nodes(nodes)

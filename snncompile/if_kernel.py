@@ -43,30 +43,34 @@ class IFResult:
 
 
 def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarray, v0: np.ndarray,
-                       subtract: bool, limit: float | None, keep_spikes: bool = True) -> IFResult:
+                       subtract: bool, limit: float | None, keep_spikes: bool = True,
+                       signed: bool = False) -> IFResult:
     """Run non-leaky IF neurons over ``timesteps`` steps.
 
     ``limit``: the membrane saturates at +-limit (clamped and counted) when given; None
     where a bound shows it cannot be reached. Without ``keep_spikes`` only the counts are
     computed: a layer nothing reads the spikes of (the last spiking layer of a tuning stage)
-    then costs no (T, M) write."""
+    then costs no (T, M) write. ``signed`` (with ``subtract``): a neuron whose membrane is
+    below 0 while its net count is above 0 emits -1 and gains its threshold back."""
     m = th.shape[0]
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
     counts = np.empty(m, np.float32)
     blocks = max(1, -(-m // BLOCK))
     sat = np.zeros(blocks, np.int64)
+    # all charge at t = 0: the membrane never falls below 0 after a spike, so signed
+    # neurons count as binary ones do
     if not keep_spikes and subtract and limit is None and mode == FIRST_STEP:
         _first_step_counts(cur, timesteps, th, v0, counts)
         return IFResult(None, counts, None, 0)
     # without keep_spikes: one row of spikes, overwritten each step (it stays in the cache)
     spikes = np.empty((timesteps if keep_spikes else 1, m), np.float32)
     active = np.zeros((blocks, timesteps), np.bool_)
-    if subtract and limit is None:
+    if subtract and limit is None and not signed:
         _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active)
     else:
         _if_general(cur, mode, timesteps, th, v0, spikes, counts, active, sat, subtract,
-                    float(limit) if limit is not None else np.inf)
+                    float(limit) if limit is not None else np.inf, signed)
     if not keep_spikes:
         return IFResult(None, counts, None, int(sat.sum()))
     return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
@@ -115,9 +119,10 @@ def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active):  # pragma: n
 
 
 @njit(cache=True)
-def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract, limit):  # pragma: no cover
-    """Any reset, saturation counted; ``spikes`` is (steps, M), or (1, M) where only the
-    counts are wanted (the row is then reused by every step)."""
+def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract, limit, signed):  # pragma: no cover
+    """Any reset, saturation counted, signed spikes (with ``subtract``) where ``signed``;
+    ``spikes`` is (steps, M), or (1, M) where only the counts are wanted (the row is then
+    reused by every step)."""
     m = th.shape[0]
     for b in range(active.shape[0]):
         lo, hi, thb, v, cnt = _block(b, m, th, v0)
@@ -138,6 +143,11 @@ def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract,
                     x = x - thb[i] if subtract else x * 0.0
                     cnt[i] += 1.0
                     sp[i] = 1.0
+                    fired = True
+                elif signed and x < 0.0 and cnt[i] > 0.0:  # takes a spike back
+                    x = x + thb[i]
+                    cnt[i] -= 1.0
+                    sp[i] = -1.0
                     fired = True
                 else:
                     sp[i] = 0.0

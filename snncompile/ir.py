@@ -24,6 +24,8 @@ from .errors import ModelError
 
 INPUT_MODES = ("once", "every_step")
 RESET_MODES = ("subtract", "zero")
+# binary: a spike is +1; signed: a neuron that has fired can also emit -1 (take a spike back)
+SPIKE_MODES = ("binary", "signed")
 BIAS_MODES = ("every_step", "first_step")
 
 
@@ -166,7 +168,11 @@ class IFNode(Node):
     """Non-leaky integrate-and-fire neurons, one per element of ``shape``.
 
     ``threshold`` is an integer per channel (shape (C,) or (1,)); ``v_init`` the membrane at
-    t = 0 in the same units; ``lam`` the real activation a count of T spikes stands for."""
+    t = 0 in the same units; ``lam`` the real activation a count of T spikes stands for.
+    ``spikes`` "signed" adds negative spikes with memory: where the membrane falls below 0
+    after the reset and the neuron's net count is above 0, it emits -1 and gains a threshold
+    back, so charge that arrives late can undo a spike fired too early (see
+    docs/semantics.md)."""
 
     op: ClassVar[str] = "if"
     threshold: np.ndarray = array_field(optional=False)
@@ -175,6 +181,7 @@ class IFNode(Node):
     reset: str = "subtract"
     membrane_bits: int = 32
     calib_tensor: str = ""
+    spikes: str = "binary"
 
     def infer_shape(self, in_shapes):
         return in_shapes[0]
@@ -353,6 +360,7 @@ class Graph:
     def validate(self) -> None:
         """Check names, topological order, and shapes; raises ModelError naming the node."""
         seen: dict[str, tuple[int, ...]] = {}
+        signed: set[str] = set()
         n_inputs = 0
         for n in self.nodes:
             if n.name in seen:
@@ -368,9 +376,19 @@ class Graph:
                     raise ModelError(f"node '{n.name}' reads '{i}', which is not defined before it")
             if isinstance(n, WeightedNode) and n.bias_mode not in BIAS_MODES:
                 raise ModelError(f"node '{n.name}': bias_mode '{n.bias_mode}' not in {BIAS_MODES}")
+            if isinstance(n, MaxPool2dNode) and n.inputs and n.inputs[0] in signed:
+                raise ModelError(f"max pool '{n.name}' reads the signed spikes of '{n.inputs[0]}': a "
+                                 "spike-count maximum is defined only for counts that never fall")
             if isinstance(n, IFNode):
+                if n.spikes == "signed":
+                    signed.add(n.name)
                 if n.reset not in RESET_MODES:
                     raise ModelError(f"IF layer '{n.name}': reset '{n.reset}' not in {RESET_MODES}")
+                if n.spikes not in SPIKE_MODES:
+                    raise ModelError(f"IF layer '{n.name}': spikes '{n.spikes}' not in {SPIKE_MODES}")
+                if n.spikes == "signed" and n.reset != "subtract":
+                    raise ModelError(f"IF layer '{n.name}': signed spikes need reset by subtraction "
+                                     "(a negative spike gives back the threshold a spike took)")
                 if np.any(np.asarray(n.threshold) < 1):
                     raise ModelError(f"IF layer '{n.name}': thresholds must be integers >= 1")
             shape = tuple(int(d) for d in n.infer_shape([seen[i] for i in n.inputs]))

@@ -258,6 +258,10 @@ def _check_tuning(req: CompileRequest):
     if req.train and method == "none":
         raise UsageError("--method none converts only, but --train was given",
                          "drop --train/--val, or use --method ptl")
+    if req.train and method in ("ltl", "stdb") and req.options.spikes == "signed":
+        raise UsageError(f"--method {method} trains through binary spikes only (its surrogate gradient "
+                         "has no negative spike)", "use --method ptl or tandem with --spikes signed, "
+                         "or --spikes binary")
     notes = review_options(method, _given_options(req), training=bool(req.train),
                            settings={"fanin": req.fanin, "norm": req.norm, "surrogate": req.surrogate,
                                      "distill": req.distill},

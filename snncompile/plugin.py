@@ -57,6 +57,7 @@ class Limits:
     threshold_bits: int | None = None       # unsigned threshold width
     reset_modes: tuple[str, ...] = ("subtract", "zero")
     input_modes: tuple[str, ...] = ("once", "every_step")
+    spike_modes: tuple[str, ...] = ("binary",)  # "signed": the target carries -1 spikes too
     delay_per_layer: int = 0                # steps each synaptic connection delays a spike
     sources: Mapping[str, str] = field(default_factory=dict)  # limit name -> where the number is from
 
@@ -64,6 +65,7 @@ class Limits:
         d = asdict(self)
         d["reset_modes"] = list(self.reset_modes)
         d["input_modes"] = list(self.input_modes)
+        d["spike_modes"] = list(self.spike_modes)
         d["sources"] = dict(self.sources)
         return d
 
@@ -116,8 +118,8 @@ class BackendRun:
 
     ``output_acc``: per output node, the integer accumulator sum over t of the node's input,
     shape (N, *shape). ``spikes``: per spiking node (IF layers and spiking max pools), (T, N,
-    *shape) uint8, or None when not recorded. ``stats``: anything else the backend measures
-    (cycles, energy, wall time), JSON-serializable."""
+    *shape) uint8 (int8 for signed spikes), or None when not recorded. ``stats``: anything
+    else the backend measures (cycles, energy, wall time), JSON-serializable."""
 
     output_acc: dict[str, np.ndarray]
     spikes: dict[str, np.ndarray] | None = None
@@ -269,6 +271,9 @@ def _rule_modes(g: Graph, lim: Limits) -> list[Violation]:
         if isinstance(n, IFNode) and n.reset not in lim.reset_modes:
             out.append(Violation(n.name, "reset mode", n.reset, "/".join(lim.reset_modes),
                                  f"--reset {lim.reset_modes[0]}"))
+        if isinstance(n, IFNode) and n.spikes not in lim.spike_modes:
+            out.append(Violation(n.name, "spikes", n.spikes, "/".join(lim.spike_modes),
+                                 f"--spikes {lim.spike_modes[0]}"))
         if isinstance(n, InputNode) and n.mode not in lim.input_modes:
             out.append(Violation(n.name, "input mode", n.mode, "/".join(lim.input_modes),
                                  f"--input-mode {lim.input_modes[0]}"))

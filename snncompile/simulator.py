@@ -9,7 +9,9 @@ Integer, discrete time, t = 0 .. T-1; every step evaluates all nodes in topologi
 * avgpool2d: the integer *sum* over the window (the 1/k^2 is part of the scale);
 * IF: ``v += I``; ``v`` saturates at +-(2^(membrane_bits-1) - 1) (counted); spike where
   ``v >= threshold``; reset by subtracting the threshold, or to zero; at most one spike per
-  neuron per step, so counts lie in 0..T; ``v`` starts at ``v_init``;
+  neuron per step, so counts lie in 0..T; ``v`` starts at ``v_init``; with signed spikes a
+  neuron whose ``v`` is below 0 while its net count is above 0 emits -1 and gains the
+  threshold back (docs/semantics.md);
 * maxpool2d on spikes: a unit spikes when the running maximum of its inputs' running spike
   counts grows, so its count is the maximum of its inputs' counts;
 * outputs are non-spiking accumulators: real output = ``out_scale * sum_t I[t] / T``.
@@ -54,7 +56,7 @@ class SimResult:
     synops: np.ndarray                        # (N,) synaptic events per sample
     timesteps: int
     saturations: dict[str, int] = field(default_factory=dict)  # membrane saturations per layer
-    spikes: dict[str, np.ndarray] | None = None  # (T, N, *shape) uint8 when recorded
+    spikes: dict[str, np.ndarray] | None = None  # (T, N, *shape) uint8 (signed: int8) when recorded
     # (N,) synaptic events per sample of each spike-driven weighted node; they add up to synops
     synops_by_node: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -199,6 +201,8 @@ class _Val:
     active: torch.Tensor | None = None
     # the sum over the window where already known, (N, *shape)
     window_sum: torch.Tensor | None = None
+    # signed spikes (values -1, 0, 1) or maps of them; events is False for these
+    signed: bool = False
 
     def full(self, T: int) -> torch.Tensor:
         if self.kind == "full":
@@ -228,7 +232,12 @@ class _Val:
         y = self._map(fn, events and self.events)
         if events and self.window_sum is not None:
             y.window_sum = fn(self.window_sum)
+        y.signed = events and self.signed
         return y
+
+    def magnitude_total(self, T: int) -> torch.Tensor:
+        """The sum over the window of |value|: the events of signed spikes (SynOps)."""
+        return self.full(T).abs().sum(dim=0, dtype=torch.float64)
 
     def _map(self, fn, events: bool) -> "_Val":
         if self.kind != "full":
@@ -409,15 +418,17 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
                              flat(plan.th[n.name]), flat(plan.v0[n.name]),
                              n.reset == "subtract",
                              float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
-                             keep_spikes=not counts_only)
+                             keep_spikes=not counts_only, signed=n.spikes == "signed")
     sat[n.name] += res.saturations
     physical = tuple(step_shape[d] for d in step_order)
     counts = torch.from_numpy(res.counts).reshape(physical).permute(
         [step_order.index(d) for d in range(len(physical))])
+    signed = n.spikes == "signed"
     if counts_only:
-        return _Val(counts, "counts", events=True, window_sum=counts)
+        return _Val(counts, "counts", events=not signed, window_sum=counts, signed=signed)
     spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
-    return _Val(spikes, events=True, active=torch.from_numpy(res.active), window_sum=counts)
+    return _Val(spikes, events=not signed, active=torch.from_numpy(res.active), window_sum=counts,
+                signed=signed)
 
 
 def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int],
@@ -436,6 +447,8 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     # float comparisons and multiply-adds run many times faster than the same ops on bool.
     spikes = torch.empty((1 if counts_only else T,) + shape, dtype=torch.float32, device=cur.device)
     counts = torch.zeros(shape, dtype=torch.float32, device=cur.device) if counts_only else None
+    signed = n.spikes == "signed"
+    net = torch.zeros(shape, dtype=dt, device=cur.device) if signed else None  # spikes so far
     for t in range(T):
         if current.kind == "full":
             v += cur[t]
@@ -446,6 +459,15 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
             if float(hi) > lim or float(lo) < -lim:
                 sat[n.name] += int((v.abs() > lim).sum())
                 v.clamp_(-lim, lim)
+        if signed:  # +1 at the threshold, else -1 below 0 once the net count is above 0
+            st = torch.ge(v, th).to(dt) - (torch.lt(v, 0) & torch.gt(net, 0)).to(dt)
+            v.addcmul_(st, th, value=-1)
+            net += st
+            s = spikes[0 if counts_only else t]
+            s.copy_(st)
+            if counts_only:
+                counts += s
+            continue
         s = torch.ge(v, th, out=spikes[0 if counts_only else t])
         if n.reset == "subtract":
             v.addcmul_(s, th, value=-1)
@@ -454,8 +476,8 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
         if counts_only:
             counts += s
     if counts_only:
-        return _Val(counts, "counts", events=True, window_sum=counts)
-    return _Val(spikes, events=True)
+        return _Val(counts, "counts", events=not signed, window_sum=counts, signed=signed)
+    return _Val(spikes, events=not signed, signed=signed)
 
 
 def _max_pool_spikes(n: MaxPool2dNode, x: _Val, T: int) -> _Val:
@@ -507,10 +529,11 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
         out = xs[0]
         for i in xs[1:]:
             out = out + i
-        return _Val(out, kind)
+        return _Val(out, kind, signed=any(i.signed for i in ins))
     if isinstance(n, ConcatNode):
         xs, kind = _merge(ins, T)
-        return _Val(torch.cat(xs, dim=n.axis + (2 if kind == "full" else 1)), kind)
+        return _Val(torch.cat(xs, dim=n.axis + (2 if kind == "full" else 1)), kind,
+                    signed=any(i.signed for i in ins))
     if isinstance(n, PadNode):
         r = len(n.shape)
         pads = []
@@ -550,7 +573,8 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
     for n in order:
         if n.name in given:
             g = given[n.name]
-            out = _Val(g.spikes, events=True, active=g.active, window_sum=g.counts)
+            signed = getattr(n, "spikes", "binary") == "signed"
+            out = _Val(g.spikes, events=not signed, active=g.active, window_sum=g.counts, signed=signed)
         elif isinstance(n, InputNode):
             out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
         else:
@@ -559,7 +583,10 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                 tot = totals.get(n.inputs[0])
                 if tot is None:
                     src = counts.get(n.inputs[0])
-                    tot = src if src is not None else ins[0].total(T, torch.float64)
+                    if ins[0].signed:  # every event counts, -1 as much as +1
+                        tot = ins[0].magnitude_total(T)
+                    else:
+                        tot = src if src is not None else ins[0].total(T, torch.float64)
                     tot = totals[n.inputs[0]] = tot.reshape(nb, -1)
                 events = tot @ plan.fanout[n.name]
                 syn += events
@@ -574,7 +601,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             # tensor); SynOps flatten it where a consumer counts them
             counts[n.name] = out.total(T, counts_dtype)
             if record:
-                spikes[n.name] = out.data.to(torch.uint8).cpu().numpy()
+                spikes[n.name] = out.data.to(torch.int8 if out.signed else torch.uint8).cpu().numpy()
             if n.name in keep_spikes:
                 kept[n.name] = out.full(T)
         val[n.name] = out

@@ -45,6 +45,7 @@ class Population:
     threshold: np.ndarray | None = None
     v_init: np.ndarray | None = None
     reset: str = "subtract"
+    spikes: str = "binary"          # "signed": IF units that can emit -1 (docs/semantics.md)
     membrane_bits: int = 32
     input_mode: str = "once"
     input_bits: int = 8
@@ -270,7 +271,8 @@ def flatten_network(graph: Graph) -> FlatNetwork:
         elif isinstance(n, IFNode):
             net.populations.append(Population(
                 n.name, "if", shape, node=n.name, threshold=_per_unit(n.threshold, shape),
-                v_init=_per_unit(n.v_init, shape), reset=n.reset, membrane_bits=n.membrane_bits))
+                v_init=_per_unit(n.v_init, shape), reset=n.reset, membrane_bits=n.membrane_bits,
+                spikes=n.spikes))
             _add_projections(net, n.name, forms[n.inputs[0]])
             forms[n.name] = _identity_form(n.name, size)
         elif isinstance(n, MaxPool2dNode):

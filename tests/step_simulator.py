@@ -173,7 +173,8 @@ def _step(graph: Graph, plan: _Plan, st: _State, xq: torch.Tensor, t: int,
         if isinstance(n, WeightedNode):
             if n.name in plan.fanout:
                 prev = st.syn_in.get(n.name)
-                st.syn_in[n.name] = ins[0].double() if prev is None else prev + ins[0]
+                events = ins[0].abs()  # a -1 spike is an event too
+                st.syn_in[n.name] = events.double() if prev is None else prev + events
             out = _weighted(n, ins[0], plan, t)
         elif isinstance(n, IFNode):
             v = st.v[n.name] + ins[0]
@@ -184,6 +185,8 @@ def _step(graph: Graph, plan: _Plan, st: _State, xq: torch.Tensor, t: int,
                 v = v.clamp(-lim, lim)
             th = torch.as_tensor(n.threshold, dtype=torch.float64, device=v.device)
             s = (v >= th).double()
+            if n.spikes == "signed":  # -1 below 0 while the net count is above 0
+                s = s - ((v < 0) & (st.counts[n.name] > 0)).double()
             v = v - s * th if n.reset == "subtract" else v * (1.0 - s)
             st.v[n.name] = v
             st.counts[n.name] += s
@@ -219,7 +222,7 @@ def _step(graph: Graph, plan: _Plan, st: _State, xq: torch.Tensor, t: int,
                              "convert the graph first ('snncompile convert')")
         val[n.name] = out
         if record is not None and n.name in st.counts:
-            record[n.name].append(out.to(torch.uint8).cpu())
+            record[n.name].append(out.to(torch.int8 if getattr(n, "spikes", "") == "signed" else torch.uint8).cpu())
     for o in graph.outputs:
         prev = st.acc.get(o)
         st.acc[o] = val[o].double() if prev is None else prev + val[o]

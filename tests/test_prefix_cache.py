@@ -43,13 +43,17 @@ def test_no_cache_where_a_hand_over_is_not_a_spike_train():
     assert frontier(g, ["h0"]) is None
 
 
+@pytest.mark.parametrize("spikes", ["binary", "signed"])
 @pytest.mark.parametrize("T,shape", [(3, (2, 3, 5)), (8, (4,)), (5, (1, 1, 1))])
-def test_packed_trains_come_back_exactly(T, shape):
+def test_packed_trains_come_back_exactly(T, shape, spikes):
     rng = np.random.default_rng(T)
     x = rng.random((11, 2)).astype(np.float32)
     trains = (rng.random((T, len(x)) + shape) < 0.4).astype(np.float32)
+    if spikes == "signed":  # some spikes taken back: -1 (a plane of its own)
+        trains -= (rng.random(trains.shape) < 0.2) * (trains == 0)
+    node = type("N", (), {"shape": shape, "spikes": spikes})()
     front = prefix.Frontier(("h",), frozenset())
-    graph = type("G", (), {"__getitem__": lambda self, k: type("N", (), {"shape": shape})()})()
+    graph = type("G", (), {"__getitem__": lambda self, k: node})()
     calls = []
 
     def run(rows, keep):
@@ -58,16 +62,19 @@ def test_packed_trains_come_back_exactly(T, shape):
 
     cache = PrefixCache.build(run, graph, front, T, len(x), batch_size=4)
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
-    assert cache.nbytes == len(x) * -(-T * int(np.prod(shape)) // 8)
+    planes = 2 if spikes == "signed" else 1
+    assert cache.nbytes == len(x) * planes * -(-T * int(np.prod(shape)) // 8)
+    assert cache.nbytes == PrefixCache.nbytes_for(graph, front, T, len(x))
     rows = np.array([10, 0, 3, 3])
     got = cache.take(rows, torch.device("cpu"))["h"]
     assert got.spikes.dtype == torch.float32 and tuple(got.spikes.shape) == (T, 4) + shape
     np.testing.assert_array_equal(got.spikes.numpy(), trains[:, rows])
     np.testing.assert_array_equal(got.counts.numpy(), trains[:, rows].sum(axis=0))
-    np.testing.assert_array_equal(got.active.numpy(), trains[:, rows].reshape(T, -1).max(axis=1) > 0)
+    np.testing.assert_array_equal(got.active.numpy(), np.abs(trains[:, rows]).reshape(T, -1).max(axis=1) > 0)
 
 
-def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spikes", ["binary", "signed"])
+def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_path, monkeypatch, spikes):
     """The same artifact and the same per-epoch record, with the cache on (it is used from
     stage 2 on) and off (budget 0)."""
     d = digits_dir
@@ -77,7 +84,8 @@ def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_pa
         lines: list[str] = []
         req = CompileRequest(model=str(d / "digits_cnn.onnx"), out=str(tmp_path / name), calib=str(d / "calib.npz"),
                              train=str(d / "val.npz"), val=str(d / "val.npz"), fanin=16, epochs=8, patience=2,
-                             options=ConversionOptions(timesteps=4, weight_bits=6), report=lines.append,
+                             options=ConversionOptions(timesteps=4, weight_bits=6, spikes=spikes),
+                             report=lines.append,
                              seed=3)
         compile_model(req)
         runs[name] = (load_graph(tmp_path / name), lines)
@@ -85,6 +93,7 @@ def test_tuning_with_the_cache_is_bit_for_bit_the_run_without(digits_dir, tmp_pa
     assert len(kept) >= 2 and not any("kept" in line for line in runs["uncached"][1])
     assert [_no_time(x) for x in runs["cached"][1] if x not in kept] == [_no_time(x) for x in runs["uncached"][1]]
     a, b = runs["cached"][0], runs["uncached"][0]
+    assert {n.spikes for n in a.nodes if n.op == "if"} == {spikes}
     for n in a.nodes:
         for field in ("weight_int", "bias_int", "threshold", "v_init"):
             va, vb = getattr(n, field, None), getattr(b[n.name], field, None)

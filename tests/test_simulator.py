@@ -9,7 +9,7 @@ from snncompile.simulator import quantize_input, simulate
 
 
 def dense_graph(w1, b1, th1, w2, b2, mode="once", bias_mode="first_step", reset="subtract",
-                v_init=None, membrane_bits=32, input_scale=1.0, input_bits=8):
+                v_init=None, membrane_bits=32, input_scale=1.0, input_bits=8, spikes="binary"):
     """input -> dense -> IF -> dense(output), all integers given directly."""
     n_in = w1.shape[1]
     nodes = [
@@ -19,7 +19,7 @@ def dense_graph(w1, b1, th1, w2, b2, mode="once", bias_mode="first_step", reset=
                   bias=b1.astype(np.float32), bias_int=b1, bias_mode=bias_mode, out_scale=np.ones(1)),
         IFNode(name="h", inputs=["d1"], threshold=np.asarray(th1), reset=reset,
                v_init=None if v_init is None else np.asarray(v_init), membrane_bits=membrane_bits,
-               out_scale=np.ones(1)),
+               out_scale=np.ones(1), spikes=spikes),
         DenseNode(name="out", inputs=["h"], weight=w2.astype(np.float32), weight_int=w2,
                   bias=b2.astype(np.float32), bias_int=b2, out_scale=np.ones(1)),
     ]
@@ -28,10 +28,11 @@ def dense_graph(w1, b1, th1, w2, b2, mode="once", bias_mode="first_step", reset=
     return g
 
 
-def oracle(xq, w1, b1, th, w2, b2, T, mode, bias_mode, reset, v_init, membrane_bits):
+def oracle(xq, w1, b1, th, w2, b2, T, mode, bias_mode, reset, v_init, membrane_bits, spike_mode="binary"):
     """Neuron-by-neuron, step-by-step integer statement of docs/semantics.md."""
     n_hidden = w1.shape[0]
     v = [int(v_init[i]) if v_init is not None else 0 for i in range(n_hidden)]
+    net = [0] * n_hidden
     lim = 2 ** (membrane_bits - 1) - 1
     spikes, acc = [], [0] * w2.shape[0]
     for t in range(T):
@@ -45,33 +46,45 @@ def oracle(xq, w1, b1, th, w2, b2, T, mode, bias_mode, reset, v_init, membrane_b
             fire = v[i] >= th_i
             if fire:
                 v[i] = v[i] - th_i if reset == "subtract" else 0
-            s.append(int(fire))
+                s.append(1)
+            elif spike_mode == "signed" and v[i] < 0 and net[i] > 0:  # takes a spike back
+                v[i] += th_i
+                s.append(-1)
+            else:
+                s.append(0)
+            net[i] += s[-1]
         spikes.append(s)
         for o in range(w2.shape[0]):
             acc[o] += sum(int(w2[o, i]) * s[i] for i in range(n_hidden)) + int(b2[o])
     return np.array(spikes), np.array(acc)
 
 
-@pytest.mark.parametrize("mode,bias_mode,reset,half", [
-    ("once", "first_step", "subtract", False),
-    ("once", "first_step", "subtract", True),
-    ("every_step", "every_step", "subtract", False),
-    ("every_step", "every_step", "zero", True),
+@pytest.mark.parametrize("mode,bias_mode,reset,half,spikes", [
+    ("once", "first_step", "subtract", False, "binary"),
+    ("once", "first_step", "subtract", True, "binary"),
+    ("every_step", "every_step", "subtract", False, "binary"),
+    ("every_step", "every_step", "zero", True, "binary"),
+    ("once", "every_step", "subtract", True, "signed"),  # charge first, a per-step bias after
+    ("every_step", "every_step", "subtract", False, "signed"),
 ])
-def test_matches_oracle(mode, bias_mode, reset, half):
+def test_matches_oracle(mode, bias_mode, reset, half, spikes):
     rng = np.random.default_rng(1)
     w1 = rng.integers(-20, 21, (6, 5))
     b1 = rng.integers(-10, 11, 6)
     th = rng.integers(5, 40, 6)
     w2 = rng.integers(-5, 6, (3, 6))
     b2 = rng.integers(-3, 4, 3)
+    if spikes == "signed" and mode == "once":
+        b1 = -np.abs(b1) - 5  # a leak-like bias after the charge: some spikes are taken back
     v_init = th // 2 if half else None
-    g = dense_graph(w1, b1, th, w2, b2, mode, bias_mode, reset, v_init)
+    g = dense_graph(w1, b1, th, w2, b2, mode, bias_mode, reset, v_init, spikes=spikes)
     x = rng.integers(-3, 8, (4, 5)).astype(np.float32)
     T = 8
     res = simulate(g, x, timesteps=T, record_spikes=True)
+    if spikes == "signed" and mode == "once":
+        assert (res.spikes["h"] < 0).any()  # the case takes spikes back
     for k in range(len(x)):
-        sp, acc = oracle(x[k], w1, b1, th, w2, b2, T, mode, bias_mode, reset, v_init, 32)
+        sp, acc = oracle(x[k], w1, b1, th, w2, b2, T, mode, bias_mode, reset, v_init, 32, spikes)
         np.testing.assert_array_equal(res.spikes["h"][:, k], sp)
         np.testing.assert_array_equal(res.output_acc["out"][k], acc)
         np.testing.assert_array_equal(res.spike_counts["h"][k], sp.sum(0))
@@ -177,3 +190,26 @@ def test_maxpool_count_is_max_of_input_counts_and_sum_pool_sums():
     np.testing.assert_array_equal(res.spike_counts["m"], expect_m)
     assert res.spikes["m"].max() <= 1  # still at most one spike per step
     np.testing.assert_array_equal(res.output_acc["o"], expect_m.reshape(4, 3, 9).sum(2))
+
+
+def test_a_signed_neuron_takes_back_a_spike_fired_too_early():
+    """Charge 8 at t = 0, then -3 every step (threshold 4, membrane from 2): the binary
+    neuron fires once at t = 0 and keeps it; the signed one fires at t = 0, falls below 0 at
+    t = 2 and emits -1, ending at a net count of 0 = clamp(floor((2 + 8 - 12) / 4), 0, T)."""
+    one = np.ones((1, 1), np.int64)
+    for spikes, train in (("binary", [1, 0, 0, 0]), ("signed", [1, 0, -1, 0])):
+        g = dense_graph(one, np.array([-3]), np.array([4]), one, np.zeros(1, np.int64),
+                        mode="once", bias_mode="every_step", v_init=np.array([2]), spikes=spikes)
+        res = simulate(g, np.array([[2.0]], np.float32), timesteps=4, record_spikes=True)
+        np.testing.assert_array_equal(res.spikes["h"][:, 0, 0], train)
+        assert res.spike_counts["h"][0, 0] == sum(train)
+        assert res.synops[0] == sum(abs(s) for s in train)  # -1 is an event as well
+
+
+def test_signed_spikes_need_reset_by_subtraction():
+    from snncompile.errors import ModelError
+
+    one = np.ones((1, 1), np.int64)
+    with pytest.raises(ModelError, match="signed spikes need reset by subtraction"):
+        dense_graph(one, np.zeros(1, np.int64), np.array([4]), one, np.zeros(1, np.int64),
+                    reset="zero", spikes="signed")

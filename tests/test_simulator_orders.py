@@ -282,3 +282,35 @@ def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
     assert not sim._fused_if(g, 8, big, torch.device("meta"))
     import snncompile.if_kernel  # noqa: F401  (loaded: serves small runs too)
     assert sim._fused_if(g, 8, 10, cpu)
+
+
+def _signed(g: Graph) -> Graph:
+    for n in g.nodes:
+        if isinstance(n, IFNode):
+            n.spikes = "signed"
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("mode,bits", [("once", 32), ("once", 9), ("every_step", 10)])
+def test_branchy_graph_with_signed_spikes(mode, bits):
+    """Signed spikes (IFNode.spikes): -1 events reach convolutions, an affine node, a concat,
+    a pad and a reshape; SynOps count them as events."""
+    rng = np.random.default_rng(11)
+    g = _signed(branchy_graph(rng, mode, "subtract", bits))
+    x = rng.integers(-4, 9, (6, 3, 6, 6)).astype(np.float32)
+    _assert_same(g, x, 9)
+    rec = simulate(g, x, timesteps=9, record_spikes=True)
+    assert any((s < 0).any() for s in rec.spikes.values())  # the case is exercised
+    assert all(s.dtype == np.int8 for s in rec.spikes.values())
+
+
+def test_a_window_cut_at_a_signed_layer_counts_its_net_spikes():
+    rng = np.random.default_rng(5)
+    g = _signed(branchy_graph(rng, "once", "subtract", 32))
+    x = rng.integers(-4, 9, (6, 3, 6, 6)).astype(np.float32)
+    whole = step_simulator.simulate(g, x, timesteps=9)
+    xq = torch.as_tensor(sim.quantize_input(g, x))
+    for layer in [n.name for n in g.nodes if isinstance(n, IFNode)]:
+        part = sim.run_window(g, xq, 9, needed(g, [layer]))
+        np.testing.assert_array_equal(part.counts[layer].numpy(), whole.spike_counts[layer], err_msg=layer)

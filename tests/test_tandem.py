@@ -58,13 +58,19 @@ def _export(net: nn.Module, shape) -> onnx.ModelProto:
     return onnx.load_from_string(buf.getvalue())
 
 
-@pytest.fixture(scope="module")
-def branchy():
+def calibrated(module: type[nn.Module], samples: int):
+    """A seeded ``module`` exported to ONNX and imported, its activation scales on
+    ``samples`` random (2, 8, 8) inputs, and those inputs."""
     torch.manual_seed(0)
-    model = _export(Branchy(), (2, 8, 8))
-    x = np.random.default_rng(0).random((48, 2, 8, 8)).astype(np.float32)
+    model = _export(module(), (2, 8, 8))
+    x = np.random.default_rng(0).random((samples, 2, 8, 8)).astype(np.float32)
     ann = import_onnx(model).graph
     return ann, activation_scales(model, ann, x), x
+
+
+@pytest.fixture(scope="module")
+def branchy():
+    return calibrated(Branchy, 48)
 
 
 def _assert_exact(net: TandemNet, x: np.ndarray) -> None:

@@ -96,6 +96,8 @@ def surrogate_if(surrogate: Surrogate, detach_output: bool = False) -> SpikeHook
     spike; before a neuron's first spike it counts from step -1 (``dt = t + 1``)."""
 
     def spiking(n: IFNode, cur: torch.Tensor, res: IntResult) -> torch.Tensor:
+        if n.spikes != "binary":  # the pipeline refuses ltl/stdb with --spikes signed first
+            raise ValueError(f"IF layer '{n.name}': the surrogate gradient has no negative spike")
         T = cur.shape[0]
         dev = cur.device
         v = torch.zeros(tuple(cur.shape[1:]), dtype=torch.float64, device=dev)

@@ -195,6 +195,7 @@ def _if_layer(n: IFNode, cur: torch.Tensor, res: IntResult) -> torch.Tensor:
     v = torch.zeros(tuple(cur.shape[1:]), dtype=dt, device=dev) + v0.to(dt)
     spikes = torch.empty((T,) + tuple(cur.shape[1:]), dtype=dt, device=dev)
     sat = 0
+    net = torch.zeros_like(v) if n.spikes == "signed" else None  # signed: the count so far
     for t in range(T):
         v = v + cur[t]
         if check:
@@ -203,6 +204,9 @@ def _if_layer(n: IFNode, cur: torch.Tensor, res: IntResult) -> torch.Tensor:
                 sat += int(over.sum())
                 v = v.clamp(-lim, lim)
         s = (v >= th).to(dt)
+        if net is not None:  # -1 below 0 once the net count is above 0 (IFNode.spikes)
+            s = s - ((v < 0) & (net > 0)).to(dt)
+            net = net + s
         v = v - s * th if n.reset == "subtract" else v * (1.0 - s)
         spikes[t] = s
     res.counts[n.name] = spikes.sum(dim=0)

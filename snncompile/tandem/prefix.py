@@ -59,6 +59,11 @@ def frontier(graph: Graph, fixed_layers: list[str]) -> Frontier | None:
     return Frontier(cached, frozenset(part - set(edge)))
 
 
+def _planes(node) -> int:
+    """Bit planes a node's spikes take: 2 for signed spikes (+1 and -1), else 1."""
+    return 2 if getattr(node, "spikes", "binary") == "signed" else 1
+
+
 def _stored_order(rank: int) -> list[int]:
     """Dimensions (of a (T, N, *shape) train) in the order a sample's bits are stored: feature
     maps channels-last, the layout the simulator's convolutions and pools take without
@@ -70,11 +75,13 @@ class PrefixCache:
     """The packed spike trains of a frontier's IF nodes for every sample of one data set."""
 
     def __init__(self, front: Frontier, T: int, shapes: dict[str, tuple[int, ...]],
-                 packed: dict[str, np.ndarray]):
+                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset()):
         self.frontier = front
         self.T = T
         self.shapes = shapes
         self.packed = packed  # node -> (N, ceil(T * neurons / 8)) uint8
+        # nodes with signed spikes: their +1 bits, then their -1 bits (twice the bytes)
+        self.signed = signed
 
     @property
     def nbytes(self) -> int:
@@ -83,7 +90,8 @@ class PrefixCache:
     @staticmethod
     def nbytes_for(graph: Graph, front: Frontier, T: int, samples: int) -> int:
         """Bytes the packed trains of ``samples`` samples take."""
-        return sum(samples * -(-T * int(np.prod(graph[k].shape)) // 8) for k in front.cached)
+        return sum(samples * _planes(graph[k]) * -(-T * int(np.prod(graph[k].shape)) // 8)
+                   for k in front.cached)
 
     @classmethod
     def build(cls, run, graph: Graph, front: Frontier, T: int, samples: int,
@@ -92,14 +100,19 @@ class PrefixCache:
         returns the spike trains ((T, len(rows), *shape) tensors) of the nodes in ``keep``
         for the samples at indices ``rows``."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
+        signed = frozenset(k for k in front.cached if _planes(graph[k]) == 2)
         for i in range(0, samples, batch_size):
             spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
-                s = spikes[k].to(torch.uint8)                        # (T, n, *shape)
-                s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)
-                parts[k].append(np.packbits(s.reshape(s.shape[0], -1).cpu().numpy(), axis=1))
+                planes = [spikes[k] > 0, spikes[k] < 0] if k in signed else [spikes[k]]
+                bits = []
+                for plane in planes:
+                    s = plane.to(torch.uint8)                            # (T, n, *shape)
+                    s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)
+                    bits.append(np.packbits(s.reshape(s.shape[0], -1).cpu().numpy(), axis=1))
+                parts[k].append(np.concatenate(bits, axis=1))
         packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
-        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed)
+        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed)
 
     def given(self, rows: np.ndarray, device: torch.device) -> tuple[Frontier, dict[str, SpikeTrains]]:
         """What :meth:`.model.TandemNet.forward` takes as ``given`` for samples ``rows``."""
@@ -112,12 +125,19 @@ class PrefixCache:
             shape = self.shapes[k]
             order = _stored_order(len(shape))
             stored = tuple(shape[d - 2] for d in order)
-            bits = np.unpackbits(p[rows], axis=1, count=self.T * int(np.prod(shape)))
-            s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
+            size = self.T * int(np.prod(shape))
             dense = torch.empty((self.T, len(rows)) + stored, dtype=torch.float32, device=device)
+            if k in self.signed:
+                half = p.shape[1] // 2
+                up = np.unpackbits(p[rows, :half], axis=1, count=size).astype(np.int8)
+                down = np.unpackbits(p[rows, half:], axis=1, count=size).astype(np.int8)
+                bits = up - down
+            else:
+                bits = np.unpackbits(p[rows], axis=1, count=size)
+            s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
             dense.copy_(s)  # (T, rows, *stored order), contiguous
             logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
             counts = dense.sum(dim=0)
-            active = dense.reshape(self.T, -1).amax(dim=1) > 0
+            active = dense.reshape(self.T, -1).abs().amax(dim=1) > 0
             out[k] = SpikeTrains(dense.permute(logical), counts.permute([d - 1 for d in logical[1:]]), active)
         return out
