@@ -22,7 +22,7 @@ class ReferenceDouble(Backend):
     threshold_shift = 0
 
     def limits(self) -> Limits:
-        return Limits()
+        return Limits(spike_modes=("binary", "signed"))
 
     def lower(self, graph, directory: Path) -> None:
         save_graph(graph, directory)
@@ -61,6 +61,9 @@ def test_zoo_graphs_are_valid_and_exercise_their_feature():
     sat = zoo_case("membrane_saturation")
     r = simulate(sat.graph, sat.x_int, sat.timesteps)
     assert r.saturations["s1"] > 0
+    sg = zoo_case("signed_spikes")
+    r = simulate(sg.graph, sg.x_int, sg.timesteps, record_spikes=True)
+    assert all((r.spikes[k] < 0).any() for k in ("s2", "s3"))  # spikes are taken back
 
 
 def test_correct_backend_passes_the_whole_zoo(tmp_path):

@@ -66,11 +66,11 @@ class _Builder:
                                    padding=tuple(padding), groups=groups, out_scale=np.ones(1)))
 
     def spiking(self, name, src, channels, lo=4, hi=20, reset="subtract", half=True,
-                membrane_bits=24, per_channel_dims=2) -> str:
+                membrane_bits=24, per_channel_dims=2, spikes="binary") -> str:
         th = self.rng.integers(lo, hi + 1, size=(channels,) + (1,) * per_channel_dims).astype(np.int64)
         return self.add(IFNode(name=name, inputs=[src], threshold=th,
                                v_init=th // 2 if half else None, reset=reset,
-                               membrane_bits=membrane_bits, out_scale=np.ones(1)))
+                               membrane_bits=membrane_bits, out_scale=np.ones(1), spikes=spikes))
 
     def graph(self, outputs, timesteps) -> Graph:
         g = Graph(list(self.nodes), list(outputs), timesteps=timesteps)
@@ -270,6 +270,23 @@ def _two_outputs() -> Case:
                 "several outputs, one of them a spiking layer (its spike counts accumulate)")
 
 
+def _signed_spikes() -> Case:
+    b = _Builder(14)
+    b.input((2, 4, 4), "once")
+    b.conv("c1", "x", 2, 4, padding=(1, 1, 1, 1), bias_mode="first_step")
+    b.spiking("s1", "c1", 4, lo=20, hi=60, spikes="signed")
+    b.conv("c2", "s1", 4, 4, padding=(1, 1, 1, 1), lo=-9, hi=9)
+    b.spiking("s2", "c2", 4, lo=6, hi=14, spikes="signed")
+    b.add(AddNode(name="a", inputs=["s2", "s1"]))  # -1 spikes through a sum of spikes
+    b.add(FlattenNode(name="f", inputs=["a"]))
+    b.dense("d", "f", 4 * 4 * 4, 10, lo=-6, hi=6)
+    b.spiking("s3", "d", 10, lo=5, hi=15, per_channel_dims=0, spikes="signed")
+    b.dense("out", "s3", 10, 3)
+    return Case("signed_spikes", b.graph(["out"], 8), b.x(4, (2, 4, 4), -3, 12), 8,
+                "signed spikes (-1 where late inhibition takes a spike back) into a conv, a sum "
+                "of spikes and a dense layer")
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "dense_subtract_once": _dense_once,
     "dense_zero_every_step": _dense_zero_every,
@@ -284,6 +301,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "membrane_saturation": _saturation,
     "bias_modes": _bias_modes,
     "two_outputs": _two_outputs,
+    "signed_spikes": _signed_spikes,
 }
 
 

@@ -42,7 +42,7 @@ class CycleSimBackend(Backend):
         a = self.arch
         return Limits(weight_bits=a.weight_bits, fan_in=a.axons_per_core, neurons_per_core=a.neurons_per_core,
                       synapses_per_core=a.synapses_per_core, cores=a.cores, membrane_bits=a.membrane_bits,
-                      threshold_bits=a.threshold_bits,
+                      threshold_bits=a.threshold_bits, spike_modes=("binary", "signed"),
                       sources={"*": "cyclesim architecture options (illustrative defaults; --target-option)"})
 
     def check(self, graph) -> list[Violation]:

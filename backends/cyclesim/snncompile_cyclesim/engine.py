@@ -40,6 +40,7 @@ class _CoreState:
     bias_first: np.ndarray | None = None
     threshold: np.ndarray | None = None
     v: np.ndarray | None = None
+    count: np.ndarray | None = None     # IF: (B, units) net spikes so far
     busy: np.ndarray | None = None      # (B,) cycles spent, all steps
     events: np.ndarray | None = None    # (B,) synaptic events received, all steps
     busy_before_step: np.ndarray | None = None
@@ -86,6 +87,7 @@ def _build_cores(net: Loaded, B: int) -> dict[str, list[_CoreState]]:
         if p["kind"] == "if":
             st.threshold = net.arrays[f"p{i}.threshold"][c.start:c.stop].astype(np.int64)
             st.v = np.broadcast_to(net.arrays[f"p{i}.v_init"][c.start:c.stop], (B, c.stop - c.start)).astype(np.int64)
+            st.count = np.zeros((B, c.stop - c.start), np.int64)  # net spikes so far (signed spikes)
         elif p["kind"] == "maxpool":
             st.v = np.zeros((B, hi - lo), np.int64)  # running counts per compartment
         else:
@@ -111,7 +113,8 @@ def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_sp
     cores = _build_cores(net, B)
     units = {p["name"]: int(np.prod(p["shape"])) for p in net.pops}
     spiking = [p for p in net.pops if p["kind"] in ("if", "maxpool")]
-    spikes = {p["name"]: np.zeros((T, B, units[p["name"]]), np.uint8) for p in spiking} if record_spikes else None
+    spikes = ({p["name"]: np.zeros((T, B, units[p["name"]]), np.int8 if p.get("spikes") == "signed" else np.uint8)
+               for p in spiking} if record_spikes else None)
     prev_max = {p["name"]: np.zeros((B, units[p["name"]]), np.int64) for p in net.pops if p["kind"] == "maxpool"}
     sat = {p["node"]: 0 for p in net.pops if p["kind"] == "if"}
     total_cycles = np.zeros(B)
@@ -158,8 +161,11 @@ def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_sp
                     if over.any():
                         sat[p["node"]] += int(over.sum())
                         np.clip(v, -lim, lim, out=v)
-                    s = v >= c.threshold
-                    c.v = np.where(s, v - c.threshold, v) if p["reset"] == "subtract" else np.where(s, 0, v)
+                    s = (v >= c.threshold).astype(np.int64)
+                    if p.get("spikes") == "signed":  # -1 below 0 while the net count is above 0
+                        s -= (v < 0) & (c.count > 0)
+                        c.count += s
+                    c.v = v - c.threshold * s if p["reset"] == "subtract" else np.where(s > 0, 0, v)
                     out[:, c.start:c.stop] = s
                 elif kind == "maxpool":
                     c.v += cur
@@ -172,7 +178,8 @@ def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_sp
                 prev_max[name] = m
             if out is not None:
                 b, j = np.nonzero(out)
-                events[name] = (b, j, None if kind == "if" else out[b, j].astype(np.float64))
+                binary = kind == "if" and p.get("spikes") != "signed"  # payload 1: implied
+                events[name] = (b, j, None if binary else out[b, j].astype(np.float64))
                 n_spikes += np.bincount(b, minlength=B)
                 if spikes is not None:
                     spikes[name][t] = out

@@ -25,7 +25,8 @@ def save(directory: Path, net: FlatNetwork, arch: Architecture, cores: list[Core
     pops = []
     for i, p in enumerate(net.populations):
         e = {"name": p.name, "kind": p.kind, "node": p.node, "shape": list(p.shape), "slots": p.slots,
-             "reset": p.reset, "membrane_bits": p.membrane_bits, "input_mode": p.input_mode}
+             "reset": p.reset, "membrane_bits": p.membrane_bits, "input_mode": p.input_mode,
+             "spikes": p.spikes}
         if p.kind != "input":
             arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
             arrays[f"p{i}.bias_first"] = net.bias_first[p.name]

@@ -37,7 +37,8 @@ class NetlistBackend(Backend):
 
     def limits(self) -> Limits:
         # int64 arithmetic in the runner; the IR itself allows membranes up to 52 bits
-        return Limits(membrane_bits=62, sources={"membrane_bits": "int64 arithmetic of the runner"})
+        return Limits(membrane_bits=62, spike_modes=("binary", "signed"),
+                      sources={"membrane_bits": "int64 arithmetic of the runner"})
 
     def lower(self, graph, directory: Path) -> None:
         write_netlist(flatten_network(graph), graph, Path(directory))

@@ -24,6 +24,7 @@ JSON_FILE = "netlist.json"
 NPZ_FILE = "netlist.npz"
 KINDS = ("input", "if", "maxpool", "output")
 RESETS = ("subtract", "zero")
+SPIKES = ("binary", "signed")  # an IF population's "spikes"; absent: binary
 INPUT_MODES = ("once", "every_step")
 MAX_BITS = 62  # the runner computes in int64
 
@@ -68,7 +69,7 @@ def write_netlist(net: FlatNetwork, graph, directory: Path) -> None:
             arrays[f"p{i}.threshold"] = p.threshold
             arrays[f"p{i}.v_init"] = p.v_init
             e["arrays"].update({"threshold": f"p{i}.threshold", "v_init": f"p{i}.v_init"})
-            e.update({"reset": p.reset, "membrane_bits": p.membrane_bits,
+            e.update({"reset": p.reset, "spikes": p.spikes, "membrane_bits": p.membrane_bits,
                       "threshold_bits": int(p.threshold.max(initial=1)).bit_length()})
         if p.kind == "output":
             e["node"] = p.node
@@ -223,6 +224,11 @@ def _check_populations(c: _Checker, doc: dict, arrays: dict) -> None:
                 c.fail(where, f"membrane_bits {mbits} outside 2..{MAX_BITS}")
             if c.field(p, "reset", str, where) not in RESETS:
                 c.fail(where, f"reset '{p['reset']}' is not one of {', '.join(RESETS)}")
+            spikes = p.get("spikes", "binary")
+            if spikes not in SPIKES:
+                c.fail(where, f"spikes '{spikes}' is not one of {', '.join(SPIKES)}")
+            if spikes == "signed" and p["reset"] != "subtract":
+                c.fail(where, "signed spikes need reset 'subtract'")
             th = _get_array(c, p, "threshold", arrays, where, units)
             if th.size and int(th.min()) < 1:
                 c.fail(where, f"thresholds must be >= 1 (found {int(th.min())})")

@@ -37,14 +37,14 @@ def simulate_netlist(net: Netlist, x_int: np.ndarray, timesteps: int | None = No
     for p in pops:
         if p["kind"] == "if":
             state[p["name"]] = {"v": np.broadcast_to(net.array(p, "v_init"), (B, p["units"])).copy(),
-                                "sat": np.zeros(1, np.int64)}
+                                "sat": np.zeros(1, np.int64), "count": np.zeros((B, p["units"]), np.int64)}
         elif p["kind"] == "maxpool":
             state[p["name"]] = {"cum": np.zeros((B, p["compartments"]), np.int64),
                                 "max": np.zeros((B, p["units"]), np.int64)}
         elif p["kind"] == "output":
             state[p["name"]] = {"acc": np.zeros((B, p["units"]), np.int64)}
-    spikes = {p["name"]: np.zeros((T, B, p["units"]), np.uint8) for p in pops
-              if p["kind"] in ("if", "maxpool")} if record_spikes else None
+    spikes = {p["name"]: np.zeros((T, B, p["units"]), np.int8 if p.get("spikes") == "signed" else np.uint8)
+              for p in pops if p["kind"] in ("if", "maxpool")} if record_spikes else None
     for t in range(T):
         out: dict[str, np.ndarray] = {}
         for p in pops:
@@ -64,10 +64,13 @@ def simulate_netlist(net: Netlist, x_int: np.ndarray, timesteps: int | None = No
                 st["sat"] += int(np.count_nonzero((v > lim) | (v < -lim)))
                 np.clip(v, -lim, lim, out=v)
                 th = net.array(p, "threshold")
-                s = v >= th
-                v = v - th * s if p["reset"] == "subtract" else np.where(s, 0, v)
+                s = (v >= th).astype(np.int64)
+                if p.get("spikes") == "signed":  # -1 below 0 while the net count is above 0
+                    s -= (v < 0) & (st["count"] > 0)
+                    st["count"] += s
+                v = v - th * s if p["reset"] == "subtract" else np.where(s > 0, 0, v)
                 st["v"] = v
-                out[name] = s.astype(np.int64)
+                out[name] = s
             elif kind == "maxpool":
                 st["cum"] += cur
                 m_ = st["cum"].reshape(B, p["units"], p["slots"]).max(axis=2)
