@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--percentile", type=float, default=99.9)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spikes", choices=("binary", "signed"), default="binary",
+                   help="the neurons of the converted SNN (the training does not depend on it)")
     p.add_argument("--relu", action="store_true",
                    help="hidden layers pass relu(z) instead: the cost of the fan-in masks alone")
     args = p.parse_args(argv)
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     data = {s: load_npz(args.data / f"{s}.npz", ann.input.shape, need_labels=s != "calib")
             for s in ("train", "val", "test", "calib")}
     calib = activation_scales(model, ann, data["calib"].x, "percentile", args.percentile, seed=args.seed)
-    snn = convert(ann, calib, ConversionOptions(timesteps=args.timesteps, weight_bits=args.bits))
+    snn = convert(ann, calib, ConversionOptions(timesteps=args.timesteps, weight_bits=args.bits,
+                                                spikes=args.spikes))
     net = TandemNet(snn, bits=args.bits, fanin=args.fanin, prune_lead=len(snn.nodes))
     net.count_aware = not args.relu
     net.set_stage(0)  # every fan-in mask imposed (prune_lead covers every layer)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     spiking = evaluate(net, data["test"])["accuracy"]
     ann_acc = json.loads((args.data / "ann_metrics.json").read_text())["test_accuracy"]
     print(json.dumps({"data": str(args.data), "T": args.timesteps, "percentile": args.percentile,
-                      "hidden": "relu" if args.relu else "count model",
+                      "hidden": "relu" if args.relu else "count model", "spikes": args.spikes,
                       "epochs": args.epochs, "seed": args.seed, "ann_test": ann_acc,
                       "test": round(modelled, 4), "val": round(best[0], 4), "best_epoch": best[1],
                       "val_untrained": round(best[2], 4),

@@ -316,9 +316,10 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
         """``by_parts`` (float32 products of weight digits, summed in float64) where a
         worst-case bound needs it; ``single`` (one float32 product) on the rows of an event
         input that are exact in float32 anyway."""
-        if not x.events:
+        if not (x.events or x.signed):
             return by_parts(a)
-        ok = _exact_in_float32(n, a, plan.wmax[n.name])
+        # signed spikes: the bound takes their magnitudes (|sum of w * s| <= max|w| * sum |s|)
+        ok = _exact_in_float32(n, a.abs() if x.signed else a, plan.wmax[n.name])
         n_ok = int(ok.sum())
         if n_ok == ok.numel():
             return single(a).to(dt)

@@ -524,3 +524,15 @@ def test_count_error_bench_separates_the_dynamics(digits_dir, tmp_path):
     for row in layers:  # the mean difference is what the extra and missing spikes add up to
         assert 0 <= row["more_active"] <= 1 and 0 <= row["fewer_active"] <= 1
         assert abs(row["count"] - row["warranted"]) <= 4 * (row["more"] + row["fewer"]) + 1e-12
+    # signed spikes take back what later inhibition cancels: the counts come (almost) exactly
+    # to what the charge warrants (one -1 per step is the limit)
+    compile_model(CompileRequest(model=str(digits_dir / "digits_cnn.onnx"), out=str(tmp_path / "signed"),
+                                 calib=str(digits_dir / "calib.npz"),
+                                 options=ConversionOptions(timesteps=4, spikes="signed")))
+    r = subprocess.run([sys.executable, str(root / "bench/count_error.py"), str(tmp_path / "signed"), "--data",
+                        str(digits_dir / "test.npz"), "--samples", "200"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    signed = json.loads(r.stdout.strip().splitlines()[-1])["layers"]
+    off = sum(row["more"] + row["fewer"] for row in signed)
+    assert off <= 0.1 * sum(row["more"] + row["fewer"] for row in layers)

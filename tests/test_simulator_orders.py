@@ -232,10 +232,12 @@ def test_wide_weights_split_into_float32_digits():
     assert simulate(g, x, timesteps=12).spike_counts["h2"].sum() > 0
 
 
-def test_spike_rows_exact_in_float32_take_one_product():
+@pytest.mark.parametrize("spikes", ["binary", "signed"])
+def test_spike_rows_exact_in_float32_take_one_product(spikes):
     """Wide weights behind spikes: the rows (sample-steps) whose spikes are few enough for
     float32 to be exact take one float32 convolution/product, the others the weight digits;
-    a mix of both must still agree with the step-by-step simulator bit for bit."""
+    a mix of both must still agree with the step-by-step simulator bit for bit (signed
+    spikes: the bound counts their magnitudes)."""
     import torch
 
     rng = np.random.default_rng(21)
@@ -252,16 +254,20 @@ def test_spike_rows_exact_in_float32_take_one_product():
     nodes += [DenseNode(name="o", inputs=["f"], weight=wd.astype(np.float32), weight_int=wd,
                         bias_int=rng.integers(-3, 4, 4), out_scale=ONE)]
     g = Graph(nodes, ["o"], timesteps=10)
+    if spikes == "signed":
+        g = _signed(g)
     g.validate()
     plan = sim._Plan(g, 10, torch.device("cpu"))
     assert {"c2", "o"} <= set(plan.parts)
     # samples from silent to busy, so some steps stay under the float32 bound and some do not
     x = (rng.integers(0, 9, (8, 3, 6, 6)) * np.linspace(0, 1, 8)[:, None, None, None]).astype(np.float32)
-    spikes = step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h1"]
-    rows = torch.as_tensor(spikes.reshape((-1,) + spikes.shape[2:]), dtype=torch.float32)
+    trains = step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h1"]
+    rows = torch.as_tensor(trains.reshape((-1,) + trains.shape[2:]), dtype=torch.float32).abs()
     ok = sim._exact_in_float32(g["c2"], rows, plan.wmax["c2"])
     assert bool(ok.any()) and not bool(ok.all())
     _assert_same(g, x, 10)
+    if spikes == "signed":
+        assert (step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h2"] < 0).any()
 
 
 def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
