@@ -66,8 +66,8 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
     # without keep_spikes: one row of spikes, overwritten each step (it stays in the cache)
     spikes = np.empty((timesteps if keep_spikes else 1, m), np.float32)
     active = np.zeros((blocks, timesteps), np.bool_)
-    if subtract and limit is None and not signed:
-        _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active)
+    if subtract and limit is None:
+        _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active, signed)
     else:
         _if_general(cur, mode, timesteps, th, v0, spikes, counts, active, sat, subtract,
                     float(limit) if limit is not None else np.inf, signed)
@@ -94,9 +94,9 @@ def _add_input(v, cur, mode, t, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active):  # pragma: no cover - compiled
-    """Reset by subtraction, no saturation; ``spikes`` as in ``_if_general`` (with one row,
-    ``active`` is left alone)."""
+def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active, signed):  # pragma: no cover - compiled
+    """Reset by subtraction, no saturation, signed spikes where ``signed``; ``spikes`` as in
+    ``_if_general`` (with one row, ``active`` is left alone)."""
     m = th.shape[0]
     every = spikes.shape[0] == steps
     for b in range(active.shape[0]):
@@ -104,16 +104,25 @@ def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active):  # pragma: n
         for t in range(steps):
             _add_input(v, cur, mode, t, lo, hi)
             sp = spikes[t if every else 0, lo:hi]
-            for i in range(hi - lo):
-                s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
-                v[i] -= s * thb[i]
-                cnt[i] += s
-                sp[i] = s
+            if signed:
+                for i in range(hi - lo):
+                    up = v[i] >= thb[i]
+                    s = np.float32(1.0) if up else (np.float32(-1.0) if (v[i] < 0 and cnt[i] > 0)
+                                                    else np.float32(0.0))
+                    v[i] -= s * thb[i]
+                    cnt[i] += s
+                    sp[i] = s
+            else:
+                for i in range(hi - lo):
+                    s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
+                    v[i] -= s * thb[i]
+                    cnt[i] += s
+                    sp[i] = s
         for t in range(steps if every else 0):
             sp = spikes[t, lo:hi]
             total = np.float32(0.0)
             for i in range(hi - lo):
-                total += sp[i]
+                total += abs(sp[i])
             active[b, t] = total > 0
         counts[lo:hi] = cnt
 
