@@ -7,8 +7,6 @@ same integers, what cannot take signed spikes refuses with one clear message."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from snncompile.simulator import simulate
 from snncompile.tandem.intsim import quantized_input, run_integer
 from snncompile.tandem.model import TandemNet
 
+from test_cli import run
 from test_tandem import Branchy, _assert_exact, calibrated
 
 
@@ -102,20 +101,15 @@ def test_every_backend_says_whether_it_takes_signed_spikes(strided):
             assert all(v.fix == "--spikes binary" for v in found), name
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snncompile", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_cli_signed_spikes_end_to_end(digits_dir, tmp_path):
     d = digits_dir
     out = tmp_path / "snn"
-    r = _cli("convert", str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "8",
+    r = run("convert", str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "8",
              "--spikes", "signed", "-o", str(out))
     assert r.returncode == 0, r.stderr
     nodes = json.loads((out / "ir.json").read_text())["nodes"]
     assert {n["spikes"] for n in nodes if n["op"] == "if"} == {"signed"}
-    r = _cli("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
+    r = run("evaluate", str(out), "--data", str(d / "test.npz"), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["snn_accuracy"] > 0.9 and res["synops_per_sample"] > 0
@@ -128,11 +122,9 @@ def test_cli_signed_spikes_end_to_end(digits_dir, tmp_path):
 ])
 def test_cli_refuses_what_cannot_take_signed_spikes(digits_dir, tmp_path, extra, message):
     d = digits_dir
-    if "loihi" in extra and "loihi" not in available_backends():
-        pytest.skip("the loihi backend is not installed")  # make setup installs it
     out = tmp_path / "snn"
     extra = [a.format(val=d / "val.npz") for a in extra]
-    r = _cli("convert", str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "8",
+    r = run("convert", str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "8",
              "--spikes", "signed", "-o", str(out), *extra)
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr
