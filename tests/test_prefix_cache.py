@@ -51,6 +51,10 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
     trains = (rng.random((T, len(x)) + shape) < 0.4).astype(np.float32)
     if spikes == "signed":  # some spikes taken back: -1 (a plane of its own)
         trains -= (rng.random(trains.shape) < 0.2) * (trains == 0)
+    trains[T - 1] = 0            # a silent step (the simulator skips it: ``active``)
+    trains[T // 2, :3] = 0       # a step silent in samples 0-2 only
+    trains[T // 2, 4:] = 0
+    trains[T // 2, 10].flat[-1] = -1.0 if spikes == "signed" else 1.0  # ... and sample 10's lone spike
     node = type("N", (), {"shape": shape, "spikes": spikes})()
     front = prefix.Frontier(("h",), frozenset())
     graph = type("G", (), {"__getitem__": lambda self, k: node})()
@@ -70,7 +74,12 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
     assert got.spikes.dtype == torch.float32 and tuple(got.spikes.shape) == (T, 4) + shape
     np.testing.assert_array_equal(got.spikes.numpy(), trains[:, rows])
     np.testing.assert_array_equal(got.counts.numpy(), trains[:, rows].sum(axis=0))
-    np.testing.assert_array_equal(got.active.numpy(), np.abs(trains[:, rows]).reshape(T, -1).max(axis=1) > 0)
+    for sel in (rows, np.array([0, 1, 2, 3]), np.array([2])):
+        active = np.abs(trains[:, sel]).reshape(T, -1).max(axis=1) > 0
+        np.testing.assert_array_equal(cache.take(sel, torch.device("cpu"))["h"].active.numpy(), active)
+        # a cache made from the packed trains alone finds the same steps
+        again = PrefixCache(front, T, {"h": shape}, cache.packed, cache.signed)
+        np.testing.assert_array_equal(again.take(sel, torch.device("cpu"))["h"].active.numpy(), active)
 
 
 @pytest.mark.parametrize("spikes", ["binary", "signed"])

@@ -71,17 +71,32 @@ def _stored_order(rank: int) -> list[int]:
     return [3, 4, 2] if rank == 3 else list(range(2, rank + 2))
 
 
+def _steps_of(packed: np.ndarray, T: int, neurons: int, signed: bool) -> np.ndarray:
+    """(N, T) bool: which steps of each sample's packed train (T x ``neurons`` bits per
+    plane) hold a spike."""
+    n = packed.shape[0]
+    out = np.zeros((n, T), bool)
+    for plane in np.split(packed, 2, axis=1) if signed else [packed]:
+        out |= np.unpackbits(plane, axis=1, count=T * neurons).reshape(n, T, neurons).any(axis=2)
+    return out
+
+
 class PrefixCache:
     """The packed spike trains of a frontier's IF nodes for every sample of one data set."""
 
     def __init__(self, front: Frontier, T: int, shapes: dict[str, tuple[int, ...]],
-                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset()):
+                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset(),
+                 steps: dict[str, np.ndarray] | None = None):
         self.frontier = front
         self.T = T
         self.shapes = shapes
         self.packed = packed  # node -> (N, ceil(T * neurons / 8)) uint8
         # nodes with signed spikes: their +1 bits, then their -1 bits (twice the bytes)
         self.signed = signed
+        # node -> (N, T) bool, True where the sample has a spike at that step (what a batch's
+        # ``active`` is made of, so it need not be found again in the unpacked trains)
+        self.steps = steps if steps is not None else {
+            k: _steps_of(p, T, int(np.prod(shapes[k])), signed=k in signed) for k, p in packed.items()}
 
     @property
     def nbytes(self) -> int:
@@ -100,19 +115,24 @@ class PrefixCache:
         returns the spike trains ((T, len(rows), *shape) tensors) of the nodes in ``keep``
         for the samples at indices ``rows``."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
+        steps: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
         signed = frozenset(k for k in front.cached if _planes(graph[k]) == 2)
         for i in range(0, samples, batch_size):
             spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
                 planes = [spikes[k] > 0, spikes[k] < 0] if k in signed else [spikes[k]]
                 bits = []
+                fired = 0
                 for plane in planes:
                     s = plane.to(torch.uint8)                            # (T, n, *shape)
+                    fired = s.reshape(T, s.shape[1], -1).amax(dim=2) | fired  # (T, n)
                     s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)
                     bits.append(np.packbits(s.reshape(s.shape[0], -1).cpu().numpy(), axis=1))
                 parts[k].append(np.concatenate(bits, axis=1))
+                steps[k].append(fired.T.cpu().numpy() > 0)
         packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
-        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed)
+        active = {k: np.concatenate(v) if v else np.zeros((0, T), bool) for k, v in steps.items()}
+        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed, active)
 
     def given(self, rows: np.ndarray, device: torch.device) -> tuple[Frontier, dict[str, SpikeTrains]]:
         """What :meth:`.model.TandemNet.forward` takes as ``given`` for samples ``rows``."""
@@ -129,15 +149,14 @@ class PrefixCache:
             dense = torch.empty((self.T, len(rows)) + stored, dtype=torch.float32, device=device)
             if k in self.signed:
                 half = p.shape[1] // 2
-                up = np.unpackbits(p[rows, :half], axis=1, count=size).astype(np.int8)
-                down = np.unpackbits(p[rows, half:], axis=1, count=size).astype(np.int8)
-                bits = up - down
+                up = np.unpackbits(p[rows, :half], axis=1, count=size).view(np.int8)
+                bits = np.subtract(up, np.unpackbits(p[rows, half:], axis=1, count=size).view(np.int8), out=up)
             else:
                 bits = np.unpackbits(p[rows], axis=1, count=size)
             s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
             dense.copy_(s)  # (T, rows, *stored order), contiguous
             logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
             counts = dense.sum(dim=0)
-            active = dense.reshape(self.T, -1).abs().amax(dim=1) > 0
+            active = torch.from_numpy(self.steps[k][rows].any(axis=0)).to(device)
             out[k] = SpikeTrains(dense.permute(logical), counts.permute([d - 1 for d in logical[1:]]), active)
         return out
