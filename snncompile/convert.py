@@ -192,20 +192,39 @@ def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias
     n.out_scale = np.full((1,) * len(n.shape), out_scale)
 
 
+def _feeds_add_only(g: Graph, name: str) -> bool:
+    """Whether node ``name``'s only consumer is an add (a weighted node then takes the add's
+    scale, shared by all its inputs)."""
+    consumers = g.consumers(name)
+    return len(consumers) == 1 and isinstance(consumers[0], AddNode)
+
+
 def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
-                  input_scale: np.ndarray | None = None) -> Graph:
+                  input_scale: np.ndarray | None = None, reuse: frozenset[str] = frozenset()) -> Graph:
     """Scale every tensor, quantize every weighted node, set every threshold.
 
     ``input_scale`` keeps a given input scale (re-quantizing a converted graph after its float
-    weights changed) instead of deriving it from ``calib.input_absmax``."""
+    weights changed) instead of deriving it from ``calib.input_absmax``. Nodes in ``reuse``
+    already hold what this pass would give them (it ran on the same values of them and of
+    everything before them): they are read, not derived again, so re-quantizing after a
+    change to a few nodes costs only those and what follows them. An add is derived together
+    with the weighted nodes feeding it (they share its scale)."""
     g = graph.copy()
     qmax = 2 ** (opts.weight_bits - 1) - 1
     scale: dict[str, np.ndarray] = {}
     once: dict[str, bool] = {}   # tensor carries charge at t = 0 only (analog input, mode once)
     pending: dict[str, tuple[np.ndarray, float]] = {}  # weighted nodes feeding an add
     kinds = tensor_kinds(g)
+    shares = {n.name for n in g.nodes if isinstance(n, WeightedNode) and _feeds_add_only(g, n.name)}
     for n in g.nodes:
         ins = [g[i] for i in n.inputs]
+        if isinstance(n, AddNode) and len({i in reuse for i in n.inputs if i in shares} | {n.name in reuse}) > 1:
+            raise ValueError(f"add '{n.name}' and the weighted nodes sharing its scale must be reused together")
+        if n.name in reuse:
+            once[n.name] = (opts.input_mode == "once" if isinstance(n, InputNode)
+                            else not isinstance(n, (IFNode, MaxPool2dNode)) and all(once[i] for i in n.inputs))
+            scale[n.name] = n.out_scale
+            continue
         if isinstance(n, InputNode):
             n.mode, n.bits = opts.input_mode, opts.input_bits
             if input_scale is not None:
@@ -217,8 +236,7 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
         elif isinstance(n, WeightedNode):
             wr = _real_weights(n, scale[n.inputs[0]], ins[0].shape)
             once[n.name] = once[n.inputs[0]]
-            consumers = g.consumers(n.name)
-            if len(consumers) == 1 and isinstance(consumers[0], AddNode):
+            if n.name in shares:
                 pending[n.name] = (wr, _natural_scale(wr, qmax))
                 continue
             _quantize(n, wr, _natural_scale(wr, qmax), qmax, "first_step" if once[n.name] else "every_step",

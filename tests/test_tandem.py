@@ -3,6 +3,7 @@ backward is the straight-through tandem rule, and the write-back pass gives a va
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 
@@ -22,7 +23,7 @@ from snncompile.metrics import population_fanin, weight_bits
 from snncompile.simulator import run_window, simulate
 from snncompile.tandem.constraints import fanin_budgets, topk_mask, violations
 from snncompile.tandem.intsim import quantized_input
-from snncompile.tandem.model import TandemNet
+from snncompile.tandem.model import TandemNet, unit_scales
 from snncompile.tandem.requant import requantize
 
 
@@ -144,6 +145,45 @@ def test_training_steps_at_a_middle_stage_see_fresh_integers(branchy):
     assert set(ints.counts) == set(fresh.counts) and ints.counts
     for k, v in fresh.counts.items():
         np.testing.assert_array_equal(v.numpy(), ints.counts[k].numpy(), err_msg=k)
+
+
+def _same_nodes(a, b) -> None:
+    for m, n in zip(a.nodes, b.nodes, strict=True):
+        for f in dataclasses.fields(m):
+            x, y = getattr(m, f.name), getattr(n, f.name)
+            if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+                np.testing.assert_array_equal(x, y, err_msg=f"{m.name}.{f.name}")
+            else:
+                assert x == y, f"{m.name}.{f.name}"
+
+
+def test_partial_write_back_is_the_full_one(branchy):
+    """The forward re-derives only the nodes a training step changed and what follows them:
+    after every step of every stage (a residual add among them, whose inputs share a scale)
+    that graph and the quantized weights read from it equal a full write-back's."""
+    ann, cal, x = branchy
+    net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4)), bits=5, fanin=20, prune_lead=1)
+    xt = torch.tensor(x)
+    partial = 0
+    for stage in range(1, net.n_stages + 1):
+        net.set_stage(stage)
+        opt = torch.optim.SGD(net.trainable(), lr=0.05)
+        for _ in range(3):
+            loss = net(xt).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            before = net._cache
+            g, fq = net._current()
+            partial += before is not None and before[3] == net._cache[3]
+            full = net.to_graph()
+            _same_nodes(g, full)
+            assert set(fq) == set(net.constrained())
+            for name, (w, b) in fq.items():
+                s_in, s_out = unit_scales(full, name)
+                np.testing.assert_array_equal(w, (s_out * full[name].weight_int.astype(np.float64) / s_in)
+                                              .astype(np.float32), err_msg=name)
+    assert partial >= 2 * net.n_stages  # all but a stage's first step took the partial path
 
 
 def test_requantize_reproduces_conversion(branchy):

@@ -86,6 +86,11 @@ class TandemNet(nn.Module):
                     self._owner[name] = k
         for name in self.weighted:
             self._owner.setdefault(name, len(self.layers) + 1)
+        # node -> every node that reads it, directly or not (what a change to it reaches)
+        self._after: dict[str, set[str]] = {n.name: set() for n in graph.nodes}
+        for n in reversed(graph.nodes):
+            for i in n.inputs:
+                self._after[i] |= {n.name} | self._after[n.name]
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -174,12 +179,7 @@ class TandemNet(nn.Module):
 
         Nodes not yet constrained keep their float weights unpruned; their integers follow
         the same quantization (they are what an ANN layer would convert to)."""
-        weights, biases = {}, {}
-        for name in self.weighted:
-            k = self.key[name]
-            weights[name] = (self.weight[k] * self.mask(name)).detach().cpu().numpy()
-            if k in self.bias:
-                biases[name] = self.bias[k].detach().cpu().numpy()
+        weights, biases = self._params(self.weighted)
         lam = {name: getattr(self, f"lam_{j}").detach().cpu().numpy() for j, name in enumerate(self.layers)}
         g = with_params(self.base, weights, biases, lam=lam, weight_bits=self.bits)
         g.meta["tandem"] = {"stage": self.stage, "bits": self.bits, "fanin": self.fanin}
@@ -190,22 +190,63 @@ class TandemNet(nn.Module):
         only when something they depend on changed: the parameters of the constrained nodes
         (the only ones whose integers the forward reads; the others' float weights are read
         live), the buffers (masks, scales) or the stage. So an ANN stage, where nothing is
-        constrained, does not requantize the graph on every training step."""
+        constrained, does not requantize the graph on every training step. Where only some
+        parameters changed since the last derivation (a training step trains the layers
+        from the newest spiking one on), only their nodes and what follows them are derived
+        again (:func:`.requant.with_params` with ``reuse``): the same graph, for less work."""
         constrained = self.constrained()
         params = [self.weight[self.key[n]] for n in constrained]
         params += [self.bias[self.key[n]] for n in constrained if self.key[n] in self.bias]
         version = tuple(p._version for p in params) + tuple(b._version for b in self.buffers())
         if self._cache is None or self._cache[0] != (version, self.stage):
-            g = self.to_graph()
-            fq: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+            frame = (self.stage, tuple((b.data_ptr(), b._version) for b in self.buffers()))
+            versions = {name: self._versions(name) for name in self.weighted}
+            old = self._cache
+            if old is not None and old[3] == frame:
+                changed = [name for name in self.weighted if versions[name] != old[4][name]]
+                affected = self._affected(changed)
+                g = with_params(old[1], *self._params(affected), weight_bits=self.bits,
+                                reuse=frozenset(n.name for n in old[1].nodes) - affected)
+                fq = {name: v for name, v in old[2].items() if name not in affected}
+            else:
+                g, fq = self.to_graph(), {}
             for name in constrained:
-                n = g[name]
-                s_in, s_out = unit_scales(g, name)
-                w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
-                b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
-                fq[name] = (w, b)
-            self._cache = ((version, self.stage), g, fq)
+                if name not in fq:
+                    n = g[name]
+                    s_in, s_out = unit_scales(g, name)
+                    w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
+                    b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
+                    fq[name] = (w, b)
+            self._cache = ((version, self.stage), g, fq, frame, versions)
         return self._cache[1], self._cache[2]
+
+    def _versions(self, name: str) -> tuple[tuple[int, int], ...]:
+        """What identifies the current values of weighted node ``name``'s parameters."""
+        k = self.key[name]
+        ts = [self.weight[k]] + ([self.bias[k]] if k in self.bias else [])
+        return tuple((t.data_ptr(), t._version) for t in ts)
+
+    def _affected(self, changed: list[str]) -> set[str]:
+        """Nodes whose integers depend on the weighted nodes ``changed``: those and all that
+        follow them, and the weighted nodes sharing an add's scale with one of them."""
+        out = set(changed)
+        for name in changed:
+            out |= self._after[name]
+        for n in self.base.nodes:
+            if n.op == "add" and n.name in out:
+                out |= {i for i in n.inputs if i in self.key}
+        return out
+
+    def _params(self, names: set[str] | list[str]) -> tuple[dict, dict]:
+        """The current (masked) float weights and biases of the weighted nodes among ``names``."""
+        weights, biases = {}, {}
+        for name in self.weighted:
+            if name in names:
+                k = self.key[name]
+                weights[name] = (self.weight[k] * self.mask(name)).detach().cpu().numpy()
+                if k in self.bias:
+                    biases[name] = self.bias[k].detach().cpu().numpy()
+        return weights, biases
 
     # --- forward ----------------------------------------------------------------------------
 

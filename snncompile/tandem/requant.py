@@ -34,25 +34,28 @@ def conversion_options(graph: Graph, weight_bits: int | None = None) -> Conversi
     return opts
 
 
-def requantize(graph: Graph, weight_bits: int | None = None) -> Graph:
+def requantize(graph: Graph, weight_bits: int | None = None, reuse: frozenset[str] = frozenset()) -> Graph:
     """Re-derive every integer (weights, biases, thresholds, v_init, scales) of a converted
-    graph from its float weights and IF scales; the input scale stays as it is."""
+    graph from its float weights and IF scales; the input scale stays as it is. Nodes in
+    ``reuse`` keep theirs (see :func:`snncompile.convert.assign_scales`)."""
     if not graph.is_spiking or graph.input.out_scale is None:
         raise ModelError("requantize needs a converted graph")
     opts = conversion_options(graph, weight_bits)
     opts.check()
     lam = {n.name: np.asarray(n.lam, np.float64) for n in graph.nodes if isinstance(n, IFNode)}
     calib = Calibration(lam=lam, input_absmax=0.0, method=graph.meta["conversion"].get("normalization", ""))
-    g = assign_scales(graph, calib, opts, input_scale=graph.input.out_scale)
+    g = assign_scales(graph, calib, opts, input_scale=graph.input.out_scale, reuse=reuse)
     g.timesteps = graph.timesteps
     g.meta["conversion"] = dict(graph.meta["conversion"], weight_bits=opts.weight_bits)
     return g
 
 
 def with_params(graph: Graph, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray],
-                lam: dict[str, np.ndarray] | None = None, weight_bits: int | None = None) -> Graph:
+                lam: dict[str, np.ndarray] | None = None, weight_bits: int | None = None,
+                reuse: frozenset[str] = frozenset()) -> Graph:
     """A new, validated integer graph whose float weights/biases (by node name) and IF
-    scales are replaced, with all integers re-derived by :func:`requantize`."""
+    scales are replaced, with all integers re-derived by :func:`requantize` (but those of
+    ``reuse``, nodes whose values and inputs are as ``graph`` holds them already)."""
     g = graph.copy()
     for n in g.nodes:
         if isinstance(n, WeightedNode):
@@ -65,4 +68,4 @@ def with_params(graph: Graph, weights: dict[str, np.ndarray], biases: dict[str, 
                 n.bias = np.asarray(biases[n.name], np.float32).reshape(n.bias.shape)
         elif isinstance(n, IFNode) and lam and n.name in lam:
             n.lam = np.asarray(lam[n.name], np.float64).reshape(n.lam.shape)
-    return requantize(g, weight_bits)
+    return requantize(g, weight_bits, reuse)
