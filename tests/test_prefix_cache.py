@@ -67,7 +67,7 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
     cache = PrefixCache.build(run, graph, front, T, len(x), batch_size=4)
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     planes = 2 if spikes == "signed" else 1
-    assert cache.nbytes == len(x) * planes * -(-T * int(np.prod(shape)) // 8)
+    assert cache.nbytes == len(x) * planes * T * -(-int(np.prod(shape)) // 8)  # each step whole bytes
     assert cache.nbytes == PrefixCache.nbytes_for(graph, front, T, len(x))
     rows = np.array([10, 0, 3, 3])
     got = cache.take(rows, torch.device("cpu"))["h"]

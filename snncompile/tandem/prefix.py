@@ -5,7 +5,7 @@ the stage ends, so the spike trains they pass on are a function of the sample al
 every training batch and every validation pass would simulate them again over the window,
 and on a CNN the early layers are the large ones. A stage therefore simulates them once per
 sample of its training and validation data, keeps the spike trains where the fixed part of
-the graph hands over to the rest (bit-packed, T bits per neuron), and each batch runs the
+the graph hands over to the rest (bit-packed, a bit per neuron and step), and each batch runs the
 integer simulation and the ANN pass from there on. The forward is bit for bit the one
 without the cache (a test checks it), so the cache changes the time of a run, never its
 result. Stage k + 1 builds its trains from stage k's (the layers fixed then are still
@@ -71,32 +71,33 @@ def _stored_order(rank: int) -> list[int]:
     return [3, 4, 2] if rank == 3 else list(range(2, rank + 2))
 
 
-def _steps_of(packed: np.ndarray, T: int, neurons: int, signed: bool) -> np.ndarray:
-    """(N, T) bool: which steps of each sample's packed train (T x ``neurons`` bits per
-    plane) hold a spike."""
-    n = packed.shape[0]
-    out = np.zeros((n, T), bool)
-    for plane in np.split(packed, 2, axis=1) if signed else [packed]:
-        out |= np.unpackbits(plane, axis=1, count=T * neurons).reshape(n, T, neurons).any(axis=2)
-    return out
+def _step_bytes(neurons: int) -> int:
+    """Bytes one step of one sample's train takes: a bit per neuron, padded to a whole byte."""
+    return -(-neurons // 8)
+
+
+def _steps_of(packed: np.ndarray, T: int, signed: bool) -> np.ndarray:
+    """(N, T) bool: which steps of each sample's packed train hold a spike (padding bits
+    are 0, so a step's bytes are non-zero exactly where it has one)."""
+    if not packed.size:
+        return np.zeros((len(packed), T), bool)
+    return packed.reshape(len(packed), 2 if signed else 1, T, -1).any(axis=(1, 3))
 
 
 class PrefixCache:
     """The packed spike trains of a frontier's IF nodes for every sample of one data set."""
 
     def __init__(self, front: Frontier, T: int, shapes: dict[str, tuple[int, ...]],
-                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset(),
-                 steps: dict[str, np.ndarray] | None = None):
+                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset()):
         self.frontier = front
         self.T = T
         self.shapes = shapes
-        self.packed = packed  # node -> (N, ceil(T * neurons / 8)) uint8
+        self.packed = packed  # node -> (N, T * ceil(neurons / 8)) uint8: T steps, each whole bytes
         # nodes with signed spikes: their +1 bits, then their -1 bits (twice the bytes)
         self.signed = signed
         # node -> (N, T) bool, True where the sample has a spike at that step (what a batch's
         # ``active`` is made of, so it need not be found again in the unpacked trains)
-        self.steps = steps if steps is not None else {
-            k: _steps_of(p, T, int(np.prod(shapes[k])), signed=k in signed) for k, p in packed.items()}
+        self.steps = {k: _steps_of(p, T, signed=k in signed) for k, p in packed.items()}
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +106,7 @@ class PrefixCache:
     @staticmethod
     def nbytes_for(graph: Graph, front: Frontier, T: int, samples: int) -> int:
         """Bytes the packed trains of ``samples`` samples take."""
-        return sum(samples * _planes(graph[k]) * -(-T * int(np.prod(graph[k].shape)) // 8)
+        return sum(samples * _planes(graph[k]) * T * _step_bytes(int(np.prod(graph[k].shape)))
                    for k in front.cached)
 
     @classmethod
@@ -115,24 +116,21 @@ class PrefixCache:
         returns the spike trains ((T, len(rows), *shape) tensors) of the nodes in ``keep``
         for the samples at indices ``rows``."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
-        steps: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
         signed = frozenset(k for k in front.cached if _planes(graph[k]) == 2)
         for i in range(0, samples, batch_size):
             spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
                 planes = [spikes[k] > 0, spikes[k] < 0] if k in signed else [spikes[k]]
                 bits = []
-                fired = 0
                 for plane in planes:
                     s = plane.to(torch.uint8)                            # (T, n, *shape)
-                    fired = s.reshape(T, s.shape[1], -1).amax(dim=2) | fired  # (T, n)
-                    s = s.permute(1, 0, *_stored_order(s.dim() - 2))     # (n, T, *stored order)
-                    bits.append(np.packbits(s.reshape(s.shape[0], -1).cpu().numpy(), axis=1))
+                    # (T, n, neurons) in stored order: a view of the simulator's layout
+                    s = s.permute(0, 1, *_stored_order(s.dim() - 2)).reshape(T, s.shape[1], -1)
+                    steps_packed = np.packbits(s.cpu().numpy(), axis=2)  # (T, n, bytes per step)
+                    bits.append(steps_packed.transpose(1, 0, 2).reshape(steps_packed.shape[1], -1))
                 parts[k].append(np.concatenate(bits, axis=1))
-                steps[k].append(fired.T.cpu().numpy() > 0)
         packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
-        active = {k: np.concatenate(v) if v else np.zeros((0, T), bool) for k, v in steps.items()}
-        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed, active)
+        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed)
 
     def given(self, rows: np.ndarray, device: torch.device) -> tuple[Frontier, dict[str, SpikeTrains]]:
         """What :meth:`.model.TandemNet.forward` takes as ``given`` for samples ``rows``."""
@@ -145,14 +143,14 @@ class PrefixCache:
             shape = self.shapes[k]
             order = _stored_order(len(shape))
             stored = tuple(shape[d - 2] for d in order)
-            size = self.T * int(np.prod(shape))
+            neurons = int(np.prod(shape))
             dense = torch.empty((self.T, len(rows)) + stored, dtype=torch.float32, device=device)
+            sel = p[rows].reshape(len(rows), -1, self.T, _step_bytes(neurons))  # (rows, planes, T, bytes)
             if k in self.signed:
-                half = p.shape[1] // 2
-                up = np.unpackbits(p[rows, :half], axis=1, count=size).view(np.int8)
-                bits = np.subtract(up, np.unpackbits(p[rows, half:], axis=1, count=size).view(np.int8), out=up)
+                up = np.unpackbits(sel[:, 0], axis=2, count=neurons).view(np.int8)
+                bits = np.subtract(up, np.unpackbits(sel[:, 1], axis=2, count=neurons).view(np.int8), out=up)
             else:
-                bits = np.unpackbits(p[rows], axis=1, count=size)
+                bits = np.unpackbits(sel[:, 0], axis=2, count=neurons)
             s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
             dense.copy_(s)  # (T, rows, *stored order), contiguous
             logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
