@@ -103,6 +103,15 @@ def test_forward_equals_simulator_on_synthetic_graph(branchy, opts):
     _assert_exact(TandemNet(g), x)
 
 
+def _sgd_steps(net: TandemNet, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> None:
+    """``steps`` training steps on a loss that moves every trainable weight."""
+    for _ in range(steps):
+        loss = net(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_forward_equals_simulator_after_training_steps_with_constraints(branchy):
     """Perturbed weights, pruned and quantized: what the module computes is what the
     written-back IR computes in the reference simulator."""
@@ -110,11 +119,7 @@ def test_forward_equals_simulator_after_training_steps_with_constraints(branchy)
     net = TandemNet(convert(ann, cal, ConversionOptions(timesteps=4)), bits=5, fanin=20)
     net.set_stage(net.n_stages)
     opt = torch.optim.SGD(net.trainable(), lr=0.05)
-    for _ in range(2):
-        loss = net(torch.tensor(x)).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _sgd_steps(net, opt, torch.tensor(x), 2)
     _assert_exact(net, x)
     assert violations(net.to_graph(), bits=5, fanin=20) == []
 
@@ -131,11 +136,7 @@ def test_training_steps_at_a_middle_stage_see_fresh_integers(branchy):
     with torch.no_grad():
         _, before = net(xt, return_ints=True)
     opt = torch.optim.SGD(net.trainable(), lr=1.0)
-    for _ in range(2):
-        loss = net(xt).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _sgd_steps(net, opt, xt, 2)
     with torch.no_grad():
         _, ints = net(xt, return_ints=True)
     newest = net.layers[1]
@@ -169,10 +170,7 @@ def test_partial_write_back_is_the_full_one(branchy):
         net.set_stage(stage)
         opt = torch.optim.SGD(net.trainable(), lr=0.05)
         for _ in range(3):
-            loss = net(xt).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _sgd_steps(net, opt, xt, 1)
             before = net._cache
             g, fq = net._current()
             partial += before is not None and before[3] == net._cache[3]
