@@ -192,8 +192,11 @@ class TandemNet(nn.Module):
         live), the buffers (masks, scales) or the stage. So an ANN stage, where nothing is
         constrained, does not requantize the graph on every training step. Where only some
         parameters changed since the last derivation (a training step trains the layers
-        from the newest spiking one on), only their nodes and what follows them are derived
-        again (:func:`.requant.with_params` with ``reuse``): the same graph, for less work."""
+        from the newest spiking one on), only their nodes and what follows them up to the
+        newest spiking layer are derived again (:func:`.requant.with_params` with
+        ``reuse``): the nodes after it run on float weights read live, so until the stage or
+        a buffer changes (and everything is derived again) their integers may lag, unread;
+        the nodes the stage runs as integers are the full write-back's, for less work."""
         constrained = self.constrained()
         params = [self.weight[self.key[n]] for n in constrained]
         params += [self.bias[self.key[n]] for n in constrained if self.key[n] in self.bias]
@@ -204,7 +207,7 @@ class TandemNet(nn.Module):
             old = self._cache
             if old is not None and old[3] == frame:
                 changed = [name for name in self.weighted if versions[name] != old[4][name]]
-                affected = self._affected(changed)
+                affected = self._affected(changed) & self.integer_nodes()
                 g = with_params(old[1], *self._params(affected), weight_bits=self.bits,
                                 reuse=frozenset(n.name for n in old[1].nodes) - affected)
                 fq = {name: v for name, v in old[2].items() if name not in affected}
@@ -318,7 +321,7 @@ class TandemNet(nn.Module):
                 continue
             if isinstance(n, InputNode):
                 s = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-                vals[n.name] = xq.to(torch.float32) * s
+                vals[n.name] = _layout(xq.to(torch.float32) * s)
                 continue
             ins = [vals[i] for i in n.inputs]
             if isinstance(n, WeightedNode):
@@ -337,11 +340,11 @@ class TandemNet(nn.Module):
     def _count_value(self, n: IFNode, ints, dev: torch.device) -> torch.Tensor:
         """The real value a spiking layer passes on: ``lam * count / T``."""
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-        # written in the row-major layout of the ANN values it meets in the straight-through
-        # sum (the simulator's counts are channels-last; mixed layouts make every op strided),
-        # into a new tensor: the counts themselves stay as the integer result holds them
+        # written in the layout of the ANN values it meets in the straight-through sum
+        # (:func:`_layout`; mixed layouts make every op strided), into a new tensor: the
+        # counts themselves stay as the integer result holds them
         count = ints.counts[n.name].to(torch.float32)
-        out = torch.empty(count.shape, dtype=torch.float32, device=count.device)
+        out = _layout(torch.empty(count.shape, dtype=torch.float32, device=count.device))
         return torch.mul(count, lam, out=out).div_(self.T)
 
     def _count_model(self, n: IFNode, z: torch.Tensor) -> torch.Tensor:
@@ -412,13 +415,24 @@ def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
     return s_in, float(np.asarray(n.out_scale).reshape(-1)[0])
 
 
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """The memory layout of the surrogate (ANN) path's values: channels-last for images,
+    as the simulator keeps its own. Convolutions on the CPU (oneDNN) run channels-last
+    without reordering their operands, and a training step at PTL's first stages is mostly
+    the ANN's convolutions and their backward (docs/benchmarks.md, "Channels-last")."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def _conv(n, x):
+    # weight as the input, so no reorder per call; the output too, since with one input
+    # channel both layouts describe the same memory and torch takes the input's as row-major
+    w = _layout(n.weight)
     top, left, bottom, right = n.padding
     if top == bottom and left == right:  # the convolution's own padding: no padded copy
-        return torch.nn.functional.conv2d(x, n.weight, n.bias, stride=n.stride, padding=(top, left),
-                                          dilation=n.dilation, groups=n.groups)
-    return torch.nn.functional.conv2d(_pad4(x, n.padding), n.weight, n.bias, stride=n.stride,
-                                      dilation=n.dilation, groups=n.groups)
+        return _layout(torch.nn.functional.conv2d(x, w, n.bias, stride=n.stride, padding=(top, left),
+                                                  dilation=n.dilation, groups=n.groups))
+    return _layout(torch.nn.functional.conv2d(_pad4(x, n.padding), w, n.bias, stride=n.stride,
+                                              dilation=n.dilation, groups=n.groups))
 
 
 def _dense(n, x):
