@@ -209,12 +209,29 @@ def test_distillation_loss_mixes_task_and_match():
 
 
 def test_epoch_budget_is_shared_by_stages(small_net):
+    """Each stage gets an equal share of the epochs left, rounded down: the remainder goes
+    to the last stages, the cheapest per epoch."""
     g, train, val = small_net
     res = tune(TandemNet(g), train, val, TrainOptions(epochs=5, patience=99, batch_size=48))
     assert res.epochs == 5
-    assert [len([h for h in res.history if h["stage"] == s]) - 1 for s in (1, 2, 3)] == [2, 2, 1]
+    assert [len([h for h in res.history if h["stage"] == s]) - 1 for s in (1, 2, 3)] == [1, 2, 2]
     none = tune(TandemNet(g), train, val, TrainOptions(epochs=0))
     assert none.epochs == 0 and len(none.history) == 3  # converted stage by stage, untrained
+
+
+@pytest.mark.parametrize("epochs, stages, caps", [
+    (21, 6, [3, 3, 3, 4, 4, 4]),  # the Fashion-MNIST example at --prune-ahead 0
+    (21, 7, [3] * 7),
+    (60, 7, [8, 8, 8, 9, 9, 9, 9]),
+    (2, 3, [1, 1, 0]),            # fewer epochs than stages: the first stages train
+    (0, 3, [0, 0, 0]),
+])
+def test_stage_shares_round_down_towards_the_last_stages(epochs, stages, caps):
+    got, left = [], epochs
+    for i in range(stages):
+        got.append(schedule.stage_share(left, stages - i))
+        left -= got[-1]
+    assert got == caps
 
 
 def test_count_aware_scores_layers_not_spiking_on_their_count_model(small_net):

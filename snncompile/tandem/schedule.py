@@ -127,6 +127,17 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
     return list(range(first, net.n_stages + 1))
 
 
+def stage_share(left: int, stages: int) -> int:
+    """The epochs a stage may spend of the ``left`` ones, ``stages`` (this one included)
+    still to run: an equal share, rounded down, so the epochs that do not divide evenly go
+    to the last stages, whose epochs cost a fraction of the first spiking stages' (on the
+    Fashion-MNIST CNN at T = 4 the last stage's epoch costs about an eighth of the first's:
+    docs/benchmarks.md, "Where tuning time goes"); at least one while any is left."""
+    if left <= 0:
+        return 0
+    return max(1, left // stages)
+
+
 def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256,
              prefix: PrefixCache | None = None) -> dict[str, float]:
     """Validation loss (and accuracy) of the network at its current stage (``prefix``: the
@@ -271,7 +282,7 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 else:
                     net.recalibrate(layer, xc, opts.percentile)
             remeasure()
-        cap = math.ceil((opts.epochs - used) / (len(plan) - i)) if opts.epochs > used else 0
+        cap = stage_share(opts.epochs - used, len(plan) - i)
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
                                       fix_earlier=fix, step_loss=step_loss, caches=caches,
                                       teacher=teacher)
