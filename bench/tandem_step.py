@@ -11,6 +11,7 @@ Usage::
     .venv/bin/snncompile convert MODEL.onnx --calib calib.npz -T 8 --bits 8 --fanin 64 -o ART
     .venv/bin/python bench/tandem_step.py --artifact ART --data train.npz [--batch 128]
         [--bits 8] [--fanin 64] [--stages 1,3,last] [--threads 1] [--clock cpu|wall] [--repeats 3]
+        [--prefix] [--layouts [--block 8]]
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--layouts", action="store_true",
+                   help="time each step twice more, alternating the surrogate path's channels-last "
+                        "layout (snncompile/tandem/model.py, _layout) with row-major, in blocks of "
+                        "--block steps within this process, and print the medians (the machine's "
+                        "noise is as large as the difference, so a separate process per layout "
+                        "cannot tell them apart)")
+    p.add_argument("--block", type=int, default=8, help="steps per timed block with --layouts")
     p.add_argument("--prefix", action="store_true",
                    help="also time the step that starts from the fixed layers' kept spike trains "
                         "(what tuning does from stage 2 on, snncompile/tandem/prefix.py)")
@@ -57,8 +65,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with np.load(args.data) as d:
         x = torch.tensor(np.asarray(d["x"][:args.batch], np.float32))
         y = torch.tensor(np.asarray(d["y"][:args.batch])).long()
-    opt = torch.optim.Adam(net.parameters(), 1e-4)
-
+    net.count_aware = True  # as tuning runs PTL (TrainOptions.count_aware)
+    opt = None
     given = None
 
     def step() -> None:
@@ -69,7 +77,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     last = len(net.layers) + 1
     for s in args.stages.split(","):
-        net.stage = last if s.strip() == "last" else int(s)
+        # as a tuning stage: masks in force, the layers fixed earlier not trained, a fresh Adam
+        net.set_stage(last if s.strip() == "last" else int(s))
+        opt = torch.optim.Adam(net.trainable(), 1e-4)
         given = None
         best = min(time_repeats(step, max(1, args.repeats), warmup=1, clock=CLOCKS[args.clock]))
         row = {"stage": net.stage, "seconds_per_step": best}
@@ -88,12 +98,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
             row["seconds_per_step_prefix"] = min(time_repeats(step_from_cache, max(1, args.repeats), warmup=1,
                                                               clock=CLOCKS[args.clock]))
+        if args.layouts:
+            row.update(_compare_layouts(step, max(1, args.repeats), args.block))
         rows.append(row)
         with_prefix = (f", {row['seconds_per_step_prefix']:.3f} from the kept spike trains"
                        if "seconds_per_step_prefix" in row else "")
         print(f"stage {net.stage}/{last}: {best:.3f} {args.clock} s per step{with_prefix} "
               f"(batch {len(x)}, {args.threads} thread(s), {snncompile.__file__})", flush=True)
     return rows
+
+
+def _compare_layouts(step, blocks: int, block: int) -> dict[str, float]:
+    """Median seconds per step with the surrogate path channels-last and row-major, the
+    two timed in alternating blocks of ``block`` steps (``blocks`` each)."""
+    import statistics
+    import time
+
+    from snncompile.tandem import model
+
+    kept = model._layout
+    layouts = {"channels_last": kept, "row_major": lambda t: t}
+    times: dict[str, list[float]] = {k: [] for k in layouts}
+    try:
+        for _ in range(blocks):
+            for name, f in layouts.items():
+                model._layout = f
+                step()  # the first step in a layout reorders what the other left
+                t0 = time.perf_counter()
+                for _ in range(block):
+                    step()
+                times[name].append((time.perf_counter() - t0) / block)
+    finally:
+        model._layout = kept
+    out = {f"seconds_per_step_{k}": statistics.median(v) for k, v in times.items()}
+    print("  layouts: " + ", ".join(f"{k} {v:.4f} s" for k, v in out.items()), flush=True)
+    return out
 
 
 if __name__ == "__main__":

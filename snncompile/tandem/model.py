@@ -419,7 +419,8 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     """The memory layout of the surrogate (ANN) path's values: channels-last for images,
     as the simulator keeps its own. Convolutions on the CPU (oneDNN) run channels-last
     without reordering their operands, and a training step at PTL's first stages is mostly
-    the ANN's convolutions and their backward (docs/benchmarks.md, "Channels-last")."""
+    the ANN's convolutions and their backward (docs/benchmarks.md, "Channels-last, a leaner
+    write-back")."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
