@@ -41,11 +41,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--layouts", action="store_true",
-                   help="time each step twice more, alternating the surrogate path's channels-last "
-                        "layout (snncompile/tandem/model.py, _layout) with row-major, in blocks of "
-                        "--block steps within this process, and print the medians (the machine's "
-                        "noise is as large as the difference, so a separate process per layout "
-                        "cannot tell them apart)")
+                   help="also time the step with the surrogate path channels-last (as shipped: "
+                        "snncompile/tandem/model.py, _layout) and row-major, alternating blocks of "
+                        "--block steps in this process, and print the medians (the machine's noise "
+                        "is as large as the difference, so a process per layout cannot tell them apart)")
     p.add_argument("--block", type=int, default=8, help="steps per timed block with --layouts")
     p.add_argument("--prefix", action="store_true",
                    help="also time the step that starts from the fixed layers' kept spike trains "
