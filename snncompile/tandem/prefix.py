@@ -120,13 +120,11 @@ class PrefixCache:
         for i in range(0, samples, batch_size):
             spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
-                planes = [spikes[k] > 0, spikes[k] < 0] if k in signed else [spikes[k]]
+                # (T, n, neurons) in stored order: a view of the simulator's layout
+                v = spikes[k].permute(0, 1, *_stored_order(spikes[k].dim() - 2)).reshape(T, spikes[k].shape[1], -1)
                 bits = []
-                for plane in planes:
-                    s = plane.to(torch.uint8)                            # (T, n, *shape)
-                    # (T, n, neurons) in stored order: a view of the simulator's layout
-                    s = s.permute(0, 1, *_stored_order(s.dim() - 2)).reshape(T, s.shape[1], -1)
-                    steps_packed = np.packbits(s.cpu().numpy(), axis=2)  # (T, n, bytes per step)
+                for plane in ([v > 0, v < 0] if k in signed else [v > 0]):  # bool: packbits reads it as is
+                    steps_packed = np.packbits(plane.cpu().numpy(), axis=2)  # (T, n, bytes per step)
                     bits.append(steps_packed.transpose(1, 0, 2).reshape(steps_packed.shape[1], -1))
                 parts[k].append(np.concatenate(bits, axis=1))
         packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
