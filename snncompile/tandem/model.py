@@ -30,6 +30,7 @@ from ..ann import _EVALUATORS, _pad4
 from ..convert import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
+from . import kernels
 from .constraints import FANIN_MODES, fanin_budgets
 from ..simulator import SpikeTrains, run_window
 from .intsim import needed, quantized_input
@@ -385,24 +386,53 @@ class _CountModel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, lam: torch.Tensor, T: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward((z > 0) & (z < lam), z == lam)
+        ctx.save_for_backward(z, lam)
+        src = kernels.flat(z) if lam.numel() == 1 and lam.dtype == torch.float32 else None
+        if src is not None:  # one pass (snncompile.tandem.kernels), the same values
+            out = torch.empty_like(z)
+            kernels.count_levels(src, np.float32(lam.reshape(()).item()), T, kernels.flat(out))
+            return out
         v = z * (T / lam)
         return v.add_(0.5).floor_().clamp_(0, T).mul_(lam).div_(T)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        inside, tie = ctx.saved_tensors
-        out = grad * inside
+        z, lam = ctx.saved_tensors
+        if lam.numel() == 1 and lam.dtype == torch.float32 and kernels.same_layout(grad, z):
+            src, g = kernels.flat(z), kernels.flat(grad)
+            if src is not None and g is not None:
+                out = torch.empty_like(z)
+                kernels.clamp_grad(src, g, np.float32(lam.reshape(()).item()), kernels.flat(out))
+                return out, None, None
+        out = grad * ((z > 0) & (z < lam))
+        tie = z == lam
         if bool(tie.any()):  # lam is a percentile of the activations, so some can equal it
             out = out + grad * tie * 0.5
         return out, None, None
 
 
 def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-    """Exactly ``value`` forward, the gradient of ``surrogate`` backward (``value`` plus an
-    exact zero that carries it; ``surrogate + (value - surrogate).detach()`` can be off by
-    a rounding step, and the forward must be the integer network's values exactly)."""
-    return value + (surrogate - surrogate.detach())
+    """Exactly ``value`` forward, the gradient of ``surrogate`` backward
+    (``surrogate + (value - surrogate).detach()`` can be off by a rounding step, and the
+    forward must be the integer network's values exactly)."""
+    return _StraightThrough.apply(value, surrogate)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``value`` (a view of it: no pass over memory) forward, the incoming gradient passed
+    unchanged to ``surrogate`` (and to ``value``, where it has one) backward: what
+    ``value + (surrogate - surrogate.detach())`` computes, without its two passes over
+    every spiking layer's values on every step."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if value.shape != surrogate.shape:
+            raise ValueError(f"straight-through of shape {tuple(value.shape)} onto {tuple(surrogate.shape)}")
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return (grad if ctx.needs_input_grad[0] else None), grad
 
 
 def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
