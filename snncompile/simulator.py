@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import spike_conv
 from .errors import DataError, ModelError
 from .ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                  FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode,
@@ -138,6 +139,10 @@ class _Plan:
         # spike input that are exact in float32 (_exact_in_float32)
         self.w32: dict[str, torch.Tensor] = {}
         self.wmax: dict[str, float] = {}
+        # Convolutions whose integer weights fit int8: spike inputs held as codes go through
+        # the int8 kernels (spike_conv), their weights packed on first use per input kind
+        self.w8: dict[str, np.ndarray] = {}
+        self.packed8: dict[tuple[str, bool], object] = {}
         for n in graph.nodes:
             if isinstance(n, WeightedNode):
                 if n.weight_int is None:
@@ -155,6 +160,9 @@ class _Plan:
                         self.wmax[n.name] = float(np.abs(n.weight_int).max(initial=0))
                         self.parts[n.name] = [(torch.as_tensor(p, dtype=torch.float32, device=device)
                                                .contiguous(memory_format=fmt), f) for p, f in parts]
+                if (isinstance(n, Conv2dNode) and dt == torch.float32 and _int8_conv(device)
+                        and spike_conv.fits(n.weight_int)):
+                    self.w8[n.name] = n.weight_int
         # Membranes: |v| never exceeds |v_init| plus the summed |input| (a reset only moves v
         # towards zero), so where that stays within the membrane width no step can saturate.
         self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
@@ -192,7 +200,7 @@ SKIP_CHECK_ELEMENTS = 2 ** 16
 
 @dataclass
 class _Val:
-    data: torch.Tensor
+    stored: torch.Tensor | None  # the values (None while only ``codes`` hold them): see ``data``
     kind: str = "full"
     # Holds spike events or sums of them (small non-negative integers, float32): silent steps
     # are found by the maximum alone, and sums over the window are exact in float32.
@@ -203,6 +211,18 @@ class _Val:
     window_sum: torch.Tensor | None = None
     # signed spikes (values -1, 0, 1) or maps of them; events is False for these
     signed: bool = False
+    # spikes as uint8 codes (value + zero point, see spike_conv), in the layout of the
+    # values, where they came so: convolutions take them as they are (int8 kernels)
+    codes: torch.Tensor | None = None
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The values; spikes held only as codes are decoded on first use (a consumer that
+        is not an int8 convolution)."""
+        if self.stored is None:
+            assert self.codes is not None
+            self.stored = spike_conv.decode(self.codes, self.signed)
+        return self.stored
 
     def full(self, T: int) -> torch.Tensor:
         if self.kind == "full":
@@ -306,6 +326,21 @@ def _exact_in_float32(n: WeightedNode, a: torch.Tensor, wmax: float) -> torch.Te
     return seen * wmax < EXACT_F32
 
 
+def _int8_conv_codes(n: Conv2dNode, x: _Val, plan: _Plan) -> torch.Tensor:
+    """The convolution (no bias) over the window of spikes held as codes, (T, N, *shape),
+    by the int8 kernels: the float32 convolution's values exactly (:mod:`.spike_conv`).
+    Silent steps cost what others do here (a silent step's codes convolve to zero)."""
+    key = (n.name, x.signed)
+    pad = n.padding[:2]
+    if key not in plan.packed8:
+        plan.packed8[key] = spike_conv.prepack(plan.w8[n.name], x.signed, n.stride, pad, n.dilation, n.groups)
+    c = x.codes
+    k, nb = c.shape[:2]
+    y = spike_conv.conv(c.reshape((k * nb,) + tuple(c.shape[2:])), plan.packed8[key], x.signed, n.stride,
+                        pad, n.dilation, n.groups, int(n.weight_int.shape[0]))
+    return y.reshape((k, nb) + tuple(y.shape[1:]))
+
+
 def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
     dt = plan.dtype[n.name]
     T = plan.T
@@ -362,7 +397,10 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
             if parts:
                 return exact(a, lambda r: conv(r, plan.w32[n.name]), by_parts)
             return conv(a, w)
-        y = x.map(layer)
+        if x.kind == "full" and x.codes is not None and n.name in plan.w8 and (pt, pl) == (pb, pr):
+            y = _Val(_int8_conv_codes(n, x, plan), active=x.active)
+        else:
+            y = x.map(layer)
     else:  # AffineNode: per-channel multiplier
         y = x.map(lambda a: _as(a, dt) * w.reshape((1, -1) + (1,) * (a.dim() - 2)))
     if b is None:
@@ -575,7 +613,8 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
         if n.name in given:
             g = given[n.name]
             signed = getattr(n, "spikes", "binary") == "signed"
-            out = _Val(g.spikes, events=not signed, active=g.active, window_sum=g.counts, signed=signed)
+            out = _Val(g.spikes, events=not signed, active=g.active, window_sum=g.counts, signed=signed,
+                       codes=g.codes)
         elif isinstance(n, InputNode):
             out = _Val(xq, "const") if n.mode == "every_step" else _Val(xq * T, "first")
         else:
@@ -614,12 +653,15 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
 @dataclass
 class SpikeTrains:
     """An IF layer's output handed to :func:`run_window` instead of computed: ``spikes``
-    (T, N, *shape) float32 0/1, their ``counts`` over the window (N, *shape), and ``active``
-    (T,) bool, False where a step holds no spike."""
+    (T, N, *shape) float32 0/1 (-1/0/1 signed), their ``counts`` over the window (N,
+    *shape), and ``active`` (T,) bool, False where a step holds no spike. ``codes``: the
+    spikes as uint8 codes (:mod:`.spike_conv`), which may stand in for ``spikes`` (None):
+    convolutions read them as they are, anything else decodes them."""
 
-    spikes: torch.Tensor
+    spikes: torch.Tensor | None
     counts: torch.Tensor
     active: torch.Tensor
+    codes: torch.Tensor | None = None
 
 
 @dataclass
@@ -666,6 +708,16 @@ CHUNK_ELEMENTS = 2 ** 22
 # formulation against the step-by-step simulator); both give the same bits.
 FUSED_IF: bool | str = "auto"
 FUSED_IF_MIN_NEURON_STEPS = 2 ** 27
+
+
+# Convolutions of spike trains held as uint8 codes run on int8 kernels where this process
+# has them and they give the float32 values exactly (spike_conv.available); False forces the
+# float32 convolutions (tests check that both give the same bits).
+INT8_CONV: bool = True
+
+
+def _int8_conv(device: torch.device) -> bool:
+    return INT8_CONV and spike_conv.available(device.type)
 
 
 def _fused_if(graph: Graph, timesteps: int, samples: int, device: torch.device) -> bool:

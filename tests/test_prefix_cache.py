@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import snncompile.tandem.prefix as prefix
+from snncompile import spike_conv
 from snncompile.convert import ConversionOptions
 from snncompile.ir import AddNode, Graph, InputNode
 from snncompile.pipeline import CompileRequest, compile_model
@@ -71,8 +72,10 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
     assert cache.nbytes == PrefixCache.nbytes_for(graph, front, T, len(x))
     rows = np.array([10, 0, 3, 3])
     got = cache.take(rows, torch.device("cpu"))["h"]
-    assert got.spikes.dtype == torch.float32 and tuple(got.spikes.shape) == (T, 4) + shape
-    np.testing.assert_array_equal(got.spikes.numpy(), trains[:, rows])
+    # handed over as uint8 codes (value + zero point), the form the int8 convolutions read
+    assert got.spikes is None and got.codes.dtype == torch.uint8 and tuple(got.codes.shape) == (T, 4) + shape
+    assert int(got.codes.min()) >= 0 and int(got.codes.max()) <= (2 if spikes == "signed" else 1)
+    np.testing.assert_array_equal(spike_conv.decode(got.codes, spikes == "signed").numpy(), trains[:, rows])
     np.testing.assert_array_equal(got.counts.numpy(), trains[:, rows].sum(axis=0))
     for sel in (rows, np.array([0, 1, 2, 3]), np.array([2])):
         active = np.abs(trains[:, sel]).reshape(T, -1).max(axis=1) > 0

@@ -135,24 +135,32 @@ class PrefixCache:
         return self.frontier, self.take(rows, device)
 
     def take(self, rows: np.ndarray, device: torch.device) -> dict[str, SpikeTrains]:
-        """The spike trains of samples ``rows`` (spikes (T, len(rows), *shape))."""
+        """The spike trains of samples ``rows`` ((T, len(rows), *shape)), as uint8 codes
+        (:mod:`..spike_conv`: the simulator's convolutions read them as they are, and they
+        are a quarter of float32 spikes to write), with their counts."""
         out = {}
         for k, p in self.packed.items():
             shape = self.shapes[k]
             order = _stored_order(len(shape))
             stored = tuple(shape[d - 2] for d in order)
             neurons = int(np.prod(shape))
-            dense = torch.empty((self.T, len(rows)) + stored, dtype=torch.float32, device=device)
             sel = p[rows].reshape(len(rows), -1, self.T, _step_bytes(neurons))  # (rows, planes, T, bytes)
-            if k in self.signed:
-                up = np.unpackbits(sel[:, 0], axis=2, count=neurons).view(np.int8)
-                bits = np.subtract(up, np.unpackbits(sel[:, 1], axis=2, count=neurons).view(np.int8), out=up)
-            else:
-                bits = np.unpackbits(sel[:, 0], axis=2, count=neurons)
-            s = torch.from_numpy(bits).view((len(rows), self.T) + stored).transpose(0, 1)
-            dense.copy_(s)  # (T, rows, *stored order), contiguous
+            up = np.unpackbits(sel[:, 0], axis=2, count=neurons)  # (rows, T, neurons)
+            signed = k in self.signed
+            if signed:  # codes: value + 1 (spike_conv.zero_point)
+                np.subtract(np.add(up, 1, out=up), np.unpackbits(sel[:, 1], axis=2, count=neurons), out=up)
+            # (T, rows, *stored order), contiguous: the layout the simulator's convolutions read
+            codes = torch.empty((self.T, len(rows)) + stored, dtype=torch.uint8)
+            codes.copy_(torch.from_numpy(up).view((len(rows), self.T) + stored).transpose(0, 1))
+            # counts: the codes' sum over the steps (in the narrowest integer that holds it)
+            top = (2 if signed else 1) * self.T
+            total = np.add.reduce(codes.numpy(), axis=0, dtype=np.uint8 if top <= 255 else np.int32)
+            counts = torch.from_numpy(total).to(torch.float32)
+            if signed:
+                counts.sub_(self.T)
+            codes, counts = codes.to(device), counts.view((len(rows),) + stored).to(device)
             logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
-            counts = dense.sum(dim=0)
             active = torch.from_numpy(self.steps[k][rows].any(axis=0)).to(device)
-            out[k] = SpikeTrains(dense.permute(logical), counts.permute([d - 1 for d in logical[1:]]), active)
+            out[k] = SpikeTrains(None, counts.permute([d - 1 for d in logical[1:]]), active,
+                                 codes=codes.permute(logical))
         return out
