@@ -219,6 +219,34 @@ def test_epoch_budget_is_shared_by_stages(small_net):
     assert none.epochs == 0 and len(none.history) == 3  # converted stage by stage, untrained
 
 
+def _denormal_survives() -> bool:
+    return torch.tensor([1e-39]).mul(1.0).item() != 0.0
+
+
+def test_tuning_flushes_denormals_and_then_restores_them(small_net):
+    """Tuning steps run with denormal floats flushed to zero (on x86 a denormal costs tens
+    of times a normal float, and a tuned network's gradients are tiny), and the process
+    gets torch's default back afterwards, also when tuning fails."""
+    g, train, val = small_net
+    seen = []
+
+    def loss(net, x, y):
+        seen.append(_denormal_survives())
+        return torch.nn.functional.cross_entropy(net(x), y.long())
+
+    assert _denormal_survives()
+    tune(TandemNet(g), train, val, TrainOptions(epochs=2, batch_size=48), step_loss=loss)
+    assert seen and not any(seen)
+    assert _denormal_survives()
+
+    def broken(net, x, y):
+        raise RuntimeError("a step that fails")
+
+    with pytest.raises(RuntimeError, match="fails"):
+        tune(TandemNet(g), train, val, TrainOptions(epochs=1, batch_size=48), step_loss=broken)
+    assert _denormal_survives()
+
+
 @pytest.mark.parametrize("epochs, stages, caps", [
     (21, 6, [3, 3, 3, 4, 4, 4]),  # the Fashion-MNIST example at --prune-ahead 0
     (21, 7, [3] * 7),
