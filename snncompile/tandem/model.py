@@ -345,7 +345,8 @@ class TandemNet(nn.Module):
         # (:func:`_layout`; mixed layouts make every op strided), into a new tensor: the
         # counts themselves stay as the integer result holds them
         count = ints.counts[n.name].to(torch.float32)
-        out = _layout(torch.empty(count.shape, dtype=torch.float32, device=count.device))
+        out = torch.empty(count.shape, dtype=torch.float32, device=count.device,
+                          memory_format=torch.channels_last if count.dim() == 4 else torch.contiguous_format)
         return torch.mul(count, lam, out=out).div_(self.T)
 
     def _count_model(self, n: IFNode, z: torch.Tensor) -> torch.Tensor:
