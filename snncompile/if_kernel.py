@@ -36,7 +36,9 @@ BLOCK = 2048
 
 @dataclass
 class IFResult:
-    spikes: np.ndarray | None  # (T, M) float32 0/1; None when only the counts were asked for
+    # (T, M) float32 0/1 (-1/0/1 signed), or uint8 codes (value + zero point, spike_conv) where
+    # asked for; None when only the counts were asked for
+    spikes: np.ndarray | None
     counts: np.ndarray         # (M,) float32 spikes per neuron over the window
     active: np.ndarray | None  # (T,) bool: some neuron spiked at step t (None without spikes)
     saturations: int           # membrane values clamped to the membrane width
@@ -44,14 +46,17 @@ class IFResult:
 
 def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarray, v0: np.ndarray,
                        subtract: bool, limit: float | None, keep_spikes: bool = True,
-                       signed: bool = False) -> IFResult:
+                       signed: bool = False, codes: bool = False) -> IFResult:
     """Run non-leaky IF neurons over ``timesteps`` steps.
 
     ``limit``: the membrane saturates at +-limit (clamped and counted) when given; None
     where a bound shows it cannot be reached. Without ``keep_spikes`` only the counts are
     computed: a layer nothing reads the spikes of (the last spiking layer of a tuning stage)
     then costs no (T, M) write. ``signed`` (with ``subtract``): a neuron whose membrane is
-    below 0 while its net count is above 0 emits -1 and gains its threshold back."""
+    below 0 while its net count is above 0 emits -1 and gains its threshold back. ``codes``:
+    spikes written as uint8 codes, value + zero point (1 for signed spikes, see
+    :mod:`.spike_conv`): a quarter of the bytes of float32, and what the int8 convolutions
+    read."""
     m = th.shape[0]
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
@@ -64,13 +69,15 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
         _first_step_counts(cur, timesteps, th, v0, counts)
         return IFResult(None, counts, None, 0)
     # without keep_spikes: one row of spikes, overwritten each step (it stays in the cache)
-    spikes = np.empty((timesteps if keep_spikes else 1, m), np.float32)
+    as_codes = codes and keep_spikes
+    spikes = np.empty((timesteps if keep_spikes else 1, m), np.uint8 if as_codes else np.float32)
+    off = np.float32(1.0 if as_codes and signed else 0.0)  # what a silent step is written as
     active = np.zeros((blocks, timesteps), np.bool_)
     if subtract and limit is None:
-        _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active, signed)
+        _if_subtract(cur, mode, timesteps, th, v0, spikes, counts, active, signed, off)
     else:
         _if_general(cur, mode, timesteps, th, v0, spikes, counts, active, sat, subtract,
-                    float(limit) if limit is not None else np.inf, signed)
+                    float(limit) if limit is not None else np.inf, signed, off)
     if not keep_spikes:
         return IFResult(None, counts, None, int(sat.sum()))
     return IFResult(spikes, counts, active.any(axis=0), int(sat.sum()))
@@ -94,9 +101,9 @@ def _add_input(v, cur, mode, t, lo, hi):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
-def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active, signed):  # pragma: no cover - compiled
-    """Reset by subtraction, no saturation, signed spikes where ``signed``; ``spikes`` as in
-    ``_if_general`` (with one row, ``active`` is left alone)."""
+def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active, signed, off):  # pragma: no cover - compiled
+    """Reset by subtraction, no saturation, signed spikes where ``signed``; ``spikes`` and
+    ``off`` as in ``_if_general`` (with one row, ``active`` is left alone)."""
     m = th.shape[0]
     every = spikes.shape[0] == steps
     for b in range(active.shape[0]):
@@ -111,27 +118,29 @@ def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active, signed):  # p
                                                     else np.float32(0.0))
                     v[i] -= s * thb[i]
                     cnt[i] += s
-                    sp[i] = s
+                    sp[i] = s + off
             else:
                 for i in range(hi - lo):
                     s = np.float32(1.0) if v[i] >= thb[i] else np.float32(0.0)
                     v[i] -= s * thb[i]
                     cnt[i] += s
-                    sp[i] = s
+                    sp[i] = s + off
         for t in range(steps if every else 0):
             sp = spikes[t, lo:hi]
             total = np.float32(0.0)
             for i in range(hi - lo):
-                total += abs(sp[i])
+                total += abs(np.float32(sp[i]) - off)
             active[b, t] = total > 0
         counts[lo:hi] = cnt
 
 
 @njit(cache=True)
-def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract, limit, signed):  # pragma: no cover
+def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract, limit, signed,
+                off):  # pragma: no cover
     """Any reset, saturation counted, signed spikes (with ``subtract``) where ``signed``;
     ``spikes`` is (steps, M), or (1, M) where only the counts are wanted (the row is then
-    reused by every step)."""
+    reused by every step); each spike is written as its value plus ``off`` (uint8 codes:
+    the zero point; float32 spikes: 0)."""
     m = th.shape[0]
     for b in range(active.shape[0]):
         lo, hi, thb, v, cnt = _block(b, m, th, v0)
@@ -151,15 +160,15 @@ def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract,
                 if x >= thb[i]:
                     x = x - thb[i] if subtract else x * 0.0
                     cnt[i] += 1.0
-                    sp[i] = 1.0
+                    sp[i] = 1.0 + off
                     fired = True
                 elif signed and x < 0.0 and cnt[i] > 0.0:  # takes a spike back
                     x = x + thb[i]
                     cnt[i] -= 1.0
-                    sp[i] = -1.0
+                    sp[i] = off - 1.0
                     fired = True
                 else:
-                    sp[i] = 0.0
+                    sp[i] = off
                 v[i] = x
             active[b, t] = fired
         sat[b] = clamped

@@ -457,7 +457,8 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
                              flat(plan.th[n.name]), flat(plan.v0[n.name]),
                              n.reset == "subtract",
                              float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
-                             keep_spikes=not counts_only, signed=n.spikes == "signed")
+                             keep_spikes=not counts_only, signed=n.spikes == "signed",
+                             codes=bool(plan.w8))
     sat[n.name] += res.saturations
     physical = tuple(step_shape[d] for d in step_order)
     counts = torch.from_numpy(res.counts).reshape(physical).permute(
@@ -466,6 +467,9 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     if counts_only:
         return _Val(counts, "counts", events=not signed, window_sum=counts, signed=signed)
     spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
+    if spikes.dtype == torch.uint8:  # codes (where this plan has int8 convolutions to read them)
+        return _Val(None, events=not signed, active=torch.from_numpy(res.active), window_sum=counts,
+                    signed=signed, codes=spikes)
     return _Val(spikes, events=not signed, active=torch.from_numpy(res.active), window_sum=counts,
                 signed=signed)
 
@@ -585,7 +589,8 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
 
 def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                nodes: set[str] | None = None, given: dict[str, "SpikeTrains"] | None = None,
-               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64) -> dict:
+               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64,
+               keep_codes: bool = False) -> dict:
     """Simulate one chunk of samples over the whole window (``nodes``: only these, which
     must include their inputs, or be in ``given``; default all). ``given``: the spike
     trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes
@@ -643,7 +648,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             if record:
                 spikes[n.name] = out.data.to(torch.int8 if out.signed else torch.uint8).cpu().numpy()
             if n.name in keep_spikes:
-                kept[n.name] = out.full(T)
+                kept[n.name] = out.codes if keep_codes and out.codes is not None else out.full(T)
         val[n.name] = out
     acc = {o: val[o].total(T, torch.float64) for o in graph.outputs if o in val}
     return {"acc": acc, "counts": counts, "spikes": spikes, "synops": syn.cpu().numpy(), "sat": sat,
@@ -672,12 +677,15 @@ class WindowResult:
     counts: dict[str, torch.Tensor]    # (N, *shape) spike counts of IF layers and max pools
     acc: dict[str, torch.Tensor]       # (N, *shape) output accumulators (sum over T)
     saturations: dict[str, int]
-    spikes: dict[str, torch.Tensor] = field(default_factory=dict)  # (T, N, *shape) float32 0/1, if asked
+    # (T, N, *shape) float32 0/1 (-1/0/1 signed) if asked, or uint8 codes (spike_conv) where
+    # asked for with keep_codes and the simulation made them
+    spikes: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
                nodes: set[str] | None = None, given: dict[str, SpikeTrains] | None = None,
-               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64) -> WindowResult:
+               keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64,
+               keep_codes: bool = False) -> WindowResult:
     """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
     from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
     the integer forward of tuning loops, which run it on every batch and keep the tensors.
@@ -686,13 +694,14 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
     feeding only them need not run); ``keep_spikes`` names IF nodes whose spike trains,
     (T, N, *shape) float32 0/1, the result keeps. ``counts_dtype``: the type of the counts
     (float32 holds any count up to 2^24 steps exactly and saves the tuning loops a
-    conversion each way)."""
+    conversion each way). ``keep_codes``: kept trains may come as uint8 codes, where the
+    simulation wrote them so (a quarter of the bytes; :mod:`.spike_conv`)."""
     T = int(timesteps)
     plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
                  synops=False)
     with torch.no_grad():
         r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes,
-                       counts_dtype)
+                       counts_dtype, keep_codes)
     return WindowResult(r["counts"], r["acc"], r["sat"], r["kept"])
 
 

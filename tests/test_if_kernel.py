@@ -52,3 +52,24 @@ def test_kernel_matches_a_plain_loop(mode, subtract, limit):
     np.testing.assert_array_equal(only.counts, spikes.sum(axis=0))
     assert only.saturations == sat
 
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("subtract,limit", [(True, None), (True, 40.0)])
+def test_kernel_writes_codes_that_are_its_spikes(signed, subtract, limit):
+    """With ``codes`` each kernel writes uint8 value + zero point (1 for signed spikes):
+    the same spikes, counts, silent steps and saturations as its float32 spikes."""
+    rng = np.random.default_rng(int(signed) * 2 + int(limit is None))
+    T, m = 6, k.BLOCK + 9
+    cur = rng.integers(-15, 20, (T, m)).astype(np.float32)
+    cur[2] = 0.0
+    th = rng.integers(5, 30, m).astype(np.float32)
+    v0 = np.floor(th / 2)
+    floats = k.integrate_and_fire(cur, k.FULL, T, th, v0, subtract, limit, signed=signed)
+    codes = k.integrate_and_fire(cur, k.FULL, T, th, v0, subtract, limit, signed=signed, codes=True)
+    assert codes.spikes.dtype == np.uint8 and floats.spikes.dtype == np.float32
+    np.testing.assert_array_equal(codes.spikes.astype(np.float32) - (1 if signed else 0), floats.spikes)
+    np.testing.assert_array_equal(codes.counts, floats.counts)
+    np.testing.assert_array_equal(codes.active, floats.active)
+    assert codes.saturations == floats.saturations
+    assert (floats.spikes < 0).any() == signed and floats.spikes.any()

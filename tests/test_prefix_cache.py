@@ -67,6 +67,10 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
 
     cache = PrefixCache.build(run, graph, front, T, len(x), batch_size=4)
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    # the same trains handed over as uint8 codes (as the simulator writes them) pack alike
+    as_codes = PrefixCache.build(lambda rows, keep: {"h": spike_conv.encode(run(rows, keep)["h"], spikes == "signed")},
+                                 graph, front, T, len(x), batch_size=4)
+    np.testing.assert_array_equal(as_codes.packed["h"], cache.packed["h"])
     planes = 2 if spikes == "signed" else 1
     assert cache.nbytes == len(x) * planes * T * -(-int(np.prod(shape)) // 8)  # each step whole bytes
     assert cache.nbytes == PrefixCache.nbytes_for(graph, front, T, len(x))

@@ -270,14 +270,17 @@ class TandemNet(nn.Module):
 
     @torch.no_grad()
     def spike_trains(self, x: torch.Tensor, nodes: set[str],
-                     given: tuple[Frontier, dict[str, SpikeTrains]] | None = None) -> dict[str, torch.Tensor]:
-        """The spike trains, (T, N, *shape) float32 0/1, of IF layers ``nodes`` (spiking at
-        the current stage) for float inputs ``x``; ``given`` as in :meth:`forward`: the
-        trains of an earlier frontier of these inputs, from which the simulation starts."""
+                     given: tuple[Frontier, dict[str, SpikeTrains]] | None = None,
+                     codes: bool = False) -> dict[str, torch.Tensor]:
+        """The spike trains, (T, N, *shape) float32 0/1 (-1/0/1 signed), of IF layers
+        ``nodes`` (spiking at the current stage) for float inputs ``x``; ``given`` as in
+        :meth:`forward`: the trains of an earlier frontier of these inputs, from which the
+        simulation starts. With ``codes``, trains the simulator wrote as uint8 codes
+        (:mod:`..spike_conv`) come as those."""
         g, _ = self._current()
         want, _, trains = _after(needed(g, sorted(nodes)), given)
         return run_window(g, quantized_input(g, x), self.T, want, given=trains or None,
-                          keep_spikes=set(nodes), counts_dtype=torch.float32).spikes
+                          keep_spikes=set(nodes), counts_dtype=torch.float32, keep_codes=codes).spikes
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,

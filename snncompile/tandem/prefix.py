@@ -113,8 +113,9 @@ class PrefixCache:
     def build(cls, run, graph: Graph, front: Frontier, T: int, samples: int,
               batch_size: int = 256) -> "PrefixCache":
         """Simulate the fixed part on each of ``samples`` samples: ``run(rows, keep)``
-        returns the spike trains ((T, len(rows), *shape) tensors) of the nodes in ``keep``
-        for the samples at indices ``rows``."""
+        returns the spike trains ((T, len(rows), *shape) tensors: float spikes, or uint8
+        codes as :mod:`..spike_conv` writes them) of the nodes in ``keep`` for the samples
+        at indices ``rows``."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
         signed = frozenset(k for k in front.cached if _planes(graph[k]) == 2)
         for i in range(0, samples, batch_size):
@@ -123,7 +124,11 @@ class PrefixCache:
                 # (T, n, neurons) in stored order: a view of the simulator's layout
                 v = spikes[k].permute(0, 1, *_stored_order(spikes[k].dim() - 2)).reshape(T, spikes[k].shape[1], -1)
                 bits = []
-                for plane in ([v > 0, v < 0] if k in signed else [v > 0]):  # bool: packbits reads it as is
+                if v.dtype == torch.uint8:  # codes: value + zero point (1 where signed)
+                    planes = [v == 2, v == 0] if k in signed else [v.view(torch.bool)]
+                else:
+                    planes = [v > 0, v < 0] if k in signed else [v > 0]
+                for plane in planes:  # bool: packbits reads it as is
                     steps_packed = np.packbits(plane.cpu().numpy(), axis=2)  # (T, n, bytes per step)
                     bits.append(steps_packed.transpose(1, 0, 2).reshape(steps_packed.shape[1], -1))
                 parts[k].append(np.concatenate(bits, axis=1))

@@ -486,7 +486,7 @@ def _prefix_caches(net: TandemNet, stage: int, datasets: list[Dataset], fixed: b
     def simulator(data: Dataset, before: PrefixCache | None):
         def run(rows: np.ndarray, keep: set[str]) -> dict[str, torch.Tensor]:
             given = before.given(rows, dev) if before is not None else None
-            return net.spike_trains(torch.as_tensor(data.x[rows], device=dev), keep, given=given)
+            return net.spike_trains(torch.as_tensor(data.x[rows], device=dev), keep, given=given, codes=True)
         return run
 
     before = previous if previous is not None and len(previous) == len(datasets) else [None] * len(datasets)
