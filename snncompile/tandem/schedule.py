@@ -225,7 +225,8 @@ def denormals_flushed():
     flowing back from them, are tiny from the first step and grow tinier as a stage trains:
     below 2^-126 they become denormal, which x86 CPUs compute tens of times slower. On the
     Fashion-MNIST CNN at T = 8 a step of stage 1 took 198 ms from its checkpointed weights
-    against 28 ms with denormals flushed (docs/benchmarks.md, "Denormals"); the epochs of a
+    against 28 ms with denormals flushed (docs/benchmarks.md, "Int8 convolutions of spikes,
+    denormals flushed, and a new machine"); the epochs of a
     stage grew 23 -> 84 -> 169 s as it trained. What is flushed is below 1.2e-38: the
     integer forward is untouched, and a gradient that small moves a parameter by less than
     1e-30 in a step of Adam (its epsilon is 1e-8)."""
