@@ -163,6 +163,8 @@ class _Plan:
                 if (isinstance(n, Conv2dNode) and dt == torch.float32 and _int8_conv(device)
                         and spike_conv.fits(n.weight_int)):
                     self.w8[n.name] = n.weight_int
+        # IF layers read directly by such a convolution write their spikes as codes
+        self.code_outputs = {graph[name].inputs[0] for name in self.w8}
         # Membranes: |v| never exceeds |v_init| plus the summed |input| (a reset only moves v
         # towards zero), so where that stays within the membrane width no step can saturate.
         self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
@@ -458,7 +460,7 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
                              n.reset == "subtract",
                              float(2 ** (n.membrane_bits - 1) - 1) if may_saturate else None,
                              keep_spikes=not counts_only, signed=n.spikes == "signed",
-                             codes=bool(plan.w8))
+                             codes=n.name in plan.code_outputs)
     sat[n.name] += res.saturations
     physical = tuple(step_shape[d] for d in step_order)
     counts = torch.from_numpy(res.counts).reshape(physical).permute(
@@ -467,7 +469,7 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     if counts_only:
         return _Val(counts, "counts", events=not signed, window_sum=counts, signed=signed)
     spikes = torch.from_numpy(res.spikes).reshape((T,) + physical).permute(inverse)
-    if spikes.dtype == torch.uint8:  # codes (where this plan has int8 convolutions to read them)
+    if spikes.dtype == torch.uint8:  # codes (for an int8 convolution reading this layer)
         return _Val(None, events=not signed, active=torch.from_numpy(res.active), window_sum=counts,
                     signed=signed, codes=spikes)
     return _Val(spikes, events=not signed, active=torch.from_numpy(res.active), window_sum=counts,
