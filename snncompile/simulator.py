@@ -712,6 +712,22 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
 # CIFAR-sized CNN of bench/bench_simulator.py: 2^22 runs 2.4x faster than 2^26).
 CHUNK_ELEMENTS = 2 ** 22
 
+# The same bound for the no-grad passes of tuning over a whole data set (its validation
+# scores and the spike trains a PTL stage keeps), which run the window on a batch of samples
+# and keep nothing but counts: at 256 samples a batch of the Fashion-MNIST CNN at T = 8 made
+# 2048-map tensors of up to 51 MB, which the allocator maps afresh (page faults on every
+# touch) and the int8 convolutions sweep at a third of their speed on smaller maps; with this
+# bound (83 samples there) a run's cache builds took 28 against 41 s (one core of a Xeon).
+WINDOW_BATCH_ELEMENTS = 2 ** 23
+
+
+def window_batch(graph: Graph, timesteps: int, most: int = 256) -> int:
+    """Samples per batch for whole-window passes over a data set: at most ``most``, and so
+    that a (T, samples, neurons) tensor of the graph's largest node stays within
+    :data:`WINDOW_BATCH_ELEMENTS`."""
+    largest = max(int(np.prod(n.shape)) for n in graph.nodes)
+    return max(1, min(int(most), WINDOW_BATCH_ELEMENTS // (max(int(timesteps), 1) * max(largest, 1))))
+
 # On the CPU, IF layers run in the one-pass kernel of if_kernel.py where that pays: its
 # one-time start in a process (importing numba and loading the cached compiled kernel, about
 # 1 s) outweighs the torch formulation's extra passes below about 2^27 neuron-steps, and

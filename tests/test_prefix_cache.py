@@ -44,8 +44,36 @@ def test_no_cache_where_a_hand_over_is_not_a_spike_train():
     assert frontier(g, ["h0"]) is None
 
 
+def _packbits_reference(codes: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (planes, then steps, then whole bytes) and steps with spikes, by numpy."""
+    planes = [codes == 2, codes == 0] if signed else [codes != 0]
+    rows = np.concatenate([np.packbits(p, axis=2).transpose(1, 0, 2).reshape(codes.shape[1], -1)
+                           for p in planes], axis=1)
+    return rows, (codes != (1 if signed else 0)).any(axis=2).T
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("T,neurons", [(1, 8), (3, 64), (8, 1568), (4, 30), (2, 1), (5, 17)])
+def test_packing_kernel_matches_numpy_packbits(T, neurons, signed):
+    """Whole-byte steps (packed eight codes per word) and ragged ones (byte by byte): the
+    rows and the steps with spikes equal numpy's, written at the rows asked for only."""
+    from snncompile.tandem.bitpack import pack_codes
+    rng = np.random.default_rng(neurons)
+    n = 7
+    codes = rng.integers(0, 3 if signed else 2, (T, n, neurons)).astype(np.uint8)
+    codes[0, 2] = 1 if signed else 0  # a silent step
+    codes[-1, 4, :-1] = 1 if signed else 0  # a step whose last neuron alone may spike
+    rows, steps = _packbits_reference(codes, signed)
+    out = np.full((n + 3, rows.shape[1]), 0xAA, np.uint8)
+    got_steps = np.zeros((n + 3, T), bool)
+    pack_codes(codes, signed, out, got_steps, 2)
+    np.testing.assert_array_equal(out[2:2 + n], rows)
+    np.testing.assert_array_equal(got_steps[2:2 + n], steps)
+    assert (out[:2] == 0xAA).all() and (out[2 + n:] == 0xAA).all() and not got_steps[:2].any()
+
+
 @pytest.mark.parametrize("spikes", ["binary", "signed"])
-@pytest.mark.parametrize("T,shape", [(3, (2, 3, 5)), (8, (4,)), (5, (1, 1, 1))])
+@pytest.mark.parametrize("T,shape", [(3, (2, 3, 5)), (8, (4,)), (5, (1, 1, 1)), (4, (2, 4, 4))])
 def test_packed_trains_come_back_exactly(T, shape, spikes):
     rng = np.random.default_rng(T)
     x = rng.random((11, 2)).astype(np.float32)
@@ -87,6 +115,27 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
         # a cache made from the packed trains alone finds the same steps
         again = PrefixCache(front, T, {"h": shape}, cache.packed, cache.signed)
         np.testing.assert_array_equal(again.take(sel, torch.device("cpu"))["h"].active.numpy(), active)
+
+
+def test_builds_batch_samples_by_the_window_bound(monkeypatch):
+    """Without a batch size, a build simulates as many samples at a time as keep the
+    largest node's (T, samples, neurons) tensor within the bound (and at least one)."""
+    from snncompile import simulator
+    rng = np.random.default_rng(2)
+    g = strided_graph(rng, "once", "subtract")
+    largest = max(int(np.prod(n.shape)) for n in g.nodes)
+    front = frontier(g, ["h1"])
+    for bound, expect in ((4 * largest * 5, 5), (1, 1), (2 ** 40, 256)):
+        monkeypatch.setattr(simulator, "WINDOW_BATCH_ELEMENTS", bound)
+        assert simulator.window_batch(g, 4) == expect
+        sizes = []
+
+        def run(rows, keep):
+            sizes.append(len(rows))
+            return {"h1": torch.zeros((4, len(rows)) + tuple(g["h1"].shape))}
+
+        PrefixCache.build(run, g, front, 4, 300)
+        assert sizes[:-1] == [expect] * (len(sizes) - 1) and sum(sizes) == 300
 
 
 @pytest.mark.parametrize("spikes", ["binary", "signed"])

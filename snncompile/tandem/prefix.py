@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import spike_conv
 from ..ir import Graph, IFNode, InputNode
-from ..simulator import SpikeTrains
+from ..simulator import SpikeTrains, window_batch
+from .bitpack import pack_codes
 from .intsim import needed
 
 # Most bytes of packed spike trains one stage may keep, over its training and validation data.
@@ -88,7 +90,8 @@ class PrefixCache:
     """The packed spike trains of a frontier's IF nodes for every sample of one data set."""
 
     def __init__(self, front: Frontier, T: int, shapes: dict[str, tuple[int, ...]],
-                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset()):
+                 packed: dict[str, np.ndarray], signed: frozenset[str] = frozenset(),
+                 steps: dict[str, np.ndarray] | None = None):
         self.frontier = front
         self.T = T
         self.shapes = shapes
@@ -97,7 +100,8 @@ class PrefixCache:
         self.signed = signed
         # node -> (N, T) bool, True where the sample has a spike at that step (what a batch's
         # ``active`` is made of, so it need not be found again in the unpacked trains)
-        self.steps = {k: _steps_of(p, T, signed=k in signed) for k, p in packed.items()}
+        self.steps = steps if steps is not None else {k: _steps_of(p, T, signed=k in signed)
+                                                      for k, p in packed.items()}
 
     @property
     def nbytes(self) -> int:
@@ -111,29 +115,27 @@ class PrefixCache:
 
     @classmethod
     def build(cls, run, graph: Graph, front: Frontier, T: int, samples: int,
-              batch_size: int = 256) -> "PrefixCache":
-        """Simulate the fixed part on each of ``samples`` samples: ``run(rows, keep)``
-        returns the spike trains ((T, len(rows), *shape) tensors: float spikes, or uint8
-        codes as :mod:`..spike_conv` writes them) of the nodes in ``keep`` for the samples
-        at indices ``rows``."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in front.cached}
+              batch_size: int | None = None) -> "PrefixCache":
+        """Simulate the fixed part on each of ``samples`` samples, ``batch_size`` at a time
+        (default: :func:`..simulator.window_batch`): ``run(rows, keep)`` returns the spike
+        trains ((T, len(rows), *shape) tensors: float spikes, or uint8 codes as
+        :mod:`..spike_conv` writes them) of the nodes in ``keep`` for the samples at indices
+        ``rows``."""
+        batch_size = batch_size or window_batch(graph, T)
         signed = frozenset(k for k in front.cached if _planes(graph[k]) == 2)
+        neurons = {k: int(np.prod(graph[k].shape)) for k in front.cached}
+        packed = {k: np.empty((samples, _planes(graph[k]) * T * _step_bytes(neurons[k])), np.uint8)
+                  for k in front.cached}
+        steps = {k: np.empty((samples, T), bool) for k in front.cached}
         for i in range(0, samples, batch_size):
             spikes = run(np.arange(i, min(i + batch_size, samples)), set(front.cached))
             for k in front.cached:
                 # (T, n, neurons) in stored order: a view of the simulator's layout
                 v = spikes[k].permute(0, 1, *_stored_order(spikes[k].dim() - 2)).reshape(T, spikes[k].shape[1], -1)
-                bits = []
-                if v.dtype == torch.uint8:  # codes: value + zero point (1 where signed)
-                    planes = [v == 2, v == 0] if k in signed else [v.view(torch.bool)]
-                else:
-                    planes = [v > 0, v < 0] if k in signed else [v > 0]
-                for plane in planes:  # bool: packbits reads it as is
-                    steps_packed = np.packbits(plane.cpu().numpy(), axis=2)  # (T, n, bytes per step)
-                    bits.append(steps_packed.transpose(1, 0, 2).reshape(steps_packed.shape[1], -1))
-                parts[k].append(np.concatenate(bits, axis=1))
-        packed = {k: np.concatenate(v) if v else np.zeros((0, 0), np.uint8) for k, v in parts.items()}
-        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed)
+                if v.dtype != torch.uint8:  # float spikes: as codes (value + zero point)
+                    v = spike_conv.encode(v, k in signed)
+                pack_codes(v.contiguous().cpu().numpy(), k in signed, packed[k], steps[k], i)
+        return cls(front, T, {k: tuple(graph[k].shape) for k in front.cached}, packed, signed, steps)
 
     def given(self, rows: np.ndarray, device: torch.device) -> tuple[Frontier, dict[str, SpikeTrains]]:
         """What :meth:`.model.TandemNet.forward` takes as ``given`` for samples ``rows``."""

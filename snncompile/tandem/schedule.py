@@ -34,6 +34,7 @@ import torch
 
 from ..data import Dataset
 from ..errors import UsageError
+from ..simulator import window_batch
 from . import distributed as ddp
 from .checkpoint import CheckpointDir
 from . import prefix as prefix_module
@@ -139,11 +140,13 @@ def stage_share(left: int, stages: int) -> int:
     return max(1, left // stages)
 
 
-def evaluate(net: TandemNet, data: Dataset, batch_size: int = 256,
+def evaluate(net: TandemNet, data: Dataset, batch_size: int | None = None,
              prefix: PrefixCache | None = None) -> dict[str, float]:
     """Validation loss (and accuracy) of the network at its current stage (``prefix``: the
-    fixed layers' spike trains for ``data``, see :mod:`.prefix`)."""
+    fixed layers' spike trains for ``data``, see :mod:`.prefix`), ``batch_size`` samples at
+    a time (default: :func:`..simulator.window_batch`)."""
     dev = next(net.parameters()).device
+    batch_size = batch_size or window_batch(net.base, net.T)
     total, correct, n = 0.0, 0, len(data.x)
     with torch.no_grad():
         for i in range(0, n, batch_size):
