@@ -72,6 +72,36 @@ def test_packing_kernel_matches_numpy_packbits(T, neurons, signed):
     assert (out[:2] == 0xAA).all() and (out[2 + n:] == 0xAA).all() and not got_steps[:2].any()
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("T,neurons", [(1, 8), (8, 1568), (127, 16), (128, 16), (4, 30)])
+def test_unpacking_kernel_inverts_the_packing(T, neurons, signed):
+    """Codes and counts of any rows (repeated, out of order) come back as they were packed,
+    from the kernel where it applies (whole bytes, 2T <= 255) and from numpy otherwise."""
+    from snncompile.tandem import bitpack
+    rng = np.random.default_rng(T + neurons)
+    n = 6
+    codes = rng.integers(0, 3 if signed else 2, (T, n, neurons)).astype(np.uint8)
+    codes[:, 3] = 2 if signed else 1  # every step spikes: the largest count
+    packed = np.zeros((n, (2 if signed else 1) * T * -(-neurons // 8)), np.uint8)
+    steps = np.zeros((n, T), bool)
+    bitpack.pack_codes(codes, signed, packed, steps, 0)
+    rows = np.array([5, 0, 3, 3, 1])
+    got_codes = np.zeros((T, len(rows), neurons), np.uint8)
+    got_counts = np.zeros((len(rows), neurons), np.float32)
+    took = bitpack.unpack_codes(packed, rows, T, signed, got_codes, got_counts)
+    assert took == (neurons % 8 == 0 and 2 * T <= 255)
+    shape = (neurons,)
+    cache = PrefixCache(prefix.Frontier(("h",), frozenset()), T, {"h": shape}, {"h": packed},
+                        frozenset({"h"}) if signed else frozenset())
+    got = cache.take(rows, torch.device("cpu"))["h"]
+    expect_counts = codes[:, rows].astype(np.float32).sum(axis=0) - (T if signed else 0)
+    np.testing.assert_array_equal(got.codes.numpy(), codes[:, rows])
+    np.testing.assert_array_equal(got.counts.numpy(), expect_counts)
+    if took:
+        np.testing.assert_array_equal(got_codes, codes[:, rows])
+        np.testing.assert_array_equal(got_counts, expect_counts)
+
+
 @pytest.mark.parametrize("spikes", ["binary", "signed"])
 @pytest.mark.parametrize("T,shape", [(3, (2, 3, 5)), (8, (4,)), (5, (1, 1, 1)), (4, (2, 4, 4))])
 def test_packed_trains_come_back_exactly(T, shape, spikes):

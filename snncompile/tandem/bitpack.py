@@ -98,3 +98,60 @@ def _pack_bytes(codes, signed, out, steps, row0):  # pragma: no cover - compiled
                     if byte:
                         seen = True
             steps[r, t] = seen
+
+
+def _spread_table() -> np.ndarray:
+    """byte -> the word whose byte k is bit 7 - k of it (0/1): a packed byte's eight codes."""
+    table = np.zeros(256, np.uint64)
+    for b in range(256):
+        table[b] = sum(1 << (8 * k) for k in range(8) if (b >> (7 - k)) & 1)
+    return table
+
+
+_SPREAD = _spread_table()
+
+
+def unpack_codes(packed: np.ndarray, rows: np.ndarray, T: int, signed: bool,
+                 codes: np.ndarray, counts: np.ndarray) -> bool:
+    """The inverse of :func:`pack_codes` for samples ``rows`` of ``packed``: writes their
+    codes ((T, len(rows), neurons) uint8, C-contiguous) and their counts over the window
+    ((len(rows), neurons) float32: the spikes' sum, -1 spikes counting -1). Reads each packed
+    byte once and writes each code once, eight at a time; False (nothing written) where that
+    does not apply: neurons not a multiple of 8, or a window too long for a count to stay
+    within a byte (2T > 255)."""
+    n, m = counts.shape
+    if n == 0:
+        return True
+    if not m or m % 8 or 2 * T > 255 or sys.byteorder != "little":
+        return False
+    _unpack_words(packed, np.ascontiguousarray(rows, np.int64), T, signed, _SPREAD,
+                  codes.view(np.uint64), counts)
+    return True
+
+
+@njit(cache=True)
+def _unpack_words(packed, rows, T, signed, table, words, counts):  # pragma: no cover - compiled
+    n = rows.shape[0]
+    W = words.shape[2]
+    total = np.empty(W, np.uint64)  # per neuron, its codes' sum (a byte each, no carries)
+    off = np.float32(T if signed else 0)
+    for i in range(n):
+        r = rows[i]
+        total[:] = 0
+        for t in range(T):
+            plus = t * W
+            if signed:  # code 1 + (+1 bit) - (-1 bit): lanes 0..2, never borrowing
+                minus = (T + t) * W
+                for w in range(W):
+                    c = table[packed[r, plus + w]] + _LOW_BITS - table[packed[r, minus + w]]
+                    words[t, i, w] = c
+                    total[w] += c
+            else:
+                for w in range(W):
+                    c = table[packed[r, plus + w]]
+                    words[t, i, w] = c
+                    total[w] += c
+        for w in range(W):
+            a = total[w]
+            for k in range(8):
+                counts[i, w * 8 + k] = np.float32((a >> np.uint64(8 * k)) & np.uint64(0xFF)) - off

@@ -26,7 +26,7 @@ import torch
 from .. import spike_conv
 from ..ir import Graph, IFNode, InputNode
 from ..simulator import SpikeTrains, window_batch
-from .bitpack import pack_codes
+from .bitpack import pack_codes, unpack_codes
 from .intsim import needed
 
 # Most bytes of packed spike trains one stage may keep, over its training and validation data.
@@ -151,23 +151,31 @@ class PrefixCache:
             order = _stored_order(len(shape))
             stored = tuple(shape[d - 2] for d in order)
             neurons = int(np.prod(shape))
-            sel = p[rows].reshape(len(rows), -1, self.T, _step_bytes(neurons))  # (rows, planes, T, bytes)
-            up = np.unpackbits(sel[:, 0], axis=2, count=neurons)  # (rows, T, neurons)
             signed = k in self.signed
-            if signed:  # codes: value + 1 (spike_conv.zero_point)
-                np.subtract(np.add(up, 1, out=up), np.unpackbits(sel[:, 1], axis=2, count=neurons), out=up)
             # (T, rows, *stored order), contiguous: the layout the simulator's convolutions read
             codes = torch.empty((self.T, len(rows)) + stored, dtype=torch.uint8)
-            codes.copy_(torch.from_numpy(up).view((len(rows), self.T) + stored).transpose(0, 1))
-            # counts: the codes' sum over the steps (in the narrowest integer that holds it)
-            top = (2 if signed else 1) * self.T
-            total = np.add.reduce(codes.numpy(), axis=0, dtype=np.uint8 if top <= 255 else np.int32)
-            counts = torch.from_numpy(total).to(torch.float32)
-            if signed:
-                counts.sub_(self.T)
-            codes, counts = codes.to(device), counts.view((len(rows),) + stored).to(device)
+            counts = torch.empty((len(rows),) + stored, dtype=torch.float32)
+            if not unpack_codes(p, rows, self.T, signed, codes.numpy().reshape(self.T, len(rows), neurons),
+                                counts.numpy().reshape(len(rows), neurons)):
+                self._unpack(p, rows, neurons, signed, codes, counts)
+            codes, counts = codes.to(device), counts.to(device)
             logical = [0, 1, *[order.index(d) + 2 for d in range(2, len(shape) + 2)]]
             active = torch.from_numpy(self.steps[k][rows].any(axis=0)).to(device)
             out[k] = SpikeTrains(None, counts.permute([d - 1 for d in logical[1:]]), active,
                                  codes=codes.permute(logical))
         return out
+
+    def _unpack(self, p: np.ndarray, rows: np.ndarray, neurons: int, signed: bool,
+                codes: torch.Tensor, counts: torch.Tensor) -> None:
+        """:func:`.bitpack.unpack_codes` by numpy ops, for trains it does not take."""
+        sel = p[rows].reshape(len(rows), -1, self.T, _step_bytes(neurons))  # (rows, planes, T, bytes)
+        up = np.unpackbits(sel[:, 0], axis=2, count=neurons)  # (rows, T, neurons)
+        if signed:  # codes: value + 1 (spike_conv.zero_point)
+            np.subtract(np.add(up, 1, out=up), np.unpackbits(sel[:, 1], axis=2, count=neurons), out=up)
+        codes.copy_(torch.from_numpy(up).view((len(rows), self.T) + tuple(codes.shape[2:])).transpose(0, 1))
+        # counts: the codes' sum over the steps (in the narrowest integer that holds it)
+        top = (2 if signed else 1) * self.T
+        total = np.add.reduce(codes.numpy(), axis=0, dtype=np.uint8 if top <= 255 else np.int32)
+        counts.copy_(torch.from_numpy(total))
+        if signed:
+            counts.sub_(self.T)
