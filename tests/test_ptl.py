@@ -4,6 +4,7 @@ the CLI's tuning options and their bad inputs, checkpoints and --resume."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,32 @@ def test_tuning_flushes_denormals_and_then_restores_them(small_net):
     with pytest.raises(RuntimeError, match="fails"):
         tune(TandemNet(g), train, val, TrainOptions(epochs=1, batch_size=48), step_loss=broken)
     assert _denormal_survives()
+
+
+def test_tuning_keeps_a_steps_memory_for_the_next(small_net, monkeypatch):
+    """Tuning sets glibc's mmap threshold to its dynamic maximum (32 MiB) and the trim
+    threshold to twice that, and nothing where the C library is not glibc."""
+    from snncompile.tandem import allocator, schedule
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    assert allocator.keep_step_memory(FakeLibc())
+    assert calls == [(allocator.M_MMAP_THRESHOLD, 32 * 2 ** 20), (allocator.M_TRIM_THRESHOLD, 64 * 2 ** 20)]
+    monkeypatch.setattr(allocator, "_libc", lambda: None)
+    assert not allocator.keep_step_memory()
+    if sys.platform.startswith("linux") and "glibc" in " ".join(platform.libc_ver()):
+        monkeypatch.undo()
+        assert allocator.keep_step_memory()  # the real mallopt takes both values
+    used = []
+    monkeypatch.setattr(schedule, "keep_step_memory", lambda: used.append(True))
+    g, train, val = small_net
+    tune(TandemNet(g), train, val, TrainOptions(epochs=1, batch_size=48))
+    assert used == [True]
 
 
 @pytest.mark.parametrize("epochs, stages, caps", [

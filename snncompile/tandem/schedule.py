@@ -36,6 +36,7 @@ from ..data import Dataset
 from ..errors import UsageError
 from ..simulator import window_batch
 from . import distributed as ddp
+from .allocator import keep_step_memory
 from .checkpoint import CheckpointDir
 from . import prefix as prefix_module
 from .model import TandemNet
@@ -213,8 +214,10 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     (default: the first 256 training inputs) sets thresholds of newly converted layers.
     ``plan`` overrides the stages of ``opts.method``; ``step_loss(net, x, y)`` replaces
     the tandem loss of a training batch (surrogate-gradient methods, see :mod:`.bptt`).
-    Runs with denormal floats flushed to zero (:func:`denormals_flushed`)."""
+    Runs with denormal floats flushed to zero (:func:`denormals_flushed`) and glibc's
+    allocator keeping a step's memory for the next (:func:`.allocator.keep_step_memory`)."""
     opts.check()
+    keep_step_memory()
     with denormals_flushed():
         return _tune(net, train, val, opts, checkpoints, report, on_stage_end, progress, calib_x, plan,
                      step_loss)
