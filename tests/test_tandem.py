@@ -373,3 +373,37 @@ def test_count_aware_ann_layers_pass_their_counts_values(branchy):
     with torch.no_grad():
         _, plain, _ = net._values(xt)
     assert not np.allclose(plain[first].numpy(), modelled[first].numpy())  # relu(z) otherwise
+
+
+@pytest.mark.parametrize("padding", [(1, 1, 1, 1), (1, 2, 0, 1)])
+def test_one_channel_convolution_runs_channels_last(padding):
+    """A one-channel input (an image network's first layer) is restrided, not copied, so
+    that the surrogate's convolution writes channels-last; its values and gradients are
+    torch's row-major ones up to float32 rounding (the simulator's integer sums exactly)."""
+    from snncompile.ir import Conv2dNode
+    from snncompile.simulator import channels_last_strides
+    from snncompile.tandem.model import _conv
+    gen = torch.Generator().manual_seed(sum(padding))
+    x = torch.rand(5, 1, 11, 9, generator=gen)
+    view = channels_last_strides(x)
+    assert view.data_ptr() == x.data_ptr() and torch.equal(view, x)
+    assert view.is_contiguous(memory_format=torch.channels_last) and view.stride(1) == 1
+    wide = torch.rand(5, 2, 3, 3, generator=gen)
+    assert channels_last_strides(wide) is wide and channels_last_strides(x[:, :, ::2]).stride() == x[:, :, ::2].stride()
+    w = torch.randn(6, 1, 3, 2, generator=gen, requires_grad=True)
+    b = torch.randn(6, generator=gen, requires_grad=True)
+    n = Conv2dNode(name="c", inputs=["x"], weight=w, bias=b, stride=(2, 1), padding=padding,
+                   dilation=(1, 2), groups=1)
+    top, left, bottom, right = padding
+    want = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=(2, 1), dilation=(1, 2))
+    got = _conv(n, x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn(want.shape, generator=gen)
+    for a, e in zip(torch.autograd.grad(got, [w, b], g), torch.autograd.grad(want, [w, b], g)):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    ints = torch.randint(-50, 50, x.shape, generator=gen).float()
+    wi = torch.randint(-100, 100, w.shape, generator=gen).float()
+    exact = F.conv2d(channels_last_strides(ints), channels_last_strides(wi), padding=1)
+    assert exact.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(exact, F.conv2d(ints, wi, padding=1))

@@ -32,7 +32,7 @@ from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from . import kernels
 from .constraints import FANIN_MODES, fanin_budgets
-from ..simulator import SpikeTrains, run_window
+from ..simulator import SpikeTrains, channels_last_strides, run_window
 from .intsim import needed, quantized_input
 from .prefix import Frontier
 from .requant import with_params
@@ -459,15 +459,15 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def _conv(n, x):
-    # weight as the input, so no reorder per call; the output too, since with one input
-    # channel both layouts describe the same memory and torch takes the input's as row-major
-    w = _layout(n.weight)
+    # weight as the input, so no reorder per call; a one-channel input (and its weight)
+    # restrided so that torch takes it, and writes the output, channels-last
+    w = channels_last_strides(_layout(n.weight))
     top, left, bottom, right = n.padding
     if top == bottom and left == right:  # the convolution's own padding: no padded copy
-        return _layout(torch.nn.functional.conv2d(x, w, n.bias, stride=n.stride, padding=(top, left),
-                                                  dilation=n.dilation, groups=n.groups))
-    return _layout(torch.nn.functional.conv2d(_pad4(x, n.padding), w, n.bias, stride=n.stride,
-                                              dilation=n.dilation, groups=n.groups))
+        return _layout(torch.nn.functional.conv2d(channels_last_strides(x), w, n.bias, stride=n.stride,
+                                                  padding=(top, left), dilation=n.dilation, groups=n.groups))
+    return _layout(torch.nn.functional.conv2d(channels_last_strides(_pad4(x, n.padding)), w, n.bias,
+                                              stride=n.stride, dilation=n.dilation, groups=n.groups))
 
 
 def _dense(n, x):
