@@ -10,7 +10,9 @@ step-by-step simulator).
 
 Inputs are flat per step: ``cur`` is (T, M) for a current that changes every step, or (1, M)
 for the analog input that arrives every step (``EVERY_STEP``) or at t = 0 only
-(``FIRST_STEP``); ``th`` and ``v0`` are (M,) in the same element order.
+(``FIRST_STEP``); ``th`` and ``v0`` are (P,) in the same element order, P dividing M: the
+thresholds and initial membranes of one sample's P neurons, repeated for each of the M / P
+samples (or P = M), so that a caller need not write them out for every sample of a batch.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
     spikes written as uint8 codes, value + zero point (1 for signed spikes, see
     :mod:`.spike_conv`): a quarter of the bytes of float32, and what the int8 convolutions
     read."""
-    m = th.shape[0]
+    m, period = cur.shape[1], th.shape[0]
+    if period == 0 or m % period or v0.shape != th.shape:
+        raise ValueError(f"thresholds of {period} neurons do not tile {m} (initial membranes {v0.shape[0]})")
     dt = th.dtype
     cur = np.ascontiguousarray(cur, dtype=dt)
     counts = np.empty(m, np.float32)
-    blocks = max(1, -(-m // BLOCK))
+    blocks = (m // period) * -(-period // BLOCK)
     sat = np.zeros(blocks, np.int64)
     # all charge at t = 0: the membrane never falls below 0 after a spike, so signed
     # neurons count as binary ones do
@@ -84,11 +88,15 @@ def integrate_and_fire(cur: np.ndarray, mode: int, timesteps: int, th: np.ndarra
 
 
 @njit(cache=True)
-def _block(b, m, th, v0):  # pragma: no cover - compiled
-    """Bounds of block ``b`` of ``m`` neurons, its thresholds, fresh membranes and counts."""
-    lo = b * BLOCK
-    hi = min(m, lo + BLOCK)
-    return lo, hi, th[lo:hi], v0[lo:hi].copy(), np.zeros(hi - lo, np.float32)
+def _block(b, th, v0):  # pragma: no cover - compiled
+    """Bounds of block ``b`` (in the whole current; blocks do not cross samples), its
+    thresholds, fresh membranes and counts."""
+    period = th.shape[0]
+    per_sample = (period + BLOCK - 1) // BLOCK
+    lo = (b % per_sample) * BLOCK
+    hi = min(period, lo + BLOCK)
+    base = (b // per_sample) * period
+    return base + lo, base + hi, th[lo:hi], v0[lo:hi].copy(), np.zeros(hi - lo, np.float32)
 
 
 @njit(cache=True, fastmath={"reassoc", "nsz", "contract"})
@@ -104,10 +112,9 @@ def _add_input(v, cur, mode, t, lo, hi):  # pragma: no cover - compiled
 def _if_subtract(cur, mode, steps, th, v0, spikes, counts, active, signed, off):  # pragma: no cover - compiled
     """Reset by subtraction, no saturation, signed spikes where ``signed``; ``spikes`` and
     ``off`` as in ``_if_general`` (with one row, ``active`` is left alone)."""
-    m = th.shape[0]
     every = spikes.shape[0] == steps
     for b in range(active.shape[0]):
-        lo, hi, thb, v, cnt = _block(b, m, th, v0)
+        lo, hi, thb, v, cnt = _block(b, th, v0)
         for t in range(steps):
             _add_input(v, cur, mode, t, lo, hi)
             sp = spikes[t if every else 0, lo:hi]
@@ -141,9 +148,8 @@ def _if_general(cur, mode, steps, th, v0, spikes, counts, active, sat, subtract,
     ``spikes`` is (steps, M), or (1, M) where only the counts are wanted (the row is then
     reused by every step); each spike is written as its value plus ``off`` (uint8 codes:
     the zero point; float32 spikes: 0)."""
-    m = th.shape[0]
     for b in range(active.shape[0]):
-        lo, hi, thb, v, cnt = _block(b, m, th, v0)
+        lo, hi, thb, v, cnt = _block(b, th, v0)
         clamped = 0
         for t in range(steps):
             _add_input(v, cur, mode, t, lo, hi)
@@ -180,12 +186,15 @@ def _first_step_counts(cur, steps, th, v0, counts):  # pragma: no cover - compil
     """Counts of subtract-reset neurons whose charge all arrives at t = 0: a neuron fires on
     the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so its
     count is that quotient capped at T: one division, not T steps."""
-    for i in range(th.shape[0]):
-        x = v0[i] + cur[0, i]
-        q = np.floor(x / th[i])
-        # the quotient of two integers in floating point: step it onto the exact one
-        if (q + 1.0) * th[i] <= x:
-            q += 1.0
-        elif q * th[i] > x:
-            q -= 1.0
-        counts[i] = min(max(q, 0.0), float(steps))
+    period = th.shape[0]
+    for base in range(0, cur.shape[1], period):
+        for j in range(period):
+            i = base + j
+            x = v0[j] + cur[0, i]
+            q = np.floor(x / th[j])
+            # the quotient of two integers in floating point: step it onto the exact one
+            if (q + 1.0) * th[j] <= x:
+                q += 1.0
+            elif q * th[j] > x:
+                q -= 1.0
+            counts[i] = min(max(q, 0.0), float(steps))

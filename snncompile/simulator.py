@@ -464,9 +464,17 @@ def _integrate_and_fire_fused(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
     step_order = [d - 1 for d in order[1:]]
     inverse = [order.index(d) for d in range(len(order))]
 
+    # thresholds and initial membranes per sample when samples are outermost in memory (the
+    # kernel repeats them), else for every neuron of the batch
+    per_sample = step_order[0] == 0 and all(
+        t is None or t.dim() < len(step_shape) or t.shape[0] == 1 for t in (plan.th[n.name], plan.v0[n.name]))
+
     def flat(t: torch.Tensor | None) -> np.ndarray:
-        full = (torch.zeros((), dtype=dt) if t is None else t).expand(step_shape)
-        return full.permute(step_order).contiguous().reshape(-1).numpy()
+        t = torch.zeros((), dtype=dt) if t is None else t
+        if per_sample:
+            one = t.reshape(t.shape[1:]) if t.dim() == len(step_shape) else t
+            return one.expand(step_shape[1:]).permute([d - 1 for d in step_order[1:]]).contiguous().reshape(-1).numpy()
+        return t.expand(step_shape).permute(step_order).contiguous().reshape(-1).numpy()
 
     mode = {"full": FULL, "const": EVERY_STEP, "first": FIRST_STEP}[current.kind]
     res = integrate_and_fire(x.permute(order).reshape(x.shape[0], -1).numpy(), mode, T,

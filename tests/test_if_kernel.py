@@ -73,3 +73,31 @@ def test_kernel_writes_codes_that_are_its_spikes(signed, subtract, limit):
     np.testing.assert_array_equal(codes.active, floats.active)
     assert codes.saturations == floats.saturations
     assert (floats.spikes < 0).any() == signed and floats.spikes.any()
+
+
+@pytest.mark.parametrize("mode", [k.FULL, k.EVERY_STEP, k.FIRST_STEP])
+@pytest.mark.parametrize("subtract,limit,signed", [(True, None, False), (True, None, True),
+                                                   (False, None, False), (True, 40.0, True)])
+@pytest.mark.parametrize("period", [7, k.BLOCK, 2 * k.BLOCK + 3])
+def test_thresholds_of_one_sample_are_repeated_for_each(mode, subtract, limit, signed, period):
+    """Thresholds and initial membranes of one sample's P neurons (blocks never cross a
+    sample) give what the same values written out for every sample of the batch give."""
+    rng = np.random.default_rng(period + mode)
+    T, samples = 5, 3
+    m = samples * period
+    cur = rng.integers(-12, 20, (T if mode == k.FULL else 1, m)).astype(np.float32)
+    if mode == k.FIRST_STEP:
+        cur *= T
+    th = rng.integers(5, 30, period).astype(np.float32)
+    v0 = np.floor(th / 2)
+    full = k.integrate_and_fire(cur, mode, T, np.tile(th, samples), np.tile(v0, samples), subtract, limit,
+                                signed=signed and subtract)
+    tiled = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit, signed=signed and subtract)
+    np.testing.assert_array_equal(tiled.spikes, full.spikes)
+    np.testing.assert_array_equal(tiled.counts, full.counts)
+    np.testing.assert_array_equal(tiled.active, full.active)
+    assert tiled.saturations == full.saturations and full.spikes.any()
+    only = k.integrate_and_fire(cur, mode, T, th, v0, subtract, limit, keep_spikes=False, signed=signed and subtract)
+    np.testing.assert_array_equal(only.counts, full.counts)
+    with pytest.raises(ValueError, match="do not tile"):
+        k.integrate_and_fire(cur, mode, T, th[:-1], v0[:-1], subtract, limit)
