@@ -101,3 +101,25 @@ def test_thresholds_of_one_sample_are_repeated_for_each(mode, subtract, limit, s
     np.testing.assert_array_equal(only.counts, full.counts)
     with pytest.raises(ValueError, match="do not tile"):
         k.integrate_and_fire(cur, mode, T, th[:-1], v0[:-1], subtract, limit)
+
+
+@pytest.mark.parametrize("dtype,top", [(np.float32, 2 ** 23), (np.float64, 2 ** 40)])
+def test_charge_at_the_first_step_counts_by_exact_quotients(dtype, top):
+    """Counts of neurons charged once (by 1 / theta, corrected onto the exact quotient):
+    integer floor division capped at [0, T], at exact multiples of the threshold, one below
+    them, negative charge, and quotients near the type's exact range."""
+    rng = np.random.default_rng(int(top % 97))
+    T = 2 ** 20  # so the quotients themselves are seen, not just the cap
+    P, samples = 4099, 3
+    th = rng.integers(1, 5000, P).astype(dtype)
+    th[:3] = (1, 3, top // 7)
+    v0 = np.floor(th / 2)
+    q = np.floor(rng.random((samples, P)) * (top // th.astype(np.int64) - 1)).astype(np.int64) - 2
+    x = q * th.astype(np.int64) + rng.integers(-1, 2, (samples, P))  # at, below and above multiples
+    x[0, :3] = (top - 1, top - 2, top - 3)
+    cur = (x - v0.astype(np.int64)).reshape(1, -1).astype(dtype)
+    charge = v0.astype(np.int64) + cur.reshape(samples, P).astype(np.int64)
+    assert (charge == x).all()  # exact in this type
+    res = k.integrate_and_fire(cur, k.FIRST_STEP, T, th, v0, True, None, keep_spikes=False)
+    want = np.clip(charge // th.astype(np.int64), 0, T).reshape(-1)
+    np.testing.assert_array_equal(res.counts, want.astype(np.float32))
