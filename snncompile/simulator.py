@@ -342,10 +342,11 @@ def channels_last_strides(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided(tuple(t.shape), (h * w, 1, w, 1))
 
 
-def _int8_conv_codes(n: Conv2dNode, x: _Val, plan: _Plan) -> torch.Tensor:
-    """The convolution (no bias) over the window of spikes held as codes, (T, N, *shape),
-    by the int8 kernels: the float32 convolution's values exactly (:mod:`.spike_conv`).
-    Silent steps cost what others do here (a silent step's codes convolve to zero)."""
+def _int8_conv_codes(n: Conv2dNode, x: _Val, plan: _Plan, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The convolution (plus ``bias`` at every step, where given) over the window of spikes
+    held as codes, (T, N, *shape), by the int8 kernels: the float32 convolution's values
+    exactly (:mod:`.spike_conv`). Silent steps cost what others do here (a silent step's
+    codes convolve to zero)."""
     key = (n.name, x.signed)
     pad = n.padding[:2]
     if key not in plan.packed8:
@@ -353,7 +354,7 @@ def _int8_conv_codes(n: Conv2dNode, x: _Val, plan: _Plan) -> torch.Tensor:
     c = x.codes
     k, nb = c.shape[:2]
     y = spike_conv.conv(c.reshape((k * nb,) + tuple(c.shape[2:])), plan.packed8[key], x.signed, n.stride,
-                        pad, n.dilation, n.groups, int(n.weight_int.shape[0]))
+                        pad, n.dilation, n.groups, int(n.weight_int.shape[0]), bias=bias)
     return y.reshape((k, nb) + tuple(y.shape[1:]))
 
 
@@ -414,6 +415,8 @@ def _weighted(n: WeightedNode, x: _Val, plan: _Plan) -> _Val:
                 return exact(a, lambda r: conv(r, plan.w32[n.name]), by_parts)
             return conv(a, w)
         if x.kind == "full" and x.codes is not None and n.name in plan.w8 and (pt, pl) == (pb, pr):
+            if b is not None and n.bias_mode == "every_step":  # added in the kernel, not in a pass after
+                return _Val(_int8_conv_codes(n, x, plan, b))
             y = _Val(_int8_conv_codes(n, x, plan), active=x.active)
         else:
             y = x.map(layer)

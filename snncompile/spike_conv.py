@@ -60,11 +60,13 @@ def available(device_type: str = "cpu") -> bool:
             s = torch.randint(-1 if signed else 0, 2, (3, 4, 7, 6), generator=gen).float()
             s = s.contiguous(memory_format=torch.channels_last)
             w = torch.randint(-INT8_MAX, INT8_MAX + 1, (6, 2, 3, 3), generator=gen).float()
-            want = F.conv2d(s, w, None, (2, 1), (1, 1), (1, 1), 2)
-            got = conv(encode(s, signed), prepack(w.numpy(), signed, (2, 1), (1, 1), (1, 1), 2),
-                       signed, (2, 1), (1, 1), (1, 1), 2, 6)
-            if not torch.equal(got, want):
-                return False
+            b = torch.randint(-2 ** 20, 2 ** 20, (6,), generator=gen).float()
+            packed = prepack(w.numpy(), signed, (2, 1), (1, 1), (1, 1), 2)
+            for bias in (None, b):
+                want = F.conv2d(s, w, bias, (2, 1), (1, 1), (1, 1), 2)
+                got = conv(encode(s, signed), packed, signed, (2, 1), (1, 1), (1, 1), 2, 6, bias=bias)
+                if not torch.equal(got, want):
+                    return False
         return True
     except Exception:  # an op missing from this build, or a CPU its kernels do not serve
         return False
@@ -79,13 +81,16 @@ def prepack(weight_int: np.ndarray, signed: bool, stride, padding, dilation, gro
 
 
 def conv(codes: torch.Tensor, packed, signed: bool, stride, padding, dilation, groups: int,
-         out_channels: int) -> torch.Tensor:
-    """The convolution (no bias) of spike codes (M, C, H, W) uint8 with prepacked integer
-    weights: float32, channels-last, exact integers."""
+         out_channels: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The convolution of spike codes (M, C, H, W) uint8 with prepacked integer weights,
+    plus ``bias`` (O,) integers in float32 on every map where given (added to the exact sums
+    in the kernel's epilogue: exact where the result stays below 2^24, which the simulator's
+    bounds ensure before choosing float32): float32, channels-last, exact integers."""
     ones = torch.ones(out_channels, dtype=torch.float32)
     zeros = torch.zeros(out_channels, dtype=torch.int64)
     x = codes.contiguous(memory_format=torch.channels_last)
-    y = torch.ops.onednn.qconv2d_pointwise(x, 1.0, zero_point(signed), packed, ones, zeros, None,
+    y = torch.ops.onednn.qconv2d_pointwise(x, 1.0, zero_point(signed), packed, ones, zeros,
+                                           None if bias is None else bias.to(torch.float32).contiguous(),
                                            list(stride), list(padding), list(dilation), groups,
                                            1.0, 0, torch.float32, "none", [], "")
     return y.contiguous(memory_format=torch.channels_last)

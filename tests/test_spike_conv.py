@@ -28,11 +28,14 @@ def test_int8_convolution_of_codes_is_the_float_one(signed, stride, padding, gro
     w = torch.randint(-127, 128, (6, 4 // groups, 3, 3), generator=g).float()
     w[0] = 127  # the extremes of the int8 range, all at once
     w[1] = -127
-    want = F.conv2d(s, w, None, stride, padding, dilation, groups)
     packed = spike_conv.prepack(w.numpy().astype(np.int64), signed, stride, padding, dilation, groups)
-    got = spike_conv.conv(spike_conv.encode(s, signed), packed, signed, stride, padding, dilation, groups, 6)
-    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(got, want)
+    # with an integer bias added in the kernel, up to the float32-exact range
+    for bias in (None, torch.randint(-2 ** 23 + 2000, 2 ** 23 - 2000, (6,), generator=g).float()):
+        want = F.conv2d(s, w, bias, stride, padding, dilation, groups)
+        got = spike_conv.conv(spike_conv.encode(s, signed), packed, signed, stride, padding, dilation, groups, 6,
+                              bias=bias)
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, want)
 
 
 def test_codes_round_trip_in_their_layout():
@@ -48,11 +51,12 @@ def test_codes_round_trip_in_their_layout():
     assert spike_conv.available("cpu") and not spike_conv.available("cuda")
 
 
-def _graph(rng, spikes: str, big: bool) -> Graph:
+def _graph(rng, spikes: str, big: bool, bias_mode: str = "every_step") -> Graph:
     """x -> conv -> IF h0 (handed over) -> conv c1 (stride 2, symmetric padding; weights
     beyond int8 where ``big``) -> IF -> conv c2 (uneven padding: float path) -> IF -> dense."""
     h0 = _if(rng, "h0", "c0", (4, 8, 8))
-    c1 = _conv(rng, "c1", "h0", 4, 5, stride=(2, 2), lo=-300 if big else -127, hi=301 if big else 128)
+    c1 = _conv(rng, "c1", "h0", 4, 5, stride=(2, 2), lo=-300 if big else -127, hi=301 if big else 128,
+               bias_mode=bias_mode)
     h1 = _if(rng, "h1", "c1", (5, 4, 4))
     c2 = _conv(rng, "c2", "h0", 4, 3, padding=(1, 0, 1, 1))
     h2 = _if(rng, "h2", "c2", (3, 8, 7))
@@ -69,14 +73,14 @@ def _graph(rng, spikes: str, big: bool) -> Graph:
 
 
 @pytest.mark.parametrize("spikes", ["binary", "signed"])
-@pytest.mark.parametrize("big", [False, True])
-def test_simulator_results_do_not_depend_on_the_convolutions_kernels(spikes, big, monkeypatch):
+@pytest.mark.parametrize("big,bias_mode", [(False, "every_step"), (False, "first_step"), (True, "every_step")])
+def test_simulator_results_do_not_depend_on_the_convolutions_kernels(spikes, big, bias_mode, monkeypatch):
     """Handed-over trains as codes (int8 kernels where the weights fit and the padding is
     the convolution's own) and as float spikes (float32 kernels), with the int8 path on and
     off: the same counts and accumulators, to the bit; and the int8 path is taken exactly
     where it applies."""
     rng = np.random.default_rng(7)
-    g = _graph(rng, spikes, big)
+    g = _graph(rng, spikes, big, bias_mode)
     T, n = 6, 5
     xq = torch.as_tensor(rng.integers(0, 20, (n, 2, 8, 8)), dtype=torch.float32)
     # any trains will do (the simulator takes handed-over trains as they are), with a silent step
@@ -89,13 +93,15 @@ def test_simulator_results_do_not_depend_on_the_convolutions_kernels(spikes, big
     as_codes = SpikeTrains(None, counts, active, codes=spike_conv.encode(trains, spikes == "signed"))
     calls = []
     real = spike_conv.conv
-    monkeypatch.setattr(spike_conv, "conv", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(spike_conv, "conv", lambda *a, **k: calls.append((a[0].shape, k.get("bias") is not None))
+                        or real(*a, **k))
     results = {}
     for int8 in (True, False):
         monkeypatch.setattr(simulator, "INT8_CONV", int8)
         for name, given in (("codes", as_codes), ("floats", as_floats)):
             results[(int8, name)] = run_window(g, xq, T, given={"h0": given})
-    assert calls == ([] if big else [torch.Size([T * n, 4, 8, 8])])  # c1 from codes, int8 on, weights fit
+    # c1 from codes, int8 on, weights fit; its bias added in the kernel where it comes every step
+    assert calls == ([] if big else [(torch.Size([T * n, 4, 8, 8]), bias_mode == "every_step")])
     want = results[(False, "floats")]
     for key, r in results.items():
         for k in ("h1", "h2"):
