@@ -59,6 +59,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(0)
+    # the process as tune() sets it (denormals flushed; glibc keeping a step's memory, where
+    # the code measured has it: an older checkout runs as its own tuning did)
+    torch.set_flush_denormal(True)
+    try:
+        from snncompile.tandem.allocator import keep_step_memory
+    except ImportError:
+        keep_step_memory = None
+    if keep_step_memory is not None:
+        keep_step_memory()
     g = read_artifact(args.artifact).graph
     net = TandemNet(g, bits=args.bits, fanin=args.fanin or None)
     with np.load(args.data) as d:
