@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -24,6 +24,16 @@ from .table import format_table
 EXIT_INTERRUPTED = 130
 
 
+def _exit_interrupted(message: str) -> NoReturn:
+    """Say ``message`` on stderr and exit with EXIT_INTERRUPTED. An interrupt can cut an
+    object short in its making (numba compiling a kernel on first use, through llvmlite),
+    whose finalizer then fails as the process ends with an "Exception ignored" traceback:
+    noise that would bury the one line saying what to do, so it is not printed."""
+    click.echo(message, err=True)
+    sys.unraisablehook = lambda unraisable: None
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,8 +43,7 @@ def _handle_errors(fn: Callable) -> Callable:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_interrupted("interrupted")
     return wrapper
 
 
@@ -194,9 +203,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
         summary = compile_model(req)
     except KeyboardInterrupt:
         if train_path:
-            click.echo(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
-                       "command with --resume to continue", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_interrupted(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
+                              "command with --resume to continue")
         raise
     if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
         return

@@ -210,3 +210,34 @@ def test_stride_variant_of_the_example(tmp_path):
     res = json.loads(run("evaluate", str(tmp_path / "snn"), "--data", str(out / "test.npz"), "--json").stdout)
     fanin = {row["name"]: row["max_fanin"] for row in res["layers"]}
     assert sorted(fanin.values()) == [9, 64, 128, 144, 288]  # kernels and rows, no pools
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_an_interrupt_exits_without_finalizer_noise(quiet):
+    """After an interrupt, objects cut short in their making (a JIT compile interrupted, in
+    llvmlite) may fail in their finalizers as the process ends: the CLI's exit says its one
+    line and no "Exception ignored" traceback (without it, the traceback shows: the check
+    can tell)."""
+    code = f"""
+import sys
+from snncompile import cli
+
+class HalfMade:
+    def __del__(self):
+        raise AttributeError("_as_parameter_")
+
+kept = [HalfMade()]
+try:
+    raise KeyboardInterrupt
+except KeyboardInterrupt:
+    if {quiet}:
+        cli._exit_interrupted("interrupted: say what to do")
+    print("interrupted: say what to do", file=sys.stderr)
+    sys.exit(cli.EXIT_INTERRUPTED)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130
+    if quiet:
+        assert r.stderr == "interrupted: say what to do\n"
+    else:
+        assert "Traceback" in r.stderr and "_as_parameter_" in r.stderr
