@@ -753,6 +753,7 @@ def window_batch(graph: Graph, timesteps: int, most: int = 256) -> int:
     largest = max(int(np.prod(n.shape)) for n in graph.nodes)
     return max(1, min(int(most), WINDOW_BATCH_ELEMENTS // (max(int(timesteps), 1) * max(largest, 1))))
 
+
 # On the CPU, IF layers run in the one-pass kernel of if_kernel.py where that pays: its
 # one-time start in a process (importing numba and loading the cached compiled kernel, about
 # 1 s) outweighs the torch formulation's extra passes below about 2^27 neuron-steps, and
