@@ -259,7 +259,17 @@ class _Val:
 
     def magnitude_total(self, T: int) -> torch.Tensor:
         """The sum over the window of |value|: the events of signed spikes (SynOps)."""
-        return self.full(T).abs().sum(dim=0, dtype=torch.float64)
+        x = self.full(T)
+        if x.dtype == torch.float32 and len(x):
+            # integers whose partial sums of magnitudes never exceed the total: exact in
+            # float32 while the total stays below 2^24; step by step, so that no window-sized
+            # copy is made (a fresh one costs its page faults)
+            total, step = x[0].abs(), torch.empty_like(x[0])
+            for t in range(1, len(x)):
+                total.add_(torch.abs(x[t], out=step))
+            if total.numel() == 0 or float(total.max()) < EXACT_F32:
+                return total.to(torch.float64)
+        return x.abs().sum(dim=0, dtype=torch.float64)
 
     def _map(self, fn, events: bool) -> "_Val":
         if self.kind != "full":
