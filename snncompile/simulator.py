@@ -30,6 +30,7 @@ CPU); on large CPU runs IF layers run in the one-pass kernel of ``if_kernel.py``
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,23 +78,29 @@ def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     return np.clip(q, -qmax, qmax)
 
 
-def value_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
-    """An upper bound of |value| of every node's per-step integer output."""
-    return _bounds(graph, timesteps, per_step=True)
+def value_bounds(graph: Graph, timesteps: int, only: Collection[str] | None = None) -> dict[str, float]:
+    """An upper bound of |value| of every node's per-step integer output (``only``: of
+    these nodes, whose inputs are among them or IF nodes, and of the IF nodes)."""
+    return _bounds(graph, timesteps, per_step=True, only=only)
 
 
-def window_bounds(graph: Graph, timesteps: int) -> dict[str, float]:
-    """An upper bound of the sum over the window of |value| of every node's output."""
-    return _bounds(graph, timesteps, per_step=False)
+def window_bounds(graph: Graph, timesteps: int, only: Collection[str] | None = None) -> dict[str, float]:
+    """An upper bound of the sum over the window of |value| of every node's output
+    (``only``: as for :func:`value_bounds`)."""
+    return _bounds(graph, timesteps, per_step=False, only=only)
 
 
-def _bounds(graph: Graph, timesteps: int, per_step: bool) -> dict[str, float]:
+def _bounds(graph: Graph, timesteps: int, per_step: bool,
+            only: Collection[str] | None = None) -> dict[str, float]:
     """Bounds propagated through the graph: of one step's value (``per_step``: the once
     input and a first-step bias bring T times their value at t = 0), or of the sum over the
-    window (T steps of at most one spike; every input and bias adds up to T times its value)."""
+    window (T steps of at most one spike; every input and bias adds up to T times its value).
+    An IF node's bound holds whatever its inputs, so ``only`` can leave out what feeds one."""
     T = timesteps
     b: dict[str, float] = {}
     for n in graph.nodes:
+        if only is not None and n.name not in only and not isinstance(n, (InputNode, IFNode, MaxPool2dNode)):
+            continue
         if isinstance(n, InputNode):
             qmax = 2 ** (n.bits - 1) - 1
             b[n.name] = float(qmax * (T if n.mode == "once" or not per_step else 1))
@@ -119,12 +126,16 @@ class _Plan:
     """Per-node tensors and dtypes prepared once per simulation."""
 
     def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False,
-                 synops: bool = True):
+                 synops: bool = True, only: Collection[str] | None = None,
+                 given: Collection[str] = ()):
+        """``only``: prepare only these nodes (a run that simulates a part of the graph, as
+        :func:`run_window` with ``nodes``; the training loops build a plan for every batch),
+        of which those in ``given`` (IF nodes) are taken as they are, not simulated."""
         self.graph = graph
         self.fused_if = fused_if  # CPU: IF layers by the one-pass kernel (if_kernel.py)
         self.T = timesteps
         self.device = device
-        bounds = value_bounds(graph, timesteps)
+        bounds = value_bounds(graph, timesteps, only)
         worst = max(bounds.values())
         if worst >= EXACT_F64:
             raise ModelError(f"integer values can reach {worst:.3g}, beyond exact arithmetic (2^53)",
@@ -143,7 +154,8 @@ class _Plan:
         # the int8 kernels (spike_conv), their weights packed on first use per input kind
         self.w8: dict[str, np.ndarray] = {}
         self.packed8: dict[tuple[str, bool], object] = {}
-        for n in graph.nodes:
+        planned = [n for n in graph.nodes if (only is None or n.name in only) and n.name not in given]
+        for n in planned:
             if isinstance(n, WeightedNode):
                 if n.weight_int is None:
                     raise ModelError(f"node '{n.name}' has no integer weights: the graph is not converted")
@@ -170,8 +182,8 @@ class _Plan:
         self.membrane: dict[str, tuple[torch.dtype, bool]] = {}
         self.th: dict[str, torch.Tensor] = {}        # broadcastable to the layer's shape
         self.v0: dict[str, torch.Tensor | None] = {}
-        totals = window_bounds(graph, timesteps)
-        for n in graph.nodes:
+        totals = window_bounds(graph, timesteps, only)
+        for n in planned:
             if isinstance(n, IFNode):
                 v0 = float(np.abs(n.v_init).max(initial=0)) if n.v_init is not None else 0.0
                 reach = v0 + totals[n.inputs[0]]
@@ -735,7 +747,7 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
     simulation wrote them so (a quarter of the bytes; :mod:`.spike_conv`)."""
     T = int(timesteps)
     plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
-                 synops=False)
+                 synops=False, only=nodes, given=given or ())
     with torch.no_grad():
         r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes,
                        counts_dtype, keep_codes)

@@ -320,3 +320,24 @@ def test_a_window_cut_at_a_signed_layer_counts_its_net_spikes():
     for layer in [n.name for n in g.nodes if isinstance(n, IFNode)]:
         part = sim.run_window(g, xq, 9, needed(g, [layer]))
         np.testing.assert_array_equal(part.counts[layer].numpy(), whole.spike_counts[layer], err_msg=layer)
+
+
+def test_a_window_from_kept_trains_prepares_only_what_it_simulates():
+    """run_window from an IF layer's kept trains (a tuning stage's step: a plan is built for
+    every batch) prepares the nodes after the cut alone: the layers before it may even lack
+    their integers, and the counts after it are the whole simulation's."""
+    from snncompile.tandem.prefix import frontier
+
+    rng = np.random.default_rng(5)
+    g = strided_graph(rng, "once", "subtract")
+    x = rng.integers(-2, 6, (5, 2, 9, 9)).astype(np.float32)
+    whole = simulate(g, x, timesteps=9, record_spikes=True)
+    spikes = torch.as_tensor(whole.spikes["h1"], dtype=torch.float32)
+    trains = sim.SpikeTrains(spikes, spikes.sum(dim=0), spikes.reshape(9, -1).amax(dim=1) > 0)
+    front = frontier(g, ["h1"])
+    assert front is not None and "c1" in front.skip
+    xq = torch.as_tensor(sim.quantize_input(g, x))
+    g["c1"].weight_int = None  # what the run must not read
+    part = sim.run_window(g, xq, 9, set(needed(g, ["o"])) - front.skip, given={"h1": trains})
+    np.testing.assert_array_equal(part.counts["h2"].numpy(), whole.spike_counts["h2"])
+    np.testing.assert_array_equal(part.acc["o"].numpy(), whole.output_acc["o"])
