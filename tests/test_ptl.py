@@ -209,6 +209,21 @@ def test_distillation_loss_mixes_task_and_match():
             bad.check()
 
 
+def test_an_ann_stage_runs_only_where_a_mask_prunes_before_the_first_layer_spikes(small_net):
+    """Stage 0 fine-tunes the fan-in masks imposed before any layer spikes; where those
+    prune nothing (here the first layer keeps all 6 inputs within a limit of 7) it is not
+    run, and the masks ``prune_lead`` stages ahead come with the spiking stages."""
+    g, _, _ = small_net  # fan-in 6, 8, 8
+
+    def plan(fanin: int, lead: int) -> list[int]:
+        return schedule.stage_plan(TandemNet(g, bits=8, fanin=fanin, prune_lead=lead), "ptl")
+
+    assert plan(4, 1) == [0, 1, 2, 3]  # the first layer's mask (6 -> 4) is due at stage 0
+    assert plan(7, 1) == [1, 2, 3]     # it keeps all 6: the second's comes with stage 1
+    assert plan(7, 2) == [0, 1, 2, 3]  # the second's (8 -> 7) is due at stage 0 as well
+    assert plan(7, 0) == [1, 2, 3] and plan(16, 99) == [1, 2, 3]
+
+
 def test_epoch_budget_is_shared_by_stages(small_net):
     """Each stage gets an equal share of the epochs left, rounded down: the remainder goes
     to the last stages, the cheapest per epoch."""

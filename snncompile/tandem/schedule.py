@@ -123,10 +123,12 @@ class TuneResult:
 
 def stage_plan(net: TandemNet, method: str) -> list[int]:
     """The stages to run: 1..L+1 for PTL (after an ANN stage 0 when fan-in masks are
-    imposed ahead of conversion), only L+1 for all-at-once."""
+    imposed ahead of conversion and one falls due before the first layer spikes), only L+1
+    for all-at-once."""
     if method != "ptl":  # tandem (and its old name tl): one stage, everything spiking
         return [net.n_stages]
-    first = 0 if (net.prune_lead > 0 and net.budgets) else 1
+    prunes = [n for n in net.pruned(0) if net.budgets.get(n, math.inf) < np.prod(net.base[n].weight.shape[1:])]
+    first = 0 if net.prune_lead > 0 and prunes else 1
     return list(range(first, net.n_stages + 1))
 
 
