@@ -118,7 +118,9 @@ def main(verbose: bool) -> None:
               help="Most non-zero incoming synapses per neuron (largest weights kept).")
 @click.option("--prune-ahead", default=99, show_default=True, type=int,
               help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
-                   "spikes; large: all masks first, in an ANN stage 0).")
+                   "spikes; 1: a stage ahead, no ANN stage where the first layer's mask prunes "
+                   "nothing, the choice for a tight budget; large: all masks first, in an ANN "
+                   "stage 0).")
 @click.option("--fanin-mode", type=click.Choice(["magnitude", "channels"]), default="magnitude",
               show_default=True, help="Which weights --fanin keeps: the largest per neuron, or whole "
                                       "input channels (full kernels) of largest L1 norm per output channel.")
