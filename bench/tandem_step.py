@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.layouts:
             row.update(_compare_layouts(step, max(1, args.repeats), args.block))
         rows.append(row)
-        with_prefix = (f", {row['seconds_per_step_prefix']:.3f} from the kept spike trains"
+        with_prefix = (f", {row['seconds_per_step_prefix'] * 1e3:.1f} from the kept spike trains"
                        if "seconds_per_step_prefix" in row else "")
-        print(f"stage {net.stage}/{last}: {best:.3f} {args.clock} s per step{with_prefix} "
+        print(f"stage {net.stage}/{last}: {best * 1e3:.1f} {args.clock} ms per step{with_prefix} "
               f"(batch {len(x)}, {args.threads} thread(s), {snncompile.__file__})", flush=True)
     return rows
 
