@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset
+from ..metrics import op_fanin
 from ..errors import UsageError
 from ..simulator import window_batch
 from . import distributed as ddp
@@ -127,7 +128,7 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
     for all-at-once."""
     if method != "ptl":  # tandem (and its old name tl): one stage, everything spiking
         return [net.n_stages]
-    prunes = [n for n in net.pruned(0) if net.budgets.get(n, math.inf) < np.prod(net.base[n].weight.shape[1:])]
+    prunes = [n for n in net.pruned(0) if net.budgets.get(n, math.inf) < op_fanin(net.base[n], nonzero=False)]
     first = 0 if net.prune_lead > 0 and prunes else 1
     return list(range(first, net.n_stages + 1))
 
@@ -379,7 +380,7 @@ def _ramp_steps(net: TandemNet, names: list[str]) -> int:
     """Epochs to halve each node's kept weights down to its budget."""
     steps = 0
     for n in names:
-        full = int(np.prod(net.base[n].weight.shape[1:]))
+        full = op_fanin(net.base[n], nonzero=False)
         steps = max(steps, math.ceil(math.log2(full / net.budgets[n])) if full > net.budgets[n] else 0)
     return steps
 
