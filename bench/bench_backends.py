@@ -4,7 +4,7 @@
 
 Compiles examples/digits (trained by `make demo`; trained here if missing) for cyclesim with
 8-bit weights and 24-bit membranes (what the default architecture holds), then times, on
-the 540 test samples: the reference simulator (snncompile.simulator.simulate), the cyclesim
+the 540 test samples: the reference simulator (snncompile.sim.simulator.simulate), the cyclesim
 backend's run (event-driven, core by core, with cycle/energy accounting) and the netlist
 backend's run. Reports samples/s and synaptic events/s (events = spike-driven synaptic
 operations, the reference's SynOps; cyclesim also processes the analog input's events,
@@ -51,11 +51,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from snncompile.convert import ConversionOptions
-    from snncompile.pipeline import CompileRequest, compile_model
+    from snncompile.passes.convert import ConversionOptions
+    from snncompile.app.compile import CompileRequest, compile_model
     from snncompile.plugin import get_backend
-    from snncompile.serialize import load_graph
-    from snncompile.simulator import quantize_input, simulate
+    from snncompile.ir.serialize import load_graph
+    from snncompile.sim.simulator import quantize_input, simulate
 
     data = _ensure_digits()
     test = np.load(data / "test.npz")

@@ -165,9 +165,9 @@ def worker(model: Path, calib: Path | None, artifact: Path, profile: Path | None
     import logging
 
     logging.getLogger("snncompile").setLevel(logging.ERROR)  # the expected warnings are noise here
-    from snncompile.artifact import write_artifact
-    from snncompile.calibrate import activation_scales, weight_bounds
-    from snncompile.convert import ConversionOptions, convert
+    from snncompile.targets.artifact import write_artifact
+    from snncompile.calibrate.statistics import activation_scales, weight_bounds
+    from snncompile.passes.convert import ConversionOptions, convert
     from snncompile.data import load_npz
     from snncompile.frontend import import_onnx, load_onnx
     from snncompile.ir import IFNode, WeightedNode
@@ -266,7 +266,7 @@ def measure(model: Path, calib: Path | None, tmp: Path, profile_dir: Path | None
 
 def summary_table(results: list[dict[str, Any]]) -> str:
     """Text table of the measured numbers."""
-    from snncompile.table import format_table
+    from snncompile.app.table import format_table
 
     rows = []
     for r in results:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from snncompile.plugin import get_backend, load_graph
-from snncompile.simulator import quantize_input, simulate
+from snncompile.sim.simulator import quantize_input, simulate
 
 
 def bench(out: str, data: str, samples: int, timesteps: int | None) -> dict:

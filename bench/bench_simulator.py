@@ -9,7 +9,7 @@ B = 16 (the default) and 8 (hardware-typical weights):
   by ReLU and a 2x2 average pool; a linear classifier), random (seeded) weights, calibrated
   and timed on uniform random inputs, large enough that arithmetic outweighs overhead.
 
-For every batch size b, ``snncompile.simulator.simulate(graph, x, timesteps=T, batch_size=b)``
+For every batch size b, ``snncompile.sim.simulator.simulate(graph, x, timesteps=T, batch_size=b)``
 runs on b samples (at b < 64: on a stream of 64 samples, b at a time; 8 for cifar) and
 onnxruntime runs the source ONNX model on the same samples, b at a time (cifar: b <= 64). Each is timed as the best of several
 repeats after warm-up runs (the best, not the median: the machine may be shared, and other
@@ -17,7 +17,7 @@ load only ever adds time). Reported: the
 simulator's seconds per sample per time step, onnxruntime's seconds per sample per forward,
 and their ratio (the target: a simulated step costs no more than one ANN forward, ratio <= 1).
 
-The IF kernel of ``snncompile/if_kernel.py`` is loaded before timing, so the simulator runs
+The IF kernel of ``snncompile/sim/kernels/if_kernel.py`` is loaded before timing, so the simulator runs
 as it does in a process that has simulated before (steady state: a process's first use costs
 about 1 s more to import numba and load the compiled kernel; see ``simulator.FUSED_IF``).
 
@@ -130,8 +130,8 @@ def ort_session(model_path: Path, threads: int) -> Any:
 def graph_facts(graph: Any, timesteps: int) -> dict[str, Any]:
     """Size of the SNN and which nodes the simulator must run in float64."""
     from snncompile.ir import IFNode
-    from snncompile.metrics import ann_macs
-    from snncompile.simulator import EXACT_F32, value_bounds
+    from snncompile.ir.structure import ann_macs
+    from snncompile.sim.simulator import EXACT_F32, value_bounds
 
     bounds = value_bounds(graph, timesteps)
     return {"nodes": len(graph.nodes),
@@ -147,10 +147,10 @@ def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | N
     """Time simulator and onnxruntime on one compiled network at every batch size."""
     import torch
 
-    if importlib.util.find_spec("snncompile.if_kernel"):  # absent in older versions (A/B runs)
-        import snncompile.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
-    from snncompile.artifact import read_artifact
-    from snncompile.simulator import simulate
+    if importlib.util.find_spec("snncompile.sim.kernels.if_kernel"):  # absent in older versions (A/B runs)
+        import snncompile.sim.kernels.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
+    from snncompile.targets.artifact import read_artifact
+    from snncompile.sim.simulator import simulate
 
     art = read_artifact(out)
     g = art.graph
@@ -209,7 +209,7 @@ def profile_simulate(graph: Any, x: np.ndarray, timesteps: int, path: Path) -> N
 
     import torch
 
-    from snncompile.simulator import simulate
+    from snncompile.sim.simulator import simulate
 
     simulate(graph, x, timesteps=timesteps, batch_size=len(x))
     prof = cProfile.Profile()
@@ -228,7 +228,7 @@ def profile_simulate(graph: Any, x: np.ndarray, timesteps: int, path: Path) -> N
 
 def summary_table(networks: list[dict[str, Any]]) -> str:
     """Text table of the measured numbers."""
-    from snncompile.table import format_table
+    from snncompile.app.table import format_table
 
     rows = []
     for net in networks:

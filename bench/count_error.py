@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snncompile.artifact import read_artifact
+from snncompile.targets.artifact import read_artifact
 from snncompile.data import load_npz
 from snncompile.ir import Graph, IFNode
-from snncompile.tandem.intsim import quantized_input, run_integer
+from snncompile.tune.intsim import quantized_input, run_integer
 
 
 def count_errors(graph: Graph, x: np.ndarray, timesteps: int | None = None) -> list[dict]:

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from snncompile.calibrate import activation_scales
-from snncompile.convert import ConversionOptions, convert
+from snncompile.calibrate.statistics import activation_scales
+from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.data import load_npz
 from snncompile.frontend import import_onnx, load_onnx
-from snncompile.pipeline import seed_everything
-from snncompile.tandem.model import TandemNet
-from snncompile.tandem.schedule import evaluate
+from snncompile.app.compile import seed_everything
+from snncompile.tune.model import TandemNet
+from snncompile.tune.ptl import evaluate
 
 
 def train(net: TandemNet, train_data, val_data, epochs: int, seed: int) -> tuple[float, int, float]:

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snncompile.convert import ConversionOptions
+from snncompile.passes.convert import ConversionOptions
 from snncompile.fsutil import atomic_write_text
-from snncompile.pipeline import CompileRequest, compile_model, evaluate_artifact
+from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
 
 
 def _model(data: Path) -> Path:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from snncompile.convert import ConversionOptions
-from snncompile.pipeline import CompileRequest, compile_model, evaluate_artifact
+from snncompile.passes.convert import ConversionOptions
+from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
 
 CONFIGS = {
     "convert": dict(bits=16, fanin=None, method=None),

@@ -1,8 +1,8 @@
 """One PTL configuration on an example's CNN over several seeds: the search for issue 3's gap.
 
 Compiles the model with `--bits 8 --fanin 64 --timesteps 8` (or ``--bits``/``--timesteps``) and PTL (60 epochs, patience 6),
-changing only what ``--set`` (fields of :class:`snncompile.pipeline.CompileRequest`) and
-``--opt`` (fields of :class:`snncompile.tandem.schedule.TrainOptions` that have no CLI
+changing only what ``--set`` (fields of :class:`snncompile.app.compile.CompileRequest`) and
+``--opt`` (fields of :class:`snncompile.tune.ptl.TrainOptions` that have no CLI
 flag, e.g. ``lr``, ``final_lr``, ``recalibrate``) say, and prints one JSON line per seed:
 test accuracy (reference simulator), the final validation accuracy and loss the scheduler
 saw, and each stage's best epoch. Values are JSON (``--set norm='"channel"'``).
@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-import snncompile.tandem.schedule as schedule
-from snncompile.artifact import read_artifact
-from snncompile.convert import ConversionOptions
-from snncompile.pipeline import CompileRequest, compile_model, evaluate_artifact
+import snncompile.tune.ptl as schedule
+from snncompile.targets.artifact import read_artifact
+from snncompile.passes.convert import ConversionOptions
+from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
 
 
 def _values(pairs: list[str]) -> dict[str, Any]:

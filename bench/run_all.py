@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--profile", action="store_true", help="also write profiles under OUT/profiles")
     args = p.parse_args(argv)
 
-    from snncompile.table import format_table
+    from snncompile.app.table import format_table
 
     t0 = time.perf_counter()
     extra = ["--profile"] if args.profile else []

@@ -1,7 +1,7 @@
 """Time of one tandem training step (forward, backward, Adam) at several PTL stages.
 
 Tuning time is almost all training steps, and a step's forward runs the exact integer
-network over the window (the reference simulator's :func:`snncompile.simulator.run_window`);
+network over the window (the reference simulator's :func:`snncompile.sim.simulator.run_window`);
 this measures a step on its own, on a converted artifact and a batch of its training data,
 so two versions of the code can be compared (run it with ``PYTHONPATH`` set to another
 checkout for an A/B).
@@ -42,20 +42,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--layouts", action="store_true",
                    help="also time the step with the surrogate path channels-last (as shipped: "
-                        "snncompile/tandem/model.py, _layout) and row-major, alternating blocks of "
+                        "snncompile/tune/model.py, _layout) and row-major, alternating blocks of "
                         "--block steps in this process, and print the medians (the machine's noise "
                         "is as large as the difference, so a process per layout cannot tell them apart)")
     p.add_argument("--block", type=int, default=8, help="steps per timed block with --layouts")
     p.add_argument("--prefix", action="store_true",
                    help="also time the step that starts from the fixed layers' kept spike trains "
-                        "(what tuning does from stage 2 on, snncompile/tandem/prefix.py)")
+                        "(what tuning does from stage 2 on, snncompile/tune/prefix.py)")
     args = p.parse_args(argv)
 
     import torch
 
     import snncompile
-    from snncompile.artifact import read_artifact
-    from snncompile.tandem.model import TandemNet
+    from snncompile.targets.artifact import read_artifact
+    from snncompile.tune.model import TandemNet
 
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # the code measured has it: an older checkout runs as its own tuning did)
     torch.set_flush_denormal(True)
     try:
-        from snncompile.tandem.allocator import keep_step_memory
+        from snncompile.tune.runtime.allocator import keep_step_memory
     except ImportError:
         keep_step_memory = None
     if keep_step_memory is not None:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"stage": net.stage, "seconds_per_step": best}
         front = None
         if args.prefix:
-            from snncompile.tandem.prefix import PrefixCache, frontier
+            from snncompile.tune.prefix import PrefixCache, frontier
 
             front = frontier(g, net.layers[:net.stage - 1]) if net.stage >= 2 else None
         if front is not None:
@@ -122,7 +122,7 @@ def _compare_layouts(step, blocks: int, block: int) -> dict[str, float]:
     import statistics
     import time
 
-    from snncompile.tandem import model
+    from snncompile.tune import model
 
     kept = model._layout
     layouts = {"channels_last": kept, "row_major": lambda t: t}

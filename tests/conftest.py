@@ -39,7 +39,7 @@ class OnnxKit:
     @staticmethod
     def check(model: onnx.ModelProto, x: np.ndarray, rtol=1e-5, atol=1e-5, **kw):
         """Import ``model``, compare ann_forward with onnxruntime, return the ImportResult."""
-        from snncompile.ann import ann_forward
+        from snncompile.sim.ann import ann_forward
         from snncompile.frontend import import_onnx
 
         res = import_onnx(model, **kw)

@@ -1,5 +1,5 @@
 """The first reference simulator, kept as a second, independent statement of the semantics:
-it evaluates the graph step by step (every node at t, then t + 1), where snncompile.simulator
+it evaluates the graph step by step (every node at t, then t + 1), where snncompile.sim.simulator
 evaluates node by node over the whole window. tests/test_simulator_orders.py checks both agree
 bit for bit."""
 
@@ -15,7 +15,7 @@ from snncompile.errors import DataError, ModelError
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                  FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode,
                  ReshapeNode, WeightedNode)
-from snncompile.metrics import fanout, spike_driven
+from snncompile.ir.structure import fanout, spike_driven
 
 EXACT_F32 = 2 ** 24
 EXACT_F64 = 2 ** 53

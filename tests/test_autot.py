@@ -14,8 +14,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from snncompile.cli import main
-from snncompile.pipeline import evaluate_artifact
+from snncompile.app.cli import main
+from snncompile.app.compile import evaluate_artifact
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -97,8 +97,8 @@ def test_with_tuning_t_is_chosen_on_the_tuned_network(digits_dir, tmp_path):
 def test_regression_is_judged_by_psnr(onnx_kit, tmp_path):
     from onnx import helper as H
 
-    from snncompile.autot import AutoTOptions
-    from snncompile.pipeline import CompileRequest, compile_model
+    from snncompile.calibrate.timesteps import AutoTOptions
+    from snncompile.app.compile import CompileRequest, compile_model
 
     rng = np.random.default_rng(0)
     inits = {"a": rng.normal(0, 0.6, (16, 6)).astype(np.float32),

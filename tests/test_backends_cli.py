@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from snncompile.cli import main
+from snncompile.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 HW = ["--bits", "8", "--membrane-bits", "24"]  # what the default cyclesim architecture holds
@@ -187,8 +187,8 @@ FAKE_PLUGINS = {
     "liarmod.py": textwrap.dedent("""
         import numpy as np
         from snncompile.plugin import Backend, BackendRun, Limits, load_graph
-        from snncompile.serialize import save_graph
-        from snncompile.simulator import simulate
+        from snncompile.ir.serialize import save_graph
+        from snncompile.sim.simulator import simulate
 
         class Liar(Backend):  # fires on v > theta instead of v >= theta
             name = "liar"

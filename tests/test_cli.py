@@ -220,7 +220,7 @@ def test_an_interrupt_exits_without_finalizer_noise(quiet):
     can tell)."""
     code = f"""
 import sys
-from snncompile import cli
+from snncompile.app import cli
 
 class HalfMade:
     def __del__(self):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from snncompile.plugin import Backend, BackendRun, Limits, load_graph
-from snncompile.serialize import save_graph
-from snncompile.simulator import simulate
+from snncompile.ir.serialize import save_graph
+from snncompile.sim.simulator import simulate
 from snncompile.testing import ConformanceError, check_backend, check_case, zoo_case, zoo_names
 
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from snncompile.ann import ann_forward
-from snncompile.calibrate import activation_scales, weight_bounds
-from snncompile.convert import ConversionOptions, convert
+from snncompile.sim.ann import ann_forward
+from snncompile.calibrate.statistics import activation_scales, weight_bounds
+from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.errors import ModelError, UsageError
 from snncompile.frontend import import_onnx
 from snncompile.ir import AffineNode, IFNode, WeightedNode
-from snncompile.simulator import simulate
+from snncompile.sim.simulator import simulate
 
 
 class ResNetish(nn.Module):
@@ -165,7 +165,7 @@ def test_model_with_fixed_batch_one_calibrates_and_evaluates(onnx_kit, tmp_path)
     (calibration and the ANN baseline), and the numbers match a dynamic-batch export."""
     from onnx import helper as H
 
-    from snncompile.pipeline import CompileRequest, compile_model, evaluate_artifact
+    from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
 
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32),

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from snncompile.convert import ConversionOptions
+from snncompile.passes.convert import ConversionOptions
 from snncompile.errors import UsageError
 from snncompile.ir import Conv2dNode
-from snncompile.pipeline import CompileRequest, compile_model
-from snncompile.serialize import load_graph
-from snncompile.tandem.constraints import channel_mask, topk_mask, violations
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.ir.serialize import load_graph
+from snncompile.passes.constrain import channel_mask, topk_mask, violations
 
 
 def test_channel_mask_keeps_whole_channels_of_largest_l1(rng):

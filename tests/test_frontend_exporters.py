@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from snncompile import ir
-from snncompile.ann import ann_forward
+from snncompile.sim.ann import ann_forward
 from snncompile.errors import UnsupportedOpError
 from snncompile.frontend import import_onnx, load_onnx
 

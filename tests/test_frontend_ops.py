@@ -335,7 +335,7 @@ def test_clip_min_only_and_global_max_pool(onnx_kit, rng):
 def test_ann_forward_inputs_and_return_all(onnx_kit, rng):
     import torch
 
-    from snncompile.ann import ann_forward
+    from snncompile.sim.ann import ann_forward
     from snncompile.errors import DataError
 
     nodes = [H("Conv", ["x", "W"], ["c"]), H("Relu", ["c"], ["y"])]

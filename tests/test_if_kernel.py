@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from snncompile import if_kernel as k
+from snncompile.sim.kernels import if_kernel as k
 
 
 def _reference(cur, mode, T, th, v0, subtract, limit):

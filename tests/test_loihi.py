@@ -20,7 +20,7 @@ from snncompile.errors import ArtifactError, DataError, UsageError
 from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                            Graph, IFNode, InputNode, MaxPool2dNode, PadNode)
 from snncompile.plugin import LimitError, get_backend
-from snncompile.simulator import quantize_input, simulate
+from snncompile.sim.simulator import quantize_input, simulate
 
 HAVE_LAVA = importlib.util.find_spec("lava") is not None
 needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
@@ -359,11 +359,11 @@ def test_other_window_and_outputs_only(tmp_path):
 
 
 def _converted(onnx_kit, input_mode: str, rng) -> tuple[Graph, np.ndarray]:
-    """A real conversion (ONNX -> IR with snncompile.convert, calibrated) at Loihi settings."""
+    """A real conversion (ONNX -> IR with snncompile.passes.convert, calibrated) at Loihi settings."""
     from onnx import helper
 
-    from snncompile.calibrate import activation_scales
-    from snncompile.convert import ConversionOptions, convert
+    from snncompile.calibrate.statistics import activation_scales
+    from snncompile.passes.convert import ConversionOptions, convert
     from snncompile.frontend import import_onnx
 
     inits = {"w1": rng.normal(0, 0.4, (4, 1, 3, 3)).astype(np.float32),

@@ -11,10 +11,10 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from snncompile.cli import main
+from snncompile.app.cli import main
 from snncompile.errors import UsageError
-from snncompile.pipeline import CompileRequest, compile_model
-from snncompile.tandem.methods import METHODS, NEEDS, NONE, OPTIONS, review_options
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.tune.methods import METHODS, NEEDS, NONE, OPTIONS, review_options
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
@@ -175,7 +175,7 @@ def test_cli_percentile_auto_chooses_each_layer_on_validation(digits_dir, tmp_pa
     """--percentile auto: every IF layer's percentile is one of the grid's, the one whose
     converted network scored best on --val (recorded per stage with every candidate's
     score), and the search is part of what --resume must match."""
-    from snncompile.tandem.schedule import PERCENTILE_GRID
+    from snncompile.tune.ptl import PERCENTILE_GRID
 
     d = digits_dir
     r = _convert(d, tmp_path / "auto", "--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0",

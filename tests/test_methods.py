@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from snncompile.ir import IFNode
-from snncompile.serialize import load_graph
-from snncompile.tandem import intsim
-from snncompile.tandem.bptt import Surrogate, forward, linear_grad, stdb_grad, surrogate_if
-from snncompile.tandem.constraints import violations
-from snncompile.tandem.ltl import ltl_target, teacher_scales
-from snncompile.tandem.methods import METHODS, known
-from snncompile.tandem.model import TandemNet
+from snncompile.ir.serialize import load_graph
+from snncompile.tune import intsim
+from snncompile.tune.bptt import Surrogate, forward, linear_grad, stdb_grad, surrogate_if
+from snncompile.passes.constrain import violations
+from snncompile.tune.ltl import ltl_target, teacher_scales
+from snncompile.tune.methods import METHODS, known
+from snncompile.tune.model import TandemNet
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -82,8 +82,8 @@ def test_ltl_scales_are_the_teachers_activation_percentile(digits_net):
 
 @pytest.fixture(scope="module")
 def digits_net(digits_dir):
-    from snncompile.calibrate import activation_scales
-    from snncompile.convert import ConversionOptions, convert
+    from snncompile.calibrate.statistics import activation_scales
+    from snncompile.passes.convert import ConversionOptions, convert
     from snncompile.frontend import import_onnx, load_onnx
 
     m = load_onnx(str(digits_dir / "digits_cnn.onnx"))
@@ -157,7 +157,7 @@ def test_registry_names_and_aliases():
 
 
 def _request(d, out, **kw):
-    from snncompile.pipeline import CompileRequest
+    from snncompile.app.compile import CompileRequest
 
     base = {"calib": str(d / "calib.npz"), "train": str(d / "train.npz"), "val": str(d / "val.npz")}
     return CompileRequest(model=str(d / "digits_cnn.onnx"), out=str(out), **{**base, **kw})
@@ -177,7 +177,7 @@ def _request(d, out, **kw):
 def test_options_a_method_cannot_honour_are_refused_before_work(kw, world, expect, digits_dir, tmp_path,
                                                                 monkeypatch):
     from snncompile.errors import UsageError
-    from snncompile.pipeline import compile_model
+    from snncompile.app.compile import compile_model
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     out = tmp_path / "out"
@@ -200,7 +200,7 @@ def test_tandem_trains_every_layer(digits_net, digits_dir):
     """One stage with everything spiking trains all weights, not only the output layer's
     (the old 'tl' fixed every hidden layer as if earlier stages had run)."""
     from snncompile.data import Dataset
-    from snncompile.tandem.schedule import TrainOptions, tune
+    from snncompile.tune.ptl import TrainOptions, tune
 
     g, _ = digits_net
     tr = np.load(digits_dir / "train.npz")

@@ -156,8 +156,8 @@ def test_digits_cli_refuses_the_default_and_writes_a_runnable_nir_file(digits_di
 def test_export_writes_the_same_graph_as_the_target_and_refuses_cleanly(tmp_path):
     from click.testing import CliRunner
 
-    from snncompile.artifact import write_artifact
-    from snncompile.cli import main
+    from snncompile.targets.artifact import write_artifact
+    from snncompile.app.cli import main
 
     g = nir_variant("avgpool_sum").graph
     write_artifact(tmp_path / "art", g, onnx_placeholder(), {"target": "sim"})

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from snncompile import ir
-from snncompile.ann import ann_forward
+from snncompile.sim.ann import ann_forward
 from snncompile.passes import (DEFAULT_PASSES, fold_affine_into_weighted, merge_affines,
                                remove_noops, run_passes, swap_maxpool_relu)
-from snncompile.serialize import graph_to_manifest
+from snncompile.ir.serialize import graph_to_manifest
 
 
 def _rand(rng, *shape):

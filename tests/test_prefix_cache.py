@@ -1,4 +1,4 @@
-"""The fixed layers' spike trains kept per stage (snncompile/tandem/prefix.py): where the
+"""The fixed layers' spike trains kept per stage (snncompile/tune/prefix.py): where the
 fixed part hands over, the packing, and that a tuning run with the cache is bit for bit the
 run without it."""
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import snncompile.tandem.prefix as prefix
-from snncompile import spike_conv
-from snncompile.convert import ConversionOptions
+import snncompile.tune.prefix as prefix
+from snncompile.sim.kernels import spike_conv
+from snncompile.passes.convert import ConversionOptions
 from snncompile.ir import AddNode, Graph, InputNode
-from snncompile.pipeline import CompileRequest, compile_model
-from snncompile.serialize import load_graph
-from snncompile.tandem.prefix import PrefixCache, frontier
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.ir.serialize import load_graph
+from snncompile.tune.prefix import PrefixCache, frontier
 
 from test_simulator_orders import ONE, _conv, _if, branchy_graph, strided_graph
 
@@ -57,7 +57,7 @@ def _packbits_reference(codes: np.ndarray, signed: bool) -> tuple[np.ndarray, np
 def test_packing_kernel_matches_numpy_packbits(T, neurons, signed):
     """Whole-byte steps (packed eight codes per word) and ragged ones (byte by byte): the
     rows and the steps with spikes equal numpy's, written at the rows asked for only."""
-    from snncompile.tandem.bitpack import pack_codes
+    from snncompile.tune.runtime.bitpack import pack_codes
     rng = np.random.default_rng(neurons)
     n = 7
     codes = rng.integers(0, 3 if signed else 2, (T, n, neurons)).astype(np.uint8)
@@ -77,7 +77,7 @@ def test_packing_kernel_matches_numpy_packbits(T, neurons, signed):
 def test_unpacking_kernel_inverts_the_packing(T, neurons, signed):
     """Codes and counts of any rows (repeated, out of order) come back as they were packed,
     from the kernel where it applies (whole bytes, 2T <= 255) and from numpy otherwise."""
-    from snncompile.tandem import bitpack
+    from snncompile.tune.runtime import bitpack
     rng = np.random.default_rng(T + neurons)
     n = 6
     codes = rng.integers(0, 3 if signed else 2, (T, n, neurons)).astype(np.uint8)
@@ -150,7 +150,7 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
 def test_builds_batch_samples_by_the_window_bound(monkeypatch):
     """Without a batch size, a build simulates as many samples at a time as keep the
     largest node's (T, samples, neurons) tensor within the bound (and at least one)."""
-    from snncompile import simulator
+    from snncompile.sim import simulator
     rng = np.random.default_rng(2)
     g = strided_graph(rng, "once", "subtract")
     largest = max(int(np.prod(n.shape)) for n in g.nodes)
@@ -227,12 +227,12 @@ def test_a_stage_starts_its_trains_from_those_of_the_stage_before():
 
     import onnx
 
-    from snncompile.calibrate import activation_scales
-    from snncompile.convert import convert
+    from snncompile.calibrate.statistics import activation_scales
+    from snncompile.passes.convert import convert
     from snncompile.data import Dataset
     from snncompile.frontend import import_onnx
-    from snncompile.tandem.model import TandemNet
-    from snncompile.tandem.schedule import _prefix_caches
+    from snncompile.tune.model import TandemNet
+    from snncompile.tune.ptl import _prefix_caches
 
     torch.manual_seed(0)
     buf = io.BytesIO()

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from snncompile.convert import ConversionOptions
+from snncompile.passes.convert import ConversionOptions
 from snncompile.data import Dataset
 from snncompile.errors import UsageError
-from snncompile.metrics import population_fanin, weight_bits
-from snncompile.pipeline import CompileRequest, compile_model
-from snncompile.serialize import load_graph
-from snncompile.tandem import schedule
-from snncompile.tandem.constraints import violations
-from snncompile.tandem.model import TandemNet
-from snncompile.tandem.schedule import TrainOptions, tune
+from snncompile.ir.structure import population_fanin, weight_bits
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.ir.serialize import load_graph
+from snncompile.tune import ptl as schedule
+from snncompile.passes.constrain import violations
+from snncompile.tune.model import TandemNet
+from snncompile.tune.ptl import TrainOptions, tune
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -39,8 +39,8 @@ def small_net():
     import onnx
     import torch.nn as nn
 
-    from snncompile.calibrate import activation_scales
-    from snncompile.convert import convert
+    from snncompile.calibrate.statistics import activation_scales
+    from snncompile.passes.convert import convert
     from snncompile.frontend import import_onnx
 
     torch.manual_seed(0)
@@ -266,7 +266,8 @@ def test_tuning_flushes_denormals_and_then_restores_them(small_net):
 def test_tuning_keeps_a_steps_memory_for_the_next(small_net, monkeypatch):
     """Tuning sets glibc's mmap threshold to its dynamic maximum (32 MiB) and the trim
     threshold to twice that, and nothing where the C library is not glibc."""
-    from snncompile.tandem import allocator, schedule
+    from snncompile.tune.runtime import allocator
+    from snncompile.tune import ptl as schedule
 
     calls = []
 
@@ -321,7 +322,7 @@ def test_count_aware_scores_layers_not_spiking_on_their_count_model(small_net):
 def test_only_ptl_models_counts_on_its_ann_stages(small_net, method):
     """Count-aware is the default, but only PTL's ANN stages hand on to spiking ones: LTL's
     ANN stage trains its teacher, whose activations must stay the ANN's."""
-    from snncompile.tandem.methods import get_method
+    from snncompile.tune.methods import get_method
 
     g, train, val = small_net
     net = TandemNet(g, bits=8)
@@ -504,7 +505,7 @@ def test_bad_tuning_input_is_one_clear_message(case, expect, digits_dir, tmp_pat
 
 def test_regression_scores_and_target_checks():
     from snncompile.errors import DataError
-    from snncompile.pipeline import _check_targets, _score
+    from snncompile.app.compile import _check_targets, _score
 
     y = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
     pred = y + np.array([[0.1, -0.1], [0.1, -0.1]], np.float32)

@@ -35,9 +35,9 @@ def test_sixteen_bits_fit_cyclesim(snncompile_build):
 @pytest.fixture(scope="module")
 def baseline(digits_dir, tmp_path_factory):
     """A baseline of the 8-bit cyclesim build the user's first test compiles."""
-    from snncompile.convert import ConversionOptions
-    from snncompile.gate import write_baseline
-    from snncompile.pipeline import CompileRequest, compile_model
+    from snncompile.passes.convert import ConversionOptions
+    from snncompile.measure.gate import write_baseline
+    from snncompile.app.compile import CompileRequest, compile_model
 
     d = tmp_path_factory.mktemp("plugin")
     compile_model(CompileRequest(model=str(digits_dir / "digits_cnn.onnx"), out=str(d / "b"),
@@ -84,7 +84,7 @@ def test_plugin_is_registered_and_light():
     """Installed through the pytest11 entry point; loading it imports nothing heavy."""
     r = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, timeout=120)
     assert "--snncompile-baseline" in r.stdout and "--snncompile-build-dir" in r.stdout
-    code = ("import sys, snncompile.pytest_plugin; "
+    code = ("import sys, snncompile.measure.pytest_plugin; "
             "print([m for m in ('torch', 'numpy', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

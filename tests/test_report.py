@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snncompile.artifact import read_artifact
-from snncompile.serialize import save_graph
+from snncompile.targets.artifact import read_artifact
+from snncompile.ir.serialize import save_graph
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["accuracy_vs_timesteps.png", "firing_rates.png", "synops_vs_macs.png",
@@ -31,7 +31,7 @@ def cli_here(*args: str) -> subprocess.CompletedProcess:
     """The command line in this process (no interpreter start-up), for the error cases."""
     from click.testing import CliRunner
 
-    from snncompile.cli import main
+    from snncompile.app.cli import main
 
     r = CliRunner().invoke(main, list(args))
     if r.exception is not None and not isinstance(r.exception, SystemExit):
@@ -75,7 +75,7 @@ def test_report_renders_every_figure(rendered):
 
 def test_report_numbers_match_evaluate(rendered, build, digits_dir):
     """`evaluate --json` prints evaluate_artifact's result; the report shows the same numbers."""
-    from snncompile.pipeline import evaluate_artifact
+    from snncompile.app.compile import evaluate_artifact
 
     rep, res = rendered
     ev = evaluate_artifact(str(build), str(digits_dir / "test.npz"), [2, 8, 4])
@@ -104,7 +104,7 @@ def test_divergence_finds_the_broken_layer(rendered, build, digits_dir, tmp_path
     correlation with the ANN falls, the first layer's (upstream) does not change."""
     import shutil
 
-    from snncompile.report import measure_report
+    from snncompile.measure.report import measure_report
 
     g = read_artifact(build).graph
     ifs = [n for n in g.nodes if n.op == "if"]
@@ -121,7 +121,7 @@ def test_divergence_finds_the_broken_layer(rendered, build, digits_dir, tmp_path
 
 
 def test_agreement_is_pearson():
-    from snncompile.report.measure import Agreement
+    from snncompile.measure.report.measure import Agreement
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=1000), rng.normal(size=1000)
@@ -138,9 +138,9 @@ def test_agreement_is_pearson():
 
 def test_regression_report_uses_psnr(onnx_kit, tmp_path, rng):
     """A float-target model: the sweep and the summary are MSE/PSNR."""
-    from snncompile.pipeline import CompileRequest, compile_model
-    from snncompile.convert import ConversionOptions
-    from snncompile.report import write_report
+    from snncompile.app.compile import CompileRequest, compile_model
+    from snncompile.passes.convert import ConversionOptions
+    from snncompile.measure.report import write_report
     from onnx import helper
     import onnx
 

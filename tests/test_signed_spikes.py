@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from snncompile.convert import ConversionOptions, convert
+from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.errors import UsageError
 from snncompile.ir import IFNode
 from snncompile.plugin import available_backends, get_backend
-from snncompile.simulator import simulate
-from snncompile.tandem.intsim import quantized_input, run_integer
-from snncompile.tandem.model import TandemNet
+from snncompile.sim.simulator import simulate
+from snncompile.tune.intsim import quantized_input, run_integer
+from snncompile.tune.model import TandemNet
 
 from test_cli import run
 from test_tandem import Branchy, _assert_exact, calibrated

@@ -5,7 +5,7 @@ import pytest
 
 from snncompile.ir import (AvgPool2dNode, Conv2dNode, DenseNode, FlattenNode, Graph, IFNode,
                            InputNode, MaxPool2dNode)
-from snncompile.simulator import quantize_input, simulate
+from snncompile.sim.simulator import quantize_input, simulate
 
 
 def dense_graph(w1, b1, th1, w2, b2, mode="once", bias_mode="first_step", reset="subtract",
@@ -220,7 +220,7 @@ def test_window_magnitudes_are_exact_in_float32_and_beyond():
     exact, in float64 where the total leaves float32's integers."""
     import torch
 
-    from snncompile.simulator import _Val
+    from snncompile.sim.simulator import _Val
 
     rng = np.random.default_rng(11)
     spikes = torch.as_tensor(rng.integers(-1, 2, (8, 3, 5)), dtype=torch.float32)

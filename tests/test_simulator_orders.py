@@ -13,9 +13,9 @@ import step_simulator
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, PadNode,
                            ReshapeNode)
-import snncompile.simulator as sim
-from snncompile.tandem.intsim import needed
-from snncompile.simulator import simulate
+import snncompile.sim.simulator as sim
+from snncompile.tune.intsim import needed
+from snncompile.sim.simulator import simulate
 
 ONE = np.ones(1)
 
@@ -175,8 +175,8 @@ def test_converted_model_agrees():
     import torch
     from torch import nn
 
-    from snncompile.calibrate import activation_scales
-    from snncompile.convert import ConversionOptions, convert
+    from snncompile.calibrate.statistics import activation_scales
+    from snncompile.passes.convert import ConversionOptions, convert
     from snncompile.frontend import import_onnx
 
     torch.manual_seed(0)
@@ -215,7 +215,7 @@ def test_silent_steps(silent_step_path):
 def test_wide_weights_split_into_float32_digits():
     """20-bit weights: worst-case sums need float64, which the simulator computes as float32
     convolutions of weight digits; the digits must recombine to exactly the float64 result."""
-    import snncompile.simulator as sim_mod
+    import snncompile.sim.simulator as sim_mod
 
     rng = np.random.default_rng(8)
     g = strided_graph(rng, "every_step", "subtract")
@@ -278,7 +278,7 @@ def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
     import torch
 
     monkeypatch.setattr(sim, "FUSED_IF", "auto")
-    monkeypatch.delitem(sys.modules, "snncompile.if_kernel", raising=False)
+    monkeypatch.delitem(sys.modules, "snncompile.sim.kernels.if_kernel", raising=False)
     g = strided_graph(np.random.default_rng(0), "once", "subtract")
     neurons = 4 * 5 * 4 + 7
     cpu = torch.device("cpu")
@@ -286,7 +286,7 @@ def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
     assert not sim._fused_if(g, 8, 10, cpu)
     assert sim._fused_if(g, 8, big, cpu)
     assert not sim._fused_if(g, 8, big, torch.device("meta"))
-    import snncompile.if_kernel  # noqa: F401  (loaded: serves small runs too)
+    import snncompile.sim.kernels.if_kernel  # noqa: F401  (loaded: serves small runs too)
     assert sim._fused_if(g, 8, 10, cpu)
 
 
@@ -326,7 +326,7 @@ def test_a_window_from_kept_trains_prepares_only_what_it_simulates():
     """run_window from an IF layer's kept trains (a tuning stage's step: a plan is built for
     every batch) prepares the nodes after the cut alone: the layers before it may even lack
     their integers, and the counts after it are the whole simulation's."""
-    from snncompile.tandem.prefix import frontier
+    from snncompile.tune.prefix import frontier
 
     rng = np.random.default_rng(5)
     g = strided_graph(rng, "once", "subtract")

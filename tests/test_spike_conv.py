@@ -1,4 +1,4 @@
-"""Convolutions of spike codes on the int8 kernels (snncompile/spike_conv.py) are the float32
+"""Convolutions of spike codes on the int8 kernels (snncompile/sim/kernels/spike_conv.py) are the float32
 convolutions bit for bit, and the simulator gives the same results whichever it runs."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snncompile import simulator, spike_conv
+from snncompile.sim import simulator
+from snncompile.sim.kernels import spike_conv
 from snncompile.ir import DenseNode, FlattenNode, Graph, InputNode
-from snncompile.simulator import SpikeTrains, run_window
+from snncompile.sim.simulator import SpikeTrains, run_window
 
 from test_simulator_orders import ONE, _conv, _if
 

@@ -14,17 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snncompile.calibrate import activation_scales
-from snncompile.convert import ConversionOptions, convert
+from snncompile.calibrate.statistics import activation_scales
+from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.errors import UsageError
 from snncompile.frontend import import_onnx
 from snncompile.ir import IFNode
-from snncompile.metrics import population_fanin, weight_bits
-from snncompile.simulator import run_window, simulate
-from snncompile.tandem.constraints import fanin_budgets, topk_mask, violations
-from snncompile.tandem.intsim import quantized_input
-from snncompile.tandem.model import TandemNet, unit_scales
-from snncompile.tandem.requant import requantize
+from snncompile.ir.structure import population_fanin, weight_bits
+from snncompile.sim.simulator import run_window, simulate
+from snncompile.passes.constrain import fanin_budgets, topk_mask, violations
+from snncompile.tune.intsim import quantized_input
+from snncompile.tune.model import TandemNet, unit_scales
+from snncompile.passes.requant import requantize
 
 
 class Branchy(nn.Module):
@@ -306,7 +306,7 @@ def test_version_1_artifacts_still_load(branchy, tmp_path):
     """IR version 2 added weight_exp; a version 1 manifest (no such field) reads as 0."""
     import json
 
-    from snncompile.serialize import load_graph, save_graph
+    from snncompile.ir.serialize import load_graph, save_graph
 
     ann, cal, _ = branchy
     g = convert(ann, cal, ConversionOptions(timesteps=4))
@@ -330,7 +330,7 @@ def test_count_model_is_its_levels_forward_and_its_clamp_backward():
     scales), backward the gradient torch gives ``min(relu(z), lam)``, exactly (1 inside
     (0, lam), 0 outside, 1/2 where z equals lam), so tuning runs are what they were when
     the op was composed of those torch ops."""
-    from snncompile.tandem.model import _CountModel
+    from snncompile.tune.model import _CountModel
 
     lam = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1)
     z = torch.linspace(-1.0, 3.0, 2 * 3 * 67).reshape(2, 3, 67)
@@ -381,8 +381,8 @@ def test_one_channel_convolution_runs_channels_last(padding):
     that the surrogate's convolution writes channels-last; its values and gradients are
     torch's row-major ones up to float32 rounding (the simulator's integer sums exactly)."""
     from snncompile.ir import Conv2dNode
-    from snncompile.simulator import channels_last_strides
-    from snncompile.tandem.model import _conv
+    from snncompile.sim.simulator import channels_last_strides
+    from snncompile.tune.model import _conv
     gen = torch.Generator().manual_seed(sum(padding))
     x = torch.rand(5, 1, 11, 9, generator=gen)
     view = channels_last_strides(x)

@@ -1,4 +1,4 @@
-"""The one-pass CPU kernels of a tandem step (snncompile/tandem/kernels.py) give the values
+"""The one-pass CPU kernels of a tandem step (snncompile/tune/runtime/kernels.py) give the values
 of the torch ops they replace, bit for bit, in every layout they accept, and the callers
 fall back to those ops where they do not apply."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from snncompile.tandem import kernels
-from snncompile.tandem.model import _CountModel, _straight_through
+from snncompile.tune.runtime import kernels
+from snncompile.tune.model import _CountModel, _straight_through
 
 
 def _torch_levels(z: torch.Tensor, lam: torch.Tensor, T: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from snncompile.tandem.allocator import keep_step_memory
+from snncompile.tune.runtime.allocator import keep_step_memory
 
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..ir import Graph, IFNode
-from ..plugin import Backend, BackendRun, Limits, get_backend
-from ..simulator import SimResult, simulate
+from ..targets.api import Backend, BackendRun, Limits, get_backend
+from ..sim.simulator import SimResult, simulate
 from .zoo import Case, zoo_case, zoo_names
 
 

@@ -41,8 +41,7 @@ import numpy as np
 
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, Conv2dNode, DenseNode, FlattenNode,
                            Graph, IFNode, InputNode, Node, ReshapeNode, WeightedNode)
-from snncompile.metrics import weight_bits
-from snncompile.plugin import Violation
+from snncompile.plugin import Violation, weight_bits
 
 FORMAT = "snncompile-nir"
 FORMAT_VERSION = 1

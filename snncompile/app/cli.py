@@ -1,0 +1,547 @@
+"""The `snncompile` command line.
+
+Every command maps errors a user can cause (SnnCompileError) to one message on stderr and a
+non-zero exit code, without a traceback; `--json` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any, Callable, NoReturn
+
+import click
+
+from .. import __version__
+from ..passes.convert import V_INIT_MODES, ConversionOptions
+from ..errors import SnnCompileError, UnsupportedOpError, UsageError
+from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
+from ..calibrate.statistics import NORM_MODES
+from .table import format_table
+
+EXIT_INTERRUPTED = 130
+
+
+def _exit_interrupted(message: str) -> NoReturn:
+    """Say ``message`` on stderr and exit with EXIT_INTERRUPTED. An interrupt can cut an
+    object short in its making (numba compiling a kernel on first use, through llvmlite),
+    whose finalizer then fails as the process ends with an "Exception ignored" traceback:
+    noise that would bury the one line saying what to do, so it is not printed."""
+    click.echo(message, err=True)
+    sys.unraisablehook = lambda unraisable: None
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SnnCompileError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            _exit_interrupted("interrupted")
+    return wrapper
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowerLevelFormatter())
+    log = logging.getLogger("snncompile")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="snncompile")
+@click.option("-v", "--verbose", is_flag=True, help="Print more about each step.")
+def main(verbose: bool) -> None:
+    """Compile trained ANNs (ONNX) into integer spiking neural networks."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (must not exist, unless --force).")
+@click.option("--target", default="sim", show_default=True,
+              help="Backend to compile for: sim (reference simulator) or an installed backend "
+                   "(see 'snncompile backends').")
+@click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the target backend (repeatable), e.g. neurons_per_core=256.")
+@click.option("--timesteps", "-T", default="16", show_default=True,
+              help="Time window T: a spike count over T steps stands for an activation; 'auto' "
+                   "picks the smallest candidate that meets --max-accuracy-drop on --val.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="With --timesteps auto: allowed SNN accuracy loss against the ANN on --val, in "
+                   "percentage points (default 1.0).")
+@click.option("--max-psnr-drop", type=float, default=None, metavar="DB",
+              help="With --timesteps auto, for float targets: allowed PSNR loss in dB (default 1.0).")
+@click.option("--timesteps-candidates", default=None, metavar="LIST",
+              help="With --timesteps auto: the T values tried, smallest first (default "
+                   "1,2,4,...,256; ranges allowed, e.g. 1-32).")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data (.npz with x) for threshold normalization.")
+@click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
+              help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
+@click.option("--percentile", default="99.9", show_default=True,
+              help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
+                   "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
+@click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
+              help="Signed integer weight width (per-layer symmetric).")
+@click.option("--weight-exp", default=0, show_default=True, type=int,
+              help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
+                   "and biases get E more bits of resolution.")
+@click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
+              help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
+@click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
+              help="IF reset: subtract the threshold, or reset to zero.")
+@click.option("--spikes", type=click.Choice(SPIKE_MODES), default="binary", show_default=True,
+              help="binary: spikes are +1; signed: a neuron that has fired can also emit -1 when "
+                   "later inhibition takes its membrane below 0 (needs a target that carries "
+                   "signed spikes).")
+@click.option("--v-init", type=click.Choice(V_INIT_MODES), default="half", show_default=True,
+              help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
+@click.option("--membrane-bits", default=32, show_default=True, type=int,
+              help="Membrane width; values beyond it saturate (and are counted).")
+@click.option("--fanin", type=int, default=None,
+              help="Most non-zero incoming synapses per neuron (largest weights kept).")
+@click.option("--prune-ahead", default=99, show_default=True, type=int,
+              help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
+                   "spikes; 1: a stage ahead, no ANN stage where the first layer's mask prunes "
+                   "nothing, the choice for a tight budget; large: all masks first, in an ANN "
+                   "stage 0).")
+@click.option("--fanin-mode", type=click.Choice(["magnitude", "channels"]), default="magnitude",
+              show_default=True, help="Which weights --fanin keeps: the largest per neuron, or whole "
+                                      "input channels (full kernels) of largest L1 norm per output channel.")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
+@click.option("--val", "val_path", type=click.Path(dir_okay=False),
+              help="Validation data (.npz with x, y) the scheduler watches (needs --train).")
+@click.option("--method", default="ptl", show_default=True, metavar="NAME",
+              help="Tuning method: ptl (progressive tandem learning), tandem (all layers at once; "
+                   "old name tl), ltl (local tandem learning), stdb (threshold balancing + "
+                   "spike-timing-dependent BPTT), or none (convert only).")
+@click.option("--surrogate", type=click.Choice(["exp", "linear"]), default=None,
+              help="ltl/stdb: surrogate gradient, alpha*exp(-beta*dt) (exp; stdb's default) or "
+                   "alpha*max(0, 1-|v/theta-1|) (linear; ltl's default).")
+@click.option("--surrogate-alpha", type=float, default=None, help="ltl/stdb: surrogate scale alpha [0.3].")
+@click.option("--surrogate-beta", type=float, default=None,
+              help="ltl/stdb: decay beta of the exp surrogate per step since the last spike [0.01].")
+@click.option("--balance-scale", type=float, default=None,
+              help="stdb: thresholds after balancing are this times the layer's largest activation [0.7].")
+@click.option("--joint-final", is_flag=True,
+              help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
+                   "learning rate), not only the output layer.")
+@click.option("--count-aware/--no-count-aware", default=True, show_default=True,
+              help="ptl: layers not spiking yet pass the value of the spike count they will fire "
+                   "(T + 1 levels) instead of their ReLU, so the ANN stages train for the count levels "
+                   "to come; --no-count-aware trains them as ReLUs (PTL as published).")
+@click.option("--distill", default=0.0, show_default=True, type=float, metavar="SHARE",
+              help="ptl/tandem: share (0..1) of the training loss that matches the float ANN's "
+                   "outputs (knowledge distillation) instead of the labels.")
+@click.option("--distill-temperature", default=4.0, show_default=True, type=float,
+              help="Softmax temperature of --distill (classification).")
+@click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
+@click.option("--patience", default=6, show_default=True, type=int,
+              help="Epochs without validation gain before a stage ends.")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Tuning batch size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where tuning runs.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted tuning run in OUT from its checkpoints.")
+@click.option("--output", "output_name", help="ONNX output to compile, when the model has several.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_handle_errors
+def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
+            percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
+            input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
+            prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
+            surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
+            balance_scale: float | None, joint_final: bool, count_aware: bool, distill: float,
+            distill_temperature: float, epochs: int, patience: int, batch_size: int, device: str, resume: bool,
+            output_name: str | None, seed: int, force: bool, as_json: bool,
+            target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
+            max_psnr_drop: float | None = None, timesteps_candidates: str | None = None) -> None:
+    """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
+    under the --bits/--fanin limits, layer by layer; with --target, check it against a
+    backend's limits and lower it into OUT/<target>/."""
+    from .compile import CompileRequest, compile_model
+    from ..targets.api import parse_backend_options
+
+    auto, steps = _auto_timesteps(timesteps, max_accuracy_drop, max_psnr_drop, timesteps_candidates)
+    percentile_value, percentile_search = _percentile_option(percentile)
+    explicit = _explicit_options()
+    if percentile_search:  # reviewed against the method as its own option
+        explicit = (explicit - {"percentile"}) | {"percentile_search"}
+    opts = ConversionOptions(timesteps=steps, weight_bits=weight_bits, input_bits=input_bits,
+                             input_mode=input_mode, reset=reset, v_init=v_init,
+                             membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes)
+    report = None if as_json else _epoch_reporter()
+    req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
+                         percentile=percentile_value, percentile_search=percentile_search,
+                         output=output_name, seed=seed, force=force,
+                         options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
+                         val=val_path, method=method, epochs=epochs, patience=patience,
+                         batch_size=batch_size, device=device, resume=resume,
+                         progress=not as_json and sys.stderr.isatty(), report=report,
+                         target_options=parse_backend_options(target_options), auto_timesteps=auto,
+                         surrogate=surrogate, surrogate_alpha=surrogate_alpha,
+                         surrogate_beta=surrogate_beta, balance_scale=balance_scale,
+                         joint_final=joint_final, count_aware=count_aware, distill=distill,
+                         distill_temperature=distill_temperature, explicit=explicit)
+    try:
+        summary = compile_model(req)
+    except KeyboardInterrupt:
+        if train_path:
+            _exit_interrupted(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
+                              "command with --resume to continue")
+        raise
+    if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        tuned = ""
+        if "tuning" in summary:
+            t = summary["tuning"]
+            metric = (f"val accuracy {t['val_accuracy']:.4f}" if "val_accuracy" in t
+                      else f"val loss {t.get('val_loss', float('nan')):.5f}")
+            tuned = f", tuned ({t['method']}, {t['epochs']} epochs, {metric})"
+        if "auto_timesteps" in summary:
+            _print_timestep_search(summary["auto_timesteps"])
+        click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
+                   f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
+
+
+def _explicit_options() -> frozenset[str]:
+    """The parameters of the running command the user set (not left at their defaults), so
+    that an option the method ignores is reported only when it was asked for."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(p.name for p in ctx.command.params if p.name is not None
+                     and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT))
+
+
+def _percentile_option(text: str) -> tuple[float, bool]:
+    """(percentile for calibration, whether tuning searches each layer's) from --percentile."""
+    if text.strip().lower() == "auto":
+        return 99.9, True  # the conversion before tuning uses the default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--percentile must be a number in (0, 100] or auto, got '{text}'",
+                         "e.g. --percentile 99.9, or --percentile auto with --train/--val") from None
+    return value, False
+
+
+def _auto_timesteps(text: str, max_accuracy_drop: float | None, max_psnr_drop: float | None,
+                    candidates: str | None):
+    """(AutoTOptions or None, the T conversion starts with) from the --timesteps options."""
+    from ..calibrate.timesteps import AutoTOptions, parse_candidates, parse_timesteps_option
+
+    steps = parse_timesteps_option(text)
+    if steps is not None:
+        given = [f for f, v in (("--max-accuracy-drop", max_accuracy_drop),
+                                ("--max-psnr-drop", max_psnr_drop),
+                                ("--timesteps-candidates", candidates)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used "
+                             "with --timesteps auto",
+                             f"pass --timesteps auto, or drop {given[0]}")
+        return None, steps
+    auto = AutoTOptions(parse_candidates(candidates), max_accuracy_drop, max_psnr_drop)
+    auto.check()
+    return auto, max(auto.candidates)  # a placeholder until the search has chosen
+
+
+def _print_timestep_search(rec: dict[str, Any]) -> None:
+    """The --timesteps auto search, one row per candidate tried."""
+    unit, metric = rec["drop_unit"], rec["metric"]
+    for s in rec["searches"]:
+        click.echo(f"time window search on {rec['val']} ({s['phase']} network; ANN {metric} "
+                   f"{rec['ann']:.4f}, allowed drop {rec['max_drop']:g} {unit}):")
+        click.echo(format_table(["T", f"SNN {metric}", f"drop ({unit})", "meets"],
+                                [[t["timesteps"], f"{t['score']:.4f}", f"{t['drop']:.2f}",
+                                  "yes" if t["meets"] else "no"] for t in s["trials"]]))
+
+
+def _epoch_reporter() -> Callable[[str], None]:
+    """One line per tuning epoch on stderr, written around the progress bar."""
+    def report(line: str) -> None:
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stderr)
+    return report
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y).")
+@click.option("--timesteps", "-T", default=None,
+              help="Override T; a comma list (4,8,16,32) sweeps accuracy against latency.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_json: bool) -> None:
+    """Compare the ANN (onnxruntime) and the SNN (reference simulator) of OUT on DATA."""
+    from .compile import evaluate_artifact, parse_timesteps
+
+    res = evaluate_artifact(out, data, parse_timesteps(timesteps), batch_size,
+                            progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    with_cores = "cores" in res
+    rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
+             f"{r['spikes_per_sample']:.1f}" if "firing_rate" in r else "-",
+             f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"]
+            + ([r.get("cores", "-")] if with_cores else []) for r in res["layers"]]
+    click.echo(format_table(["layer", "kind", "synapses", "neurons", "max fan-in", "w bits",
+                             "spikes/sample", "rate"] + ([f"{res['target']} cores"] if with_cores else []),
+                            rows))
+    metric = "accuracy" if "ann_accuracy" in res else "mse"
+    runs = res.get("sweep", [res])
+    click.echo("")
+    click.echo(format_table(["T", f"ANN {metric}", f"SNN {metric}", "SynOps/sample", "SynOps/MAC"],
+                            [[r["timesteps"], f"{r.get('ann_' + metric, float('nan')):.4f}",
+                              f"{r.get('snn_' + metric, float('nan')):.4f}",
+                              f"{r['synops_per_sample']:.0f}",
+                              f"{r['synops_per_mac']:.3f}" if r.get("synops_per_mac") is not None else "-"]
+                             for r in runs]))
+    click.echo(f"ANN MACs/sample: {res['ann_macs_per_sample']}   samples: {res['samples']}")
+    if "snn_psnr" in res:
+        click.echo(f"PSNR (dB, peak = target range): ANN {res['ann_psnr']:.2f}   SNN {res['snn_psnr']:.2f}")
+    limits = res.get("constraints") or {}
+    click.echo(f"max weight bits: {res['max_weight_bits']}"
+               + (f" (limit {limits['bits']})" if limits.get("bits") else "")
+               + f"   max fan-in: {res['max_fanin']}"
+               + (f" (limit {limits['fanin']})" if limits.get("fanin") else "")
+               + (f"   {res['target']} cores: {res['cores']}" if with_cores else ""))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y) the baseline is measured on.")
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
+              help="Baseline file to write (JSON).")
+@click.option("--force", is_flag=True, help="Replace the baseline file if it exists.")
+@_handle_errors
+def baseline(out: str, data: str, path: str, force: bool) -> None:
+    """Record what the known-good build OUT achieves on DATA (accuracy, SynOps, T, neurons,
+    cores) with default tolerances, for 'snncompile check --baseline'."""
+    from ..measure.gate import write_baseline
+
+    base = write_baseline(out, data, path, force)
+    m = base["metrics"]
+    click.echo(f"wrote {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in m.items()))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--target", help="Check against this backend's limits (default: the build's own target).")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Baseline file written by 'snncompile baseline'.")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Labelled data for the baseline checks (default: the baseline's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write the checks as JUnit XML.")
+@_handle_errors
+def check(out: str, target: str | None, baseline_path: str | None, data: str | None,
+          as_json: bool, junit: str | None) -> None:
+    """CI gate: verify the build OUT against a target's hardware limits and a baseline.
+
+    Exit 0 when every check holds, 1 when one fails; 2 and up when the gate cannot run."""
+    from ..fsutil import atomic_write_text
+    from ..measure.gate import as_json as checks_json
+    from ..measure.gate import junit_xml, run_checks
+
+    checks = run_checks(out, target, baseline_path, data)
+    if junit:
+        atomic_write_text(junit, junit_xml(checks, out))
+    if as_json:
+        click.echo(json.dumps(checks_json(checks), indent=1))
+    else:
+        for c in checks:
+            click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.message}")
+        bad = sum(not c.passed for c in checks)
+        click.echo(f"\n{len(checks) - bad} passed, {bad} failed")
+    if not all(c.passed for c in checks):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Labelled data (.npz with x and y) to measure the build on.")
+@click.option("-o", "--output", "report_dir", required=True, type=click.Path(file_okay=False),
+              help="Report directory to write (must not exist, unless --force).")
+@click.option("--timesteps", "-T", default=None,
+              help="Time steps of the accuracy sweep, e.g. 2,4,8,16,32 (the default; the build's "
+                   "own T is always added).")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace the report directory if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as one JSON object.")
+@_handle_errors
+def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_size: int,
+           force: bool, as_json: bool) -> None:
+    """Measure the build OUT on DATA and write a report with plots (accuracy vs T, firing
+    rates, SynOps vs MACs, weight histograms, fan-in vs limit, ANN-vs-SNN divergence per
+    layer) into a new directory: report.html (self-contained), report.md, PNGs, report.json."""
+    from .compile import parse_timesteps
+    from ..measure.report import write_report
+
+    res = write_report(out, data, report_dir, parse_timesteps(timesteps), force, batch_size)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"wrote {report_dir}: " + ", ".join(res["files"]))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["nir"]), default="nir", show_default=True,
+              help="Exchange format (nir: a NIR graph, see docs/nir.md).")
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
+              help="File to write (e.g. model.nir).")
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+@_handle_errors
+def export(out: str, fmt: str, path: str, force: bool) -> None:
+    """Write the compiled network OUT in an exchange format (whatever target it was compiled
+    for); layers the format cannot express are all named and nothing is written (exit 6)."""
+    from .export import export_artifact
+
+    res = export_artifact(out, fmt, path, force)
+    click.echo(f"wrote {res['path']}: {fmt} ({res['backend']} {res['backend_version']}), "
+               f"T={res['timesteps']}, {res['bytes']} bytes")
+
+
+@main.command()
+@click.argument("target", type=click.Path())
+@click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def inspect(target: str, output_name: str | None, as_json: bool) -> None:
+    """Show what a MODEL.onnx converts to (and every op that cannot be converted), or print the
+    integer IR of a compiled OUT directory."""
+    import os
+
+    from .inspection import inspect_artifact, inspect_model
+
+    if os.path.isdir(target):
+        report = inspect_artifact(target)
+        if as_json:
+            click.echo(json.dumps(report, indent=1))
+            return
+        rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r.get("fanin", ""),
+                 r.get("weight_bits", ""), _span(r.get("threshold")), r.get("reset", ""),
+                 _span(r.get("scale"), "{:.4g}")] for r in report["nodes"]]
+        click.echo(format_table(["node", "op", "shape", "fan-in", "w bits", "threshold", "reset",
+                                 "scale"], rows))
+        click.echo(f"\nT={report['timesteps']}  input: {report['input']['bits']}-bit, "
+                   f"mode {report['input']['mode']}")
+        return
+    report = inspect_model(target, output=output_name)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        if report["layers"]:
+            rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r["params"], r["fanin"],
+                     r["macs"]] for r in report["layers"]]
+            click.echo(format_table(["node", "op", "shape", "params", "fan-in", "MACs"], rows))
+            click.echo(f"\nparameters: {report['params']}   ANN MACs/sample: {report['ann_macs']}   "
+                       f"IF layers: {report['if_layers']}")
+        for w in report["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+        for p in report["problems"]:
+            click.echo(f"unsupported: {p}", err=True)
+    if not report["convertible"]:
+        sys.exit(UnsupportedOpError.exit_code)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Data (.npz with x, and y for accuracy).")
+@click.option("--timesteps", "-T", default=None, type=int, help="Override T.")
+@click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Samples per backend call (spikes of a batch are held in memory).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
+    """Run OUT on the backend it was compiled for, and compare every spike and output with
+    the reference simulator on the same inputs (exit 1 when they differ)."""
+    from .run import run_artifact
+
+    res = run_artifact(out, data, timesteps, batch_size)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        click.echo(f"backend: {res['backend']} {res['backend_version']}")
+        for k in ("accuracy", "mse"):
+            if k in res:
+                click.echo(f"{k}: {res[k]:.4f}")
+        click.echo(f"bit_exact: {str(res['bit_exact']).lower()}")
+        click.echo(f"samples: {res['samples']}  T: {res['timesteps']}  backend {res['seconds_backend']:.2f} s, "
+                   f"reference {res['seconds_reference']:.2f} s")
+        for k, v in res["stats"].items():
+            if isinstance(v, (int, float, str)):
+                click.echo(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    if not res["bit_exact"]:
+        for d in res["differences"][:5]:
+            click.echo(f"difference: {d}", err=True)
+        click.echo("error: the backend's spikes or outputs differ from the reference simulator", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def backends(as_json: bool) -> None:
+    """List the compile targets: the built-in reference simulator and every installed backend
+    plugin (entry-point group snncompile.backends), with versions and limits."""
+    from ..targets.api import available_backends, get_backend
+
+    rows: list[dict[str, Any]] = [{"name": "sim", "version": __version__, "can_run": True,
+                                   "description": "the reference simulator (built in, no limits)",
+                                   "limits": {}}]
+    for name, ep in available_backends().items():
+        try:
+            rows.append(get_backend(name).info())
+        except SnnCompileError as e:  # one broken plugin must not hide the others
+            rows.append({"name": name, "version": None, "can_run": False, "error": e.message,
+                         "description": f"failed to load ({ep.value})", "limits": {}})
+    if as_json:
+        click.echo(json.dumps({"backends": rows}, indent=1))
+        return
+    click.echo(format_table(["target", "version", "runs", "description"],
+                            [[r["name"], r["version"] or "-", "yes" if r["can_run"] else "no",
+                              r["description"]] for r in rows]))
+    for r in rows:
+        if r.get("error"):
+            click.echo(f"\n{r['name']}: error: {r['error']}")
+            continue
+        lim = {k: v for k, v in r["limits"].items() if v not in (None, {}, [])}
+        if lim:
+            click.echo(f"\n{r['name']} limits: " + ", ".join(
+                f"{k}={'/'.join(v) if isinstance(v, list) else v}" for k, v in lim.items() if k != "sources"))
+
+
+def _span(v: list | None, fmt: str = "{}") -> str:
+    if not v:
+        return ""
+    return fmt.format(v[0]) if v[0] == v[1] else f"{fmt.format(v[0])}..{fmt.format(v[1])}"

@@ -1,0 +1,69 @@
+"""What `snncompile inspect` reports: the imported graph node by node, or every op that
+cannot be converted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..frontend import import_onnx, load_onnx
+from ..ir import Graph, IFNode, ReluNode, WeightedNode
+from ..ir.structure import ann_macs, op_fanin, weight_bits
+
+
+def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
+    """A JSON-able description of the model as snncompile will convert it."""
+    model = load_onnx(path)
+    try:
+        res = import_onnx(model, output=output)
+    except UnsupportedOpError as e:
+        return {"model": path, "convertible": False, "problems": list(e.problems), "layers": [],
+                "warnings": [], "params": None, "ann_macs": None, "if_layers": 0}
+    g = res.graph
+    layers = []
+    for n in g.nodes:
+        weighted = isinstance(n, WeightedNode)
+        params = int(n.weight.size + (n.bias.size if n.bias is not None else 0)) if weighted else 0
+        fanin = op_fanin(n, nonzero=False) if weighted or n.op == "avgpool2d" else 0
+        macs = int(np.prod(n.shape)) * fanin if weighted else 0
+        layers.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape),
+                       "params": params, "fanin": fanin, "macs": macs})
+    return {"model": path, "convertible": True, "problems": [], "layers": layers,
+            "warnings": list(res.warnings), "params": sum(r["params"] for r in layers),
+            "ann_macs": ann_macs(g), "if_layers": sum(isinstance(n, ReluNode) for n in g.nodes),
+            "input": {"name": res.input_name, "shape": list(g.input.shape)},
+            "output": res.output_name}
+
+
+def describe_graph(graph: Graph) -> list[dict[str, Any]]:
+    """One JSON-able row per node of a (converted or not) graph: what the IR holds."""
+    rows = []
+    for n in graph.nodes:
+        row: dict[str, Any] = {"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape)}
+        if isinstance(n, WeightedNode):
+            row["params"] = int(n.weight.size + (n.bias.size if n.bias is not None else 0))
+            row["fanin"] = op_fanin(n)
+            row["weight_bits"] = weight_bits(n)
+            row["bias_mode"] = n.bias_mode
+        if isinstance(n, IFNode):
+            row["threshold"] = [int(np.min(n.threshold)), int(np.max(n.threshold))]
+            row["reset"] = n.reset
+            row["membrane_bits"] = n.membrane_bits
+        if n.out_scale is not None:
+            row["scale"] = [float(np.min(n.out_scale)), float(np.max(n.out_scale))]
+        rows.append(row)
+    return rows
+
+
+def inspect_artifact(path: str) -> dict[str, Any]:
+    """A JSON-able description of a compiled output directory."""
+    from ..targets.artifact import read_artifact
+
+    art = read_artifact(path)
+    g = art.graph
+    return {"artifact": path, "timesteps": g.timesteps, "outputs": list(g.outputs),
+            "input": {"shape": list(g.input.shape), "mode": g.input.mode, "bits": g.input.bits},
+            "nodes": describe_graph(g), "ann_macs": ann_macs(g),
+            "options": art.info.get("options", {}), "warnings": art.info.get("warnings", [])}

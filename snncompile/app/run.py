@@ -1,0 +1,89 @@
+"""`snncompile run`: execute a compiled artifact on its backend and check it against the
+reference simulator on the same inputs (bit for bit: every spike and every output)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..targets.artifact import read_artifact
+from ..data import load_npz
+from ..errors import ArtifactError, SnnCompileError, UsageError
+from ..targets.api import BackendError, available_backends, get_backend
+from ..sim.simulator import quantize_input, simulate
+from ..targets.select import SIM
+from ..testing.conformance import compare_run
+
+
+def run_artifact(out: str, data_path: str, timesteps: int | None = None,
+                 batch_size: int = 256) -> dict[str, Any]:
+    """Run OUT's backend on DATA, ``batch_size`` samples at a time; returns accuracy (or
+    mse), bit_exact, the first differences, timings and the backend's own statistics."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    art = read_artifact(out)
+    g = art.graph
+    target = art.info.get("target", SIM)
+    meta = art.info.get("backend") or {}
+    if target == SIM:
+        raise UsageError(f"'{out}' was compiled for target 'sim' (the reference simulator): it has no "
+                         "backend artifact to run",
+                         "use 'snncompile evaluate', or convert with --target NAME (see 'snncompile backends')")
+    if target not in available_backends():
+        raise UsageError(f"'{out}' was compiled for backend '{target}' (version {meta.get('version')}), "
+                         f"which is not installed (installed: {', '.join(available_backends()) or 'none'})",
+                         f"install the package that provides the '{target}' backend")
+    backend = get_backend(target, meta.get("options") or {})
+    if not backend.can_run:
+        raise UsageError(f"backend '{target}' cannot run its artifacts", "use 'snncompile evaluate'")
+    directory = Path(out) / target
+    if not directory.is_dir():
+        raise ArtifactError(f"'{out}' has no '{target}/' folder (the backend's artifact)",
+                            f"re-run 'snncompile convert --target {target}'")
+    data = load_npz(data_path, g.input.shape, need_labels=False)
+    T = int(timesteps or g.timesteps)
+    if T < 1:
+        raise UsageError(f"--timesteps must be >= 1, got {T}")
+    x_int = quantize_input(g, data.x)
+    first = g.outputs[0]
+    diffs: list[str] = []
+    acc: list[np.ndarray | None] = []
+    parts: list[tuple[int, dict[str, Any]]] = []
+    t_backend = t_ref = 0.0
+    for start in range(0, len(x_int), batch_size):  # bounded memory: spikes are recorded
+        stop = min(start + batch_size, len(x_int))
+        t0 = time.perf_counter()
+        try:
+            run = backend.run(directory, x_int[start:stop], T, record_spikes=True)
+        except SnnCompileError:
+            raise
+        except Exception as e:
+            raise BackendError(f"backend '{target}' {backend.version} failed while running: "
+                               f"{type(e).__name__}: {e}", "report this to the backend's authors") from e
+        t_backend += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = simulate(g, data.x[start:stop], timesteps=T, record_spikes=True)
+        t_ref += time.perf_counter() - t0
+        diffs += compare_run(g, ref, run, sample_offset=start)
+        got = run.output_acc.get(first)
+        ok = got is not None and np.shape(got) == ref.output_acc[first].shape
+        acc.append(np.asarray(got, np.float64) if ok else None)  # wrong outputs: no accuracy
+        parts.append((stop - start, run.stats))
+    res: dict[str, Any] = {"backend": target, "backend_version": backend.version,
+                           "compiled_with_version": meta.get("version"), "timesteps": T,
+                           "samples": int(len(data.x)), "bit_exact": not diffs,
+                           "differences": diffs[:10]}
+    if all(a is not None for a in acc):
+        scale = g[first].out_scale
+        pred = np.concatenate(acc) * (scale if scale is not None else 1.0) / T
+        if data.y is not None and data.is_classification:
+            res["accuracy"] = float((pred.reshape(len(pred), -1).argmax(1) == data.y).mean())
+        elif data.y is not None:
+            res["mse"] = float(np.mean((pred.reshape(data.y.shape) - data.y) ** 2))
+    res["seconds_backend"] = round(t_backend, 3)
+    res["seconds_reference"] = round(t_ref, 3)
+    res["stats"] = backend.combine_stats(parts)
+    return res

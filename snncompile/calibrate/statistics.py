@@ -1,0 +1,164 @@
+"""Activation statistics for threshold normalization.
+
+The original ONNX model runs in onnxruntime with the tensors that feed each ReLU exposed as
+extra outputs; each ReLU's scale ``lam`` is a percentile (or the maximum) of its output over
+the calibration data, per layer or per channel. Without data, ``weight_bounds`` gives scales
+from the weights alone: always safe, usually far too large (accuracy suffers at small T).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import ModelError, UsageError
+from ..ir import (AddNode, AffineNode, AvgPool2dNode, Graph, InputNode, ReluNode, WeightedNode)
+
+log = logging.getLogger("snncompile")
+
+NORM_MODES = ("percentile", "max", "channel")
+# Values kept per tensor for percentiles: beyond this, a seeded uniform subsample is used.
+SAMPLE_BUDGET = 4_000_000
+
+
+@dataclass
+class Calibration:
+    """Per-ReLU activation scales and the input's largest magnitude."""
+
+    lam: dict[str, np.ndarray]          # ReLU node name -> (1,) or (C,) scale, all > 0
+    input_absmax: float
+    method: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _session(model: onnx.ModelProto, tensors: list[str]):
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    present = {o.name for o in m.graph.output}
+    for t in tensors:
+        if t not in present:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+            present.add(t)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 0
+    try:
+        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+
+
+def onnx_forward(model: onnx.ModelProto, input_name: str, outputs: list[str], x: np.ndarray,
+                 batch_size: int = 256):
+    """Yield, batch by batch, dicts of the requested tensors computed by onnxruntime.
+
+    A model exported with a fixed batch size (zoo models often fix it at 1) gets batches of
+    exactly that size, the last one padded with zeros whose results are dropped."""
+    sess = _session(model, outputs)
+    fixed = _fixed_batch(model, input_name)
+    step = fixed or batch_size
+    for start in range(0, x.shape[0], step):
+        xb = x[start:start + step].astype(np.float32)
+        n = xb.shape[0]
+        if fixed and n < fixed:
+            xb = np.concatenate([xb, np.zeros((fixed - n,) + xb.shape[1:], np.float32)])
+        res = sess.run(outputs, {input_name: xb})
+        yield {k: (v[:n] if fixed else v) for k, v in zip(outputs, res)}
+
+
+def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The batch size an ONNX input is fixed at, or None where it is symbolic."""
+    for vi in model.graph.input:
+        if vi.name == input_name:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                return int(dims[0].dim_value)
+    return None
+
+
+def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm: str = "percentile",
+                      percentile: float = 99.9, seed: int = 0, batch_size: int = 256) -> Calibration:
+    """Scales of every ReLU of ``graph`` from calibration inputs ``x``."""
+    if norm not in NORM_MODES:
+        raise UsageError(f"unknown normalization '{norm}'", f"use one of {', '.join(NORM_MODES)}")
+    if not 0 < percentile <= 100:
+        raise UsageError(f"--percentile must lie in (0, 100], got {percentile}")
+    p = 100.0 if norm == "max" else percentile
+    relus = [n for n in graph.nodes if isinstance(n, ReluNode)]
+    tensors = sorted({r.calib_tensor for r in relus})
+    rng = np.random.default_rng(seed)
+    kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    n = x.shape[0]
+    for batch in onnx_forward(model, graph.meta["onnx_input"], tensors, x, batch_size):
+        for t, a in batch.items():
+            a = np.maximum(a, 0)
+            per_channel = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
+                if a.ndim > 1 else a.reshape(1, -1)
+            total = n * per_channel.size / a.shape[0]  # values this tensor yields over all data
+            rate = min(1.0, SAMPLE_BUDGET / total)
+            if rate < 1.0:
+                cols = rng.random(per_channel.shape[1]) < rate
+                per_channel = per_channel[:, cols]
+            kept[t].append(per_channel)
+    lam: dict[str, np.ndarray] = {}
+    warnings = []
+    for r in relus:
+        vals = np.concatenate(kept[r.calib_tensor], axis=1)
+        if r.max_value is not None:
+            vals = np.minimum(vals, r.max_value)
+        if norm == "channel":
+            lv = np.percentile(vals, p, axis=1)
+            layer = float(np.percentile(vals, p))
+            dead = lv <= 0
+            if dead.any():
+                lv[dead] = layer if layer > 0 else 1.0
+                warnings.append(f"layer '{r.name}': {int(dead.sum())} channel(s) never active on the "
+                                f"calibration data; their thresholds use the layer's scale")
+        else:
+            lv = np.array([float(np.percentile(vals, p))])
+            if lv[0] <= 0:
+                lv[0] = float(vals.max()) if vals.max() > 0 else 1.0
+                warnings.append(f"layer '{r.name}' is never active on the calibration data; "
+                                f"its threshold is a guess: calibrate with more representative data")
+        lam[r.name] = lv.astype(np.float64)
+    for w in warnings:
+        log.warning(w)
+    return Calibration(lam=lam, input_absmax=float(np.abs(x).max(initial=0.0)),
+                       method=f"{norm}:{p:g}", warnings=warnings)
+
+
+def weight_bounds(graph: Graph, input_absmax: float = 1.0) -> Calibration:
+    """Scales from weights alone: each ReLU's largest possible output given |input| <=
+    ``input_absmax`` (interval arithmetic through the graph)."""
+    bound: dict[str, float] = {}
+    lam: dict[str, np.ndarray] = {}
+    for n in graph.nodes:
+        if isinstance(n, InputNode):
+            bound[n.name] = input_absmax
+            continue
+        b_in = [bound[i] for i in n.inputs]
+        if isinstance(n, WeightedNode):
+            w = np.abs(n.weight)
+            row = w.max() if isinstance(n, AffineNode) else w.reshape(w.shape[0], -1).sum(axis=1).max()
+            bias = float(np.abs(n.bias).max()) if n.bias is not None and n.bias.size else 0.0
+            bound[n.name] = float(row) * b_in[0] + bias
+        elif isinstance(n, ReluNode):
+            v = b_in[0] if n.max_value is None else min(b_in[0], n.max_value)
+            bound[n.name] = v
+            lam[n.name] = np.array([v if v > 0 else 1.0])
+        elif isinstance(n, AddNode):
+            bound[n.name] = sum(b_in)
+        elif isinstance(n, AvgPool2dNode):
+            bound[n.name] = b_in[0]
+        else:
+            bound[n.name] = max(b_in)
+    msg = ("no calibration data: thresholds come from weight bounds, which are far larger than "
+           "real activations, so accuracy will suffer at small T; pass --calib FILE.npz with a few "
+           "hundred training samples")
+    log.warning(msg)
+    return Calibration(lam=lam, input_absmax=input_absmax, method="weights", warnings=[msg])

@@ -1,0 +1,405 @@
+"""The intermediate representation: an explicit graph of typed layers.
+
+One graph type serves both stages of compilation:
+
+* the **ANN graph** the frontend produces: float weights, ``relu`` nodes;
+* the **SNN graph** conversion produces: ``relu`` replaced by ``if`` (integrate-and-fire)
+  nodes, every weighted node also holding integer weights and biases, and every tensor a
+  scale ``out_scale`` that says what real value one unit of it stands for.
+
+Shapes are per sample (no batch axis): ``(C, H, W)`` for images, ``(F,)`` for vectors.
+Nodes are kept in topological order. The spiking semantics (what the integers mean, step by
+step) are defined by :mod:`snncompile.sim.simulator`; ``docs/semantics.md`` states them in prose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from ..errors import ModelError
+
+INPUT_MODES = ("once", "every_step")
+RESET_MODES = ("subtract", "zero")
+# binary: a spike is +1; signed: a neuron that has fired can also emit -1 (take a spike back)
+SPIKE_MODES = ("binary", "signed")
+BIAS_MODES = ("every_step", "first_step")
+
+
+def array_field(optional: bool = True) -> Any:
+    """A dataclass field holding a numpy array (stored in the .npz beside the manifest)."""
+    return field(default=None, metadata={"array": True}) if optional else field(metadata={"array": True})
+
+
+@dataclass(kw_only=True)
+class Node:
+    """A node of the graph: a named operation on the outputs of other nodes."""
+
+    op: ClassVar[str] = ""
+    name: str
+    inputs: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] = ()
+    # Real value of one unit of this node's integer output (SNN graphs only), broadcastable
+    # to ``shape``: a spike of an IF layer with threshold scale lam stands for lam / T.
+    out_scale: np.ndarray | None = array_field()
+
+    def array_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if f.metadata.get("array")]
+
+    def param_names(self) -> list[str]:
+        base = {"name", "inputs", "shape"}
+        return [f.name for f in dataclasses.fields(self)
+                if not f.metadata.get("array") and f.name not in base]
+
+    def infer_shape(self, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        """The output shape given the input shapes; raises ModelError when they do not fit."""
+        raise TypeError(f"{type(self).__name__} defines no shape rule")
+
+    @property
+    def is_weighted(self) -> bool:
+        return False
+
+
+@dataclass(kw_only=True)
+class InputNode(Node):
+    """The analog input. In an SNN it is quantized to ``bits``-bit integers with ``out_scale``
+    and injected as charge: all of it at t = 0 (``once``, T times the value) or every step."""
+
+    op: ClassVar[str] = "input"
+    mode: str = "once"
+    bits: int = 8
+    source: str = ""  # name of the ONNX graph input
+
+    def infer_shape(self, in_shapes):
+        return self.shape
+
+
+@dataclass(kw_only=True)
+class WeightedNode(Node):
+    """Shared fields of nodes with weights: float values and, after conversion, integers."""
+
+    weight: np.ndarray = array_field(optional=False)
+    bias: np.ndarray | None = array_field()
+    weight_int: np.ndarray | None = array_field()
+    bias_int: np.ndarray | None = array_field()
+    # every_step: bias_int added each step; first_step: T * bias_int added at t = 0 only
+    # (used where the analog input arrives once, so charge and bias arrive together).
+    bias_mode: str = "every_step"
+    # weight_int is a mantissa times 2^weight_exp (Loihi's shared per-layer weight exponent);
+    # the weight width counts the mantissa. 0: plain integers.
+    weight_exp: int = 0
+
+    @property
+    def is_weighted(self) -> bool:
+        return True
+
+
+@dataclass(kw_only=True)
+class Conv2dNode(WeightedNode):
+    """2-D convolution, weight (Cout, Cin/groups, kH, kW); padding (top, left, bottom, right)."""
+
+    op: ClassVar[str] = "conv2d"
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(s) != 3:
+            raise ModelError(f"conv2d '{self.name}' needs a (C, H, W) input, got {s}")
+        cout, cin_g, kh, kw = self.weight.shape
+        if s[0] != cin_g * self.groups:
+            raise ModelError(f"conv2d '{self.name}': input has {s[0]} channels, weight expects "
+                             f"{cin_g * self.groups}")
+        h = _conv_len(s[1], kh, self.stride[0], self.padding[0] + self.padding[2], self.dilation[0])
+        w = _conv_len(s[2], kw, self.stride[1], self.padding[1] + self.padding[3], self.dilation[1])
+        if h <= 0 or w <= 0:
+            raise ModelError(f"conv2d '{self.name}': output would be empty for input {s}")
+        return (cout, h, w)
+
+
+@dataclass(kw_only=True)
+class DenseNode(WeightedNode):
+    """Fully connected layer, weight (out, in): y = W x + b."""
+
+    op: ClassVar[str] = "dense"
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(s) != 1 or s[0] != self.weight.shape[1]:
+            raise ModelError(f"dense '{self.name}' expects ({self.weight.shape[1]},) input, got {s}")
+        return (self.weight.shape[0],)
+
+
+@dataclass(kw_only=True)
+class AffineNode(WeightedNode):
+    """Per-channel y = a * x + b (a BatchNorm that could not be folded, or a rescaling)."""
+
+    op: ClassVar[str] = "affine"
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if not s or s[0] != self.weight.shape[0]:
+            raise ModelError(f"affine '{self.name}' has {self.weight.shape[0]} channels, input {s}")
+        return s
+
+
+@dataclass(kw_only=True)
+class ReluNode(Node):
+    """ReLU, optionally clipped at ``max_value`` (ReLU6, Clip(0, m)). ANN graphs only.
+
+    ``calib_tensor`` names the ONNX tensor whose (clipped) ReLU equals this node's output:
+    calibration reads its statistics there."""
+
+    op: ClassVar[str] = "relu"
+    max_value: float | None = None
+    calib_tensor: str = ""
+
+    def infer_shape(self, in_shapes):
+        return in_shapes[0]
+
+
+@dataclass(kw_only=True)
+class IFNode(Node):
+    """Non-leaky integrate-and-fire neurons, one per element of ``shape``.
+
+    ``threshold`` is an integer per channel (shape (C,) or (1,)); ``v_init`` the membrane at
+    t = 0 in the same units; ``lam`` the real activation a count of T spikes stands for.
+    ``spikes`` "signed" adds negative spikes with memory: where the membrane falls below 0
+    after the reset and the neuron's net count is above 0, it emits -1 and gains a threshold
+    back, so charge that arrives late can undo a spike fired too early (see
+    docs/semantics.md)."""
+
+    op: ClassVar[str] = "if"
+    threshold: np.ndarray = array_field(optional=False)
+    v_init: np.ndarray | None = array_field()
+    lam: np.ndarray | None = array_field()
+    reset: str = "subtract"
+    membrane_bits: int = 32
+    calib_tensor: str = ""
+    spikes: str = "binary"
+
+    def infer_shape(self, in_shapes):
+        return in_shapes[0]
+
+
+@dataclass(kw_only=True)
+class _Pool2dNode(Node):
+    """Shared fields of the 2-D pools; padding is (top, left, bottom, right)."""
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        return _pool_shape(self, s)
+
+
+@dataclass(kw_only=True)
+class AvgPool2dNode(_Pool2dNode):
+    """Average pooling. In an SNN it is an integer sum pool; the 1/k^2 lives in the scale."""
+
+    op: ClassVar[str] = "avgpool2d"
+
+
+@dataclass(kw_only=True)
+class MaxPool2dNode(_Pool2dNode):
+    """Max pooling. On spikes: the output's running spike count is the maximum of the inputs'
+    running counts (exact on counts; see docs/semantics.md)."""
+
+    op: ClassVar[str] = "maxpool2d"
+
+
+@dataclass(kw_only=True)
+class FlattenNode(Node):
+    """(C, H, W) -> (C*H*W,) in row-major order."""
+
+    op: ClassVar[str] = "flatten"
+
+    def infer_shape(self, in_shapes):
+        return (int(np.prod(in_shapes[0])),)
+
+
+@dataclass(kw_only=True)
+class ReshapeNode(Node):
+    """Row-major reshape of each sample to ``target`` (same number of elements)."""
+
+    op: ClassVar[str] = "reshape"
+    target: tuple[int, ...] = ()
+
+    def infer_shape(self, in_shapes):
+        if int(np.prod(in_shapes[0])) != int(np.prod(self.target)):
+            raise ModelError(f"reshape '{self.name}': cannot reshape {in_shapes[0]} to {self.target}")
+        return tuple(self.target)
+
+
+@dataclass(kw_only=True)
+class AddNode(Node):
+    """Elementwise sum of two or more tensors of the same shape (residual connections)."""
+
+    op: ClassVar[str] = "add"
+
+    def infer_shape(self, in_shapes):
+        if len(in_shapes) < 2 or any(s != in_shapes[0] for s in in_shapes):
+            raise ModelError(f"add '{self.name}' needs inputs of equal shape, got {in_shapes}")
+        return in_shapes[0]
+
+
+@dataclass(kw_only=True)
+class ConcatNode(Node):
+    """Concatenation along a per-sample axis (0 is channels)."""
+
+    op: ClassVar[str] = "concat"
+    axis: int = 0
+
+    def infer_shape(self, in_shapes):
+        ref = list(in_shapes[0])
+        for s in in_shapes[1:]:
+            if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != self.axis):
+                raise ModelError(f"concat '{self.name}': shapes {in_shapes} differ off axis {self.axis}")
+        ref[self.axis] = sum(s[self.axis] for s in in_shapes)
+        return tuple(ref)
+
+
+@dataclass(kw_only=True)
+class PadNode(Node):
+    """Zero padding; ``pads`` = (begin_0, ..., begin_k, end_0, ..., end_k) per sample axis."""
+
+    op: ClassVar[str] = "pad"
+    pads: tuple[int, ...] = ()
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        k = len(s)
+        if len(self.pads) != 2 * k or min(self.pads) < 0:
+            raise ModelError(f"pad '{self.name}': pads {self.pads} do not fit shape {s}")
+        return tuple(d + self.pads[i] + self.pads[i + k] for i, d in enumerate(s))
+
+
+NODE_TYPES: dict[str, type[Node]] = {
+    cls.op: cls for cls in (InputNode, Conv2dNode, DenseNode, AffineNode, ReluNode, IFNode,
+                            AvgPool2dNode, MaxPool2dNode, FlattenNode, ReshapeNode, AddNode,
+                            ConcatNode, PadNode)
+}
+
+
+def _conv_len(n: int, k: int, stride: int, pad_total: int, dilation: int = 1) -> int:
+    return (n + pad_total - dilation * (k - 1) - 1) // stride + 1
+
+
+def _pool_shape(node, s: tuple[int, ...]) -> tuple[int, ...]:
+    if len(s) != 3:
+        raise ModelError(f"{node.op} '{node.name}' needs a (C, H, W) input, got {s}")
+    h = _conv_len(s[1], node.kernel[0], node.stride[0], node.padding[0] + node.padding[2])
+    w = _conv_len(s[2], node.kernel[1], node.stride[1], node.padding[1] + node.padding[3])
+    if h <= 0 or w <= 0:
+        raise ModelError(f"{node.op} '{node.name}': output would be empty for input {s}")
+    return (s[0], h, w)
+
+
+@dataclass
+class Graph:
+    """A network: nodes in topological order, the names of the output nodes, and metadata.
+
+    ``timesteps`` is the time window T of an SNN graph (None for an ANN graph)."""
+
+    nodes: list[Node]
+    outputs: list[str]
+    timesteps: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {n.name: n for n in self.nodes}
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    @property
+    def input(self) -> InputNode:
+        inputs = [n for n in self.nodes if isinstance(n, InputNode)]
+        return inputs[0]
+
+    @property
+    def is_spiking(self) -> bool:
+        return any(isinstance(n, IFNode) for n in self.nodes)
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def copy(self) -> "Graph":
+        """A copy with new node objects that *share* the weight arrays: arrays in a graph are
+        never modified in place (passes assign new arrays instead), so sharing is safe and
+        keeps passes cheap on large models."""
+        nodes = []
+        for n in self.nodes:
+            kw = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
+            for k, v in kw.items():
+                if isinstance(v, list):
+                    kw[k] = list(v)
+            nodes.append(type(n)(**kw))
+        return Graph(nodes, list(self.outputs), self.timesteps, dict(self.meta))
+
+    def replace_nodes(self, nodes: list[Node], outputs: list[str] | None = None) -> "Graph":
+        """A new graph with these nodes (same timesteps and metadata), validated."""
+        g = Graph(nodes, list(outputs if outputs is not None else self.outputs), self.timesteps,
+                  dict(self.meta))
+        g.validate()
+        return g
+
+    def validate(self) -> None:
+        """Check names, topological order, and shapes; raises ModelError naming the node."""
+        seen: dict[str, tuple[int, ...]] = {}
+        signed: set[str] = set()
+        n_inputs = 0
+        for n in self.nodes:
+            if n.name in seen:
+                raise ModelError(f"duplicate node name '{n.name}' in graph")
+            if isinstance(n, InputNode):
+                n_inputs += 1
+                if n.inputs:
+                    raise ModelError(f"input node '{n.name}' cannot have inputs")
+                if n.mode not in INPUT_MODES:
+                    raise ModelError(f"input '{n.name}': mode '{n.mode}' not in {INPUT_MODES}")
+            for i in n.inputs:
+                if i not in seen:
+                    raise ModelError(f"node '{n.name}' reads '{i}', which is not defined before it")
+            if isinstance(n, WeightedNode) and n.bias_mode not in BIAS_MODES:
+                raise ModelError(f"node '{n.name}': bias_mode '{n.bias_mode}' not in {BIAS_MODES}")
+            if isinstance(n, MaxPool2dNode) and n.inputs and n.inputs[0] in signed:
+                raise ModelError(f"max pool '{n.name}' reads the signed spikes of '{n.inputs[0]}': a "
+                                 "spike-count maximum is defined only for counts that never fall")
+            if isinstance(n, IFNode):
+                if n.spikes == "signed":
+                    signed.add(n.name)
+                if n.reset not in RESET_MODES:
+                    raise ModelError(f"IF layer '{n.name}': reset '{n.reset}' not in {RESET_MODES}")
+                if n.spikes not in SPIKE_MODES:
+                    raise ModelError(f"IF layer '{n.name}': spikes '{n.spikes}' not in {SPIKE_MODES}")
+                if n.spikes == "signed" and n.reset != "subtract":
+                    raise ModelError(f"IF layer '{n.name}': signed spikes need reset by subtraction "
+                                     "(a negative spike gives back the threshold a spike took)")
+                if np.any(np.asarray(n.threshold) < 1):
+                    raise ModelError(f"IF layer '{n.name}': thresholds must be integers >= 1")
+            shape = tuple(int(d) for d in n.infer_shape([seen[i] for i in n.inputs]))
+            if n.shape and tuple(n.shape) != shape:
+                raise ModelError(f"node '{n.name}': stored shape {tuple(n.shape)} but inputs give {shape}")
+            n.shape = shape
+            seen[n.name] = shape
+        if n_inputs != 1:
+            raise ModelError(f"a graph needs exactly one input node, found {n_inputs}")
+        for o in self.outputs:
+            if o not in seen:
+                raise ModelError(f"output '{o}' is not a node of the graph")
+        if not self.outputs:
+            raise ModelError("the graph has no outputs")

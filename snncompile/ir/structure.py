@@ -1,0 +1,201 @@
+"""Structural figures of a graph: populations, fan-in, fan-out, ANN MACs.
+
+A *population* is a node whose outputs are neuron states users think of as a layer: the
+analog input, IF layers, spike-count max pools, and the (non-spiking) output accumulators.
+Everything between populations (weighted ops, sum pools, reshapes, pads, concats, adds) is
+the *synapse chain* feeding the next population. Fan-in and SynOps are counted over those
+chains, as the papers and sinabs count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
+                 Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
+                 WeightedNode)
+
+# ReLU nodes of an ANN graph are the IF layers-to-be, so they bound chains the same way.
+POPULATION_TYPES = (InputNode, IFNode, MaxPool2dNode, ReluNode)
+
+
+def is_population(node: Node) -> bool:
+    return isinstance(node, POPULATION_TYPES)
+
+
+def weight_values(node: WeightedNode) -> np.ndarray:
+    """The weights that define connectivity: integers when converted, floats otherwise."""
+    return node.weight_int if node.weight_int is not None else node.weight
+
+
+def op_fanin(node: Node, nonzero: bool = True) -> int:
+    """Largest number of inputs one output element of this op reads (non-zero weights only
+    when ``nonzero``)."""
+    if isinstance(node, (Conv2dNode, DenseNode)):
+        w = weight_values(node)
+        if not nonzero:
+            return int(np.prod(w.shape[1:]))
+        return int((w.reshape(w.shape[0], -1) != 0).sum(axis=1).max(initial=0))
+    if isinstance(node, AffineNode):
+        return 1
+    if isinstance(node, AvgPool2dNode):
+        return int(node.kernel[0] * node.kernel[1])
+    return 1
+
+
+def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
+    """Every chain of non-population nodes from a population (exclusive) to ``name``
+    (inclusive of the node itself when it is not a population)."""
+    node = graph[name]
+    paths: list[list[Node]] = []
+    for src in node.inputs:
+        s = graph[src]
+        if is_population(s):
+            paths.append([node])
+        else:
+            for p in incoming_paths(graph, src):
+                paths.append(p + [node])
+    return paths
+
+
+def population_fanin(graph: Graph, name: str) -> int:
+    """Upper bound of the synapses one neuron of population ``name`` receives through its
+    synapse chains (exact for dense/conv chains with non-overlapping pools)."""
+    node = graph[name]
+    chains = [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
+    total = 0
+    for chain in chains:
+        prod = 1
+        for op in chain:
+            prod *= op_fanin(op)
+        total += prod
+    return total
+
+
+def chain_ops(graph: Graph, name: str) -> list[Node]:
+    """Distinct non-population nodes feeding population ``name`` (in graph order)."""
+    seen: dict[str, Node] = {}
+    node = graph[name]
+    for p in incoming_paths(graph, name):
+        for op in (p[:-1] if is_population(node) else p):
+            seen[op.name] = op
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    return sorted(seen.values(), key=lambda n: order[n.name])
+
+
+def weight_bits(node: WeightedNode) -> int:
+    """Signed bits needed to hold the node's integer weights (0 when not converted); with a
+    weight exponent, the bits of the mantissa ``weight_int / 2^weight_exp`` (which must be
+    an integer, else the full width is counted)."""
+    if node.weight_int is None:
+        return 0
+    w = np.abs(node.weight_int.astype(np.int64))
+    e = int(getattr(node, "weight_exp", 0) or 0)
+    if e and not np.any(w % (1 << e)):
+        w = w >> e
+    m = int(w.max(initial=0))
+    return int(m).bit_length() + 1
+
+
+def ann_macs(graph: Graph) -> int:
+    """Multiply-accumulates of one ANN forward: outputs x dense fan-in over weighted ops."""
+    total = 0
+    for n in graph.nodes:
+        if isinstance(n, WeightedNode):
+            total += int(np.prod(n.shape)) * op_fanin(n, nonzero=False)
+    return total
+
+
+def tensor_kinds(graph: Graph) -> dict[str, str]:
+    """What each node outputs: "analog" (the input), "spikes" (0/1 per step: IF layers, max
+    pools, and reshapes, pads and concats of spikes) or "current" (anything weighted/summed)."""
+    kind: dict[str, str] = {}
+    for n in graph.nodes:
+        if isinstance(n, InputNode):
+            kind[n.name] = "analog"
+        elif isinstance(n, (IFNode, MaxPool2dNode)):
+            kind[n.name] = "spikes"
+        elif isinstance(n, (FlattenNode, ReshapeNode, PadNode, ConcatNode)):
+            srcs = {kind[i] for i in n.inputs}
+            kind[n.name] = "spikes" if srcs == {"spikes"} else "current"
+        else:
+            kind[n.name] = "current"
+    return kind
+
+
+def spike_driven(graph: Graph) -> set[str]:
+    """Weighted nodes whose input is made of spike events (counted as SynOps): spikes, or
+    sums of spikes through pools, as opposed to the analog input or another node's current."""
+    kind = tensor_kinds(graph)
+    events: dict[str, bool] = {}
+    for n in graph.nodes:
+        if isinstance(n, InputNode) or isinstance(n, WeightedNode):
+            events[n.name] = False
+        elif kind[n.name] == "spikes":
+            events[n.name] = True
+        else:  # sum pools, adds: still events if everything they sum is
+            events[n.name] = all(events[i] for i in n.inputs) and not isinstance(n, AddNode)
+    return {n.name for n in graph.nodes if isinstance(n, WeightedNode) and events[n.inputs[0]]}
+
+
+def fanout(graph: Graph, node: WeightedNode) -> np.ndarray:
+    """Per input element of a weighted node, the number of non-zero synapses leaving it."""
+    in_shape = graph[node.inputs[0]].shape
+    w = weight_values(node)
+    mask = (w != 0)
+    if isinstance(node, DenseNode):
+        return mask.sum(axis=0).astype(np.int64)
+    if isinstance(node, AffineNode):
+        per_c = mask.astype(np.int64)
+        return np.broadcast_to(per_c.reshape((-1,) + (1,) * (len(in_shape) - 1)), in_shape).copy()
+    if isinstance(node, Conv2dNode):
+        pt, pl, pb, pr = node.padding
+        ones = torch.ones((1,) + tuple(node.shape), dtype=torch.float64)
+        m = torch.from_numpy(mask.astype(np.float64))
+        full = F.conv_transpose2d(ones, m, stride=node.stride, dilation=node.dilation,
+                                  groups=node.groups)[0]
+        h, wd = in_shape[1] + pt + pb, in_shape[2] + pl + pr
+        padded = torch.zeros((in_shape[0], h, wd), dtype=torch.float64)
+        hh, ww = min(h, full.shape[1]), min(wd, full.shape[2])
+        padded[:, :hh, :ww] = full[:, :hh, :ww]
+        return padded[:, pt:pt + in_shape[1], pl:pl + in_shape[2]].round().long().numpy()
+    raise TypeError(f"no fan-out rule for {node.op}")
+
+
+@dataclass
+class PopulationInfo:
+    """What `inspect` and `evaluate` report per layer."""
+
+    name: str
+    kind: str
+    synapses: str
+    shape: tuple[int, ...]
+    neurons: int
+    max_fanin: int
+    weight_bits: int
+    params: int
+
+
+def populations(graph: Graph) -> list[PopulationInfo]:
+    """One row per layer: every IF layer (ReLU in an ANN graph), spiking max pool, and
+    output, with the chain of synaptic ops that feeds it."""
+    rows = []
+    outputs = set(graph.outputs)
+    for n in graph.nodes:
+        if isinstance(n, InputNode) or not (is_population(n) or n.name in outputs):
+            continue
+        ops = chain_ops(graph, n.name)
+        weighted = [o for o in ops if isinstance(o, WeightedNode)]
+        kind = n.op if is_population(n) else "output"
+        rows.append(PopulationInfo(
+            name=n.name, kind=kind, synapses=">".join(o.op for o in ops) or "-",
+            shape=tuple(n.shape), neurons=int(np.prod(n.shape)),
+            max_fanin=population_fanin(graph, n.name),
+            weight_bits=max((weight_bits(o) for o in weighted), default=0),
+            params=int(sum(o.weight.size + (o.bias.size if o.bias is not None else 0)
+                           for o in weighted))))
+    return rows

@@ -1,0 +1,1 @@
+"""Measuring builds: evaluation against the ANN, reports, and the CI gate."""

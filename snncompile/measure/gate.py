@@ -1,0 +1,203 @@
+"""The CI gate: `snncompile baseline` records what a known-good build achieves, `snncompile
+check` verifies a build against a target's hardware limits and against such a baseline.
+
+A check is a named pass/fail with a message for people; `check` passes when every check
+passes. Checks that cannot run (a baseline that is not valid JSON or comes from another
+model, missing data) are errors of the user's, not failed checks, so CI can tell "the
+model regressed" (exit 1) from "the gate is misconfigured" (exit 2 and up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import numpy as np
+
+from ..targets.artifact import Artifact, read_artifact
+from ..errors import UsageError
+from ..fsutil import atomic_write_text
+from ..ir import IFNode, Graph
+from ..targets.api import get_backend
+
+BASELINE_FORMAT = "snncompile-baseline"
+BASELINE_VERSION = 1
+
+# Tolerances a baseline starts with; edit the file to change them.
+DEFAULT_TOLERANCES = {
+    "max_accuracy_drop": 0.005,     # absolute (0.005 = half a percentage point)
+    "max_mse_increase": 0.05,       # relative (regression models)
+    "max_synops_increase": 0.05,    # relative (0.05 = 5 % more SynOps per sample)
+    "max_timesteps_increase": 0,    # steps
+    "max_neurons_increase": 0.0,    # relative
+    "max_cores_increase": 0,        # cores (where the target estimates them)
+}
+
+
+@dataclass
+class Check:
+    """One verified property of a build."""
+
+    name: str
+    passed: bool
+    message: str
+
+
+def _structure(g: Graph) -> dict[str, Any]:
+    """What identifies the model behind a build: input shape, layers and their sizes."""
+    return {"input_shape": list(g.input.shape),
+            "layers": [[n.name, list(n.shape)] for n in g.nodes if isinstance(n, IFNode)],
+            "outputs": [[o, list(g[o].shape)] for o in g.outputs]}
+
+
+def _neurons(g: Graph) -> int:
+    return int(sum(int(np.prod(n.shape)) for n in g.nodes if isinstance(n, IFNode)))
+
+
+def measure(out: str, data: str) -> dict[str, Any]:
+    """The figures a baseline records and a check compares, for the build in ``out``."""
+    from ..app.compile import evaluate_artifact
+
+    res = evaluate_artifact(out, data)
+    art = read_artifact(out)
+    figures = {"timesteps": int(res["timesteps"]), "synops_per_sample": float(res["synops_per_sample"]),
+               "neurons": _neurons(art.graph)}
+    for k in ("snn_accuracy", "snn_mse"):
+        if k in res:
+            figures[k] = float(res[k])
+    if "cores" in res:
+        figures["cores"] = int(res["cores"])
+    return figures
+
+
+def write_baseline(out: str, data: str, path: str, force: bool = False) -> dict[str, Any]:
+    """Measure the build in ``out`` on ``data`` and write a baseline file to ``path``."""
+    if os.path.exists(path) and not force:
+        raise UsageError(f"baseline file '{path}' already exists", "choose another -o, or pass --force")
+    art = read_artifact(out)
+    base = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "target": art.info.get("target", "sim"), "model": _structure(art.graph),
+            "data": os.path.abspath(data), "metrics": measure(out, data),
+            "tolerances": dict(DEFAULT_TOLERANCES)}
+    atomic_write_text(path, json.dumps(base, indent=1) + "\n")
+    return base
+
+
+def read_baseline(path: str) -> dict[str, Any]:
+    """A baseline file, checked; one clear error for anything else."""
+    try:
+        with open(path) as f:
+            base = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"baseline file '{path}' does not exist",
+                         "write one from a known-good build: snncompile baseline OUT --data D.npz -o FILE") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"baseline file '{path}' is not valid JSON ({e})",
+                         "write it again with 'snncompile baseline'") from None
+    if not isinstance(base, dict) or base.get("format") != BASELINE_FORMAT:
+        raise UsageError(f"'{path}' is not a snncompile baseline (no \"format\": \"{BASELINE_FORMAT}\")",
+                         "write one with 'snncompile baseline'")
+    if base.get("version") != BASELINE_VERSION:
+        raise UsageError(f"baseline '{path}' has version {base.get('version')}, this snncompile reads "
+                         f"version {BASELINE_VERSION}", "write it again with 'snncompile baseline'")
+    for key in ("model", "metrics", "tolerances"):
+        if not isinstance(base.get(key), dict):
+            raise UsageError(f"baseline '{path}' has no '{key}' object", "write it again with 'snncompile baseline'")
+    unknown = set(base["tolerances"]) - set(DEFAULT_TOLERANCES)
+    if unknown:
+        raise UsageError(f"baseline '{path}': unknown tolerance(s) {', '.join(sorted(unknown))}",
+                         f"known: {', '.join(DEFAULT_TOLERANCES)}")
+    return base
+
+
+def limit_checks(art: Artifact, target: str | None) -> list[Check]:
+    """The target's limits (the artifact's own target when none is named)."""
+    name = target or art.info.get("target", "sim")
+    if name == "sim":
+        return []
+    backend_info = art.info.get("backend") or {}
+    opts = (backend_info.get("options") or {}) if name == art.info.get("target") else {}
+    backend = get_backend(name, opts)
+    violations = backend.check(art.graph)
+    if not violations:
+        return [Check(f"limits of {name}", True, f"fits {name} (every limit holds)")]
+    return [Check(f"limit {name}: {v.layer} {v.quantity}", False, str(v)) for v in violations]
+
+
+def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | None,
+                    path: str = "baseline") -> list[Check]:
+    """Accuracy, SynOps, time steps, neurons and cores against the baseline's tolerances."""
+    if _structure(art.graph) != base["model"]:
+        raise UsageError(f"baseline '{path}' was recorded for another model (its layers or shapes "
+                         "differ from this build's)", "write a baseline from a build of this model")
+    data = data or base.get("data")
+    if not data or not os.path.exists(data):
+        raise UsageError("checking against a baseline needs the data it was measured on",
+                         "pass --data FILE.npz")
+    tol = dict(DEFAULT_TOLERANCES) | base["tolerances"]
+    now, was = measure(out, data), base["metrics"]
+    checks = []
+    for key, label in (("snn_accuracy", "accuracy"),):
+        if key in was and key in now:
+            drop = was[key] - now[key]
+            checks.append(Check(label, drop <= tol["max_accuracy_drop"] + 1e-12,
+                                f"{label} {now[key]:.4f} (baseline {was[key]:.4f}, drop {drop:+.4f}, "
+                                f"allowed {tol['max_accuracy_drop']})"))
+    if "snn_mse" in was and "snn_mse" in now:
+        grow = now["snn_mse"] / was["snn_mse"] - 1 if was["snn_mse"] else 0.0
+        checks.append(Check("mse", grow <= tol["max_mse_increase"] + 1e-12,
+                            f"mse {now['snn_mse']:.5g} (baseline {was['snn_mse']:.5g}, {grow:+.1%}, "
+                            f"allowed +{tol['max_mse_increase']:.1%})"))
+    grow = now["synops_per_sample"] / was["synops_per_sample"] - 1 if was["synops_per_sample"] else 0.0
+    checks.append(Check("synops", grow <= tol["max_synops_increase"] + 1e-12,
+                        f"SynOps/sample {now['synops_per_sample']:.0f} (baseline "
+                        f"{was['synops_per_sample']:.0f}, {grow:+.1%}, allowed +{tol['max_synops_increase']:.1%})"))
+    dt = now["timesteps"] - was["timesteps"]
+    checks.append(Check("timesteps", dt <= tol["max_timesteps_increase"],
+                        f"T {now['timesteps']} (baseline {was['timesteps']}, allowed +{tol['max_timesteps_increase']})"))
+    gn = now["neurons"] / was["neurons"] - 1 if was["neurons"] else 0.0
+    checks.append(Check("neurons", gn <= tol["max_neurons_increase"] + 1e-12,
+                        f"neurons {now['neurons']} (baseline {was['neurons']})"))
+    if "cores" in was and "cores" in now:
+        dc = now["cores"] - was["cores"]
+        checks.append(Check("cores", dc <= tol["max_cores_increase"],
+                            f"cores {now['cores']} (baseline {was['cores']}, allowed +{tol['max_cores_increase']})"))
+    return checks
+
+
+def run_checks(out: str, target: str | None = None, baseline: str | None = None,
+               data: str | None = None) -> list[Check]:
+    """Every check `snncompile check` runs (read the baseline first: a bad one fails fast)."""
+    base = read_baseline(baseline) if baseline else None
+    art = read_artifact(out)
+    checks = limit_checks(art, target)
+    if base is not None:
+        checks += baseline_checks(art, out, base, data, baseline)
+    if not checks:
+        raise UsageError("nothing to check: the build is for the reference simulator and no "
+                         "baseline was given", "pass --target NAME and/or --baseline FILE")
+    return checks
+
+
+def junit_xml(checks: list[Check], out: str) -> str:
+    """JUnit XML, one test case per check, so CI systems list them."""
+    failed = [c for c in checks if not c.passed]
+    suite = ET.Element("testsuite", name="snncompile check", tests=str(len(checks)),
+                       failures=str(len(failed)), errors="0")
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"snncompile.check.{os.path.basename(os.path.normpath(out))}",
+                             name=c.name)
+        if not c.passed:
+            ET.SubElement(case, "failure", message=c.message).text = c.message
+        else:
+            ET.SubElement(case, "system-out").text = c.message
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode", xml_declaration=True) + "\n"
+
+
+def as_json(checks: list[Check]) -> dict[str, Any]:
+    return {"passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks]}

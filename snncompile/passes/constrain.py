@@ -1,0 +1,114 @@
+"""Hardware constraints on a converted graph: weight width (``--bits``) and fan-in (``--fanin``).
+
+Fan-in is counted as :func:`snncompile.ir.structure.population_fanin` counts it (and as
+``evaluate`` reports it): the synapses one neuron receives through its whole synapse chain.
+A sum pool before a convolution multiplies the convolution's fan-in by the pool's window
+(each pooled input is a synapse of the composed connection), so the convolution may keep
+only ``F // k^2`` non-zero weights per output channel. Pruning keeps the largest magnitudes
+(per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
+convolution); the kept pattern is fixed when a layer is constrained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UsageError
+from ..ir import Conv2dNode, DenseNode, Graph, WeightedNode
+from ..ir.structure import incoming_paths, is_population, op_fanin, population_fanin, weight_bits
+
+PRUNABLE = (Conv2dNode, DenseNode)
+
+
+def _targets(graph: Graph) -> list[str]:
+    """Populations and outputs: the neurons whose fan-in is limited."""
+    outs = set(graph.outputs)
+    return [n.name for n in graph.nodes
+            if (is_population(n) and n.inputs) or n.name in outs]
+
+
+def fanin_budgets(graph: Graph, fanin: int) -> dict[str, int]:
+    """Per conv/dense node, how many non-zero weights one output neuron may keep so that
+    every population's fan-in is at most ``fanin``. Raises UsageError naming the layer when
+    the limit is below what the rest of its synapse chain alone needs."""
+    budgets: dict[str, int] = {}
+    for name in _targets(graph):
+        node = graph[name]
+        chains = [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
+        chains = [c for c in chains if c]
+        if not chains:
+            continue
+        share = fanin // len(chains)
+        for chain in chains:
+            prunable = [op for op in chain if isinstance(op, PRUNABLE)]
+            for op in prunable:
+                mult = 1
+                for other in chain:
+                    if other is not op:
+                        mult *= op_fanin(other, nonzero=False)
+                b = share // mult
+                if b < 1:
+                    raise UsageError(f"--fanin {fanin} is too small for layer '{name}': the ops "
+                                     f"around '{op.name}' alone connect {mult} inputs per weight",
+                                     f"use --fanin {mult * len(chains)} or more")
+                budgets[op.name] = min(budgets.get(op.name, b), b)
+        if not any(isinstance(op, PRUNABLE) for c in chains for op in c):
+            fixed = population_fanin(graph, name)
+            if fixed > fanin:
+                raise UsageError(f"--fanin {fanin} is too small for layer '{name}': its inputs "
+                                 f"(no weights to prune) give it fan-in {fixed}",
+                                 f"use --fanin {fixed} or more")
+    return budgets
+
+
+def topk_mask(weight: np.ndarray, k: int) -> np.ndarray:
+    """1 for the ``k`` largest-magnitude weights of each output row (ties: lower index first),
+    0 elsewhere; rows with at most ``k`` entries keep everything."""
+    w = np.abs(np.asarray(weight, np.float64)).reshape(weight.shape[0], -1)
+    if k >= w.shape[1]:
+        return np.ones(weight.shape, np.float32)
+    order = np.argsort(-w, axis=1, kind="stable")[:, :k]
+    mask = np.zeros_like(w, dtype=np.float32)
+    np.put_along_axis(mask, order, 1.0, axis=1)
+    return mask.reshape(weight.shape)
+
+
+def channel_mask(weight: np.ndarray, k: int) -> np.ndarray:
+    """Structured fan-in: 1 for whole input channels of each output channel, those with the
+    largest L1 norm over their kernel (ties: lower index first), as many as fit in ``k``
+    weights (``k // (kh * kw)``, at least one). For a dense layer (no kernel) it is
+    :func:`topk_mask`. A neuron then listens to few input channels, each through its full
+    kernel: the pattern hardware that routes per input channel (shared axons) favours."""
+    w = np.abs(np.asarray(weight, np.float64))
+    if w.ndim <= 2:
+        return topk_mask(weight, k)
+    taps = int(np.prod(w.shape[2:]))
+    per_ch = w.reshape(w.shape[0], w.shape[1], taps).sum(axis=2)
+    n_ch = max(1, k // taps)
+    if n_ch >= w.shape[1]:
+        return np.ones(weight.shape, np.float32)
+    order = np.argsort(-per_ch, axis=1, kind="stable")[:, :n_ch]
+    keep = np.zeros(per_ch.shape, dtype=np.float32)
+    np.put_along_axis(keep, order, 1.0, axis=1)
+    return np.broadcast_to(keep.reshape(keep.shape + (1,) * (w.ndim - 2)), w.shape).astype(np.float32)
+
+
+# How --fanin picks the weights a neuron keeps (``--fanin-mode``).
+FANIN_MODES = {"magnitude": topk_mask, "channels": channel_mask}
+
+
+def violations(graph: Graph, bits: int | None = None, fanin: int | None = None) -> list[str]:
+    """Every way a converted graph breaks the limits, one line each (empty when it meets them)."""
+    out = []
+    for n in graph.nodes:
+        if isinstance(n, WeightedNode):
+            if n.weight_int is None:
+                out.append(f"'{n.name}' has no integer weights")
+            elif bits is not None and weight_bits(n) > bits:
+                out.append(f"'{n.name}': weights need {weight_bits(n)} bits > {bits}")
+    if fanin is not None:
+        for name in _targets(graph):
+            f = population_fanin(graph, name)
+            if f > fanin:
+                out.append(f"'{name}': fan-in {f} > {fanin}")
+    return out

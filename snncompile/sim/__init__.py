@@ -1,0 +1,2 @@
+"""The reference simulator (the executable definition of the spiking semantics) and the
+float forward of ANN graphs."""

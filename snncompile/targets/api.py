@@ -1,0 +1,313 @@
+"""The public backend plugin API: how a backend declares its limits, lowers an IR, and runs.
+
+A backend is a subclass of :class:`Backend` made available through the entry-point group
+``snncompile.backends`` (``name = package.module:BackendClass``). The core finds it with
+:func:`available_backends`, checks a compiled graph against its :class:`Limits` (every
+violation at once, see :func:`check_limits`), asks it to :meth:`Backend.lower` the graph into
+``OUT/<backend name>/``, and, where the backend can run what it wrote, to
+:meth:`Backend.run` it on integer inputs. The reference simulator
+(:mod:`snncompile.sim.simulator`) defines what ``run`` must return, bit for bit; the conformance
+kit (:mod:`snncompile.testing`) checks that.
+
+Everything a plugin may import from snncompile is re-exported here or in
+:mod:`snncompile.testing`: the IR (:mod:`snncompile.ir`), :func:`load_graph` for an IR saved in
+an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``,
+``population_fanin``, ``weight_bits``), and the error types.
+:func:`flatten_network` turns a graph into populations and integer synapse matrices (what
+neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules so a backend
+can replace one with a finer rule of its own. An unexpected exception inside a plugin is
+reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
+from ..ir import IFNode, InputNode, WeightedNode, Graph
+from ..ir.structure import population_fanin, populations, weight_bits
+from ..ir.serialize import load_graph
+from .flatten import FlatNetwork, Population, Projection, flatten_network
+
+ENTRY_POINT_GROUP = "snncompile.backends"
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
+    "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
+    "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
+    "population_fanin", "populations", "weight_bits",
+    "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a target can hold, as data. ``None`` means unlimited (or not known)."""
+
+    weight_bits: int | None = None          # signed weight width
+    fan_in: int | None = None               # synapses into one neuron
+    neurons_per_core: int | None = None
+    synapses_per_core: int | None = None
+    cores: int | None = None                # cores available in total
+    membrane_bits: int | None = None
+    threshold_bits: int | None = None       # unsigned threshold width
+    reset_modes: tuple[str, ...] = ("subtract", "zero")
+    input_modes: tuple[str, ...] = ("once", "every_step")
+    spike_modes: tuple[str, ...] = ("binary",)  # "signed": the target carries -1 spikes too
+    delay_per_layer: int = 0                # steps each synaptic connection delays a spike
+    sources: Mapping[str, str] = field(default_factory=dict)  # limit name -> where the number is from
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reset_modes"] = list(self.reset_modes)
+        d["input_modes"] = list(self.input_modes)
+        d["spike_modes"] = list(self.spike_modes)
+        d["sources"] = dict(self.sources)
+        return d
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a graph breaks a limit: which layer, which quantity, the value, the limit, and
+    the option that fixes it."""
+
+    layer: str
+    quantity: str
+    value: Any
+    limit: Any
+    fix: str
+
+    def __str__(self) -> str:
+        return f"layer '{self.layer}': {self.quantity} ({self.value}) exceeds max ({self.limit}); fix: {self.fix}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LimitError(SnnCompileError):
+    """The graph does not fit the target; ``violations`` lists every broken limit."""
+
+    exit_code = 6
+
+    def __init__(self, target: str, violations: list[Violation]):
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"the network does not fit target '{target}' "
+                         f"({len(violations)} violation{'s' if len(violations) != 1 else ''}):\n{lines}")
+        self.target = target
+        self.violations = violations
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BackendError(SnnCompileError):
+    """A backend plugin failed in a way that is its own bug (an unexpected exception while
+    lowering or running): reported with the plugin's name instead of a traceback."""
+
+    exit_code = 7
+
+
+@dataclass
+class BackendRun:
+    """What :meth:`Backend.run` returns, aligned to the reference simulator's time axis
+    (a backend with synaptic delays shifts its spikes back before returning them).
+
+    ``output_acc``: per output node, the integer accumulator sum over t of the node's input,
+    shape (N, *shape). ``spikes``: per spiking node (IF layers and spiking max pools), (T, N,
+    *shape) uint8 (int8 for signed spikes), or None when not recorded. ``stats``: anything
+    else the backend measures (cycles, energy, wall time), JSON-serializable."""
+
+    output_acc: dict[str, np.ndarray]
+    spikes: dict[str, np.ndarray] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Base class of a backend plugin. Subclasses set ``name``, ``version`` and
+    ``description`` and implement :meth:`limits` and :meth:`lower`; those that can execute
+    their artifact also set ``can_run = True`` and implement :meth:`run`.
+
+    ``options`` are the backend's own settings (``--target-option KEY=VALUE`` on the command
+    line): a backend validates them and raises :class:`UsageError` for unknown keys."""
+
+    name: str = ""
+    version: str = "0"
+    description: str = ""
+    can_run: bool = False
+
+    def __init__(self, options: Mapping[str, str] | None = None):
+        self.options = dict(options or {})
+
+    @abstractmethod
+    def limits(self) -> Limits:
+        """The target's limits under the current options."""
+
+    def check(self, graph: Graph) -> list[Violation]:
+        """Every violation of the target's limits; backends with more rules extend this."""
+        return check_limits(graph, self.limits(), self.name)
+
+    @abstractmethod
+    def lower(self, graph: Graph, directory: Path) -> None:
+        """Write the artifact for ``graph`` into ``directory`` (it exists and is empty; the
+        core renames it into place when everything succeeded)."""
+
+    def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
+            record_spikes: bool = False) -> BackendRun:
+        """Run the artifact in ``directory`` on integer input levels ``x_int`` (N, *input
+        shape), as produced by ``snncompile.sim.simulator.quantize_input``, for ``timesteps`` (the
+        graph's T when None)."""
+        raise UsageError(f"backend '{self.name}' cannot run its artifacts")
+
+    def combine_stats(self, parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Statistics of a run made in chunks (`snncompile run` runs large data sets in
+        batches): ``parts`` holds (samples, stats) per chunk. The default keeps one chunk's
+        stats as they are and lists several per chunk; override it to add them up."""
+        if len(parts) == 1:
+            return parts[0][1]
+        return {"chunks": [dict(s, samples=n) for n, s in parts]}
+
+    def layer_resources(self, graph: Graph) -> dict[str, dict[str, int]]:
+        """Per layer, what the target spends on it (e.g. ``{"cores": 2}``), for `evaluate`
+        to report next to accuracy; an empty dict where the backend has no such figures."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """What `snncompile backends` prints."""
+        return {"name": self.name, "version": self.version, "description": self.description,
+                "can_run": self.can_run, "limits": self.limits().as_dict()}
+
+
+# --- discovery -------------------------------------------------------------------------------
+
+def _entry_points() -> list[md.EntryPoint]:
+    return list(md.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def available_backends() -> dict[str, md.EntryPoint]:
+    """Installed backends by name (entry points of group ``snncompile.backends``)."""
+    return {ep.name: ep for ep in sorted(_entry_points(), key=lambda e: e.name)}
+
+
+def get_backend(name: str, options: Mapping[str, str] | None = None) -> Backend:
+    """An instance of the backend ``name``; a clear error when it is not installed or broken."""
+    eps = available_backends()
+    if name not in eps:
+        known = ", ".join(eps) or "none installed"
+        raise UsageError(f"unknown target '{name}' (installed backends: {known})",
+                         "install the backend's package (pip install ...), or see "
+                         "'snncompile backends'")
+    try:
+        cls = eps[name].load()
+    except Exception as e:  # a plugin's import error must not look like ours
+        raise UsageError(f"backend '{name}' ({eps[name].value}) failed to load: "
+                         f"{type(e).__name__}: {e}", "reinstall the backend's package") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise UsageError(f"entry point '{name}' ({eps[name].value}) is not a snncompile Backend class")
+    return cls(options)
+
+
+def parse_backend_options(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """['cores=4', 'neurons_per_core=256'] -> {'cores': '4', 'neurons_per_core': '256'}."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UsageError(f"target option '{p}' is not KEY=VALUE", "e.g. --target-option cores=4")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+# --- the generic limit rules -----------------------------------------------------------------
+# Each rule is a small function from (graph, limits) to violations; backends with rules of
+# their own add them in Backend.check.
+
+Rule = Callable[[Graph, Limits], list[Violation]]
+
+
+def _rule_weight_bits(g: Graph, lim: Limits) -> list[Violation]:
+    if lim.weight_bits is None:
+        return []
+    return [Violation(n.name, "weight bits", weight_bits(n), lim.weight_bits,
+                      f"--bits {lim.weight_bits}")
+            for n in g.nodes if isinstance(n, WeightedNode) and weight_bits(n) > lim.weight_bits]
+
+
+def _rule_fan_in(g: Graph, lim: Limits) -> list[Violation]:
+    if lim.fan_in is None:
+        return []
+    out = []
+    for n in g.nodes:
+        if isinstance(n, IFNode) or n.name in g.outputs:
+            f = population_fanin(g, n.name)
+            if f > lim.fan_in:
+                out.append(Violation(n.name, "fan-in", f, lim.fan_in, f"--fanin {lim.fan_in}"))
+    return out
+
+
+def _rule_threshold_bits(g: Graph, lim: Limits) -> list[Violation]:
+    if lim.threshold_bits is None:
+        return []
+    top = 2 ** lim.threshold_bits - 1
+    return [Violation(n.name, "threshold", int(np.max(n.threshold)), top,
+                      "fewer --bits (thresholds scale with the weights) or a lower --input-bits")
+            for n in g.nodes if isinstance(n, IFNode) and int(np.max(n.threshold)) > top]
+
+
+def _rule_membrane_bits(g: Graph, lim: Limits) -> list[Violation]:
+    if lim.membrane_bits is None:
+        return []
+    return [Violation(n.name, "membrane bits", n.membrane_bits, lim.membrane_bits,
+                      f"--membrane-bits {lim.membrane_bits}")
+            for n in g.nodes if isinstance(n, IFNode) and n.membrane_bits > lim.membrane_bits]
+
+
+def _rule_modes(g: Graph, lim: Limits) -> list[Violation]:
+    out = []
+    for n in g.nodes:
+        if isinstance(n, IFNode) and n.reset not in lim.reset_modes:
+            out.append(Violation(n.name, "reset mode", n.reset, "/".join(lim.reset_modes),
+                                 f"--reset {lim.reset_modes[0]}"))
+        if isinstance(n, IFNode) and n.spikes not in lim.spike_modes:
+            out.append(Violation(n.name, "spikes", n.spikes, "/".join(lim.spike_modes),
+                                 f"--spikes {lim.spike_modes[0]}"))
+        if isinstance(n, InputNode) and n.mode not in lim.input_modes:
+            out.append(Violation(n.name, "input mode", n.mode, "/".join(lim.input_modes),
+                                 f"--input-mode {lim.input_modes[0]}"))
+    return out
+
+
+def _rule_neurons(g: Graph, lim: Limits) -> list[Violation]:
+    """Cores needed when every population is split over cores of ``neurons_per_core``."""
+    if lim.neurons_per_core is None or lim.cores is None:
+        return []
+    need = sum(-(-p.neurons // lim.neurons_per_core) for p in populations(g))
+    if need <= lim.cores:
+        return []
+    return [Violation("(all)", "cores needed", need, lim.cores,
+                      "a smaller model (fewer channels or units)")]
+
+
+GENERIC_RULES: tuple[Rule, ...] = (_rule_weight_bits, _rule_fan_in, _rule_threshold_bits,
+                                   _rule_membrane_bits, _rule_modes, _rule_neurons)
+
+# The same rules by name, so a backend with a finer rule of its own (say, a mapper that
+# counts cores exactly) can keep the others: check_limits(g, lim, name, rules=(RULES["modes"], ...)).
+RULES: dict[str, Rule] = {"weight_bits": _rule_weight_bits, "fan_in": _rule_fan_in,
+                          "threshold_bits": _rule_threshold_bits,
+                          "membrane_bits": _rule_membrane_bits, "modes": _rule_modes,
+                          "neurons": _rule_neurons}
+
+
+def check_limits(graph: Graph, limits: Limits, target: str = "",
+                 rules: tuple[Rule, ...] = GENERIC_RULES) -> list[Violation]:
+    """Every violation of ``limits`` by ``graph`` (an empty list when it fits)."""
+    out: list[Violation] = []
+    for rule in rules:
+        out.extend(rule(graph, limits))
+    return out
