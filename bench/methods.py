@@ -33,7 +33,8 @@ import torch
 
 from snncompile.passes.convert import ConversionOptions
 from snncompile.fsutil import atomic_write_text
-from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.measure.evaluate import evaluate_artifact
 
 
 def _model(data: Path) -> Path:

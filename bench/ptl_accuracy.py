@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, machine_info, write_json  # noqa: E402
 
 from snncompile.passes.convert import ConversionOptions  # noqa: E402
-from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact  # noqa: E402
+from snncompile.app.compile import CompileRequest, compile_model  # noqa: E402
+from snncompile.measure.evaluate import evaluate_artifact
 
 EXAMPLES = {"digits": ("examples/digits/train.py", "digits_cnn.onnx", ("pool", "stride")),
             "fashion_mnist": ("examples/fashion_mnist/train.py", "fmnist_cnn.onnx", (None,))}

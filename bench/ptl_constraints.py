@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from snncompile.passes.convert import ConversionOptions
-from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.measure.evaluate import evaluate_artifact
 
 CONFIGS = {
     "convert": dict(bits=16, fanin=None, method=None),

@@ -28,7 +28,8 @@ import torch
 import snncompile.tune.ptl as schedule
 from snncompile.targets.artifact import read_artifact
 from snncompile.passes.convert import ConversionOptions
-from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
+from snncompile.app.compile import CompileRequest, compile_model
+from snncompile.measure.evaluate import evaluate_artifact
 
 
 def _values(pairs: list[str]) -> dict[str, Any]:

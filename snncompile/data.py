@@ -27,6 +27,37 @@ class Dataset:
     def is_classification(self) -> bool:
         return self.y is not None and np.issubdtype(self.y.dtype, np.integer)
 
+    def check_targets(self, out_shape: tuple[int, ...], validation: bool = False) -> None:
+        """Labels must index the model's outputs; regression targets must have its shape.
+        ``validation``: the scheduler compares accuracies on it, so it needs two classes."""
+        if self.is_classification:
+            n_out = int(np.prod(out_shape))
+            y = self.y
+            if y.ndim != 1:
+                raise DataError(f"'{self.path}': labels y have shape {y.shape}, expected (N,)")
+            if y.min() < 0 or y.max() >= n_out:
+                raise DataError(f"'{self.path}': labels span {int(y.min())}..{int(y.max())}, but the model "
+                                f"has {n_out} outputs", "labels must be class indices 0..outputs-1")
+            if validation and len(np.unique(y)) < 2:
+                raise DataError(f"'{self.path}': the validation set holds only one class ({int(y[0])})",
+                                "validate on a sample of every class (e.g. a stratified split)")
+        elif tuple(self.y.shape[1:]) != tuple(out_shape):
+            raise DataError(f"'{self.path}': targets y have shape {self.y.shape}, the model outputs "
+                            f"(N, {', '.join(map(str, out_shape))})")
+
+    def score(self, pred: np.ndarray) -> dict[str, float]:
+        """How well predictions ``pred`` (N, outputs) match: accuracy for labels, MSE and
+        PSNR for regression targets; empty without labels."""
+        if self.y is None:
+            return {}
+        if self.is_classification:
+            return {"accuracy": float((pred.reshape(len(pred), -1).argmax(1) == self.y).mean())}
+        err = pred.reshape(self.y.shape) - self.y
+        mse = float(np.mean(err ** 2))
+        peak = float(self.y.max() - self.y.min())  # the targets' range (1 for images in [0, 1])
+        psnr = 10.0 * np.log10(peak ** 2 / mse) if mse > 0 and peak > 0 else float("inf")
+        return {"mse": mse, "psnr": float(psnr)}
+
 
 def load_npz(path: str | os.PathLike, input_shape: tuple[int, ...], need_labels: bool = True) -> Dataset:
     """Load and check a data file against the model's per-sample input shape."""

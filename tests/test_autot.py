@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from snncompile.app.cli import main
-from snncompile.app.compile import evaluate_artifact
+from snncompile.measure.evaluate import evaluate_artifact
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

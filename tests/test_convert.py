@@ -165,7 +165,8 @@ def test_model_with_fixed_batch_one_calibrates_and_evaluates(onnx_kit, tmp_path)
     (calibration and the ANN baseline), and the numbers match a dynamic-batch export."""
     from onnx import helper as H
 
-    from snncompile.app.compile import CompileRequest, compile_model, evaluate_artifact
+    from snncompile.app.compile import CompileRequest, compile_model
+    from snncompile.measure.evaluate import evaluate_artifact
 
     rng = np.random.default_rng(0)
     inits = {"w": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32),

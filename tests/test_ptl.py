@@ -505,16 +505,15 @@ def test_bad_tuning_input_is_one_clear_message(case, expect, digits_dir, tmp_pat
 
 def test_regression_scores_and_target_checks():
     from snncompile.errors import DataError
-    from snncompile.app.compile import _check_targets, _score
 
     y = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
     pred = y + np.array([[0.1, -0.1], [0.1, -0.1]], np.float32)
-    s = _score(pred, Dataset(x=np.zeros((2, 3), np.float32), y=y, path="d"))
+    s = Dataset(x=np.zeros((2, 3), np.float32), y=y, path="d").score(pred)
     assert s["mse"] == pytest.approx(0.01, rel=1e-5)
     assert s["psnr"] == pytest.approx(20.0, rel=1e-4)  # peak = range of y = 1
-    _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (2,))
+    Dataset(x=np.zeros((2, 3)), y=y, path="d").check_targets((2,))
     with pytest.raises(DataError, match="targets y have shape"):
-        _check_targets(Dataset(x=np.zeros((2, 3)), y=y, path="d"), (3,))
+        Dataset(x=np.zeros((2, 3)), y=y, path="d").check_targets((3,))
 
 
 @pytest.mark.slow

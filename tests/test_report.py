@@ -75,7 +75,7 @@ def test_report_renders_every_figure(rendered):
 
 def test_report_numbers_match_evaluate(rendered, build, digits_dir):
     """`evaluate --json` prints evaluate_artifact's result; the report shows the same numbers."""
-    from snncompile.app.compile import evaluate_artifact
+    from snncompile.measure.evaluate import evaluate_artifact
 
     rep, res = rendered
     ev = evaluate_artifact(str(build), str(digits_dir / "test.npz"), [2, 8, 4])

@@ -15,7 +15,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from .. import __version__
-from ..passes.convert import V_INIT_MODES, ConversionOptions
+from ..passes.options import V_INIT_MODES, ConversionOptions
 from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
@@ -297,7 +297,7 @@ def _epoch_reporter() -> Callable[[str], None]:
 @_handle_errors
 def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_json: bool) -> None:
     """Compare the ANN (onnxruntime) and the SNN (reference simulator) of OUT on DATA."""
-    from .compile import evaluate_artifact, parse_timesteps
+    from ..measure.evaluate import evaluate_artifact, parse_timesteps
 
     res = evaluate_artifact(out, data, parse_timesteps(timesteps), batch_size,
                             progress=not as_json and sys.stderr.isatty())
@@ -402,7 +402,7 @@ def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_si
     """Measure the build OUT on DATA and write a report with plots (accuracy vs T, firing
     rates, SynOps vs MACs, weight histograms, fan-in vs limit, ANN-vs-SNN divergence per
     layer) into a new directory: report.html (self-contained), report.md, PNGs, report.json."""
-    from .compile import parse_timesteps
+    from ..measure.evaluate import parse_timesteps
     from ..measure.report import write_report
 
     res = write_report(out, data, report_dir, parse_timesteps(timesteps), force, batch_size)

@@ -15,20 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..targets.artifact import read_artifact, write_artifact
-from ..calibrate.statistics import activation_scales, onnx_forward, weight_bounds
-from ..passes.convert import ConversionOptions, convert
+from ..calibrate.statistics import activation_scales, weight_bounds
+from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
-from ..errors import DataError, ModelError, SnnCompileError, UsageError
+from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
-from ..ir import IFNode
-from ..ir.structure import ann_macs, populations
-from ..targets.api import available_backends, get_backend
-from ..sim.simulator import simulate
+from ..ir import Graph, IFNode
+from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share, violations
+from ..passes.convert import ConversionOptions, convert
+from ..passes.timesteps import with_timesteps
+from ..targets.artifact import write_artifact
 from ..targets.select import SIM, check_fit, lower_into, resolve_target, target_info
+from ..tune.checkpoint import DIRNAME as CHECKPOINTS
+from ..tune.checkpoint import CheckpointDir
+from ..tune.methods import OPTIONS, canonical, get_method, review_options
+from ..tune.model import TandemNet
+from ..tune.ptl import PERCENTILE_GRID, TrainOptions
+from ..tune.runtime import distributed as ddp
 
 log = logging.getLogger("snncompile")
-TARGETS = (SIM,)  # built in; backend plugins add theirs (see snncompile.targets)
 
 
 @dataclass
@@ -87,13 +92,17 @@ def seed_everything(seed: int) -> None:
 
 
 def compile_model(req: CompileRequest) -> dict[str, Any]:
-    """Import, calibrate, convert, (constrain and tune), write; returns a summary (also
-    stored in compile.json).
+    """Import, calibrate, convert, (constrain and tune), check, write; returns a summary
+    (also stored in compile.json).
 
-    All inputs are checked before the output directory is created; a tuning run keeps
-    per-stage checkpoints in OUT/checkpoints (see snncompile.tune.checkpoint)."""
-    from ..tune.checkpoint import DIRNAME, CheckpointDir
-
+    The steps, in order: the target and every option are checked, then the output path,
+    before any work; the ONNX model is imported (the frontend's folding passes) and the data
+    files loaded and checked; calibration gives the activation scales; the conversion passes
+    (:data:`..passes.convert.CONVERSION_PASSES`) give the integer SNN; ``--timesteps auto``
+    picks T; ``--fanin``/``--train`` constrain (:func:`..passes.constrain.constrain`) and tune
+    it (:mod:`..tune`); the target's design rules check it; the artifact is written
+    atomically, with the backend's lowering inside. A tuning run keeps per-stage checkpoints
+    in OUT/checkpoints (see :mod:`..tune.checkpoint`)."""
     backend = resolve_target(req.target, req.target_options)
     req.options.check()
     if req.auto_timesteps is not None and not req.val:
@@ -103,34 +112,15 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     training = topts is not None
     for note in notes:
         log.warning(note)
-    ckpt_dir = os.path.join(req.out, DIRNAME)
-    if os.path.exists(req.out) and not req.force:
-        if not (req.resume and training and os.path.isdir(ckpt_dir)):
-            has_ckpt = os.path.isdir(ckpt_dir)
-            raise UsageError(f"output directory '{req.out}' already exists"
-                             + (" and holds checkpoints of an earlier tuning run" if has_ckpt else ""),
-                             "pass --resume to continue that run, or --force to start over" if has_ckpt
-                             else "choose another -o, or pass --force to replace it")
+    ckpt_dir = os.path.join(req.out, CHECKPOINTS)
+    _check_output(req, training, ckpt_dir)
     seed_everything(req.seed)
     t0 = time.perf_counter()
     model = load_onnx(req.model)
     imported = import_onnx(model, output=req.output)
     ann = imported.graph
     ann.meta["source"] = os.path.basename(req.model)
-    calib_data = load_npz(req.calib, ann.input.shape, need_labels=False) if req.calib else None
-    train_data = val_data = None
-    if training:
-        train_data = load_npz(req.train, ann.input.shape, need_labels=True)
-        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
-        out_shape = tuple(ann[ann.outputs[0]].shape)
-        _check_targets(train_data, out_shape)
-        _check_targets(val_data, out_shape, validation=True)
-        if train_data.is_classification != val_data.is_classification:
-            raise DataError(f"'{req.train}' and '{req.val}' disagree on the task: one has integer "
-                            "labels, the other float targets")
-    elif req.val:  # --timesteps auto without tuning
-        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
-        _check_targets(val_data, tuple(ann[ann.outputs[0]].shape), validation=True)
+    calib_data, train_data, val_data = _load_data(req, ann, training)
     t_import = time.perf_counter() - t0
     if calib_data is not None:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
@@ -140,55 +130,26 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     warnings = list(notes) + list(imported.warnings) + list(calib.warnings)
     tsearch = None
     if req.auto_timesteps is not None:  # see snncompile/calibrate/timesteps.py
-        from ..calibrate.timesteps import TimestepSearch, with_timesteps
-
         tsearch = TimestepSearch(req.auto_timesteps, model, ann, val_data)
         if training:  # tune at the smallest T the converted network meets, else the largest
             first = tsearch.run(snn, "conversion")
             T = first.chosen or max(req.auto_timesteps.candidates)
             snn, req = with_timesteps(snn, T), replace(req, options=replace(req.options, timesteps=T))
     tuning: dict[str, Any] | None = None
+    bits = req.options.weight_bits
+    if training:
+        if backend is not None:  # fail before tuning, not after, on the limits the target sets
+            check_fit(backend, constrain(snn, bits, req.fanin, req.fanin_mode))
+        snn, tuning = _tune(req, snn, topts, ckpt_dir, train_data, val_data, calib_data)
+    elif req.fanin:
+        pruned = pruned_share(snn, fanin_masks(snn, req.fanin, req.fanin_mode))
+        snn = constrain(snn, bits, req.fanin, req.fanin_mode)
+        msg = (f"--fanin {req.fanin} pruned {pruned:.0%} of the weights without "
+               "fine-tuning: accuracy will suffer; pass --train and --val to recover it")
+        log.warning(msg)
+        warnings.append(msg)
     if training or req.fanin:
-        from ..passes.constrain import violations
-        from ..tune.methods import get_method
-        from ..tune.model import TandemNet
-
-        net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin,
-                        prune_lead=req.prune_ahead if training else 0, fanin_mode=req.fanin_mode)
-        if training and backend is not None:  # fail before tuning, not after: the limits the
-            early = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin)  # target sets
-            early.set_stage(early.n_stages)
-            check_fit(backend, early.to_graph())
-        if training:
-            from ..tune.runtime import distributed as ddp
-
-            ddp.init_from_env(topts.device)
-            ckpt = CheckpointDir(ckpt_dir)
-            if ddp.rank() == 0:
-                ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
-            ddp.barrier()
-            res = get_method(topts.method).train(
-                net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
-                on_stage_end=req.on_stage_end, progress=req.progress,
-                calib_x=calib_data.x if calib_data is not None else None)
-            tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
-                      "world_size": res.world_size,
-                      "patience": topts.patience, "joint_final": topts.joint_final,
-                      "count_aware": topts.count_aware,
-                      "distill": topts.distill, "distill_temperature": topts.distill_temperature,
-                      "seconds": res.seconds, "stages": res.stages,
-                      "history": res.history}
-            if topts.percentile_search:  # --percentile auto: what each layer got
-                tuning["percentiles"] = {layer: rec["chosen"] for st in res.stages
-                                         for layer, rec in st.get("percentiles", {}).items()}
-        else:
-            net.set_stage(net.n_stages)
-            msg = (f"--fanin {req.fanin} pruned {_pruned_share(net):.0%} of the weights without "
-                   "fine-tuning: accuracy will suffer; pass --train and --val to recover it")
-            log.warning(msg)
-            warnings.append(msg)
-        snn = net.to_graph()
-        problems = violations(snn, bits=req.options.weight_bits, fanin=req.fanin)
+        problems = violations(snn, bits=bits, fanin=req.fanin)
         if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
             raise ModelError("the tuned graph breaks the requested limits: " + "; ".join(problems))
     if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
@@ -221,7 +182,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             return {"out": req.out, "rank": rank}
     lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
     write_artifact(req.out, snn, model, info, force=req.force or training, lower=lower,
-                   carry=(DIRNAME,))
+                   carry=(CHECKPOINTS,))
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
                "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
                "seconds": round(time.perf_counter() - t0, 3)}
@@ -233,17 +194,76 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     return summary
 
 
+
+
+def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:
+    """An existing output directory is replaced only with --force, or continued with
+    --resume when it holds a tuning run's checkpoints."""
+    if os.path.exists(req.out) and not req.force:
+        if not (req.resume and training and os.path.isdir(ckpt_dir)):
+            has_ckpt = os.path.isdir(ckpt_dir)
+            raise UsageError(f"output directory '{req.out}' already exists"
+                             + (" and holds checkpoints of an earlier tuning run" if has_ckpt else ""),
+                             "pass --resume to continue that run, or --force to start over" if has_ckpt
+                             else "choose another -o, or pass --force to replace it")
+
+
+def _load_data(req: CompileRequest, ann: Graph, training: bool
+               ) -> tuple[Dataset | None, Dataset | None, Dataset | None]:
+    """The calibration, training and validation data the request names, each checked
+    against the model's input and outputs."""
+    calib_data = load_npz(req.calib, ann.input.shape, need_labels=False) if req.calib else None
+    train_data = val_data = None
+    out_shape = tuple(ann[ann.outputs[0]].shape)
+    if training:
+        train_data = load_npz(req.train, ann.input.shape, need_labels=True)
+        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
+        train_data.check_targets(out_shape)
+        val_data.check_targets(out_shape, validation=True)
+        if train_data.is_classification != val_data.is_classification:
+            raise DataError(f"'{req.train}' and '{req.val}' disagree on the task: one has integer "
+                            "labels, the other float targets")
+    elif req.val:  # --timesteps auto without tuning
+        val_data = load_npz(req.val, ann.input.shape, need_labels=True)
+        val_data.check_targets(out_shape, validation=True)
+    return calib_data, train_data, val_data
+
+
+def _tune(req: CompileRequest, snn: Graph, topts: TrainOptions, ckpt_dir: str, train_data: Dataset,
+          val_data: Dataset, calib_data: Dataset | None) -> tuple[Graph, dict[str, Any]]:
+    """Tune the converted graph under the requested limits with the requested method;
+    returns the tuned graph and what compile.json records of the run."""
+    net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin, prune_lead=req.prune_ahead,
+                    fanin_mode=req.fanin_mode)
+    ddp.init_from_env(topts.device)
+    ckpt = CheckpointDir(ckpt_dir)
+    if ddp.rank() == 0:
+        ckpt.start(_run_fingerprint(req, topts), resume=req.resume)
+    ddp.barrier()
+    res = get_method(topts.method).train(
+        net, train_data, val_data, topts, checkpoints=ckpt, report=req.report,
+        on_stage_end=req.on_stage_end, progress=req.progress,
+        calib_x=calib_data.x if calib_data is not None else None)
+    tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
+              "world_size": res.world_size,
+              "patience": topts.patience, "joint_final": topts.joint_final,
+              "count_aware": topts.count_aware,
+              "distill": topts.distill, "distill_temperature": topts.distill_temperature,
+              "seconds": res.seconds, "stages": res.stages,
+              "history": res.history}
+    if topts.percentile_search:  # --percentile auto: what each layer got
+        tuning["percentiles"] = {layer: rec["chosen"] for st in res.stages
+                                 for layer, rec in st.get("percentiles", {}).items()}
+    return net.to_graph(), tuning
+
+
 def _check_tuning(req: CompileRequest):
     """The tuning options, checked (None when the run only converts), and one warning per
     option the method ignores (:func:`..tune.methods.review_options`)."""
-    from ..tune.methods import canonical, review_options
-    from ..tune.ptl import PERCENTILE_GRID, TrainOptions
-
     if req.fanin is not None and req.fanin < 1:
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")
     if req.prune_ahead < 0:
         raise UsageError(f"--prune-ahead must be >= 0, got {req.prune_ahead}")
-    from ..passes.constrain import FANIN_MODES
     if req.fanin_mode not in FANIN_MODES:
         raise UsageError(f"unknown --fanin-mode '{req.fanin_mode}'", f"use one of {', '.join(FANIN_MODES)}")
     method = canonical(req.method)
@@ -285,8 +305,6 @@ def _given_options(req: CompileRequest) -> set[str]:
     (the CLI), else those whose value differs from the default; --resume when it is on."""
     from dataclasses import fields
 
-    from ..tune.methods import OPTIONS
-
     if req.explicit is not None:
         given = set(req.explicit) & set(OPTIONS)
     else:
@@ -294,24 +312,6 @@ def _given_options(req: CompileRequest) -> set[str]:
     given |= {k for k in ("surrogate", "surrogate_alpha", "surrogate_beta", "balance_scale")
               if getattr(req, k) is not None}
     return (given | {"resume"}) if req.resume else (given - {"resume"})
-
-
-def _check_targets(data: Dataset, out_shape: tuple[int, ...], validation: bool = False) -> None:
-    """Labels must index the model's outputs; regression targets must have its shape."""
-    if data.is_classification:
-        n_out = int(np.prod(out_shape))
-        y = data.y
-        if y.ndim != 1:
-            raise DataError(f"'{data.path}': labels y have shape {y.shape}, expected (N,)")
-        if y.min() < 0 or y.max() >= n_out:
-            raise DataError(f"'{data.path}': labels span {int(y.min())}..{int(y.max())}, but the model "
-                            f"has {n_out} outputs", "labels must be class indices 0..outputs-1")
-        if validation and len(np.unique(y)) < 2:
-            raise DataError(f"'{data.path}': the validation set holds only one class ({int(y[0])})",
-                            "validate on a sample of every class (e.g. a stratified split)")
-    elif tuple(data.y.shape[1:]) != tuple(out_shape):
-        raise DataError(f"'{data.path}': targets y have shape {data.y.shape}, the model outputs "
-                        f"(N, {', '.join(map(str, out_shape))})")
 
 
 def _sha256(path: str | None) -> str | None:
@@ -334,109 +334,4 @@ def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:
             "norm": req.norm, "percentile": req.percentile, "output": req.output,
             "tuning": asdict(topts)}
 
-
-def _pruned_share(net) -> float:
-    total = sum(int(net.mask(n).numel()) for n in net.weighted)
-    kept = sum(int(net.mask(n).sum()) for n in net.weighted)
-    return 1.0 - kept / total if total else 0.0
-
-
-def _target_resources(art) -> dict[str, dict[str, int]]:
-    """Per-layer figures (cores) of the backend the artifact was compiled for; empty for the
-    reference simulator, or when that backend is not installed here."""
-    name = art.info.get("target", SIM)
-    if name == SIM or name not in available_backends():
-        return {}
-    opts = (art.info.get("backend") or {}).get("options") or {}
-    try:
-        return get_backend(name, opts).layer_resources(art.graph)
-    except SnnCompileError:
-        raise
-    except Exception as e:  # a plugin's bug must not cost the user the evaluation
-        log.warning("backend '%s' could not estimate its resources (%s: %s)", name, type(e).__name__, e)
-        return {}
-
-
-def parse_timesteps(text: str | None) -> list[int] | None:
-    """'8' or '4,8,16,32' -> [8] or [4, 8, 16, 32]."""
-    if text is None or text == "":
-        return None
-    try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--timesteps takes integers separated by commas, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise UsageError(f"--timesteps values must be >= 1, got '{text}'")
-    return values
-
-
-def _score(pred: np.ndarray, data: Dataset) -> dict[str, float]:
-    if data.y is None:
-        return {}
-    if data.is_classification:
-        return {"accuracy": float((pred.reshape(len(pred), -1).argmax(1) == data.y).mean())}
-    err = pred.reshape(data.y.shape) - data.y
-    mse = float(np.mean(err ** 2))
-    peak = float(data.y.max() - data.y.min())  # the targets' range (1 for images in [0, 1])
-    psnr = 10.0 * np.log10(peak ** 2 / mse) if mse > 0 and peak > 0 else float("inf")
-    return {"mse": mse, "psnr": float(psnr)}
-
-
-def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,
-                      batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
-    """ANN (onnxruntime) versus SNN (reference simulator) on a labelled data file."""
-    art = read_artifact(out)
-    g = art.graph
-    data = load_npz(data_path, g.input.shape, need_labels=True)
-    ann_pred = np.concatenate([b[g.meta["onnx_output"]] for b in onnx_forward(
-        art.load_model(), g.meta["onnx_input"], [g.meta["onnx_output"]], data.x, batch_size)])
-    ann_score = _score(ann_pred, data)
-    macs = ann_macs(g)
-    runs = []
-    for T in (timesteps or [g.timesteps]):
-        res = simulate(g, data.x, timesteps=T, batch_size=batch_size, progress=progress)
-        snn_score = _score(res.output, data)
-        layers = []
-        for p in populations(g):
-            row = {"name": p.name, "kind": p.kind, "synapses": p.synapses, "neurons": p.neurons,
-                   "max_fanin": p.max_fanin, "weight_bits": p.weight_bits}
-            if p.name in res.spike_counts:
-                c = res.spike_counts[p.name].reshape(len(data.x), -1)
-                row["spikes_per_sample"] = float(c.sum(1).mean())
-                row["firing_rate"] = float(c.mean() / T)
-                row["saturations"] = int(res.saturations.get(p.name, 0))
-            else:
-                row["spikes_per_sample"] = 0.0
-            if isinstance(g[p.name], IFNode):
-                row["threshold_max"] = int(np.max(g[p.name].threshold))
-            layers.append(row)
-        run = {"timesteps": T, "samples": int(len(data.x)),
-               "synops_per_sample": float(res.synops.mean()),
-               "ann_macs_per_sample": macs,
-               "synops_per_mac": float(res.synops.mean() / macs) if macs else None,
-               "layers": layers}
-        for k, v in ann_score.items():
-            run[f"ann_{k}"] = v
-        for k, v in snn_score.items():
-            run[f"snn_{k}"] = v
-        if data.is_classification:
-            run["agreement"] = float((res.output.argmax(1) == ann_pred.reshape(len(ann_pred), -1).argmax(1)).mean())
-        runs.append(run)
-    result = dict(runs[-1])
-    rows = runs[-1]["layers"]
-    result["max_weight_bits"] = max((r["weight_bits"] for r in rows), default=0)
-    result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
-    result["constraints"] = art.info.get("constraints", {})
-    result["target"] = art.info.get("target", SIM)
-    resources = _target_resources(art)
-    if resources:
-        for r in rows:
-            r.update(resources.get(r["name"], {}))
-        result["cores"] = sum(v.get("cores", 0) for v in resources.values())
-    if "tuning" in art.info:
-        t = art.info["tuning"]
-        result["tuning"] = {k: t.get(k) for k in ("method", "epochs", "epochs_budget", "seconds")}
-    if len(runs) > 1:
-        result["sweep"] = [{k: r[k] for k in r if k != "layers"} for r in runs]
-    return result
 

@@ -135,9 +135,7 @@ class TimestepSearch:
         self.searches: list[Search] = []
 
     def _score(self, pred: np.ndarray) -> float:
-        from ..app.compile import _score
-
-        return float(_score(pred, self.val)[self.metric])
+        return float(self.val.score(pred)[self.metric])
 
     def _drop(self, score: float) -> float:
         # accuracy in percentage points; PSNR in dB (an infinite PSNR is a perfect match)
@@ -189,11 +187,3 @@ class TimestepSearch:
                              for s in self.searches],
                 "chosen": self.searches[-1].chosen if self.searches else None}
 
-
-def with_timesteps(graph: Graph, timesteps: int) -> Graph:
-    """The same network with its window set to ``timesteps`` (thresholds do not depend on T)."""
-    g = graph.copy()
-    g.timesteps = int(timesteps)
-    if isinstance(g.meta.get("conversion"), dict):
-        g.meta["conversion"] = dict(g.meta["conversion"], timesteps=int(timesteps))
-    return g

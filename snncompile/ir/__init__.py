@@ -4,12 +4,13 @@ Every stage of the compiler reads and writes this graph; ``snncompile.ir`` re-ex
 node types and :class:`Graph`, which plugins may import (docs/plugins.md).
 """
 
+from .graph import Graph
 from .nodes import (BIAS_MODES, INPUT_MODES, NODE_TYPES, RESET_MODES, SPIKE_MODES, AddNode,
                     AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
-                    Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
-                    WeightedNode, array_field)
+                    IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
+                    WeightedNode, array_field, mode_errors)
 
 __all__ = ["BIAS_MODES", "INPUT_MODES", "NODE_TYPES", "RESET_MODES", "SPIKE_MODES", "AddNode",
            "AffineNode", "AvgPool2dNode", "ConcatNode", "Conv2dNode", "DenseNode", "FlattenNode",
            "Graph", "IFNode", "InputNode", "MaxPool2dNode", "Node", "PadNode", "ReluNode",
-           "ReshapeNode", "WeightedNode", "array_field"]
+           "ReshapeNode", "WeightedNode", "array_field", "mode_errors"]

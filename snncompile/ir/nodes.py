@@ -1,4 +1,4 @@
-"""The intermediate representation: an explicit graph of typed layers.
+"""The node types of the intermediate representation (the graph is in :mod:`.graph`).
 
 One graph type serves both stages of compilation:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +27,22 @@ RESET_MODES = ("subtract", "zero")
 # binary: a spike is +1; signed: a neuron that has fired can also emit -1 (take a spike back)
 SPIKE_MODES = ("binary", "signed")
 BIAS_MODES = ("every_step", "first_step")
+
+
+def mode_errors(input_mode: str | None = None, reset: str | None = None, spikes: str | None = None,
+                bias_mode: str | None = None) -> list[tuple[str, str | None]]:
+    """What is wrong with these input and neuron modes (None: not given), as (message, fix)
+    pairs; empty when the semantics defines them. Conversion options and graph checks both
+    ask this one definition."""
+    out: list[tuple[str, str | None]] = []
+    for what, value, allowed in (("input mode", input_mode, INPUT_MODES), ("reset", reset, RESET_MODES),
+                                 ("spikes", spikes, SPIKE_MODES), ("bias_mode", bias_mode, BIAS_MODES)):
+        if value is not None and value not in allowed:
+            out.append((f"{what} '{value}' not in {allowed}", None))
+    if spikes == "signed" and reset is not None and reset != "subtract":
+        out.append(("signed spikes need reset by subtraction (a negative spike gives back the threshold "
+                    "a spike took)", "drop --reset zero, or use --spikes binary"))
+    return out
 
 
 def array_field(optional: bool = True) -> Any:
@@ -300,106 +316,3 @@ def _pool_shape(node, s: tuple[int, ...]) -> tuple[int, ...]:
     if h <= 0 or w <= 0:
         raise ModelError(f"{node.op} '{node.name}': output would be empty for input {s}")
     return (s[0], h, w)
-
-
-@dataclass
-class Graph:
-    """A network: nodes in topological order, the names of the output nodes, and metadata.
-
-    ``timesteps`` is the time window T of an SNN graph (None for an ANN graph)."""
-
-    nodes: list[Node]
-    outputs: list[str]
-    timesteps: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._index = {n.name: n for n in self.nodes}
-
-    def __getitem__(self, name: str) -> Node:
-        return self._index[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._index
-
-    def __iter__(self) -> Iterator[Node]:
-        return iter(self.nodes)
-
-    @property
-    def input(self) -> InputNode:
-        inputs = [n for n in self.nodes if isinstance(n, InputNode)]
-        return inputs[0]
-
-    @property
-    def is_spiking(self) -> bool:
-        return any(isinstance(n, IFNode) for n in self.nodes)
-
-    def consumers(self, name: str) -> list[Node]:
-        return [n for n in self.nodes if name in n.inputs]
-
-    def copy(self) -> "Graph":
-        """A copy with new node objects that *share* the weight arrays: arrays in a graph are
-        never modified in place (passes assign new arrays instead), so sharing is safe and
-        keeps passes cheap on large models."""
-        nodes = []
-        for n in self.nodes:
-            kw = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
-            for k, v in kw.items():
-                if isinstance(v, list):
-                    kw[k] = list(v)
-            nodes.append(type(n)(**kw))
-        return Graph(nodes, list(self.outputs), self.timesteps, dict(self.meta))
-
-    def replace_nodes(self, nodes: list[Node], outputs: list[str] | None = None) -> "Graph":
-        """A new graph with these nodes (same timesteps and metadata), validated."""
-        g = Graph(nodes, list(outputs if outputs is not None else self.outputs), self.timesteps,
-                  dict(self.meta))
-        g.validate()
-        return g
-
-    def validate(self) -> None:
-        """Check names, topological order, and shapes; raises ModelError naming the node."""
-        seen: dict[str, tuple[int, ...]] = {}
-        signed: set[str] = set()
-        n_inputs = 0
-        for n in self.nodes:
-            if n.name in seen:
-                raise ModelError(f"duplicate node name '{n.name}' in graph")
-            if isinstance(n, InputNode):
-                n_inputs += 1
-                if n.inputs:
-                    raise ModelError(f"input node '{n.name}' cannot have inputs")
-                if n.mode not in INPUT_MODES:
-                    raise ModelError(f"input '{n.name}': mode '{n.mode}' not in {INPUT_MODES}")
-            for i in n.inputs:
-                if i not in seen:
-                    raise ModelError(f"node '{n.name}' reads '{i}', which is not defined before it")
-            if isinstance(n, WeightedNode) and n.bias_mode not in BIAS_MODES:
-                raise ModelError(f"node '{n.name}': bias_mode '{n.bias_mode}' not in {BIAS_MODES}")
-            if isinstance(n, MaxPool2dNode) and n.inputs and n.inputs[0] in signed:
-                raise ModelError(f"max pool '{n.name}' reads the signed spikes of '{n.inputs[0]}': a "
-                                 "spike-count maximum is defined only for counts that never fall")
-            if isinstance(n, IFNode):
-                if n.spikes == "signed":
-                    signed.add(n.name)
-                if n.reset not in RESET_MODES:
-                    raise ModelError(f"IF layer '{n.name}': reset '{n.reset}' not in {RESET_MODES}")
-                if n.spikes not in SPIKE_MODES:
-                    raise ModelError(f"IF layer '{n.name}': spikes '{n.spikes}' not in {SPIKE_MODES}")
-                if n.spikes == "signed" and n.reset != "subtract":
-                    raise ModelError(f"IF layer '{n.name}': signed spikes need reset by subtraction "
-                                     "(a negative spike gives back the threshold a spike took)")
-                if np.any(np.asarray(n.threshold) < 1):
-                    raise ModelError(f"IF layer '{n.name}': thresholds must be integers >= 1")
-            shape = tuple(int(d) for d in n.infer_shape([seen[i] for i in n.inputs]))
-            if n.shape and tuple(n.shape) != shape:
-                raise ModelError(f"node '{n.name}': stored shape {tuple(n.shape)} but inputs give {shape}")
-            n.shape = shape
-            seen[n.name] = shape
-        if n_inputs != 1:
-            raise ModelError(f"a graph needs exactly one input node, found {n_inputs}")
-        for o in self.outputs:
-            if o not in seen:
-                raise ModelError(f"output '{o}' is not a node of the graph")
-        if not self.outputs:
-            raise ModelError("the graph has no outputs")

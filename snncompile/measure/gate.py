@@ -60,7 +60,7 @@ def _neurons(g: Graph) -> int:
 
 def measure(out: str, data: str) -> dict[str, Any]:
     """The figures a baseline records and a check compares, for the build in ``out``."""
-    from ..app.compile import evaluate_artifact
+    from .evaluate import evaluate_artifact
 
     res = evaluate_artifact(out, data)
     art = read_artifact(out)

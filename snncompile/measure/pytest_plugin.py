@@ -85,7 +85,7 @@ class Build:
 
     def evaluate(self, data: str, timesteps: list[int] | None = None) -> dict[str, Any]:
         """`snncompile evaluate --json` on ``data`` (ANN vs SNN, SynOps, per layer)."""
-        from ..app.compile import evaluate_artifact
+        from .evaluate import evaluate_artifact
 
         return evaluate_artifact(str(self.path), str(data), timesteps)
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import UsageError
 from ..ir import Conv2dNode, DenseNode, Graph, WeightedNode
 from ..ir.structure import incoming_paths, is_population, op_fanin, population_fanin, weight_bits
+from .requant import with_params
 
 PRUNABLE = (Conv2dNode, DenseNode)
 
@@ -112,3 +113,27 @@ def violations(graph: Graph, bits: int | None = None, fanin: int | None = None) 
             if f > fanin:
                 out.append(f"'{name}': fan-in {f} > {fanin}")
     return out
+
+
+def fanin_masks(graph: Graph, fanin: int, mode: str = "magnitude") -> dict[str, np.ndarray]:
+    """Per conv/dense node with a budget, the 0/1 mask of the weights its neurons keep so that
+    every population's fan-in is at most ``fanin`` (``mode``: a key of FANIN_MODES)."""
+    return {name: FANIN_MODES[mode](np.asarray(graph[name].weight, np.float32), k)
+            for name, k in fanin_budgets(graph, fanin).items()}
+
+
+def constrain(graph: Graph, bits: int, fanin: int | None = None, fanin_mode: str = "magnitude") -> Graph:
+    """The converted graph with every fan-in mask imposed at once and its weights quantized
+    to ``bits``: what tuning imposes by its last stage, without the training. It tells
+    before tuning whether a target's limits can be met, and is the result of ``--fanin``
+    without ``--train``."""
+    masks = fanin_masks(graph, fanin, fanin_mode) if fanin else {}
+    weights = {name: np.asarray(graph[name].weight, np.float32) * m for name, m in masks.items()}
+    return with_params(graph, weights, {}, weight_bits=bits)
+
+
+def pruned_share(graph: Graph, masks: dict[str, np.ndarray]) -> float:
+    """The share of all weights of ``graph``'s weighted nodes that ``masks`` remove."""
+    total = sum(int(np.asarray(n.weight).size) for n in graph.nodes if isinstance(n, WeightedNode))
+    removed = sum(int(m.size - m.sum()) for m in masks.values())
+    return removed / total if total else 0.0

@@ -3,7 +3,7 @@
 The IR stays the one source of truth. Training changes only *float* values (the ANN weights
 and biases every weighted node keeps beside its integers, and the IF scales ``lam``); the
 integers are then derived from them by exactly the quantization primitive conversion uses
-(:func:`snncompile.passes.convert.assign_scales`): per-layer symmetric ``weight_bits`` weights,
+(:func:`snncompile.passes.quantize.assign_scales`): per-layer symmetric ``weight_bits`` weights,
 ``bias_int = round(b / s)``, ``threshold = round(lam / s_in)``. The input scale is kept.
 The tandem forward runs on a graph produced by this pass, so what was trained is what is
 written.
@@ -16,7 +16,8 @@ import dataclasses
 import numpy as np
 
 from ..calibrate.statistics import Calibration
-from .convert import ConversionOptions, assign_scales
+from .options import ConversionOptions
+from .quantize import assign_scales
 from ..errors import ModelError
 from ..ir import Graph, IFNode, WeightedNode
 
@@ -37,7 +38,7 @@ def conversion_options(graph: Graph, weight_bits: int | None = None) -> Conversi
 def requantize(graph: Graph, weight_bits: int | None = None, reuse: frozenset[str] = frozenset()) -> Graph:
     """Re-derive every integer (weights, biases, thresholds, v_init, scales) of a converted
     graph from its float weights and IF scales; the input scale stays as it is. Nodes in
-    ``reuse`` keep theirs (see :func:`snncompile.passes.convert.assign_scales`)."""
+    ``reuse`` keep theirs (see :func:`snncompile.passes.quantize.assign_scales`)."""
     if not graph.is_spiking or graph.input.out_scale is None:
         raise ModelError("requantize needs a converted graph")
     opts = conversion_options(graph, weight_bits)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..sim.ann import _EVALUATORS, _pad4
-from ..passes.convert import _real_weights
+from ..passes.quantize import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .runtime import kernels

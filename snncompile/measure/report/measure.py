@@ -23,11 +23,11 @@ import numpy as np
 
 from ...targets.artifact import Artifact, read_artifact
 from ...calibrate.statistics import onnx_forward
-from ...passes.convert import input_scale_per_weight
+from ...passes.quantize import input_scale_per_weight
 from ...data import load_npz
 from ...ir import Graph, IFNode, WeightedNode
 from ...ir.structure import chain_ops, op_fanin, populations, weight_bits
-from ...app.compile import evaluate_artifact
+from ..evaluate import evaluate_artifact
 from ...sim.simulator import simulate
 
 # The accuracy-vs-T sweep when none is given (the artifact's own T is always added).
