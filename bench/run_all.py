@@ -2,8 +2,8 @@
 
 Writes ``convert.json``, ``simulator.json`` and ``summary.json`` under the results folder
 (``bench/results/`` by default, ignored by git) and prints a summary with every target and
-whether it is met. Takes about 4 minutes on 2 cores. docs/benchmarks.md describes the
-benchmarks and records the numbers of one run.
+whether it is met. Takes about 4 minutes on 2 cores. docs/results.md records the newest
+numbers with their commands; docs/log/ the earlier runs.
 
 Usage::
 
