@@ -84,7 +84,7 @@ def test_plugin_is_registered_and_light():
     """Installed through the pytest11 entry point; loading it imports nothing heavy."""
     r = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, timeout=120)
     assert "--snncompile-baseline" in r.stdout and "--snncompile-build-dir" in r.stdout
-    code = ("import sys, snncompile.measure.pytest_plugin; "
+    code = ("import sys, snncompile.app.pytest_plugin; "
             "print([m for m in ('torch', 'numpy', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

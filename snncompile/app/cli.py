@@ -2,6 +2,11 @@
 
 Every command maps errors a user can cause (SnnCompileError) to one message on stderr and a
 non-zero exit code, without a traceback; `--json` prints one JSON object on stdout.
+
+Why one module: it is the declaration of the command line, one click command per job, each
+a thin layer that parses options and calls the function that does the work (app.compile,
+measure.evaluate, ...). Most of its length is option declarations with their help texts,
+which read best next to the command they belong to.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ The thresholds of a converted network do not depend on T (docs/semantics.md), so
 network can be simulated at any window. The search simulates it on the validation data at
 each candidate T in ascending order and stops at the first whose SNN is within the allowed
 drop of the ANN on the same data: the *smallest* candidate that meets it, by measurement,
-with no assumption that accuracy grows with T (on the digits CNN it does not: see
-docs/user-guide.md).
+with no assumption that accuracy grows with T (it need not).
 
 Why not one run at the largest T, read at every prefix: with the input injected once
 (``--input-mode once``, the default) the charge ``T * x`` at t = 0 and the first-step biases

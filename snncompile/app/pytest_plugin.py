@@ -79,13 +79,13 @@ class Build:
               data: str | None = None) -> GateResult:
         """The checks `snncompile check` runs: ``target``'s limits (default: the build's own
         target), and with a baseline (or the session's default) its figures."""
-        from .gate import run_checks
+        from ..measure.gate import run_checks
 
         return GateResult(run_checks(str(self.path), target, baseline or self.default_baseline, data))
 
     def evaluate(self, data: str, timesteps: list[int] | None = None) -> dict[str, Any]:
         """`snncompile evaluate --json` on ``data`` (ANN vs SNN, SynOps, per layer)."""
-        from .evaluate import evaluate_artifact
+        from ..measure.evaluate import evaluate_artifact
 
         return evaluate_artifact(str(self.path), str(data), timesteps)
 
@@ -127,7 +127,7 @@ class BuildFactory:
     def __call__(self, model: str | os.PathLike, *, bits: int = 16, **options: Any) -> Build:
         from ..passes.convert import ConversionOptions
         from ..errors import UsageError
-        from ..app.compile import CompileRequest, compile_model
+        from .compile import CompileRequest, compile_model
 
         model = str(model)
         if not os.path.isfile(model):
