@@ -25,7 +25,7 @@ from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..targets.artifact import write_artifact
-from ..targets.select import SIM, check_fit, lower_into, resolve_target, target_info
+from ..targets.select import check_fit, lower_into, resolve_target, target_info
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir
 from ..tune.methods import OPTIONS, canonical, get_method, review_options

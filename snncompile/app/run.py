@@ -26,17 +26,17 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     art = read_artifact(out)
     g = art.graph
-    target = art.info.get("target", SIM)
-    meta = art.info.get("backend") or {}
+    built = art.target
+    target = built.name
     if target == SIM:
         raise UsageError(f"'{out}' was compiled for target 'sim' (the reference simulator): it has no "
                          "backend artifact to run",
                          "use 'snncompile evaluate', or convert with --target NAME (see 'snncompile backends')")
     if target not in available_backends():
-        raise UsageError(f"'{out}' was compiled for backend '{target}' (version {meta.get('version')}), "
+        raise UsageError(f"'{out}' was compiled for backend '{target}' (version {built.version}), "
                          f"which is not installed (installed: {', '.join(available_backends()) or 'none'})",
                          f"install the package that provides the '{target}' backend")
-    backend = get_backend(target, meta.get("options") or {})
+    backend = get_backend(target, built.options)
     if not backend.can_run:
         raise UsageError(f"backend '{target}' cannot run its artifacts", "use 'snncompile evaluate'")
     directory = Path(out) / target
@@ -73,7 +73,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
         acc.append(np.asarray(got, np.float64) if ok else None)  # wrong outputs: no accuracy
         parts.append((stop - start, run.stats))
     res: dict[str, Any] = {"backend": target, "backend_version": backend.version,
-                           "compiled_with_version": meta.get("version"), "timesteps": T,
+                           "compiled_with_version": built.version, "timesteps": T,
                            "samples": int(len(data.x)), "bit_exact": not diffs,
                            "differences": diffs[:10]}
     if all(a is not None for a in acc):

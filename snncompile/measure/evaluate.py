@@ -41,12 +41,12 @@ def parse_timesteps(text: str | None) -> list[int] | None:
 def _target_resources(art) -> dict[str, dict[str, int]]:
     """Per-layer figures (cores) of the backend the artifact was compiled for; empty for the
     reference simulator, or when that backend is not installed here."""
-    name = art.info.get("target", SIM)
+    built = art.target
+    name = built.name
     if name == SIM or name not in available_backends():
         return {}
-    opts = (art.info.get("backend") or {}).get("options") or {}
     try:
-        return get_backend(name, opts).layer_resources(art.graph)
+        return get_backend(name, built.options).layer_resources(art.graph)
     except SnnCompileError:
         raise
     except Exception as e:  # a plugin's bug must not cost the user the evaluation
@@ -99,7 +99,7 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     result["max_weight_bits"] = max((r["weight_bits"] for r in rows), default=0)
     result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
     result["constraints"] = art.info.get("constraints", {})
-    result["target"] = art.info.get("target", SIM)
+    result["target"] = art.target.name
     resources = _target_resources(art)
     if resources:
         for r in rows:

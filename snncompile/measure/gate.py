@@ -19,6 +19,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..targets.artifact import Artifact, read_artifact
+from ..targets.select import SIM
 from ..errors import UsageError
 from ..fsutil import atomic_write_text
 from ..ir import IFNode, Graph
@@ -81,7 +82,7 @@ def write_baseline(out: str, data: str, path: str, force: bool = False) -> dict[
     art = read_artifact(out)
     base = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "target": art.info.get("target", "sim"), "model": _structure(art.graph),
+            "target": art.target.name, "model": _structure(art.graph),
             "data": os.path.abspath(data), "metrics": measure(out, data),
             "tolerances": dict(DEFAULT_TOLERANCES)}
     atomic_write_text(path, json.dumps(base, indent=1) + "\n")
@@ -117,11 +118,11 @@ def read_baseline(path: str) -> dict[str, Any]:
 
 def limit_checks(art: Artifact, target: str | None) -> list[Check]:
     """The target's limits (the artifact's own target when none is named)."""
-    name = target or art.info.get("target", "sim")
-    if name == "sim":
+    built = art.target
+    name = target or built.name
+    if name == SIM:
         return []
-    backend_info = art.info.get("backend") or {}
-    opts = (backend_info.get("options") or {}) if name == art.info.get("target") else {}
+    opts = built.options if name == built.name else {}
     backend = get_backend(name, opts)
     violations = backend.check(art.graph)
     if not violations:

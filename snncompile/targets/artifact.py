@@ -26,9 +26,20 @@ from ..errors import ArtifactError
 from ..fsutil import atomic_directory
 from ..ir import Graph
 from ..ir.serialize import load_graph, save_graph
+from .select import SIM
 
 MODEL_FILE = "model.onnx"
 INFO_FILE = "compile.json"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What compile.json records of the target a build was compiled for."""
+
+    name: str                                  # SIM for the reference simulator
+    version: str | None = None                 # the backend plugin's version
+    options: dict[str, str] = field(default_factory=dict)  # its --target-option values
+    limits: dict[str, Any] = field(default_factory=dict)   # its Limits, as a dict
 
 
 @dataclass
@@ -42,6 +53,28 @@ class Artifact:
 
     def load_model(self) -> onnx.ModelProto:
         return onnx.load(str(self.model_path))
+
+    @property
+    def target(self) -> BuildTarget:
+        """The target the build was compiled for (the reference simulator when compile.json
+        names none)."""
+        name = self.info.get("target", SIM)
+        rec = self.info.get("backend") or {}
+        if not isinstance(name, str) or not isinstance(rec, dict):
+            raise ArtifactError(f"{INFO_FILE} of '{self.path}' records its target in a form this "
+                                "version cannot read", "re-run 'snncompile convert'")
+        options, limits = rec.get("options") or {}, rec.get("limits") or {}
+        if not isinstance(options, dict) or not isinstance(limits, dict):
+            raise ArtifactError(f"{INFO_FILE} of '{self.path}': the target's options or limits are "
+                                "not a mapping", "re-run 'snncompile convert'")
+        return BuildTarget(name=name, version=rec.get("version"), options=dict(options),
+                           limits=dict(limits))
+
+    @property
+    def constraints(self) -> dict[str, int | None]:
+        """The limits it was compiled under: ``bits`` (--bits) and ``fanin`` (--fanin)."""
+        c = self.info.get("constraints") or {}
+        return {"bits": c.get("bits"), "fanin": c.get("fanin")}
 
 
 def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,

@@ -222,11 +222,11 @@ def fanin_limits(art: Artifact) -> dict[str, int]:
     """Fan-in limits that apply to the build: the target's (recorded in compile.json at
     compile time) and the one it was compiled under (--fanin)."""
     limits = {}
-    target = art.info.get("target", "sim")
-    lim = ((art.info.get("backend") or {}).get("limits") or {}).get("fan_in")
+    built = art.target
+    lim = built.limits.get("fan_in")
     if lim:
-        limits[f"{target} limit"] = int(lim)
-    asked = (art.info.get("constraints") or {}).get("fanin")
+        limits[f"{built.name} limit"] = int(lim)
+    asked = art.constraints["fanin"]
     if asked:
         limits["--fanin"] = int(asked)
     return limits
