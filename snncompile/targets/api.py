@@ -12,7 +12,7 @@ kit (:mod:`snncompile.testing`) checks that.
 Everything a plugin may import from snncompile is re-exported here or in
 :mod:`snncompile.testing`: the IR (:mod:`snncompile.ir`), :func:`load_graph` for an IR saved in
 an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``, ``fanin_layers``,
-``population_fanin``, ``weight_bits``), and the error types.
+``population_fanin``, ``chain_ops``, ``weight_bits``), and the error types.
 :func:`flatten_network` turns a graph into populations and integer synapse matrices (what
 neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules
 (:mod:`snncompile.targets.rules`, the ones conversion and tuning check too) so a backend
@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
 from ..ir import Graph
-from ..ir.structure import fanin_layers, population_fanin, populations, weight_bits
+from ..ir.structure import chain_ops, fanin_layers, population_fanin, populations, weight_bits
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
 from .rules import GENERIC_RULES, RULES, Limits, Rule, Violation, check_limits
@@ -43,7 +43,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
-    "Rule", "fanin_layers", "population_fanin", "populations", "weight_bits",
+    "Rule", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
 
