@@ -185,7 +185,7 @@ def fanout(graph: Graph, node: WeightedNode) -> np.ndarray:
 
 
 @dataclass
-class PopulationInfo:
+class LayerSummary:
     """What `inspect` and `evaluate` report per layer."""
 
     name: str
@@ -198,7 +198,7 @@ class PopulationInfo:
     params: int
 
 
-def populations(graph: Graph) -> list[PopulationInfo]:
+def populations(graph: Graph) -> list[LayerSummary]:
     """One row per layer: every IF layer (ReLU in an ANN graph), spiking max pool, and
     output, with the chain of synaptic ops that feeds it."""
     rows = []
@@ -207,7 +207,7 @@ def populations(graph: Graph) -> list[PopulationInfo]:
         ops = chain_ops(graph, n.name)
         weighted = [o for o in ops if isinstance(o, WeightedNode)]
         kind = n.op if is_population(n) else "output"
-        rows.append(PopulationInfo(
+        rows.append(LayerSummary(
             name=n.name, kind=kind, synapses=">".join(o.op for o in ops) or "-",
             shape=tuple(n.shape), neurons=int(np.prod(n.shape)),
             max_fanin=population_fanin(graph, n.name),

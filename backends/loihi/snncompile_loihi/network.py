@@ -38,7 +38,7 @@ MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 
 
 
 @dataclass
-class Population:
+class IntFireLayer:
     """A layer of IntFire neurons (an IR IF node) with the current that feeds it."""
 
     name: str
@@ -136,7 +136,7 @@ class Network:
     input_mode: str
     input_bits: int
     timesteps: int
-    populations: list[Population] = field(default_factory=list)
+    populations: list[IntFireLayer] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     bias_sources: list[BiasSource] = field(default_factory=list)
@@ -222,7 +222,7 @@ def build_network(graph: Graph, timesteps: int | None = None,
             net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias, first_step))
             bias = np.zeros_like(bias)
         if isinstance(node, IFNode):
-            net.populations.append(Population(
+            net.populations.append(IntFireLayer(
                 node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),
                 _per_neuron(node.v_init, node.shape), bias, first_step, node.reset,
                 node.membrane_bits))
