@@ -17,7 +17,8 @@ from snncompile.errors import UsageError
 from snncompile.ir import Conv2dNode
 from snncompile.app.compile import CompileRequest, compile_model
 from snncompile.ir.serialize import load_graph
-from snncompile.passes.constrain import channel_mask, topk_mask, violations
+from snncompile.passes.constrain import channel_mask, topk_mask
+from snncompile.targets.rules import violations
 
 
 def test_channel_mask_keeps_whole_channels_of_largest_l1(rng):

@@ -19,7 +19,7 @@ from snncompile.ir import IFNode
 from snncompile.ir.serialize import load_graph
 from snncompile.tune import intsim
 from snncompile.tune.bptt import Surrogate, forward, linear_grad, stdb_grad, surrogate_if
-from snncompile.passes.constrain import violations
+from snncompile.targets.rules import violations
 from snncompile.tune.ltl import ltl_target, teacher_scales
 from snncompile.tune.methods import METHODS, known
 from snncompile.tune.model import TandemNet

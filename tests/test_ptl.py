@@ -20,7 +20,7 @@ from snncompile.ir.structure import population_fanin, weight_bits
 from snncompile.app.compile import CompileRequest, compile_model
 from snncompile.ir.serialize import load_graph
 from snncompile.tune import ptl as schedule
-from snncompile.passes.constrain import violations
+from snncompile.targets.rules import violations
 from snncompile.tune.model import TandemNet
 from snncompile.tune.ptl import TrainOptions, tune
 

@@ -21,7 +21,8 @@ from snncompile.frontend import import_onnx
 from snncompile.ir import IFNode
 from snncompile.ir.structure import population_fanin, weight_bits
 from snncompile.sim.simulator import run_window, simulate
-from snncompile.passes.constrain import fanin_budgets, topk_mask, violations
+from snncompile.passes.constrain import fanin_budgets, topk_mask
+from snncompile.targets.rules import violations
 from snncompile.tune.intsim import quantized_input
 from snncompile.tune.model import TandemNet, unit_scales
 from snncompile.passes.requant import requantize

@@ -21,10 +21,11 @@ from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
 from ..ir import Graph, IFNode
-from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share, violations
+from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..targets.artifact import write_artifact
+from ..targets.rules import violations
 from ..targets.select import check_fit, lower_into, resolve_target, target_info
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir

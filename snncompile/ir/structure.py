@@ -47,6 +47,15 @@ def op_fanin(node: Node, nonzero: bool = True) -> int:
     return 1
 
 
+def fanin_layers(graph: Graph) -> list[str]:
+    """The layers whose neurons receive synapses, so whose fan-in a target limits: every
+    population but the input (IF layers, ReLUs of an ANN graph, spiking max pools) and every
+    other output. Conversion, tuning and every backend's fan-in rule count these, and only these."""
+    outs = set(graph.outputs)
+    return [n.name for n in graph.nodes
+            if not isinstance(n, InputNode) and (is_population(n) or n.name in outs)]
+
+
 def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
     """Every chain of non-population nodes from a population (exclusive) to ``name``
     (inclusive of the node itself when it is not a population)."""
@@ -62,26 +71,35 @@ def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
     return paths
 
 
-def population_fanin(graph: Graph, name: str) -> int:
-    """Upper bound of the synapses one neuron of population ``name`` receives through its
-    synapse chains (exact for dense/conv chains with non-overlapping pools)."""
+def synapse_chains(graph: Graph, name: str) -> list[list[Node]]:
+    """The chains of ops from a source population (exclusive) to the neurons of layer
+    ``name`` (a population's own node is not part of its chains): one per path, so a neuron
+    after an add or a concat counts every branch (a conv or dense after a concat reads all
+    of its inputs)."""
     node = graph[name]
-    chains = [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
-    total = 0
-    for chain in chains:
-        prod = 1
-        for op in chain:
-            prod *= op_fanin(op)
-        total += prod
-    return total
+    return [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
+
+
+def chain_fanin(chain: list[Node], nonzero: bool = True) -> int:
+    """Synapses one neuron receives through one chain: the product of its ops' fan-ins."""
+    prod = 1
+    for op in chain:
+        prod *= op_fanin(op, nonzero)
+    return prod
+
+
+def population_fanin(graph: Graph, name: str) -> int:
+    """Upper bound of the synapses one neuron of layer ``name`` receives through its synapse
+    chains (exact for dense/conv chains with non-overlapping pools): the number every
+    fan-in limit is checked against."""
+    return sum(chain_fanin(c) for c in synapse_chains(graph, name))
 
 
 def chain_ops(graph: Graph, name: str) -> list[Node]:
     """Distinct non-population nodes feeding population ``name`` (in graph order)."""
     seen: dict[str, Node] = {}
-    node = graph[name]
-    for p in incoming_paths(graph, name):
-        for op in (p[:-1] if is_population(node) else p):
+    for chain in synapse_chains(graph, name):
+        for op in chain:
             seen[op.name] = op
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     return sorted(seen.values(), key=lambda n: order[n.name])
@@ -167,7 +185,7 @@ def fanout(graph: Graph, node: WeightedNode) -> np.ndarray:
 
 
 @dataclass
-class PopulationInfo:
+class LayerSummary:
     """What `inspect` and `evaluate` report per layer."""
 
     name: str
@@ -180,18 +198,16 @@ class PopulationInfo:
     params: int
 
 
-def populations(graph: Graph) -> list[PopulationInfo]:
+def populations(graph: Graph) -> list[LayerSummary]:
     """One row per layer: every IF layer (ReLU in an ANN graph), spiking max pool, and
     output, with the chain of synaptic ops that feeds it."""
     rows = []
-    outputs = set(graph.outputs)
-    for n in graph.nodes:
-        if isinstance(n, InputNode) or not (is_population(n) or n.name in outputs):
-            continue
+    for name in fanin_layers(graph):
+        n = graph[name]
         ops = chain_ops(graph, n.name)
         weighted = [o for o in ops if isinstance(o, WeightedNode)]
         kind = n.op if is_population(n) else "output"
-        rows.append(PopulationInfo(
+        rows.append(LayerSummary(
             name=n.name, kind=kind, synapses=">".join(o.op for o in ops) or "-",
             shape=tuple(n.shape), neurons=int(np.prod(n.shape)),
             max_fanin=population_fanin(graph, n.name),

@@ -1,10 +1,12 @@
 """Hardware constraints on a converted graph: weight width (``--bits``) and fan-in (``--fanin``).
 
 Fan-in is counted as :func:`snncompile.ir.structure.population_fanin` counts it (and as
-``evaluate`` reports it): the synapses one neuron receives through its whole synapse chain.
-A sum pool before a convolution multiplies the convolution's fan-in by the pool's window
-(each pooled input is a synapse of the composed connection), so the convolution may keep
-only ``F // k^2`` non-zero weights per output channel. Pruning keeps the largest magnitudes
+``evaluate`` and every backend's fan-in rule count it), for the layers of
+:func:`snncompile.ir.structure.fanin_layers`: the synapses one neuron receives through its
+synapse chains. A sum pool before a convolution multiplies the convolution's fan-in by the
+pool's window (each pooled input is a synapse of the composed connection), so the
+convolution may keep only ``F // k^2`` non-zero weights per output channel; the chains an
+add or a concat joins share the limit, after what chains without weights to prune need. Pruning keeps the largest magnitudes
 (per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
 convolution); the kept pattern is fixed when a layer is constrained.
 """
@@ -14,52 +16,54 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
-from ..ir import Conv2dNode, DenseNode, Graph, WeightedNode
-from ..ir.structure import incoming_paths, is_population, op_fanin, population_fanin, weight_bits
+from ..ir import Conv2dNode, DenseNode, Graph, Node, WeightedNode
+from ..ir.structure import chain_fanin, fanin_layers, synapse_chains
 from .requant import with_params
 
 PRUNABLE = (Conv2dNode, DenseNode)
 
 
-def _targets(graph: Graph) -> list[str]:
-    """Populations and outputs: the neurons whose fan-in is limited."""
-    outs = set(graph.outputs)
-    return [n.name for n in graph.nodes
-            if (is_population(n) and n.inputs) or n.name in outs]
-
-
 def fanin_budgets(graph: Graph, fanin: int) -> dict[str, int]:
     """Per conv/dense node, how many non-zero weights one output neuron may keep so that
-    every population's fan-in is at most ``fanin``. Raises UsageError naming the layer when
-    the limit is below what the rest of its synapse chain alone needs."""
+    every layer's fan-in, as the fan-in rule counts it (``population_fanin`` over
+    ``fanin_layers``), is at most ``fanin``. Raises UsageError naming the layer when the limit
+    is below what the rest of its synapse chains alone need."""
     budgets: dict[str, int] = {}
-    for name in _targets(graph):
-        node = graph[name]
-        chains = [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
-        chains = [c for c in chains if c]
-        if not chains:
-            continue
-        share = fanin // len(chains)
-        for chain in chains:
-            prunable = [op for op in chain if isinstance(op, PRUNABLE)]
-            for op in prunable:
-                mult = 1
-                for other in chain:
-                    if other is not op:
-                        mult *= op_fanin(other, nonzero=False)
-                b = share // mult
-                if b < 1:
-                    raise UsageError(f"--fanin {fanin} is too small for layer '{name}': the ops "
-                                     f"around '{op.name}' alone connect {mult} inputs per weight",
-                                     f"use --fanin {mult * len(chains)} or more")
-                budgets[op.name] = min(budgets.get(op.name, b), b)
-        if not any(isinstance(op, PRUNABLE) for c in chains for op in c):
-            fixed = population_fanin(graph, name)
-            if fixed > fanin:
-                raise UsageError(f"--fanin {fanin} is too small for layer '{name}': its inputs "
-                                 f"(no weights to prune) give it fan-in {fixed}",
-                                 f"use --fanin {fixed} or more")
+    for name in fanin_layers(graph):
+        _share(name, synapse_chains(graph, name), fanin, budgets)
     return budgets
+
+
+def _around(op: Node, chain: list[Node]) -> int:
+    """Inputs each weight of ``op`` connects through the other (unpruned) ops of ``chain``."""
+    return chain_fanin([o for o in chain if o is not op], nonzero=False)
+
+
+def _share(name: str, group: list[list[Node]], fanin: int, budgets: dict[str, int]) -> None:
+    """Split ``fanin`` over the chains into layer ``name``: chains without weights to prune
+    keep what they have, the others share the rest equally."""
+    cut = [c for c in group if any(isinstance(op, PRUNABLE) for op in c)]
+    fixed = sum(chain_fanin(c, nonzero=False) for c in group
+                if not any(isinstance(op, PRUNABLE) for op in c))
+    if not cut:
+        if fixed > fanin:
+            raise UsageError(f"--fanin {fanin} is too small for layer '{name}': its inputs "
+                             f"(no weights to prune) give it fan-in {fixed}",
+                             f"use --fanin {fixed} or more")
+        return
+    need, op = max((_around(op, c), op.name) for c in cut for op in c if isinstance(op, PRUNABLE))
+    least = fixed + len(cut) * need
+    if fanin < least:
+        rest = f" and its inputs without weights to prune add {fixed}" if fixed else ""
+        raise UsageError(f"--fanin {fanin} is too small for layer '{name}': the ops around "
+                         f"'{op}' alone connect {need} inputs per weight{rest}",
+                         f"use --fanin {least} or more")
+    share = (fanin - fixed) // len(cut)
+    for c in cut:
+        for op in c:
+            if isinstance(op, PRUNABLE):
+                b = share // _around(op, c)
+                budgets[op.name] = min(budgets.get(op.name, b), b)
 
 
 def topk_mask(weight: np.ndarray, k: int) -> np.ndarray:
@@ -96,23 +100,6 @@ def channel_mask(weight: np.ndarray, k: int) -> np.ndarray:
 
 # How --fanin picks the weights a neuron keeps (``--fanin-mode``).
 FANIN_MODES = {"magnitude": topk_mask, "channels": channel_mask}
-
-
-def violations(graph: Graph, bits: int | None = None, fanin: int | None = None) -> list[str]:
-    """Every way a converted graph breaks the limits, one line each (empty when it meets them)."""
-    out = []
-    for n in graph.nodes:
-        if isinstance(n, WeightedNode):
-            if n.weight_int is None:
-                out.append(f"'{n.name}' has no integer weights")
-            elif bits is not None and weight_bits(n) > bits:
-                out.append(f"'{n.name}': weights need {weight_bits(n)} bits > {bits}")
-    if fanin is not None:
-        for name in _targets(graph):
-            f = population_fanin(graph, name)
-            if f > fanin:
-                out.append(f"'{name}': fan-in {f} > {fanin}")
-    return out
 
 
 def fanin_masks(graph: Graph, fanin: int, mode: str = "magnitude") -> dict[str, np.ndarray]:

@@ -11,10 +11,11 @@ kit (:mod:`snncompile.testing`) checks that.
 
 Everything a plugin may import from snncompile is re-exported here or in
 :mod:`snncompile.testing`: the IR (:mod:`snncompile.ir`), :func:`load_graph` for an IR saved in
-an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``,
-``population_fanin``, ``weight_bits``), and the error types.
+an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``, ``fanin_layers``,
+``population_fanin``, ``chain_ops``, ``weight_bits``), and the error types.
 :func:`flatten_network` turns a graph into populations and integer synapse matrices (what
-neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules so a backend
+neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules
+(:mod:`snncompile.targets.rules`, the ones conversion and tuning check too) so a backend
 can replace one with a finer rule of its own. An unexpected exception inside a plugin is
 reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
 """
@@ -23,17 +24,18 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
-from ..ir import IFNode, InputNode, WeightedNode, Graph
-from ..ir.structure import population_fanin, populations, weight_bits
+from ..ir import Graph
+from ..ir.structure import chain_ops, fanin_layers, population_fanin, populations, weight_bits
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
+from .rules import GENERIC_RULES, RULES, Limits, Rule, Violation, check_limits
 
 ENTRY_POINT_GROUP = "snncompile.backends"
 
@@ -41,53 +43,9 @@ __all__ = [
     "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
-    "population_fanin", "populations", "weight_bits",
+    "Rule", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a target can hold, as data. ``None`` means unlimited (or not known)."""
-
-    weight_bits: int | None = None          # signed weight width
-    fan_in: int | None = None               # synapses into one neuron
-    neurons_per_core: int | None = None
-    synapses_per_core: int | None = None
-    cores: int | None = None                # cores available in total
-    membrane_bits: int | None = None
-    threshold_bits: int | None = None       # unsigned threshold width
-    reset_modes: tuple[str, ...] = ("subtract", "zero")
-    input_modes: tuple[str, ...] = ("once", "every_step")
-    spike_modes: tuple[str, ...] = ("binary",)  # "signed": the target carries -1 spikes too
-    delay_per_layer: int = 0                # steps each synaptic connection delays a spike
-    sources: Mapping[str, str] = field(default_factory=dict)  # limit name -> where the number is from
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["reset_modes"] = list(self.reset_modes)
-        d["input_modes"] = list(self.input_modes)
-        d["spike_modes"] = list(self.spike_modes)
-        d["sources"] = dict(self.sources)
-        return d
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One way a graph breaks a limit: which layer, which quantity, the value, the limit, and
-    the option that fixes it."""
-
-    layer: str
-    quantity: str
-    value: Any
-    limit: Any
-    fix: str
-
-    def __str__(self) -> str:
-        return f"layer '{self.layer}': {self.quantity} ({self.value}) exceeds max ({self.limit}); fix: {self.fix}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LimitError(SnnCompileError):
@@ -220,94 +178,4 @@ def parse_backend_options(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise UsageError(f"target option '{p}' is not KEY=VALUE", "e.g. --target-option cores=4")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
-    return out
-
-
-# --- the generic limit rules -----------------------------------------------------------------
-# Each rule is a small function from (graph, limits) to violations; backends with rules of
-# their own add them in Backend.check.
-
-Rule = Callable[[Graph, Limits], list[Violation]]
-
-
-def _rule_weight_bits(g: Graph, lim: Limits) -> list[Violation]:
-    if lim.weight_bits is None:
-        return []
-    return [Violation(n.name, "weight bits", weight_bits(n), lim.weight_bits,
-                      f"--bits {lim.weight_bits}")
-            for n in g.nodes if isinstance(n, WeightedNode) and weight_bits(n) > lim.weight_bits]
-
-
-def _rule_fan_in(g: Graph, lim: Limits) -> list[Violation]:
-    if lim.fan_in is None:
-        return []
-    out = []
-    for n in g.nodes:
-        if isinstance(n, IFNode) or n.name in g.outputs:
-            f = population_fanin(g, n.name)
-            if f > lim.fan_in:
-                out.append(Violation(n.name, "fan-in", f, lim.fan_in, f"--fanin {lim.fan_in}"))
-    return out
-
-
-def _rule_threshold_bits(g: Graph, lim: Limits) -> list[Violation]:
-    if lim.threshold_bits is None:
-        return []
-    top = 2 ** lim.threshold_bits - 1
-    return [Violation(n.name, "threshold", int(np.max(n.threshold)), top,
-                      "fewer --bits (thresholds scale with the weights) or a lower --input-bits")
-            for n in g.nodes if isinstance(n, IFNode) and int(np.max(n.threshold)) > top]
-
-
-def _rule_membrane_bits(g: Graph, lim: Limits) -> list[Violation]:
-    if lim.membrane_bits is None:
-        return []
-    return [Violation(n.name, "membrane bits", n.membrane_bits, lim.membrane_bits,
-                      f"--membrane-bits {lim.membrane_bits}")
-            for n in g.nodes if isinstance(n, IFNode) and n.membrane_bits > lim.membrane_bits]
-
-
-def _rule_modes(g: Graph, lim: Limits) -> list[Violation]:
-    out = []
-    for n in g.nodes:
-        if isinstance(n, IFNode) and n.reset not in lim.reset_modes:
-            out.append(Violation(n.name, "reset mode", n.reset, "/".join(lim.reset_modes),
-                                 f"--reset {lim.reset_modes[0]}"))
-        if isinstance(n, IFNode) and n.spikes not in lim.spike_modes:
-            out.append(Violation(n.name, "spikes", n.spikes, "/".join(lim.spike_modes),
-                                 f"--spikes {lim.spike_modes[0]}"))
-        if isinstance(n, InputNode) and n.mode not in lim.input_modes:
-            out.append(Violation(n.name, "input mode", n.mode, "/".join(lim.input_modes),
-                                 f"--input-mode {lim.input_modes[0]}"))
-    return out
-
-
-def _rule_neurons(g: Graph, lim: Limits) -> list[Violation]:
-    """Cores needed when every population is split over cores of ``neurons_per_core``."""
-    if lim.neurons_per_core is None or lim.cores is None:
-        return []
-    need = sum(-(-p.neurons // lim.neurons_per_core) for p in populations(g))
-    if need <= lim.cores:
-        return []
-    return [Violation("(all)", "cores needed", need, lim.cores,
-                      "a smaller model (fewer channels or units)")]
-
-
-GENERIC_RULES: tuple[Rule, ...] = (_rule_weight_bits, _rule_fan_in, _rule_threshold_bits,
-                                   _rule_membrane_bits, _rule_modes, _rule_neurons)
-
-# The same rules by name, so a backend with a finer rule of its own (say, a mapper that
-# counts cores exactly) can keep the others: check_limits(g, lim, name, rules=(RULES["modes"], ...)).
-RULES: dict[str, Rule] = {"weight_bits": _rule_weight_bits, "fan_in": _rule_fan_in,
-                          "threshold_bits": _rule_threshold_bits,
-                          "membrane_bits": _rule_membrane_bits, "modes": _rule_modes,
-                          "neurons": _rule_neurons}
-
-
-def check_limits(graph: Graph, limits: Limits, target: str = "",
-                 rules: tuple[Rule, ...] = GENERIC_RULES) -> list[Violation]:
-    """Every violation of ``limits`` by ``graph`` (an empty list when it fits)."""
-    out: list[Violation] = []
-    for rule in rules:
-        out.extend(rule(graph, limits))
     return out

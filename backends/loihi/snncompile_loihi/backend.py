@@ -1,6 +1,7 @@
 """The ``loihi`` backend plugin: snncompile IR -> a Lava process network for Intel Loihi 2.
 
-``lower`` folds the graph into populations and Dense connections (network.py), checks the
+``lower`` regroups the graph into populations and Dense or Conv connections, with the
+synapse matrices the core composes (network.py), checks the
 Loihi 2 limits (limits.py, rules.py), and writes an artifact that runs with lava-nc alone
 (emit.py). ``run`` executes that artifact's ``run_lava.py`` in a subprocess on Lava's
 bit-accurate CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``), bounded by a timeout
@@ -29,7 +30,7 @@ import numpy as np
 
 from snncompile.ir import Graph
 from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
-                               UsageError, Violation, check_limits)
+                               UsageError, Violation, check_limits, flatten_network)
 
 from . import __version__
 from . import limits as L
@@ -92,7 +93,8 @@ class LoihiBackend(Backend):
         violations = self.check(graph)
         if violations:
             raise LimitError(self.name, violations)
-        net = build_network(graph)
+        flat = flatten_network(graph)
+        net = build_network(graph, flat=flat)
         write_artifact(net, Path(directory))
         # outputs that are spiking layers: their accumulators are their spike counts
         spiking = [o for o in graph.outputs if any(p.name == o for p in net.populations)]
@@ -100,7 +102,7 @@ class LoihiBackend(Backend):
         m = json.loads(manifest.read_text())
         m["spiking_outputs"] = spiking
         manifest.write_text(json.dumps(m, indent=1))
-        why = write_netx(net, Path(directory) / "netx.h5")
+        why = write_netx(net, flat, Path(directory) / "netx.h5")
         if why:
             (Path(directory) / "netx-unsupported.txt").write_text(
                 "No netx.h5: this network does not fit lava-dl netx because\n"

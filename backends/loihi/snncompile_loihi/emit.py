@@ -89,7 +89,7 @@ def read_network(directory: Path) -> Network:
     """The network of an artifact written by :func:`write_artifact`."""
     from snncompile.plugin import ArtifactError
 
-    from .network import BiasSource, Connection, Output, Population
+    from .network import BiasSource, Connection, IntFireLayer, Output
 
     directory = Path(directory)
     try:
@@ -104,7 +104,7 @@ def read_network(directory: Path) -> Network:
         net = Network(inp["name"], tuple(inp["shape"]), inp["mode"], inp["bits"], m["timesteps"])
         for p in m["populations"]:
             k = f"pop/{p['name']}/"
-            net.populations.append(Population(
+            net.populations.append(IntFireLayer(
                 p["name"], tuple(p["shape"]), p["depth"], z[k + "theta"].astype(np.int64),
                 z[k + "v_init"].astype(np.int64), z[k + "bias"].astype(np.int64),
                 p["bias_first_step"], p["reset"], p["membrane_bits"]))

@@ -2,10 +2,11 @@
 
 Lava connects *neuron populations* through *connection processes*; the IR has many small
 linear ops between its populations (conv, dense, affine, sum pools, flatten, reshape, pad,
-concat, add). :func:`build_network` folds every chain of linear ops between two populations
-into one exact integer matrix (by pushing unit vectors through the chain in float64, exact
-for the integer ranges involved), so each (source population, target) pair becomes one Dense
-connection. Folding a sum pool into the following weighted layer keeps its weights unchanged
+concat, add). :func:`build_network` takes every chain of linear ops between two populations
+as the one exact integer matrix the core composes for it
+(:func:`snncompile.plugin.flatten_network`), so each (source population, target) pair
+becomes one Dense connection, or a Conv where the chain is one convolution Lava's Conv
+process takes. Folding a sum pool into the following weighted layer keeps its weights unchanged
 when the pool windows do not overlap (each input element lands in one window), so the
 weights stay 8-bit; an overlapping pool or two weighted ops in a row can widen them, which
 :mod:`snncompile_loihi.rules` reports.
@@ -23,23 +24,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
                            WeightedNode)
-from snncompile.plugin import Violation
+from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network
 
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
               ConcatNode, AddNode)
 BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed neuron bias mantissa (used with bias_exp = 6)
-MAX_DENSE_ENTRIES = 2 ** 24
-MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"  # largest folded matrix this lowering builds (memory bound)
+MAX_DENSE_ENTRIES = 2 ** 24   # largest folded matrix this lowering builds (memory bound)
+MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"
 
 
 @dataclass
-class Population:
+class IntFireLayer:
     """A layer of IntFire neurons (an IR IF node) with the current that feeds it."""
 
     name: str
@@ -137,7 +136,7 @@ class Network:
     input_mode: str
     input_bits: int
     timesteps: int
-    populations: list[Population] = field(default_factory=list)
+    populations: list[IntFireLayer] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     bias_sources: list[BiasSource] = field(default_factory=list)
@@ -145,113 +144,6 @@ class Network:
 
     def incoming(self, name: str) -> list[Connection]:
         return [c for c in self.connections if c.dst == name]
-
-
-def _sources(graph: Graph, name: str, seen: set[str] | None = None) -> list[str]:
-    """Populations (input, IF, or anything unsupported) that feed node ``name`` through
-    linear ops, in graph order."""
-    out: list[str] = []
-    for i in graph[name].inputs:
-        node = graph[i]
-        if isinstance(node, LINEAR_OPS):
-            out += [s for s in _sources(graph, i) if s not in out]
-        elif i not in out:
-            out.append(i)
-    order = {n.name: k for k, n in enumerate(graph.nodes)}
-    return sorted(set(out), key=order.__getitem__)
-
-
-def _apply(node: Node, ins: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
-    """One linear op on float64 batches (exact for integers below 2^53)."""
-    x = ins[0]
-    if isinstance(node, WeightedNode):
-        w = torch.as_tensor(node.weight_int, dtype=torch.float64)
-        if isinstance(node, DenseNode):
-            y = x @ w.T
-        elif isinstance(node, Conv2dNode):
-            pt, pl, pb, pr = node.padding
-            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, None, node.stride, 0, node.dilation,
-                         node.groups)
-        else:
-            y = x * w.reshape((1, -1) + (1,) * (x.dim() - 2))
-        if with_bias and node.bias_int is not None:
-            b = torch.as_tensor(node.bias_int, dtype=torch.float64)
-            y = y + (b.reshape(-1, 1, 1) if isinstance(node, Conv2dNode) else
-                     b.reshape((-1,) + (1,) * (x.dim() - 2)) if isinstance(node, AffineNode) else b)
-        return y
-    if isinstance(node, AvgPool2dNode):
-        pt, pl, pb, pr = node.padding
-        return F.avg_pool2d(F.pad(x, (pl, pr, pt, pb)), node.kernel, node.stride,
-                            divisor_override=1)
-    if isinstance(node, FlattenNode):
-        return x.reshape(x.shape[0], -1)
-    if isinstance(node, ReshapeNode):
-        return x.reshape((x.shape[0],) + tuple(node.target))
-    if isinstance(node, PadNode):
-        k = len(node.shape)
-        pads: list[int] = []
-        for axis in reversed(range(k)):
-            pads += [node.pads[axis], node.pads[axis + k]]
-        return F.pad(x, pads)
-    if isinstance(node, ConcatNode):
-        return torch.cat(ins, dim=node.axis + 1)
-    if isinstance(node, AddNode):
-        y = ins[0]
-        for i in ins[1:]:
-            y = y + i
-        return y
-    raise TypeError(node.op)
-
-
-def _evaluate(graph: Graph, name: str, values: dict[str, torch.Tensor], batch: int,
-              with_bias: bool, memo: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The current at ``name`` given population outputs ``values`` (others zero)."""
-    if name in memo:
-        return memo[name]
-    node = graph[name]
-    if not isinstance(node, LINEAR_OPS):
-        v = values.get(name)
-        out = v if v is not None else torch.zeros((batch,) + tuple(node.shape), dtype=torch.float64)
-    else:
-        ins = [_evaluate(graph, i, values, batch, with_bias, memo) for i in node.inputs]
-        out = _apply(node, ins, with_bias)
-    memo[name] = out
-    return out
-
-
-def fold_chain(graph: Graph, current: str, src: str) -> np.ndarray:
-    """The integer matrix (size of ``current``, size of ``src``) of the linear chain from
-    population ``src`` to node ``current`` (biases left out)."""
-    n_src = int(np.prod(graph[src].shape))
-    eye = torch.eye(n_src, dtype=torch.float64).reshape((n_src,) + tuple(graph[src].shape))
-    y = _evaluate(graph, current, {src: eye}, n_src, False, {})
-    m = y.reshape(n_src, -1).T.contiguous().numpy()
-    return np.rint(m).astype(np.int64)
-
-
-def fold_bias(graph: Graph, current: str) -> np.ndarray:
-    """The per-step bias at node ``current`` (all populations silent), flattened."""
-    y = _evaluate(graph, current, {}, 1, True, {})
-    return np.rint(y.reshape(-1).numpy()).astype(np.int64)
-
-
-def _chain_weighted(graph: Graph, current: str) -> list[WeightedNode]:
-    """The weighted ops of the linear chain ending at ``current``."""
-    out: dict[str, WeightedNode] = {}
-    stack = [current]
-    while stack:
-        node = graph[stack.pop()]
-        if not isinstance(node, LINEAR_OPS):
-            continue
-        if isinstance(node, WeightedNode):
-            out[node.name] = node
-        stack += node.inputs
-    return list(out.values())
-
-
-def _chain_bias_mode(graph: Graph, current: str) -> set[str]:
-    return {n.bias_mode for n in _chain_weighted(graph, current)
-            if n.bias_int is not None and np.any(n.bias_int)}
 
 
 def _per_neuron(a: np.ndarray | None, shape: tuple[int, ...], default: int = 0) -> np.ndarray:
@@ -262,12 +154,26 @@ def _per_neuron(a: np.ndarray | None, shape: tuple[int, ...], default: int = 0) 
     return np.rint(np.broadcast_to(np.asarray(a), shape).reshape(-1)).astype(np.int64)
 
 
-def build_network(graph: Graph, timesteps: int | None = None) -> Network:
-    """Regroup ``graph`` into populations and folded Dense connections."""
+def _bias(flat: FlatNetwork, name: str) -> tuple[np.ndarray, bool, set[str]]:
+    """The per-step bias into ``name`` (or the per-step unit of a first-step one), whether it
+    is a first-step one, and the bias modes its synapse chains carry."""
+    every, first = flat.bias_every[name], flat.bias_first[name]
+    modes = {m for m, b in (("every_step", every), ("first_step", first)) if np.any(b)}
+    return (first if modes == {"first_step"} else every), modes == {"first_step"}, modes
+
+
+def build_network(graph: Graph, timesteps: int | None = None,
+                  flat: FlatNetwork | None = None) -> Network:
+    """Regroup ``graph`` into populations and connections: one per (source population,
+    layer) pair, holding the integer matrix of the synapse chain between them as the core
+    composes it (``flat``, :func:`snncompile.plugin.flatten_network` of ``graph`` when not
+    given), or the convolution itself where Lava's Conv process takes it."""
+    flat = flat if flat is not None else flatten_network(graph)
     inp = graph.input
     net = Network(inp.name, tuple(inp.shape), inp.mode, inp.bits, int(timesteps or graph.timesteps or 1))
     depth: dict[str, int] = {inp.name: 0}
     outputs = set(graph.outputs)
+    order = {n.name: k for k, n in enumerate(graph.nodes)}
     for node in graph.nodes:
         if isinstance(node, (InputNode,) + LINEAR_OPS) and node.name not in outputs:
             continue
@@ -282,22 +188,20 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
                 net.problems.append(Violation(node.name, "input of an IF layer", graph[current].op,
                                               "a weighted layer", "put a dense/conv layer before it"))
                 continue
-        elif isinstance(node, LINEAR_OPS):
-            current = node.name
-        else:
+        elif not isinstance(node, LINEAR_OPS):
             net.problems.append(Violation(node.name, "output kind", node.op, "a weighted layer "
                                           "(non-spiking accumulator)", "end the model with a linear layer"))
             continue
-        srcs = _sources(graph, current)
-        bad = [s for s in srcs if s not in depth]
-        if bad:  # fed by something unsupported (already reported)
+        incoming = sorted(flat.into(node.name), key=lambda p: order[p.source])
+        if any(p.source not in depth for p in incoming):  # fed by something unsupported (already reported)
             continue
-        d = max((depth[s] for s in srcs), default=0) + 1
+        d = max((depth[p.source] for p in incoming), default=0) + 1
         depth[node.name] = d
         size = int(np.prod(node.shape))
-        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in _chain_weighted(graph, current)),
-                     default=0)
-        for s in srcs:
+        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in chain_ops(graph, node.name)
+                      if isinstance(n, WeightedNode)), default=0)
+        for proj in incoming:
+            s = proj.source
             n_src = int(np.prod(graph[s].shape))
             if n_src * size > MAX_DENSE_ENTRIES:
                 net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
@@ -307,33 +211,31 @@ def build_network(graph: Graph, timesteps: int | None = None) -> Network:
             if delay > MAX_EXTRA_DELAY:
                 net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
                                               MAX_EXTRA_DELAY, "a shorter skip connection"))
-            conv = _as_conv(graph, current, s, node.name) if delay == 0 else None
+            conv = _as_conv(graph, node, s) if delay == 0 else None
             net.connections.append(conv if conv is not None else Connection(
-                f"{s}->{node.name}", s, node.name, fold_chain(graph, current, s), ir_max,
-                delay=delay))
-        modes = _chain_bias_mode(graph, current)
+                f"{s}->{node.name}", s, node.name, proj.matrix.toarray(), ir_max, delay=delay))
+        bias, first_step, modes = _bias(flat, node.name)
         if len(modes) > 1:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
                                           "one mode", "convert with one --input-mode"))
-        bias = fold_bias(graph, current)
         if isinstance(node, IFNode) and np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
-            net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias,
-                                               modes == {"first_step"}))
+            net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias, first_step))
             bias = np.zeros_like(bias)
         if isinstance(node, IFNode):
-            net.populations.append(Population(
+            net.populations.append(IntFireLayer(
                 node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),
-                _per_neuron(node.v_init, node.shape), bias, modes == {"first_step"}, node.reset,
+                _per_neuron(node.v_init, node.shape), bias, first_step, node.reset,
                 node.membrane_bits))
         else:
             net.outputs.append(Output(node.name, tuple(node.shape), d, bias))
     return net
 
 
-def _as_conv(graph: Graph, current: str, src: str, dst: str) -> Connection | None:
-    """A ``conv`` connection when the chain is one convolution reading ``src`` directly with
-    symmetric padding (what Lava's Conv process takes); None to fold it into a Dense."""
-    node = graph[current]
+def _as_conv(graph: Graph, layer: Node, src: str) -> Connection | None:
+    """A ``conv`` connection when the chain into ``layer`` is one convolution reading ``src``
+    directly with symmetric padding (what Lava's Conv process takes); None for a Dense."""
+    dst = layer.name
+    node = graph[layer.inputs[0]] if isinstance(layer, IFNode) else layer
     if not (isinstance(node, Conv2dNode) and node.inputs == [src] and len(graph[src].shape) == 3):
         return None
     pt, pl, pb, pr = node.padding

@@ -12,7 +12,7 @@ vThMant``, ``bias_exp = 6``). The stock LIF resets to zero, so a network fits ne
 
 Each population becomes a ``dense`` layer with its folded integer weights (shape stored as
 ``[size]``, flat in the IR's row-major order; a convolution is written as the dense matrix it
-is, computed exactly from its kernel, stride, padding, dilation and groups) and a ``CUBA`` neuron with ``iDecay = 4096``
+is, as :func:`snncompile.plugin.flatten_network` composes it) and a ``CUBA`` neuron with ``iDecay = 4096``
 (current lasts one step: ``du = 4095``), ``vDecay = 0`` (no leak) and ``vThMant = theta -
 1`` (LIF spikes on ``v > vth``, the IR on ``v >= theta``). The output accumulator has no
 netx equivalent; it is written as a last ``dense`` layer whose neurons never spike (``vThMant
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .network import Connection, Network
+from snncompile.plugin import FlatNetwork
+
+from .network import Network
 
 VTH_MAX = 2 ** 17 - 1
 
@@ -63,18 +63,6 @@ def netx_problems(net: Network) -> list[str]:
     return why
 
 
-def dense_weight(c: Connection) -> np.ndarray:
-    """The (out size, in size) integer matrix of a connection; a convolution's is found by
-    convolving every unit input (exact: small integers in float64)."""
-    if c.kind != "conv":
-        return np.asarray(c.weight)
-    n_in = int(np.prod(c.in_shape))
-    eye = torch.eye(n_in, dtype=torch.float64).reshape((n_in,) + tuple(c.in_shape))
-    y = F.conv2d(eye, torch.as_tensor(np.asarray(c.weight), dtype=torch.float64), None,
-                 tuple(c.stride), tuple(c.padding), tuple(c.dilation), c.groups)
-    return np.rint(y.reshape(n_in, -1).T.numpy()).astype(np.int64)
-
-
 def _text(g: h5py.Group, key: str, value: str) -> None:
     g.create_dataset(key, (1,), f"S{max(len(value), 1)}", [value.encode("ascii")])
 
@@ -93,8 +81,14 @@ def _layer(g: h5py.Group, weight: np.ndarray, bias: np.ndarray, vth: int) -> Non
     n.create_dataset("gradedSpike", data=False)
 
 
-def write_netx(net: Network, path: Path) -> list[str]:
-    """Write ``path`` when the network fits netx; return the reasons when it does not."""
+def _weight(flat: FlatNetwork, name: str) -> np.ndarray:
+    """The (size, source size) integer matrix of the one connection into ``name``."""
+    return flat.into(name)[0].matrix.toarray()
+
+
+def write_netx(net: Network, flat: FlatNetwork, path: Path) -> list[str]:
+    """Write ``path`` when the network (built from ``flat``) fits netx; return the reasons
+    when it does not."""
     why = netx_problems(net)
     if why:
         return why
@@ -102,9 +96,9 @@ def write_netx(net: Network, path: Path) -> list[str]:
         _text(f, "simulator", "lava")
         layers = f.create_group("layer")
         for i, p in enumerate(net.populations):
-            _layer(layers.create_group(str(i)), dense_weight(net.incoming(p.name)[0]), p.bias,
+            _layer(layers.create_group(str(i)), _weight(flat, p.name), p.bias,
                    int(p.theta[0]) - 1)
         out = net.outputs[0]
-        _layer(layers.create_group(str(len(net.populations))), dense_weight(net.incoming(out.name)[0]),
+        _layer(layers.create_group(str(len(net.populations))), _weight(flat, out.name),
                out.bias, VTH_MAX)
     return []
