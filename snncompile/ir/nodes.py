@@ -82,7 +82,9 @@ class Node:
 @dataclass(kw_only=True)
 class InputNode(Node):
     """The analog input. In an SNN it is quantized to ``bits``-bit integers with ``out_scale``
-    and injected as charge: all of it at t = 0 (``once``, T times the value) or every step."""
+    and injected as charge.
+
+    Per step t: ``once``: ``T * x_int`` at t = 0, then 0; ``every_step``: ``x_int``."""
 
     op: ClassVar[str] = "input"
     mode: str = "once"
@@ -115,7 +117,10 @@ class WeightedNode(Node):
 
 @dataclass(kw_only=True)
 class Conv2dNode(WeightedNode):
-    """2-D convolution, weight (Cout, Cin/groups, kH, kW); padding (top, left, bottom, right)."""
+    """2-D convolution, weight (Cout, Cin/groups, kH, kW); padding (top, left, bottom, right).
+
+    Per step t: ``y[t] = conv(weight_int, x[t]) + b(t)``, zero padding; ``b(t)`` is
+    ``bias_int`` every step (``every_step``) or ``T * bias_int`` at t = 0 only (``first_step``)."""
 
     op: ClassVar[str] = "conv2d"
     stride: tuple[int, int] = (1, 1)
@@ -140,7 +145,9 @@ class Conv2dNode(WeightedNode):
 
 @dataclass(kw_only=True)
 class DenseNode(WeightedNode):
-    """Fully connected layer, weight (out, in): y = W x + b."""
+    """Fully connected layer, weight (out, in): y = W x + b.
+
+    Per step t: ``y[t] = weight_int @ x[t] + b(t)``, with ``b(t)`` as for :class:`Conv2dNode`."""
 
     op: ClassVar[str] = "dense"
 
@@ -153,7 +160,10 @@ class DenseNode(WeightedNode):
 
 @dataclass(kw_only=True)
 class AffineNode(WeightedNode):
-    """Per-channel y = a * x + b (a BatchNorm that could not be folded, or a rescaling)."""
+    """Per-channel y = a * x + b (a BatchNorm that could not be folded, or a rescaling).
+
+    Per step t: ``y[t] = weight_int[c] * x[t] + b(t)`` per channel c, ``b(t)`` as for
+    :class:`Conv2dNode`."""
 
     op: ClassVar[str] = "affine"
 
@@ -169,7 +179,7 @@ class ReluNode(Node):
     """ReLU, optionally clipped at ``max_value`` (ReLU6, Clip(0, m)). ANN graphs only.
 
     ``calib_tensor`` names the ONNX tensor whose (clipped) ReLU equals this node's output:
-    calibration reads its statistics there."""
+    calibration reads its statistics there. Conversion replaces it by an :class:`IFNode`."""
 
     op: ClassVar[str] = "relu"
     max_value: float | None = None
@@ -188,7 +198,12 @@ class IFNode(Node):
     ``spikes`` "signed" adds negative spikes with memory: where the membrane falls below 0
     after the reset and the neuron's net count is above 0, it emits -1 and gains a threshold
     back, so charge that arrives late can undo a spike fired too early (see
-    docs/semantics.md)."""
+    docs/semantics.md).
+
+    Per step t: ``v += I[t]`` (saturating at +-(2^(membrane_bits-1) - 1)); ``s[t] = 1`` where
+    ``v >= threshold``, then ``v -= threshold`` (``subtract``) or ``v = 0`` (``zero``); signed:
+    ``s[t] = -1`` where ``v < 0`` and the net count is above 0, then ``v += threshold``. The
+    output is ``s[t]``; ``v`` starts at ``v_init``."""
 
     op: ClassVar[str] = "if"
     threshold: np.ndarray = array_field(optional=False)
@@ -218,7 +233,9 @@ class _Pool2dNode(Node):
 
 @dataclass(kw_only=True)
 class AvgPool2dNode(_Pool2dNode):
-    """Average pooling. In an SNN it is an integer sum pool; the 1/k^2 lives in the scale."""
+    """Average pooling. In an SNN it is an integer sum pool; the 1/k^2 lives in the scale.
+
+    Per step t: ``y[t]`` = the sum of ``x[t]`` over each window (zero padding)."""
 
     op: ClassVar[str] = "avgpool2d"
 
@@ -226,14 +243,17 @@ class AvgPool2dNode(_Pool2dNode):
 @dataclass(kw_only=True)
 class MaxPool2dNode(_Pool2dNode):
     """Max pooling. On spikes: the output's running spike count is the maximum of the inputs'
-    running counts (exact on counts; see docs/semantics.md)."""
+    running counts (exact on counts; see docs/semantics.md).
+
+    Per step t: ``y[t] = 1`` where the window's maximum running count (sum of ``x[0..t]``)
+    grows at t, else 0."""
 
     op: ClassVar[str] = "maxpool2d"
 
 
 @dataclass(kw_only=True)
 class FlattenNode(Node):
-    """(C, H, W) -> (C*H*W,) in row-major order."""
+    """(C, H, W) -> (C*H*W,) in row-major order; per step t, ``y[t]`` is ``x[t]`` flattened."""
 
     op: ClassVar[str] = "flatten"
 
@@ -243,7 +263,7 @@ class FlattenNode(Node):
 
 @dataclass(kw_only=True)
 class ReshapeNode(Node):
-    """Row-major reshape of each sample to ``target`` (same number of elements)."""
+    """Row-major reshape of each sample to ``target`` (same number of elements), per step."""
 
     op: ClassVar[str] = "reshape"
     target: tuple[int, ...] = ()
@@ -256,7 +276,8 @@ class ReshapeNode(Node):
 
 @dataclass(kw_only=True)
 class AddNode(Node):
-    """Elementwise sum of two or more tensors of the same shape (residual connections)."""
+    """Elementwise sum of two or more tensors of the same shape (residual connections):
+    per step t, ``y[t] = sum_i x_i[t]`` (conversion gives all inputs one scale)."""
 
     op: ClassVar[str] = "add"
 
@@ -268,7 +289,7 @@ class AddNode(Node):
 
 @dataclass(kw_only=True)
 class ConcatNode(Node):
-    """Concatenation along a per-sample axis (0 is channels)."""
+    """Concatenation along a per-sample axis (0 is channels), per step."""
 
     op: ClassVar[str] = "concat"
     axis: int = 0
@@ -284,7 +305,8 @@ class ConcatNode(Node):
 
 @dataclass(kw_only=True)
 class PadNode(Node):
-    """Zero padding; ``pads`` = (begin_0, ..., begin_k, end_0, ..., end_k) per sample axis."""
+    """Zero padding; ``pads`` = (begin_0, ..., begin_k, end_0, ..., end_k) per sample axis;
+    per step t, ``y[t]`` is ``x[t]`` with zeros around it."""
 
     op: ClassVar[str] = "pad"
     pads: tuple[int, ...] = ()
