@@ -185,3 +185,31 @@ def test_model_with_fixed_batch_one_calibrates_and_evaluates(onnx_kit, tmp_path)
         results[batch] = evaluate_artifact(out, str(tmp_path / "d.npz"))
     for key in ("ann_accuracy", "snn_accuracy", "synops_per_sample"):
         assert results[1][key] == results["N"][key]
+
+
+def test_a_converted_graph_carries_its_options_typed_through_saving_and_requantization(resnetish, tmp_path):
+    import dataclasses
+    import json
+
+    from snncompile.ir.serialize import load_graph, save_graph
+    from snncompile.passes.requant import requantize
+    from snncompile.passes.timesteps import with_timesteps
+
+    model, ann, x = resnetish
+    calib = activation_scales(model, ann, x)
+    opts = ConversionOptions(timesteps=8, weight_bits=10, reset="subtract", input_mode="every_step")
+    snn = convert(ann, calib, opts)
+    assert snn.conversion == opts and "conversion" not in snn.meta
+    assert with_timesteps(snn, 4).conversion == dataclasses.replace(opts, timesteps=4)
+    assert requantize(snn, weight_bits=6).conversion == dataclasses.replace(opts, weight_bits=6)
+    save_graph(snn, tmp_path)
+    assert load_graph(tmp_path).conversion == opts
+    # a manifest of an earlier version kept the options, and more, in meta
+    m = json.loads((tmp_path / "ir.json").read_text())
+    m["meta"]["conversion"] = dict(m.pop("conversion"), normalization="percentile")
+    del m["meta"]["conversion"]["spikes"]  # an option that version predates: its default
+    (tmp_path / "ir.json").write_text(json.dumps(m))
+    old = load_graph(tmp_path)
+    assert old.conversion == opts and "conversion" not in old.meta
+    w = [n.name for n in snn.nodes if isinstance(n, WeightedNode)][0]
+    assert np.array_equal(requantize(old)[w].weight_int, requantize(snn)[w].weight_int)

@@ -5,12 +5,13 @@ node types and :class:`Graph`, which plugins may import (docs/plugins.md).
 """
 
 from .graph import Graph
+from .options import V_INIT_MODES, ConversionOptions
 from .nodes import (BIAS_MODES, INPUT_MODES, NODE_TYPES, RESET_MODES, SPIKE_MODES, AddNode,
                     AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                     IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
                     WeightedNode, array_field, mode_errors)
 
-__all__ = ["BIAS_MODES", "INPUT_MODES", "NODE_TYPES", "RESET_MODES", "SPIKE_MODES", "AddNode",
+__all__ = ["ConversionOptions", "V_INIT_MODES", "BIAS_MODES", "INPUT_MODES", "NODE_TYPES", "RESET_MODES", "SPIKE_MODES", "AddNode",
            "AffineNode", "AvgPool2dNode", "ConcatNode", "Conv2dNode", "DenseNode", "FlattenNode",
            "Graph", "IFNode", "InputNode", "MaxPool2dNode", "Node", "PadNode", "ReluNode",
            "ReshapeNode", "WeightedNode", "array_field", "mode_errors"]

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ModelError
+from .options import ConversionOptions
 from .nodes import IFNode, InputNode, MaxPool2dNode, Node, WeightedNode, mode_errors
 
 
@@ -17,12 +18,14 @@ from .nodes import IFNode, InputNode, MaxPool2dNode, Node, WeightedNode, mode_er
 class Graph:
     """A network: nodes in topological order, the names of the output nodes, and metadata.
 
-    ``timesteps`` is the time window T of an SNN graph (None for an ANN graph)."""
+    ``timesteps`` is the time window T of an SNN graph (None for an ANN graph);
+    ``conversion`` the options a converted graph was made with (None for an ANN graph)."""
 
     nodes: list[Node]
     outputs: list[str]
     timesteps: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    conversion: ConversionOptions | None = None
 
     def __post_init__(self) -> None:
         self._index = {n.name: n for n in self.nodes}
@@ -59,12 +62,12 @@ class Graph:
                 if isinstance(v, list):
                     kw[k] = list(v)
             nodes.append(type(n)(**kw))
-        return Graph(nodes, list(self.outputs), self.timesteps, dict(self.meta))
+        return Graph(nodes, list(self.outputs), self.timesteps, dict(self.meta), self.conversion)
 
     def replace_nodes(self, nodes: list[Node], outputs: list[str] | None = None) -> "Graph":
         """A new graph with these nodes (same timesteps and metadata), validated."""
         g = Graph(nodes, list(outputs if outputs is not None else self.outputs), self.timesteps,
-                  dict(self.meta))
+                  dict(self.meta), self.conversion)
         g.validate()
         return g
 

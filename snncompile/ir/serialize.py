@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ModelError
 from . import NODE_TYPES, Graph, Node
+from .options import ConversionOptions
 
 FORMAT = "snncompile-ir"
 # 2: weighted nodes may carry weight_exp (Loihi-style weight exponent); version 1 files
@@ -57,6 +58,8 @@ def graph_to_manifest(graph: Graph) -> tuple[dict, dict[str, np.ndarray]]:
         nodes.append(entry)
     manifest = {"format": FORMAT, "version": VERSION, "timesteps": graph.timesteps,
                 "outputs": list(graph.outputs), "meta": graph.meta, "nodes": nodes}
+    if graph.conversion is not None:
+        manifest["conversion"] = dataclasses.asdict(graph.conversion)
     return manifest, arrays
 
 
@@ -112,8 +115,9 @@ def load_graph(directory: str | os.PathLike) -> Graph:
     nodes = []
     for i, entry in enumerate(manifest.get("nodes", [])):
         nodes.append(_node_from_entry(i, entry, arrays, mpath))
-    graph = Graph(nodes, list(manifest.get("outputs", [])), manifest.get("timesteps"),
-                  dict(manifest.get("meta", {})))
+    meta = dict(manifest.get("meta", {}))
+    graph = Graph(nodes, list(manifest.get("outputs", [])), manifest.get("timesteps"), meta,
+                  _conversion(manifest.get("conversion", meta.pop("conversion", None)), mpath))
     try:
         graph.validate()
     except ModelError as e:
@@ -143,3 +147,17 @@ def _node_from_entry(i: int, entry: dict, arrays: dict[str, np.ndarray], where: 
         return cls(**kw)
     except TypeError as e:
         raise ArtifactError(f"{where}: node {i} ({entry.get('name')}) is malformed: {e}") from None
+
+
+def _conversion(entry: Any, mpath: Path) -> ConversionOptions | None:
+    """The conversion options a manifest records (older manifests kept them, with extra
+    keys, in ``meta``; options they predate take their defaults)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{mpath}: the conversion options are not a mapping", "re-run 'snncompile convert'")
+    names = {f.name for f in dataclasses.fields(ConversionOptions)}
+    try:
+        return ConversionOptions(**{k: v for k, v in entry.items() if k in names})
+    except TypeError as e:
+        raise ArtifactError(f"{mpath}: unreadable conversion options ({e})", "re-run 'snncompile convert'") from None

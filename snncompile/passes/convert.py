@@ -8,14 +8,13 @@ the ordered list of passes :data:`CONVERSION_PASSES` (one module each in this fo
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Callable
 
 from ..calibrate.statistics import Calibration
 from ..errors import ModelError, UsageError
 from ..ir import Graph, MaxPool2dNode
 from .align_adds import align_add_inputs
-from .options import V_INIT_MODES, ConversionOptions
+from ..ir.options import V_INIT_MODES, ConversionOptions
 from .quantize import assign_scales
 from .relu_to_if import relu_to_if
 
@@ -37,7 +36,7 @@ def convert(ann: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:
     for _name, step in CONVERSION_PASSES:
         g = step(g, calib, opts)
     g.timesteps = opts.timesteps
-    g.meta["conversion"] = asdict(opts) | {"normalization": calib.method}
+    g.conversion = opts
     g.validate()
     return g
 

@@ -13,7 +13,7 @@ from ..errors import ModelError
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, DenseNode, FlattenNode, Graph,
                   IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReshapeNode, WeightedNode)
 from ..ir.structure import tensor_kinds
-from .options import ConversionOptions
+from ..ir.options import ConversionOptions
 
 
 def _compact(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 from ..calibrate.statistics import Calibration
 from ..errors import ModelError
 from ..ir import Graph, IFNode, Node, ReluNode
-from .options import ConversionOptions
+from ..ir.options import ConversionOptions
 
 
 def relu_to_if(graph: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:

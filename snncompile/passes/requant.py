@@ -16,20 +16,17 @@ import dataclasses
 import numpy as np
 
 from ..calibrate.statistics import Calibration
-from .options import ConversionOptions
+from ..ir.options import ConversionOptions
 from .quantize import assign_scales
 from ..errors import ModelError
 from ..ir import Graph, IFNode, WeightedNode
 
 
 def conversion_options(graph: Graph, weight_bits: int | None = None) -> ConversionOptions:
-    """The options a converted graph was made with (from its metadata), optionally with
-    another weight width."""
-    meta = graph.meta.get("conversion")
-    if not isinstance(meta, dict):
+    """The options a converted graph was made with, optionally with another weight width."""
+    if graph.conversion is None:
         raise ModelError("the graph carries no conversion options: it was not made by convert()")
-    names = {f.name for f in dataclasses.fields(ConversionOptions)}
-    opts = ConversionOptions(**{k: v for k, v in meta.items() if k in names})
+    opts = graph.conversion
     if weight_bits is not None:
         opts = dataclasses.replace(opts, weight_bits=int(weight_bits))
     return opts
@@ -44,10 +41,10 @@ def requantize(graph: Graph, weight_bits: int | None = None, reuse: frozenset[st
     opts = conversion_options(graph, weight_bits)
     opts.check()
     lam = {n.name: np.asarray(n.lam, np.float64) for n in graph.nodes if isinstance(n, IFNode)}
-    calib = Calibration(lam=lam, input_absmax=0.0, method=graph.meta["conversion"].get("normalization", ""))
+    calib = Calibration(lam=lam, input_absmax=0.0, method="")
     g = assign_scales(graph, calib, opts, input_scale=graph.input.out_scale, reuse=reuse)
     g.timesteps = graph.timesteps
-    g.meta["conversion"] = dict(graph.meta["conversion"], weight_bits=opts.weight_bits)
+    g.conversion = opts
     return g
 
 

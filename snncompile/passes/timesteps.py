@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..ir import Graph
 
 
@@ -10,6 +12,6 @@ def with_timesteps(graph: Graph, timesteps: int) -> Graph:
     """The same network with its window set to ``timesteps`` (thresholds do not depend on T)."""
     g = graph.copy()
     g.timesteps = int(timesteps)
-    if isinstance(g.meta.get("conversion"), dict):
-        g.meta["conversion"] = dict(g.meta["conversion"], timesteps=int(timesteps))
+    if g.conversion is not None:
+        g.conversion = dataclasses.replace(g.conversion, timesteps=int(timesteps))
     return g

@@ -1,12 +1,14 @@
-"""The choices of primitive conversion (see docs/semantics.md), as one typed value the
-passes take; `snncompile convert`'s options map onto its fields."""
+"""The choices of primitive conversion (see docs/semantics.md), as one typed value: the
+conversion passes take it, and a converted graph carries the one it was made with
+(``Graph.conversion``), so that re-deriving its integers after training (requantization)
+repeats exactly those choices. `snncompile convert`'s options map onto its fields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..ir.nodes import mode_errors
+from .nodes import mode_errors
 
 V_INIT_MODES = ("half", "zero")
 
