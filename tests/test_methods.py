@@ -18,7 +18,8 @@ import torch
 from snncompile.ir import IFNode
 from snncompile.ir.serialize import load_graph
 from snncompile.tune import intsim
-from snncompile.tune.bptt import Surrogate, forward, linear_grad, stdb_grad, surrogate_if
+from snncompile.tune.bptt import forward, surrogate_if
+from snncompile.tune.surrogate import Surrogate, linear_grad, stdb_grad
 from snncompile.passes.constrain import violations
 from snncompile.tune.ltl import ltl_target, teacher_scales
 from snncompile.tune.methods import METHODS, known
@@ -200,7 +201,8 @@ def test_tandem_trains_every_layer(digits_net, digits_dir):
     """One stage with everything spiking trains all weights, not only the output layer's
     (the old 'tl' fixed every hidden layer as if earlier stages had run)."""
     from snncompile.data import Dataset
-    from snncompile.tune.ptl import TrainOptions, tune
+    from snncompile.tune.options import TrainOptions
+    from snncompile.tune.ptl import tune
 
     g, _ = digits_net
     tr = np.load(digits_dir / "train.npz")

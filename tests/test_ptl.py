@@ -22,7 +22,8 @@ from snncompile.ir.serialize import load_graph
 from snncompile.tune import ptl as schedule
 from snncompile.passes.constrain import violations
 from snncompile.tune.model import TandemNet
-from snncompile.tune.ptl import TrainOptions, tune
+from snncompile.tune.options import TrainOptions
+from snncompile.tune.ptl import tune
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

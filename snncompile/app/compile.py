@@ -237,7 +237,8 @@ def _check_tuning(req: CompileRequest):
     """The tuning options, checked (None when the run only converts), and one warning per
     option the method ignores (:func:`..tune.methods.review_options`)."""
     from ..tune.methods import canonical, review_options
-    from ..tune.ptl import PERCENTILE_GRID, TrainOptions
+    from ..tune.options import TrainOptions
+    from ..tune.ptl import PERCENTILE_GRID
 
     if req.fanin is not None and req.fanin < 1:
         raise UsageError(f"--fanin must be at least 1, got {req.fanin}")

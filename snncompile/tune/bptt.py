@@ -8,7 +8,7 @@ whose forward value is exactly zero (``a - a.detach()``), so they never perturb 
 * a weighted op uses ``weight_int + (w_real * s_in / s_out - itself.detach())``: the
   gradient of an integer weight is passed to its float weight (and likewise for biases);
 * an IF layer emits ``spike + g * (u - u.detach())`` with ``u = v / theta`` the normalized
-  membrane and ``g`` the surrogate derivative (:class:`Surrogate`). The reset term is
+  membrane and ``g`` the surrogate derivative (:class:`.surrogate.Surrogate`). The reset term is
   detached (gradients do not flow through the reset), the membrane carries them through time.
 
 Used by the ``stdb`` method (full BPTT, loss at the output) and the ``ltl`` method (each
@@ -17,72 +17,16 @@ layer's input detached, a local loss per layer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..errors import UsageError
 from ..ir import Graph, IFNode, WeightedNode
 from . import intsim
 from .intsim import IntResult, quantized_input, run_integer
 from .model import TandemNet, unit_scales
-from .ptl import TrainOptions
-
-SURROGATES = ("exp", "linear")
-
-
-def stdb_grad(dt: torch.Tensor, alpha: float = 0.3, beta: float = 0.01) -> torch.Tensor:
-    """Rathi et al.'s spike-time-dependent surrogate: ``alpha * exp(-beta * dt)``, with
-    ``dt`` the steps since the neuron's last spike."""
-    return alpha * torch.exp(-beta * dt)
-
-
-def linear_grad(u: torch.Tensor, alpha: float = 0.3) -> torch.Tensor:
-    """The linear (triangle) surrogate: ``alpha * max(0, 1 - |u - 1|)`` at normalized
-    membrane ``u = v / theta``; largest at the threshold, zero at 0 and 2 thresholds."""
-    return alpha * torch.clamp(1.0 - (u - 1.0).abs(), min=0.0)
-
-
-@dataclass(frozen=True)
-class Surrogate:
-    """The derivative used for d spike / d (v / theta)."""
-
-    kind: str = "exp"
-    alpha: float = 0.3
-    beta: float = 0.01
-
-    def check(self) -> None:
-        if self.kind not in SURROGATES:
-            raise UsageError(f"unknown --surrogate '{self.kind}'", f"use one of {', '.join(SURROGATES)}")
-        if not self.alpha > 0:
-            raise UsageError(f"--surrogate-alpha must be > 0, got {self.alpha}")
-        if self.beta < 0:
-            raise UsageError(f"--surrogate-beta must be >= 0, got {self.beta}")
-
-    def grad(self, u: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        if self.kind == "exp":
-            return stdb_grad(dt, self.alpha, self.beta)
-        return linear_grad(u, self.alpha)
-
-
-def surrogate_from(opts: TrainOptions, default_kind: str) -> Surrogate:
-    """The surrogate a :class:`.ptl.TrainOptions` asks for (unset fields: defaults)."""
-    s = Surrogate(opts.surrogate or default_kind,
-                  0.3 if opts.surrogate_alpha is None else float(opts.surrogate_alpha),
-                  0.01 if opts.surrogate_beta is None else float(opts.surrogate_beta))
-    s.check()
-    return s
-
-
-def fixed_thresholds(opts: TrainOptions) -> TrainOptions:
-    """``opts`` with the per-stage threshold recalibration off: ltl and stdb set the
-    thresholds themselves before training."""
-    import dataclasses
-
-    return dataclasses.replace(opts, recalibrate=False)
-
+from .surrogate import Surrogate
 
 SpikeHook = Callable[[IFNode, torch.Tensor, IntResult], torch.Tensor]
 
