@@ -5,6 +5,8 @@ node type, both input modes, both reset modes, both bias modes and membrane satu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -106,8 +108,10 @@ def silent_step_path(request, monkeypatch):
 @pytest.fixture(params=["fused IF", "torch IF"], autouse=True)
 def if_path(request, monkeypatch):
     """Run every test with the one-pass CPU IF kernel and with the torch formulation that
-    other devices use."""
-    monkeypatch.setattr(sim, "FUSED_IF", request.param == "fused IF")
+    other devices use (the simulator's ``fused_if`` argument, set for this module's calls)."""
+    fused = request.param == "fused IF"
+    monkeypatch.setitem(globals(), "simulate", functools.partial(sim.simulate, fused_if=fused))
+    monkeypatch.setattr(sim, "run_window", functools.partial(sim.run_window, fused_if=fused))
     return request.param
 
 
@@ -270,15 +274,9 @@ def test_spike_rows_exact_in_float32_take_one_product(spikes):
         assert (step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h2"] < 0).any()
 
 
-def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
-    """"auto": the one-pass kernel only where its start-up pays (large runs, or once loaded);
-    never off the CPU."""
-    import sys
-
-    import torch
-
-    monkeypatch.setattr(sim, "FUSED_IF", "auto")
-    monkeypatch.delitem(sys.modules, "snncompile.sim.kernels.if_kernel", raising=False)
+def test_fused_if_kernel_is_chosen_for_large_cpu_runs():
+    """Unrequested, the one-pass kernel only where its start-up pays (large runs); as the
+    caller asks otherwise; never off the CPU."""
     g = strided_graph(np.random.default_rng(0), "once", "subtract")
     neurons = 4 * 5 * 4 + 7
     cpu = torch.device("cpu")
@@ -286,8 +284,9 @@ def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
     assert not sim._fused_if(g, 8, 10, cpu)
     assert sim._fused_if(g, 8, big, cpu)
     assert not sim._fused_if(g, 8, big, torch.device("meta"))
-    import snncompile.sim.kernels.if_kernel  # noqa: F401  (loaded: serves small runs too)
-    assert sim._fused_if(g, 8, 10, cpu)
+    assert sim._fused_if(g, 8, 10, cpu, True)
+    assert not sim._fused_if(g, 8, big, cpu, False)
+    assert not sim._fused_if(g, 8, 10, torch.device("meta"), True)
 
 
 def _signed(g: Graph) -> Graph:

@@ -24,12 +24,12 @@ The graph is evaluated node by node over the whole window (one convolution over 
 samples instead of T convolutions over N), which equals step-by-step evaluation because a
 feed-forward graph has no path back; tests/test_simulator_orders.py checks the two orders
 against each other bit for bit. Convolutions run channels-last (oneDNN's own layout on the
-CPU); on large CPU runs IF layers run in the one-pass kernel of ``if_kernel.py``.
+CPU); on large CPU runs, or where the caller asks, IF layers run in the one-pass kernel of
+``if_kernel.py``.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -127,10 +127,11 @@ class _Plan:
 
     def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False,
                  synops: bool = True, only: Collection[str] | None = None,
-                 given: Collection[str] = ()):
+                 given: Collection[str] = (), int8_conv: bool = True):
         """``only``: prepare only these nodes (a run that simulates a part of the graph, as
         :func:`run_window` with ``nodes``; the training loops build a plan for every batch),
-        of which those in ``given`` (IF nodes) are taken as they are, not simulated."""
+        of which those in ``given`` (IF nodes) are taken as they are, not simulated.
+        ``int8_conv``: whether convolutions of spike codes may use the int8 kernels."""
         self.graph = graph
         self.fused_if = fused_if  # CPU: IF layers by the one-pass kernel (if_kernel.py)
         self.T = timesteps
@@ -172,7 +173,8 @@ class _Plan:
                         self.wmax[n.name] = float(np.abs(n.weight_int).max(initial=0))
                         self.parts[n.name] = [(torch.as_tensor(p, dtype=torch.float32, device=device)
                                                .contiguous(memory_format=fmt), f) for p, f in parts]
-                if (isinstance(n, Conv2dNode) and dt == torch.float32 and _int8_conv(device)
+                if (isinstance(n, Conv2dNode) and dt == torch.float32 and int8_conv
+                        and spike_conv.available(device.type)
                         and spike_conv.fits(n.weight_int)):
                     self.w8[n.name] = n.weight_int
         # IF layers read directly by such a convolution write their spikes as codes
@@ -734,7 +736,7 @@ class WindowResult:
 def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
                nodes: set[str] | None = None, given: dict[str, SpikeTrains] | None = None,
                keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64,
-               keep_codes: bool = False) -> WindowResult:
+               keep_codes: bool = False, fused_if: bool | None = None, int8_conv: bool = True) -> WindowResult:
     """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
     from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
     the integer forward of tuning loops, which run it on every batch and keep the tensors.
@@ -744,10 +746,11 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
     (T, N, *shape) float32 0/1, the result keeps. ``counts_dtype``: the type of the counts
     (float32 holds any count up to 2^24 steps exactly and saves the tuning loops a
     conversion each way). ``keep_codes``: kept trains may come as uint8 codes, where the
-    simulation wrote them so (a quarter of the bytes; :mod:`.kernels.spike_conv`)."""
+    simulation wrote them so (a quarter of the bytes; :mod:`.kernels.spike_conv`).
+    ``fused_if``, ``int8_conv``: as for :func:`simulate`."""
     T = int(timesteps)
-    plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device),
-                 synops=False, only=nodes, given=given or ())
+    plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device, fused_if),
+                 synops=False, only=nodes, given=given or (), int8_conv=int8_conv)
     with torch.no_grad():
         r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes,
                        counts_dtype, keep_codes)
@@ -777,42 +780,40 @@ def window_batch(graph: Graph, timesteps: int, most: int = 256) -> int:
 
 
 # On the CPU, IF layers run in the one-pass kernel of if_kernel.py where that pays: its
-# one-time start in a process (importing numba and loading the cached compiled kernel, about
-# 1 s) outweighs the torch formulation's extra passes below about 2^27 neuron-steps, and
-# once it is loaded it serves every run. True or False forces the choice (tests check each
-# formulation against the step-by-step simulator); both give the same bits.
-FUSED_IF: bool | str = "auto"
+# one-time start in a process (importing numba and loading the cached compiled kernel)
+# outweighs the torch formulation's extra passes on runs below this many neuron-steps.
+# Callers that run the window again and again (the tuning loops) ask for the kernel
+# outright, since they pay its start once. Both formulations give the same bits.
 FUSED_IF_MIN_NEURON_STEPS = 2 ** 27
 
 
-# Convolutions of spike trains held as uint8 codes run on int8 kernels where this process
-# has them and they give the float32 values exactly (spike_conv.available); False forces the
-# float32 convolutions (tests check that both give the same bits).
-INT8_CONV: bool = True
-
-
-def _int8_conv(device: torch.device) -> bool:
-    return INT8_CONV and spike_conv.available(device.type)
-
-
-def _fused_if(graph: Graph, timesteps: int, samples: int, device: torch.device) -> bool:
-    if device.type != "cpu" or FUSED_IF is False:
+def _fused_if(graph: Graph, timesteps: int, samples: int, device: torch.device,
+              requested: bool | None = None) -> bool:
+    """Whether IF layers run in the one-pass kernel: never off the CPU; else as
+    ``requested``, or (None) where the run is large enough to pay the kernel's start."""
+    if device.type != "cpu":
         return False
-    if FUSED_IF is True or "snncompile.sim.kernels.if_kernel" in sys.modules:
-        return True
+    if requested is not None:
+        return bool(requested)
     neurons = sum(int(np.prod(n.shape)) for n in graph.nodes if isinstance(n, IFNode))
     return neurons * timesteps * samples >= FUSED_IF_MIN_NEURON_STEPS
 
 
 def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_size: int = 256,
              record_spikes: bool = False, progress: bool = False,
-             device: str | torch.device = "cpu") -> SimResult:
+             device: str | torch.device = "cpu", fused_if: bool | None = None,
+             int8_conv: bool = True) -> SimResult:
     """Run the SNN graph on float inputs ``x`` (N, *input shape) for T steps.
 
     ``timesteps`` overrides the graph's T (thresholds are independent of T, so the same
     network can be run for any window). ``record_spikes`` keeps every spike (memory T x N x
     neurons: for tests and conformance checks). Samples are simulated ``batch_size`` at a
-    time, fewer where a chunk's tensors over the whole window would be too large."""
+    time, fewer where a chunk's tensors over the whole window would be too large.
+
+    ``fused_if``: whether IF layers run in the one-pass CPU kernel (:mod:`.kernels.if_kernel`)
+    rather than in torch operations; None chooses from the size of the run. ``int8_conv``:
+    whether convolutions of spike codes may run on int8 kernels where this process has them
+    (:mod:`.kernels.spike_conv`). Neither changes a result, only its speed."""
     T = int(timesteps or graph.timesteps or 0)
     if T < 1:
         raise ModelError("the number of time steps must be at least 1")
@@ -821,7 +822,7 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
         raise DataError(f"input shape {tuple(x.shape[1:])} per sample does not match the model's "
                         f"{tuple(graph.input.shape)}")
     dev = torch.device(device)
-    plan = _Plan(graph, T, dev, fused_if=_fused_if(graph, T, x.shape[0], dev))
+    plan = _Plan(graph, T, dev, fused_if=_fused_if(graph, T, x.shape[0], dev, fused_if), int8_conv=int8_conv)
     xq_all = quantize_input(graph, x)
     n_total = x.shape[0]
     chunk = max(1, min(int(batch_size), CHUNK_ELEMENTS // (T * plan.largest)))

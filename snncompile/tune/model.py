@@ -48,9 +48,6 @@ class TandemNet(nn.Module):
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
         self.base = graph
         self.T = int(graph.timesteps)
-        # Training runs the integer forward on every batch: load the simulator's one-pass IF
-        # kernel now, so every batch on the CPU uses it (see simulator.FUSED_IF)
-        import snncompile.sim.kernels.if_kernel  # noqa: F401
         self.bits = bits
         self.fanin = fanin
         self.fanin_mode = fanin_mode  # a key of constraints.FANIN_MODES
@@ -280,7 +277,8 @@ class TandemNet(nn.Module):
         g, _ = self._current()
         want, _, trains = _after(needed(g, sorted(nodes)), given)
         return run_window(g, quantized_input(g, x), self.T, want, given=trains or None,
-                          keep_spikes=set(nodes), counts_dtype=torch.float32, keep_codes=codes).spikes
+                          keep_spikes=set(nodes), counts_dtype=torch.float32, keep_codes=codes,
+                          fused_if=True).spikes
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
@@ -313,7 +311,10 @@ class TandemNet(nn.Module):
         g, fq = self._current()
         xq = quantized_input(g, x)
         ints_needed, skip, trains = _after(self.integer_nodes(), given)
-        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32)
+        # fused_if: training runs the window on every batch, so the one-pass IF kernel (CPU)
+        # pays its start once and then serves every batch, whatever its size
+        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32,
+                           fused_if=True)
                 if len(ints_needed) > 1 else None)
         vals: dict[str, torch.Tensor] = {}
         dev = x.device
