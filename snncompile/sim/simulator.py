@@ -357,9 +357,7 @@ def channels_last_strides(t: torch.Tensor) -> torch.Tensor:
     with one channel both layouts order its elements alike); other tensors as they are.
     Made contiguous in channels-last, a one-channel tensor keeps its row-major strides, and
     oneDNN then runs the convolution, and writes its output, row-major: an image network's
-    first layer cost a copy to channels-last after it and a slow weight gradient (on the
-    Fashion-MNIST CNN: forward 0.84 -> 0.38 ms with the copy; forward and backward
-    1.78 -> 0.92 ms)."""
+    first layer would cost a copy to channels-last after it and a slow weight gradient."""
     if t.dim() != 4 or t.shape[1] != 1 or not t.is_contiguous():
         return t
     _, _, h, w = t.shape
@@ -591,7 +589,7 @@ def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
 def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """Integer sum over each window of (M, C, H, W), exact for the integer values it sums (the
     divisor is 1); channels-last, where the CPU pooling kernel is vectorised over channels
-    (2 to 4 times faster than summing strided slices, measured on the simulator's shapes)."""
+    (faster than summing strided slices of the window)."""
     x = _pool_pad(n, _as(x, dt)).contiguous(memory_format=torch.channels_last)
     return F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
 
@@ -758,16 +756,15 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
 
 
 # Largest (T x samples x neurons) tensor one chunk may hold: bounds memory on big models, and
-# tensors that stay near the CPU caches are faster to sweep step by step (measured on the
-# CIFAR-sized CNN of bench/bench_simulator.py: 2^22 runs 2.4x faster than 2^26).
+# tensors that stay near the CPU caches are faster to sweep step by step.
 CHUNK_ELEMENTS = 2 ** 22
 
 # The same bound for the no-grad passes of tuning over a whole data set (its validation
 # scores and the spike trains a PTL stage keeps), which run the window on a batch of samples
-# and keep nothing but counts: at 256 samples a batch of the Fashion-MNIST CNN at T = 8 made
-# 2048-map tensors of up to 51 MB, which the allocator maps afresh (page faults on every
-# touch) and the int8 convolutions sweep at a third of their speed on smaller maps; with this
-# bound (83 samples there) a run's cache builds took 28 against 41 s (one core of a Xeon).
+# and keep nothing but counts: on a CNN's early layers a fixed batch of samples makes window
+# tensors so large that the allocator maps them afresh (a page fault on every touch) and the
+# int8 convolutions sweep them slower than smaller maps, so the batch shrinks with the
+# largest node.
 WINDOW_BATCH_ELEMENTS = 2 ** 23
 
 

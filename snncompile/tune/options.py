@@ -30,7 +30,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
-    gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
+    gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (off: no gain seen)
     joint_final: bool = False      # PTL's last stage trains every layer (all spiking) at final_lr
     percentile: float = 99.9
     # non-empty: each layer's percentile is chosen from these on validation as it is converted

@@ -73,9 +73,9 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
 def stage_share(left: int, stages: int) -> int:
     """The epochs a stage may spend of the ``left`` ones, ``stages`` (this one included)
     still to run: an equal share, rounded down, so the epochs that do not divide evenly go
-    to the last stages, whose epochs cost a fraction of the first spiking stages' (on the
-    Fashion-MNIST CNN at T = 4 the last stage's epoch costs about an eighth of the first's:
-    docs/benchmarks.md, "Where tuning time goes"); at least one while any is left."""
+    to the last stages, whose epochs cost a fraction of the first spiking stages' (they
+    start from the kept spike trains of every fixed layer: docs/benchmarks.md, "Where
+    tuning time goes"); at least one while any is left."""
     if left <= 0:
         return 0
     return max(1, left // stages)
@@ -169,11 +169,9 @@ def denormals_flushed():
 
     Tuning starts from a trained network, so many samples' losses, and the gradients
     flowing back from them, are tiny from the first step and grow tinier as a stage trains:
-    below 2^-126 they become denormal, which x86 CPUs compute tens of times slower. On the
-    Fashion-MNIST CNN at T = 8 a step of stage 1 took 198 ms from its checkpointed weights
-    against 28 ms with denormals flushed (docs/benchmarks.md, "Int8 convolutions of spikes,
-    denormals flushed, and a new machine"); the epochs of a
-    stage grew 23 -> 84 -> 169 s as it trained. What is flushed is below 1.2e-38: the
+    below 2^-126 they become denormal, which x86 CPUs compute tens of times slower, so a
+    stage's epochs would grow slower as it trains (docs/benchmarks.md, "Int8 convolutions
+    of spikes, denormals flushed, and a new machine"). What is flushed is below 1.2e-38: the
     integer forward is untouched, and a gradient that small moves a parameter by less than
     1e-30 in a step of Adam (its epsilon is 1e-8)."""
     flushed = torch.set_flush_denormal(True)

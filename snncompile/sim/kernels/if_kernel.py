@@ -28,12 +28,11 @@ FULL, EVERY_STEP, FIRST_STEP = 0, 1, 2
 # while the block runs through the window.
 BLOCK = 2048
 
-# The kernels run on one thread: with numba's parallel loops, its OpenMP threads and torch's
-# in one process made a tandem training step take twice the CPU time of the torch loop it
-# replaced (measured on the Fashion-MNIST CNN); on one thread the step is 3x faster.
-# Splitting the blocks over Python threads (kernels compiled with nogil) was slower too:
-# CIFAR-sized CNN, two torch threads, 265 against 200 us per sample-step (likely torch's
-# OpenMP threads still spinning after each convolution; not investigated further).
+# The kernels run on one thread: numba's parallel loops put a second pool of OpenMP threads
+# beside torch's in one process, and the two compete for the cores, so a training step
+# costs more CPU time than the torch loop the kernel replaces. Splitting the blocks over
+# Python threads (kernels compiled with nogil) did not pay either, likely because torch's
+# OpenMP threads still spin after each convolution.
 
 
 @dataclass
@@ -187,8 +186,7 @@ def _first_step_counts(cur, steps, th, v0, counts):  # pragma: no cover - compil
     the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so its
     count is that quotient capped at T: one multiplication by 1 / theta, not T steps. In
     float64 (exact for these integers), with one sample's thresholds converted once and the
-    loops free of branches, the compiler vectorizes it: 0.47 against 1.75 ms for the first
-    layer of the Fashion-MNIST CNN, 64 samples."""
+    loops free of branches, so that the compiler vectorizes it."""
     period = th.shape[0]
     th64 = np.empty(period, np.float64)
     v064 = np.empty(period, np.float64)
