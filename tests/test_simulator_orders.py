@@ -16,8 +16,7 @@ from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2
                            FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, PadNode,
                            ReshapeNode)
 import snncompile.sim.simulator as sim
-from snncompile.tune.intsim import needed
-from snncompile.sim.simulator import simulate
+from snncompile.sim.simulator import needed, simulate
 
 ONE = np.ones(1)
 

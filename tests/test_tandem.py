@@ -22,7 +22,7 @@ from snncompile.ir import IFNode
 from snncompile.ir.structure import population_fanin, weight_bits
 from snncompile.sim.simulator import run_window, simulate
 from snncompile.passes.constrain import fanin_budgets, topk_mask, violations
-from snncompile.tune.intsim import quantized_input
+from snncompile.sim.simulator import quantized_input
 from snncompile.tune.model import TandemNet, unit_scales
 from snncompile.passes.requant import requantize
 

@@ -30,7 +30,8 @@ CPU); on large CPU runs, or where the caller asks, IF layers run in the one-pass
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,25 @@ def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     qmax = 2 ** (node.bits - 1) - 1
     q = np.rint(np.asarray(x, dtype=np.float64) / node.out_scale)
     return np.clip(q, -qmax, qmax)
+
+
+def quantized_input(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """:func:`quantize_input` of a tensor, as float64 on its device: the integer input of
+    :func:`run_window` for float inputs."""
+    return torch.as_tensor(quantize_input(graph, x.detach().cpu().numpy()), device=x.device)
+
+
+def needed(graph: Graph, targets: list[str]) -> set[str]:
+    """The names of ``targets`` and all their ancestors: the ``nodes`` a run that computes
+    ``targets`` needs (:func:`run_window`)."""
+    want: set[str] = set()
+    stack = list(targets)
+    while stack:
+        k = stack.pop()
+        if k not in want:
+            want.add(k)
+            stack.extend(graph[k].inputs)
+    return want
 
 
 def value_bounds(graph: Graph, timesteps: int, only: Collection[str] | None = None) -> dict[str, float]:
@@ -127,11 +147,12 @@ class _Plan:
 
     def __init__(self, graph: Graph, timesteps: int, device: torch.device, fused_if: bool = False,
                  synops: bool = True, only: Collection[str] | None = None,
-                 given: Collection[str] = (), int8_conv: bool = True):
+                 given: Collection[str] = (), int8_conv: bool = True, weights: bool = True):
         """``only``: prepare only these nodes (a run that simulates a part of the graph, as
         :func:`run_window` with ``nodes``; the training loops build a plan for every batch),
         of which those in ``given`` (IF nodes) are taken as they are, not simulated.
-        ``int8_conv``: whether convolutions of spike codes may use the int8 kernels."""
+        ``int8_conv``: whether convolutions of spike codes may use the int8 kernels.
+        ``weights``: prepare the integer weights (a traced run takes its own, :class:`Traced`)."""
         self.graph = graph
         self.fused_if = fused_if  # CPU: IF layers by the one-pass kernel (if_kernel.py)
         self.T = timesteps
@@ -156,7 +177,7 @@ class _Plan:
         self.w8: dict[str, np.ndarray] = {}
         self.packed8: dict[tuple[str, bool], object] = {}
         planned = [n for n in graph.nodes if (only is None or n.name in only) and n.name not in given]
-        for n in planned:
+        for n in planned if weights else ():
             if isinstance(n, WeightedNode):
                 if n.weight_int is None:
                     raise ModelError(f"node '{n.name}' has no integer weights: the graph is not converted")
@@ -293,7 +314,9 @@ class _Val:
         if self.active is not None:
             active = self.active
             n_active = int(active.sum())
-        elif x.numel() < SKIP_CHECK_ELEMENTS:  # finding the silent steps would cost more
+        elif x.numel() < SKIP_CHECK_ELEMENTS or x.requires_grad:
+            # finding the silent steps would cost more; or a silent step's values are zero
+            # but the gradients they carry are not
             n_active = k
         else:
             flat = x.reshape(k, -1)
@@ -317,6 +340,12 @@ class _Val:
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def _wider(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The wider float type: integer values narrow exactly where a bound allows it, but the
+    gradients a traced value carries would lose precision."""
+    return torch.float64 if torch.float64 in (a, b) else torch.float32
 
 
 def _float32_parts(n: WeightedNode, in_bound: float) -> list[tuple[np.ndarray, float]] | None:
@@ -574,11 +603,101 @@ def _integrate_and_fire_steps(n: IFNode, current: _Val, plan: _Plan, sat: dict[s
 
 def _max_pool_spikes(n: MaxPool2dNode, x: _Val, T: int) -> _Val:
     """A unit spikes when the running maximum of its inputs' running counts grows."""
-    cum = torch.cumsum(x.full(T), dim=0, dtype=torch.float32)  # counts <= T: exact
+    xs = x.full(T)
+    # counts <= T: exact in float32; a traced value keeps its gradients' precision
+    cum = torch.cumsum(xs, dim=0, dtype=_wider(xs.dtype, torch.float32))
     k, nb = cum.shape[:2]
     flat = _pool_pad(n, cum.reshape((k * nb,) + tuple(cum.shape[2:])))
     m = F.max_pool2d(flat, n.kernel, n.stride).reshape((k, nb) + tuple(n.shape))
     return _Val(torch.diff(m, dim=0, prepend=torch.zeros_like(m[:1])), events=True)
+
+
+# A spike step: for an IF layer's step t, its normalized membrane ``u = v / threshold``
+# (carrying gradients) and the spikes that fire (0/1, no gradients), the spikes to pass on,
+# equal to them in value, with whatever gradient the caller gives them.
+SpikeStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What a run that carries gradients (:func:`run_window` with ``traced``) takes from its
+    caller: per weighted node its integer weight and bias as tensors whose gradients reach
+    the caller's parameters (:meth:`weights`), and per IF layer the function that gives its
+    spikes a gradient at each step (:meth:`spike`); ``detach_spikes``: the spikes an IF
+    layer passes on carry none (its counts still do). The integers are the simulator's."""
+
+    weights: Callable[[WeightedNode], tuple[torch.Tensor, torch.Tensor | None]]
+    spike: Callable[[IFNode], SpikeStep]
+    detach_spikes: bool = False
+
+
+def _round_straight_through(y: torch.Tensor) -> torch.Tensor:
+    """Round to integers; a tensor that carries gradients keeps them (straight through)."""
+    if not y.requires_grad:
+        return torch.round(y)
+    return torch.round(y.detach()) + (y - y.detach())
+
+
+def _weighted_traced(n: WeightedNode, x: _Val, plan: _Plan, w: torch.Tensor,
+                     b: torch.Tensor | None) -> _Val:
+    """The weighted op with weights ``w`` and bias ``b`` that carry gradients: the values of
+    :func:`_weighted`, computed over every step of the window in one plain layout (no
+    silent step skipped, no weight split into digits, no int8 kernel), so that autograd
+    sees every product and the gradients do not depend on the data's sparsity."""
+    dt = plan.dtype[n.name]
+    T = plan.T
+    w = w.to(dt)
+    xs = x.full(T).to(dt).contiguous()  # row-major, whatever layout the values came in
+    if isinstance(n, DenseNode):
+        y = _round_straight_through(xs @ w.T)
+        per_c: tuple[int, ...] = ()
+    elif isinstance(n, Conv2dNode):
+        k, nb = xs.shape[:2]
+        flat = _pool_pad(n, xs.reshape((k * nb,) + tuple(xs.shape[2:])))
+        y = _round_straight_through(F.conv2d(flat, w, None, n.stride, 0, n.dilation, n.groups))
+        y = y.reshape((k, nb) + tuple(y.shape[1:]))
+        per_c = (1, 1)
+    else:  # AffineNode
+        per_c = (1,) * (xs.dim() - 3)
+        y = xs * w.reshape((-1,) + per_c)
+    if b is not None:
+        b = b.to(dt).reshape((-1,) + per_c)
+        if n.bias_mode == "every_step":
+            y = y + b
+        else:
+            y = y.clone()
+            y[0] = y[0] + T * b
+    return _Val(y)
+
+
+def _integrate_and_fire_traced(n: IFNode, current: _Val, plan: _Plan, sat: dict[str, int],
+                               traced: Traced) -> _Val:
+    """The IF layer with spikes that carry gradients (``traced.spike``): the integers of
+    :func:`_integrate_and_fire`, by out-of-place torch operations (autograd needs every
+    membrane kept) on a float64 membrane (the normalized membrane's gradient keeps its
+    precision). The reset is detached: gradients flow through time along the membrane."""
+    T = plan.T
+    cur = current.full(T)
+    dev = cur.device
+    v = torch.zeros(tuple(cur.shape[1:]), dtype=torch.float64, device=dev)
+    if n.v_init is not None:
+        v = v + torch.as_tensor(n.v_init, dtype=torch.float64, device=dev)
+    th = torch.as_tensor(n.threshold, dtype=torch.float64, device=dev)
+    lim = float(2 ** (n.membrane_bits - 1) - 1)
+    step = traced.spike(n)
+    out = []
+    for t in range(T):
+        v = v + cur[t].to(torch.float64)
+        over = v.detach().abs() > lim
+        if bool(over.any()):
+            sat[n.name] += int(over.sum())
+            v = v.clamp(-lim, lim)
+        fired = (v.detach() >= th).to(torch.float64)
+        out.append(step(t, v / th, fired))
+        v = v - fired * th if n.reset == "subtract" else v * (1.0 - fired)
+    spikes = torch.stack(out)
+    counts = spikes.sum(dim=0)
+    return _Val(spikes.detach() if traced.detach_spikes else spikes, events=True, window_sum=counts)
 
 
 def _pool_pad(n: Node, x: torch.Tensor) -> torch.Tensor:
@@ -590,24 +709,31 @@ def _sum_pool(n: AvgPool2dNode, x: torch.Tensor, dt: torch.dtype) -> torch.Tenso
     """Integer sum over each window of (M, C, H, W), exact for the integer values it sums (the
     divisor is 1); channels-last, where the CPU pooling kernel is vectorised over channels
     (faster than summing strided slices of the window)."""
-    x = _pool_pad(n, _as(x, dt)).contiguous(memory_format=torch.channels_last)
+    x = _pool_pad(n, _as(x, _wider(x.dtype, dt))).contiguous(memory_format=torch.channels_last)
     return F.avg_pool2d(x, n.kernel, n.stride, divisor_override=1)
 
 
 def _merge(ins: list[_Val], T: int) -> tuple[list[torch.Tensor], str]:
     """Inputs of an add or concat in one form and one dtype."""
-    dt = torch.float64 if any(i.data.dtype == torch.float64 for i in ins) else torch.float32
+    # a sum that carries gradients is formed in float64, where the gradients its inputs
+    # receive from several consumers add up without rounding
+    dt = (torch.float64 if any(i.data.dtype == torch.float64 or i.data.requires_grad for i in ins)
+          else torch.float32)
     kinds = {i.kind for i in ins}
     kind = kinds.pop() if len(kinds) == 1 else "full"
     return [_as(i.data if kind != "full" else i.full(T), dt) for i in ins], kind
 
 
 def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
-              counts_only: bool = False) -> _Val:
+              counts_only: bool = False, traced: "Traced | None" = None) -> _Val:
     T = plan.T
     if isinstance(n, WeightedNode):
+        if traced is not None:
+            return _weighted_traced(n, ins[0], plan, *traced.weights(n))
         return _weighted(n, ins[0], plan)
     if isinstance(n, IFNode):
+        if traced is not None:
+            return _integrate_and_fire_traced(n, ins[0], plan, sat, traced)
         return _integrate_and_fire(n, ins[0], plan, sat, counts_only)
     if isinstance(n, MaxPool2dNode):
         return _max_pool_spikes(n, ins[0], T)
@@ -639,11 +765,12 @@ def _evaluate(n: Node, ins: list[_Val], plan: _Plan, sat: dict[str, int],
 def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                nodes: set[str] | None = None, given: dict[str, "SpikeTrains"] | None = None,
                keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64,
-               keep_codes: bool = False) -> dict:
+               keep_codes: bool = False, traced: "Traced | None" = None) -> dict:
     """Simulate one chunk of samples over the whole window (``nodes``: only these, which
     must include their inputs, or be in ``given``; default all). ``given``: the spike
     trains of IF nodes, taken as they are instead of computed. ``keep_spikes``: IF nodes
-    whose spike trains are returned as tensors. Counts and accumulators stay torch tensors."""
+    whose spike trains are returned as tensors. Counts and accumulators stay torch tensors.
+    ``traced``: weighted ops and IF layers carry gradients (:class:`Traced`)."""
     T, nb = plan.T, xq.shape[0]
     given = given or {}
     order = [n for n in graph.nodes if nodes is None or n.name in nodes]
@@ -653,7 +780,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
             left[i] += 1
     keep = set(graph.outputs)
     # IF layers whose spike trains nothing reads: their counts suffice
-    counts_only = set() if record else ({n.name for n in order if isinstance(n, IFNode) and left[n.name] == 0}
+    counts_only = set() if record or traced is not None else ({n.name for n in order if isinstance(n, IFNode) and left[n.name] == 0}
                                         - keep - set(keep_spikes))
     val: dict[str, _Val] = {}
     totals: dict[str, torch.Tensor] = {}  # sums over the window, (N, elements) float64
@@ -685,7 +812,7 @@ def _run_chunk(graph: Graph, plan: _Plan, xq: torch.Tensor, record: bool,
                 events = tot @ plan.fanout[n.name]
                 syn += events
                 syn_node[n.name] = events.cpu().numpy()
-            out = _evaluate(n, ins, plan, sat, n.name in counts_only)
+            out = _evaluate(n, ins, plan, sat, n.name in counts_only, traced)
             for i in n.inputs:
                 left[i] -= 1
                 if left[i] == 0 and i not in keep:
@@ -734,7 +861,8 @@ class WindowResult:
 def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
                nodes: set[str] | None = None, given: dict[str, SpikeTrains] | None = None,
                keep_spikes: set[str] = frozenset(), counts_dtype: torch.dtype = torch.float64,
-               keep_codes: bool = False, fused_if: bool | None = None, int8_conv: bool = True) -> WindowResult:
+               keep_codes: bool = False, fused_if: bool | None = None, int8_conv: bool = True,
+               traced: Traced | None = None) -> WindowResult:
     """The spike counts and output accumulators of integer inputs ``xq`` (N, *input shape,
     from :func:`quantize_input`), computed on ``xq``'s device in one batch, without SynOps:
     the integer forward of tuning loops, which run it on every batch and keep the tensors.
@@ -745,13 +873,15 @@ def run_window(graph: Graph, xq: torch.Tensor, timesteps: int,
     (float32 holds any count up to 2^24 steps exactly and saves the tuning loops a
     conversion each way). ``keep_codes``: kept trains may come as uint8 codes, where the
     simulation wrote them so (a quarter of the bytes; :mod:`.kernels.spike_conv`).
-    ``fused_if``, ``int8_conv``: as for :func:`simulate`."""
+    ``fused_if``, ``int8_conv``: as for :func:`simulate`. ``traced``: the same integers,
+    with gradients through the weights and spikes it supplies (surrogate-gradient training);
+    without it the run records no gradients."""
     T = int(timesteps)
     plan = _Plan(graph, T, xq.device, fused_if=_fused_if(graph, T, xq.shape[0], xq.device, fused_if),
-                 synops=False, only=nodes, given=given or (), int8_conv=int8_conv)
-    with torch.no_grad():
+                 synops=False, only=nodes, given=given or (), int8_conv=int8_conv, weights=traced is None)
+    with torch.no_grad() if traced is None else contextlib.nullcontext():
         r = _run_chunk(graph, plan, xq.to(plan.dtype[graph.input.name]), False, nodes, given, keep_spikes,
-                       counts_dtype, keep_codes)
+                       counts_dtype, keep_codes, traced)
     return WindowResult(r["counts"], r["acc"], r["sat"], r["kept"])
 
 

@@ -1,14 +1,15 @@
 """Surrogate-gradient backpropagation through time over the exact integer forward.
 
-The forward is :func:`.intsim.run_integer` itself, so the integers a training batch runs on
-(weights, currents, membranes, spikes, the output accumulator) are bit for bit those of the
-reference simulator. Gradients reach the float weights along two straight-through paths
-whose forward value is exactly zero (``a - a.detach()``), so they never perturb an integer:
+The forward is the reference simulator's own evaluator (:func:`..sim.simulator.run_window`,
+traced), so the integers a training batch runs on (weights, currents, membranes, spikes, the
+output accumulator) are the simulator's. Gradients reach the float weights along two
+straight-through paths whose forward value is exactly zero (``a - a.detach()``), so they
+never perturb an integer:
 
 * a weighted op uses ``weight_int + (w_real * s_in / s_out - itself.detach())``: the
   gradient of an integer weight is passed to its float weight (and likewise for biases);
 * an IF layer emits ``spike + g * (u - u.detach())`` with ``u = v / theta`` the normalized
-  membrane and ``g`` the surrogate derivative (:class:`.surrogate.Surrogate`). The reset term is
+  membrane and ``g`` the surrogate derivative (:class:`.surrogate.Surrogate`). The reset is
   detached (gradients do not flow through the reset), the membrane carries them through time.
 
 Used by the ``stdb`` method (full BPTT, loss at the output) and the ``ltl`` method (each
@@ -17,58 +18,46 @@ layer's input detached, a local loss per layer).
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..ir import Graph, IFNode, WeightedNode
-from . import intsim
-from .intsim import IntResult, quantized_input, run_integer
+from ..ir import Graph, IFNode
+from ..sim.simulator import SpikeStep, Traced, WindowResult, quantized_input, run_window
 from .model import TandemNet, unit_scales
 from .surrogate import Surrogate
 
-SpikeHook = Callable[[IFNode, torch.Tensor, IntResult], torch.Tensor]
 
+@dataclass(frozen=True)
+class SurrogateIF:
+    """IF layers whose spikes carry a surrogate gradient: ``d spike / d u = g`` at the
+    normalized membrane ``u``. With ``detach_output`` the spikes passed on to the next
+    layers carry none (LTL: each layer learns from its own loss only); the counts do."""
 
-def surrogate_if(surrogate: Surrogate, detach_output: bool = False) -> SpikeHook:
-    """An IF layer for :func:`.intsim.run_integer` whose spikes carry surrogate gradients.
+    surrogate: Surrogate
+    detach_output: bool = False
 
-    Its integers equal :func:`.intsim._if_layer`'s. ``res.counts`` keeps the spike counts
-    with their gradients; with ``detach_output`` the spikes passed on to the next layers do
-    not (LTL: each layer learns from its own loss only). ``dt`` counts steps since the last
-    spike; before a neuron's first spike it counts from step -1 (``dt = t + 1``)."""
-
-    def spiking(n: IFNode, cur: torch.Tensor, res: IntResult) -> torch.Tensor:
+    def step(self, n: IFNode) -> SpikeStep:
+        """Layer ``n``'s spike step for the simulator (:class:`..sim.simulator.Traced`);
+        ``dt`` counts steps since the neuron's last spike, from step -1 before its first."""
         if n.spikes != "binary":  # the pipeline refuses ltl/stdb with --spikes signed first
             raise ValueError(f"IF layer '{n.name}': the surrogate gradient has no negative spike")
-        T = cur.shape[0]
-        dev = cur.device
-        v = torch.zeros(tuple(cur.shape[1:]), dtype=torch.float64, device=dev)
-        if n.v_init is not None:
-            v = v + torch.as_tensor(n.v_init, dtype=torch.float64, device=dev)
-        th = torch.as_tensor(n.threshold, dtype=torch.float64, device=dev)
-        lim = float(2 ** (n.membrane_bits - 1) - 1)
-        last = torch.full(v.shape, -1.0, dtype=torch.float64, device=dev)
-        out, sat = [], 0
-        for t in range(T):
-            v = v + cur[t].to(torch.float64)
-            over = v.detach().abs() > lim
-            if bool(over.any()):
-                sat += int(over.sum())
-                v = v.clamp(-lim, lim)
-            hard = (v.detach() >= th).to(torch.float64)
-            u = v / th
-            g = surrogate.grad(u.detach(), t - last)
-            out.append(hard + g * (u - u.detach()))
-            v = v - hard * th if n.reset == "subtract" else v * (1.0 - hard)
-            last = torch.where(hard > 0, torch.full_like(last, float(t)), last)
-        spikes = torch.stack(out)
-        res.counts[n.name] = spikes.sum(dim=0)
-        res.saturations[n.name] = sat
-        return spikes.detach() if detach_output else spikes
+        last: list[torch.Tensor] = []
 
-    return spiking
+        def spike(t: int, u: torch.Tensor, fired: torch.Tensor) -> torch.Tensor:
+            if not last:
+                last.append(torch.full(u.shape, -1.0, dtype=torch.float64, device=u.device))
+            g = self.surrogate.grad(u.detach(), t - last[0])
+            last[0] = torch.where(fired > 0, torch.full_like(last[0], float(t)), last[0])
+            return fired + g * (u - u.detach())
+
+        return spike
+
+
+def surrogate_if(surrogate: Surrogate, detach_output: bool = False) -> SurrogateIF:
+    """IF layers with ``surrogate``'s gradient (see :class:`SurrogateIF`)."""
+    return SurrogateIF(surrogate, detach_output)
 
 
 def ste_params(net: TandemNet, g: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -92,19 +81,15 @@ def ste_params(net: TandemNet, g: Graph) -> dict[str, tuple[torch.Tensor, torch.
     return out
 
 
-def forward(net: TandemNet, x: torch.Tensor, spiking: SpikeHook) -> tuple[torch.Tensor, IntResult]:
+def forward(net: TandemNet, x: torch.Tensor, spiking: SurrogateIF) -> tuple[torch.Tensor, WindowResult]:
     """Output (``scale * acc / T``, as :class:`TandemNet` returns at its last stage) and the
     integer result of the whole network, differentiable through ``spiking``'s surrogate."""
     if net.stage != net.n_stages:
         raise ValueError("surrogate-gradient training runs the whole network spiking (last stage)")
     g, _ = net._current()
     params = ste_params(net, g)
-
-    def weighted(n: WeightedNode, xin: torch.Tensor, T: int, dt: torch.dtype) -> torch.Tensor:
-        w, b = params[n.name]
-        return intsim._weighted(n, xin, T, dt, w, b)
-
-    res = run_integer(g, quantized_input(g, x), net.T, None, weighted=weighted, spiking=spiking)
+    traced = Traced(weights=lambda n: params[n.name], spike=spiking.step, detach_spikes=spiking.detach_output)
+    res = run_window(g, quantized_input(g, x), net.T, traced=traced)
     o = g.outputs[0]
     s = torch.as_tensor(np.asarray(g[o].out_scale, np.float64), device=x.device)
     return (res.acc[o] * s / net.T).to(torch.float32), res

@@ -7,7 +7,7 @@ in the ANN). At every forward the integer graph is derived from them by the writ
 
 Stages: hidden layers are the IF nodes in graph order, L of them. At stage k (0 <= k <= L)
 IF layers 1..k and everything feeding them run the exact integer forward
-(:mod:`.intsim`); at stage L + 1 the output layer is constrained too and the output is the
+(:func:`..sim.simulator.run_window`); at stage L + 1 the output layer is constrained too and the output is the
 integer accumulator (``scale * acc / T``), i.e. exactly what the reference simulator returns.
 A weighted node is *constrained* (fan-in pruned, quantized) from the stage its consumer
 population first spikes.
@@ -32,8 +32,7 @@ from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .runtime import kernels
 from ..passes.constrain import FANIN_MODES, fanin_budgets
-from ..sim.simulator import SpikeTrains, channels_last_strides, run_window
-from .intsim import needed, quantized_input
+from ..sim.simulator import SpikeTrains, channels_last_strides, needed, quantized_input, run_window
 from .prefix import Frontier
 from ..passes.requant import with_params
 
@@ -254,7 +253,7 @@ class TandemNet(nn.Module):
     def forward(self, x: torch.Tensor, return_ints: bool = False,
                 given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
-        also the integer result (:class:`.intsim.IntResult`) of the spiking part. ``given``:
+        also the integer result (:class:`..sim.simulator.WindowResult`) of the spiking part. ``given``:
         a frontier of fixed layers and their spike trains for these inputs
         (:mod:`.prefix`), from which the forward starts (the same result, less work)."""
         g, vals, ints = self._values(x, given)

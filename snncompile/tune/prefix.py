@@ -26,9 +26,8 @@ import torch
 
 from ..sim.kernels import spike_conv
 from ..ir import Graph, IFNode, InputNode
-from ..sim.simulator import SpikeTrains, window_batch
+from ..sim.simulator import SpikeTrains, needed, window_batch
 from .runtime.bitpack import pack_codes, unpack_codes
-from .intsim import needed
 
 # Most bytes of packed spike trains one stage may keep, over its training and validation data.
 BUDGET_BYTES = 2 * 2 ** 30
