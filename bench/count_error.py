@@ -28,7 +28,8 @@ import torch
 from snncompile.targets.artifact import read_artifact
 from snncompile.data import load_npz
 from snncompile.ir import Graph, IFNode
-from snncompile.sim.simulator import quantized_input, run_window
+from snncompile.sim.evaluator import run_window
+from snncompile.sim.simulator import quantized_input
 
 
 def count_errors(graph: Graph, x: np.ndarray, timesteps: int | None = None) -> list[dict]:

@@ -17,7 +17,8 @@ import torch
 
 from snncompile.ir import DenseNode, Graph, IFNode, InputNode
 from snncompile.ir.serialize import load_graph
-from snncompile.sim.simulator import SpikeTrains, Traced, quantized_input, run_window
+from snncompile.sim.evaluator import SpikeTrains, Traced, run_window
+from snncompile.sim.simulator import quantized_input
 from snncompile.tune.bptt import forward, surrogate_if
 from snncompile.tune.surrogate import Surrogate, linear_grad, stdb_grad
 from snncompile.passes.constrain import violations

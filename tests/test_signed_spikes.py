@@ -17,7 +17,8 @@ from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.errors import UsageError
 from snncompile.ir import IFNode
 from snncompile.plugin import available_backends, get_backend
-from snncompile.sim.simulator import quantized_input, run_window, simulate
+from snncompile.sim.evaluator import run_window
+from snncompile.sim.simulator import quantized_input, simulate
 from snncompile.tune.model import TandemNet
 
 from test_cli import run

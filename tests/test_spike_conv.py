@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from snncompile.sim.kernels import spike_conv
 from snncompile.ir import DenseNode, FlattenNode, Graph, InputNode
-from snncompile.sim.simulator import SpikeTrains, run_window
+from snncompile.sim.evaluator import SpikeTrains, run_window
 
 from test_simulator_orders import ONE, _conv, _if
 

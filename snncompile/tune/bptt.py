@@ -1,6 +1,6 @@
 """Surrogate-gradient backpropagation through time over the exact integer forward.
 
-The forward is the reference simulator's own evaluator (:func:`..sim.simulator.run_window`,
+The forward is the reference simulator's own evaluator (:func:`..sim.evaluator.run_window`,
 traced), so the integers a training batch runs on (weights, currents, membranes, spikes, the
 output accumulator) are the simulator's. Gradients reach the float weights along two
 straight-through paths whose forward value is exactly zero (``a - a.detach()``), so they
@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from ..ir import Graph, IFNode
-from ..sim.simulator import SpikeStep, Traced, WindowResult, quantized_input, run_window
+from ..sim.evaluator import Traced, WindowResult, run_window
+from ..sim.neurons import SpikeStep
+from ..sim.simulator import quantized_input
 from .model import TandemNet, unit_scales
 from .surrogate import Surrogate
 
@@ -39,7 +41,7 @@ class SurrogateIF:
     detach_output: bool = False
 
     def step(self, n: IFNode) -> SpikeStep:
-        """Layer ``n``'s spike step for the simulator (:class:`..sim.simulator.Traced`);
+        """Layer ``n``'s spike step for the simulator (:class:`..sim.evaluator.Traced`);
         ``dt`` counts steps since the neuron's last spike, from step -1 before its first."""
         if n.spikes != "binary":  # the pipeline refuses ltl/stdb with --spikes signed first
             raise ValueError(f"IF layer '{n.name}': the surrogate gradient has no negative spike")

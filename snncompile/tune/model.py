@@ -7,7 +7,7 @@ in the ANN). At every forward the integer graph is derived from them by the writ
 
 Stages: hidden layers are the IF nodes in graph order, L of them. At stage k (0 <= k <= L)
 IF layers 1..k and everything feeding them run the exact integer forward
-(:func:`..sim.simulator.run_window`); at stage L + 1 the output layer is constrained too and the output is the
+(:func:`..sim.evaluator.run_window`); at stage L + 1 the output layer is constrained too and the output is the
 integer accumulator (``scale * acc / T``), i.e. exactly what the reference simulator returns.
 A weighted node is *constrained* (fan-in pruned, quantized) from the stage its consumer
 population first spikes.
@@ -26,13 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sim.ann import _EVALUATORS, _pad4
+from ..sim.ann import _EVALUATORS
+from ..sim.padding import pad2d
 from ..passes.convert import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .runtime import kernels
 from ..passes.constrain import FANIN_MODES, fanin_budgets
-from ..sim.simulator import SpikeTrains, channels_last_strides, needed, quantized_input, run_window
+from ..sim.evaluator import SpikeTrains, needed, run_window
+from ..sim.simulator import quantized_input
+from ..sim.weighted import channels_last_strides
 from .prefix import Frontier
 from ..passes.requant import with_params
 
@@ -253,7 +256,7 @@ class TandemNet(nn.Module):
     def forward(self, x: torch.Tensor, return_ints: bool = False,
                 given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
-        also the integer result (:class:`..sim.simulator.WindowResult`) of the spiking part. ``given``:
+        also the integer result (:class:`..sim.evaluator.WindowResult`) of the spiking part. ``given``:
         a frontier of fixed layers and their spike trains for these inputs
         (:mod:`.prefix`), from which the forward starts (the same result, less work)."""
         g, vals, ints = self._values(x, given)
@@ -466,7 +469,7 @@ def _conv(n, x):
     if top == bottom and left == right:  # the convolution's own padding: no padded copy
         return _layout(torch.nn.functional.conv2d(channels_last_strides(x), w, n.bias, stride=n.stride,
                                                   padding=(top, left), dilation=n.dilation, groups=n.groups))
-    return _layout(torch.nn.functional.conv2d(channels_last_strides(_pad4(x, n.padding)), w, n.bias,
+    return _layout(torch.nn.functional.conv2d(channels_last_strides(pad2d(x, n.padding)), w, n.bias,
                                               stride=n.stride, dilation=n.dilation, groups=n.groups))
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..sim.kernels import spike_conv
 from ..ir import Graph, IFNode, InputNode
-from ..sim.simulator import SpikeTrains, needed, window_batch
+from ..sim.evaluator import SpikeTrains, needed, window_batch
 from .runtime.bitpack import pack_codes, unpack_codes
 
 # Most bytes of packed spike trains one stage may keep, over its training and validation data.

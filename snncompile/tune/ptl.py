@@ -34,7 +34,7 @@ import torch
 
 from ..data import Dataset
 from ..ir.structure import op_fanin
-from ..sim.simulator import window_batch
+from ..sim.evaluator import window_batch
 from .runtime import distributed as ddp
 from .runtime.allocator import keep_step_memory
 from .checkpoint import CheckpointDir
