@@ -1,7 +1,16 @@
 """The first reference simulator, kept as a second, independent statement of the semantics:
-it evaluates the graph step by step (every node at t, then t + 1), where snncompile.sim.simulator
+it evaluates the graph step by step (every node at t, then t + 1), where snncompile.sim
 evaluates node by node over the whole window. tests/test_simulator_orders.py checks both agree
-bit for bit."""
+bit for bit.
+
+Why a test-only copy of the integer semantics (its own IF step, padding and weighted ops):
+the claim under test is that the window-at-once order equals stepping, and the evaluator
+cannot state stepping about itself. It has no step-at-a-time mode: a run of one step is a
+window of T = 1 (the once input and first-step biases then bring 1, not T, times their
+value, and membranes do not carry from one call to the next), and giving it one would add
+a second code path to the core only for this check. So the oracle stays here, written
+plainly and independently of the core's tricks (value forms, silent-step skipping, float32
+digits, int8 codes, the fused kernel), which is what makes the comparison worth having."""
 
 from __future__ import annotations
 

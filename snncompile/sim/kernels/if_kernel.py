@@ -1,11 +1,13 @@
 """Integrate-and-fire over a whole window in one pass over memory (CPU, numba).
 
-The reference simulator evaluates a layer over all T steps at once. Written as torch
-operations, an IF step is three passes over every neuron (add the input, compare, reset),
-each reading and writing whole tensors; here each block of neurons keeps its membranes in
-the cache for all T steps, so the input is read once and the spikes are written once. The
-results equal the torch formulation in ``snncompile.sim.simulator`` bit for bit (same integer
-arithmetic in the same dtype; tests/test_simulator_orders.py checks both against the
+Why this kernel exists beside the torch formulation (:mod:`..neurons`): the reference
+simulator evaluates a layer over all T steps at once, and written as torch operations an IF
+step is three passes over every neuron (add the input, compare, reset), each reading and
+writing whole tensors; here each block of neurons keeps its membranes in the cache for all
+T steps, so the input is read once and the spikes are written once. Tuning runs it on every
+batch, so the speed is worth a second formulation. The torch one stays for other devices
+and for runs too small to pay this kernel's start. The results equal it bit for bit (same
+integer arithmetic in the same dtype; tests/test_simulator_orders.py checks both against the
 step-by-step simulator).
 
 Inputs are flat per step: ``cur`` is (T, M) for a current that changes every step, or (1, M)
