@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import numpy as np
+import torch
 
+from ..errors import ModelError
 from ..ir import AffineNode, AvgPool2dNode, AddNode, Graph, IFNode, InputNode, MaxPool2dNode, WeightedNode
 
 
@@ -63,3 +65,14 @@ def _bounds(graph: Graph, timesteps: int, per_step: bool,
         else:
             b[n.name] = max(b[i] for i in n.inputs)
     return b
+
+
+def exact_dtypes(bounds: dict[str, float]) -> dict[str, torch.dtype]:
+    """Per node of ``bounds`` (:func:`value_bounds`), the float type that holds its per-step
+    values and partial sums exactly: float32 below 2^24, else float64. Values that can
+    reach 2^53 are refused (a :class:`ModelError`)."""
+    worst = max(bounds.values())
+    if worst >= EXACT_F64:
+        raise ModelError(f"integer values can reach {worst:.3g}, beyond exact arithmetic (2^53)",
+                         "use fewer weight bits or a smaller --timesteps")
+    return {k: (torch.float32 if v < EXACT_F32 else torch.float64) for k, v in bounds.items()}

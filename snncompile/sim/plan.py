@@ -11,7 +11,7 @@ import torch
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, Graph, IFNode, WeightedNode
 from ..ir.structure import fanout, spike_driven
-from .bounds import EXACT_F32, EXACT_F64, value_bounds, window_bounds
+from .bounds import EXACT_F32, exact_dtypes, value_bounds, window_bounds
 from .kernels import spike_conv
 
 
@@ -31,11 +31,7 @@ class Plan:
         self.T = timesteps
         self.device = device
         bounds = value_bounds(graph, timesteps, only)
-        worst = max(bounds.values())
-        if worst >= EXACT_F64:
-            raise ModelError(f"integer values can reach {worst:.3g}, beyond exact arithmetic (2^53)",
-                             "use fewer weight bits or a smaller --timesteps")
-        self.dtype = {k: (torch.float32 if v < EXACT_F32 else torch.float64) for k, v in bounds.items()}
+        self.dtype = exact_dtypes(bounds)
         self.w: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor | None] = {}
         # Weights split into digits whose products stay exact in float32 (fast kernels), for
