@@ -17,9 +17,10 @@ load only ever adds time). Reported: the
 simulator's seconds per sample per time step, onnxruntime's seconds per sample per forward,
 and their ratio (the target: a simulated step costs no more than one ANN forward, ratio <= 1).
 
-The IF kernel of ``snncompile/sim/kernels/if_kernel.py`` is loaded before timing, so the simulator runs
-as it does in a process that has simulated before (steady state: a process's first use costs
-about 1 s more to import numba and load the compiled kernel; see ``simulator.FUSED_IF``).
+The simulator is asked for the IF kernel of ``snncompile/sim/kernels/if_kernel.py`` (``fused_if=True``,
+where the version under test takes it) and warmed up, so it runs as in a process that has
+simulated before (steady state: a process's first use costs more, to import numba and load the
+compiled kernel; see ``snncompile.sim.plan.use_fused_if``).
 
 Threads: torch keeps its default (``torch.get_num_threads()``) unless ``--threads`` sets it;
 the onnxruntime session is given the same number of intra-op threads (and one inter-op
@@ -35,7 +36,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import importlib.util
+import inspect
 import sys
 import time
 import tempfile
@@ -131,7 +135,7 @@ def graph_facts(graph: Any, timesteps: int) -> dict[str, Any]:
     """Size of the SNN and which nodes the simulator must run in float64."""
     from snncompile.ir import IFNode
     from snncompile.ir.structure import ann_macs
-    from snncompile.sim.simulator import EXACT_F32, value_bounds
+    from snncompile.sim.bounds import EXACT_F32, value_bounds
 
     bounds = value_bounds(graph, timesteps)
     return {"nodes": len(graph.nodes),
@@ -147,10 +151,15 @@ def bench_network(name: str, out: Path, x_all: np.ndarray, y_all: np.ndarray | N
     """Time simulator and onnxruntime on one compiled network at every batch size."""
     import torch
 
-    if importlib.util.find_spec("snncompile.sim.kernels.if_kernel"):  # absent in older versions (A/B runs)
-        import snncompile.sim.kernels.if_kernel  # noqa: F401  (steady state: the IF kernel serves every run)
     from snncompile.targets.artifact import read_artifact
     from snncompile.sim.simulator import simulate
+
+    # steady state: the IF kernel serves every run (older versions, in A/B runs, chose it
+    # themselves once it was loaded)
+    if "fused_if" in inspect.signature(simulate).parameters:
+        simulate = functools.partial(simulate, fused_if=True)
+    elif importlib.util.find_spec("snncompile.sim.kernels.if_kernel"):
+        importlib.import_module("snncompile.sim.kernels.if_kernel")
 
     art = read_artifact(out)
     g = art.graph

@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -27,19 +28,23 @@ import torch
 from snncompile.targets.artifact import read_artifact
 from snncompile.data import load_npz
 from snncompile.ir import Graph, IFNode
-from snncompile.tune.intsim import quantized_input, run_integer
+from snncompile.sim.evaluator import run_window
+from snncompile.sim.simulator import quantized_input
 
 
 def count_errors(graph: Graph, x: np.ndarray, timesteps: int | None = None) -> list[dict]:
     """Per IF layer: the mean count, the mean count its charge warrants, and the shares of
     neurons (of all, and of those that fire or should) firing more or fewer than that."""
     T = int(timesteps or graph.timesteps)
-    res = run_integer(graph, quantized_input(graph, torch.as_tensor(x)), T)
+    # the IF layers' inputs as outputs too: their accumulators are the charge over the window
+    charged = copy.copy(graph)
+    charged.outputs = list(graph.outputs) + [n.inputs[0] for n in graph.nodes if isinstance(n, IFNode)]
+    res = run_window(charged, quantized_input(graph, torch.as_tensor(x)), T)
     rows = []
     for n in graph.nodes:
         if not isinstance(n, IFNode):
             continue
-        charge = res.steps[n.inputs[0]].to(torch.float64).sum(dim=0)  # (N, C, ...)
+        charge = res.acc[n.inputs[0]]  # (N, C, ...)
         # the IR keeps per-channel arrays shaped to broadcast over a sample, as the simulator reads them
         th = torch.as_tensor(n.threshold, dtype=torch.float64)
         v0 = torch.as_tensor(n.v_init if n.v_init is not None else 0.0, dtype=torch.float64)

@@ -2,7 +2,7 @@
 
 Compiles the model with `--bits 8 --fanin 64 --timesteps 8` (or ``--bits``/``--timesteps``) and PTL (60 epochs, patience 6),
 changing only what ``--set`` (fields of :class:`snncompile.app.compile.CompileRequest`) and
-``--opt`` (fields of :class:`snncompile.tune.ptl.TrainOptions` that have no CLI
+``--opt`` (fields of :class:`snncompile.tune.options.TrainOptions` that have no CLI
 flag, e.g. ``lr``, ``final_lr``, ``recalibrate``) say, and prints one JSON line per seed:
 test accuracy (reference simulator), the final validation accuracy and loss the scheduler
 saw, and each stage's best epoch. Values are JSON (``--set norm='"channel"'``).
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+import snncompile.tune.options as options_module
 import snncompile.tune.ptl as schedule
 from snncompile.targets.artifact import read_artifact
 from snncompile.passes.convert import ConversionOptions
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     extra, opts = _values(args.set), _values(args.opt)
     if opts:  # the pipeline builds TrainOptions from the request: add the fields it has no flag for
-        plain = schedule.TrainOptions
-        schedule.TrainOptions = lambda **kw: plain(**{**kw, **opts})  # type: ignore[misc]
+        plain = options_module.TrainOptions
+        options_module.TrainOptions = lambda **kw: plain(**{**kw, **opts})  # type: ignore[misc]
     if args.per_stage:
         _report_stages(args.data / "test.npz")
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -1,7 +1,7 @@
 """Time of one tandem training step (forward, backward, Adam) at several PTL stages.
 
 Tuning time is almost all training steps, and a step's forward runs the exact integer
-network over the window (the reference simulator's :func:`snncompile.sim.simulator.run_window`);
+network over the window (the reference simulator's :func:`snncompile.sim.evaluator.run_window`);
 this measures a step on its own, on a converted artifact and a batch of its training data,
 so two versions of the code can be compared (run it with ``PYTHONPATH`` set to another
 checkout for an A/B).

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from snncompile.ir import IFNode
+from snncompile.ir import DenseNode, Graph, IFNode, InputNode
 from snncompile.ir.serialize import load_graph
-from snncompile.tune import intsim
-from snncompile.tune.bptt import Surrogate, forward, linear_grad, stdb_grad, surrogate_if
+from snncompile.sim.evaluator import SpikeTrains, Traced, run_window
+from snncompile.sim.simulator import quantized_input
+from snncompile.tune.bptt import forward, surrogate_if
+from snncompile.tune.surrogate import Surrogate, linear_grad, stdb_grad
 from snncompile.targets.rules import violations
 from snncompile.tune.ltl import ltl_target, teacher_scales
 from snncompile.tune.methods import METHODS, known
@@ -41,21 +43,34 @@ def test_stdb_and_linear_surrogates_follow_their_formulas():
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_surrogate_if_spikes_as_the_simulator_and_its_gradient_is_the_surrogate(reset):
-    """Same spikes as the integer IF layer; d s[t] / d cur[t] = g(dt) / theta, dt counted
-    from the neuron's last spike (step -1 before its first)."""
+    """The simulator's traced IF layer with the surrogate's spike step: the spikes of the
+    untraced run; d s[t] / d cur[t] = g(dt) / theta, dt counted from the neuron's last spike
+    (step -1 before its first). The currents [5, 1], [1, 1], [3, 1] come from one given
+    spike per step through the columns of a dense weight, whose gradient is the current's."""
     theta = 4.0
-    n = IFNode(name="h", inputs=["x"], shape=(2,), threshold=np.array([4]), reset=reset)
-    cur = torch.tensor([[5.0, 1.0], [1.0, 1.0], [3.0, 1.0]], dtype=torch.float64, requires_grad=True)
-    ref = intsim.IntResult()
-    want = intsim._if_layer(n, cur.detach(), ref)
-    res = intsim.IntResult()
-    s = surrogate_if(Surrogate("exp", 0.3, 0.01))(n, cur, res)
-    assert torch.equal(s.detach(), want) and torch.equal(res.counts["h"].detach(), ref.counts["h"])
-    assert want[:, 0].tolist() == [1.0, 0.0, 1.0] and want[:, 1].sum() == 0
+    one = np.ones(1)
+    w_int = np.array([[5, 1, 3], [1, 1, 1]])
+    n = IFNode(name="h", inputs=["d"], threshold=np.array([4]), reset=reset, out_scale=one)
+    g = Graph([InputNode(name="x", shape=(3,), out_scale=one),
+               IFNode(name="h0", inputs=["x"], threshold=np.array([1]), out_scale=one),
+               DenseNode(name="d", inputs=["h0"], weight=w_int.astype(np.float32), weight_int=w_int,
+                         out_scale=one), n], ["h"], timesteps=3)
+    eye = torch.eye(3, dtype=torch.float32).reshape(3, 1, 3)  # step t: a spike of neuron t
+    given = {"h0": SpikeTrains(eye, eye.sum(dim=0), torch.ones(3, dtype=torch.bool))}
+    xq, run = torch.zeros(1, 3), dict(nodes={"h0", "d", "h"}, given=given, keep_spikes={"h"})
+    want = {fused: run_window(g, xq, 3, fused_if=fused, **run) for fused in (True, False)}
+    w = torch.tensor(w_int, dtype=torch.float32, requires_grad=True)
+    res = run_window(g, xq, 3, traced=Traced(lambda _: (w, None), surrogate_if(Surrogate("exp", 0.3, 0.01)).step),
+                     **run)
+    s = res.spikes["h"][:, 0]
+    for ref in want.values():
+        assert torch.equal(s.detach(), ref.spikes["h"][:, 0].to(s.dtype))
+        assert torch.equal(res.counts["h"].detach(), ref.counts["h"])
+    assert s[:, 0].tolist() == [1.0, 0.0, 1.0] and s[:, 1].sum() == 0
     s[2].sum().backward()
     # neuron 0 spiked at t=0: dt = 2 at t=2; neuron 1 never spiked: dt = 3
-    np.testing.assert_allclose(cur.grad[2].numpy(), [0.3 * math.exp(-0.02) / theta,
-                                                     0.3 * math.exp(-0.03) / theta], rtol=1e-9)
+    np.testing.assert_allclose(w.grad[:, 2].numpy(), [0.3 * math.exp(-0.02) / theta,
+                                                     0.3 * math.exp(-0.03) / theta], rtol=1e-6)
 
 
 def test_ltl_target_is_the_clamped_normalized_teacher_activation():
@@ -94,14 +109,15 @@ def digits_net(digits_dir):
 
 def test_surrogate_forward_is_the_integer_network(digits_net):
     """The BPTT forward runs the exact integers (output equal to the tandem forward at the
-    last stage, i.e. to intsim), and its gradient reaches every trained weight."""
+    last stage, i.e. to the untraced window evaluator), and its gradient reaches every
+    trained weight."""
     g, x = digits_net
     net = TandemNet(g, bits=8, fanin=64)
     net.set_stage(net.n_stages)
     xb = torch.as_tensor(x[:32])
     out, res = forward(net, xb, surrogate_if(Surrogate("linear")))
     assert torch.equal(out, net(xb))
-    ints = intsim.run_integer(net.to_graph(), intsim.quantized_input(g, xb), net.T)
+    ints = run_window(net.to_graph(), quantized_input(g, xb), net.T)
     for layer in net.layers:
         assert torch.equal(res.counts[layer].detach(), ints.counts[layer])
     out.sum().backward()
@@ -200,7 +216,8 @@ def test_tandem_trains_every_layer(digits_net, digits_dir):
     """One stage with everything spiking trains all weights, not only the output layer's
     (the old 'tl' fixed every hidden layer as if earlier stages had run)."""
     from snncompile.data import Dataset
-    from snncompile.tune.ptl import TrainOptions, tune
+    from snncompile.tune.options import TrainOptions
+    from snncompile.tune.ptl import tune
 
     g, _ = digits_net
     tr = np.load(digits_dir / "train.npz")

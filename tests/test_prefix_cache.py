@@ -150,14 +150,14 @@ def test_packed_trains_come_back_exactly(T, shape, spikes):
 def test_builds_batch_samples_by_the_window_bound(monkeypatch):
     """Without a batch size, a build simulates as many samples at a time as keep the
     largest node's (T, samples, neurons) tensor within the bound (and at least one)."""
-    from snncompile.sim import simulator
+    from snncompile.sim import evaluator
     rng = np.random.default_rng(2)
     g = strided_graph(rng, "once", "subtract")
     largest = max(int(np.prod(n.shape)) for n in g.nodes)
     front = frontier(g, ["h1"])
     for bound, expect in ((4 * largest * 5, 5), (1, 1), (2 ** 40, 256)):
-        monkeypatch.setattr(simulator, "WINDOW_BATCH_ELEMENTS", bound)
-        assert simulator.window_batch(g, 4) == expect
+        monkeypatch.setattr(evaluator, "WINDOW_BATCH_ELEMENTS", bound)
+        assert evaluator.window_batch(g, 4) == expect
         sizes = []
 
         def run(rows, keep):

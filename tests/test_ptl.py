@@ -22,7 +22,8 @@ from snncompile.ir.serialize import load_graph
 from snncompile.tune import ptl as schedule
 from snncompile.targets.rules import violations
 from snncompile.tune.model import TandemNet
-from snncompile.tune.ptl import TrainOptions, tune
+from snncompile.tune.options import TrainOptions
+from snncompile.tune.ptl import tune
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -577,7 +578,7 @@ def test_ctrl_c_then_resume_from_the_command_line(digits_dir, tmp_path):
 
 @pytest.mark.slow
 def test_count_model_bench_separates_the_losses(digits_dir):
-    """bench/count_model.py (docs/benchmarks.md): trains the masked network on its count
+    """bench/count_model.py (docs/log/): trains the masked network on its count
     model and reports that network's accuracy and its untuned SNN's, on the test split."""
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, str(root / "bench/count_model.py"), "--data", str(digits_dir),
@@ -590,7 +591,7 @@ def test_count_model_bench_separates_the_losses(digits_dir):
 
 
 def test_count_error_bench_separates_the_dynamics(digits_dir, tmp_path):
-    """bench/count_error.py (docs/benchmarks.md): per IF layer, how often the count differs
+    """bench/count_error.py (docs/log/): per IF layer, how often the count differs
     from what the layer's total charge warrants. The first layer takes the input's charge all
     at t = 0, so it fires exactly what its charge warrants; deeper layers get theirs spread
     over the window, and some neuron fires a spike later inhibition would have cancelled."""

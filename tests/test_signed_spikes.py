@@ -17,8 +17,8 @@ from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.errors import UsageError
 from snncompile.ir import IFNode
 from snncompile.plugin import available_backends, get_backend
-from snncompile.sim.simulator import simulate
-from snncompile.tune.intsim import quantized_input, run_integer
+from snncompile.sim.evaluator import run_window
+from snncompile.sim.simulator import quantized_input, simulate
 from snncompile.tune.model import TandemNet
 
 from test_cli import run
@@ -60,8 +60,8 @@ def test_tandem_and_surrogate_forwards_are_the_simulator(strided, opts):
     rec = simulate(g, x, record_spikes=True)
     assert any((s < 0).any() for s in rec.spikes.values())  # the case takes spikes back
     _assert_exact(TandemNet(g), x)
-    ints = run_integer(g, quantized_input(g, torch.tensor(x)), g.timesteps)  # what ptl's
-    for k, v in rec.spike_counts.items():  # stdb/ltl siblings run; they refuse signed, see below
+    ints = run_window(g, quantized_input(g, torch.tensor(x)), g.timesteps)  # the window evaluator
+    for k, v in rec.spike_counts.items():  # untraced (stdb/ltl trace it; they refuse signed, see below)
         np.testing.assert_array_equal(v, ints.counts[k].numpy(), err_msg=k)
 
 

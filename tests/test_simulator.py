@@ -220,13 +220,13 @@ def test_window_magnitudes_are_exact_in_float32_and_beyond():
     exact, in float64 where the total leaves float32's integers."""
     import torch
 
-    from snncompile.sim.simulator import _Val
+    from snncompile.sim.values import Value
 
     rng = np.random.default_rng(11)
     spikes = torch.as_tensor(rng.integers(-1, 2, (8, 3, 5)), dtype=torch.float32)
-    got = _Val(spikes, "full").magnitude_total(8)
+    got = Value(spikes, "full").magnitude_total(8)
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), np.abs(spikes.numpy()).sum(0))
     big = torch.full((3, 1, 2), float(2 ** 23 + 1), dtype=torch.float32)  # sums to 3 * 2^23 + 3
     big[1, 0, 1] = -big[1, 0, 1]
-    assert _Val(big, "full").magnitude_total(3).tolist() == [[3 * 2 ** 23 + 3] * 2]
+    assert Value(big, "full").magnitude_total(3).tolist() == [[3 * 2 ** 23 + 3] * 2]

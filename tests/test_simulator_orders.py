@@ -5,6 +5,8 @@ node type, both input modes, both reset modes, both bias modes and membrane satu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,13 @@ import step_simulator
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, PadNode,
                            ReshapeNode)
+import snncompile.sim.evaluator as evaluator
 import snncompile.sim.simulator as sim
-from snncompile.tune.intsim import needed
+import snncompile.sim.values as values
+from snncompile.sim.evaluator import SpikeTrains, needed
+from snncompile.sim.plan import FUSED_IF_MIN_NEURON_STEPS, Plan, use_fused_if
 from snncompile.sim.simulator import simulate
+from snncompile.sim.weighted import exact_in_float32
 
 ONE = np.ones(1)
 
@@ -99,15 +105,17 @@ def silent_step_path(request, monkeypatch):
     """Run every test with and without the path that skips all-zero steps (small graphs take
     the dense path by default)."""
     if request.param == "skip silent steps":
-        monkeypatch.setattr(sim, "SKIP_CHECK_ELEMENTS", 0)
+        monkeypatch.setattr(values, "SKIP_CHECK_ELEMENTS", 0)
     return request.param
 
 
 @pytest.fixture(params=["fused IF", "torch IF"], autouse=True)
 def if_path(request, monkeypatch):
     """Run every test with the one-pass CPU IF kernel and with the torch formulation that
-    other devices use."""
-    monkeypatch.setattr(sim, "FUSED_IF", request.param == "fused IF")
+    other devices use (the simulator's ``fused_if`` argument, set for this module's calls)."""
+    fused = request.param == "fused IF"
+    monkeypatch.setitem(globals(), "simulate", functools.partial(sim.simulate, fused_if=fused))
+    monkeypatch.setattr(evaluator, "run_window", functools.partial(evaluator.run_window, fused_if=fused))
     return request.param
 
 
@@ -157,7 +165,7 @@ def test_a_window_cut_at_an_if_layer_counts_its_spikes_alone(bits):
         whole = step_simulator.simulate(g, x, timesteps=9)
         xq = torch.as_tensor(sim.quantize_input(g, x))
         for layer in [n.name for n in g.nodes if isinstance(n, IFNode)]:
-            part = sim.run_window(g, xq, 9, needed(g, [layer]))
+            part = evaluator.run_window(g, xq, 9, needed(g, [layer]))
             np.testing.assert_array_equal(part.counts[layer].numpy(), whole.spike_counts[layer],
                                           err_msg=layer)
             assert part.saturations[layer] == whole.saturations[layer], layer
@@ -215,8 +223,6 @@ def test_silent_steps(silent_step_path):
 def test_wide_weights_split_into_float32_digits():
     """20-bit weights: worst-case sums need float64, which the simulator computes as float32
     convolutions of weight digits; the digits must recombine to exactly the float64 result."""
-    import snncompile.sim.simulator as sim_mod
-
     rng = np.random.default_rng(8)
     g = strided_graph(rng, "every_step", "subtract")
     big = rng.integers(-2 ** 19, 2 ** 19, (4, 2, 3, 3))
@@ -225,7 +231,7 @@ def test_wide_weights_split_into_float32_digits():
     wd = rng.integers(-2 ** 19, 2 ** 19, g["d"].weight_int.shape)
     g["d"].weight_int = wd
     g["h2"].threshold = np.full(7, 2 ** 18)
-    plan = sim_mod._Plan(g, 12, sim_mod.torch.device("cpu"))
+    plan = Plan(g, 12, torch.device("cpu"))
     assert set(plan.parts) >= {"c1", "d"}
     x = rng.integers(-100, 100, (5, 2, 9, 9)).astype(np.float32)
     _assert_same(g, x, 12)
@@ -257,37 +263,32 @@ def test_spike_rows_exact_in_float32_take_one_product(spikes):
     if spikes == "signed":
         g = _signed(g)
     g.validate()
-    plan = sim._Plan(g, 10, torch.device("cpu"))
+    plan = Plan(g, 10, torch.device("cpu"))
     assert {"c2", "o"} <= set(plan.parts)
     # samples from silent to busy, so some steps stay under the float32 bound and some do not
     x = (rng.integers(0, 9, (8, 3, 6, 6)) * np.linspace(0, 1, 8)[:, None, None, None]).astype(np.float32)
     trains = step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h1"]
     rows = torch.as_tensor(trains.reshape((-1,) + trains.shape[2:]), dtype=torch.float32).abs()
-    ok = sim._exact_in_float32(g["c2"], rows, plan.wmax["c2"])
+    ok = exact_in_float32(g["c2"], rows, plan.wmax["c2"])
     assert bool(ok.any()) and not bool(ok.all())
     _assert_same(g, x, 10)
     if spikes == "signed":
         assert (step_simulator.simulate(g, x, timesteps=10, record_spikes=True).spikes["h2"] < 0).any()
 
 
-def test_fused_if_kernel_is_chosen_for_large_cpu_runs(monkeypatch):
-    """"auto": the one-pass kernel only where its start-up pays (large runs, or once loaded);
-    never off the CPU."""
-    import sys
-
-    import torch
-
-    monkeypatch.setattr(sim, "FUSED_IF", "auto")
-    monkeypatch.delitem(sys.modules, "snncompile.sim.kernels.if_kernel", raising=False)
+def test_fused_if_kernel_is_chosen_for_large_cpu_runs():
+    """Unrequested, the one-pass kernel only where its start-up pays (large runs); as the
+    caller asks otherwise; never off the CPU."""
     g = strided_graph(np.random.default_rng(0), "once", "subtract")
     neurons = 4 * 5 * 4 + 7
     cpu = torch.device("cpu")
-    big = sim.FUSED_IF_MIN_NEURON_STEPS // (neurons * 8) + 1
-    assert not sim._fused_if(g, 8, 10, cpu)
-    assert sim._fused_if(g, 8, big, cpu)
-    assert not sim._fused_if(g, 8, big, torch.device("meta"))
-    import snncompile.sim.kernels.if_kernel  # noqa: F401  (loaded: serves small runs too)
-    assert sim._fused_if(g, 8, 10, cpu)
+    big = FUSED_IF_MIN_NEURON_STEPS // (neurons * 8) + 1
+    assert not use_fused_if(g, 8, 10, cpu)
+    assert use_fused_if(g, 8, big, cpu)
+    assert not use_fused_if(g, 8, big, torch.device("meta"))
+    assert use_fused_if(g, 8, 10, cpu, True)
+    assert not use_fused_if(g, 8, big, cpu, False)
+    assert not use_fused_if(g, 8, 10, torch.device("meta"), True)
 
 
 def _signed(g: Graph) -> Graph:
@@ -318,7 +319,7 @@ def test_a_window_cut_at_a_signed_layer_counts_its_net_spikes():
     whole = step_simulator.simulate(g, x, timesteps=9)
     xq = torch.as_tensor(sim.quantize_input(g, x))
     for layer in [n.name for n in g.nodes if isinstance(n, IFNode)]:
-        part = sim.run_window(g, xq, 9, needed(g, [layer]))
+        part = evaluator.run_window(g, xq, 9, needed(g, [layer]))
         np.testing.assert_array_equal(part.counts[layer].numpy(), whole.spike_counts[layer], err_msg=layer)
 
 
@@ -333,11 +334,11 @@ def test_a_window_from_kept_trains_prepares_only_what_it_simulates():
     x = rng.integers(-2, 6, (5, 2, 9, 9)).astype(np.float32)
     whole = simulate(g, x, timesteps=9, record_spikes=True)
     spikes = torch.as_tensor(whole.spikes["h1"], dtype=torch.float32)
-    trains = sim.SpikeTrains(spikes, spikes.sum(dim=0), spikes.reshape(9, -1).amax(dim=1) > 0)
+    trains = SpikeTrains(spikes, spikes.sum(dim=0), spikes.reshape(9, -1).amax(dim=1) > 0)
     front = frontier(g, ["h1"])
     assert front is not None and "c1" in front.skip
     xq = torch.as_tensor(sim.quantize_input(g, x))
     g["c1"].weight_int = None  # what the run must not read
-    part = sim.run_window(g, xq, 9, set(needed(g, ["o"])) - front.skip, given={"h1": trains})
+    part = evaluator.run_window(g, xq, 9, set(needed(g, ["o"])) - front.skip, given={"h1": trains})
     np.testing.assert_array_equal(part.counts["h2"].numpy(), whole.spike_counts["h2"])
     np.testing.assert_array_equal(part.acc["o"].numpy(), whole.output_acc["o"])

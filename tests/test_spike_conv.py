@@ -10,10 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snncompile.sim import simulator
 from snncompile.sim.kernels import spike_conv
 from snncompile.ir import DenseNode, FlattenNode, Graph, InputNode
-from snncompile.sim.simulator import SpikeTrains, run_window
+from snncompile.sim.evaluator import SpikeTrains, run_window
 
 from test_simulator_orders import ONE, _conv, _if
 
@@ -98,9 +97,8 @@ def test_simulator_results_do_not_depend_on_the_convolutions_kernels(spikes, big
                         or real(*a, **k))
     results = {}
     for int8 in (True, False):
-        monkeypatch.setattr(simulator, "INT8_CONV", int8)
         for name, given in (("codes", as_codes), ("floats", as_floats)):
-            results[(int8, name)] = run_window(g, xq, T, given={"h0": given})
+            results[(int8, name)] = run_window(g, xq, T, given={"h0": given}, int8_conv=int8)
     # c1 from codes, int8 on, weights fit; its bias added in the kernel where it comes every step
     assert calls == ([] if big else [(torch.Size([T * n, 4, 8, 8]), bias_mode == "every_step")])
     want = results[(False, "floats")]

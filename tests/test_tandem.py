@@ -20,10 +20,11 @@ from snncompile.errors import UsageError
 from snncompile.frontend import import_onnx
 from snncompile.ir import IFNode
 from snncompile.ir.structure import population_fanin, weight_bits
-from snncompile.sim.simulator import run_window, simulate
+from snncompile.sim.evaluator import run_window
+from snncompile.sim.simulator import simulate
 from snncompile.passes.constrain import fanin_budgets, topk_mask
 from snncompile.targets.rules import violations
-from snncompile.tune.intsim import quantized_input
+from snncompile.sim.simulator import quantized_input
 from snncompile.tune.model import TandemNet, unit_scales
 from snncompile.passes.requant import requantize
 
@@ -382,7 +383,7 @@ def test_one_channel_convolution_runs_channels_last(padding):
     that the surrogate's convolution writes channels-last; its values and gradients are
     torch's row-major ones up to float32 rounding (the simulator's integer sums exactly)."""
     from snncompile.ir import Conv2dNode
-    from snncompile.sim.simulator import channels_last_strides
+    from snncompile.sim.weighted import channels_last_strides
     from snncompile.tune.model import _conv
     gen = torch.Generator().manual_seed(sum(padding))
     x = torch.rand(5, 1, 11, 9, generator=gen)

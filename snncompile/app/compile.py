@@ -31,7 +31,8 @@ from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir
 from ..tune.methods import OPTIONS, canonical, get_method, review_options
 from ..tune.model import TandemNet
-from ..tune.ptl import PERCENTILE_GRID, TrainOptions
+from ..tune.options import TrainOptions
+from ..tune.ptl import PERCENTILE_GRID
 from ..tune.runtime import distributed as ddp
 
 log = logging.getLogger("snncompile")

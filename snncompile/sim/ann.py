@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .. import ir
 from ..errors import DataError, ModelError
+from .padding import pad2d, pad_axes
 
 _Eval = Callable[[ir.Node, list[torch.Tensor]], torch.Tensor]
 
@@ -54,15 +55,8 @@ def _t(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(np.asarray(a, dtype=np.float32), device=like.device)  # copies: inputs may be read-only
 
 
-def _pad4(x: torch.Tensor, p: tuple[int, int, int, int], value: float = 0.0) -> torch.Tensor:
-    """Pad (top, left, bottom, right) of an (N, C, H, W) tensor."""
-    if not any(p):
-        return x
-    return F.pad(x, (p[1], p[3], p[0], p[2]), value=value)
-
-
 def _conv(n: ir.Conv2dNode, ins: list[torch.Tensor]) -> torch.Tensor:
-    x = _pad4(ins[0], n.padding)
+    x = pad2d(ins[0], n.padding)
     b = None if n.bias is None else _t(n.bias, x)
     return F.conv2d(x, _t(n.weight, x), b, stride=n.stride, dilation=n.dilation, groups=n.groups)
 
@@ -85,22 +79,17 @@ def _relu(n: ir.ReluNode, ins: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _avgpool(n: ir.AvgPool2dNode, ins: list[torch.Tensor]) -> torch.Tensor:
-    x = _pad4(ins[0], n.padding)
+    x = pad2d(ins[0], n.padding)
     return F.avg_pool2d(x, n.kernel, n.stride)
 
 
 def _maxpool(n: ir.MaxPool2dNode, ins: list[torch.Tensor]) -> torch.Tensor:
-    x = _pad4(ins[0], n.padding, value=float("-inf"))
+    x = pad2d(ins[0], n.padding, value=float("-inf"))
     return F.max_pool2d(x, n.kernel, n.stride)
 
 
 def _pad(n: ir.PadNode, ins: list[torch.Tensor]) -> torch.Tensor:
-    x = ins[0]
-    k = x.dim() - 1
-    spec: list[int] = []
-    for axis in reversed(range(k)):  # F.pad lists the last axis first
-        spec += [n.pads[axis], n.pads[axis + k]]
-    return F.pad(x, spec)
+    return pad_axes(ins[0], n.pads)
 
 
 _EVALUATORS: dict[type, _Eval] = {

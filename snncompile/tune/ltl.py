@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ..data import Dataset
-from .bptt import fixed_thresholds, forward, surrogate_from, surrogate_if
+from .bptt import forward, surrogate_if
 from .methods import METHODS
 from .model import TandemNet
-from .ptl import TrainOptions, TuneResult, _loss, tune
+from .options import TrainOptions, fixed_thresholds, surrogate_from
+from .ptl import TuneResult, _loss, tune
 
 
 def ltl_target(activation: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ class Method:
     trainer: str                 # "module:function" under snncompile.tune, imported on use
     distributed: bool            # tested under torchrun
     cannot: Mapping[str, str] = field(default_factory=dict)  # option (OPTIONS key) -> why not
-    surrogate: str | None = None  # default surrogate gradient (bptt.SURROGATES), if it has one
+    surrogate: str | None = None  # default surrogate gradient (surrogate.SURROGATES), if it has one
 
     def honours(self, option: str) -> bool:
         """Whether an explicit ``option`` (an :data:`OPTIONS` key) changes what this method does."""

@@ -7,7 +7,7 @@ in the ANN). At every forward the integer graph is derived from them by the writ
 
 Stages: hidden layers are the IF nodes in graph order, L of them. At stage k (0 <= k <= L)
 IF layers 1..k and everything feeding them run the exact integer forward
-(:mod:`.intsim`); at stage L + 1 the output layer is constrained too and the output is the
+(:func:`..sim.evaluator.run_window`); at stage L + 1 the output layer is constrained too and the output is the
 integer accumulator (``scale * acc / T``), i.e. exactly what the reference simulator returns.
 A weighted node is *constrained* (fan-in pruned, quantized) from the stage its consumer
 population first spikes.
@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sim.ann import _EVALUATORS, _pad4
+from ..sim.ann import _EVALUATORS
+from ..sim.padding import pad2d
 from ..passes.quantize import _real_weights
 from ..errors import ModelError
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
 from .runtime import kernels
 from ..passes.constrain import FANIN_MODES, fanin_budgets
-from ..sim.simulator import SpikeTrains, channels_last_strides, run_window
-from .intsim import needed, quantized_input
+from ..sim.evaluator import SpikeTrains, needed, run_window
+from ..sim.simulator import quantized_input
+from ..sim.weighted import channels_last_strides
 from .prefix import Frontier
 from ..passes.requant import with_params
 
@@ -48,9 +50,6 @@ class TandemNet(nn.Module):
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
         self.base = graph
         self.T = int(graph.timesteps)
-        # Training runs the integer forward on every batch: load the simulator's one-pass IF
-        # kernel now, so every batch on the CPU uses it (see simulator.FUSED_IF)
-        import snncompile.sim.kernels.if_kernel  # noqa: F401
         self.bits = bits
         self.fanin = fanin
         self.fanin_mode = fanin_mode  # a key of constraints.FANIN_MODES
@@ -257,7 +256,7 @@ class TandemNet(nn.Module):
     def forward(self, x: torch.Tensor, return_ints: bool = False,
                 given: tuple[Frontier, dict[str, SpikeTrains]] | None = None):
         """Real-valued output for float inputs ``x`` (N, *input shape); with ``return_ints``
-        also the integer result (:class:`.intsim.IntResult`) of the spiking part. ``given``:
+        also the integer result (:class:`..sim.evaluator.WindowResult`) of the spiking part. ``given``:
         a frontier of fixed layers and their spike trains for these inputs
         (:mod:`.prefix`), from which the forward starts (the same result, less work)."""
         g, vals, ints = self._values(x, given)
@@ -280,7 +279,8 @@ class TandemNet(nn.Module):
         g, _ = self._current()
         want, _, trains = _after(needed(g, sorted(nodes)), given)
         return run_window(g, quantized_input(g, x), self.T, want, given=trains or None,
-                          keep_spikes=set(nodes), counts_dtype=torch.float32, keep_codes=codes).spikes
+                          keep_spikes=set(nodes), counts_dtype=torch.float32, keep_codes=codes,
+                          fused_if=True).spikes
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
@@ -313,7 +313,10 @@ class TandemNet(nn.Module):
         g, fq = self._current()
         xq = quantized_input(g, x)
         ints_needed, skip, trains = _after(self.integer_nodes(), given)
-        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32)
+        # fused_if: training runs the window on every batch, so the one-pass IF kernel (CPU)
+        # pays its start once and then serves every batch, whatever its size
+        ints = (run_window(g, xq, self.T, ints_needed, given=trains or None, counts_dtype=torch.float32,
+                           fused_if=True)
                 if len(ints_needed) > 1 else None)
         vals: dict[str, torch.Tensor] = {}
         dev = x.device
@@ -453,8 +456,7 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     """The memory layout of the surrogate (ANN) path's values: channels-last for images,
     as the simulator keeps its own. Convolutions on the CPU (oneDNN) run channels-last
     without reordering their operands, and a training step at PTL's first stages is mostly
-    the ANN's convolutions and their backward (docs/benchmarks.md, "Channels-last, a leaner
-    write-back")."""
+    the ANN's convolutions and their backward."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -466,7 +468,7 @@ def _conv(n, x):
     if top == bottom and left == right:  # the convolution's own padding: no padded copy
         return _layout(torch.nn.functional.conv2d(channels_last_strides(x), w, n.bias, stride=n.stride,
                                                   padding=(top, left), dilation=n.dilation, groups=n.groups))
-    return _layout(torch.nn.functional.conv2d(channels_last_strides(_pad4(x, n.padding)), w, n.bias,
+    return _layout(torch.nn.functional.conv2d(channels_last_strides(pad2d(x, n.padding)), w, n.bias,
                                               stride=n.stride, dilation=n.dilation, groups=n.groups))
 
 

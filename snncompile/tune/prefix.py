@@ -26,9 +26,8 @@ import torch
 
 from ..sim.kernels import spike_conv
 from ..ir import Graph, IFNode, InputNode
-from ..sim.simulator import SpikeTrains, window_batch
+from ..sim.evaluator import SpikeTrains, needed, window_batch
 from .runtime.bitpack import pack_codes, unpack_codes
-from .intsim import needed
 
 # Most bytes of packed spike trains one stage may keep, over its training and validation data.
 BUDGET_BYTES = 2 * 2 ** 30
@@ -91,9 +90,7 @@ def _fresh(shape: tuple[int, int]) -> np.ndarray:
     """An uninitialised uint8 array for packed trains, mapped in small pages. numpy asks the
     kernel for transparent huge pages on large arrays; for these (up to GiBs, filled once,
     then read a few rows at a time) the kernel's zeroing and compacting of huge pages on
-    first touch cost more than all the packing: the Fashion-MNIST CNN's T = 8 cache of its
-    first layer (1.4 GB) took 4.2 s to fill against 0.8 s into memory touched before, and a
-    plain anonymous mapping brings that to about 1.1 s."""
+    first touch cost more than all the packing, which a plain anonymous mapping avoids."""
     size = int(shape[0]) * int(shape[1])
     try:
         buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

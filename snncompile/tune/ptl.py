@@ -34,77 +34,14 @@ import torch
 
 from ..data import Dataset
 from ..ir.structure import op_fanin
-from ..errors import UsageError
-from ..sim.simulator import window_batch
+from ..sim.evaluator import window_batch
 from .runtime import distributed as ddp
 from .runtime.allocator import keep_step_memory
 from .checkpoint import CheckpointDir
 from . import prefix as prefix_module
 from .model import TandemNet
+from .options import TrainOptions
 from .prefix import PrefixCache, frontier
-
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How to tune (see the module docstring)."""
-
-    epochs: int = 60
-    patience: int = 6
-    lr: float = 1e-3
-    final_lr: float = 1e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 64
-    method: str = "ptl"
-    seed: int = 0
-    device: str = "cpu"
-    recalibrate: bool = True       # re-derive a layer's threshold when it is converted
-    gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (measured: no gain)
-    joint_final: bool = False      # PTL's last stage trains every layer (all spiking) at final_lr
-    percentile: float = 99.9
-    # non-empty: each layer's percentile is chosen from these on validation as it is converted
-    percentile_search: tuple[float, ...] = ()
-    # surrogate-gradient methods (ltl, stdb; see methods.py): None = the method's default
-    surrogate: str | None = None   # exp (STDB) | linear
-    surrogate_alpha: float | None = None
-    surrogate_beta: float | None = None
-    balance_scale: float | None = None  # stdb: thresholds x this after balancing
-    # > 0: the training loss mixes in this share of distillation from the float ANN (its
-    # outputs before tuning): KL at ``distill_temperature`` (classification) or MSE
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-    count_aware: bool = True       # hidden layers not spiking yet pass their count's value (see TandemNet)
-
-    def check(self) -> None:
-        if self.epochs < 0:
-            raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
-        if self.patience < 1:
-            raise UsageError(f"--patience must be >= 1, got {self.patience}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
-        bad = [p for p in self.percentile_search if not 0 < p <= 100]
-        if bad:
-            raise UsageError(f"percentile candidates must lie in (0, 100], got {bad[0]}")
-        from .methods import check_request
-
-        check_request(self.method, given={"surrogate": self.surrogate, "surrogate_alpha": self.surrogate_alpha,
-                                          "surrogate_beta": self.surrogate_beta, "distill": self.distill or None,
-                                          "balance_scale": self.balance_scale})
-        if any(v is not None for v in (self.surrogate, self.surrogate_alpha, self.surrogate_beta)):
-            from .bptt import surrogate_from
-
-            surrogate_from(self, "exp")  # checks the values
-        if not 0.0 <= self.distill <= 1.0:
-            raise UsageError(f"--distill must lie in [0, 1], got {self.distill}")
-        if not self.distill_temperature > 0:
-            raise UsageError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
-        if self.balance_scale is not None and not self.balance_scale > 0:
-            raise UsageError(f"--balance-scale must be > 0, got {self.balance_scale}")
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"unknown device '{self.device}'", "use cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda was requested but no CUDA device is available",
-                             "use --device cpu")
 
 
 # The candidates of --percentile auto: from clipping 3% of a layer's activations to 0.01%.
@@ -136,9 +73,8 @@ def stage_plan(net: TandemNet, method: str) -> list[int]:
 def stage_share(left: int, stages: int) -> int:
     """The epochs a stage may spend of the ``left`` ones, ``stages`` (this one included)
     still to run: an equal share, rounded down, so the epochs that do not divide evenly go
-    to the last stages, whose epochs cost a fraction of the first spiking stages' (on the
-    Fashion-MNIST CNN at T = 4 the last stage's epoch costs about an eighth of the first's:
-    docs/benchmarks.md, "Where tuning time goes"); at least one while any is left."""
+    to the last stages, whose epochs cost a fraction of the first spiking stages' (they
+    start from the kept spike trains of every fixed layer); at least one while any is left."""
     if left <= 0:
         return 0
     return max(1, left // stages)
@@ -232,11 +168,8 @@ def denormals_flushed():
 
     Tuning starts from a trained network, so many samples' losses, and the gradients
     flowing back from them, are tiny from the first step and grow tinier as a stage trains:
-    below 2^-126 they become denormal, which x86 CPUs compute tens of times slower. On the
-    Fashion-MNIST CNN at T = 8 a step of stage 1 took 198 ms from its checkpointed weights
-    against 28 ms with denormals flushed (docs/benchmarks.md, "Int8 convolutions of spikes,
-    denormals flushed, and a new machine"); the epochs of a
-    stage grew 23 -> 84 -> 169 s as it trained. What is flushed is below 1.2e-38: the
+    below 2^-126 they become denormal, which x86 CPUs compute tens of times slower, so a
+    stage's epochs would grow slower as it trains. What is flushed is below 1.2e-38: the
     integer forward is untouched, and a gradient that small moves a parameter by less than
     1e-30 in a step of Adam (its epsilon is 1e-8)."""
     flushed = torch.set_flush_denormal(True)

@@ -1,11 +1,13 @@
 """Integrate-and-fire over a whole window in one pass over memory (CPU, numba).
 
-The reference simulator evaluates a layer over all T steps at once. Written as torch
-operations, an IF step is three passes over every neuron (add the input, compare, reset),
-each reading and writing whole tensors; here each block of neurons keeps its membranes in
-the cache for all T steps, so the input is read once and the spikes are written once. The
-results equal the torch formulation in ``snncompile.sim.simulator`` bit for bit (same integer
-arithmetic in the same dtype; tests/test_simulator_orders.py checks both against the
+Why this kernel exists beside the torch formulation (:mod:`..neurons`): the reference
+simulator evaluates a layer over all T steps at once, and written as torch operations an IF
+step is three passes over every neuron (add the input, compare, reset), each reading and
+writing whole tensors; here each block of neurons keeps its membranes in the cache for all
+T steps, so the input is read once and the spikes are written once. Tuning runs it on every
+batch, so the speed is worth a second formulation. The torch one stays for other devices
+and for runs too small to pay this kernel's start. The results equal it bit for bit (same
+integer arithmetic in the same dtype; tests/test_simulator_orders.py checks both against the
 step-by-step simulator).
 
 Inputs are flat per step: ``cur`` is (T, M) for a current that changes every step, or (1, M)
@@ -28,12 +30,11 @@ FULL, EVERY_STEP, FIRST_STEP = 0, 1, 2
 # while the block runs through the window.
 BLOCK = 2048
 
-# The kernels run on one thread: with numba's parallel loops, its OpenMP threads and torch's
-# in one process made a tandem training step take twice the CPU time of the torch loop it
-# replaced (measured on the Fashion-MNIST CNN); on one thread the step is 3x faster.
-# Splitting the blocks over Python threads (kernels compiled with nogil) was slower too:
-# CIFAR-sized CNN, two torch threads, 265 against 200 us per sample-step (likely torch's
-# OpenMP threads still spinning after each convolution; not investigated further).
+# The kernels run on one thread: numba's parallel loops put a second pool of OpenMP threads
+# beside torch's in one process, and the two compete for the cores, so a training step
+# costs more CPU time than the torch loop the kernel replaces. Splitting the blocks over
+# Python threads (kernels compiled with nogil) did not pay either, likely because torch's
+# OpenMP threads still spin after each convolution.
 
 
 @dataclass
@@ -187,8 +188,7 @@ def _first_step_counts(cur, steps, th, v0, counts):  # pragma: no cover - compil
     the first floor(v / theta) steps (each spike takes theta off, nothing comes in), so its
     count is that quotient capped at T: one multiplication by 1 / theta, not T steps. In
     float64 (exact for these integers), with one sample's thresholds converted once and the
-    loops free of branches, the compiler vectorizes it: 0.47 against 1.75 ms for the first
-    layer of the Fashion-MNIST CNN, 64 samples."""
+    loops free of branches, so that the compiler vectorizes it."""
     period = th.shape[0]
     th64 = np.empty(period, np.float64)
     v064 = np.empty(period, np.float64)

@@ -8,8 +8,8 @@ anything. Its dynamic rule raises both thresholds only as far as the blocks free
 :func:`keep_step_memory` sets them where that rule ends (mmap threshold 32 MiB, its maximum
 on 64-bit systems, trim threshold twice that), a state glibc reaches on its own after a 32
 MiB block is freed, so nothing needs restoring; blocks above 32 MiB (the kept spike trains)
-are still mapped and unmapped as before. On the Fashion-MNIST CNN at T = 8 a step of stage 1
-took 17 against 21 ms (docs/benchmarks.md). Elsewhere than glibc it does nothing.
+are still mapped and unmapped as before; the steps then reuse pages already touched
+(docs/log/ has the measurement). Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ sample's row holds, per plane (``+1`` spikes, then ``-1`` spikes where they are 
 T steps of whole bytes, a bit per neuron, the first neuron in the high bit (numpy's
 ``packbits`` order). Done with numpy, each plane is a comparison over the uint8 codes, a
 ``packbits`` and a transpose into rows, and finding which steps hold a spike is one more
-pass over the packed bits; on the Fashion-MNIST CNN at T = 8 that was about half of the
-time a run spends building its caches. Here one kernel reads the codes once and writes both
+pass over the packed bits, so packing cost as much as the simulation that builds the
+caches. Here one kernel reads the codes once and writes both
 the packed rows and those steps. Where a step's neurons fill whole bytes (the usual case
 for feature maps) it packs eight codes at a time from one 64-bit word: codes are 0/1 bytes
 (or 0/1/2 where signed), so a plane is a word of 0/1 bytes and one multiplication gathers
@@ -46,7 +46,7 @@ def pack_codes(codes: np.ndarray, signed: bool, out: np.ndarray, steps: np.ndarr
 @njit(cache=True)
 def _pack_words(words, signed, out, steps, row0):  # pragma: no cover - compiled
     # one loop per plane and step: each a single output stream, which the compiler
-    # vectorizes (the two planes in one loop did not: 4x the time)
+    # vectorizes (the two planes in one loop defeat the vectorizer)
     T, n, W = words.shape
     for j in range(n):
         r = row0 + j

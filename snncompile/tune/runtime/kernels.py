@@ -2,8 +2,8 @@
 
 At the first stages of PTL on a CNN a training step spends much of its time not in
 convolutions but in elementwise passes over the large early feature maps; the count model
-of the layers not spiking yet took five torch ops forward and four backward (about a
-quarter of an ANN-stage step on the Fashion-MNIST CNN). Each kernel here does such work in a
+of the layers not spiking yet took five torch ops forward and four backward, each a pass
+over those maps. Each kernel here does such work in a
 single pass over memory, with the same float32 arithmetic in the same order as the torch ops
 it stands for, so results are bit for bit those ops' (tests check them against the torch
 formulations). Callers fall back to torch where a kernel does not apply (another device,
