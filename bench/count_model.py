@@ -34,7 +34,7 @@ from snncompile.data import load_npz
 from snncompile.frontend import import_onnx, load_onnx
 from snncompile.app.compile import seed_everything
 from snncompile.tune.model import TandemNet
-from snncompile.tune.ptl import evaluate
+from snncompile.tune.objective import evaluate
 
 
 def train(net: TandemNet, train_data, val_data, epochs: int, seed: int) -> tuple[float, int, float]:

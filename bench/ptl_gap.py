@@ -27,6 +27,7 @@ import torch
 
 import snncompile.tune.options as options_module
 import snncompile.tune.ptl as schedule
+from snncompile.tune import objective
 from snncompile.targets.artifact import read_artifact
 from snncompile.passes.convert import ConversionOptions
 from snncompile.app.compile import CompileRequest, compile_model
@@ -118,11 +119,11 @@ def _report_stages(test_path: Path) -> None:
     run_stage = schedule._run_stage
 
     def wrapped(net, train, val, opts, stage, *a, **kw):
-        start = schedule.evaluate(net, test)["accuracy"]
+        start = objective.evaluate(net, test)["accuracy"]
         out = run_stage(net, train, val, opts, stage, *a, **kw)
-        tr = schedule.evaluate(net, train)
+        tr = objective.evaluate(net, train)
         print(json.dumps({"stage": stage, "test_converted": round(start, 4),
-                          "test_best": round(schedule.evaluate(net, test)["accuracy"], 4),
+                          "test_best": round(objective.evaluate(net, test)["accuracy"], 4),
                           "train_accuracy": round(tr["accuracy"], 4), "train_loss": round(tr["loss"], 5)}), flush=True)
         return out
 

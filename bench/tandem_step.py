@@ -122,22 +122,22 @@ def _compare_layouts(step, blocks: int, block: int) -> dict[str, float]:
     import statistics
     import time
 
-    from snncompile.tune import model
+    from snncompile.tune import ann_path
 
-    kept = model._layout
+    kept = ann_path.layout
     layouts = {"channels_last": kept, "row_major": lambda t: t}
     times: dict[str, list[float]] = {k: [] for k in layouts}
     try:
         for _ in range(blocks):
             for name, f in layouts.items():
-                model._layout = f
+                ann_path.layout = f
                 step()  # the first step in a layout reorders what the other left
                 t0 = time.perf_counter()
                 for _ in range(block):
                     step()
                 times[name].append((time.perf_counter() - t0) / block)
     finally:
-        model._layout = kept
+        ann_path.layout = kept
     out = {f"seconds_per_step_{k}": statistics.median(v) for k, v in times.items()}
     print("  layouts: " + ", ".join(f"{k} {v:.4f} s" for k, v in out.items()), flush=True)
     return out

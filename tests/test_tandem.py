@@ -25,7 +25,8 @@ from snncompile.sim.simulator import simulate
 from snncompile.passes.constrain import fanin_budgets, topk_mask
 from snncompile.targets.rules import violations
 from snncompile.sim.simulator import quantized_input
-from snncompile.tune.model import TandemNet, unit_scales
+from snncompile.tune.ann_path import unit_scales
+from snncompile.tune.model import TandemNet
 from snncompile.passes.requant import requantize
 
 
@@ -332,7 +333,7 @@ def test_count_model_is_its_levels_forward_and_its_clamp_backward():
     scales), backward the gradient torch gives ``min(relu(z), lam)``, exactly (1 inside
     (0, lam), 0 outside, 1/2 where z equals lam), so tuning runs are what they were when
     the op was composed of those torch ops."""
-    from snncompile.tune.model import _CountModel
+    from snncompile.tune.ann_path import CountModel as _CountModel
 
     lam = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1)
     z = torch.linspace(-1.0, 3.0, 2 * 3 * 67).reshape(2, 3, 67)
@@ -384,7 +385,7 @@ def test_one_channel_convolution_runs_channels_last(padding):
     torch's row-major ones up to float32 rounding (the simulator's integer sums exactly)."""
     from snncompile.ir import Conv2dNode
     from snncompile.sim.weighted import channels_last_strides
-    from snncompile.tune.model import _conv
+    from snncompile.tune.ann_path import conv as _conv
     gen = torch.Generator().manual_seed(sum(padding))
     x = torch.rand(5, 1, 11, 9, generator=gen)
     view = channels_last_strides(x)

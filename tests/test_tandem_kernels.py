@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from snncompile.tune.runtime import kernels
-from snncompile.tune.model import _CountModel, _straight_through
+from snncompile.tune.ann_path import CountModel as _CountModel
+from snncompile.tune.ann_path import straight_through as _straight_through
 
 
 def _torch_levels(z: torch.Tensor, lam: torch.Tensor, T: int) -> torch.Tensor:

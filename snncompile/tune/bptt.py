@@ -27,7 +27,8 @@ from ..ir import Graph, IFNode
 from ..sim.evaluator import Traced, WindowResult, run_window
 from ..sim.neurons import SpikeStep
 from ..sim.simulator import quantized_input
-from .model import TandemNet, unit_scales
+from .ann_path import unit_scales
+from .model import TandemNet
 from .surrogate import Surrogate
 
 

@@ -31,7 +31,8 @@ from .bptt import forward, surrogate_if
 from .methods import METHODS
 from .model import TandemNet
 from .options import TrainOptions, fixed_thresholds, surrogate_from
-from .ptl import TuneResult, _loss, tune
+from .objective import loss as task_loss
+from .ptl import TuneResult, tune
 
 
 def ltl_target(activation: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -84,11 +85,11 @@ def train_ltl(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
     def step_loss(model: TandemNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if model.stage == 0:  # the teacher's own fine-tuning under the fan-in masks
-            return _loss(model(x), y, train.is_classification)
+            return task_loss(model(x), y, train.is_classification)
         out, res = forward(model, x, spiking)
         with torch.no_grad():
             _, acts, _ = local["teacher"]._values(x)
-        loss = _loss(out, y, train.is_classification)
+        loss = task_loss(out, y, train.is_classification)
         for layer in model.layers:
             a = acts[layer].to(torch.float32)
             p = local["P"][layer]

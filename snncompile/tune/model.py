@@ -27,15 +27,12 @@ import torch
 from torch import nn
 
 from ..sim.ann import _EVALUATORS
-from ..sim.padding import pad2d
-from ..passes.quantize import _real_weights
 from ..errors import ModelError
-from ..ir import AffineNode, Conv2dNode, DenseNode, Graph, IFNode, InputNode, WeightedNode
-from .runtime import kernels
+from ..ir import Graph, IFNode, InputNode, WeightedNode
 from ..passes.constrain import FANIN_MODES, fanin_budgets
 from ..sim.evaluator import SpikeTrains, needed, run_window
 from ..sim.simulator import quantized_input
-from ..sim.weighted import channels_last_strides
+from . import ann_path
 from .prefix import Frontier
 from ..passes.requant import with_params
 
@@ -216,7 +213,7 @@ class TandemNet(nn.Module):
             for name in constrained:
                 if name not in fq:
                     n = g[name]
-                    s_in, s_out = unit_scales(g, name)
+                    s_in, s_out = ann_path.unit_scales(g, name)
                     w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
                     b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
                     fq[name] = (w, b)
@@ -264,7 +261,7 @@ class TandemNet(nn.Module):
         if ints is not None and g.outputs[0] in ints.acc:
             s = torch.as_tensor(np.asarray(g[g.outputs[0]].out_scale, np.float64), device=x.device)
             exact = (ints.acc[g.outputs[0]] * s / self.T).to(torch.float32)
-            y = _straight_through(exact, y)
+            y = ann_path.straight_through(exact, y)
         return (y, ints) if return_ints else y
 
     @torch.no_grad()
@@ -328,7 +325,7 @@ class TandemNet(nn.Module):
                 continue
             if isinstance(n, InputNode):
                 s = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
-                vals[n.name] = _layout(xq.to(torch.float32) * s)
+                vals[n.name] = ann_path.layout(xq.to(torch.float32) * s)
                 continue
             ins = [vals[i] for i in n.inputs]
             if isinstance(n, WeightedNode):
@@ -336,7 +333,7 @@ class TandemNet(nn.Module):
             elif isinstance(n, IFNode):
                 out = torch.relu(ins[0])
                 if ints is not None and n.name in ints.counts:
-                    out = _straight_through(self._count_value(n, ints, dev), out)
+                    out = ann_path.straight_through(self._count_value(n, ints, dev), out)
                 elif self.count_aware:
                     out = self._count_model(n, ins[0])
             else:
@@ -348,7 +345,7 @@ class TandemNet(nn.Module):
         """The real value a spiking layer passes on: ``lam * count / T``."""
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=dev)
         # written in the layout of the ANN values it meets in the straight-through sum
-        # (:func:`_layout`; mixed layouts make every op strided), into a new tensor: the
+        # (:func:`.ann_path.layout`; mixed layouts make every op strided), into a new tensor: the
         # counts themselves stay as the integer result holds them
         count = ints.counts[n.name].to(torch.float32)
         out = torch.empty(count.shape, dtype=torch.float32, device=count.device,
@@ -362,18 +359,18 @@ class TandemNet(nn.Module):
         lam = torch.as_tensor(np.asarray(n.out_scale, np.float32), device=z.device)
         if lam.ndim and z.ndim > 2:
             lam = lam.reshape(-1, *([1] * (z.ndim - 2)))
-        return _CountModel.apply(z, lam, self.T)
+        return ann_path.CountModel.apply(z, lam, self.T)
 
     def _weighted(self, n: WeightedNode, x: torch.Tensor, fq) -> torch.Tensor:
         k = self.key[n.name]
         w = self.weight[k] * self.mask(n.name)
         b = self.bias[k] if k in self.bias else None
         if fq is not None:
-            w = _straight_through(torch.as_tensor(fq[0], device=x.device), w)
+            w = ann_path.straight_through(torch.as_tensor(fq[0], device=x.device), w)
             if b is not None and fq[1] is not None:
-                b = _straight_through(torch.as_tensor(fq[1], device=x.device), b)
+                b = ann_path.straight_through(torch.as_tensor(fq[1], device=x.device), b)
         node = dataclasses.replace(n, weight=w, bias=b)
-        return _WEIGHTED[type(n)](node, x)
+        return ann_path.WEIGHTED[type(n)](node, x)
 
 
 def _after(nodes: set[str], given: tuple[Frontier, dict[str, SpikeTrains]] | None
@@ -383,103 +380,3 @@ def _after(nodes: set[str], given: tuple[Frontier, dict[str, SpikeTrains]] | Non
     if given is None:
         return nodes, frozenset(), {}
     return nodes - given[0].skip, given[0].skip, given[1]
-
-
-class _CountModel(torch.autograd.Function):
-    """``lam * clamp(floor(z T / lam + 1/2), 0, T) / T`` forward, the gradient of
-    ``min(relu(z), lam)`` backward (1 inside (0, lam), 1/2 where z equals lam, as torch
-    splits a tie), as one op: it runs on every hidden activation of every training step, and
-    one op makes fewer passes over them than the torch ops it replaced, with the same values."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, lam: torch.Tensor, T: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(z, lam)
-        src = kernels.flat(z) if lam.numel() == 1 and lam.dtype == torch.float32 else None
-        if src is not None:  # one pass (snncompile.tune.runtime.kernels), the same values
-            out = torch.empty_like(z)
-            kernels.count_levels(src, np.float32(lam.reshape(()).item()), T, kernels.flat(out))
-            return out
-        v = z * (T / lam)
-        return v.add_(0.5).floor_().clamp_(0, T).mul_(lam).div_(T)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        z, lam = ctx.saved_tensors
-        if lam.numel() == 1 and lam.dtype == torch.float32 and kernels.same_layout(grad, z):
-            src, g = kernels.flat(z), kernels.flat(grad)
-            if src is not None and g is not None:
-                out = torch.empty_like(z)
-                kernels.clamp_grad(src, g, np.float32(lam.reshape(()).item()), kernels.flat(out))
-                return out, None, None
-        out = grad * ((z > 0) & (z < lam))
-        tie = z == lam
-        if bool(tie.any()):  # lam is a percentile of the activations, so some can equal it
-            out = out + grad * tie * 0.5
-        return out, None, None
-
-
-def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-    """Exactly ``value`` forward, the gradient of ``surrogate`` backward
-    (``surrogate + (value - surrogate).detach()`` can be off by a rounding step, and the
-    forward must be the integer network's values exactly)."""
-    return _StraightThrough.apply(value, surrogate)
-
-
-class _StraightThrough(torch.autograd.Function):
-    """``value`` (a view of it: no pass over memory) forward, the incoming gradient passed
-    unchanged to ``surrogate`` (and to ``value``, where it has one) backward: what
-    ``value + (surrogate - surrogate.detach())`` computes, without its two passes over
-    every spiking layer's values on every step."""
-
-    @staticmethod
-    def forward(ctx, value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if value.shape != surrogate.shape:
-            raise ValueError(f"straight-through of shape {tuple(value.shape)} onto {tuple(surrogate.shape)}")
-        return value.view_as(value)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return (grad if ctx.needs_input_grad[0] else None), grad
-
-
-def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
-    """For weighted node ``name`` of integer graph ``g``: the scale of the input each weight
-    reads (array shaped like the weight) and the node's output scale, so that a real weight
-    is ``s_out * weight_int / s_in``."""
-    n = g[name]
-    ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
-    s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
-    return s_in, float(np.asarray(n.out_scale).reshape(-1)[0])
-
-
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    """The memory layout of the surrogate (ANN) path's values: channels-last for images,
-    as the simulator keeps its own. Convolutions on the CPU (oneDNN) run channels-last
-    without reordering their operands, and a training step at PTL's first stages is mostly
-    the ANN's convolutions and their backward."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-def _conv(n, x):
-    # weight as the input, so no reorder per call; a one-channel input (and its weight)
-    # restrided so that torch takes it, and writes the output, channels-last
-    w = channels_last_strides(_layout(n.weight))
-    top, left, bottom, right = n.padding
-    if top == bottom and left == right:  # the convolution's own padding: no padded copy
-        return _layout(torch.nn.functional.conv2d(channels_last_strides(x), w, n.bias, stride=n.stride,
-                                                  padding=(top, left), dilation=n.dilation, groups=n.groups))
-    return _layout(torch.nn.functional.conv2d(channels_last_strides(pad2d(x, n.padding)), w, n.bias,
-                                              stride=n.stride, dilation=n.dilation, groups=n.groups))
-
-
-def _dense(n, x):
-    return torch.nn.functional.linear(x, n.weight, n.bias)
-
-
-def _affine(n, x):
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    y = x * n.weight.reshape(view)
-    return y if n.bias is None else y + n.bias.reshape(view)
-
-
-_WEIGHTED = {Conv2dNode: _conv, DenseNode: _dense, AffineNode: _affine}

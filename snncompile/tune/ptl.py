@@ -22,7 +22,6 @@ The other methods are in :mod:`.methods`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -34,12 +33,13 @@ import torch
 
 from ..data import Dataset
 from ..ir.structure import op_fanin
-from ..sim.evaluator import window_batch
 from .runtime import distributed as ddp
 from .runtime.allocator import keep_step_memory
+from .runtime.floats import denormals_flushed
 from .checkpoint import CheckpointDir
 from . import prefix as prefix_module
 from .model import TandemNet
+from . import objective
 from .options import TrainOptions
 from .prefix import PrefixCache, frontier
 
@@ -80,61 +80,6 @@ def stage_share(left: int, stages: int) -> int:
     return max(1, left // stages)
 
 
-def evaluate(net: TandemNet, data: Dataset, batch_size: int | None = None,
-             prefix: PrefixCache | None = None) -> dict[str, float]:
-    """Validation loss (and accuracy) of the network at its current stage (``prefix``: the
-    fixed layers' spike trains for ``data``, see :mod:`.prefix`), ``batch_size`` samples at
-    a time (default: :func:`..simulator.window_batch`)."""
-    dev = next(net.parameters()).device
-    batch_size = batch_size or window_batch(net.base, net.T)
-    total, correct, n = 0.0, 0, len(data.x)
-    with torch.no_grad():
-        for i in range(0, n, batch_size):
-            x = torch.as_tensor(data.x[i:i + batch_size], device=dev)
-            y = torch.as_tensor(data.y[i:i + batch_size], device=dev)
-            given = prefix.given(np.arange(i, i + len(x)), dev) if prefix is not None else None
-            out = net(x, given=given)
-            total += float(_loss(out, y, data.is_classification)) * len(x)
-            if data.is_classification:
-                correct += int((out.argmax(1) == y).sum())
-    res = {"loss": total / n}
-    if data.is_classification:
-        res["accuracy"] = correct / n
-    return res
-
-
-def _loss(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
-    if classification:
-        return torch.nn.functional.cross_entropy(out, y.long())
-    return torch.nn.functional.mse_loss(out.reshape(y.shape), y.to(out.dtype))
-
-
-def _distill_loss(out: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, classification: bool,
-                  share: float, temperature: float) -> torch.Tensor:
-    """The task loss mixed with ``share`` of a match to the teacher's outputs: KL between
-    the softened distributions (times temperature squared, so its gradient keeps the task
-    loss's scale) or, for regression, MSE to the teacher's output."""
-    task = _loss(out, y, classification)
-    if classification:
-        t = temperature
-        match = torch.nn.functional.kl_div(torch.log_softmax(out / t, 1), torch.log_softmax(teacher / t, 1),
-                                           reduction="batchmean", log_target=True) * t * t
-    else:
-        match = torch.nn.functional.mse_loss(out, teacher)
-    return (1.0 - share) * task + share * match
-
-
-def teacher_outputs(net: TandemNet, data: Dataset, batch_size: int = 512) -> torch.Tensor:
-    """The network's outputs on ``data`` as it stands (before tuning: the float ANN), the
-    targets of ``TrainOptions.distill``."""
-    dev = next(net.parameters()).device
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(data.x), batch_size):
-            outs.append(net(torch.as_tensor(data.x[i:i + batch_size], device=dev)).float())
-    return torch.cat(outs)
-
-
 def _key(m: dict[str, float]) -> tuple[float, ...]:
     """Higher is better: accuracy, ties broken by lower loss (the val split is small)."""
     return (m["accuracy"], -m["loss"]) if "accuracy" in m else (-m["loss"],)
@@ -153,31 +98,13 @@ def tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     (default: the first 256 training inputs) sets thresholds of newly converted layers.
     ``plan`` overrides the stages of ``opts.method``; ``step_loss(net, x, y)`` replaces
     the tandem loss of a training batch (surrogate-gradient methods, see :mod:`.bptt`).
-    Runs with denormal floats flushed to zero (:func:`denormals_flushed`) and glibc's
+    Runs with denormal floats flushed to zero (:func:`.runtime.floats.denormals_flushed`) and glibc's
     allocator keeping a step's memory for the next (:func:`.runtime.allocator.keep_step_memory`)."""
     opts.check()
     keep_step_memory()
     with denormals_flushed():
         return _tune(net, train, val, opts, checkpoints, report, on_stage_end, progress, calib_x, plan,
                      step_loss)
-
-
-@contextlib.contextmanager
-def denormals_flushed():
-    """Flush denormal floats to zero on the CPU while tuning, then back to torch's default.
-
-    Tuning starts from a trained network, so many samples' losses, and the gradients
-    flowing back from them, are tiny from the first step and grow tinier as a stage trains:
-    below 2^-126 they become denormal, which x86 CPUs compute tens of times slower, so a
-    stage's epochs would grow slower as it trains. What is flushed is below 1.2e-38: the
-    integer forward is untouched, and a gradient that small moves a parameter by less than
-    1e-30 in a step of Adam (its epsilon is 1e-8)."""
-    flushed = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
 
 
 def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
@@ -201,7 +128,7 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         if net.stage != 0 or net.masked.any():
             raise ValueError("distillation needs the network as converted, before any stage")
         net.eval()
-        teacher = teacher_outputs(net, train)
+        teacher = objective.teacher_outputs(net, train)
     # only a method whose ANN stages hand on to spiking ones models the counts to come (the
     # registry says which: LTL's stage 0 trains its teacher, which must stay the ANN)
     from .methods import get_method
@@ -297,7 +224,7 @@ def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
 
     for p in candidates:
         set_scale(p)
-        scores[p] = ddp.from_rank0(evaluate(net, val, prefix=prefix))
+        scores[p] = ddp.from_rank0(objective.evaluate(net, val, prefix=prefix))
         if best is None or _key(scores[p]) > _key(scores[best]):
             best = p
     assert best is not None
@@ -341,7 +268,7 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     if steps:
         net.shrink(ramp, 0.5)
     def score() -> dict[str, float]:
-        return ddp.from_rank0(evaluate(net, val, prefix=caches[1] if caches else None))
+        return ddp.from_rank0(objective.evaluate(net, val, prefix=caches[1] if caches else None))
 
     best = score()
     first = dict(best)
@@ -369,10 +296,10 @@ def _run_stage(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 if step_loss is not None:
                     loss = step_loss(net, x, y)
                 elif teacher is not None:
-                    loss = _distill_loss(net(x, given=given), y, teacher[torch.as_tensor(idx)].to(dev),
+                    loss = objective.distill_loss(net(x, given=given), y, teacher[torch.as_tensor(idx)].to(dev),
                                          train.is_classification, opts.distill, opts.distill_temperature)
                 else:
-                    loss = _loss(net(x, given=given), y, train.is_classification)
+                    loss = objective.loss(net(x, given=given), y, train.is_classification)
                 loss.backward()
                 total += float(loss.detach()) * len(idx)
             ddp.average_gradients(params)

@@ -26,7 +26,8 @@ from .bptt import forward, surrogate_if
 from .methods import METHODS
 from .model import TandemNet
 from .options import TrainOptions, fixed_thresholds, surrogate_from
-from .ptl import TuneResult, _loss, tune
+from .objective import loss as task_loss
+from .ptl import TuneResult, tune
 
 
 @torch.no_grad()
@@ -55,7 +56,7 @@ def train_stdb(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
     def step_loss(model: TandemNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out, _ = forward(model, x, spiking)
-        return _loss(out, y, train.is_classification)
+        return task_loss(out, y, train.is_classification)
 
     return tune(net, train, val, fixed_thresholds(opts), plan=[net.n_stages], step_loss=step_loss,
                 calib_x=calib_x, **kw)
