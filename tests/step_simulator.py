@@ -12,11 +12,11 @@ a second code path to the core only for this check. So the oracle stays here, wr
 plainly and independently of the core's tricks (value forms, silent-step skipping, float32
 digits, int8 codes, the fused kernel), which is what makes the comparison worth having.
 Only the bounds that choose float32 or float64 (a matter of precision, not of what the
-integers are) come from the core."""
+integers are), the input's quantization and the result type (before and after the
+stepping under test) come from the core."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,34 +28,7 @@ from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, Dense
                  ReshapeNode, WeightedNode)
 from snncompile.ir.structure import fanout, spike_driven
 from snncompile.sim.bounds import exact_dtypes, value_bounds
-
-
-@dataclass
-class SimResult:
-    """What a simulation returns, per sample (axis 0 is the sample)."""
-
-    outputs: dict[str, np.ndarray]            # real-valued outputs, per output node
-    output_acc: dict[str, np.ndarray]         # integer accumulators (sum over T of the input)
-    spike_counts: dict[str, np.ndarray]       # per spiking node, (N, *shape) int32 counts
-    synops: np.ndarray                        # (N,) synaptic events per sample
-    timesteps: int
-    saturations: dict[str, int] = field(default_factory=dict)  # membrane saturations per layer
-    spikes: dict[str, np.ndarray] | None = None  # (T, N, *shape) uint8 when recorded
-
-    @property
-    def output(self) -> np.ndarray:
-        """The first output (the common single-output case)."""
-        return next(iter(self.outputs.values()))
-
-
-def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
-    """Integer input levels of an SNN graph for float inputs ``x`` (N, *shape)."""
-    node = graph.input
-    if node.out_scale is None:
-        raise ModelError("the graph is not converted (its input has no scale)")
-    qmax = 2 ** (node.bits - 1) - 1
-    q = np.rint(np.asarray(x, dtype=np.float64) / node.out_scale)
-    return np.clip(q, -qmax, qmax)
+from snncompile.sim.simulator import SimResult, quantize_input
 
 
 class _Plan:

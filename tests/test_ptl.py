@@ -19,6 +19,7 @@ from snncompile.errors import UsageError
 from snncompile.ir.structure import population_fanin, weight_bits
 from snncompile.app.compile import CompileRequest, compile_model
 from snncompile.ir.serialize import load_graph
+from snncompile.tune import objective
 from snncompile.tune import ptl as schedule
 from snncompile.targets.rules import violations
 from snncompile.tune.model import TandemNet
@@ -75,7 +76,7 @@ def test_scheduler_patience_reloads_best_and_fixes_layers(small_net, monkeypatch
         snapshots[(n.stage, epoch)] = {k: v.clone() for k, v in n.state_dict().items()}
         return {"accuracy": next(script), "loss": 1.0}
 
-    monkeypatch.setattr(schedule, "evaluate", fake_eval)
+    monkeypatch.setattr(objective, "evaluate", fake_eval)
     res = tune(net, train, val, TrainOptions(epochs=30, patience=2, batch_size=32, recalibrate=False))
     per_stage = [[h["epoch"] for h in res.history if h["stage"] == s] for s in (1, 2, 3)]
     assert per_stage == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2]]
@@ -99,7 +100,7 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     g, train, val = small_net
     net = TandemNet(g, bits=8, fanin=4, prune_lead=99)
     score = iter(np.linspace(0.1, 0.9, 40))  # every epoch improves: each stage keeps its last state
-    monkeypatch.setattr(schedule, "evaluate",
+    monkeypatch.setattr(objective, "evaluate",
                         lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
     after: dict[int, dict] = {}
     res = tune(net, train, val, TrainOptions(epochs=8, patience=9, batch_size=32, recalibrate=False,
@@ -135,7 +136,7 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         return {"accuracy": 1.0 - abs(p - favourite[layer]) / 100, "loss": 1.0}
 
     monkeypatch.setattr(net, "recalibrate", spy)
-    monkeypatch.setattr(schedule, "evaluate", fake_eval)
+    monkeypatch.setattr(objective, "evaluate", fake_eval)
     grid = (97.0, 98.0, 99.0, 99.9, 99.99)
     res = tune(net, train, val, TrainOptions(epochs=0, percentile_search=grid, count_aware=count_aware))
     for j, layer in enumerate(net.layers):
@@ -149,7 +150,7 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
         assert np.allclose(getattr(net, f"lam_{j}").numpy(), tried[-1][2])
         assert not np.allclose(tried[len(first)][2], tried[-1][2])  # the candidates do differ
     calls.clear()
-    monkeypatch.setattr(schedule, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": 0.5, "loss": 1.0})
+    monkeypatch.setattr(objective, "evaluate", lambda n, d, batch_size=256, prefix=None: {"accuracy": 0.5, "loss": 1.0})
     res = tune(TandemNet(g, bits=8), train, val, TrainOptions(epochs=0, percentile_search=grid))
     assert [st["percentiles"][layer]["chosen"] for st, layer in zip(res.stages, net.layers)] == [97.0, 97.0]
     with pytest.raises(UsageError, match="percentile candidates must lie in"):
@@ -174,7 +175,7 @@ def test_distillation_follows_the_float_ann(small_net, monkeypatch):
 
     monkeypatch.setattr(schedule, "_run_stage", spy)
     score = iter(np.linspace(0.1, 0.9, 200))  # every epoch improves: each stage keeps its last state
-    monkeypatch.setattr(schedule, "evaluate",
+    monkeypatch.setattr(objective, "evaluate",
                         lambda n, d, batch_size=256, prefix=None: {"accuracy": next(score), "loss": 1.0})
     agree = {}
     for share in (None, 0.0, 1.0):  # None: converted stage by stage, not trained
@@ -199,11 +200,11 @@ def test_distillation_loss_mixes_task_and_match():
     y = torch.tensor([0, 2])
     out = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     ce = torch.nn.functional.cross_entropy(out, y)
-    assert torch.isclose(schedule._distill_loss(out, y, out + 3.0, True, 0.0, 4.0), ce)
-    assert float(schedule._distill_loss(out, y, out + 3.0, True, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-6)
-    half = schedule._distill_loss(out, y, torch.zeros_like(out), True, 0.5, 1.0)
+    assert torch.isclose(objective.distill_loss(out, y, out + 3.0, True, 0.0, 4.0), ce)
+    assert float(objective.distill_loss(out, y, out + 3.0, True, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    half = objective.distill_loss(out, y, torch.zeros_like(out), True, 0.5, 1.0)
     assert float(half) > 0.5 * float(ce)
-    reg = schedule._distill_loss(out, out + 1.0, out - 1.0, False, 0.25, 1.0)
+    reg = objective.distill_loss(out, out + 1.0, out - 1.0, False, 0.25, 1.0)
     assert float(reg) == pytest.approx(0.75 * 1.0 + 0.25 * 1.0)
     for bad in (TrainOptions(distill=1.5), TrainOptions(distill=0.5, distill_temperature=0.0)):
         with pytest.raises(UsageError, match="--distill"):
