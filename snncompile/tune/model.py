@@ -178,9 +178,7 @@ class TandemNet(nn.Module):
         the same quantization (they are what an ANN layer would convert to)."""
         weights, biases = self._params(self.weighted)
         lam = {name: getattr(self, f"lam_{j}").detach().cpu().numpy() for j, name in enumerate(self.layers)}
-        g = with_params(self.base, weights, biases, lam=lam, weight_bits=self.bits)
-        g.meta["tandem"] = {"stage": self.stage, "bits": self.bits, "fanin": self.fanin}
-        return g
+        return with_params(self.base, weights, biases, lam=lam, weight_bits=self.bits)
 
     def _current(self) -> tuple[Graph, dict]:
         """The integer graph and the constrained nodes' quantized real weights, re-derived
