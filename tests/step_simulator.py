@@ -12,8 +12,8 @@ a second code path to the core only for this check. So the oracle stays here, wr
 plainly and independently of the core's tricks (value forms, silent-step skipping, float32
 digits, int8 codes, the fused kernel), which is what makes the comparison worth having.
 Only the bounds that choose float32 or float64 (a matter of precision, not of what the
-integers are), the input's quantization and the result type (before and after the
-stepping under test) come from the core."""
+integers are), the argument checks, the input's quantization and the result type
+(before and after the stepping under test) come from the core."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snncompile.errors import DataError, ModelError
+from snncompile.errors import ModelError
 from snncompile.ir import (AddNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                  FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode,
                  ReshapeNode, WeightedNode)
 from snncompile.ir.structure import fanout, spike_driven
 from snncompile.sim.bounds import exact_dtypes, value_bounds
-from snncompile.sim.simulator import SimResult, quantize_input
+from snncompile.sim.simulator import SimResult, checked_run, quantize_input
 
 
 class _Plan:
@@ -190,13 +190,7 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
     ``timesteps`` overrides the graph's T (thresholds are independent of T, so the same
     network can be run for any window). ``record_spikes`` keeps every spike (memory T x N x
     neurons: for tests and conformance checks)."""
-    T = int(timesteps or graph.timesteps or 0)
-    if T < 1:
-        raise ModelError("the number of time steps must be at least 1")
-    x = np.asarray(x)
-    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(graph.input.shape):
-        raise DataError(f"input shape {tuple(x.shape[1:])} per sample does not match the model's "
-                        f"{tuple(graph.input.shape)}")
+    T, x = checked_run(graph, x, timesteps)
     dev = torch.device(device)
     plan = _Plan(graph, T, dev)
     xq_all = quantize_input(graph, x)

@@ -84,6 +84,19 @@ def quantized_input(graph: Graph, x: torch.Tensor) -> torch.Tensor:
 CHUNK_ELEMENTS = 2 ** 22
 
 
+def checked_run(graph: Graph, x: np.ndarray, timesteps: int | None) -> tuple[int, np.ndarray]:
+    """The window a run of ``graph`` on inputs ``x`` uses (``timesteps``, else the graph's),
+    and ``x`` as an array; a window below 1 or inputs of another shape are refused."""
+    T = int(timesteps or graph.timesteps or 0)
+    if T < 1:
+        raise ModelError("the number of time steps must be at least 1")
+    x = np.asarray(x)
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(graph.input.shape):
+        raise DataError(f"input shape {tuple(x.shape[1:])} per sample does not match the model's "
+                        f"{tuple(graph.input.shape)}")
+    return T, x
+
+
 def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_size: int = 256,
              record_spikes: bool = False, progress: bool = False,
              device: str | torch.device = "cpu", fused_if: bool | None = None,
@@ -99,13 +112,7 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
     rather than in torch operations; None chooses from the size of the run. ``int8_conv``:
     whether convolutions of spike codes may run on int8 kernels where this process has them
     (:mod:`.kernels.spike_conv`). Neither changes a result, only its speed."""
-    T = int(timesteps or graph.timesteps or 0)
-    if T < 1:
-        raise ModelError("the number of time steps must be at least 1")
-    x = np.asarray(x)
-    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(graph.input.shape):
-        raise DataError(f"input shape {tuple(x.shape[1:])} per sample does not match the model's "
-                        f"{tuple(graph.input.shape)}")
+    T, x = checked_run(graph, x, timesteps)
     dev = torch.device(device)
     plan = Plan(graph, T, dev, fused_if=use_fused_if(graph, T, x.shape[0], dev, fused_if), int8_conv=int8_conv)
     xq_all = quantize_input(graph, x)
