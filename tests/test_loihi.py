@@ -67,7 +67,7 @@ def _if(name, inp, theta, reset="subtract", mb=18, v_init=None):
 
 def mlp(rng) -> Graph:
     """Dense layers, input once, subtract and zero reset, v_init, per-step bias."""
-    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once", bits=6),
+    nodes = [InputNode(name="x", shape=(12,), out_scale=np.array(1.0), mode="once", bits=5),
              _dense(rng, "d1", "x", 12, 10), _if("s1", "d1", [200], v_init=[100]),
              _dense(rng, "d2", "s1", 10, 8), _if("s2", "d2", [50], reset="zero"),
              _dense(rng, "d3", "s2", 8, 3)]
@@ -78,7 +78,7 @@ def cnn(rng) -> Graph:
     """A Lava Conv from the graded input (symmetric padding), per-channel thresholds and
     initial membranes, first-step bias; a conv with asymmetric padding after a sum pool
     (both folded into one Dense); flatten."""
-    nodes = [InputNode(name="x", shape=(2, 6, 6), out_scale=np.array(1.0), mode="every_step"),
+    nodes = [InputNode(name="x", shape=(2, 6, 6), out_scale=np.array(1.0), mode="every_step", bits=7),
              _conv(rng, "c1", "x", 2, 4, padding=(1, 1, 1, 1), mode="first_step"),
              _if("s1", "c1", np.reshape([60, 80, 100, 120], (4, 1, 1)),
                  v_init=np.reshape([30, 40, 50, 60], (4, 1, 1))),
@@ -98,7 +98,7 @@ def convs(rng) -> Graph:
     w3 = _w(rng, (4, 3, 2, 2), -30, 30)
     c3 = Conv2dNode(name="c3", inputs=["s2"], weight=w3.astype(np.float32), weight_int=w3,
                     bias_int=np.arange(4, dtype=np.int64), groups=2, stride=(2, 2))
-    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once", bits=6),
+    nodes = [InputNode(name="x", shape=(1, 7, 9), out_scale=np.array(1.0), mode="once", bits=5),
              _conv(rng, "c1", "x", 1, 4, stride=(2, 1), padding=(1, 1, 1, 1), mode="first_step"),
              _if("s1", "c1", [300]), c2, _if("s2", "c2", [60]), c3]
     return Graph(nodes, ["c3"], timesteps=6)
@@ -123,7 +123,7 @@ def branches(rng) -> Graph:
 def residual(rng) -> Graph:
     """Skips over layers (a ResNet-style add, and the input straight into a deeper layer):
     the shorter branch's connection is delayed to line up."""
-    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="once", bits=6),
+    nodes = [InputNode(name="x", shape=(8,), out_scale=np.array(1.0), mode="once", bits=5),
              _dense(rng, "d1", "x", 8, 6), _if("s1", "d1", [400]),
              _dense(rng, "d2", "s1", 6, 6, lo=-10), _if("s2", "d2", [30]),
              _dense(rng, "d3", "s2", 6, 5, bias=None), _dense(rng, "skip", "s1", 6, 5, lo=0, bias=None),
@@ -135,18 +135,19 @@ def residual(rng) -> Graph:
 
 def wide_bias(rng) -> Graph:
     """Biases beyond the neuron's 13-bit mantissa (sent as graded spikes), per step and
-    first step, at depths 1 and 2."""
-    nodes = [InputNode(name="x", shape=(6,), out_scale=np.array(1.0), mode="every_step"),
+    first step (T times the bias in one step, within the 16-bit port), at depths 1 and 2."""
+    d2 = _dense(rng, "d2", "s1", 7, 5, mode="first_step")
+    d2.bias_int = np.array([5000, -5200, 300, 4500, -100])
+    nodes = [InputNode(name="x", shape=(6,), out_scale=np.array(1.0), mode="every_step", bits=7),
              _dense(rng, "d1", "x", 6, 7, bias=(-9000, 9000)), _if("s1", "d1", [9000]),
-             _dense(rng, "d2", "s1", 7, 5, mode="first_step", bias=(-20000, 20000)),
-             _if("s2", "d2", [2000], v_init=[1000]),
+             d2, _if("s2", "d2", [2000], v_init=[1000]),
              _dense(rng, "d3", "s2", 5, 3)]
     return Graph(nodes, ["d3"], timesteps=6)
 
 
 def chain_zero(rng) -> Graph:
     """What lava-dl netx can hold: a chain of dense layers with reset-to-zero neurons."""
-    nodes = [InputNode(name="x", shape=(10,), out_scale=np.array(1.0), mode="every_step"),
+    nodes = [InputNode(name="x", shape=(10,), out_scale=np.array(1.0), mode="every_step", bits=7),
              _dense(rng, "d1", "x", 10, 9), _if("s1", "d1", [150], reset="zero"),
              _dense(rng, "d2", "s1", 9, 7, lo=-10), _if("s2", "d2", [40], reset="zero"),
              _dense(rng, "d3", "s2", 7, 3)]
@@ -156,7 +157,7 @@ def chain_zero(rng) -> Graph:
 def conv_chain_zero(rng) -> Graph:
     """A convolution (stride, padding) from the image input, then dense layers: netx holds
     it with the convolution written as its dense matrix."""
-    nodes = [InputNode(name="x", shape=(2, 5, 5), out_scale=np.array(1.0), mode="every_step"),
+    nodes = [InputNode(name="x", shape=(2, 5, 5), out_scale=np.array(1.0), mode="every_step", bits=7),
              _conv(rng, "c1", "x", 2, 3, stride=(2, 2), padding=(1, 1, 1, 1)),
              _if("s1", "c1", [150], reset="zero"),
              FlattenNode(name="f", inputs=["s1"]),
@@ -222,8 +223,9 @@ def test_every_violation_is_reported_at_once():
              _conv(rng, "c", "x", 1, 2), _if("sc", "c", [50]),
              AvgPool2dNode(name="ap", inputs=["sc"], kernel=(3, 3), stride=(1, 1)),
              FlattenNode(name="fa", inputs=["ap"]),
-             DenseNode(name="d3", inputs=["fa"], weight=np.full((3, 8), 100, np.float32),
-                       weight_int=np.full((3, 8), 100, np.int32)),
+             # folded: 101 x up to 4 windows, odd, so no exponent holds it in 8 bits
+             DenseNode(name="d3", inputs=["fa"], weight=np.full((3, 8), 101, np.float32),
+                       weight_int=np.full((3, 8), 101, np.int32)),
              _if("s3", "d3", [50]),
              _dense(rng, "out", "s3", 3, 2)]
     g = _validated(Graph(nodes, ["out"], timesteps=300))
@@ -381,7 +383,8 @@ def _converted(onnx_kit, input_mode: str, rng) -> tuple[Graph, np.ndarray]:
     model = onnx_kit.model(nodes, inits, in_shape=(1, 6, 6))
     ann = import_onnx(model).graph
     x = rng.uniform(0, 1, (67, 1, 6, 6)).astype(np.float32)
-    opts = ConversionOptions(timesteps=8, weight_bits=8, membrane_bits=18, input_mode=input_mode)
+    opts = ConversionOptions(timesteps=8, weight_bits=8, membrane_bits=18, input_mode=input_mode,
+                             input_bits=6)  # 8-bit weights x 6-bit inputs fit the 16-bit port
     return convert(ann, activation_scales(model, ann, x[3:]), opts), x[:3]
 
 

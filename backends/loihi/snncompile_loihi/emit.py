@@ -1,9 +1,11 @@
 """Write a folded network as a Loihi artifact that runs with lava-nc alone.
 
     <dir>/network.json        populations, connections, outputs, time window (format below)
-    <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init},
-                              conn/<name>/weight (int8; dense: dst x src,
-                              conv: Cout x Cin/groups x kH x kW as in the IR),
+    <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init} (IR values) and
+                              pop/<name>/{vth,bias_mant} (the Lava registers),
+                              conn/<name>/weight (int8 mantissa m, the weight being
+                              m * 2^weight_exp with weight_exp in network.json; dense:
+                              dst x src, conv: Cout x Cin/groups x kH x kW as in the IR),
                               bias/<name>/bias (biases too wide for the neuron), out/<name>/bias
     <dir>/run_lava.py         the entry point (lava-nc + numpy only)
     <dir>/lava_intfire/       the IntFire process and its fixed-point model
@@ -19,10 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import limits as L
+from .encode import bias_code, delay_code, vth_code, weight_code
 from .network import Network
 
 FORMAT = "snncompile-loihi-net"
-VERSION = 1
+VERSION = 2   # 2: weight mantissas with a per-connection weight_exp; vth and bias_mant
 PACKAGE = Path(__file__).resolve().parent
 RUNNER = PACKAGE / "runner" / "run_lava.py"
 PROCESS_DIR = PACKAGE / "lava_intfire"
@@ -32,7 +36,7 @@ def network_manifest(net: Network) -> dict:
     """The JSON description of ``net`` (arrays go to params.npz)."""
     return {
         "format": FORMAT, "version": VERSION, "generator": f"snncompile-loihi {__version__}",
-        "timesteps": net.timesteps,
+        "timesteps": net.timesteps, "current_max": L.CURRENT_MAX,
         "input": {"name": net.input_name, "shape": list(net.input_shape), "mode": net.input_mode,
                   "bits": net.input_bits, "size": int(np.prod(net.input_shape))},
         "populations": [{"name": p.name, "shape": list(p.shape), "size": p.size, "depth": p.depth,
@@ -50,7 +54,7 @@ def network_manifest(net: Network) -> dict:
 
 def _connection(c) -> dict:
     d = {"name": c.name, "src": c.src, "dst": c.dst, "kind": c.kind, "shape": list(c.weight.shape),
-         "delay": c.delay}
+         "delay": delay_code(c.delay), "weight_exp": weight_code(c.weight)[1]}
     if c.kind == "conv":
         d.update({"in_shape": list(c.in_shape), "out_shape": list(c.out_shape),
                   "stride": list(c.stride), "padding": list(c.padding),
@@ -64,8 +68,10 @@ def network_arrays(net: Network) -> dict[str, np.ndarray]:
         arrays[f"pop/{p.name}/theta"] = p.theta.astype(np.int32)
         arrays[f"pop/{p.name}/bias"] = p.bias.astype(np.int32)
         arrays[f"pop/{p.name}/v_init"] = p.v_init.astype(np.int32)
+        arrays[f"pop/{p.name}/vth"] = vth_code(p.theta)
+        arrays[f"pop/{p.name}/bias_mant"] = bias_code(p.bias)
     for c in net.connections:
-        arrays[f"conn/{c.name}/weight"] = c.weight.astype(np.int8)
+        arrays[f"conn/{c.name}/weight"] = weight_code(c.weight)[0]
     for b in net.bias_sources:
         arrays[f"bias/{b.name}/bias"] = b.bias.astype(np.int64)
     for o in net.outputs:
@@ -109,13 +115,14 @@ def read_network(directory: Path) -> Network:
                 z[k + "v_init"].astype(np.int64), z[k + "bias"].astype(np.int64),
                 p["bias_first_step"], p["reset"], p["membrane_bits"]))
         for c in m["connections"]:
-            w = z[f"conn/{c['name']}/weight"].astype(np.int64)
+            w = z[f"conn/{c['name']}/weight"].astype(np.int64) << c["weight_exp"]
             conv = {} if c["kind"] != "conv" else {
                 "in_shape": tuple(c["in_shape"]), "out_shape": tuple(c["out_shape"]),
                 "stride": tuple(c["stride"]), "padding": tuple(c["padding"]),
                 "dilation": tuple(c["dilation"]), "groups": c["groups"]}
             net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
-                                              int(np.abs(w).max(initial=0)), kind=c["kind"],
+                                              int(np.abs(w).max(initial=0)) >> c["weight_exp"],
+                                              kind=c["kind"],
                                               delay=c.get("delay", 0), **conv))
         for b in m.get("bias_sources", []):
             net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],

@@ -24,7 +24,7 @@ ACT_SHIFT = 6                   # synaptic input and threshold are << 6 (MSB ali
 MEMBRANE_BITS = STATE_BITS - ACT_SHIFT          # 18: the IR width that v holds exactly
 THRESHOLD_BITS = 17             # vth is 17-bit unsigned; theta = vth + 1 <= 2^17 - 1 here
 BIAS_MANT_BITS = 13             # signed bias mantissa, used with bias_exp = 6
-CURRENT_MAX = 2 ** (STATE_BITS - 1 - ACT_SHIFT) - 1   # |input per step| before u wraps
+CURRENT_MAX = 2 ** 15 - 1       # |input per step|: LIF a_in / Dense a_out are 16-bit ports
 MESSAGE_BITS = 16               # graded input spikes (num_message_bits)
 
 DEFAULTS = {"cores": 128, "neurons_per_core": 8192, "synapses_per_core": 120_000_000 // 128,
@@ -42,7 +42,9 @@ SOURCES = {
     "delay_per_layer": ("lava-nc 0.10.0 Dense/Conv models send the previous step's buffer; skips "
                         "use DelayDense, 6-bit delays (0..63 steps)"),
     "bias": f"{LAVA_LIF}: bias_mant signed 13-bit, bias_exp 3-bit",
-    "current": f"{LAVA_LIF}: u = decay(u) + (a_in << 6) wraps at 24 bits",
+    "current": (f"{LAVA_LIF}: a_in is a 16-bit port (LavaPyType np.int16, precision=16), as is "
+                f"Dense a_out ({LAVA_DENSE}); nengo-loihi's emulator wraps its synapse "
+                "accumulator at Q_BITS = 21 plus sign, in the same << 6 units: 2^15 - 1 per step"),
     "input": "graded spikes of num_message_bits = 16 into a Dense (lava-nc Dense models)",
 }
 

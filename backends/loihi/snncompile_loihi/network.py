@@ -28,13 +28,15 @@ import numpy as np
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
                            WeightedNode)
+from snncompile.ir.structure import synapse_chains
 from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network
+
+from .encode import DELAY_MAX, bias_fits_neuron
 
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
               ConcatNode, AddNode)
-BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed neuron bias mantissa (used with bias_exp = 6)
-MAX_DENSE_ENTRIES = 2 ** 24   # largest folded matrix this lowering builds (memory bound)
-MAX_EXTRA_DELAY = 63          # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"
+MAX_DENSE_ENTRIES = 2 ** 24   # largest folded Dense matrix this lowering builds (memory bound)
+MAX_EXTRA_DELAY = DELAY_MAX   # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Connection:
     src: str
     dst: str
     weight: np.ndarray
-    ir_weight_max: int = 0          # largest |w| of the IR weighted ops folded into it
+    ir_weight_max: int = 0          # largest |mantissa| of the IR weighted ops folded into it
     kind: str = "dense"
     delay: int = 0                  # extra steps of synaptic delay (a DelayDense when > 0)
     in_shape: tuple[int, ...] = ()
@@ -198,27 +200,32 @@ def build_network(graph: Graph, timesteps: int | None = None,
         d = max((depth[p.source] for p in incoming), default=0) + 1
         depth[node.name] = d
         size = int(np.prod(node.shape))
-        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) for n in chain_ops(graph, node.name)
-                      if isinstance(n, WeightedNode)), default=0)
+        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) >> int(n.weight_exp or 0)
+                      for n in chain_ops(graph, node.name) if isinstance(n, WeightedNode)), default=0)
         for proj in incoming:
             s = proj.source
-            n_src = int(np.prod(graph[s].shape))
-            if n_src * size > MAX_DENSE_ENTRIES:
-                net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
-                                              n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
-                continue
             delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
             if delay > MAX_EXTRA_DELAY:
                 net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
                                               MAX_EXTRA_DELAY, "a shorter skip connection"))
-            conv = _as_conv(graph, node, s) if delay == 0 else None
-            net.connections.append(conv if conv is not None else Connection(
-                f"{s}->{node.name}", s, node.name, proj.matrix.toarray(), ir_max, delay=delay))
+            conv = _as_conv(graph, node, s, delay)
+            if conv is not None:
+                net.connections.append(conv)
+                continue
+            n_src = int(np.prod(graph[s].shape))
+            if n_src * size > MAX_DENSE_ENTRIES:
+                net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
+                                              n_src * size, MAX_DENSE_ENTRIES,
+                                              "feed the layer by one convolution per source (Lava's Conv "
+                                              "takes it at any size) or use a smaller layer"))
+                continue
+            net.connections.append(Connection(f"{s}->{node.name}", s, node.name,
+                                              proj.matrix.toarray(), ir_max, delay=delay))
         bias, first_step, modes = _bias(flat, node.name)
         if len(modes) > 1:
             net.problems.append(Violation(node.name, "bias modes in its synapse chain", "/".join(sorted(modes)),
                                           "one mode", "convert with one --input-mode"))
-        if isinstance(node, IFNode) and np.abs(bias).max(initial=0) > BIAS_MANT_MAX:
+        if isinstance(node, IFNode) and not bias_fits_neuron(bias):
             net.bias_sources.append(BiasSource(f"bias->{node.name}", node.name, d, bias, first_step))
             bias = np.zeros_like(bias)
         if isinstance(node, IFNode):
@@ -231,21 +238,37 @@ def build_network(graph: Graph, timesteps: int | None = None,
     return net
 
 
-def _as_conv(graph: Graph, layer: Node, src: str) -> Connection | None:
-    """A ``conv`` connection when the chain into ``layer`` is one convolution reading ``src``
-    directly with symmetric padding (what Lava's Conv process takes); None for a Dense."""
+def _as_conv(graph: Graph, layer: Node, src: str, delay: int = 0) -> Connection | None:
+    """A ``conv`` connection when the one synapse chain from ``src`` into ``layer`` is a
+    convolution reading ``src`` directly with symmetric padding, or ``src`` itself (an
+    identity skip, a 1x1 depthwise kernel of ones), optionally summed by an add: what Lava's
+    Conv takes, at any size and without a dense matrix. None for a Dense."""
     dst = layer.name
-    node = graph[layer.inputs[0]] if isinstance(layer, IFNode) else layer
-    if not (isinstance(node, Conv2dNode) and node.inputs == [src] and len(graph[src].shape) == 3):
+    chains = [c for c in synapse_chains(graph, dst) if src in c[0].inputs]
+    if len(chains) != 1 or len(graph[src].shape) != 3:
         return None
-    pt, pl, pb, pr = node.padding
+    chain = chains[0]
+    if any(not isinstance(op, AddNode) for op in chain[1:]) or chain[0].inputs.count(src) != 1:
+        return None
+    first, in_shape = chain[0], tuple(graph[src].shape)
+    if isinstance(first, AddNode):  # the source itself, added: identity
+        if tuple(layer.shape) != in_shape:
+            return None
+        c = in_shape[0]
+        return Connection(f"{src}->{dst}", src, dst, np.ones((c, 1, 1, 1), np.int64), 1, kind="conv",
+                          delay=delay, in_shape=in_shape, out_shape=in_shape, groups=c)
+    if not (isinstance(first, Conv2dNode) and first.inputs == [src]
+            and tuple(first.shape) == tuple(layer.shape)):
+        return None
+    pt, pl, pb, pr = first.padding
     if pt != pb or pl != pr:
         return None
-    w = np.asarray(node.weight_int).astype(np.int64)
-    return Connection(f"{src}->{dst}", src, dst, w, int(np.abs(w).max(initial=0)), kind="conv",
-                      in_shape=tuple(graph[src].shape), out_shape=tuple(node.shape),
-                      stride=tuple(node.stride), padding=(pt, pl),
-                      dilation=tuple(node.dilation), groups=int(node.groups))
+    w = np.asarray(first.weight_int).astype(np.int64)
+    return Connection(f"{src}->{dst}", src, dst, w,
+                      int(np.abs(w).max(initial=0)) >> int(first.weight_exp or 0), kind="conv",
+                      delay=delay, in_shape=in_shape, out_shape=tuple(first.shape),
+                      stride=tuple(first.stride), padding=(pt, pl),
+                      dilation=tuple(first.dilation), groups=int(first.groups))
 
 
 def _fix_for(node: Node) -> str:

@@ -14,19 +14,39 @@ import numpy as np
 from snncompile.plugin import Limits, Violation
 
 from . import limits as L
+from .encode import DoesNotFit, payload_code, vth_code, weight_code
 from .network import Network, bias_digits
 
 NetRule = Callable[[Network, Limits], list[Violation]]
 
 
-def _rule_folded_weights(net: Network, lim: Limits) -> list[Violation]:
+def _rule_weights(net: Network, lim: Limits) -> list[Violation]:
+    """Every connection's weights as the artifact holds them: an 8-bit mantissa and one
+    exponent per connection (:func:`~snncompile_loihi.encode.weight_code`, which the emitter
+    uses). Weights whose IR mantissa is already too wide are the generic rule's to report."""
     out = []
     for c in net.connections:
-        m = int(np.abs(c.weight).max(initial=0))
-        if m > L.WEIGHT_MAX and c.ir_weight_max <= L.WEIGHT_MAX:  # else the generic rule says it
-            out.append(Violation(c.dst, f"folded weight from '{c.src}' (|w|)", m, L.WEIGHT_MAX,
-                                 "--bits 8, and no overlapping pools or two weighted layers in a "
-                                 "row (their product needs wider weights)"))
+        try:
+            weight_code(c.weight)
+        except DoesNotFit as e:
+            if c.ir_weight_max > L.WEIGHT_MAX:
+                continue
+            folded = "folded weight" if c.kind == "dense" else "weight"
+            out.append(Violation(c.dst, f"{folded} from '{c.src}' ({e.what})", e.value, e.limit,
+                                 "--weight-exp 0 with --bits 8, and no overlapping pools or two "
+                                 "weighted layers in a row (their product needs wider weights)"))
+    return out
+
+
+def _rule_thresholds(net: Network, lim: Limits) -> list[Violation]:
+    """``vth = theta - 1`` as the emitter writes it (the generic rule bounds theta's width)."""
+    out = []
+    for p in net.populations:
+        try:
+            vth_code(p.theta)
+        except DoesNotFit as e:
+            if e.limit == 1:  # too wide is the generic threshold rule's to report
+                out.append(Violation(p.name, e.what, e.value, e.limit, "thresholds of at least 1"))
     return out
 
 
@@ -47,17 +67,18 @@ def input_bound(net: Network) -> int:
 
 
 def _rule_input_message(net: Network, lim: Limits) -> list[Violation]:
-    top = 2 ** (L.MESSAGE_BITS - 1) - 1
     out = []
-    b = input_bound(net)
-    if b > top:
+    try:
+        payload_code(np.array([input_bound(net)]))
+    except DoesNotFit as e:
         out.append(Violation(net.input_name, f"input charge per step ({L.MESSAGE_BITS}-bit graded spike)",
-                             b, top, "fewer --input-bits, fewer --timesteps, or --input-mode every_step"))
+                             e.value, e.limit, "fewer --input-bits, fewer --timesteps, or --input-mode every_step"))
     for s in net.bias_sources:
-        m = int(bias_digits(s.charge(net.timesteps))[1].max())
-        if m > top:
-            out.append(Violation(s.dst, f"bias as graded spikes ({L.MESSAGE_BITS}-bit payload)", m, top,
-                                 "fewer --timesteps or --input-mode every_step (a per-step bias)"))
+        try:
+            payload_code(bias_digits(s.charge(net.timesteps))[1])
+        except DoesNotFit as e:
+            out.append(Violation(s.dst, f"bias as graded spikes ({L.MESSAGE_BITS}-bit payload)", e.value,
+                                 e.limit, "fewer --timesteps or --input-mode every_step (a per-step bias)"))
     return out
 
 
@@ -78,8 +99,10 @@ def current_bound(net: Network, name: str) -> int:
 
 
 def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:
-    """Lava's LIF adds ``a_in << 6`` to a 24-bit current register that wraps: a step's input
-    beyond 2^17 - 1 would wrap silently, so a network whose weights allow it is refused."""
+    """A neuron's input in one step travels through 16-bit ports (Lava's LIF ``a_in`` and
+    Dense ``a_out`` are declared 16-bit; Loihi's synapse accumulator, as nengo-loihi models
+    it, holds 21 bits plus sign after the 6-bit shift): a step's input beyond 2^15 - 1 would
+    not arrive exactly, so a network whose weights allow it is refused."""
     out = []
     for p in list(net.populations) + list(net.outputs):
         b = current_bound(net, p.name)
@@ -87,7 +110,7 @@ def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:
             fix = ("--input-mode every_step (once injects T times the charge in one step), "
                    "fewer --input-bits or --bits" if net.input_mode == "once" else
                    "fewer --input-bits or --bits, or a smaller --fanin")
-            out.append(Violation(p.name, "input current per step (24-bit register)", b,
+            out.append(Violation(p.name, "input current per step (16-bit a_in port)", b,
                                  L.CURRENT_MAX, fix))
     return out
 
@@ -122,7 +145,7 @@ def _rule_cores(net: Network, lim: Limits) -> list[Violation]:
                       f"a smaller model (largest layer: '{worst}', {est[worst]} cores)")]
 
 
-NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_folded_weights, _rule_v_init,
+NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_weights, _rule_thresholds, _rule_v_init,
                                   _rule_input_message, _rule_current_register, _rule_cores)
 
 

@@ -15,11 +15,16 @@ and changes only what snncompile's semantics need:
   are discarded;
 * bias ``first_step``: the bias is applied ``window`` times over on the first step of each
   window and not on the others (the IR's ``first_step`` bias mode);
-* a diagnostic counter ``wraps``: inputs beyond the 24-bit current register (``|a_in| >
-  2^17 - 1``), which wrap instead of saturating as the reference does;
+* a diagnostic counter ``wraps``: inputs beyond ``current_max`` in one step (the 16-bit
+  ``a_in`` port Lava declares: ``2^15 - 1``), which the chip would not carry exactly;
 * membrane clamp at ``+-(v_limit << 6)``: the IR saturates at ``2^(membrane_bits-1) - 1``;
   clamping at a multiple of 64 keeps ``v`` a multiple of 64, which the ``vth = theta - 1``
   threshold mapping needs.
+
+``LoihiConv`` (below) is Lava's Conv process with a fixed-point model that applies the
+weight rules of Lava's bit-accurate Dense model (``clip_weights`` and ``truncate_weights``
+of ``lava/utils/weightutils.py``, then the ``weight_exp`` shift of the sum), which Lava's own
+``PyConvModelFixed`` skips, plus a synaptic delay of ``delay`` extra steps (as DelayDense).
 
 ``Recorder`` (below) records a port's values to a file, for reading results back quickly.
 
@@ -42,8 +47,12 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.conv import utils as conv_utils
+from lava.proc.conv.models import AbstractPyConvModel
+from lava.proc.conv.process import Conv
 from lava.proc.lif.models import AbstractPyLifModelFixed
 from lava.proc.lif.process import AbstractLIF
+from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 RESET_MODES = ("subtract", "zero")
 
@@ -52,12 +61,13 @@ class IntFire(AbstractLIF):
     """Integer IF neurons: LIF state and parameters, plus a per-neuron threshold ``vth``
     (spike when ``v > vth << 6``), a per-neuron reset value ``v_reset`` (in ``<< 6`` units),
     and the process parameters ``reset_mode``, ``window``, ``window_offset``,
-    ``bias_first_step`` and ``v_limit`` described in the module docstring."""
+    ``bias_first_step``, ``v_limit`` and ``current_max`` described in the module docstring."""
 
     def __init__(self, *, shape: ty.Tuple[int, ...], vth: np.ndarray, bias_mant: np.ndarray,
                  bias_exp: int = 6, v_reset: ty.Optional[np.ndarray] = None,
                  reset_mode: str = "subtract", window: int = 1, window_offset: int = 0,
                  bias_first_step: bool = False, v_limit: int = 2 ** 17 - 1,
+                 current_max: int = 2 ** 15 - 1,
                  du: int = 4095, dv: int = 0, name: ty.Optional[str] = None) -> None:
         if reset_mode not in RESET_MODES:
             raise ValueError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
@@ -66,7 +76,7 @@ class IntFire(AbstractLIF):
                          bias_exp=bias_exp, name=name, log_config=None,
                          reset_mode=reset_mode, window=int(window),
                          window_offset=int(window_offset), bias_first_step=bool(bias_first_step),
-                         v_limit=int(v_limit))
+                         v_limit=int(v_limit), current_max=int(current_max))
         self.vth = Var(shape=shape, init=np.asarray(vth, np.int32))
         self.v_reset = Var(shape=shape, init=v_reset)
         self.wraps = Var(shape=(1,), init=0)
@@ -91,7 +101,7 @@ class PyIntFireModelFixed(AbstractPyLifModelFixed):
         self.bias_first_step = proc_params["bias_first_step"]
         self.v_clamp = np.int32(proc_params["v_limit"]) << self.vth_shift
         self.effective_vth = 0
-        self.current_max = (1 << (self.uv_bitwidth - 1 - self.act_shift)) - 1
+        self.current_max = proc_params["current_max"]
 
     def scale_threshold(self):
         self.effective_vth = np.left_shift(self.vth, self.vth_shift)
@@ -124,6 +134,50 @@ class PyIntFireModelFixed(AbstractPyLifModelFixed):
         spikes = self.spiking_activation()
         self.reset_voltage(spike_vector=spikes)
         self.s_out.send(spikes)
+
+
+class LoihiConv(Conv):
+    """Lava's Conv with ``delay`` extra steps of synaptic delay (0..63, as DelayDense)."""
+
+    def __init__(self, *, delay: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delay = Var(shape=(1,), init=int(delay))
+
+
+@implements(proc=LoihiConv, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyLoihiConvModelFixed(AbstractPyConvModel):
+    """Conv with the synapse arithmetic of Lava's bit-accurate Dense model: weights clipped to
+    8 bits by sign mode and their low bits truncated (mixed sign: one bit) before use, the
+    sum shifted by ``weight_exp``; sent ``1 + delay`` steps after it arrived. Ports and
+    weight as in Lava's ``PyConvModelFixed``, but ``a_out`` 16-bit like Dense's."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=16)
+    a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    delay: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=6)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.fifo = None
+
+    def run_spk(self) -> None:
+        if self.fifo is None:
+            sign_mode = determine_sign_mode(self.weight)
+            self.weight = clip_weights(self.weight, sign_mode, num_bits=8)
+            self.weight = truncate_weights(self.weight, sign_mode, int(self.num_weight_bits.item()))
+            self.fifo = [np.zeros(self.a_out.shape, np.int32)] * (int(self.delay.item()) + 1)
+        self.a_out.send(self.fifo.pop(0))
+        s_in = self.s_in.recv()
+        if self.num_message_bits.item() == 0:
+            s_in = s_in.astype(bool)
+        acc = conv_utils.conv(s_in, self.weight, self.kernel_size, self.stride, self.padding,
+                              self.dilation, self.groups[0]).astype(np.int64)
+        exp = int(self.weight_exp.item())
+        acc = np.left_shift(acc, exp) if exp > 0 else np.right_shift(acc, -exp)
+        self.fifo.append(acc.astype(np.int32))
 
 
 class Recorder(AbstractProcess):

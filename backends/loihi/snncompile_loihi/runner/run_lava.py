@@ -12,9 +12,11 @@ register (results may then differ from the reference), all on the reference time
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
 populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
-8-bit weights (``weights = 2 w``, ``weight_exp = -1``), a DelayDense where a shorter branch joins a longer one, biases wider than the neuron's
-13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (kernel flipped
-and transposed to Lava's layout), the input as graded spikes from a
+weights ``m * 2^e`` (8-bit mantissa m: ``weights = 2 m``, ``weight_exp = e - 1``), a DelayDense
+where a shorter branch joins a longer one, biases wider than the neuron's
+13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (``LoihiConv``:
+the same weight rules, kernel flipped and transposed to Lava's layout, optionally delayed),
+the input as graded spikes from a
 RingBuffer (``num_message_bits = 16``), and every output read from its Dense by a Recorder
 (``lava_intfire/intfire.py``) that saves what it received to a file at the last step. Samples run back to back, ``T`` steps each with no gap: every population resets
 its state at the start of its own window (offset by its depth, one step per connection).
@@ -84,15 +86,18 @@ def bias_digits(charge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) -> None:
-    """A Lava Conv between flat populations. Lava lays images out (W, H, C) and computes a
+    """A Conv (``LoihiConv``: Lava's Conv with the Dense weight rules, a weight exponent and
+    a delay) between flat populations. Lava lays images out (W, H, C) and computes a
     true convolution with weights (Cout, kW, kH, Cin): flip the (cross-correlation) kernel
-    in space and transpose it; views of the ports reorder the flat (C, H, W) neurons."""
+    in space and transpose it; views of the ports reorder the flat (C, H, W) neurons.
+    ``w`` is the weight mantissa: passed as ``2 w`` with ``weight_exp - 1``, as for Dense."""
     c_in, h_in, w_in = c["in_shape"]
     c_out, h_out, w_out = c["out_shape"]
     kernel = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
-    conv = Conv(weight=kernel, input_shape=(w_in, h_in, c_in), padding=tuple(c["padding"][::-1]),
-                stride=tuple(c["stride"][::-1]), dilation=tuple(c["dilation"][::-1]),
-                groups=c["groups"], num_message_bits=bits, name=c["name"])
+    conv = Conv(weight=2 * kernel, weight_exp=c["weight_exp"] - 1, input_shape=(w_in, h_in, c_in),
+                padding=tuple(c["padding"][::-1]), stride=tuple(c["stride"][::-1]),
+                dilation=tuple(c["dilation"][::-1]), groups=c["groups"], num_message_bits=bits,
+                delay=c.get("delay", 0), name=c["name"])
     src_port.reshape((c_in, h_in, w_in)).transpose([2, 1, 0]).connect(conv.s_in)
     conv.a_out.transpose([2, 1, 0]).reshape((c_out * h_out * w_out,)).connect(dst_port)
 
@@ -102,10 +107,9 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     """Create the Lava processes; returns (source, populations, output files, spike files).
     Recorders write each output's current and each layer's spikes to .npy files in ``tmp``."""
     sys.path.insert(0, HERE)
-    from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer as Source
-    from lava_intfire.intfire import IntFire, Recorder
+    from lava_intfire.intfire import IntFire, LoihiConv, Recorder
 
     files = []
 
@@ -120,11 +124,12 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     pops = {}
     for p in net["populations"]:
         name, size = p["name"], p["size"]
-        pop = IntFire(shape=(size,), vth=params[f"pop/{name}/theta"] - 1,
-                      bias_mant=params[f"pop/{name}/bias"], bias_exp=6,
+        pop = IntFire(shape=(size,), vth=params[f"pop/{name}/vth"],
+                      bias_mant=params[f"pop/{name}/bias_mant"], bias_exp=6,
                       v_reset=params[f"pop/{name}/v_init"] * 64, reset_mode=p["reset"],
                       window=T, window_offset=(1 + p["depth"]) % T,
-                      bias_first_step=p["bias_first_step"], v_limit=p["v_limit"], name=name)
+                      bias_first_step=p["bias_first_step"], v_limit=p["v_limit"],
+                      current_max=net["current_max"], name=name)
         ports[name] = pop.s_out
         pops[name] = pop
         targets[name] = pop.a_in
@@ -152,15 +157,15 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
         w = params[f"conn/{c['name']}/weight"].astype(np.int32)
         bits = MESSAGE_BITS if graded else 0
         if c["kind"] == "conv":
-            conv_connect(c, w, bits, ports[c["src"]], targets[c["dst"]], Conv)
+            conv_connect(c, w, bits, ports[c["src"]], targets[c["dst"]], LoihiConv)
         else:
-            delay = c.get("delay", 0)
+            delay, exp = c.get("delay", 0), c["weight_exp"] - 1
             if delay:  # a skip over shorter branches: DelayDense adds `delay` steps
                 dense = DelayDense(weights=2 * w, delays=np.full(w.shape, delay, dtype=int),
-                                   max_delay=delay, weight_exp=-1, num_message_bits=bits,
+                                   max_delay=delay, weight_exp=exp, num_message_bits=bits,
                                    name=c["name"])
             else:
-                dense = Dense(weights=2 * w, weight_exp=-1, num_message_bits=bits, name=c["name"])
+                dense = Dense(weights=2 * w, weight_exp=exp, num_message_bits=bits, name=c["name"])
             ports[c["src"]].connect(dense.s_in)
             dense.a_out.connect(targets[c["dst"]])
     return source, pops, out_sinks, spike_sinks
