@@ -480,3 +480,289 @@ def test_conformance_kit_on_lava(tmp_path):
     assert "maxpool2d" in report.skipped["maxpool_counts"][0]
     assert "current per step" in report.skipped["membrane_saturation"][0]
     assert sorted(report.passed) == sorted(set(zoo_names()) - set(report.skipped))
+
+
+# --- one truth for limits and lowering: the edge of every quantity, on Lava ----------------------
+
+def _chain(x: InputNode, weights: list[np.ndarray], theta: list[int], T: int, exps=None,
+           biases=None) -> Graph:
+    """x -> dense -> IF -> ... -> dense output, with the given integer weights (and IR weight
+    exponents: the weights are the full values m * 2^e)."""
+    nodes, prev = [x], x.name
+    exps = exps or [0] * len(weights)
+    biases = biases or [None] * len(weights)
+    for i, (w, e, b) in enumerate(zip(weights, exps, biases)):
+        w = np.asarray(w, np.int32)
+        nodes.append(DenseNode(name=f"d{i}", inputs=[prev], weight=w.astype(np.float32), weight_int=w,
+                               weight_exp=e, bias_int=None if b is None else np.asarray(b, np.int64)))
+        prev = f"d{i}"
+        if i < len(theta):
+            nodes.append(_if(f"s{i}", prev, [theta[i]]))
+            prev = f"s{i}"
+    return _validated(Graph(nodes, [prev], timesteps=T))
+
+
+def _weight_exp_net() -> tuple[Graph, np.ndarray]:
+    """Mantissas +-127 with exponent 2 (values +-508, as --weight-exp 2 gives), in every sign
+    mode: exact as weights 2m, weight_exp 1."""
+    rng = np.random.default_rng(10)
+    x = InputNode(name="x", shape=(4,), out_scale=np.array(1.0), mode="every_step", bits=5)
+    w1 = rng.choice([-127, 127, -3, 5], (6, 4)) * 4
+    w2 = np.abs(rng.choice([-127, 127, 1, -1], (4, 6))) * 4
+    w3 = -np.abs(rng.choice([-127, 127, 1, -1], (3, 4))) * 4
+    g = _chain(x, [w1, w2, w3], [400, 300], T=5, exps=[2, 2, 2])
+    return g, rng.integers(-15, 16, (2, 4)).astype(np.float64)
+
+
+def _edge_weights(fits: bool) -> tuple[Graph, np.ndarray]:
+    """Two dense layers in a row fold into one matrix: 127 x 4 = 508 is mantissa 127 with
+    exponent 2; 127 x 4 + 1 = 509 needs exponent 3 but is odd (its low bits would be lost)."""
+    x = InputNode(name="x", shape=(1,), out_scale=np.array(1.0), mode="every_step", bits=6)
+    w0, w1 = np.array([[127], [1]], np.int32), np.array([[4, 1 if not fits else 0]], np.int32)
+    nodes = [x, DenseNode(name="a", inputs=["x"], weight=w0.astype(np.float32), weight_int=w0),
+             DenseNode(name="b", inputs=["a"], weight=w1.astype(np.float32), weight_int=w1),
+             _if("s0", "b", [1000]), _dense(np.random.default_rng(0), "out", "s0", 1, 2)]
+    return _validated(Graph(nodes, ["out"], timesteps=4)), np.array([[31.0], [-7.0]])
+
+
+def _edge_threshold(fits: bool) -> tuple[Graph, np.ndarray]:
+    """theta = 2^17 - 1 (vth = 2^17 - 2) is reached within the window; 2^17 is refused."""
+    x = InputNode(name="x", shape=(2,), out_scale=np.array(1.0), mode="every_step", bits=8)
+    theta = 2 ** 17 - 1 if fits else 2 ** 17
+    g = _chain(x, [[[127, 127]] * 2, [[1, 1]]], [theta], T=10)
+    return g, np.array([[127.0, 127.0], [100.0, -3.0]])
+
+
+def _edge_current(fits: bool) -> tuple[Graph, np.ndarray]:
+    """A step's input of exactly 2^15 - 1 (31 x 1057) arrives intact; one more is refused."""
+    x = InputNode(name="x", shape=(9,), out_scale=np.array(1.0), mode="every_step", bits=6)
+    row = [127] * 8 + [41 if fits else 42]
+    g = _chain(x, [[row, [-r for r in row]], [[1, 1]]], [20000], T=4)
+    return g, np.array([[31.0] * 9, [-31.0] * 9])
+
+
+def _edge_payload(fits: bool) -> tuple[Graph, np.ndarray]:
+    """Input once: T x the level in one graded spike, 4095 x 8 = 32760 fits 16 bits; T = 9 does not."""
+    x = InputNode(name="x", shape=(1,), out_scale=np.array(1.0), mode="once", bits=13)
+    g = _chain(x, [[[1]], [[1]]], [3000], T=8 if fits else 9)
+    return g, np.array([[4095.0], [-4095.0]])
+
+
+def _edge_bias(fits: bool) -> tuple[Graph, np.ndarray]:
+    """Biases: 4095 in the neuron's bias_mant, 32767 - 127 as graded spikes beside an input of
+    127 (the port's 2^15 - 1 in one step); one more is refused."""
+    x = InputNode(name="x", shape=(1,), out_scale=np.array(1.0), mode="every_step", bits=8)
+    g = _chain(x, [[[1], [1]], [[1, 1]]], [40000], T=4,
+               biases=[[4095, 32640 if fits else 32641], None])
+    return g, np.array([[127.0], [-127.0]])
+
+
+EDGES = {"weights": _edge_weights, "threshold": _edge_threshold, "current": _edge_current,
+         "payload": _edge_payload, "bias": _edge_bias}
+REFUSED_AS = {"weights": {"folded weight"}, "threshold": {"threshold"},
+              "current": {"input current per step"}, "bias": {"input current per step"},
+              # T x the level is both the graded spike and the current it brings in one step
+              "payload": {"input charge per step", "input current per step"}}
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+def test_first_value_past_each_edge_is_refused(name):
+    g, _ = EDGES[name](False)
+    found = get_backend("loihi").check(g)
+    assert {v.quantity.split(" (")[0].split(" from")[0] for v in found} == REFUSED_AS[name], found
+    g, _ = EDGES[name](True)
+    assert get_backend("loihi").check(g) == []
+
+
+def test_emitted_values_are_the_checked_encodings(tmp_path):
+    """The artifact holds mantissas and exponents (not wrapped int8 weights), vth and bias_mant."""
+    g, _ = _weight_exp_net()
+    get_backend("loihi").lower(g, tmp_path)
+    net = json.loads((tmp_path / "network.json").read_text())
+    assert [c["weight_exp"] for c in net["connections"]] == [2, 2, 2]
+    with np.load(tmp_path / "params.npz") as z:
+        np.testing.assert_array_equal(z["conn/x->s0/weight"].astype(np.int64) * 4, g["d0"].weight_int)
+        assert z["pop/s0/vth"][0] == 399
+    assert net["current_max"] == 2 ** 15 - 1
+
+
+@needs_lava
+@pytest.mark.parametrize("name", sorted(EDGES))
+def test_largest_accepted_value_is_exact_on_lava(name, tmp_path):
+    g, x = EDGES[name](True)
+    ref, _ = _assert_bit_exact(g, x, tmp_path, record_spikes=False)
+    if name == "threshold":  # the edge is reached, not only allowed
+        assert simulate(g, x, record_spikes=True).spikes["s0"].sum() > 0
+
+
+@needs_lava
+def test_weight_exp_build_is_exact_on_lava(tmp_path):
+    """--weight-exp 2 weights (their int8 cast used to wrap) are exact on Lava."""
+    g, x = _weight_exp_net()
+    _assert_bit_exact(g, x, tmp_path)
+
+
+@needs_lava
+def test_delay_edge_on_lava():
+    """63 extra steps (the longest skip check accepts) through the DelayDense the runner builds."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import DelayDense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from snncompile_loihi.encode import DELAY_MAX, DoesNotFit, delay_code
+
+    with pytest.raises(DoesNotFit):
+        delay_code(DELAY_MAX + 1)
+    d = delay_code(DELAY_MAX)
+    data = np.zeros((1, 70), np.int32)
+    data[0, 0] = 1
+    src = Source(data=data)
+    dense = DelayDense(weights=np.array([[2 * 5]]), delays=np.array([[d]]), max_delay=d,
+                       weight_exp=-1)
+    sink = Sink(shape=(1,), buffer=70)
+    src.s_out.connect(dense.s_in)
+    dense.a_out.connect(sink.a_in)
+    try:
+        src.run(condition=RunSteps(num_steps=70), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        got = np.asarray(sink.data.get())[0]
+    finally:
+        src.stop()
+    assert got[1 + d] == 5 and np.count_nonzero(got) == 1, got  # sent at step 1, +1, +63
+
+
+# --- convolutions at their real size ---------------------------------------------------------------
+
+def _cifar_conv(rng, name, inp, cin, cout, stride=(1, 1), lo=-30, hi=30):
+    w = _w(rng, (cout, cin, 3, 3), lo, hi)
+    return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w,
+                      bias_int=rng.integers(-5, 6, cout).astype(np.int64), stride=stride,
+                      padding=(1, 1, 1, 1))
+
+
+def cifar_allconv(rng) -> Graph:
+    """A CIFAR-size all-convolutional CNN (3x32x32 input, 27,648 IF neurons): no dense matrix."""
+    x = InputNode(name="x", shape=(3, 32, 32), out_scale=np.array(1.0), mode="every_step", bits=6)
+    nodes = [x, _cifar_conv(rng, "c1", "x", 3, 16, lo=-15, hi=20), _if("s1", "c1", [300]),
+             _cifar_conv(rng, "c2", "s1", 16, 32, stride=(2, 2)), _if("s2", "c2", [60]),
+             _cifar_conv(rng, "c3", "s2", 32, 32, stride=(2, 2)), _if("s3", "c3", [60]),
+             _cifar_conv(rng, "c4", "s3", 32, 10, stride=(2, 2)), _if("s4", "c4", [40]),
+             FlattenNode(name="f", inputs=["s4"]), _dense(rng, "out", "f", 160, 10)]
+    return _validated(Graph(nodes, ["out"], timesteps=4))
+
+
+def cifar_resnet(rng) -> Graph:
+    """A CIFAR-size residual network: an identity skip over two conv layers (a delayed Conv)
+    and a 1x1 projection skip, as ResNet blocks have."""
+    w_proj = _w(rng, (32, 16, 1, 1), -30, 30)
+    nodes = [InputNode(name="x", shape=(3, 32, 32), out_scale=np.array(1.0), mode="every_step", bits=6),
+             _cifar_conv(rng, "c1", "x", 3, 16, lo=-15, hi=20), _if("s1", "c1", [300]),
+             _cifar_conv(rng, "c2", "s1", 16, 16), _if("s2", "c2", [60]),
+             _cifar_conv(rng, "c3", "s2", 16, 16, hi=40),
+             AddNode(name="a3", inputs=["c3", "s1"]), _if("s3", "a3", [60]),
+             _cifar_conv(rng, "c4", "s3", 16, 32, stride=(2, 2)), _if("s4", "c4", [60]),
+             _cifar_conv(rng, "c5", "s4", 32, 32),
+             Conv2dNode(name="p5", inputs=["s3"], weight=w_proj.astype(np.float32), weight_int=w_proj,
+                        stride=(2, 2)),
+             AddNode(name="a5", inputs=["c5", "p5"]), _if("s5", "a5", [60]),
+             _cifar_conv(rng, "c6", "s5", 32, 8, stride=(4, 4)), _if("s6", "c6", [40]),
+             FlattenNode(name="f", inputs=["s6"]), _dense(rng, "out", "f", 8 * 4 * 4, 10)]
+    return _validated(Graph(nodes, ["out"], timesteps=4))
+
+
+@pytest.mark.parametrize("build", [cifar_allconv, cifar_resnet])
+def test_cifar_size_lowers_to_conv_processes(build, tmp_path):
+    g = build(np.random.default_rng(11))
+    assert get_backend("loihi").check(g) == []
+    get_backend("loihi").lower(g, tmp_path)
+    net = json.loads((tmp_path / "network.json").read_text())
+    kinds = [(c["kind"], c["delay"]) for c in net["connections"]]
+    assert sum(1 for k, _ in kinds if k == "conv") == len(kinds) - 1  # all but the classifier
+    if build is cifar_resnet:
+        assert ("conv", 1) in kinds  # the identity skip, delayed one step
+
+
+@needs_lava
+@pytest.mark.parametrize("build", [cifar_allconv, cifar_resnet])
+def test_cifar_size_is_bit_exact_on_lava(build, tmp_path):
+    rng = np.random.default_rng(12)
+    g = build(rng)
+    x = rng.integers(0, 32, (2, 3, 32, 32)).astype(np.float64)
+    _, got = _assert_bit_exact(g, x, tmp_path)
+    assert got.stats["samples"] == 2
+
+
+# --- property: whatever check passes is exact on Lava ----------------------------------------------
+
+def _random_graph(seed: int) -> Graph:
+    """A small random graph: dense or conv layers, weight exponents, resets, input modes,
+    bits, odd weights and sign modes, thresholds; it may or may not fit."""
+    rng = np.random.default_rng(seed)
+    mode = str(rng.choice(["once", "every_step"]))
+    conv = bool(rng.integers(2))
+    x = InputNode(name="x", shape=(2, 5, 5) if conv else (7,), out_scale=np.array(1.0), mode=mode,
+                  bits=int(rng.integers(4, 9)))
+    nodes, prev, shape = [x], "x", x.shape
+    for i in range(int(rng.integers(1, 4))):
+        e = int(rng.integers(0, 3))
+        top = int(rng.choice([5, 40, 127]))
+        sign = rng.choice([-1, 1]) if rng.random() < 0.3 else None  # one sign mode, or mixed
+        if conv and len(shape) == 3:
+            cout = int(rng.integers(2, 5))
+            w = rng.integers(-top, top + 1, (cout, shape[0], 3, 3))
+            w = (np.abs(w) * sign if sign is not None else w) << e
+            n = Conv2dNode(name=f"w{i}", inputs=[prev], weight=w.astype(np.float32),
+                           weight_int=w.astype(np.int32), weight_exp=e, padding=(1, 1, 1, 1),
+                           bias_int=rng.integers(-50, 50, cout), stride=(1, 1) if i else (2, 2),
+                           bias_mode="first_step" if mode == "once" else "every_step")
+        else:
+            if len(shape) > 1:
+                nodes.append(FlattenNode(name=f"f{i}", inputs=[prev]))
+                prev, shape = f"f{i}", (int(np.prod(shape)),)
+            nout = int(rng.integers(3, 8))
+            w = rng.integers(-top, top + 1, (nout, shape[0]))
+            w = (np.abs(w) * sign if sign is not None else w) << e
+            n = DenseNode(name=f"w{i}", inputs=[prev], weight=w.astype(np.float32),
+                          weight_int=w.astype(np.int32), weight_exp=e,
+                          bias_int=rng.integers(-50, 50, nout),
+                          bias_mode="first_step" if mode == "once" else "every_step")
+        nodes.append(n)
+        theta = int(rng.integers(1, 4)) * top * (1 << e) * int(rng.choice([1, 4]))
+        nodes.append(_if(f"s{i}", n.name, [theta], reset=str(rng.choice(["subtract", "zero"]))))
+        prev = f"s{i}"
+        shape = tuple(Graph(nodes, [prev]).validate() or Graph(nodes, [prev])[prev].shape)
+    if len(shape) > 1:
+        nodes.append(FlattenNode(name="fo", inputs=[prev]))
+        prev, shape = "fo", (int(np.prod(shape)),)
+    w = rng.integers(-20, 21, (3, shape[0]))
+    nodes.append(DenseNode(name="out", inputs=[prev], weight=w.astype(np.float32),
+                           weight_int=w.astype(np.int32)))
+    return _validated(Graph(nodes, ["out"], timesteps=int(rng.integers(3, 7))))
+
+
+@needs_lava
+def test_random_graphs_that_check_passes_are_exact_on_lava(tmp_path):
+    """Seeded random small graphs: each one check accepts runs bit-exact on Lava (spikes of
+    every layer, outputs, no port overflow); enough of them are accepted to mean something."""
+    accepted = 0
+    for seed in range(12):
+        g = _random_graph(seed)
+        if get_backend("loihi").check(g):
+            continue
+        accepted += 1
+        rng = np.random.default_rng(seed)
+        x = rng.integers(-200, 200, (2,) + tuple(g.input.shape)).astype(np.float64)
+        ref = simulate(g, x, record_spikes=True)
+        b = get_backend("loihi")
+        d = tmp_path / str(seed)
+        d.mkdir()
+        b.lower(g, d)
+        got = b.run(d, quantize_input(g, x), record_spikes=True)
+        for k, acc in ref.output_acc.items():
+            np.testing.assert_array_equal(got.output_acc[k], acc, err_msg=f"seed {seed} output {k}")
+        for k, s in ref.spikes.items():
+            np.testing.assert_array_equal(got.spikes[k], s, err_msg=f"seed {seed} spikes of {k}")
+        assert not any(got.stats["current_wraps"].values())
+        if accepted == 5:
+            break
+    assert accepted >= 4
