@@ -3,10 +3,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DIGITS := examples/digits
+# lava-dl's netx reader, for the tests only (tests/test_loihi.py loads netx.h5 with it):
+# lava-dl 0.6.0 pins torch 2.3, so it is never a dependency; it goes without its dependencies
+# into a folder of its own that only that test puts on sys.path.
+NETX_READER := $(VENV)/lava-dl
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NETX_READER)/.installed
 
 # The built-in backends are plugin packages of their own, installed editable next to the core.
 BACKENDS := backends/netlist backends/cyclesim backends/nir
@@ -22,6 +26,11 @@ $(STAMP): setup.cfg pyproject.toml $(addsuffix /pyproject.toml,$(BACKENDS) $(LOI
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,loihi]" $(addprefix -e ,$(BACKENDS))
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e $(LOIHI)
 	@touch $(STAMP)
+
+$(NETX_READER)/.installed: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+	  --target $(NETX_READER) lava-dl==0.6.0
+	@touch $@
 
 $(DIGITS)/data/digits_cnn.onnx: $(STAMP) $(DIGITS)/train.py
 	$(PY) $(DIGITS)/train.py --out $(DIGITS)/data

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -466,6 +469,74 @@ def test_netx_neuron_mapping_is_exact_with_stock_lif(tmp_path, make):
     for k, (name, data) in enumerate(zip(["s1", "s2"], got), start=1):
         np.testing.assert_array_equal(data[:, k:k + T].T, ref.spikes[name][:, 0].reshape(T, -1),
                                       err_msg=name)
+
+
+NETX_READER = Path(os.environ.get("SNNCOMPILE_LAVA_DL", Path(sys.prefix) / "lava-dl"))
+
+
+def _import_netx(monkeypatch):
+    """lava-dl's own netx reader, from the folder ``make setup`` installs lava-dl 0.6.0 into
+    without its dependencies (it pins torch 2.3, so it is never a dependency of ours). netx
+    needs one module of slayer (``slayer.neuron.rf``); slayer's ``__init__`` imports OpenCV
+    for object detection, so slayer and slayer.neuron enter as bare packages and only the
+    modules netx imports run."""
+    slayer = NETX_READER / "lava" / "lib" / "dl" / "slayer"
+    if not slayer.is_dir():
+        pytest.skip(f"lava-dl's netx reader is not in {NETX_READER}: run 'make setup'")
+    monkeypatch.syspath_prepend(str(NETX_READER))
+    for name, path in (("lava.lib.dl.slayer", slayer), ("lava.lib.dl.slayer.neuron", slayer / "neuron")):
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]
+        monkeypatch.setitem(sys.modules, name, module)
+    from lava.lib.dl import netx
+    return netx
+
+
+@needs_lava
+@pytest.mark.parametrize("make", [chain_zero, conv_chain_zero])
+def test_netx_file_is_exact_with_lava_dl_reader(tmp_path, monkeypatch, make):
+    """Load netx.h5 with lava-dl's netx.hdf5.Network (input_message_bits=16, reset_interval=T,
+    reset_offset=1), run two samples back to back: every hidden layer's spikes and the
+    output accumulators (the last block's v >> 6 at the window's last step) are the
+    reference's, bit for bit."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.monitor.process import Monitor
+
+    netx = _import_netx(monkeypatch)
+    rng = np.random.default_rng(7)
+    g = _validated(make(rng))
+    x, T, n = _inputs(rng, g, 2), g.timesteps, 2
+    ref = simulate(g, x, record_spikes=True)
+    get_backend("loihi").lower(g, tmp_path)
+    net = netx.hdf5.Network(net_config=str(tmp_path / "netx.h5"), input_message_bits=16,
+                            reset_interval=T, reset_offset=1)
+    L = len(net.layers)
+    steps = n * T + L
+    cols = np.zeros((int(np.prod(g.input.shape)), steps), np.int32)
+    cols[:, :n * T] = np.repeat(quantize_input(g, x).reshape(n, -1).T, T, axis=1)
+    src = Source(data=cols)
+    src.s_out.connect(net.inp)
+    sinks = []
+    for layer in net.layers[:-1]:
+        sinks.append(Sink(shape=layer.out.shape, buffer=steps))
+        layer.out.connect(sinks[-1].a_in)
+    mon = Monitor()
+    mon.probe(net.layers[-1].neuron.v, steps)
+    try:
+        net.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        spikes = [np.asarray(s.data.get()) for s in sinks]
+        v = next(iter(next(iter(mon.get_data().values())).values()))
+    finally:
+        net.stop()
+    for k, (name, data) in enumerate(zip(["s1", "s2"], spikes), start=1):  # block k-1 at delay k
+        got = data[:, k:k + n * T].reshape(-1, n, T).transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, ref.spikes[name].reshape(T, n, -1), err_msg=name)
+        assert ref.spikes[name].sum() > 0
+    out = v[[L + i * T + T - 1 for i in range(n)]].astype(np.int64) // 64
+    np.testing.assert_array_equal(out, ref.output_acc["d3"])
 
 
 @pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")

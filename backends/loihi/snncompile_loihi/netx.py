@@ -7,8 +7,17 @@ vThMant``, ``bias_exp = 6``). The stock LIF resets to zero, so a network fits ne
 
 * it is a chain: every population has exactly one incoming connection, from the one before;
 * every IF layer resets to zero, starts at v = 0, has one threshold per layer and a per-step
-  bias (netx has no subtract reset, initial membrane, per-channel threshold or first-step
-  bias);
+  bias within the 13-bit ``bias_mant`` (netx has no subtract reset, initial membrane,
+  per-channel threshold, first-step bias or wider bias; its LIF and LIFReset take one ``vth``);
+* every weight is an 8-bit integer (exponent 0): netx's reader re-quantizes weights itself
+  (``netx.utils.optimize_weight_bits``, which clips beyond 254);
+* the output accumulator stays within ``vThMant = 2^17 - 1`` over the window (else its neuron
+  would spike and reset), from the same per-step bound ``check`` uses;
+* no connection's dense matrix exceeds 2^24 entries (written as dense blocks).
+
+netx's neuron types are CUBA/LOIHI (LIF, LIFReset: reset to zero), SDNN (sigma-delta) and
+resonators: none resets by subtraction, snncompile's default, so a default build has no
+``netx.h5`` and ``netx-unsupported.txt`` says why.
 
 Each population becomes a ``dense`` layer with its folded integer weights (shape stored as
 ``[size]``, flat in the IR's row-major order; a convolution is written as the dense matrix it
@@ -16,10 +25,13 @@ is, as :func:`snncompile.plugin.flatten_network` composes it) and a ``CUBA`` neu
 (current lasts one step: ``du = 4095``), ``vDecay = 0`` (no leak) and ``vThMant = theta -
 1`` (LIF spikes on ``v > vth``, the IR on ``v >= theta``). The output accumulator has no
 netx equivalent; it is written as a last ``dense`` layer whose neurons never spike (``vThMant
-= 2^17 - 1``): read its voltage. The input enters layer 0 as graded spikes (load with
-``has_graded_input=True``); with input ``once``, its charge is T times the level at the
-first step. The file is written with h5py only; lava-dl is not needed (nor installed here:
-lava-dl 0.6.0 pins torch 2.3), so loading it with netx is not tested in this repository.
+= 2^17 - 1``): read its voltage (``v >> 6`` at the window's last step). The input enters
+layer 0 as graded spikes; with input ``once``, its charge is T times the level at the first
+step. Load it with ``netx.hdf5.Network(net_config=path, input_message_bits=16,
+reset_interval=T, reset_offset=1)``: netx resets block ``i`` at ``reset_offset + 1 + i``
+(Lava counts from 1), and block ``i`` receives the window's first input at step ``i + 2``.
+The file is written with h5py only; lava-dl 0.6.0 pins torch 2.3, so it is never a runtime
+dependency (``make setup`` puts its source beside the venv for the tests only).
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ import numpy as np
 
 from snncompile.plugin import FlatNetwork
 
-from .network import Network
+from .encode import WEIGHT_MANT_MAX, bias_fits_neuron
+from .network import MAX_DENSE_ENTRIES, Network
+from .rules import current_bound
 
 VTH_MAX = 2 ** 17 - 1
 
@@ -47,10 +61,26 @@ def netx_problems(net: Network) -> list[str]:
         prev = p.name
         if any(c.delay for c in inc):
             why.append(f"'{p.name}' has a delayed (skip) connection")
+        for c in inc:
+            if int(np.abs(c.weight).max(initial=0)) > WEIGHT_MANT_MAX:
+                why.append(f"'{p.name}' has weights beyond +-{WEIGHT_MANT_MAX} (a weight exponent or "
+                           "folded weights; netx re-quantizes and clips them)")
+            src_size = int(np.prod(net.input_shape)) if c.src == net.input_name else next(
+                (q.size for q in net.populations if q.name == c.src), 0)
+            if src_size * p.size > MAX_DENSE_ENTRIES:
+                why.append(f"'{p.name}' would need a dense block of {src_size * p.size} entries "
+                           f"(more than {MAX_DENSE_ENTRIES}; netx conv blocks are not written)")
     for b in net.bias_sources:
         why.append(f"'{b.dst}' has a bias wider than the 13-bit mantissa (sent as graded spikes here)")
     if len(net.outputs) != 1:
         why.append("netx networks have one output")
+    for o in net.outputs:
+        top = net.timesteps * (current_bound(net, o.name) + int(np.abs(o.bias).max(initial=0)))
+        if top > VTH_MAX:
+            why.append(f"the output '{o.name}' can accumulate {top} over the window, beyond the "
+                       f"largest threshold {VTH_MAX} of the never-spiking neuron that holds it")
+        if not bias_fits_neuron(o.bias):
+            why.append(f"the output '{o.name}' has a bias wider than the 13-bit mantissa")
     for p in net.populations:
         if p.reset != "zero":
             why.append(f"'{p.name}' resets by subtraction (netx's LIF resets to zero)")
