@@ -244,10 +244,11 @@ def test_broken_plugins_are_named_and_do_not_hide_others(digits, tmp_path, monke
 def test_headline_loihi_command_end_to_end(digits, tmp_path):
     """The mission's command: convert for Loihi under 8-bit weights and fan-in 64 with
     progressive tandem learning (a short budget), then run the artifact on Lava's fixed_pt
-    simulator: bit-exact with the reference, and the accuracy evaluate reports."""
+    simulator: bit-exact with the reference, and the accuracy evaluate reports. 6-bit inputs:
+    8-bit weights times 8-bit inputs would pass the 16-bit input port of Loihi's neurons."""
     out = tmp_path / "loihi"
     r = convert(digits, out, "--target", "loihi", "--bits", "8", "--fanin", "64", "-T", "8",
-                "--membrane-bits", "18", "--input-mode", "every_step", "--train",
+                "--membrane-bits", "18", "--input-mode", "every_step", "--input-bits", "6", "--train",
                 str(digits / "train.npz"), "--val", str(digits / "val.npz"), "--epochs", "6")
     assert r.returncode == 0, r.stderr
     assert "tuned (ptl" in r.stdout and "target loihi" in r.stdout
