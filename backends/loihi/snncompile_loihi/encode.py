@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import numpy as np
 
-WEIGHT_MANT_MAX = 127           # |mantissa|; 2m <= 254 fits every sign mode's clip
+from .limits import BIAS_MANT_BITS, MESSAGE_BITS, THRESHOLD_BITS, WEIGHT_MAX
+
+WEIGHT_MANT_MAX = WEIGHT_MAX    # |mantissa| 127; 2m <= 254 fits every sign mode's clip
 WEIGHT_EXP_MAX = 8              # IR exponent e: Lava weight_exp = e - 1 <= 7 (signed 4-bit)
-VTH_MAX = 2 ** 17 - 1           # vth, 17-bit unsigned
-BIAS_MANT_MAX = 2 ** 12 - 1     # 13-bit signed bias mantissa (bias_exp = 6)
-BIAS_EXP = 6
+VTH_MAX = 2 ** THRESHOLD_BITS - 1               # vth, 17-bit unsigned
+BIAS_MANT_MAX = 2 ** (BIAS_MANT_BITS - 1) - 1   # 13-bit signed bias mantissa (bias_exp = 6)
 DELAY_MAX = 63                  # DelayDense: 6-bit delays
-PORT_BITS = 16                  # LIF a_in, Dense/DelayDense a_out
-PORT_MAX = 2 ** (PORT_BITS - 1) - 1
-MESSAGE_BITS = 16               # graded spikes (num_message_bits)
-PAYLOAD_MAX = 2 ** (MESSAGE_BITS - 1) - 1
+PAYLOAD_MAX = 2 ** (MESSAGE_BITS - 1) - 1       # graded spikes (num_message_bits = 16)
 
 
 class DoesNotFit(ValueError):

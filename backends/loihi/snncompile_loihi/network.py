@@ -6,14 +6,15 @@ concat, add). :func:`build_network` takes every chain of linear ops between two 
 as the one exact integer matrix the core composes for it
 (:func:`snncompile.plugin.flatten_network`), so each (source population, target) pair
 becomes one Dense connection, or a Conv where the chain is one convolution Lava's Conv
-process takes. Folding a sum pool into the following weighted layer keeps its weights unchanged
+process takes (or an identity skip, a 1x1 depthwise kernel of ones): a Conv is kept at any
+size and never built as a dense matrix, which only Dense fallbacks are (up to 2^24 entries). Folding a sum pool into the following weighted layer keeps its weights unchanged
 when the pool windows do not overlap (each input element lands in one window), so the
 weights stay 8-bit; an overlapping pool or two weighted ops in a row can widen them, which
 :mod:`snncompile_loihi.rules` reports.
 
 Branches of different depths may join (a residual skip): every connection delays by one
 step, so the shorter branch's connection gets the missing steps as synaptic delay (Lava's
-DelayDense, up to 63 steps).
+DelayDense, or a delayed LoihiConv, up to 63 steps).
 
 Anything that cannot be folded exactly is recorded in ``Network.problems`` (as violations)
 instead of raising, so ``check`` can report every problem at once.
@@ -70,7 +71,7 @@ class Connection:
     weight: np.ndarray
     ir_weight_max: int = 0          # largest |mantissa| of the IR weighted ops folded into it
     kind: str = "dense"
-    delay: int = 0                  # extra steps of synaptic delay (a DelayDense when > 0)
+    delay: int = 0                  # extra steps of synaptic delay (DelayDense or LoihiConv)
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
     stride: tuple[int, int] = (1, 1)
