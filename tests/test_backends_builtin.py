@@ -32,12 +32,13 @@ def test_conformance(config, case, tmp_path):
 
 
 def test_split_configuration_really_splits_layers():
-    from snncompile_cyclesim.mapping import map_network
+    from snncompile_cyclesim.mapping import map_network, recount
     from snncompile.plugin import flatten_network
 
     be = get_backend("cyclesim", CONFIGS["cyclesim-split"])
-    net = flatten_network(zoo_case("maxpool_counts").graph)
-    cores = map_network(net, be.arch)
+    g = zoo_case("maxpool_counts").graph
+    net = flatten_network(g)
+    cores = recount(map_network(g, be.arch), net)
     per_pop = {}
     for c in cores:
         per_pop.setdefault(c.population, []).append(c)

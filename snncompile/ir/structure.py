@@ -56,19 +56,22 @@ def fanin_layers(graph: Graph) -> list[str]:
             if not isinstance(n, InputNode) and (is_population(n) or n.name in outs)]
 
 
-def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
+def sourced_paths(graph: Graph, name: str) -> list[tuple[str, list[Node]]]:
     """Every chain of non-population nodes from a population (exclusive) to ``name``
-    (inclusive of the node itself when it is not a population)."""
+    (inclusive of the node itself when it is not a population), with that population."""
     node = graph[name]
-    paths: list[list[Node]] = []
+    paths: list[tuple[str, list[Node]]] = []
     for src in node.inputs:
-        s = graph[src]
-        if is_population(s):
-            paths.append([node])
+        if is_population(graph[src]):
+            paths.append((src, [node]))
         else:
-            for p in incoming_paths(graph, src):
-                paths.append(p + [node])
+            paths.extend((s, p + [node]) for s, p in sourced_paths(graph, src))
     return paths
+
+
+def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
+    """The paths of :func:`sourced_paths`, without their source populations."""
+    return [p for _, p in sourced_paths(graph, name)]
 
 
 def synapse_chains(graph: Graph, name: str) -> list[list[Node]]:
@@ -76,8 +79,13 @@ def synapse_chains(graph: Graph, name: str) -> list[list[Node]]:
     ``name`` (a population's own node is not part of its chains): one per path, so a neuron
     after an add or a concat counts every branch (a conv or dense after a concat reads all
     of its inputs)."""
-    node = graph[name]
-    return [p[:-1] if is_population(node) else p for p in incoming_paths(graph, name)]
+    return [c for _, c in sourced_chains(graph, name)]
+
+
+def sourced_chains(graph: Graph, name: str) -> list[tuple[str, list[Node]]]:
+    """The chains of :func:`synapse_chains`, each with the population it starts from."""
+    own = is_population(graph[name])
+    return [(s, p[:-1] if own else p) for s, p in sourced_paths(graph, name)]
 
 
 def chain_fanin(chain: list[Node], nonzero: bool = True) -> int:

@@ -14,7 +14,8 @@ Everything a plugin may import from snncompile is re-exported here or in
 an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``, ``fanin_layers``,
 ``population_fanin``, ``chain_ops``, ``weight_bits``), and the error types.
 :func:`flatten_network` turns a graph into populations and integer synapse matrices (what
-neuron-and-synapse hardware needs); :data:`RULES` names the generic limit rules
+neuron-and-synapse hardware needs); :func:`layer_footprints` / :func:`demand` size a slice of
+a layer for one core from the graph alone (no matrices), for mapping at any scale; :data:`RULES` names the generic limit rules
 (:mod:`snncompile.targets.rules`, the ones conversion and tuning check too) so a backend
 can replace one with a finer rule of its own. An unexpected exception inside a plugin is
 reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
@@ -35,6 +36,7 @@ from ..ir import Graph
 from ..ir.structure import chain_ops, fanin_layers, population_fanin, populations, weight_bits
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
+from .footprint import Chain, Demand, Footprint, demand, largest_slice, layer_footprints
 from .rules import GENERIC_RULES, RULES, Limits, Rule, Violation, check_limits
 
 ENTRY_POINT_GROUP = "snncompile.backends"
@@ -43,7 +45,8 @@ __all__ = [
     "ENTRY_POINT_GROUP", "Backend", "BackendRun", "Limits", "Violation", "LimitError", "BackendError",
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
-    "Rule", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
+    "Rule", "Chain", "Demand", "Footprint", "demand", "largest_slice", "layer_footprints",
+    "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
 

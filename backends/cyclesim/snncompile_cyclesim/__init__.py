@@ -19,7 +19,7 @@ from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Violation, ch
 
 from .arch import Architecture
 from .engine import combine_stats, run_network
-from .mapping import map_network, unit_violations
+from .mapping import map_network, recount, unit_violations
 from .store import load, save
 
 __version__ = "1.0.0"
@@ -46,17 +46,16 @@ class CycleSimBackend(Backend):
                       sources={"*": "cyclesim architecture options (illustrative defaults; --target-option)"})
 
     def check(self, graph) -> list[Violation]:
-        """Generic width and mode rules, then the exact ones of the mapper: per-neuron
-        synapses and axons, composed weights, and the cores the mapping really needs."""
+        """Generic width and mode rules, then the mapper's, on the graph alone (no synapse
+        matrix): per-neuron synapses and axons, composed weights, and the cores needed."""
         lim = self.limits()
         out = check_limits(graph, lim, self.name, rules=(RULES["weight_bits"], RULES["threshold_bits"],
                                                          RULES["membrane_bits"], RULES["modes"]))
-        net = flatten_network(graph)
-        flagged = {(v.layer, "weight") for v in out if v.quantity == "weight bits"}
-        unit = unit_violations(net, self.arch)
+        unit = unit_violations(graph, self.arch)
+        flagged = any(v.quantity == "weight bits" for v in out)
         out += [v for v in unit if not (v.quantity.startswith("synaptic weight") and flagged)]
         if not unit:
-            need = len(map_network(net, self.arch))
+            need = len(map_network(graph, self.arch))
             if need > self.arch.cores:
                 out.append(Violation("(all)", "cores needed", need, self.arch.cores,
                                      f"a smaller model, or --target-option cores={need} (or larger "
@@ -66,13 +65,13 @@ class CycleSimBackend(Backend):
     def layer_resources(self, graph) -> dict[str, dict[str, int]]:
         """Cores the mapping gives each population."""
         out: dict[str, dict[str, int]] = {}
-        for core in map_network(flatten_network(graph), self.arch):
+        for core in map_network(graph, self.arch):
             out.setdefault(core.population, {"cores": 0})["cores"] += 1
         return out
 
     def lower(self, graph, directory: Path) -> None:
         net = flatten_network(graph)
-        save(Path(directory), net, self.arch, map_network(net, self.arch))
+        save(Path(directory), net, self.arch, recount(map_network(graph, self.arch), net))
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:

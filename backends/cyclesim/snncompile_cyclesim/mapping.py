@@ -1,5 +1,10 @@
-"""Mapping populations onto cores: contiguous unit ranges, split wherever the next unit
-would overflow the core's neurons, axons (distinct presynaptic units) or synapse memory.
+"""Mapping populations onto cores: contiguous unit ranges of equal size, as many units per
+core as fit its neurons, axons (distinct presynaptic units) and synapse memory.
+
+The slice size is decided on the graph alone (:func:`snncompile.plugin.largest_slice` with
+the folded counts of :mod:`snncompile.targets.footprint`: upper bounds, no synapse matrix),
+so a ResNet-50-size network maps in seconds and bounded memory; :func:`recount` then puts
+each core's exact axons and synapses from the lowered matrices into the artifact.
 
 One core holds units of one population only (a common restriction: a core runs one neuron
 model with one set of parameters). A unit that alone exceeds a core's axons or synapses
@@ -11,9 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
-from snncompile.plugin import FlatNetwork, Violation
+from snncompile.ir import Graph, IFNode, MaxPool2dNode
+from snncompile.plugin import (Chain, FlatNetwork, Footprint, Violation, demand, largest_slice,
+                               layer_footprints)
 
 from .arch import Architecture
 
@@ -33,84 +39,76 @@ class Core:
         return asdict(self)
 
 
-def _unit_rows(net: FlatNetwork, pop: str) -> tuple[list[tuple[str, sp.csr_matrix]], int]:
-    p = net.population(pop)
-    return [(pr.source, pr.matrix) for pr in net.into(pop)], p.slots
+def _fits(arch: Architecture):
+    return lambda d: (d.units <= arch.neurons_per_core and d.axons <= arch.axons_per_core
+                      and d.synapses <= arch.synapses_per_core)
 
 
-def _unit_cols(mats, slots: int, u: int) -> list[tuple[str, np.ndarray]]:
+def map_population(fp: Footprint, arch: Architecture, first_index: int) -> list[Core]:
+    """Equal slices of one population (the last one shorter), as large as one core holds."""
+    n = largest_slice(fp, _fits(arch))
+    if n == 0:
+        return []
+    d = demand(fp, n)
+    return [Core(first_index + k, fp.name, lo, min(lo + n, fp.units), d.axons, d.synapses)
+            for k, lo in enumerate(range(0, fp.units, n))]
+
+
+def _footprints(graph: Graph) -> list[Footprint]:
+    """Every population but the input, as flatten_network names them: a spiking output
+    also gets its accumulator ``<name>.acc`` (one synapse per unit from the layer)."""
+    fps = layer_footprints(graph)
+    spiking = {o for o in graph.outputs if isinstance(graph[o], (IFNode, MaxPool2dNode))}
+    for name in graph.outputs:
+        if name in spiking:  # flatten_network's accumulator of a spiking output
+            shape = tuple(int(d) for d in graph[name].shape)
+            one = (Chain(name, shape, "conv", 1, 1, kernel=1, grouped=True, weight_max=1)
+                   if len(shape) == 3 else
+                   Chain(name, shape, "dense", 1, 1, rows=np.ones(int(np.prod(shape)), np.int64),
+                         axons=int(np.prod(shape)), weight_max=1))
+            fps.append(Footprint(f"{name}.acc", shape, 1, [one]))
+    return fps
+
+
+def map_network(graph: Graph, arch: Architecture) -> list[Core]:
+    """Cores for every population except the input (which arrives from off-core)."""
+    cores: list[Core] = []
+    for fp in _footprints(graph):
+        cores.extend(map_population(fp, arch, len(cores)))
+    return cores
+
+
+def recount(cores: list[Core], net: FlatNetwork) -> list[Core]:
+    """The cores with their exact axons and synapses, counted on the lowered matrices."""
     out = []
-    for src, m in mats:
-        lo, hi = m.indptr[u * slots], m.indptr[(u + 1) * slots]
-        out.append((src, m.indices[lo:hi]))
+    for c in cores:
+        pop = net.population(c.population)
+        lo, hi = c.start * pop.slots, c.stop * pop.slots
+        axons = syn = 0
+        for pr in net.into(pop.name):
+            m = pr.matrix[lo:hi]
+            syn += int(m.nnz)
+            axons += int(np.unique(m.indices).size)
+        out.append(Core(c.index, pop.name, c.start, c.stop, axons, syn))
     return out
 
 
-def map_population(net: FlatNetwork, pop: str, arch: Architecture, first_index: int) -> list[Core]:
-    """Greedy split of one population into cores (units in order)."""
-    mats, slots = _unit_rows(net, pop)
-    units = net.population(pop).units
-    marks = {src: np.zeros(m.shape[1], bool) for src, m in mats}
-    touched: list[tuple[str, np.ndarray]] = []
-    cores: list[Core] = []
-    start, axons, syn = 0, 0, 0
-    for u in range(units):
-        cols = _unit_cols(mats, slots, u)
-        n_syn = sum(len(c) for _, c in cols)
-        new = [(s, np.unique(c[~marks[s][c]])) for s, c in cols]
-        n_new = sum(len(c) for _, c in new)
-        if u > start and (u - start + 1 > arch.neurons_per_core or axons + n_new > arch.axons_per_core
-                          or syn + n_syn > arch.synapses_per_core):
-            cores.append(Core(first_index + len(cores), pop, start, u, axons, syn))
-            for s, c in touched:
-                marks[s][c] = False
-            touched, start, axons, syn = [], u, 0, 0
-            new = [(s, np.unique(c)) for s, c in cols]
-            n_new = sum(len(c) for _, c in new)
-        for s, c in new:
-            marks[s][c] = True
-            touched.append((s, c))
-        axons += n_new
-        syn += n_syn
-    cores.append(Core(first_index + len(cores), pop, start, units, axons, syn))
-    return cores
-
-
-def map_network(net: FlatNetwork, arch: Architecture) -> list[Core]:
-    """Cores for every population except the input (which arrives from off-core)."""
-    cores: list[Core] = []
-    for p in net.populations:
-        if p.kind != "input":
-            cores.extend(map_population(net, p.name, arch, len(cores)))
-    return cores
-
-
-def unit_violations(net: FlatNetwork, arch: Architecture) -> list[Violation]:
+def unit_violations(graph: Graph, arch: Architecture) -> list[Violation]:
     """Units whose own synapses or axons exceed one core, and synaptic weights (composed
     through sum pools) wider than the architecture's weights."""
     out: list[Violation] = []
     top = 2 ** (arch.weight_bits - 1) - 1
-    for p in net.populations:
-        if p.kind == "input":
-            continue
-        mats, slots = _unit_rows(net, p.name)
-        if not mats:
-            continue
-        per_comp = sum(np.diff(m.indptr) for _, m in mats)
-        per_unit = per_comp.reshape(p.units, slots).sum(axis=1)
-        worst = int(per_unit.max(initial=0))
-        if worst > arch.synapses_per_core:
-            out.append(Violation(p.node, "synapses of one neuron", worst, arch.synapses_per_core,
+    for fp in _footprints(graph):
+        d = demand(fp, 1)
+        if d.synapses > arch.synapses_per_core:
+            out.append(Violation(fp.name, "synapses of one neuron", d.synapses, arch.synapses_per_core,
                                  f"--fanin {arch.synapses_per_core}, or --target-option "
-                                 f"synapses_per_core={worst}"))
-        if worst > arch.axons_per_core:  # distinct axons <= synapses; check exactly only if needed
-            ax = max(sum(len(np.unique(c)) for _, c in _unit_cols(mats, slots, u)) for u in range(p.units))
-            if ax > arch.axons_per_core:
-                out.append(Violation(p.node, "axons (fan-in) of one neuron", ax, arch.axons_per_core,
-                                     f"--fanin {arch.axons_per_core}, or --target-option axons_per_core={ax}"))
-        wmax = max(int(abs(m.data).max(initial=0)) for _, m in mats)
-        if wmax > top:
-            out.append(Violation(p.node, "synaptic weight (composed through sum pools)", wmax, top,
+                                 f"synapses_per_core={d.synapses}"))
+        if d.axons > arch.axons_per_core:
+            out.append(Violation(fp.name, "axons (fan-in) of one neuron", d.axons, arch.axons_per_core,
+                                 f"--fanin {arch.axons_per_core}, or --target-option axons_per_core={d.axons}"))
+        if fp.weight_max > top:
+            out.append(Violation(fp.name, "synaptic weight (composed through sum pools)", fp.weight_max, top,
                                  f"--bits {arch.weight_bits}, or --target-option weight_bits="
-                                 f"{wmax.bit_length() + 1}"))
+                                 f"{fp.weight_max.bit_length() + 1}"))
     return out

@@ -7,9 +7,10 @@ Loihi 2 limits (limits.py, rules.py), and writes an artifact that runs with lava
 bit-accurate CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``), bounded by a timeout
 (a Lava run can hang without an error), and returns the results on the reference time axis.
 
-Options (``--target-option KEY=VALUE``): ``cores``, ``neurons_per_core``,
-``synapses_per_core``, ``fan_in`` (chip limits), ``python`` (the interpreter that has
-lava-nc, default: this one) and ``timeout_s`` (default 600).
+Options (``--target-option KEY=VALUE``): the capacity model's (``system``, ``chips``,
+``cores`` per chip, ``neurons_per_core``, ``memory_kib`` and the others of
+:data:`limits.DEFAULTS`; capacity.py), ``python`` (the interpreter that has lava-nc,
+default: this one) and ``timeout_s`` (default 600).
 """
 
 from __future__ import annotations
@@ -30,23 +31,33 @@ import numpy as np
 
 from snncompile.ir import Graph
 from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
-                               UsageError, Violation, check_limits, flatten_network)
+                               UsageError, Violation, check_limits, flatten_network,
+                               layer_footprints)
 
 from . import __version__
 from . import limits as L
-from .emit import read_network, write_artifact
+from .emit import write_artifact
 
+from .capacity import Mapping, map_graph, mapping_violations
 from .netx import write_netx
 from .network import build_network
-from .rules import check_network, core_estimate
+from .rules import check_network
 
 log = logging.getLogger("snncompile")
+# Above this many folded synapse-matrix entries, a graph the graph-level rules already
+# refuse is not folded for the network rules as well (folding a ResNet-50 takes minutes).
+FOLD_EARLY_REFUSAL = 2 ** 24
 RUN_OPTIONS = ("python", "timeout_s")
 LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10 (it fails at "
              "import on 3.11+) and numpy < 2. Get it with: python3.10 -m venv lava-env && "
              "lava-env/bin/pip install lava-nc==0.10.0 numpy'<2'; then pass --target-option "
              "python=lava-env/bin/python, or run the artifact directly: lava-env/bin/python "
              "{runner} --input x_int.npz --output result.npz")
+
+
+def _folded_entries(graph: Graph) -> int:
+    """Entries the folded network's matrices would hold (neurons x folded fan-in)."""
+    return sum(f.units * f.slots * f.folded_fanin for f in layer_footprints(graph))
 
 
 class LoihiBackend(Backend):
@@ -61,6 +72,7 @@ class LoihiBackend(Backend):
         super().__init__(options)
         chip = {k: v for k, v in self.options.items() if k not in RUN_OPTIONS}
         self._limits = L.loihi_limits(chip)
+        self._chip = L.parse_options(chip)
         self.python = self.options.get("python", sys.executable)
         self._lava_ok = False  # checked once per instance, on the first run
         try:
@@ -73,21 +85,28 @@ class LoihiBackend(Backend):
         return self._limits
 
     def check(self, graph: Graph, timesteps: int | None = None) -> list[Violation]:
-        """Generic rules (cores left to the Loihi rule, which also counts synapses) plus the
-        Loihi rules on the folded network."""
+        """Generic rules and the capacity model, both on the graph; then the Loihi rules on
+        the folded network. A graph that already fails on the graph alone and whose folded
+        network would be large is refused without folding it (seconds, not minutes)."""
         lim = self.limits()
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
+        out += mapping_violations(self.mapping(graph), self._chip)
+        if out and _folded_entries(graph) > FOLD_EARLY_REFUSAL:
+            return out
         out += check_network(build_network(graph, timesteps), lim)
         return out
 
+    def mapping(self, graph: Graph) -> Mapping:
+        """Cores and chips per layer (capacity.py), from the graph alone."""
+        return map_graph(graph, self._chip)
+
     def cores(self, graph: Graph) -> dict[str, int]:
-        """Estimated Loihi 2 cores per layer (neurons and incoming synapses per core), for
-        reports such as ``evaluate``."""
-        return core_estimate(build_network(graph), self.limits())
+        """Loihi 2 cores per layer, for reports such as ``evaluate``."""
+        return {m.name: m.cores for m in self.mapping(graph).layers}
 
     def layer_resources(self, graph: Graph) -> dict[str, dict[str, int]]:
-        """Estimated Loihi 2 cores per layer."""
-        return {k: {"cores": v} for k, v in self.cores(graph).items()}
+        """Cores, chips spanned and fan-in (with weight sharing) per layer."""
+        return self.mapping(graph).resources()
 
     def lower(self, graph: Graph, directory: Path) -> None:
         violations = self.check(graph)
@@ -101,6 +120,7 @@ class LoihiBackend(Backend):
         manifest = Path(directory) / "network.json"
         m = json.loads(manifest.read_text())
         m["spiking_outputs"] = spiking
+        m["mapping"] = self.mapping(graph).as_dict()
         manifest.write_text(json.dumps(m, indent=1))
         why = write_netx(net, flat, Path(directory) / "netx.h5")
         if why:
@@ -153,7 +173,7 @@ class LoihiBackend(Backend):
                  "lava_compile_first_step_s": round(start_s, 3),
                  "lava_run_s": round(run_s, 3), "lava_readback_s": round(read_s, 3),
                  "lava_steps_per_s": round((steps - 1) / run_s, 1) if run_s > 0 else None,
-                 "cores_per_layer": self._cores(directory)}
+                 **self._cores(directory, net)}
         stats["current_wraps"] = {p["name"]: int(result[f"wraps/{p['name']}"])
                                   for p in net["populations"]}
         wrapped = {k: v for k, v in stats["current_wraps"].items() if v}
@@ -161,13 +181,19 @@ class LoihiBackend(Backend):
             log.warning("loihi: inputs beyond the 24-bit current register wrapped in %s; the "
                         "results may differ from the reference (use --input-mode every_step "
                         "or fewer --bits)", ", ".join(f"{k} ({v}x)" for k, v in wrapped.items()))
-        stats["cores"] = sum(stats["cores_per_layer"].values())
         return BackendRun(output_acc=outputs, spikes=spikes, stats=stats)
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _cores(self, directory: Path) -> dict[str, int]:
-        return core_estimate(read_network(directory), self.limits())
+    def _cores(self, directory: Path, manifest: dict) -> dict:
+        """Cores and chips per layer and in total, as mapped when the artifact was lowered."""
+        m = manifest.get("mapping")
+        if m is None:
+            raise ArtifactError(f"{directory} has no mapping in network.json (an older artifact)",
+                                "lower the graph again ('snncompile convert --target loihi')")
+        return {"cores_per_layer": {k: v["cores"] for k, v in m["layers"].items()},
+                "chips_per_layer": {k: v["chips"] for k, v in m["layers"].items()},
+                "cores": m["cores"], "chips": m["chips"]}
 
     def _require_lava(self, runner: Path) -> None:
         if self._lava_ok:

@@ -27,18 +27,52 @@ BIAS_MANT_BITS = 13             # signed bias mantissa, used with bias_exp = 6
 CURRENT_MAX = 2 ** 15 - 1       # |input per step|: LIF a_in / Dense a_out are 16-bit ports
 MESSAGE_BITS = 16               # graded input spikes (num_message_bits)
 
-DEFAULTS = {"cores": 128, "neurons_per_core": 8192, "synapses_per_core": 120_000_000 // 128,
-            "fan_in": 4096}
+# Capacity model (capacity.py). Each number is published (Intel, Lava, nengo-loihi), derived
+# from published ones, or assumed; every one is a --target-option.
+DEFAULTS = {"cores": 128, "chips": 1, "neurons_per_core": 8192, "memory_kib": 128,
+            "neuron_bits": 48, "synapse_bits": 8, "axon_bits": 16,
+            "synapses_per_core": 0, "in_axons_per_core": 0, "fan_in": 0}
+# 0: follows from the others (synapses_per_core, in_axons_per_core) or none (fan_in)
+DERIVED = {"synapses_per_core": "synapse_bits", "in_axons_per_core": "axon_bits"}
 
+# Named systems: chips, and where the count is published.
+SYSTEMS = {
+    "chip": (1, "one Loihi 2 chip"),
+    "oheo-gulch": (1, "Intel: Oheo Gulch, a single-chip Loihi 2 board"),
+    "kapoho-point": (8, "Intel: Kapoho Point, an 8-chip Loihi 2 board"),
+    "hala-point": (1152, "Intel (2024): Hala Point, 1,152 Loihi 2 chips"),
+}
+
+PUB, DER, ASM = "published", "derived", "assumed"
 SOURCES = {
     "weight_bits": f"{LAVA_DENSE}: weights clipped to 8 bits, then low bits truncated",
     "membrane_bits": f"{LAVA_LIF}: 24-bit v, input and threshold << 6, so 18 bits in weight units",
     "threshold_bits": f"{LAVA_LIF}: vth unsigned 17-bit, spike when v > vth << 6",
-    "cores": f"{INTEL_LOIHI2}; also NUM_VIRTUAL_CORES_L2 = 128 in lava/magma/compiler/subcompilers/constants.py",
-    "neurons_per_core": f"{INTEL_LOIHI2}: 1M / 128 = about 8k (option neurons_per_core)",
-    "synapses_per_core": f"{INTEL_LOIHI2}: 120M / 128 (option synapses_per_core)",
-    "fan_in": ("not published for Loihi 2 in lava-nc; default 4096 = Loihi 1 input axons per "
-               "core as nengo-loihi enforces it (option fan_in)"),
+    "cores": (f"{PUB}: 128 neuro-cores per chip ({INTEL_LOIHI2}; NUM_VIRTUAL_CORES_L2 = 128 in "
+              "lava/magma/compiler/subcompilers/constants.py); option cores (per chip) x chips"),
+    "chips": (f"{PUB}: chips of the named systems (option system=" + "/".join(SYSTEMS) +
+              "; Oheo Gulch 1, Kapoho Point 8, Hala Point 1,152 per Intel); option chips"),
+    "neurons_per_core": (f"{PUB}: 8,192 neurons per core (Intel: about 1M neurons per chip, "
+                         "1,048,576 / 128 = 8,192; WikiChip); option neurons_per_core"),
+    "memory_kib": (f"{PUB} (secondary): 128 KB of SRAM per core, flexibly partitioned between "
+                   "synapses, neuron state and axon routing (Intel Loihi 2 launch material as "
+                   "reported by the press); option memory_kib"),
+    "neuron_bits": f"{DER}: 24-bit u + 24-bit v per neuron ({LAVA_LIF}); option neuron_bits",
+    "synapse_bits": (f"{ASM}: 8 bits per stored weight (the 8-bit mantissa; no per-synapse index, "
+                     "as in dense and convolutional synapse formats); option synapse_bits"),
+    "axon_bits": (f"{ASM}: 16 bits per input axon table entry and per output axon entry "
+                  "(one per neuron and layer it feeds); option axon_bits"),
+    "synapses_per_core": (f"{DER}: memory_kib x 8192 / synapse_bits weights at most (120M "
+                          "synapses per chip is an effective count with sharing, not storage); "
+                          "option synapses_per_core"),
+    "in_axons_per_core": (f"{DER}: memory_kib x 8192 / axon_bits at most (Loihi 1: 4,096, "
+                          "nengo_loihi/block.py MAX_IN_AXONS); option in_axons_per_core"),
+    "fan_in": (f"{ASM}: no per-neuron fan-in limit beyond core memory (Loihi 1's 4,096 input "
+               "axons per core, nengo-loihi, is not a Loihi 2 figure); option fan_in sets one"),
+    "weight_sharing": (f"{ASM}: a convolution's kernel is stored once per core and its input "
+                       "arrives on one axon per source channel (Loihi 2's convolutional "
+                       "connectivity); a sum pool before a weighted layer merges its window "
+                       "onto one axon"),
     "delay_per_layer": ("lava-nc 0.10.0 Dense/Conv models send the previous step's buffer; skips "
                         "use DelayDense, 6-bit delays (0..63 steps)"),
     "bias": f"{LAVA_LIF}: bias_mant signed 13-bit, bias_exp 3-bit",
@@ -50,26 +84,42 @@ SOURCES = {
 
 
 def parse_options(options: Mapping[str, str]) -> dict[str, int]:
-    """The integer chip options (cores, neurons_per_core, synapses_per_core, fan_in)."""
+    """The integer chip options (see :data:`DEFAULTS`); ``system=NAME`` sets ``chips`` from
+    :data:`SYSTEMS`. Options left at 0 in DEFAULTS follow from the others (or mean none)."""
     out = dict(DEFAULTS)
     for k, v in options.items():
+        if k == "system":
+            continue
         if k not in DEFAULTS:
             raise UsageError(f"unknown loihi target option '{k}'",
-                             f"known options: {', '.join(sorted(DEFAULTS))}")
+                             f"known options: {', '.join(sorted(list(DEFAULTS) + ['system']))}")
         try:
             out[k] = int(v)
         except ValueError:
             raise UsageError(f"loihi target option {k}={v!r} is not an integer") from None
-        if out[k] < 1:
+        if out[k] < (0 if k == "fan_in" else 1):
             raise UsageError(f"loihi target option {k} must be at least 1, got {out[k]}")
+    system = options.get("system")
+    if system is not None:
+        if system not in SYSTEMS:
+            raise UsageError(f"unknown loihi system '{system}'",
+                             f"known systems: {', '.join(SYSTEMS)}, or --target-option chips=N")
+        if "chips" in options and out["chips"] != SYSTEMS[system][0]:
+            raise UsageError(f"loihi target options system={system} ({SYSTEMS[system][0]} chips) "
+                             f"and chips={out['chips']} disagree", "give one of them")
+        out["chips"] = SYSTEMS[system][0]
+    for k, per in DERIVED.items():
+        if not out[k]:
+            out[k] = out["memory_kib"] * 1024 * 8 // out[per]
     return out
 
 
 def loihi_limits(options: Mapping[str, str]) -> Limits:
     """The Limits of the generic rules for Loihi 2 under ``options``."""
     o = parse_options(options)
-    return Limits(weight_bits=WEIGHT_BITS, fan_in=o["fan_in"], neurons_per_core=o["neurons_per_core"],
-                  synapses_per_core=o["synapses_per_core"], cores=o["cores"],
+    return Limits(weight_bits=WEIGHT_BITS, fan_in=o["fan_in"] or None,
+                  neurons_per_core=o["neurons_per_core"],
+                  synapses_per_core=o["synapses_per_core"], cores=o["cores"] * o["chips"],
                   membrane_bits=MEMBRANE_BITS, threshold_bits=THRESHOLD_BITS,
                   reset_modes=("subtract", "zero"), input_modes=("once", "every_step"),
                   delay_per_layer=1, sources=SOURCES)

@@ -1,8 +1,8 @@
 """Loihi-specific design rules, checked on the folded network (see network.py).
 
 Each rule is a small named function from (network, limits) to violations; ``check`` runs them
-all after the generic rules so every problem is reported at once. Also the per-layer core
-estimate that ``run`` reports.
+all after the generic rules so every problem is reported at once. Cores and chips are
+counted on the graph, before any folding (capacity.py).
 """
 
 from __future__ import annotations
@@ -119,34 +119,8 @@ def _rule_problems(net: Network, lim: Limits) -> list[Violation]:
     return list(net.problems)
 
 
-def core_estimate(net: Network, lim: Limits) -> dict[str, int]:
-    """Cores per layer: enough for its neurons and for its incoming synapses (non-zero
-    weights), whichever needs more."""
-    out = {}
-    for p in list(net.populations) + list(net.outputs):
-        syn = sum(c.synapses for c in net.incoming(p.name))
-        syn += sum(int(np.count_nonzero(bias_digits(s.charge(net.timesteps))[0]))
-                   for s in net.bias_sources if s.dst == p.name)
-        by_neurons = -(-p.size // (lim.neurons_per_core or p.size))
-        by_synapses = -(-syn // (lim.synapses_per_core or max(syn, 1)))
-        out[p.name] = max(1, by_neurons, by_synapses)
-    return out
-
-
-def _rule_cores(net: Network, lim: Limits) -> list[Violation]:
-    if lim.cores is None:
-        return []
-    est = core_estimate(net, lim)
-    need = sum(est.values())
-    if need <= lim.cores:
-        return []
-    worst = max(est, key=est.__getitem__)
-    return [Violation("(all)", "cores needed (neurons and synapses per core)", need, lim.cores,
-                      f"a smaller model (largest layer: '{worst}', {est[worst]} cores)")]
-
-
 NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_weights, _rule_thresholds, _rule_v_init,
-                                  _rule_input_message, _rule_current_register, _rule_cores)
+                                  _rule_input_message, _rule_current_register)
 
 
 def check_network(net: Network, lim: Limits) -> list[Violation]:

@@ -1,0 +1,140 @@
+"""How many Loihi 2 cores and chips a network needs, decided from the graph alone.
+
+Each layer is cut into slices of consecutive neurons, one slice per core, as large as one
+core holds (:func:`snncompile.plugin.largest_slice`): a core has ``neurons_per_core``
+compartments and one memory of ``memory_kib`` shared by neuron state, stored weights and
+axon tables (Intel: the core SRAM is "flexibly partitioned"). With weight sharing, a
+convolution's kernel is stored once per core and its input arrives on one axon per source
+channel; a sum pool in front of a weighted layer merges its window onto one axon
+(:mod:`snncompile.targets.footprint`). Cores are filled chip by chip in layer order, so a
+layer spans the chips its cores land on.
+
+Which numbers are published, derived or assumed is in :data:`snncompile_loihi.limits.SOURCES`
+and docs/loihi.md; every one is a ``--target-option``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from snncompile.ir import Graph
+from snncompile.plugin import Demand, Footprint, Violation, demand, largest_slice, layer_footprints
+
+from . import limits as L
+
+
+@dataclass
+class LayerMap:
+    """One layer's share of the system: cores, the chips they span, neurons per core, and
+    the figures of its fullest core."""
+
+    name: str
+    cores: int
+    first_core: int
+    chips: int
+    units_per_core: int
+    fanin: int
+    folded_fanin: int
+    memory_bits: int        # of the fullest core
+    stored: int             # weights stored on the fullest core
+
+    def resources(self) -> dict[str, int]:
+        return {"cores": self.cores, "chips": self.chips, "fanin": self.fanin}
+
+
+@dataclass
+class Mapping:
+    """Every layer's cores and chips, the totals, and what could not be mapped."""
+
+    layers: list[LayerMap] = field(default_factory=list)
+    cores: int = 0
+    chips: int = 0
+    problems: list[Violation] = field(default_factory=list)
+
+    def resources(self) -> dict[str, dict[str, int]]:
+        return {m.name: m.resources() for m in self.layers}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cores": self.cores, "chips": self.chips,
+                "layers": {m.name: {"cores": m.cores, "chips": m.chips, "first_core": m.first_core,
+                                    "units_per_core": m.units_per_core, "fanin": m.fanin,
+                                    "memory_bits": m.memory_bits} for m in self.layers}}
+
+
+def core_bits(fp: Footprint, d: Demand, o: dict[str, int]) -> int:
+    """Bits of core memory a slice takes: neuron state, stored weights, input axon table,
+    and one output axon entry per neuron and layer its spikes reach."""
+    return (d.compartments * o["neuron_bits"] + d.stored * o["synapse_bits"]
+            + (d.shared_axons + d.units * fp.consumers) * o["axon_bits"])
+
+
+def _fits(fp: Footprint, o: dict[str, int]):
+    mem = o["memory_kib"] * 1024 * 8
+
+    def fits(d: Demand) -> bool:
+        return (d.compartments <= o["neurons_per_core"] and core_bits(fp, d, o) <= mem
+                and d.stored <= o["synapses_per_core"] and d.shared_axons <= o["in_axons_per_core"])
+    return fits
+
+
+def _unmappable(fp: Footprint, o: dict[str, int]) -> Violation:
+    """Why not even one neuron of ``fp`` fits a core: the first figure that breaks."""
+    d = demand(fp, 1)
+    fix = "--fanin N (fewer synapses per neuron), or "
+    if d.compartments > o["neurons_per_core"]:
+        return Violation(fp.name, "compartments of one unit", d.compartments, o["neurons_per_core"],
+                         "a smaller pooling window")
+    if d.stored > o["synapses_per_core"]:
+        return Violation(fp.name, "weights one core stores for one neuron", d.stored,
+                         o["synapses_per_core"], fix + f"--target-option synapses_per_core={d.stored}")
+    if d.shared_axons > o["in_axons_per_core"]:
+        return Violation(fp.name, "input axons of one neuron's core", d.shared_axons,
+                         o["in_axons_per_core"], fix + f"--target-option in_axons_per_core={d.shared_axons}")
+    bits = core_bits(fp, d, o)
+    return Violation(fp.name, "core memory for one neuron (bits: state, weights, axons)", bits,
+                     o["memory_kib"] * 8192, fix + f"--target-option memory_kib={-(-bits // 8192)}")
+
+
+def map_graph(graph: Graph, o: dict[str, int]) -> Mapping:
+    """Cores and chips per layer under options ``o`` (:func:`limits.parse_options`)."""
+    out = Mapping()
+    per_chip = o["cores"]
+    for fp in layer_footprints(graph):
+        n = largest_slice(fp, _fits(fp, o))
+        if n == 0:
+            out.problems.append(_unmappable(fp, o))
+            continue
+        cores = -(-fp.units // n)
+        d = demand(fp, n)
+        first = out.cores
+        chips = (first + cores - 1) // per_chip - first // per_chip + 1
+        out.layers.append(LayerMap(fp.name, cores, first, chips, n, fp.fanin, fp.folded_fanin,
+                                   core_bits(fp, d, o), d.stored))
+        out.cores += cores
+    out.chips = -(-out.cores // per_chip)
+    return out
+
+
+def smallest_system(chips: int) -> str | None:
+    """The named system with the fewest chips that has at least ``chips``."""
+    fit = [(n, name) for name, (n, _) in L.SYSTEMS.items() if n >= chips]
+    return min(fit)[1] if fit else None
+
+
+def mapping_violations(m: Mapping, o: dict[str, int]) -> list[Violation]:
+    """Layers no core can hold, and a system too small for the whole network (with the
+    smallest named system that holds it)."""
+    out = list(m.problems)
+    have = o["cores"] * o["chips"]
+    if m.cores > have:
+        system = smallest_system(m.chips)
+        where = (f"--target-option chips={m.chips}" +
+                 (f" or system={system} ({L.SYSTEMS[system][0]} chips)" if system else
+                  f" (more than the largest named system, {max(v[0] for v in L.SYSTEMS.values())} chips)"))
+        worst = max(m.layers, key=lambda x: x.cores)
+        out.append(Violation("(all)", f"cores needed ({o['cores']} per chip x {o['chips']} chip"
+                             f"{'s' if o['chips'] != 1 else ''})", m.cores, have,
+                             f"{where}; or a smaller model (largest layer: '{worst.name}', "
+                             f"{worst.cores} cores)"))
+    return out

@@ -1,0 +1,79 @@
+"""ResNet-50- and VGG-19-shaped ONNX models, built locally with torch (random weights, each
+layer scaled to unit largest row L1 norm so that weight-bound thresholds stay finite).
+
+For the scale benchmark (bench_scale.py): the layer shapes of the ImageNet networks at
+3x224x224, with BatchNorm folded away (convolutions with bias) and VGG's max pools replaced by
+average pools (a spike-count max pool of VGG's size is a separate question). Nothing is
+downloaded; weights come from ``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50's bottleneck block: 1x1, 3x3 (stride), 1x1 (x4), plus the skip."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * 4
+        self.c1 = nn.Conv2d(cin, width, 1)
+        self.c2 = nn.Conv2d(width, width, 3, stride, 1)
+        self.c3 = nn.Conv2d(width, cout, 1)
+        self.skip = nn.Conv2d(cin, cout, 1, stride) if (stride != 1 or cin != cout) else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.relu(self.c1(x))
+        y = self.relu(self.c2(y))
+        y = self.c3(y)
+        return self.relu(y + (self.skip(x) if self.skip is not None else x))
+
+
+def resnet50(classes: int = 1000) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3), nn.ReLU(), nn.AvgPool2d(2, 2)]
+    cin = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+            cin = width * 4
+    layers += [nn.AvgPool2d(7), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
+
+
+def vgg19(classes: int = 1000) -> nn.Module:
+    cfg = [64, 64, "P", 128, 128, "P", 256, 256, 256, 256, "P", 512, 512, 512, 512, "P",
+           512, 512, 512, 512, "P"]
+    layers: list[nn.Module] = []
+    cin = 3
+    for c in cfg:
+        if c == "P":
+            layers.append(nn.AvgPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, int(c), 3, 1, 1), nn.ReLU()]
+            cin = int(c)
+    layers += [nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096),
+               nn.ReLU(), nn.Linear(4096, classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS = {"resnet50": resnet50, "vgg19": vgg19}
+
+
+def export(name: str, path: Path, seed: int = 0) -> Path:
+    """Write model ``name`` (3x224x224 input) as ONNX to ``path``."""
+    torch.manual_seed(seed)
+    model = MODELS[name]().eval()
+    with torch.no_grad():  # unit row L1 norms: weight-bound thresholds stay finite in float32
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight /= m.weight.abs().flatten(1).sum(1).max()
+                m.bias.zero_()
+    with torch.no_grad():
+        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), input_names=["x"],
+                          output_names=["y"], opset_version=13, dynamo=False)
+    return path
