@@ -30,7 +30,7 @@ import numpy as np
 
 from snncompile.ir import Graph
 from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
-                               UsageError, Violation, check_limits, flatten_network)
+                               Profile, UsageError, Violation, check_limits, flatten_network)
 
 from . import __version__
 from . import limits as L
@@ -38,7 +38,7 @@ from .emit import read_network, write_artifact
 
 from .netx import write_netx
 from .network import build_network
-from .rules import check_network, core_estimate
+from .rules import check_network, core_estimate, input_width_violations
 
 log = logging.getLogger("snncompile")
 RUN_OPTIONS = ("python", "timeout_s")
@@ -79,6 +79,22 @@ class LoihiBackend(Backend):
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
         out += check_network(build_network(graph, timesteps), lim)
         return out
+
+    def profile(self) -> Profile:
+        """What Lava's fixed-point LIF needs: 8-bit weights, 18 membrane bits (a 24-bit v
+        with input and threshold << 6), binary spikes, the input every step (a charge
+        injected once is T times larger in one step: it overflows the 24-bit current
+        register and the 16-bit graded spike), and the widest --input-bits whose per-step
+        current into the first layer stays inside that register."""
+        return Profile(
+            weight_bits=L.WEIGHT_BITS, membrane_bits=L.MEMBRANE_BITS, input_mode="every_step",
+            spikes="binary",
+            reasons={"weight_bits": "8-bit synaptic weights",
+                     "membrane_bits": "24-bit v register, input and threshold << 6",
+                     "input_mode": "a once-injected input is T times the current in one step",
+                     "spikes": "Loihi neurons send binary spikes here"},
+            input_rule=lambda g: input_width_violations(build_network(g)),
+            input_reason=f"the first layer's current per step fits the {L.STATE_BITS}-bit register")
 
     def cores(self, graph: Graph) -> dict[str, int]:
         """Estimated Loihi 2 cores per layer (neurons and incoming synapses per core), for

@@ -92,6 +92,15 @@ def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:
     return out
 
 
+def input_width_violations(net: Network) -> list[Violation]:
+    """The violations a narrower input fixes: the input's graded spike and the current of
+    the populations the input feeds (the target profile fits --input-bits with these)."""
+    fed = {p.name for p in list(net.populations) + list(net.outputs)
+           if any(c.src == net.input_name for c in net.incoming(p.name))}
+    msg = [v for v in _rule_input_message(net, Limits()) if v.layer == net.input_name]
+    return msg + [v for v in _rule_current_register(net, Limits()) if v.layer in fed]
+
+
 def _rule_problems(net: Network, lim: Limits) -> list[Violation]:
     return list(net.problems)
 
