@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibrate.statistics import activation_scales, weight_bounds
+from ..calibrate.bn_stats import data_free_scales
+from ..calibrate.statistics import activation_scales
 from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
@@ -136,7 +137,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if calib_data is not None:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
     else:
-        calib = weight_bounds(ann)
+        calib = data_free_scales(model, ann, req.norm, req.percentile)
     if choice is not None:
         req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
                                                    req.fanin, req.fanin_mode))

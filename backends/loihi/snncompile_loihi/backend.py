@@ -85,7 +85,7 @@ class LoihiBackend(Backend):
         with input and threshold << 6), binary spikes, the input every step (a charge
         injected once is T times larger in one step: it overflows the 24-bit current
         register and the 16-bit graded spike), and the widest --input-bits whose per-step
-        current into the first layer stays inside that register."""
+        current into the first layer, and whose threshold there, Loihi's registers hold."""
         return Profile(
             weight_bits=L.WEIGHT_BITS, membrane_bits=L.MEMBRANE_BITS, input_mode="every_step",
             spikes="binary",
@@ -93,8 +93,8 @@ class LoihiBackend(Backend):
                      "membrane_bits": "24-bit v register, input and threshold << 6",
                      "input_mode": "a once-injected input is T times the current in one step",
                      "spikes": "Loihi neurons send binary spikes here"},
-            input_rule=lambda g: input_width_violations(build_network(g)),
-            input_reason=f"the first layer's current per step fits the {L.STATE_BITS}-bit register")
+            input_rule=lambda g: input_width_violations(build_network(g), g),
+            input_reason=f"the first layer's current and threshold fit Loihi's {L.STATE_BITS}-bit state")
 
     def cores(self, graph: Graph) -> dict[str, int]:
         """Estimated Loihi 2 cores per layer (neurons and incoming synapses per core), for
