@@ -114,8 +114,8 @@ def test_netlist_end_to_end(digits, tmp_path):
 
 
 def test_limit_violations_all_at_once_and_nothing_written(digits, tmp_path):
-    out = tmp_path / "o"
-    r = convert(digits, out, "--target", "cyclesim")
+    out = tmp_path / "o"  # widths set explicitly: the target profile never overrides them
+    r = convert(digits, out, "--target", "cyclesim", "--bits", "16", "--membrane-bits", "32")
     assert_clean_failure(r, 6, "does not fit target 'cyclesim'", "weight bits (16) exceeds max (8)",
                          "fix: --bits 8", "fix: --membrane-bits 24")
     assert r.stderr.count("\n  - ") >= 7
@@ -260,6 +260,6 @@ def test_headline_loihi_command_end_to_end(digits, tmp_path):
     assert ev["max_weight_bits"] <= 8 and ev["max_fanin"] <= 64 and ev["cores"] >= 4
     # the same command with the input injected once cannot fit Loihi's current register
     r = convert(digits, tmp_path / "once", "--target", "loihi", "--bits", "8", "--fanin", "64",
-                "-T", "8", "--membrane-bits", "18")
+                "-T", "8", "--membrane-bits", "18", "--input-mode", "once", "--input-bits", "8")
     assert_clean_failure(r, 6, "input current per step", "--input-mode every_step")
     assert not (tmp_path / "once").exists()

@@ -62,6 +62,7 @@ def test_sixteen_bit_build_fails_an_eight_bit_target(builds):
     r = cli("check", str(builds["good"]), "--target", "cyclesim")
     assert r.returncode == 1
     assert "FAIL  limit cyclesim" in r.stdout and "weight bits (16) exceeds max (8); fix: --bits 8" in r.stdout
+    assert "convert --target cyclesim chooses --bits 8 --membrane-bits 24" in r.stdout  # its profile
     r = cli("check", str(builds["good"]), "--target", "netlist")  # no width limit there
     assert r.returncode == 0 and "PASS  limits of netlist" in r.stdout
 

@@ -132,17 +132,19 @@ def test_what_nir_cannot_say_is_refused_naming_each_layer():
     assert "NIR pads both sides of an axis equally" in str(uneven[0])
 
 
-def test_digits_cli_refuses_the_default_and_writes_a_runnable_nir_file(digits_dir, tmp_path):
+def test_digits_cli_refuses_what_nir_cannot_say_and_writes_a_runnable_nir_file(digits_dir, tmp_path):
     d = digits_dir
     base = ["convert", str(d / "digits_cnn.onnx"), "--calib", str(d / "calib.npz"), "-T", "8",
             "--target", "nir"]
-    r = cli(*base, "-o", str(tmp_path / "default"))
+    # set explicitly, the modes NIR cannot express are refused (the profile never overrides them)
+    r = cli(*base, "--input-mode", "once", "--v-init", "half", "-o", str(tmp_path / "default"))
     assert r.returncode == 6 and not (tmp_path / "default").exists()
     for expect in ("input mode (once)", "initial membrane", "fix: --v-init zero", "bias mode first_step"):
         assert expect in r.stderr
     out = tmp_path / "ok"  # reset by subtraction (the default): NIR's I -> Threshold -> Scale loop
-    r = cli(*base, "--input-mode", "every_step", "--v-init", "zero", "-o", str(out))
+    r = cli(*base, "-o", str(out))  # left to the nir profile: every-step input, v_init zero
     assert r.returncode == 0, r.stderr
+    assert "--input-mode every_step" in r.stdout and "--v-init zero" in r.stdout
     graph = nir.read(str(out / "nir" / "graph.nir"))
     assert sum(isinstance(n, nir.Threshold) for n in graph.nodes.values()) == 3
     test = np.load(d / "test.npz")

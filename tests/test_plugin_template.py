@@ -21,12 +21,14 @@ def test_template_installs_lists_and_passes_the_kit(tmp_path):
                         "--disable-pip-version-check", "--no-index", "--target", str(site), str(src)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    env = dict(os.environ, PYTHONPATH=str(site))
+    # the checkout's own snncompile (and backends) stay importable after the plugin's folder
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     r = subprocess.run([sys.executable, "-m", "snncompile", "backends", "--json"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = {b["name"]: b for b in json.loads(r.stdout)["backends"]}
     assert rows["template"]["version"] == "0.1.0" and rows["template"]["can_run"]
+    assert rows["template"]["profile"] == {"weight_bits": 16, "input_mode": "every_step"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(src / "tests")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

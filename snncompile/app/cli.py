@@ -76,8 +76,9 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
-              help="Output directory (must not exist, unless --force).")
+@click.option("-o", "--out", default=None, type=click.Path(file_okay=False),
+              help="Output directory (must not exist, unless --force); default: beside MODEL, "
+                   "named MODEL.<target> (MODEL.snn for sim).")
 @click.option("--target", default="sim", show_default=True,
               help="Backend to compile for: sim (reference simulator) or an installed backend "
                    "(see 'snncompile backends').")
@@ -169,7 +170,7 @@ def main(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
-def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
+def convert(model: str, out: str | None, target: str, timesteps: str, calib: str | None, norm: str,
             percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
@@ -180,10 +181,14 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
             max_psnr_drop: float | None = None, timesteps_candidates: str | None = None) -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
-    under the --bits/--fanin limits, layer by layer; with --target, check it against a
-    backend's limits and lower it into OUT/<target>/."""
+    under the --bits/--fanin limits, layer by layer; with --target, use the target's profile
+    for every conversion option not given, check it against the backend's limits and lower
+    it into OUT/<target>/."""
     from .compile import CompileRequest, compile_model
     from ..targets.api import parse_backend_options
+    from ..targets.select import default_out
+
+    out = out or default_out(model, target)
 
     auto, steps = _auto_timesteps(timesteps, max_accuracy_drop, max_psnr_drop, timesteps_candidates)
     percentile_value, percentile_search = _percentile_option(percentile)
@@ -226,6 +231,8 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
             tuned = f", tuned ({t['method']}, {t['epochs']} epochs, {metric})"
         if "auto_timesteps" in summary:
             _print_timestep_search(summary["auto_timesteps"])
+        if "profile" in summary:
+            click.echo(summary["profile"]["line"])
         click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
                    f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
 
@@ -438,14 +445,24 @@ def export(out: str, fmt: str, path: str, force: bool) -> None:
 @main.command()
 @click.argument("target", type=click.Path())
 @click.option("--output", "output_name", help="ONNX output to inspect, when the model has several.")
+@click.option("--target", "backend_name", default=None,
+              help="Also show what 'convert --target NAME' would choose from the target's profile "
+                   "and the limits the model would still break.")
+@click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
+              help="With --target: a setting of the backend (repeatable).")
+@click.option("--bits", "weight_bits", type=int, default=None,
+              help="With --target: the --bits convert would get (default: the profile's).")
+@click.option("--fanin", type=int, default=None, help="With --target: the --fanin convert would get.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_handle_errors
-def inspect(target: str, output_name: str | None, as_json: bool) -> None:
+def inspect(target: str, output_name: str | None, as_json: bool, backend_name: str | None = None,
+            target_options: tuple[str, ...] = (), weight_bits: int | None = None,
+            fanin: int | None = None) -> None:
     """Show what a MODEL.onnx converts to (and every op that cannot be converted), or print the
     integer IR of a compiled OUT directory."""
     import os
 
-    from .inspection import inspect_artifact, inspect_model
+    from .inspection import inspect_artifact, inspect_model, inspect_target
 
     if os.path.isdir(target):
         report = inspect_artifact(target)
@@ -461,6 +478,11 @@ def inspect(target: str, output_name: str | None, as_json: bool) -> None:
                    f"mode {report['input']['mode']}")
         return
     report = inspect_model(target, output=output_name)
+    if backend_name and report["convertible"]:
+        from ..targets.api import parse_backend_options
+
+        report["target"] = inspect_target(target, backend_name, parse_backend_options(target_options),
+                                          weight_bits, fanin, output_name)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
@@ -474,6 +496,10 @@ def inspect(target: str, output_name: str | None, as_json: bool) -> None:
             click.echo(f"warning: {w}", err=True)
         for p in report["problems"]:
             click.echo(f"unsupported: {p}", err=True)
+        if "target" in report:
+            click.echo(report["target"]["line"])
+            for v in report["target"]["violations"]:
+                click.echo(f"violation: {v}")
     if not report["convertible"]:
         sys.exit(UnsupportedOpError.exit_code)
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibrate.statistics import activation_scales, weight_bounds
+from ..calibrate.bn_stats import data_free_scales
+from ..calibrate.statistics import activation_scales
 from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
@@ -26,7 +27,8 @@ from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..targets.artifact import write_artifact
 from ..targets.rules import violations
-from ..targets.select import check_fit, lower_into, resolve_target, target_info
+from ..targets.profile import apply_profile, explicit_options, fit_input_width
+from ..targets.select import check_fit, default_out, lower_into, resolve_target, target_info
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir
 from ..tune.methods import OPTIONS, canonical, get_method, review_options
@@ -43,7 +45,7 @@ class CompileRequest:
     """Everything `snncompile convert` takes."""
 
     model: str
-    out: str
+    out: str | None          # None or "": default_out(model, target), beside the model
     target: str = "sim"
     calib: str | None = None
     norm: str = "percentile"
@@ -106,6 +108,14 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     atomically, with the backend's lowering inside. A tuning run keeps per-stage checkpoints
     in OUT/checkpoints (see :mod:`..tune.checkpoint`)."""
     backend = resolve_target(req.target, req.target_options)
+    if not req.out:
+        req = replace(req, out=default_out(req.model, req.target))
+    given = explicit_options(req.options, req.explicit)
+    choice = None
+    if backend is not None:
+        prof = backend.profile()
+        opts, choice = apply_profile(prof, req.options, given, backend.name)
+        req = replace(req, options=opts)
     req.options.check()
     if req.auto_timesteps is not None and not req.val:
         raise UsageError("--timesteps auto needs --val: T is chosen by accuracy on validation data",
@@ -127,7 +137,11 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if calib_data is not None:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
     else:
-        calib = weight_bounds(ann)
+        calib = data_free_scales(model, ann, req.norm, req.percentile)
+    if choice is not None:
+        req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
+                                                   req.fanin, req.fanin_mode))
+        log.info(choice.line())
     snn = convert(ann, calib, req.options)
     warnings = list(notes) + list(imported.warnings) + list(calib.warnings)
     tsearch = None
@@ -141,7 +155,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     bits = req.options.weight_bits
     if training:
         if backend is not None:  # fail before tuning, not after, on the limits the target sets
-            check_fit(backend, constrain(snn, bits, req.fanin, req.fanin_mode))
+            check_fit(backend, constrain(snn, bits, req.fanin, req.fanin_mode), choice)
         snn, tuning = _tune(req, snn, topts, ckpt_dir, train_data, val_data, calib_data)
     elif req.fanin:
         pruned = pruned_share(snn, fanin_masks(snn, req.fanin, req.fanin_mode))
@@ -161,10 +175,11 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         snn = with_timesteps(snn, final.chosen)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
     if backend is not None:
-        check_fit(backend, snn)  # every violation at once, before anything is written
+        check_fit(backend, snn, choice)  # every violation at once, before anything is written
     info = {
         "source": os.path.abspath(req.model), "target": req.target,
         "backend": target_info(backend, req.target), "seed": req.seed,
+        "profile": choice.as_dict() if choice is not None else None,
         "options": asdict(req.options), "normalization": calib.method,
         "calibration_samples": int(calib_data.x.shape[0]) if calib_data is not None else 0,
         "lam": {k: v.tolist() for k, v in calib.lam.items()},
@@ -188,6 +203,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
                "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
                "seconds": round(time.perf_counter() - t0, 3)}
+    if choice is not None:
+        summary["profile"] = choice.as_dict()
     if tuning is not None:
         last = tuning["stages"][-1]["best"] if tuning["stages"] else {}
         summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"], **last}

@@ -67,3 +67,37 @@ def inspect_artifact(path: str) -> dict[str, Any]:
             "input": {"shape": list(g.input.shape), "mode": g.input.mode, "bits": g.input.bits},
             "nodes": describe_graph(g), "ann_macs": ann_macs(g),
             "options": art.info.get("options", {}), "warnings": art.info.get("warnings", [])}
+
+
+def inspect_target(path: str, target: str, target_options: dict[str, str] | None = None,
+                   weight_bits: int | None = None, fanin: int | None = None,
+                   output: str | None = None) -> dict[str, Any]:
+    """What `convert MODEL --target TARGET` would choose from the target's profile (with
+    ``--bits``/``--fanin`` as given), and every limit the result still breaks, checked on a
+    conversion with weight-bound thresholds (the input width a profile fits depends on the
+    weights only; a threshold-width violation may differ after calibration)."""
+    from dataclasses import replace
+
+    from ..calibrate.statistics import weight_bounds
+    from ..ir.options import ConversionOptions
+    from ..passes.constrain import constrain
+    from ..passes.convert import convert
+    from ..targets.profile import apply_profile, fit_input_width
+    from ..targets.select import resolve_target
+
+    backend = resolve_target(target, target_options)
+    if backend is None:
+        return {"target": target, "line": "target sim: the reference simulator takes every option",
+                "profile": None, "violations": []}
+    given = {"weight_bits"} if weight_bits is not None else set()
+    opts = ConversionOptions() if weight_bits is None else replace(ConversionOptions(), weight_bits=weight_bits)
+    prof = backend.profile()
+    opts, choice = apply_profile(prof, opts, given, backend.name)
+    opts.check()
+    ann = import_onnx(load_onnx(path), output=output).graph
+    calib = weight_bounds(ann, warn=False)
+    opts = fit_input_width(prof, choice, ann, calib, opts, given, fanin)
+    g = convert(ann, calib, opts)
+    violations = backend.check(constrain(g, opts.weight_bits, fanin) if fanin else g)
+    return {"target": backend.name, "line": choice.line(), "profile": choice.as_dict(),
+            "violations": [str(v) for v in violations]}

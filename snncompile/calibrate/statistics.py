@@ -132,9 +132,9 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
                        method=f"{norm}:{p:g}", warnings=warnings)
 
 
-def weight_bounds(graph: Graph, input_absmax: float = 1.0) -> Calibration:
+def weight_bounds(graph: Graph, input_absmax: float = 1.0, warn: bool = True) -> Calibration:
     """Scales from weights alone: each ReLU's largest possible output given |input| <=
-    ``input_absmax`` (interval arithmetic through the graph)."""
+    ``input_absmax`` (interval arithmetic through the graph); ``warn``: log why that is poor."""
     bound: dict[str, float] = {}
     lam: dict[str, np.ndarray] = {}
     for n in graph.nodes:
@@ -160,5 +160,6 @@ def weight_bounds(graph: Graph, input_absmax: float = 1.0) -> Calibration:
     msg = ("no calibration data: thresholds come from weight bounds, which are far larger than "
            "real activations, so accuracy will suffer at small T; pass --calib FILE.npz with a few "
            "hundred training samples")
-    log.warning(msg)
+    if warn:
+        log.warning(msg)
     return Calibration(lam=lam, input_absmax=input_absmax, method="weights", warnings=[msg])

@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..fsutil import atomic_write_text
 from ..ir import IFNode, Graph
 from ..targets.api import get_backend
+from ..targets.profile import OPTION_FLAGS
 
 BASELINE_FORMAT = "snncompile-baseline"
 BASELINE_VERSION = 1
@@ -127,7 +128,12 @@ def limit_checks(art: Artifact, target: str | None) -> list[Check]:
     violations = backend.check(art.graph)
     if not violations:
         return [Check(f"limits of {name}", True, f"fits {name} (every limit holds)")]
-    return [Check(f"limit {name}: {v.layer} {v.quantity}", False, str(v)) for v in violations]
+    built_with = art.info.get("options", {})
+    differs = {k: v for k, v in backend.profile().settings().items() if built_with.get(k) != v}
+    note = ("; the build differs from the target's profile: convert --target "
+            f"{name} chooses " + " ".join(f"{OPTION_FLAGS[k]} {v}" for k, v in differs.items())
+            ) if differs else ""
+    return [Check(f"limit {name}: {v.layer} {v.quantity}", False, str(v) + note) for v in violations]
 
 
 def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | None,

@@ -15,7 +15,9 @@ an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populat
 ``population_fanin``, ``chain_ops``, ``weight_bits``), and the error types.
 :func:`flatten_network` turns a graph into populations and integer synapse matrices (what
 neuron-and-synapse hardware needs); :func:`layer_footprints` / :func:`demand` size a slice of
-a layer for one core from the graph alone (no matrices), for mapping at any scale; :data:`RULES` names the generic limit rules
+a layer for one core from the graph alone (no matrices), for mapping at any scale;
+:class:`Profile` is what a backend declares of the conversion settings it needs or prefers
+(:meth:`Backend.profile`); :data:`RULES` names the generic limit rules
 (:mod:`snncompile.targets.rules`, the ones conversion and tuning check too) so a backend
 can replace one with a finer rule of its own. An unexpected exception inside a plugin is
 reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs/plugins.md.
@@ -37,7 +39,8 @@ from ..ir.structure import chain_ops, fanin_layers, population_fanin, population
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
 from .footprint import Chain, Demand, Footprint, demand, largest_slice, layer_footprints
-from .rules import GENERIC_RULES, RULES, Limits, Rule, Violation, check_limits
+from .profile import Profile
+from .rules import GENERIC_RULES, RULES, LimitError, Limits, Rule, Violation, check_limits
 
 ENTRY_POINT_GROUP = "snncompile.backends"
 
@@ -46,25 +49,9 @@ __all__ = [
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
     "Rule", "Chain", "Demand", "Footprint", "demand", "largest_slice", "layer_footprints",
-    "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
+    "Profile", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
 ]
-
-
-class LimitError(SnnCompileError):
-    """The graph does not fit the target; ``violations`` lists every broken limit."""
-
-    exit_code = 6
-
-    def __init__(self, target: str, violations: list[Violation]):
-        lines = "\n".join(f"  - {v}" for v in violations)
-        super().__init__(f"the network does not fit target '{target}' "
-                         f"({len(violations)} violation{'s' if len(violations) != 1 else ''}):\n{lines}")
-        self.target = target
-        self.violations = violations
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class BackendError(SnnCompileError):
@@ -113,6 +100,13 @@ class Backend(ABC):
         """Every violation of the target's limits; backends with more rules extend this."""
         return check_limits(graph, self.limits(), self.name)
 
+    def profile(self) -> Profile:
+        """The conversion settings this target needs or prefers, which `convert --target`
+        uses for every option the user did not set (docs/plugins.md, "Profiles"). The
+        default derives them from :meth:`limits`; override it to prefer settings the limits
+        allow but do not choose, or to fit ``--input-bits`` to the model (``input_rule``)."""
+        return Profile.from_limits(self.limits())
+
     @abstractmethod
     def lower(self, graph: Graph, directory: Path) -> None:
         """Write the artifact for ``graph`` into ``directory`` (it exists and is empty; the
@@ -140,8 +134,11 @@ class Backend(ABC):
 
     def info(self) -> dict[str, Any]:
         """What `snncompile backends` prints."""
+        prof = self.profile()
         return {"name": self.name, "version": self.version, "description": self.description,
-                "can_run": self.can_run, "limits": self.limits().as_dict()}
+                "can_run": self.can_run, "limits": self.limits().as_dict(),
+                "profile": dict(prof.settings(), **({"input_bits": "fitted to the model"}
+                                                   if prof.input_rule else {}))}
 
 
 # --- discovery -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..errors import SnnCompileError
 from ..ir import Graph, IFNode, InputNode, WeightedNode
 from ..ir.structure import fanin_layers, population_fanin, populations, weight_bits
 
@@ -62,6 +63,22 @@ class Violation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class LimitError(SnnCompileError):
+    """The graph does not fit the target; ``violations`` lists every broken limit."""
+
+    exit_code = 6
+
+    def __init__(self, target: str, violations: list[Violation]):
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"the network does not fit target '{target}' "
+                         f"({len(violations)} violation{'s' if len(violations) != 1 else ''}):\n{lines}")
+        self.target = target
+        self.violations = violations
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --- the generic limit rules -----------------------------------------------------------------

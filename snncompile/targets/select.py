@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..ir import Graph
 from .api import Backend, BackendError, LimitError, available_backends, get_backend
+from .profile import ProfileChoice
 from ..errors import SnnCompileError, UsageError
 
 SIM = "sim"
@@ -33,11 +34,22 @@ def resolve_target(name: str, options: Mapping[str, str] | None = None) -> Backe
     return get_backend(name, options)
 
 
-def check_fit(backend: Backend, graph: Graph) -> None:
-    """Raise LimitError listing every violation of the backend's limits."""
+def check_fit(backend: Backend, graph: Graph, choice: ProfileChoice | None = None) -> None:
+    """Raise LimitError listing every violation of the backend's limits (and, where a
+    profile chose options, what it chose)."""
     violations = backend.check(graph)
     if violations:
-        raise LimitError(backend.name, violations)
+        err = LimitError(backend.name, violations)
+        if choice is not None and (choice.chosen or choice.kept or choice.note):
+            err.message += f"\n({choice.line()})"
+        raise err
+
+
+def default_out(model: str, target: str) -> str:
+    """The output directory when -o is not given: beside the model, named after it and the
+    target (``model.onnx`` -> ``model.loihi``; ``model.snn`` for the reference simulator)."""
+    p = Path(model)
+    return str(p.with_name(f"{p.stem}.{'snn' if target == SIM else target}"))
 
 
 def lower_into(backend: Backend, graph: Graph, out_dir: Path) -> Path:

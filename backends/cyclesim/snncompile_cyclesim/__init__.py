@@ -10,11 +10,12 @@ See docs/plugins.md and the architecture defaults in :mod:`snncompile_cyclesim.a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Violation, check_limits,
+from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Profile, Violation, check_limits,
                                flatten_network)
 
 from .arch import Architecture
@@ -44,6 +45,14 @@ class CycleSimBackend(Backend):
                       synapses_per_core=a.synapses_per_core, cores=a.cores, membrane_bits=a.membrane_bits,
                       threshold_bits=a.threshold_bits, spike_modes=("binary", "signed"),
                       sources={"*": "cyclesim architecture options (illustrative defaults; --target-option)"})
+
+    def profile(self) -> Profile:
+        """The architecture's weight and membrane widths (--target-option weight_bits,
+        membrane_bits); every mode is supported."""
+        a = self.arch
+        return dataclasses.replace(Profile.from_limits(self.limits()),
+                                   reasons={"weight_bits": f"{a.weight_bits}-bit synaptic weights",
+                                            "membrane_bits": f"{a.membrane_bits}-bit saturating membrane"})
 
     def check(self, graph) -> list[Violation]:
         """Generic width and mode rules, then the mapper's, on the graph alone (no synapse

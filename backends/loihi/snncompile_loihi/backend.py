@@ -31,7 +31,7 @@ import numpy as np
 
 from snncompile.ir import Graph
 from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
-                               UsageError, Violation, check_limits, flatten_network,
+                               Profile, UsageError, Violation, check_limits, flatten_network,
                                layer_footprints)
 
 from . import __version__
@@ -41,7 +41,7 @@ from .emit import write_artifact
 from .capacity import Mapping, map_graph, mapping_violations
 from .netx import write_netx
 from .network import build_network
-from .rules import check_network
+from .rules import check_network, input_width_violations
 
 log = logging.getLogger("snncompile")
 # Above this many folded synapse-matrix entries, a graph the graph-level rules already
@@ -99,6 +99,22 @@ class LoihiBackend(Backend):
     def mapping(self, graph: Graph) -> Mapping:
         """Cores and chips per layer (capacity.py), from the graph alone."""
         return map_graph(graph, self._chip)
+
+    def profile(self) -> Profile:
+        """What Lava's fixed-point LIF needs: 8-bit weights, 18 membrane bits (a 24-bit v
+        with input and threshold << 6), binary spikes, the input every step (a charge
+        injected once is T times larger in one step: it overflows the 24-bit current
+        register and the 16-bit graded spike), and the widest --input-bits whose per-step
+        current into the first layer, and whose threshold there, Loihi's registers hold."""
+        return Profile(
+            weight_bits=L.WEIGHT_BITS, membrane_bits=L.MEMBRANE_BITS, input_mode="every_step",
+            spikes="binary",
+            reasons={"weight_bits": "8-bit synaptic weights",
+                     "membrane_bits": "24-bit v register, input and threshold << 6",
+                     "input_mode": "a once-injected input is T times the current in one step",
+                     "spikes": "Loihi neurons send binary spikes here"},
+            input_rule=lambda g: input_width_violations(build_network(g), g),
+            input_reason=f"the first layer's current and threshold fit Loihi's {L.STATE_BITS}-bit state")
 
     def cores(self, graph: Graph) -> dict[str, int]:
         """Loihi 2 cores per layer, for reports such as ``evaluate``."""

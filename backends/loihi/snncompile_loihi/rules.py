@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from snncompile.plugin import Limits, Violation
+from snncompile.ir import Graph
+from snncompile.plugin import RULES, Limits, Violation, check_limits
 
 from . import limits as L
 from .encode import DoesNotFit, payload_code, vth_code, weight_code
@@ -113,6 +114,19 @@ def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:
             out.append(Violation(p.name, "input current per step (16-bit a_in port)", b,
                                  L.CURRENT_MAX, fix))
     return out
+
+
+def input_width_violations(net: Network, graph: Graph) -> list[Violation]:
+    """The violations a narrower input fixes: the input's graded spike, and the current,
+    threshold and initial membrane of the populations the input feeds (their threshold is
+    the activation scale over the input's scale, so it shrinks with the input width). The
+    target profile fits --input-bits with these."""
+    fed = {p.name for p in list(net.populations) + list(net.outputs)
+           if any(c.src == net.input_name for c in net.incoming(p.name))}
+    out = [v for v in _rule_input_message(net, Limits()) if v.layer == net.input_name]
+    out += check_limits(graph, Limits(threshold_bits=L.THRESHOLD_BITS), rules=(RULES["threshold_bits"],))
+    out += _rule_v_init(net, Limits()) + _rule_current_register(net, Limits())
+    return [v for v in out if v.layer in fed or v.layer == net.input_name]
 
 
 def _rule_problems(net: Network, lim: Limits) -> list[Violation]:

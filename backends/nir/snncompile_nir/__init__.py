@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snncompile.plugin import Backend, BackendRun, Limits, UsageError
+from snncompile.plugin import Backend, BackendRun, Limits, Profile, UsageError
 
 from .lower import FORMAT_VERSION, GRAPH_FILE, nir_names, nir_violations, to_nir, write_graph
 from .run import load_module, run_nir
@@ -42,6 +42,12 @@ class NirBackend(Backend):
         return Limits(input_modes=("every_step",),
                       sources={"input_modes": "NIR adds a bias every step; a charge injected "
                                               "once at t = 0 has no NIR node"})
+
+    def profile(self) -> Profile:
+        """NIR's IF node starts at v = 0 and its bias (and input) arrive every step."""
+        return Profile(input_mode="every_step", v_init="zero",
+                       reasons={"input_mode": "NIR adds input and bias every step",
+                                "v_init": "NIR's IF starts at v = 0"})
 
     def check(self, graph) -> list:
         return super().check(graph) + nir_violations(graph)

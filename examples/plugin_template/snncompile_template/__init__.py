@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from snncompile.plugin import (ArtifactError, Backend, BackendRun, Limits, UsageError, Violation,
-                               flatten_network)
+from snncompile.plugin import (ArtifactError, Backend, BackendRun, Limits, Profile, UsageError,
+                               Violation, flatten_network)
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,15 @@ class TemplateBackend(Backend):
         # This toy target has no max pools (no running-count units), so it states its modes
         # and the core refuses graphs it cannot hold instead of producing wrong spikes.
         return Limits(weight_bits=self.weight_bits, membrane_bits=32)
+
+    def profile(self) -> Profile:
+        # What `convert --target template` uses for every conversion option the user did not
+        # set (an option set explicitly is never overridden: a conflict stays a violation).
+        # Here: the weight width of the target option, and the input every step, which this
+        # toy runner handles the simplest way. A reason per setting is shown to the user.
+        return Profile(weight_bits=min(self.weight_bits, 24), input_mode="every_step",
+                       reasons={"weight_bits": f"weights of {self.weight_bits} bits (target option)",
+                                "input_mode": "the template runner's simplest input"})
 
     def check(self, graph):
         out = super().check(graph)               # the generic rules for the limits above
