@@ -13,6 +13,7 @@ from ..targets.artifact import read_artifact
 from ..data import load_npz
 from ..errors import ArtifactError, SnnCompileError, UsageError
 from ..targets.api import BackendError, available_backends, get_backend
+from ..measure.evaluate import membrane_bits, warn_saturation
 from ..sim.simulator import quantize_input, simulate
 from ..targets.select import SIM
 from ..testing.conformance import compare_run
@@ -43,7 +44,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
     if not directory.is_dir():
         raise ArtifactError(f"'{out}' has no '{target}/' folder (the backend's artifact)",
                             f"re-run 'snncompile convert --target {target}'")
-    data = load_npz(data_path, g.input.shape, need_labels=False)
+    data = load_npz(data_path, g.input.shape, need_labels=False, out_shape=g[g.outputs[0]].shape)
     T = int(timesteps or g.timesteps)
     if T < 1:
         raise UsageError(f"--timesteps must be >= 1, got {T}")
@@ -53,6 +54,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
     acc: list[np.ndarray | None] = []
     parts: list[tuple[int, dict[str, Any]]] = []
     t_backend = t_ref = 0.0
+    saturations: dict[str, int] = {}
     for start in range(0, len(x_int), batch_size):  # bounded memory: spikes are recorded
         stop = min(start + batch_size, len(x_int))
         t0 = time.perf_counter()
@@ -67,6 +69,8 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
         t0 = time.perf_counter()
         ref = simulate(g, data.x[start:stop], timesteps=T, record_spikes=True)
         t_ref += time.perf_counter() - t0
+        for k, v in ref.saturations.items():
+            saturations[k] = saturations.get(k, 0) + int(v)
         diffs += compare_run(g, ref, run, sample_offset=start)
         got = run.output_acc.get(first)
         ok = got is not None and np.shape(got) == ref.output_acc[first].shape
@@ -83,6 +87,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
             res["accuracy"] = float((pred.reshape(len(pred), -1).argmax(1) == data.y).mean())
         elif data.y is not None:
             res["mse"] = float(np.mean((pred.reshape(data.y.shape) - data.y) ** 2))
+    warn_saturation(saturations, T, int(g.timesteps), membrane_bits(g))
     res["seconds_backend"] = round(t_backend, 3)
     res["seconds_reference"] = round(t_ref, 3)
     res["stats"] = backend.combine_stats(parts)

@@ -20,6 +20,10 @@ from .. import ir
 from ..errors import ModelError
 
 
+_NONFINITE_HINT = ("the model's weights are broken (a diverged training run or a faulty export): "
+                   "retrain or repair them (e.g. torch.nan_to_num on the state dict) and re-export")
+
+
 def describe(node: onnx.NodeProto) -> str:
     """``node 'name' (Op)``; unnamed nodes are named by their first output tensor."""
     return f"node '{node.name or (node.output[0] if node.output else '?')}' ({node.op_type})"
@@ -86,6 +90,19 @@ class ImportContext:
                              "only the first input of this op may depend on the network input")
         return self.consts[name]
 
+    def weight(self, node: onnx.NodeProto, i: int, what: str, dtype: type = np.float32) -> np.ndarray:
+        """Input ``i`` as a float array of learned values (a weight, bias, scale): constant and
+        finite, else a ModelError naming the tensor, because NaN or infinity would turn into
+        nonsense integers (or a crash) far from where they came in."""
+        v = np.array(self.const(node, i), dtype=dtype)
+        if not np.all(np.isfinite(v)):
+            nan, inf = int(np.isnan(v).sum()), int(np.isinf(v).sum())
+            found = " and ".join(f for f in (f"{nan} NaN" if nan else "",
+                                             f"{inf} infinite" if inf else "") if f)
+            raise node_error(node, f"{what} '{node.input[i]}' holds {found} value(s) (of {v.size})",
+                             _NONFINITE_HINT)
+        return v
+
     def act(self, node: onnx.NodeProto, i: int = 0) -> str:
         """The IR node computing activation input ``i``."""
         if not self.has_input(node, i):
@@ -106,6 +123,13 @@ class ImportContext:
     # -- writing results ------------------------------------------------------------------
     def add(self, node: ir.Node, tensor: str | None = None) -> str:
         """Append an IR node, infer its shape, and map ``tensor`` (default: its name) to it."""
+        for field in ("weight", "bias"):
+            v = getattr(node, field, None)
+            if v is not None and not np.all(np.isfinite(v)):
+                raise ModelError(f"{node.op} '{node.name}': its {field} is not finite after folding "
+                                 "the model's constants (NaN or infinity, e.g. from a BatchNorm "
+                                 "variance below zero or a division by a tiny constant)",
+                                 _NONFINITE_HINT)
         shape = tuple(int(d) for d in node.infer_shape([self.shapes[i] for i in node.inputs]))
         node.shape = shape
         self.nodes.append(node)

@@ -51,6 +51,7 @@ def prepare_model(model: onnx.ModelProto, where: str = "the model") -> onnx.Mode
     if not isinstance(model, onnx.ModelProto):
         raise ModelError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}",
                          "pass the .onnx file path or onnx.load(path)")
+    _check_opsets(model, where)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -61,9 +62,30 @@ def prepare_model(model: onnx.ModelProto, where: str = "the model") -> onnx.Mode
         raise ModelError(f"{_q(where)}: ONNX shape inference failed: {_short(e)}", _EXPORT_HINT) from None
 
 
+def _check_opsets(model: onnx.ModelProto, where: str) -> None:
+    """The standard opset must be one this onnx knows: a newer one's ops are unknown to the
+    checker, to shape inference and to us, and would be read with the wrong semantics."""
+    known = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not 1 <= o.version <= known:
+            raise ModelError(f"{_q(where)} uses ONNX opset {o.version}, but the installed onnx "
+                             f"{onnx.__version__} knows opsets 1..{known}",
+                             f"re-export with an opset of at most {known} (torch.onnx.export(..., "
+                             "opset_version=17)); if the file is new, upgrade onnx")
+
+
 def _load_external(model: onnx.ModelProto, p: Path) -> None:
-    """Read weights kept in separate files, after checking that every such file exists."""
+    """Read weights kept in separate files, after checking that every such file exists and
+    lies inside the model's folder (a model must not make us read any other file)."""
     base = p.parent
+    outside = sorted({
+        loc for t in _tensors(model) if external_data_helper.uses_external_data(t)
+        and not _inside(base, loc := external_data_helper.ExternalDataInfo(t).location)})
+    if outside:
+        raise ModelError(f"'{p}' says its weights are in {', '.join(repr(o) for o in outside)}, "
+                         f"outside the model's folder '{base}'; such a file is never read",
+                         "keep the weight file (.onnx.data) beside the model and re-export with a "
+                         "plain file name as its location")
     missing = sorted({
         external_data_helper.ExternalDataInfo(t).location
         for t in _tensors(model)
@@ -77,7 +99,7 @@ def _load_external(model: onnx.ModelProto, p: Path) -> None:
                          "them side by side), or re-export with external_data=False")
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as e:
         raise ModelError(f"cannot read the external weights of '{p}': {_short(e)}",
                          "the .onnx.data file is truncated or does not belong to this model; "
                          "re-export both files together") from None
@@ -89,6 +111,13 @@ def _tensors(model: onnx.ModelProto):
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 yield a.t
+
+
+def _inside(base: Path, location: str) -> bool:
+    if not location or os.path.isabs(location):
+        return False
+    root = base.resolve()
+    return (root / location).resolve().is_relative_to(root)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

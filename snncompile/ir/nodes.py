@@ -139,7 +139,8 @@ class Conv2dNode(WeightedNode):
         h = _conv_len(s[1], kh, self.stride[0], self.padding[0] + self.padding[2], self.dilation[0])
         w = _conv_len(s[2], kw, self.stride[1], self.padding[1] + self.padding[3], self.dilation[1])
         if h <= 0 or w <= 0:
-            raise ModelError(f"conv2d '{self.name}': output would be empty for input {s}")
+            raise ModelError(f"conv2d '{self.name}': output would be empty for input {s}",
+                             _EMPTY_OUTPUT_HINT)
         return (cout, h, w)
 
 
@@ -326,6 +327,10 @@ NODE_TYPES: dict[str, type[Node]] = {
 }
 
 
+_EMPTY_OUTPUT_HINT = ("the window (kernel x dilation) is larger than the padded input: check the "
+                      "layer's kernel, stride and padding, and the model's input size")
+
+
 def _conv_len(n: int, k: int, stride: int, pad_total: int, dilation: int = 1) -> int:
     return (n + pad_total - dilation * (k - 1) - 1) // stride + 1
 
@@ -336,5 +341,6 @@ def _pool_shape(node, s: tuple[int, ...]) -> tuple[int, ...]:
     h = _conv_len(s[1], node.kernel[0], node.stride[0], node.padding[0] + node.padding[2])
     w = _conv_len(s[2], node.kernel[1], node.stride[1], node.padding[1] + node.padding[3])
     if h <= 0 or w <= 0:
-        raise ModelError(f"{node.op} '{node.name}': output would be empty for input {s}")
+        raise ModelError(f"{node.op} '{node.name}': output would be empty for input {s}",
+                         _EMPTY_OUTPUT_HINT)
     return (s[0], h, w)

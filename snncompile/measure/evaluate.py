@@ -32,10 +32,31 @@ def parse_timesteps(text: str | None) -> list[int] | None:
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"--timesteps takes integers separated by commas, got '{text}'") from None
+        raise UsageError(f"--timesteps takes integers separated by commas, got '{text}'",
+                         "e.g. --timesteps 16, or --timesteps 4,8,16,32 for a sweep") from None
     if not values or min(values) < 1:
-        raise UsageError(f"--timesteps values must be >= 1, got '{text}'")
+        raise UsageError(f"--timesteps values must be >= 1, got '{text}'",
+                         "e.g. --timesteps 16, or --timesteps 4,8,16,32 for a sweep")
     return values
+
+
+def membrane_bits(g) -> int:
+    """The widest membrane of the graph's IF layers (0 without any)."""
+    return max((int(n.membrane_bits) for n in g.nodes if isinstance(n, IFNode)), default=0)
+
+
+def warn_saturation(saturations: dict[str, int], timesteps: int, built: int, bits: int) -> None:
+    """Warn when membranes saturated: the SNN no longer computes what the ANN does (typical
+    of a T far beyond the build's, where charge piles up past the membrane width), so its
+    score is not a measure of the conversion."""
+    hit = {k: int(v) for k, v in saturations.items() if v}
+    if not hit:
+        return
+    layers = ", ".join(f"'{k}' ({v})" for k, v in sorted(hit.items(), key=lambda kv: -kv[1])[:3])
+    log.warning("membranes saturated %d times at T=%d (the build's T is %d; most in %s): the "
+                "%d-bit membranes cannot hold the charge, so these results do not reflect the "
+                "network; use a T nearer the build's, or convert with more --membrane-bits",
+                sum(hit.values()), timesteps, built, layers, bits)
 
 
 def _target_resources(art) -> dict[str, dict[str, int]]:
@@ -59,7 +80,7 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     """ANN (onnxruntime) versus SNN (reference simulator) on a labelled data file."""
     art = read_artifact(out)
     g = art.graph
-    data = load_npz(data_path, g.input.shape, need_labels=True)
+    data = load_npz(data_path, g.input.shape, need_labels=True, out_shape=g[g.outputs[0]].shape)
     ann_pred = np.concatenate([b[g.meta["onnx_output"]] for b in onnx_forward(
         art.load_model(), g.meta["onnx_input"], [g.meta["onnx_output"]], data.x, batch_size)])
     ann_score = data.score(ann_pred)
@@ -68,6 +89,7 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     for T in (timesteps or [g.timesteps]):
         res = simulate(g, data.x, timesteps=T, batch_size=batch_size, progress=progress)
         snn_score = data.score(res.output)
+        warn_saturation(res.saturations, T, g.timesteps, membrane_bits(g))
         layers = []
         for p in populations(g):
             row = {"name": p.name, "kind": p.kind, "synapses": p.synapses, "neurons": p.neurons,

@@ -21,7 +21,14 @@ def pair(node: onnx.NodeProto, attrs: dict, key: str, default: int) -> tuple[int
     if len(v) != 2:
         raise node_error(node, f"attribute {key}={list(v)} is not 2-D; only 2-D (H, W) layers are "
                                "supported", "use Conv2d/Pool2d layers")
+    if min(v) < 1:
+        raise node_error(node, f"attribute {key}={list(v)} is impossible: every entry must be at "
+                               "least 1", BROKEN_ATTRIBUTE_HINT)
     return int(v[0]), int(v[1])
+
+
+BROKEN_ATTRIBUTE_HINT = ("the model file is damaged or was edited by hand: re-export it from the "
+                         "framework it was trained in")
 
 
 def image_input(ctx: ImportContext, node: onnx.NodeProto) -> tuple[str, tuple[int, int, int]]:
@@ -44,7 +51,8 @@ def spatial_pads(node: onnx.NodeProto, attrs: dict, hw: tuple[int, int], kernel:
         if len(pads) != 4:
             raise node_error(node, f"pads={pads} is not 2-D padding")
         if min(pads) < 0:
-            raise node_error(node, f"negative pads {pads} are not supported")
+            raise node_error(node, f"negative pads {pads} are not supported",
+                             "crop with a Slice before the layer instead, and re-export")
         return pads[0], pads[1], pads[2], pads[3]
     if auto == "VALID":
         return 0, 0, 0, 0

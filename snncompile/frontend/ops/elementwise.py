@@ -28,7 +28,7 @@ def arithmetic(ctx: ImportContext, node: onnx.NodeProto) -> None:
         return
     act_pos = 0 if left_act else 1
     x = ctx.act(node, act_pos)
-    c = _per_channel(ctx, node, np.asarray(ctx.const(node, 1 - act_pos), dtype=np.float64),
+    c = _per_channel(ctx, node, ctx.weight(node, 1 - act_pos, "constant", np.float64),
                      ctx.shape(x))
     one, zero = np.ones_like(c), np.zeros_like(c)
     if op == "Add":

@@ -9,27 +9,33 @@ import onnx
 from ... import ir
 from ..context import ImportContext, attributes, node_error
 from ..registry import register
-from .common import f32, image_input, pair, spatial_pads
+from .common import BROKEN_ATTRIBUTE_HINT, image_input, pair, spatial_pads
 
 
 @register("Conv")
 def conv(ctx: ImportContext, node: onnx.NodeProto) -> None:
     """2-D convolution with groups, strides, dilations and (auto_)padding -> Conv2dNode."""
     a = attributes(node)
-    w = f32(ctx.const(node, 1))
+    w = ctx.weight(node, 1, "weight")
     if w.ndim != 4:
         raise node_error(node, f"only 2-D convolution is supported (weight has shape {w.shape})",
                          "use Conv2d layers on (N, C, H, W) inputs")
     x, s = image_input(ctx, node)
     kernel = tuple(w.shape[2:])
     if tuple(a.get("kernel_shape", kernel)) != kernel:
-        raise node_error(node, f"kernel_shape {a['kernel_shape']} does not match weight {w.shape}")
+        raise node_error(node, f"kernel_shape {a['kernel_shape']} does not match weight {w.shape}",
+                         BROKEN_ATTRIBUTE_HINT)
     strides, dilations = pair(node, a, "strides", 1), pair(node, a, "dilations", 1)
+    groups = int(a.get("group", 1))
+    if groups < 1 or s[0] % groups or w.shape[0] % groups or s[0] != w.shape[1] * groups:
+        raise node_error(node, f"group={groups} does not fit {s[0]} input channels and a weight "
+                               f"of shape {w.shape} (input channels = weight.shape[1] x group, "
+                               "output channels divisible by group)", BROKEN_ATTRIBUTE_HINT)
     pads = spatial_pads(node, a, s[1:], kernel, strides, dilations)
     cout = w.shape[0]
-    bias = f32(ctx.const(node, 2)).reshape(-1) if ctx.has_input(node, 2) else np.zeros(cout, np.float32)
+    bias = ctx.weight(node, 2, "bias").reshape(-1) if ctx.has_input(node, 2) else np.zeros(cout, np.float32)
     ctx.add(ir.Conv2dNode(name=node.output[0], inputs=[x], weight=w, bias=bias, stride=strides,
-                          padding=pads, dilation=dilations, groups=int(a.get("group", 1))))
+                          padding=pads, dilation=dilations, groups=groups))
 
 
 @register("Gemm")
@@ -40,14 +46,14 @@ def gemm(ctx: ImportContext, node: onnx.NodeProto) -> None:
     if a.get("transA", 0):
         raise node_error(node, "transA=1 transposes the batch into the features",
                          "export the linear layer as x @ W.T (torch.nn.Linear does this)")
-    b = f32(ctx.const(node, 1))
+    b = ctx.weight(node, 1, "weight B")
     if b.ndim != 2:
         raise node_error(node, f"weight B has shape {b.shape}, expected a matrix")
     w = (b.T if not a.get("transB", 0) else b) * np.float32(a.get("alpha", 1.0))
     out = w.shape[0]
     bias = np.zeros(out, np.float32)
     if ctx.has_input(node, 2):
-        bias = _vector(node, f32(ctx.const(node, 2)) * np.float32(a.get("beta", 1.0)), out, "bias C")
+        bias = _vector(node, ctx.weight(node, 2, "bias C") * np.float32(a.get("beta", 1.0)), out, "bias C")
     ctx.add(ir.DenseNode(name=node.output[0], inputs=[x], weight=np.ascontiguousarray(w), bias=bias))
 
 
@@ -59,7 +65,7 @@ def matmul(ctx: ImportContext, node: onnx.NodeProto) -> None:
     if len(ctx.shape(x)) != 1:
         raise node_error(node, f"MatMul of a per-sample shape {ctx.shape(x)} (batched matmul) is "
                                "not supported", "flatten the input first")
-    w = f32(ctx.const(node, 1))
+    w = ctx.weight(node, 1, "weight")
     if w.ndim != 2:
         raise node_error(node, f"weight has shape {w.shape}, expected a matrix")
     ctx.add(ir.DenseNode(name=node.output[0], inputs=[x], weight=np.ascontiguousarray(w.T),
@@ -78,7 +84,8 @@ def batchnorm(ctx: ImportContext, node: onnx.NodeProto) -> None:
         raise node_error(node, "the running-statistics outputs of BatchNorm are used",
                          "export the model in eval() mode")
     x = ctx.act(node, 0)
-    scale, beta, mean, var = (f32(ctx.const(node, i)).reshape(-1) for i in range(1, 5))
+    scale, beta, mean, var = (ctx.weight(node, i, what).reshape(-1)
+                               for i, what in enumerate(("scale", "bias", "mean", "var"), 1))
     a_ = (scale / np.sqrt(var.astype(np.float64) + a.get("epsilon", 1e-5))).astype(np.float32)
     b_ = (beta - mean * a_).astype(np.float32)
     ctx.add(ir.AffineNode(name=node.output[0], inputs=[x], weight=a_, bias=b_))

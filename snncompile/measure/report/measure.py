@@ -143,7 +143,7 @@ def measure_report(out: str, data: str, timesteps: list[int] | None = None,
     # The artifact's T last, so the top-level fields and per-layer rows are at T.
     ev = evaluate_artifact(out, data, [t for t in sweep if t != T] + [T], batch_size)
     runs = sorted(ev.get("sweep", [ev]), key=lambda r: r["timesteps"])
-    ds = load_npz(data, g.input.shape, need_labels=True)
+    ds = load_npz(data, g.input.shape, need_labels=True, out_shape=g[g.outputs[0]].shape)
     sim = simulate(g, ds.x, timesteps=T, batch_size=batch_size)
     agree = _divergence(art, ds.x, sim, batch_size)
     rows = {r["name"]: r for r in ev["layers"]}
