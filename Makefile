@@ -79,6 +79,18 @@ fashion-mnist: $(FMNIST)/data/fmnist_cnn.onnx
 	  -o $(FMNIST)/out --force
 	$(VENV)/bin/snncompile evaluate $(FMNIST)/out --data $(FMNIST)/data/test.npz --timesteps 4,8,16
 
+# --- the zoo (examples/zoo): one network per architecture users bring, on Fashion-MNIST -------
+ZOO       := examples/zoo
+ZOO_ARCHS := resnet mobilenet strided vgg mlp concat
+ZOO_EPOCHS ?= 4
+
+.PHONY: zoo
+zoo: $(addprefix $(ZOO)/data/,$(addsuffix /model.onnx,$(ZOO_ARCHS)))
+
+$(ZOO)/data/%/model.onnx: $(STAMP) $(ZOO)/train.py $(ZOO)/models.py
+	@$(MAKE) --no-print-directory fashion-mnist-data
+	$(PY) $(ZOO)/train.py --arch $* --epochs $(ZOO_EPOCHS) --out $(ZOO)/data/$*
+
 # --- peers for bench/ptl_accuracy.py -----------------------------------------------------------
 # spikingjelly 2.0.0 declares Python >= 3.11 and heavy optional dependencies; its ann2snn path
 # runs on our 3.10 with only loguru, tqdm and requests, so it goes in with --no-deps.

@@ -133,10 +133,12 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) 
     return float((logits.argmax(1).numpy() == y).mean()), float(loss)
 
 
-def train(splits: dict, seed: int, epochs: int) -> tuple[nn.Module, float, int]:
-    """Adam with a cosine learning rate; return the model of the epoch with the best val accuracy."""
+def train(splits: dict, seed: int, epochs: int,
+          model: nn.Module | None = None) -> tuple[nn.Module, float, int]:
+    """Adam with a cosine learning rate; return the model (this example's CNN unless given) of
+    the epoch with the best val accuracy."""
     x_tr, y_tr = (torch.from_numpy(a) for a in splits["train"])
-    model = build_model()
+    model = build_model() if model is None else model
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -196,18 +198,42 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     digits.save_npz(path, **arrays)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, read the IDX files, train, export, verify the ONNX file, write everything."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_outputs(out: Path, onnx_name: str, model: nn.Module, splits: dict, metrics: dict) -> None:
+    """Export and check the ONNX file, write the splits and ann_metrics.json into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    max_diff, _ = export_onnx(model, out / onnx_name, splits["test"][0])
+    for name, (x, y) in splits.items():
+        save_npz(out / f"{name}.npz", x=x, y=y)
+    tmp = out / ".ann_metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, out / "ann_metrics.json")
+    print(f"best epoch {metrics['best_epoch']}/{metrics['epochs']}  val {metrics['val_accuracy']:.4f}  "
+          f"test {metrics['test_accuracy']:.4f}  onnx max|diff| {max_diff:.1e}  "
+          f"(training {metrics['train_seconds']:.1f} s)")
+    print(f"wrote {out / onnx_name} and train/val/test/calib.npz, ann_metrics.json to {out}")
+
+
+def parse_args(argv: list[str] | None, epochs: int, extra=None,
+               description: str = __doc__) -> argparse.Namespace:
+    """The training scripts' options (--out, --data-dir, --seed, --epochs, --threads), plus
+    what ``extra(parser)`` adds."""
+    p = argparse.ArgumentParser(description=description.splitlines()[0])
+    if extra is not None:
+        extra(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder of the IDX .gz files")
     p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, read the IDX files, train, export, verify the ONNX file, write everything."""
+    args = parse_args(argv, epochs=8)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -229,20 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     x_te, y_te = splits["test"]
     test_acc = evaluate(model, x_te, y_te)[0]
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "fmnist_cnn.onnx"
-    max_diff, _ = export_onnx(model, onnx_path, x_te)
-    for name, (x, y) in splits.items():
-        save_npz(args.out / f"{name}.npz", x=x, y=y)
     metrics = {"test_accuracy": test_acc, "val_accuracy": val_acc, "epochs": args.epochs,
                "best_epoch": best_epoch, "seed": args.seed, "train_seconds": round(train_seconds, 1),
                "threads": args.threads}
-    tmp = args.out / ".ann_metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, args.out / "ann_metrics.json")
-    print(f"best epoch {best_epoch}/{args.epochs}  val {val_acc:.4f}  test {test_acc:.4f}  "
-          f"onnx max|diff| {max_diff:.1e}  (training {train_seconds:.1f} s)")
-    print(f"wrote {onnx_path} and train/val/test/calib.npz, ann_metrics.json to {args.out}")
+    write_outputs(args.out, "fmnist_cnn.onnx", model, splits, metrics)
     return 0
 
 

@@ -24,6 +24,7 @@ from ..ir.options import V_INIT_MODES, ConversionOptions
 from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
+from ..frontend.rewrite import MAXPOOL_CHOICES
 from .table import format_table
 
 EXIT_INTERRUPTED = 130
@@ -120,6 +121,10 @@ def main(verbose: bool) -> None:
               help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
 @click.option("--membrane-bits", default=32, show_default=True, type=int,
               help="Membrane width; values beyond it saturate (and are counted).")
+@click.option("--maxpool", type=click.Choice(MAXPOOL_CHOICES), default="keep", show_default=True,
+              help="keep: max pooling as a spike-count maximum; avg: rewrite each max pool into an "
+                   "average pool of the same window, for targets without max pooling (loihi); "
+                   "--train recovers the accuracy this costs.")
 @click.option("--fanin", type=int, default=None,
               help="Most non-zero incoming synapses per neuron (largest weights kept).")
 @click.option("--prune-ahead", default=99, show_default=True, type=int,
@@ -179,7 +184,8 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
             distill_temperature: float, epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
-            max_psnr_drop: float | None = None, timesteps_candidates: str | None = None) -> None:
+            max_psnr_drop: float | None = None, timesteps_candidates: str | None = None,
+            maxpool: str = "keep") -> None:
     """Convert MODEL (ONNX) into an integer SNN in directory OUT; with --train/--val, tune it
     under the --bits/--fanin limits, layer by layer; with --target, use the target's profile
     for every conversion option not given, check it against the backend's limits and lower
@@ -210,7 +216,7 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
                          joint_final=joint_final, count_aware=count_aware, distill=distill,
-                         distill_temperature=distill_temperature, explicit=explicit)
+                         distill_temperature=distill_temperature, explicit=explicit, maxpool=maxpool)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
+from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool
 from ..ir import Graph, IFNode
 from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.convert import ConversionOptions, convert
@@ -56,6 +57,7 @@ class CompileRequest:
     force: bool = False
     options: ConversionOptions = ConversionOptions()
     target_options: dict[str, str] = field(default_factory=dict)  # --target-option KEY=VALUE
+    maxpool: str = "keep"          # --maxpool: keep max pooling, or rewrite it (avg) before import
     # Constraints and tuning (progressive tandem learning); see snncompile/tandem.
     fanin: int | None = None
     prune_ahead: int = 99          # stages a layer's fan-in mask comes before it spikes
@@ -129,6 +131,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     seed_everything(req.seed)
     t0 = time.perf_counter()
     model = load_onnx(req.model)
+    source_model = model  # the user's model: the ANN baseline the artifact keeps
+    model, rewrites = _rewrite(model, req.maxpool)
     imported = import_onnx(model, output=req.output)
     ann = imported.graph
     ann.meta["source"] = os.path.basename(req.model)
@@ -143,7 +147,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
                                                    req.fanin, req.fanin_mode))
         log.info(choice.line())
     snn = convert(ann, calib, req.options)
-    warnings = list(notes) + list(imported.warnings) + list(calib.warnings)
+    warnings = list(notes) + [r["message"] for r in rewrites] + list(imported.warnings) + list(calib.warnings)
     tsearch = None
     if req.auto_timesteps is not None:  # see snncompile/calibrate/timesteps.py
         tsearch = TimestepSearch(req.auto_timesteps, model, ann, val_data)
@@ -185,6 +189,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         "lam": {k: v.tolist() for k, v in calib.lam.items()},
         "constraints": {"bits": req.options.weight_bits, "fanin": req.fanin},
         "warnings": warnings,
+        "rewrites": rewrites,
         "import_seconds": round(t_import, 3),
         "convert_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -198,7 +203,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         if rank != 0:  # under torchrun only rank 0 writes
             return {"out": req.out, "rank": rank}
     lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
-    write_artifact(req.out, snn, model, info, force=req.force or training, lower=lower,
+    write_artifact(req.out, snn, source_model, info, force=req.force or training, lower=lower,
                    carry=(CHECKPOINTS,))
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
                "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
@@ -213,6 +218,23 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     return summary
 
 
+
+
+def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The model with the rewrites the user asked for (``--maxpool avg``), and one record per
+    rewrite applied (pass, nodes, message), each also logged: never a silent change."""
+    if maxpool not in MAXPOOL_CHOICES:
+        raise UsageError(f"unknown --maxpool '{maxpool}'", f"use one of {', '.join(MAXPOOL_CHOICES)}")
+    if maxpool == "keep":
+        return model, []
+    model, nodes = maxpool_to_avgpool(model)
+    if not nodes:
+        return model, []
+    msg = (f"--maxpool avg: {len(nodes)} max pool(s) rewritten to average pools of the same window "
+           f"({', '.join(nodes)}); the network computes a different function, which --train "
+           "recovers")
+    log.warning(msg)
+    return model, [{"pass": "maxpool_to_avgpool", "nodes": nodes, "message": msg}]
 
 
 def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:
@@ -350,7 +372,7 @@ def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:
     return {"model": _sha256(req.model), "calib": _sha256(req.calib), "train": _sha256(req.train),
             "val": _sha256(req.val), "options": asdict(req.options), "fanin": req.fanin,
             "prune_ahead": req.prune_ahead, "fanin_mode": req.fanin_mode,
-            "norm": req.norm, "percentile": req.percentile, "output": req.output,
+            "norm": req.norm, "percentile": req.percentile, "output": req.output, "maxpool": req.maxpool,
             "tuning": asdict(topts)}
 
 

@@ -31,7 +31,8 @@ def convert(ann: Graph, calib: Calibration, opts: ConversionOptions) -> Graph:
     if opts.spikes == "signed" and pools:
         raise UsageError(f"max pool '{pools[0]}' cannot read signed spikes: a spike-count maximum is "
                          "defined only for counts that never fall",
-                         "use --spikes binary, or average pooling (or a stride-2 convolution) in the model")
+                         "use --spikes binary, or --maxpool avg, or average pooling (or a stride-2 "
+                         "convolution) in the model")
     g = ann
     for _name, step in CONVERSION_PASSES:
         g = step(g, calib, opts)

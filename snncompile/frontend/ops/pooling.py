@@ -92,5 +92,5 @@ def global_max_pool(ctx: ImportContext, node: onnx.NodeProto) -> None:
 def _maxpool_warning(ctx: ImportContext, node: onnx.NodeProto) -> None:
     ctx.warn(f"{node.op_type} node '{node.name or node.output[0]}' (output '{node.output[0]}') "
              "is converted to spike-count max pooling: exact on spike counts, but not every "
-             "backend can map it; for the widest hardware support replace it with average "
-             "pooling or a stride-2 convolution")
+             "backend can map it; for the widest hardware support convert with --maxpool avg, "
+             "or replace it with average pooling or a stride-2 convolution")
