@@ -125,7 +125,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     calib_data, train_data, val_data = _load_data(req, ann, training)
     t_import = time.perf_counter() - t0
     if calib_data is not None:
-        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
+        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
+                                  progress=req.progress)
     else:
         calib = weight_bounds(ann)
     snn = convert(ann, calib, req.options)
@@ -182,7 +183,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         ddp.finish()
         if rank != 0:  # under torchrun only rank 0 writes
             return {"out": req.out, "rank": rank}
-    lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
+    lower = (lambda tmp: lower_into(backend, snn, tmp, progress=req.progress)) if backend is not None else None
     write_artifact(req.out, snn, model, info, force=req.force or training, lower=lower,
                    carry=(CHECKPOINTS,))
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
