@@ -139,7 +139,8 @@ def test_digits_cli_refuses_what_nir_cannot_say_and_writes_a_runnable_nir_file(d
     # set explicitly, the modes NIR cannot express are refused (the profile never overrides them)
     r = cli(*base, "--input-mode", "once", "--v-init", "half", "-o", str(tmp_path / "default"))
     assert r.returncode == 6 and not (tmp_path / "default").exists()
-    for expect in ("input mode (once)", "initial membrane", "fix: --v-init zero", "bias mode first_step"):
+    for expect in ("input mode is once, where the target takes every_step", "initial membrane",
+                   "fix: --v-init zero", "bias mode first_step"):
         assert expect in r.stderr
     out = tmp_path / "ok"  # reset by subtraction (the default): NIR's I -> Threshold -> Scale loop
     r = cli(*base, "-o", str(out))  # left to the nir profile: every-step input, v_init zero

@@ -25,6 +25,7 @@ from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
 from ..frontend.rewrite import MAXPOOL_CHOICES
+from .helpsections import SectionedCommand
 from .table import format_table
 
 EXIT_INTERRUPTED = 130
@@ -53,6 +54,23 @@ def _handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _quiet_option(fn: Callable) -> Callable:
+    """-q/--quiet on a command: no progress bars. It sets a flag in the click context, not a
+    parameter of the command's function."""
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta["snncompile.quiet"] = value
+        return value
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=remember,
+                        help="No progress bars (drawn only when stderr is a terminal anyway).")(fn)
+
+
+def _show_progress(as_json: bool = False) -> bool:
+    """Progress bars on stderr: on a terminal, unless --quiet or --json."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx is not None and ctx.meta.get("snncompile.quiet"))
+    return not (quiet or as_json) and sys.stderr.isatty()
+
+
 class _LowerLevelFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.levelname.lower()}: {record.getMessage()}"
@@ -75,7 +93,7 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", default=None, type=click.Path(file_okay=False),
               help="Output directory (must not exist, unless --force); default: beside MODEL, "
@@ -174,6 +192,7 @@ def main(verbose: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_quiet_option
 @_handle_errors
 def convert(model: str, out: str | None, target: str, timesteps: str, calib: str | None, norm: str,
             percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
@@ -211,7 +230,7 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
                          options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
                          val=val_path, method=method, epochs=epochs, patience=patience,
                          batch_size=batch_size, device=device, resume=resume,
-                         progress=not as_json and sys.stderr.isatty(), report=report,
+                         progress=_show_progress(as_json), report=report,
                          target_options=parse_backend_options(target_options), auto_timesteps=auto,
                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
@@ -312,17 +331,23 @@ def _epoch_reporter() -> Callable[[str], None]:
               help="Override T; a comma list (4,8,16,32) sweeps accuracy against latency.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_quiet_option
 @_handle_errors
 def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_json: bool) -> None:
     """Compare the ANN (onnxruntime) and the SNN (reference simulator) of OUT on DATA."""
     from ..measure.evaluate import evaluate_artifact, parse_timesteps
 
     res = evaluate_artifact(out, data, parse_timesteps(timesteps), batch_size,
-                            progress=not as_json and sys.stderr.isatty())
+                            progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return
     with_cores = "cores" in res
+    if "sweep" in res:
+        own = res["timesteps"] == res["build_timesteps"]
+        click.echo(f"per layer at T={res['timesteps']} ("
+                   + ("the build's T" if own else f"the last of the sweep; the build's T is "
+                                                 f"{res['build_timesteps']}") + "):")
     rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
              f"{r['spikes_per_sample']:.1f}" if "firing_rate" in r else "-",
              f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"]
@@ -357,13 +382,14 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
 @click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False),
               help="Baseline file to write (JSON).")
 @click.option("--force", is_flag=True, help="Replace the baseline file if it exists.")
+@_quiet_option
 @_handle_errors
 def baseline(out: str, data: str, path: str, force: bool) -> None:
     """Record what the known-good build OUT achieves on DATA (accuracy, SynOps, T, neurons,
     cores) with default tolerances, for 'snncompile check --baseline'."""
     from ..measure.gate import write_baseline
 
-    base = write_baseline(out, data, path, force)
+    base = write_baseline(out, data, path, force, progress=_show_progress())
     m = base["metrics"]
     click.echo(f"wrote {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in m.items()))
@@ -378,6 +404,7 @@ def baseline(out: str, data: str, path: str, force: bool) -> None:
               help="Labelled data for the baseline checks (default: the baseline's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write the checks as JUnit XML.")
+@_quiet_option
 @_handle_errors
 def check(out: str, target: str | None, baseline_path: str | None, data: str | None,
           as_json: bool, junit: str | None) -> None:
@@ -388,7 +415,7 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
     from ..measure.gate import as_json as checks_json
     from ..measure.gate import junit_xml, run_checks
 
-    checks = run_checks(out, target, baseline_path, data)
+    checks = run_checks(out, target, baseline_path, data, progress=_show_progress(as_json))
     if junit:
         atomic_write_text(junit, junit_xml(checks, out))
     if as_json:
@@ -414,6 +441,7 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace the report directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as one JSON object.")
+@_quiet_option
 @_handle_errors
 def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_size: int,
            force: bool, as_json: bool) -> None:
@@ -423,7 +451,8 @@ def report(out: str, data: str, report_dir: str, timesteps: str | None, batch_si
     from ..measure.evaluate import parse_timesteps
     from ..measure.report import write_report
 
-    res = write_report(out, data, report_dir, parse_timesteps(timesteps), force, batch_size)
+    res = write_report(out, data, report_dir, parse_timesteps(timesteps), force, batch_size,
+                       progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:
@@ -493,13 +522,12 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
         click.echo(json.dumps(report, indent=1))
     else:
         if report["layers"]:
-            rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r["params"], r["fanin"],
-                     r["macs"]] for r in report["layers"]]
+            rows = [[r["name"], r["op"], "x".join(map(str, r["shape"])), r["params"],
+                     "" if r["fanin"] is None else r["fanin"], r["macs"]] for r in report["layers"]]
             click.echo(format_table(["node", "op", "shape", "params", "fan-in", "MACs"], rows))
             click.echo(f"\nparameters: {report['params']}   ANN MACs/sample: {report['ann_macs']}   "
                        f"IF layers: {report['if_layers']}")
-        for w in report["warnings"]:
-            click.echo(f"warning: {w}", err=True)
+        # the import's warnings are already on stderr (logged once, as by convert)
         for p in report["problems"]:
             click.echo(f"unsupported: {p}", err=True)
         if "target" in report:
@@ -518,13 +546,14 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
 @click.option("--batch-size", default=256, show_default=True, type=int,
               help="Samples per backend call (spikes of a batch are held in memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_quiet_option
 @_handle_errors
 def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
     """Run OUT on the backend it was compiled for, and compare every spike and output with
     the reference simulator on the same inputs (exit 1 when they differ)."""
     from .run import run_artifact
 
-    res = run_artifact(out, data, timesteps, batch_size)
+    res = run_artifact(out, data, timesteps, batch_size, progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

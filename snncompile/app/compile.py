@@ -139,7 +139,8 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     calib_data, train_data, val_data = _load_data(req, ann, training)
     t_import = time.perf_counter() - t0
     if calib_data is not None:
-        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed)
+        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
+                                  progress=req.progress)
     else:
         calib = data_free_scales(model, ann, req.norm, req.percentile)
     if choice is not None:
@@ -202,7 +203,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         ddp.finish()
         if rank != 0:  # under torchrun only rank 0 writes
             return {"out": req.out, "rank": rank}
-    lower = (lambda tmp: lower_into(backend, snn, tmp)) if backend is not None else None
+    lower = (lambda tmp: lower_into(backend, snn, tmp, progress=req.progress)) if backend is not None else None
     write_artifact(req.out, snn, source_model, info, force=req.force or training, lower=lower,
                    carry=(CHECKPOINTS,))
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),

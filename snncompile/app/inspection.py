@@ -1,5 +1,10 @@
 """What `snncompile inspect` reports: the imported graph node by node, or every op that
-cannot be converted."""
+cannot be converted.
+
+Fan-in is a property of a layer's neurons, not of an op: it is shown on the rows of the
+layers that receive synapses (:func:`..ir.structure.fanin_layers`), counted through the
+whole synapse chain (pools included) by :func:`..ir.structure.populations`, the one count
+`evaluate`, `report`, `--fanin` and every backend's limit rule use."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..frontend import import_onnx, load_onnx
 from ..ir import Graph, IFNode, ReluNode, WeightedNode
-from ..ir.structure import ann_macs, op_fanin, weight_bits
+from ..ir.structure import ann_macs, op_fanin, populations, weight_bits
 
 
 def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
@@ -22,14 +27,14 @@ def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
         return {"model": path, "convertible": False, "problems": list(e.problems), "layers": [],
                 "warnings": [], "params": None, "ann_macs": None, "if_layers": 0}
     g = res.graph
+    fanin = layer_fanin(g)
     layers = []
     for n in g.nodes:
         weighted = isinstance(n, WeightedNode)
         params = int(n.weight.size + (n.bias.size if n.bias is not None else 0)) if weighted else 0
-        fanin = op_fanin(n, nonzero=False) if weighted or n.op == "avgpool2d" else 0
-        macs = int(np.prod(n.shape)) * fanin if weighted else 0
+        macs = int(np.prod(n.shape)) * op_fanin(n, nonzero=False) if weighted else 0
         layers.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape),
-                       "params": params, "fanin": fanin, "macs": macs})
+                       "params": params, "fanin": fanin.get(n.name), "macs": macs})
     return {"model": path, "convertible": True, "problems": [], "layers": layers,
             "warnings": list(res.warnings), "params": sum(r["params"] for r in layers),
             "ann_macs": ann_macs(g), "if_layers": sum(isinstance(n, ReluNode) for n in g.nodes),
@@ -37,14 +42,22 @@ def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
             "output": res.output_name}
 
 
+def layer_fanin(graph: Graph) -> dict[str, int]:
+    """Fan-in of each layer that receives synapses (IF layers or ReLUs, spiking max pools,
+    outputs), as evaluate, the limit rules and --fanin count it."""
+    return {p.name: p.max_fanin for p in populations(graph)}
+
+
 def describe_graph(graph: Graph) -> list[dict[str, Any]]:
     """One JSON-able row per node of a (converted or not) graph: what the IR holds."""
+    fanin = layer_fanin(graph)
     rows = []
     for n in graph.nodes:
         row: dict[str, Any] = {"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape)}
+        if n.name in fanin:
+            row["fanin"] = fanin[n.name]
         if isinstance(n, WeightedNode):
             row["params"] = int(n.weight.size + (n.bias.size if n.bias is not None else 0))
-            row["fanin"] = op_fanin(n)
             row["weight_bits"] = weight_bits(n)
             row["bias_mode"] = n.bias_mode
         if isinstance(n, IFNode):

@@ -12,6 +12,7 @@ import numpy as np
 from ..targets.artifact import read_artifact
 from ..data import load_npz
 from ..errors import ArtifactError, SnnCompileError, UsageError
+from ..progress import progress_bar
 from ..targets.api import BackendError, available_backends, get_backend
 from ..measure.evaluate import membrane_bits, warn_saturation
 from ..sim.simulator import quantize_input, simulate
@@ -20,9 +21,10 @@ from ..testing.conformance import compare_run
 
 
 def run_artifact(out: str, data_path: str, timesteps: int | None = None,
-                 batch_size: int = 256) -> dict[str, Any]:
+                 batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
     """Run OUT's backend on DATA, ``batch_size`` samples at a time; returns accuracy (or
-    mse), bit_exact, the first differences, timings and the backend's own statistics."""
+    mse), bit_exact, the first differences, timings and the backend's own statistics.
+    ``progress``: a bar over the samples on stderr."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     art = read_artifact(out)
@@ -55,6 +57,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
     parts: list[tuple[int, dict[str, Any]]] = []
     t_backend = t_ref = 0.0
     saturations: dict[str, int] = {}
+    bar = progress_bar(progress, len(x_int), f"running on {target}", "sample")
     for start in range(0, len(x_int), batch_size):  # bounded memory: spikes are recorded
         stop = min(start + batch_size, len(x_int))
         t0 = time.perf_counter()
@@ -76,6 +79,8 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
         ok = got is not None and np.shape(got) == ref.output_acc[first].shape
         acc.append(np.asarray(got, np.float64) if ok else None)  # wrong outputs: no accuracy
         parts.append((stop - start, run.stats))
+        bar.update(stop - start)
+    bar.close()
     res: dict[str, Any] = {"backend": target, "backend_version": backend.version,
                            "compiled_with_version": built.version, "timesteps": T,
                            "samples": int(len(data.x)), "bit_exact": not diffs,

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError, UsageError
+from ..progress import progress_bar
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, Graph, InputNode, ReluNode, WeightedNode)
 
 log = logging.getLogger("snncompile")
@@ -82,8 +83,10 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
 
 
 def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm: str = "percentile",
-                      percentile: float = 99.9, seed: int = 0, batch_size: int = 256) -> Calibration:
-    """Scales of every ReLU of ``graph`` from calibration inputs ``x``."""
+                      percentile: float = 99.9, seed: int = 0, batch_size: int = 256,
+                      progress: bool = False) -> Calibration:
+    """Scales of every ReLU of ``graph`` from calibration inputs ``x`` (``progress``: a
+    bar over the samples on stderr)."""
     if norm not in NORM_MODES:
         raise UsageError(f"unknown normalization '{norm}'", f"use one of {', '.join(NORM_MODES)}")
     if not 0 < percentile <= 100:
@@ -94,7 +97,9 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
     rng = np.random.default_rng(seed)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     n = x.shape[0]
+    bar = progress_bar(progress, n, "calibrating", "sample")
     for batch in onnx_forward(model, graph.meta["onnx_input"], tensors, x, batch_size):
+        bar.update(len(next(iter(batch.values()))) if batch else 0)
         for t, a in batch.items():
             a = np.maximum(a, 0)
             per_channel = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
@@ -105,6 +110,7 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
                 cols = rng.random(per_channel.shape[1]) < rate
                 per_channel = per_channel[:, cols]
             kept[t].append(per_channel)
+    bar.close()
     lam: dict[str, np.ndarray] = {}
     warnings = []
     for r in relus:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from . import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                  Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode, ReluNode, ReshapeNode,
@@ -179,6 +177,9 @@ def fanout(graph: Graph, node: WeightedNode) -> np.ndarray:
         per_c = mask.astype(np.int64)
         return np.broadcast_to(per_c.reshape((-1,) + (1,) * (len(in_shape) - 1)), in_shape).copy()
     if isinstance(node, Conv2dNode):
+        import torch  # here, not at the top: `inspect` and `check` need no torch
+        import torch.nn.functional as F
+
         pt, pl, pb, pr = node.padding
         ones = torch.ones((1,) + tuple(node.shape), dtype=torch.float64)
         m = torch.from_numpy(mask.astype(np.float64))

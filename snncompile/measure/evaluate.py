@@ -77,7 +77,9 @@ def _target_resources(art) -> dict[str, dict[str, int]]:
 
 def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,
                       batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
-    """ANN (onnxruntime) versus SNN (reference simulator) on a labelled data file."""
+    """ANN (onnxruntime) versus SNN (reference simulator) on a labelled data file, at each
+    T of ``timesteps`` (default: the build's T). Per-layer figures are at the build's T
+    when it is among them, else at the last; ``sweep`` lists every T's scores."""
     art = read_artifact(out)
     g = art.graph
     data = load_npz(data_path, g.input.shape, need_labels=True, out_shape=g[g.outputs[0]].shape)
@@ -116,8 +118,12 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
         if data.is_classification:
             run["agreement"] = float((res.output.argmax(1) == ann_pred.reshape(len(ann_pred), -1).argmax(1)).mean())
         runs.append(run)
-    result = dict(runs[-1])
-    rows = runs[-1]["layers"]
+    # The per-layer figures (and the single-run fields) are those of the build's own T when
+    # the sweep has it, else of the sweep's last T; "timesteps" says which.
+    shown = next((r for r in runs if r["timesteps"] == g.timesteps), runs[-1])
+    result = dict(shown)
+    result["build_timesteps"] = int(g.timesteps)
+    rows = shown["layers"]
     result["max_weight_bits"] = max((r["weight_bits"] for r in rows), default=0)
     result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
     result["constraints"] = art.info.get("constraints", {})

@@ -60,11 +60,11 @@ def _neurons(g: Graph) -> int:
     return int(sum(int(np.prod(n.shape)) for n in g.nodes if isinstance(n, IFNode)))
 
 
-def measure(out: str, data: str) -> dict[str, Any]:
+def measure(out: str, data: str, progress: bool = False) -> dict[str, Any]:
     """The figures a baseline records and a check compares, for the build in ``out``."""
     from .evaluate import evaluate_artifact
 
-    res = evaluate_artifact(out, data)
+    res = evaluate_artifact(out, data, progress=progress)
     art = read_artifact(out)
     figures = {"timesteps": int(res["timesteps"]), "synops_per_sample": float(res["synops_per_sample"]),
                "neurons": _neurons(art.graph)}
@@ -76,7 +76,8 @@ def measure(out: str, data: str) -> dict[str, Any]:
     return figures
 
 
-def write_baseline(out: str, data: str, path: str, force: bool = False) -> dict[str, Any]:
+def write_baseline(out: str, data: str, path: str, force: bool = False,
+                   progress: bool = False) -> dict[str, Any]:
     """Measure the build in ``out`` on ``data`` and write a baseline file to ``path``."""
     if os.path.exists(path) and not force:
         raise UsageError(f"baseline file '{path}' already exists", "choose another -o, or pass --force")
@@ -84,7 +85,7 @@ def write_baseline(out: str, data: str, path: str, force: bool = False) -> dict[
     base = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "target": art.target.name, "model": _structure(art.graph),
-            "data": os.path.abspath(data), "metrics": measure(out, data),
+            "data": os.path.abspath(data), "metrics": measure(out, data, progress),
             "tolerances": dict(DEFAULT_TOLERANCES)}
     atomic_write_text(path, json.dumps(base, indent=1) + "\n")
     return base
@@ -137,7 +138,7 @@ def limit_checks(art: Artifact, target: str | None) -> list[Check]:
 
 
 def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | None,
-                    path: str = "baseline") -> list[Check]:
+                    path: str = "baseline", progress: bool = False) -> list[Check]:
     """Accuracy, SynOps, time steps, neurons and cores against the baseline's tolerances."""
     if _structure(art.graph) != base["model"]:
         raise UsageError(f"baseline '{path}' was recorded for another model (its layers or shapes "
@@ -147,7 +148,7 @@ def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | N
         raise UsageError("checking against a baseline needs the data it was measured on",
                          "pass --data FILE.npz")
     tol = dict(DEFAULT_TOLERANCES) | base["tolerances"]
-    now, was = measure(out, data), base["metrics"]
+    now, was = measure(out, data, progress), base["metrics"]
     checks = []
     for key, label in (("snn_accuracy", "accuracy"),):
         if key in was and key in now:
@@ -178,13 +179,13 @@ def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | N
 
 
 def run_checks(out: str, target: str | None = None, baseline: str | None = None,
-               data: str | None = None) -> list[Check]:
+               data: str | None = None, progress: bool = False) -> list[Check]:
     """Every check `snncompile check` runs (read the baseline first: a bad one fails fast)."""
     base = read_baseline(baseline) if baseline else None
     art = read_artifact(out)
     checks = limit_checks(art, target)
     if base is not None:
-        checks += baseline_checks(art, out, base, data, baseline)
+        checks += baseline_checks(art, out, base, data, baseline, progress)
     if not checks:
         raise UsageError("nothing to check: the build is for the reference simulator and no "
                          "baseline was given", "pass --target NAME and/or --baseline FILE")

@@ -149,5 +149,5 @@ def simulate(graph: Graph, x: np.ndarray, timesteps: int | None = None, batch_si
 def _progress(enabled: bool, total: int):
     if not enabled:
         return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc="simulating", unit="sample", leave=False)
+    from ..progress import progress_bar
+    return progress_bar(True, total, "simulating", "sample")

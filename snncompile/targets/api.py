@@ -110,7 +110,13 @@ class Backend(ABC):
     @abstractmethod
     def lower(self, graph: Graph, directory: Path) -> None:
         """Write the artifact for ``graph`` into ``directory`` (it exists and is empty; the
-        core renames it into place when everything succeeded)."""
+        core renames it into place when everything succeeded).
+
+        A backend whose lowering takes a while may declare a keyword ``progress`` as well:
+        the core then passes a callable ``progress(done, total, what)`` to call as work
+        advances (say, once per layer, as :func:`flatten_network` does when given it),
+        which it shows as a progress bar. It is optional: without it the core says only
+        that lowering has begun."""
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:

@@ -17,6 +17,7 @@ stays 0, as the reference simulator's zero padding does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -257,11 +258,15 @@ def _per_unit(values: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.asarray(values, np.int64), shape).ravel().copy()
 
 
-def flatten_network(graph: Graph) -> FlatNetwork:
-    """The populations and composed integer synapse matrices of a converted graph."""
+def flatten_network(graph: Graph, progress: Callable[[int, int, str], None] | None = None) -> FlatNetwork:
+    """The populations and composed integer synapse matrices of a converted graph;
+    ``progress(done, total, name)`` (a backend's lowering callback) after each population."""
     net = FlatNetwork([], [], timesteps=graph.timesteps)
     forms: dict[str, _Form] = {}
+    total = sum(isinstance(n, (InputNode, IFNode, MaxPool2dNode)) for n in graph.nodes) + len(graph.outputs)
     for n in graph.nodes:
+        if progress is not None and net.populations:
+            progress(len(net.populations), total, net.populations[-1].name)
         shape = tuple(int(d) for d in n.shape)
         size = int(np.prod(shape))
         if isinstance(n, InputNode):
@@ -290,4 +295,6 @@ def flatten_network(graph: Graph) -> FlatNetwork:
         net.populations.append(Population(name, "output", shape, node=o))
         _add_projections(net, name, forms[o])
         names.add(name)
+    if progress is not None:
+        progress(len(net.populations), total, "")
     return net

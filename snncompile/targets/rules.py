@@ -59,7 +59,12 @@ class Violation:
     fix: str
 
     def __str__(self) -> str:
-        return f"layer '{self.layer}': {self.quantity} ({self.value}) exceeds max ({self.limit}); fix: {self.fix}"
+        if _is_number(self.value) and _is_number(self.limit):
+            return (f"layer '{self.layer}': {self.quantity} ({self.value}) exceeds max ({self.limit}); "
+                    f"fix: {self.fix}")
+        allowed = " or ".join(self.limit.split("/")) if isinstance(self.limit, str) else self.limit
+        return (f"layer '{self.layer}': {self.quantity} is {self.value}, where the target takes "
+                f"{allowed}; fix: {self.fix}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +84,10 @@ class LimitError(SnnCompileError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 # --- the generic limit rules -----------------------------------------------------------------

@@ -8,6 +8,8 @@ output directory, so a failed lowering leaves nothing behind.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +17,7 @@ from ..ir import Graph
 from .api import Backend, BackendError, LimitError, available_backends, get_backend
 from .profile import ProfileChoice
 from ..errors import SnnCompileError, UsageError
+from ..progress import progress_bar
 
 SIM = "sim"
 
@@ -52,19 +55,33 @@ def default_out(model: str, target: str) -> str:
     return str(p.with_name(f"{p.stem}.{'snn' if target == SIM else target}"))
 
 
-def lower_into(backend: Backend, graph: Graph, out_dir: Path) -> Path:
+def lower_into(backend: Backend, graph: Graph, out_dir: Path, progress: bool = False) -> Path:
     """Lower ``graph`` into ``out_dir/<backend name>/``; a plugin's own bug becomes a
-    BackendError naming the plugin (our errors pass through unchanged)."""
+    BackendError naming the plugin (our errors pass through unchanged). ``progress``: a bar
+    on stderr, advanced by the backend where its ``lower`` takes a ``progress`` callback."""
     d = Path(out_dir) / backend.name
     d.mkdir()
+    reports = "progress" in inspect.signature(backend.lower).parameters
+    bar = progress_bar(progress and reports, None, f"lowering for {backend.name}", "layer")
+    kwargs: dict[str, Any] = {}
+    if reports:
+        def advance(done: int, total: int, what: str = "") -> None:
+            bar.total = total
+            bar.set_postfix_str(what[-30:], refresh=False)
+            bar.update(done - bar.n)
+        kwargs["progress"] = advance
+    elif progress:
+        bar.write(f"lowering for {backend.name} (this backend reports no progress)", file=sys.stderr)
     try:
-        backend.lower(graph, d)
+        backend.lower(graph, d, **kwargs)
     except SnnCompileError:
         raise
     except Exception as e:  # a plugin bug: say whose, not a traceback
         raise BackendError(f"backend '{backend.name}' {backend.version} failed while lowering: "
                            f"{type(e).__name__}: {e}",
                            "report this to the backend's authors; '--target sim' still works") from e
+    finally:
+        bar.close()
     return d
 
 

@@ -78,8 +78,8 @@ class CycleSimBackend(Backend):
             out.setdefault(core.population, {"cores": 0})["cores"] += 1
         return out
 
-    def lower(self, graph, directory: Path) -> None:
-        net = flatten_network(graph)
+    def lower(self, graph, directory: Path, progress=None) -> None:
+        net = flatten_network(graph, progress=progress)
         save(Path(directory), net, self.arch, recount(map_network(graph, self.arch), net))
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,

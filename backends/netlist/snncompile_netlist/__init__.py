@@ -40,8 +40,8 @@ class NetlistBackend(Backend):
         return Limits(membrane_bits=62, spike_modes=("binary", "signed"),
                       sources={"membrane_bits": "int64 arithmetic of the runner"})
 
-    def lower(self, graph, directory: Path) -> None:
-        write_netlist(flatten_network(graph), graph, Path(directory))
+    def lower(self, graph, directory: Path, progress=None) -> None:
+        write_netlist(flatten_network(graph, progress=progress), graph, Path(directory))
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:

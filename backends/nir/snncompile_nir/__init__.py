@@ -17,11 +17,19 @@ import numpy as np
 from snncompile.plugin import Backend, BackendRun, Limits, Profile, UsageError
 
 from .lower import FORMAT_VERSION, GRAPH_FILE, nir_names, nir_violations, to_nir, write_graph
-from .run import load_module, run_nir
 
 __version__ = "1.0.0"
 __all__ = ["NirBackend", "GRAPH_FILE", "FORMAT_VERSION", "nir_names", "nir_violations", "to_nir",
            "write_graph", "load_module", "run_nir"]
+
+
+def __getattr__(name: str):
+    """The reader (:mod:`.run`) is imported on first use: it needs torch, which listing or
+    checking targets does not."""
+    if name in ("load_module", "run_nir"):
+        from . import run
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class NirBackend(Backend):
@@ -57,4 +65,6 @@ class NirBackend(Backend):
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:
+        from .run import run_nir
+
         return run_nir(Path(directory), x_int, timesteps, record_spikes)

@@ -25,9 +25,10 @@ __all__ = ["write_report", "measure_report", "ReportData", "DEFAULT_SWEEP"]
 
 
 def write_report(out: str, data: str, report_dir: str, timesteps: list[int] | None = None,
-                 force: bool = False, batch_size: int = 256) -> dict[str, Any]:
+                 force: bool = False, batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
     """Measure the build ``out`` on ``data`` and write the report into ``report_dir``;
-    returns the report's JSON summary plus ``files`` (the names written)."""
+    returns the report's JSON summary plus ``files`` (the names written). ``progress``:
+    bars on stderr for the simulations."""
     from .plots import save_figures
     from .render import html_page, markdown
 
@@ -38,7 +39,7 @@ def write_report(out: str, data: str, report_dir: str, timesteps: list[int] | No
     if not Path(report_dir).resolve().parent.is_dir():
         raise UsageError(f"cannot write '{report_dir}': folder '{Path(report_dir).resolve().parent}' "
                          "does not exist", "create it first, or choose another -o")
-    rep = measure_report(out, data, timesteps, batch_size)
+    rep = measure_report(out, data, timesteps, batch_size, progress=progress)
     summary = rep.as_json()
     with atomic_directory(report_dir, force=force) as tmp:
         figures = save_figures(rep, tmp)

@@ -131,7 +131,7 @@ class ReportData:
 
 
 def measure_report(out: str, data: str, timesteps: list[int] | None = None,
-                   batch_size: int = 256) -> ReportData:
+                   batch_size: int = 256, progress: bool = False) -> ReportData:
     """Measure everything a report of the build in ``out`` on ``data`` shows.
 
     ``timesteps``: the accuracy sweep (default 2, 4, 8, 16, 32); the artifact's own T is
@@ -140,11 +140,11 @@ def measure_report(out: str, data: str, timesteps: list[int] | None = None,
     g = art.graph
     T = int(g.timesteps)
     sweep = sorted(set(timesteps or DEFAULT_SWEEP) | {T})
-    # The artifact's T last, so the top-level fields and per-layer rows are at T.
-    ev = evaluate_artifact(out, data, [t for t in sweep if t != T] + [T], batch_size)
+    # evaluate's top-level fields and per-layer rows are at the artifact's own T
+    ev = evaluate_artifact(out, data, sweep, batch_size, progress=progress)
     runs = sorted(ev.get("sweep", [ev]), key=lambda r: r["timesteps"])
     ds = load_npz(data, g.input.shape, need_labels=True, out_shape=g[g.outputs[0]].shape)
-    sim = simulate(g, ds.x, timesteps=T, batch_size=batch_size)
+    sim = simulate(g, ds.x, timesteps=T, batch_size=batch_size, progress=progress)
     agree = _divergence(art, ds.x, sim, batch_size)
     rows = {r["name"]: r for r in ev["layers"]}
     layers = []
