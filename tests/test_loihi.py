@@ -313,6 +313,10 @@ def test_netx_export_where_it_fits(tmp_path):
     get_backend("loihi").lower(_validated(mlp(np.random.default_rng(0))), other)
     assert not (other / "netx.h5").exists()
     assert "resets by subtraction" in (other / "netx-unsupported.txt").read_text()
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    get_backend("loihi").lower(_weight_exp_net()[0], wide)  # weights 4 x 127: netx would clip
+    assert "weights beyond +-127" in (wide / "netx-unsupported.txt").read_text()
 
 
 def test_run_without_lava_says_how_to_get_it(tmp_path):
