@@ -248,11 +248,13 @@ def test_every_violation_is_reported_at_once():
     assert "--membrane-bits 18" in str(err.value)
 
 
-def test_skip_longer_than_loihi_delays_is_a_violation():
+@pytest.mark.parametrize("layers", [63, 64, 65])
+def test_skip_longer_than_loihi_delays_is_a_violation(layers):
+    """The input skipping ``layers`` IF layers needs that many extra steps: 63 fit DelayDense."""
     rng = np.random.default_rng(2)
     nodes = [InputNode(name="x", shape=(2,), out_scale=np.array(1.0), mode="every_step")]
     prev = "x"
-    for i in range(65):
+    for i in range(layers):
         nodes += [_dense(rng, f"d{i}", prev, 2, 2), _if(f"s{i}", f"d{i}", [50])]
         prev = f"s{i}"
     nodes += [_dense(rng, "late", prev, 2, 2, bias=None), _dense(rng, "early", "x", 2, 2, bias=None),
@@ -260,7 +262,7 @@ def test_skip_longer_than_loihi_delays_is_a_violation():
               _dense(rng, "out", "ss", 2, 1)]
     g = _validated(Graph(nodes, ["out"], timesteps=4))
     found = [(v.layer, v.quantity, v.value, v.limit) for v in get_backend("loihi").check(g)]
-    assert found == [("ss", "synaptic delay from 'x' (steps)", 65, 63)]
+    assert found == ([] if layers == 63 else [("ss", "synaptic delay from 'x' (steps)", layers, 63)])
 
 
 def test_artifact_is_self_contained(tmp_path):
@@ -313,6 +315,10 @@ def test_netx_export_where_it_fits(tmp_path):
     get_backend("loihi").lower(_validated(mlp(np.random.default_rng(0))), other)
     assert not (other / "netx.h5").exists()
     assert "resets by subtraction" in (other / "netx-unsupported.txt").read_text()
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    get_backend("loihi").lower(_weight_exp_net()[0], wide)  # weights 4 x 127: netx would clip
+    assert "weights beyond +-127" in (wide / "netx-unsupported.txt").read_text()
 
 
 def test_run_without_lava_says_how_to_get_it(tmp_path):

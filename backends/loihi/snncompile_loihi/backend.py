@@ -194,9 +194,9 @@ class LoihiBackend(Backend):
                                   for p in net["populations"]}
         wrapped = {k: v for k, v in stats["current_wraps"].items() if v}
         if wrapped:
-            log.warning("loihi: inputs beyond the 24-bit current register wrapped in %s; the "
-                        "results may differ from the reference (use --input-mode every_step "
-                        "or fewer --bits)", ", ".join(f"{k} ({v}x)" for k, v in wrapped.items()))
+            log.warning("loihi: inputs beyond the 16-bit input port in one step in %s: a chip "
+                        "would not carry them exactly (use --input-mode every_step, fewer "
+                        "--input-bits or fewer --bits)", ", ".join(f"{k} ({v}x)" for k, v in wrapped.items()))
         return BackendRun(output_acc=outputs, spikes=spikes, stats=stats)
 
     # --- helpers ---------------------------------------------------------------------------

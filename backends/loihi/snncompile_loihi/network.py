@@ -32,12 +32,11 @@ from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2
 from snncompile.ir.structure import synapse_chains
 from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network
 
-from .encode import DELAY_MAX, bias_fits_neuron
+from .encode import DoesNotFit, bias_fits_neuron, delay_code
 
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
               ConcatNode, AddNode)
 MAX_DENSE_ENTRIES = 2 ** 24   # largest folded Dense matrix this lowering builds (memory bound)
-MAX_EXTRA_DELAY = DELAY_MAX   # lava DelayDense (fixed_pt): 6-bit delays, "0 to 63 time steps"
 
 
 @dataclass
@@ -206,9 +205,11 @@ def build_network(graph: Graph, timesteps: int | None = None,
         for proj in incoming:
             s = proj.source
             delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
-            if delay > MAX_EXTRA_DELAY:
-                net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
-                                              MAX_EXTRA_DELAY, "a shorter skip connection"))
+            try:
+                delay_code(delay)  # what the emitter writes
+            except DoesNotFit as e:
+                net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", e.value,
+                                              e.limit, "a shorter skip connection"))
             conv = _as_conv(graph, node, s, delay)
             if conv is not None:
                 net.connections.append(conv)
