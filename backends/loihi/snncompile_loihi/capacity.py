@@ -40,7 +40,7 @@ class LayerMap:
     stored: int             # weights stored on the fullest core
 
     def resources(self) -> dict[str, int]:
-        return {"cores": self.cores, "chips": self.chips, "fanin": self.fanin}
+        return {"cores": self.cores, "chips": self.chips}
 
 
 @dataclass
@@ -96,11 +96,12 @@ def _unmappable(fp: Footprint, o: dict[str, int]) -> Violation:
                      o["memory_kib"] * 8192, fix + f"--target-option memory_kib={-(-bits // 8192)}")
 
 
-def map_graph(graph: Graph, o: dict[str, int]) -> Mapping:
-    """Cores and chips per layer under options ``o`` (:func:`limits.parse_options`)."""
+def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = None) -> Mapping:
+    """Cores and chips per layer under options ``o`` (:func:`limits.parse_options`);
+    ``layers``: the graph's :func:`layer_footprints` where the caller has them."""
     out = Mapping()
     per_chip = o["cores"]
-    for fp in layer_footprints(graph):
+    for fp in layer_footprints(graph) if layers is None else layers:
         n = largest_slice(fp, _fits(fp, o))
         if n == 0:
             out.problems.append(_unmappable(fp, o))
