@@ -33,7 +33,7 @@ TARGET_GIB = 4.0
 MAPPINGS = [
     ("loihi hala-point", "loihi", {"system": "hala-point"}),
     ("loihi one chip", "loihi", {}),
-    ("cyclesim", "cyclesim", {"cores": "1000000", "axons_per_core": "131072",
+    ("cyclesim", "cyclesim", {"cores": "10000000", "axons_per_core": "131072",
                               "synapses_per_core": "262144"}),
 ]
 
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="results folder")
     p.add_argument("--models", default="resnet50,vgg19")
+    p.add_argument("--reuse", action="store_true",
+                   help="map the converted artifacts already in OUT/scale (no new conversion)")
     p.add_argument("--child", nargs=3, metavar=("ARTIFACT", "BACKEND", "OPTIONS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -80,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not onnx_path.exists():
             export(name, onnx_path)
         art = work / name
-        conv = run_child([snncompile_cli(), "convert", str(onnx_path), "-o", str(art), "--bits", "8",
-                          "--force"])
+        convert = [snncompile_cli(), "convert", str(onnx_path), "-o", str(art), "--bits", "8", "--force"]
+        conv = run_child(["true"] if args.reuse and (art / "ir.npz").exists() else convert)
         if conv.returncode != 0:
             raise SystemExit(f"convert {name} failed:\n{conv.stderr[-2000:]}")
         row: dict[str, Any] = {"model": name, "export_and_convert_s": time.perf_counter() - t0,

@@ -73,6 +73,37 @@ def test_footprint_bounds_the_folded_matrices(case):
                 assert d.axons >= sum(np.unique(m[rows].indices).size for m in mats), (fp.name, n, lo)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_footprint_bounds_random_convolutions(seed):
+    """Random geometry (kernel, stride, padding, a sum pool in front or behind, channels,
+    non-square images): every slice of every size is bounded."""
+    rng = np.random.default_rng(seed)
+    c, h, w = int(rng.integers(1, 4)), int(rng.integers(5, 11)), int(rng.integers(5, 11))
+    k, st = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3))
+    pad = k // 2 if seed % 2 else int(rng.integers(0, k // 2 + 1))  # after a pool: keep the size
+    nodes = [InputNode(name="x", shape=(c, h, w), out_scale=np.array(1.0), mode="every_step"),
+             _conv(rng, "c0", "x", c, 2), _if("s0", "c0")]
+    src = "s0"
+    if seed % 2:
+        nodes.append(AvgPool2dNode(name="p", inputs=["s0"], kernel=(2, 2), stride=(2 - seed % 4 // 3, 2)))
+        src = "p"
+    nodes += [_conv(rng, "c1", src, 2, 3, k=k, stride=st, pad=pad)]
+    if seed % 3 == 2:
+        nodes.append(AvgPool2dNode(name="q", inputs=["c1"], kernel=(2, 2), stride=(1, 1)))
+    nodes.append(_if("s1", nodes[-1].name))
+    g = Graph(nodes, ["s1"], timesteps=2)
+    g.validate()
+    net = flatten_network(g)
+    fp = [f for f in layer_footprints(g) if f.name == "s1"][0]
+    (m,) = [pr.matrix for pr in net.into("s1")]
+    assert fp.weight_max >= int(np.abs(m.data).max(initial=0))
+    for n in range(1, fp.units + 1):
+        d = demand(fp, n)
+        for lo in range(0, fp.units, n):
+            rows = m[lo:lo + n]
+            assert d.synapses >= rows.nnz and d.axons >= np.unique(rows.indices).size, (n, lo)
+
+
 def test_pools_share_axons_and_convolutions_share_kernels():
     g = cnn()
     fps = {f.name: f for f in layer_footprints(g)}

@@ -246,7 +246,9 @@ def demand(fp: Footprint, n: int) -> Demand:
             shared_axons += src_c
             if len(c.source_shape) == 3:
                 _, h, w = c.source_shape
-                cols = min(w, c.rf[1]) if n == 1 else w
+                cols = w                 # a slice shorter than a row: its columns only
+                if len(shape) == 3 and n < shape[2]:
+                    cols = min(w, c.rf[1] if n == 1 else (n - 1) * c.stride[1] + 2 * c.rf[1])
                 rows = _rows_in(rows_out, c.rf[0] * (2 if ch > 1 else 1), c.stride[0], h)
                 axons += src_c * rows * cols
             else:
