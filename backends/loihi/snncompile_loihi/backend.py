@@ -38,7 +38,7 @@ from . import __version__
 from . import limits as L
 from .emit import write_artifact
 
-from .capacity import Mapping, map_graph, mapping_violations
+from .capacity import ChipMapping, map_graph, mapping_violations
 from .netx import write_netx
 from .network import build_network
 from .rules import check_network
@@ -93,7 +93,7 @@ class LoihiBackend(Backend):
         out += check_network(build_network(graph, timesteps), lim)
         return out
 
-    def mapping(self, graph: Graph) -> Mapping:
+    def mapping(self, graph: Graph) -> ChipMapping:
         """Cores and chips per layer (capacity.py), from the graph alone."""
         return map_graph(graph, self._chip)
 
