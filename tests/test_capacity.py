@@ -222,3 +222,18 @@ def test_evaluate_shows_cores_and_chips_per_layer(digits_dir, tmp_path):
     assert "loihi cores" in text and "loihi chips" in text and f"loihi chips: {ev['chips']}" in text
     manifest = __import__("json").loads((out / "loihi" / "network.json").read_text())
     assert manifest["mapping"]["cores"] == ev["cores"] and manifest["mapping"]["chips"] == ev["chips"]
+
+
+def test_convert_refuses_a_system_too_small_and_writes_nothing(digits_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from snncompile.app.cli import main
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [
+        "convert", str(digits_dir / "digits_cnn.onnx"), "--calib", str(digits_dir / "calib.npz"),
+        "-T", "8", "--bits", "8", "--membrane-bits", "18", "--input-mode", "every_step",
+        "--target", "loihi", "--target-option", "neurons_per_core=8", "-o", str(out)])
+    assert r.exit_code == 6 and not out.exists()
+    assert "cores needed (128 per chip x 1 chip)" in r.stderr
+    assert "chips=2 or system=kapoho-point (8 chips)" in r.stderr
