@@ -342,18 +342,18 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
     if as_json:
         click.echo(json.dumps(res, indent=1))
         return
-    with_cores = "cores" in res
     if "sweep" in res:
         own = res["timesteps"] == res["build_timesteps"]
         click.echo(f"per layer at T={res['timesteps']} ("
                    + ("the build's T" if own else f"the last of the sweep; the build's T is "
                                                  f"{res['build_timesteps']}") + "):")
+    spent = [k for k in ("cores", "chips") if k in res]  # what the target spends per layer
     rows = [[r["name"], r["kind"], r["synapses"], r["neurons"], r["max_fanin"], r["weight_bits"],
              f"{r['spikes_per_sample']:.1f}" if "firing_rate" in r else "-",
              f"{r['firing_rate']:.3f}" if "firing_rate" in r else "-"]
-            + ([r.get("cores", "-")] if with_cores else []) for r in res["layers"]]
+            + [r.get(k, "-") for k in spent] for r in res["layers"]]
     click.echo(format_table(["layer", "kind", "synapses", "neurons", "max fan-in", "w bits",
-                             "spikes/sample", "rate"] + ([f"{res['target']} cores"] if with_cores else []),
+                             "spikes/sample", "rate"] + [f"{res['target']} {k}" for k in spent],
                             rows))
     metric = "accuracy" if "ann_accuracy" in res else "mse"
     runs = res.get("sweep", [res])
@@ -372,7 +372,7 @@ def evaluate(out: str, data: str, timesteps: str | None, batch_size: int, as_jso
                + (f" (limit {limits['bits']})" if limits.get("bits") else "")
                + f"   max fan-in: {res['max_fanin']}"
                + (f" (limit {limits['fanin']})" if limits.get("fanin") else "")
-               + (f"   {res['target']} cores: {res['cores']}" if with_cores else ""))
+               + "".join(f"   {res['target']} {k}: {res[k]}" for k in spent))
 
 
 @main.command()

@@ -117,11 +117,11 @@ def weight_bits(node: WeightedNode) -> int:
     an integer, else the full width is counted)."""
     if node.weight_int is None:
         return 0
-    w = np.abs(node.weight_int.astype(np.int64))
+    w = node.weight_int  # no int64 |w| copy: a VGG-19 layer has 100M weights
+    m = max(int(w.max(initial=0)), -int(w.min(initial=0)))
     e = int(getattr(node, "weight_exp", 0) or 0)
-    if e and not np.any(w % (1 << e)):
-        w = w >> e
-    m = int(w.max(initial=0))
+    if e and not np.any(w & ((1 << e) - 1)):  # every weight a multiple of 2^e
+        m >>= e
     return int(m).bit_length() + 1
 
 

@@ -59,20 +59,22 @@ def warn_saturation(saturations: dict[str, int], timesteps: int, built: int, bit
                 sum(hit.values()), timesteps, built, layers, bits)
 
 
-def _target_resources(art) -> dict[str, dict[str, int]]:
-    """Per-layer figures (cores) of the backend the artifact was compiled for; empty for the
-    reference simulator, or when that backend is not installed here."""
+def _target_resources(art) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Per-layer figures (cores, chips) of the backend the artifact was compiled for, and
+    its totals; empty for the reference simulator, or when that backend is not installed."""
     built = art.target
     name = built.name
     if name == SIM or name not in available_backends():
-        return {}
+        return {}, {}
     try:
-        return get_backend(name, built.options).layer_resources(art.graph)
+        backend = get_backend(name, built.options)
+        layers = backend.layer_resources(art.graph)
+        return layers, backend.resource_totals(art.graph, layers)
     except SnnCompileError:
         raise
     except Exception as e:  # a plugin's bug must not cost the user the evaluation
         log.warning("backend '%s' could not estimate its resources (%s: %s)", name, type(e).__name__, e)
-        return {}
+        return {}, {}
 
 
 def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,
@@ -128,11 +130,11 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     result["max_fanin"] = max((r["max_fanin"] for r in rows), default=0)
     result["constraints"] = art.info.get("constraints", {})
     result["target"] = art.target.name
-    resources = _target_resources(art)
+    resources, totals = _target_resources(art)
     if resources:
         for r in rows:
             r.update(resources.get(r["name"], {}))
-        result["cores"] = sum(v.get("cores", 0) for v in resources.values())
+        result.update(totals)
     if "tuning" in art.info:
         t = art.info["tuning"]
         result["tuning"] = {k: t.get(k) for k in ("method", "epochs", "epochs_budget", "seconds")}

@@ -138,6 +138,18 @@ class Backend(ABC):
         to report next to accuracy; an empty dict where the backend has no such figures."""
         return {}
 
+    def resource_totals(self, graph: Graph,
+                        layers: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+        """The whole network's figures (e.g. ``{"cores": 9, "chips": 1}``). The default adds
+        up ``layers`` (:meth:`layer_resources` when None); override it where a figure is
+        shared between layers (chips)."""
+        layers = self.layer_resources(graph) if layers is None else layers
+        out: dict[str, int] = {}
+        for figures in layers.values():
+            for k, v in figures.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
     def info(self) -> dict[str, Any]:
         """What `snncompile backends` prints."""
         prof = self.profile()

@@ -166,8 +166,9 @@ def _chain(graph: Graph, src: str, ops: list[Node], last: Node | None) -> Chain:
     plain = len(s_shape) == 3 and not any(isinstance(o, (FlattenNode, ReshapeNode)) for o in ops)
     weighted = [o for o in ops if isinstance(o, WeightedNode)]
     wmax = 1
-    for o in weighted:
-        wmax *= int(np.abs(np.asarray(weight_values(o))).max(initial=0))
+    for o in weighted:  # max(|w|) without an |w| copy of a large matrix
+        v = np.asarray(weight_values(o))
+        wmax *= max(int(v.max(initial=0)), -int(v.min(initial=0)))
     main = [o for o in weighted if not isinstance(o, AffineNode)]
     if not main and plain:  # pools, pads, adds, channel-wise scales: a depthwise kernel
         return Chain(src, s_shape, "conv", fanin=folded, folded_fanin=folded, kernel=folded,
@@ -227,7 +228,7 @@ def demand(fp: Footprint, n: int) -> Demand:
     c_out = shape[0] if len(shape) == 3 else fp.units
     ch = min(c_out, (n - 1) // plane + 2) if n > 1 else 1       # channels a slice may span
     rows_out = shape[1] if len(shape) == 3 else 1     # output rows a slice may span
-    if len(shape) == 3 and ch == 1:
+    if len(shape) == 3 and n < plane:  # a band of rows, or the ends of two channels' planes
         rows_out = min(shape[1], (n - 1) // shape[2] + 2) if n > 1 else 1
     stored = synapses = shared_axons = axons = 0
     for c in fp.chains:
@@ -245,8 +246,11 @@ def demand(fp: Footprint, n: int) -> Demand:
             shared_axons += src_c
             if len(c.source_shape) == 3:
                 _, h, w = c.source_shape
-                cols = min(w, c.rf[1]) if n == 1 else w
-                axons += src_c * _rows_in(rows_out, c.rf[0], c.stride[0], h) * cols
+                cols = w                 # a slice shorter than a row: its columns only
+                if len(shape) == 3 and n < shape[2]:
+                    cols = min(w, c.rf[1] if n == 1 else (n - 1) * c.stride[1] + 2 * c.rf[1])
+                rows = _rows_in(rows_out, c.rf[0] * (2 if ch > 1 else 1), c.stride[0], h)
+                axons += src_c * rows * cols
             else:
                 axons += int(np.prod(c.source_shape))
             continue

@@ -20,7 +20,7 @@ from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Profile, Viol
 
 from .arch import Architecture
 from .engine import combine_stats, run_network
-from .mapping import map_network, recount, unit_violations
+from .mapping import cores_per_population, map_network, recount, unit_violations
 from .store import load, save
 
 __version__ = "1.0.0"
@@ -64,7 +64,7 @@ class CycleSimBackend(Backend):
         flagged = any(v.quantity == "weight bits" for v in out)
         out += [v for v in unit if not (v.quantity.startswith("synaptic weight") and flagged)]
         if not unit:
-            need = len(map_network(graph, self.arch))
+            need = sum(cores_per_population(graph, self.arch).values())
             if need > self.arch.cores:
                 out.append(Violation("(all)", "cores needed", need, self.arch.cores,
                                      f"a smaller model, or --target-option cores={need} (or larger "
@@ -73,10 +73,7 @@ class CycleSimBackend(Backend):
 
     def layer_resources(self, graph) -> dict[str, dict[str, int]]:
         """Cores the mapping gives each population."""
-        out: dict[str, dict[str, int]] = {}
-        for core in map_network(graph, self.arch):
-            out.setdefault(core.population, {"cores": 0})["cores"] += 1
-        return out
+        return {k: {"cores": v} for k, v in cores_per_population(graph, self.arch).items()}
 
     def lower(self, graph, directory: Path, progress=None) -> None:
         net = flatten_network(graph, progress=progress)

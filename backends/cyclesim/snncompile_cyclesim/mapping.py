@@ -44,9 +44,14 @@ def _fits(arch: Architecture):
                       and d.synapses <= arch.synapses_per_core)
 
 
+def slice_size(fp: Footprint, arch: Architecture) -> int:
+    """Units of ``fp`` per core: as many as one core holds (0: not even one unit fits)."""
+    return largest_slice(fp, _fits(arch))
+
+
 def map_population(fp: Footprint, arch: Architecture, first_index: int) -> list[Core]:
     """Equal slices of one population (the last one shorter), as large as one core holds."""
-    n = largest_slice(fp, _fits(arch))
+    n = slice_size(fp, arch)
     if n == 0:
         return []
     d = demand(fp, n)
@@ -68,6 +73,16 @@ def _footprints(graph: Graph) -> list[Footprint]:
                          axons=int(np.prod(shape)), weight_max=1))
             fps.append(Footprint(f"{name}.acc", shape, 1, [one]))
     return fps
+
+
+def cores_per_population(graph: Graph, arch: Architecture) -> dict[str, int]:
+    """How many cores :func:`map_network` gives each population, without listing them."""
+    out = {}
+    for fp in _footprints(graph):
+        n = slice_size(fp, arch)
+        if n:
+            out[fp.name] = -(-fp.units // n)
+    return out
 
 
 def map_network(graph: Graph, arch: Architecture) -> list[Core]:

@@ -38,14 +38,15 @@ from . import __version__
 from . import limits as L
 from .emit import write_artifact
 
-from .capacity import Mapping, map_graph, mapping_violations
+from .capacity import ChipMapping, map_graph, mapping_violations
 from .netx import write_netx
 from .network import build_network
 from .rules import check_network, input_width_violations
 
 log = logging.getLogger("snncompile")
-# Above this many folded synapse-matrix entries, a graph the graph-level rules already
-# refuse is not folded for the network rules as well (folding a ResNet-50 takes minutes).
+# Above this many folded synapse-matrix entries (neurons x folded fan-in), a graph the
+# graph-level rules already refuse is not folded for the network rules as well (folding a
+# ResNet-50 takes minutes).
 FOLD_EARLY_REFUSAL = 2 ** 24
 RUN_OPTIONS = ("python", "timeout_s")
 LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10 (it fails at "
@@ -53,11 +54,6 @@ LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10
              "lava-env/bin/pip install lava-nc==0.10.0 numpy'<2'; then pass --target-option "
              "python=lava-env/bin/python, or run the artifact directly: lava-env/bin/python "
              "{runner} --input x_int.npz --output result.npz")
-
-
-def _folded_entries(graph: Graph) -> int:
-    """Entries the folded network's matrices would hold (neurons x folded fan-in)."""
-    return sum(f.units * f.slots * f.folded_fanin for f in layer_footprints(graph))
 
 
 class LoihiBackend(Backend):
@@ -90,13 +86,14 @@ class LoihiBackend(Backend):
         network would be large is refused without folding it (seconds, not minutes)."""
         lim = self.limits()
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
-        out += mapping_violations(self.mapping(graph), self._chip)
-        if out and _folded_entries(graph) > FOLD_EARLY_REFUSAL:
+        layers = layer_footprints(graph)
+        out += mapping_violations(map_graph(graph, self._chip, layers), self._chip)
+        if out and sum(f.units * f.slots * f.folded_fanin for f in layers) > FOLD_EARLY_REFUSAL:
             return out
         out += check_network(build_network(graph, timesteps), lim)
         return out
 
-    def mapping(self, graph: Graph) -> Mapping:
+    def mapping(self, graph: Graph) -> ChipMapping:
         """Cores and chips per layer (capacity.py), from the graph alone."""
         return map_graph(graph, self._chip)
 
@@ -121,8 +118,16 @@ class LoihiBackend(Backend):
         return {m.name: m.cores for m in self.mapping(graph).layers}
 
     def layer_resources(self, graph: Graph) -> dict[str, dict[str, int]]:
-        """Cores, chips spanned and fan-in (with weight sharing) per layer."""
+        """Cores and the chips they span, per layer."""
         return self.mapping(graph).resources()
+
+    def resource_totals(self, graph: Graph,
+                        layers: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
+        """Cores, and chips in all (layers share chips: not the sum of the layers'; cores
+        fill chips in layer order)."""
+        layers = self.layer_resources(graph) if layers is None else layers
+        cores = sum(v["cores"] for v in layers.values())
+        return {"cores": cores, "chips": -(-cores // self._chip["cores"])}
 
     def lower(self, graph: Graph, directory: Path) -> None:
         violations = self.check(graph)

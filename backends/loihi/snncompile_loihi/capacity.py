@@ -40,11 +40,11 @@ class LayerMap:
     stored: int             # weights stored on the fullest core
 
     def resources(self) -> dict[str, int]:
-        return {"cores": self.cores, "chips": self.chips, "fanin": self.fanin}
+        return {"cores": self.cores, "chips": self.chips}
 
 
 @dataclass
-class Mapping:
+class ChipMapping:
     """Every layer's cores and chips, the totals, and what could not be mapped."""
 
     layers: list[LayerMap] = field(default_factory=list)
@@ -96,11 +96,12 @@ def _unmappable(fp: Footprint, o: dict[str, int]) -> Violation:
                      o["memory_kib"] * 8192, fix + f"--target-option memory_kib={-(-bits // 8192)}")
 
 
-def map_graph(graph: Graph, o: dict[str, int]) -> Mapping:
-    """Cores and chips per layer under options ``o`` (:func:`limits.parse_options`)."""
-    out = Mapping()
+def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = None) -> ChipMapping:
+    """Cores and chips per layer under options ``o`` (:func:`limits.parse_options`);
+    ``layers``: the graph's :func:`layer_footprints` where the caller has them."""
+    out = ChipMapping()
     per_chip = o["cores"]
-    for fp in layer_footprints(graph):
+    for fp in layer_footprints(graph) if layers is None else layers:
         n = largest_slice(fp, _fits(fp, o))
         if n == 0:
             out.problems.append(_unmappable(fp, o))
@@ -122,7 +123,7 @@ def smallest_system(chips: int) -> str | None:
     return min(fit)[1] if fit else None
 
 
-def mapping_violations(m: Mapping, o: dict[str, int]) -> list[Violation]:
+def mapping_violations(m: ChipMapping, o: dict[str, int]) -> list[Violation]:
     """Layers no core can hold, and a system too small for the whole network (with the
     smallest named system that holds it)."""
     out = list(m.problems)

@@ -90,6 +90,8 @@ class LayerFigures:
     spike_driven: bool                 # False where the chain reads the analog input
     correlation: float | None = None   # ANN activation vs SNN value (Pearson r)
     relative_rmse: float | None = None
+    cores: int | None = None           # what the target spends on it (where it says)
+    chips: int | None = None
 
 
 @dataclass
@@ -159,7 +161,8 @@ def measure_report(out: str, data: str, timesteps: list[int] | None = None,
             synops_per_sample=float(sum(sim.synops_by_node[k].mean() for k in driven)),
             macs_per_sample=int(sum(int(np.prod(o.shape)) * op_fanin(o, nonzero=False) for o in weighted)),
             spike_driven=bool(driven),
-            correlation=a.correlation() if a else None, relative_rmse=a.relative_rmse() if a else None))
+            correlation=a.correlation() if a else None, relative_rmse=a.relative_rmse() if a else None,
+            cores=r.get("cores"), chips=r.get("chips")))
     return ReportData(artifact=str(out), data=str(data), samples=int(len(ds.x)), timesteps=T,
                       task="classification" if ds.is_classification else "regression",
                       target=ev.get("target", "sim"), evaluation=ev, sweep=runs, layers=layers,

@@ -36,6 +36,9 @@ def summary_lines(rep: ReportData) -> list[str]:
                  f"{ev['ann_macs_per_sample']:,}; SynOps per MAC: {_fmt(ev['synops_per_mac'], 3)}")
     lines.append(f"max weight bits: {ev['max_weight_bits']}; max fan-in: {ev['max_fanin']}"
                  + "".join(f"; {k}: {v}" for k, v in rep.fanin_limits.items()))
+    if "cores" in ev:
+        lines.append(f"{rep.target}: {ev['cores']} cores" +
+                     (f" on {ev['chips']} chip{'s' if ev['chips'] != 1 else ''}" if "chips" in ev else ""))
     return lines
 
 
@@ -57,6 +60,11 @@ def layer_table(rep: ReportData) -> tuple[list[str], list[list[str]]]:
     rows = [[l.name, l.kind, _fmt(l.neurons), _fmt(l.max_fanin), str(l.weight_bits), _fmt(l.firing_rate),
              f"{l.synops_per_sample:,.0f}", _fmt(l.macs_per_sample), _fmt(l.correlation, 3),
              _fmt(l.relative_rmse, 3)] for l in rep.layers]
+    for k in ("cores", "chips"):  # what the target spends per layer, where it says
+        if any(getattr(l, k) is not None for l in rep.layers):
+            head.append(f"{rep.target} {k}")
+            for row, l in zip(rows, rep.layers):
+                row.append(_fmt(getattr(l, k)))
     return head, rows
 
 
