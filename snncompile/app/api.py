@@ -326,7 +326,10 @@ def evaluate(build: PathLike, data: Data, y: np.ndarray | None = None, *,
     build's T or at each of ``timesteps``."""
     from ..measure.evaluate import evaluate_artifact
 
-    steps = [timesteps] if isinstance(timesteps, int) else (list(timesteps) if timesteps else None)
+    if isinstance(timesteps, (int, np.integer)):
+        steps = [int(timesteps)]
+    else:
+        steps = [int(t) for t in timesteps] if timesteps else None
     with tempfile.TemporaryDirectory(prefix="snncompile-api-") as td, \
             _data_file(data, y, "data", Path(td)) as path:
         res = evaluate_artifact(os.fspath(build), path, steps, batch_size, progress=progress)
