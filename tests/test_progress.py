@@ -76,3 +76,20 @@ def test_quiet_is_an_option_of_the_long_commands(command):
 
     r = CliRunner().invoke(main, [command, "--help"])
     assert r.exit_code == 0 and "-q, --quiet" in r.output
+
+
+@pytest.mark.parametrize("name", ["cyclesim", "netlist", "loihi"])
+def test_the_bundled_backends_report_lowering_progress(name, tmp_path):
+    import inspect
+
+    from snncompile.targets.api import available_backends, get_backend
+
+    if name not in available_backends():
+        pytest.skip(f"backend {name} is not installed here")
+    backend = get_backend(name)
+    assert "progress" in inspect.signature(backend.lower).parameters
+    if name == "netlist":  # one real lowering, counted
+        seen = []
+        backend.lower(zoo_case("dense_subtract_once").graph, tmp_path,
+                      progress=lambda done, total, what: seen.append((done, total)))
+        assert seen and seen[-1][0] == seen[-1][1]

@@ -20,7 +20,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from .. import __version__
-from ..ir.options import V_INIT_MODES, ConversionOptions
+from ..ir.options import V_INIT_MODES
 from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
@@ -209,33 +209,26 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
     under the --bits/--fanin limits, layer by layer; with --target, use the target's profile
     for every conversion option not given, check it against the backend's limits and lower
     it into OUT/<target>/."""
-    from .compile import CompileRequest, compile_model
-    from ..targets.api import parse_backend_options
+    from .api import compile_request
+    from .compile import compile_model
     from ..targets.select import default_out
 
     out = out or default_out(model, target)
 
-    auto, steps = _auto_timesteps(timesteps, max_accuracy_drop, max_psnr_drop, timesteps_candidates)
-    percentile_value, percentile_search = _percentile_option(percentile)
-    explicit = _explicit_options()
-    if percentile_search:  # reviewed against the method as its own option
-        explicit = (explicit - {"percentile"}) | {"percentile_search"}
-    opts = ConversionOptions(timesteps=steps, weight_bits=weight_bits, input_bits=input_bits,
-                             input_mode=input_mode, reset=reset, v_init=v_init,
-                             membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes)
-    report = None if as_json else _epoch_reporter()
-    req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
-                         percentile=percentile_value, percentile_search=percentile_search,
-                         output=output_name, seed=seed, force=force,
-                         options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
-                         val=val_path, method=method, epochs=epochs, patience=patience,
-                         batch_size=batch_size, device=device, resume=resume,
-                         progress=_show_progress(as_json), report=report,
-                         target_options=parse_backend_options(target_options), auto_timesteps=auto,
-                         surrogate=surrogate, surrogate_alpha=surrogate_alpha,
-                         surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                         joint_final=joint_final, count_aware=count_aware, distill=distill,
-                         distill_temperature=distill_temperature, explicit=explicit, maxpool=maxpool)
+    req = compile_request(model, out, target=target, timesteps=timesteps, bits=weight_bits, calib=calib,
+                          norm=norm, percentile=percentile, output=output_name, seed=seed, force=force,
+                          input_bits=input_bits, input_mode=input_mode, reset=reset, v_init=v_init,
+                          membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes,
+                          fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
+                          val=val_path, method=method, epochs=epochs, patience=patience,
+                          batch_size=batch_size, device=device, resume=resume,
+                          progress=_show_progress(as_json), report=None if as_json else _epoch_reporter(),
+                          target_options=target_options, max_accuracy_drop=max_accuracy_drop,
+                          max_psnr_drop=max_psnr_drop, timesteps_candidates=timesteps_candidates,
+                          surrogate=surrogate, surrogate_alpha=surrogate_alpha,
+                          surrogate_beta=surrogate_beta, balance_scale=balance_scale,
+                          joint_final=joint_final, count_aware=count_aware, distill=distill,
+                          distill_temperature=distill_temperature, explicit=_explicit_options(), maxpool=maxpool)
     try:
         summary = compile_model(req)
     except KeyboardInterrupt:
@@ -270,38 +263,6 @@ def _explicit_options() -> frozenset[str]:
     ctx = click.get_current_context()
     return frozenset(p.name for p in ctx.command.params if p.name is not None
                      and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT))
-
-
-def _percentile_option(text: str) -> tuple[float, bool]:
-    """(percentile for calibration, whether tuning searches each layer's) from --percentile."""
-    if text.strip().lower() == "auto":
-        return 99.9, True  # the conversion before tuning uses the default
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"--percentile must be a number in (0, 100] or auto, got '{text}'",
-                         "e.g. --percentile 99.9, or --percentile auto with --train/--val") from None
-    return value, False
-
-
-def _auto_timesteps(text: str, max_accuracy_drop: float | None, max_psnr_drop: float | None,
-                    candidates: str | None):
-    """(AutoTOptions or None, the T conversion starts with) from the --timesteps options."""
-    from ..calibrate.timesteps import AutoTOptions, parse_candidates, parse_timesteps_option
-
-    steps = parse_timesteps_option(text)
-    if steps is not None:
-        given = [f for f, v in (("--max-accuracy-drop", max_accuracy_drop),
-                                ("--max-psnr-drop", max_psnr_drop),
-                                ("--timesteps-candidates", candidates)) if v is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used "
-                             "with --timesteps auto",
-                             f"pass --timesteps auto, or drop {given[0]}")
-        return None, steps
-    auto = AutoTOptions(parse_candidates(candidates), max_accuracy_drop, max_psnr_drop)
-    auto.check()
-    return auto, max(auto.candidates)  # a placeholder until the search has chosen
 
 
 def _print_timestep_search(rec: dict[str, Any]) -> None:

@@ -129,11 +129,11 @@ class LoihiBackend(Backend):
         cores = sum(v["cores"] for v in layers.values())
         return {"cores": cores, "chips": -(-cores // self._chip["cores"])}
 
-    def lower(self, graph: Graph, directory: Path) -> None:
+    def lower(self, graph: Graph, directory: Path, progress=None) -> None:
         violations = self.check(graph)
         if violations:
             raise LimitError(self.name, violations)
-        flat = flatten_network(graph)
+        flat = flatten_network(graph, progress=progress)
         net = build_network(graph, flat=flat)
         write_artifact(net, Path(directory))
         # outputs that are spiking layers: their accumulators are their spike counts
