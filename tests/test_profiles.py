@@ -182,3 +182,36 @@ def test_without_batchnorm_the_weight_bound_fallback_stays(onnx_kit):
     model = _dense_model(onnx_kit, w1, 16)
     cal = data_free_scales(model, import_onnx(model).graph)
     assert cal.method == "weights" and "weight bounds" in cal.warnings[0]
+
+
+def test_layers_after_an_add_get_moments_propagated_from_the_batchnorms(onnx_kit):
+    """conv-BN-ReLU (a), then conv-BN plus a, ReLU (b): b's input is modelled as the sum of
+    independent Normal(beta2, gamma2^2) and rectified a, per channel."""
+    from math import erf, exp, pi, sqrt
+
+    rng = np.random.default_rng(3)
+    g1, b1, g2, b2 = [0.5, 1.5], [0.2, -0.4], [1.0, 0.3], [-0.5, 0.6]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m", "v"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m", "v"], ["n2"]),
+             helper.make_node("Add", ["n2", "a"], ["s"]), helper.make_node("Relu", ["s"], ["b"]),
+             helper.make_node("Flatten", ["b"], ["f"]), helper.make_node("Gemm", ["f", "wo"], ["y"], transB=1)]
+    inits = {"w1": rng.normal(0, 0.5, (2, 1, 3, 3)), "w2": rng.normal(0, 0.5, (2, 2, 3, 3)),
+             "g1": g1, "b1": b1, "g2": g2, "b2": b2, "m": [0.0, 0.0], "v": [1.0, 1.0],
+             "wo": rng.normal(0, 0.5, (3, 32))}
+    model = onnx_kit.model(nodes, {k: np.asarray(v, np.float32) for k, v in inits.items()}, in_shape=(1, 4, 4))
+    cal = bn_scales(model, import_onnx(model).graph, norm="channel")
+    assert "1 from statistics propagated" in cal.warnings[0] and "'b'" in cal.warnings[0]
+
+    def relu_moments(mu, sd):
+        z = mu / sd
+        cdf, pdf = 0.5 * (1 + erf(z / sqrt(2))), exp(-z * z / 2) / sqrt(2 * pi)
+        mean = mu * cdf + sd * pdf
+        return mean, (mu * mu + sd * sd) * cdf + mu * sd * pdf - mean ** 2
+
+    for c in range(2):
+        m_a, v_a = relu_moments(b1[c], g1[c])
+        mean, sd = b2[c] + m_a, sqrt(g2[c] ** 2 + v_a)
+        assert cal.lam["b"][c] == pytest.approx(mean + 3.0902 * sd, rel=2e-3)

@@ -566,6 +566,9 @@ def backends(as_json: bool) -> None:
         if lim:
             click.echo(f"\n{r['name']} limits: " + ", ".join(
                 f"{k}={'/'.join(v) if isinstance(v, list) else v}" for k, v in lim.items() if k != "sources"))
+        if r.get("profile"):
+            click.echo(f"{r['name']} profile (convert's defaults for it): "
+                       + ", ".join(f"{k}={v}" for k, v in r["profile"].items()))
 
 
 def _span(v: list | None, fmt: str = "{}") -> str:

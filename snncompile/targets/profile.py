@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..calibrate.statistics import Calibration
-from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES, Graph
-from ..ir.options import V_INIT_MODES, ConversionOptions
+from ..ir import Graph
+from ..ir.options import ConversionOptions
 from ..passes.constrain import constrain
 from ..passes.convert import convert
 from .rules import Limits, Violation
@@ -60,15 +60,6 @@ class Profile:
     def settings(self) -> dict[str, Any]:
         """The fixed settings the profile makes (option name -> value)."""
         return {k: getattr(self, k) for k in FIXED if getattr(self, k) is not None}
-
-    def check(self, backend: str) -> None:
-        """A profile a plugin declares must name values the core knows (a plugin bug otherwise)."""
-        allowed = {"input_mode": INPUT_MODES, "reset": RESET_MODES, "v_init": V_INIT_MODES,
-                   "spikes": SPIKE_MODES}
-        for k, modes in allowed.items():
-            v = getattr(self, k)
-            if v is not None and v not in modes:
-                raise ValueError(f"backend '{backend}' profile: {k}={v!r} not in {modes}")
 
     @classmethod
     def from_limits(cls, limits: Limits, defaults: ConversionOptions = ConversionOptions()) -> "Profile":
