@@ -57,9 +57,11 @@ def parse_options(options: Mapping[str, str]) -> dict[str, int]:
         try:
             out[k] = int(v)
         except ValueError:
-            raise UsageError(f"loihi target option {k}={v!r} is not an integer") from None
+            raise UsageError(f"loihi target option {k}={v!r} is not an integer",
+                             f"e.g. --target-option {k}={DEFAULTS[k]}") from None
         if out[k] < 1:
-            raise UsageError(f"loihi target option {k} must be at least 1, got {out[k]}")
+            raise UsageError(f"loihi target option {k} must be at least 1, got {out[k]}",
+                             f"e.g. --target-option {k}={DEFAULTS[k]}")
     return out
 
 
