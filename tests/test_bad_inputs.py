@@ -147,6 +147,12 @@ def test_a_large_T_that_saturates_warns(tmp_path):
     assert code == 0 and "warning: membranes saturated" in output and "T=64" in output, output
 
 
+def test_an_unwritable_output_is_named_as_given(tmp_path):
+    kit = corpus.Kit(tmp_path)
+    code, output, _ = invoke(corpus.by_name()["out-in-proc"].build(kit))
+    assert code == 2 and "'/proc/snncompile-x'" in output, output
+
+
 def test_a_full_disk_is_one_error_naming_the_output(tmp_path):
     """A file-size limit (as `ulimit -f`) stands in for a full disk: the write fails with
     EFBIG, the CLI names OUT, exits 2, and leaves nothing."""

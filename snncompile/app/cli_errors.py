@@ -52,6 +52,9 @@ def _os_error(e: OSError, output: str | None = None) -> UsageError:
     """A UsageError naming the path an OSError is about (else the command's output) and
     what to do."""
     path = e.filename or output
+    if output and e.filename and os.path.basename(str(e.filename)).startswith(
+            f".{os.path.basename(os.path.normpath(output))}."):
+        path = output  # the temporary sibling an output is written through: name the output
     where = f"'{path}'" if path else "an output file"
     folder = os.path.dirname(os.path.abspath(path)) if path else None
     reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
