@@ -32,21 +32,25 @@ USAGE, MODEL, DATA, ARTIFACT = 2, 3, 4, 5
 
 
 def tiny_model(weights: dict[str, np.ndarray] | None = None, conv_attrs: dict | None = None,
-               opset: int = 17) -> onnx.ModelProto:
+               opset: int = 17, pool: tuple[str, dict] | None = None) -> onnx.ModelProto:
     """Conv 3x3 (2 channels) -> Relu -> Flatten -> Gemm (10 classes) on (N, 1, 4, 4) inputs;
-    ``weights`` replaces initializers by name, ``conv_attrs`` the Conv's attributes."""
+    ``weights`` replaces initializers by name, ``conv_attrs`` the Conv's attributes, ``pool``
+    (op, attributes) adds a 2x2 pooling of stride 2 (attributes replaced) after the Relu."""
     rng = np.random.default_rng(0)
     inits = {"w1": rng.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32),
              "b1": np.full(2, 0.1, np.float32),
-             "w2": rng.normal(0, 0.3, (CLASSES, 32)).astype(np.float32),
+             "w2": rng.normal(0, 0.3, (CLASSES, 8 if pool else 32)).astype(np.float32),
              "b2": np.zeros(CLASSES, np.float32)}
     inits.update(weights or {})
     attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}
     attrs.update(conv_attrs or {})
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv", **attrs),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("Flatten", ["p" if pool else "r"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1)]
+    if pool:
+        nodes.insert(2, helper.make_node(pool[0], ["r"], ["p"], name="pool", **{
+            "kernel_shape": [2, 2], "strides": [2, 2], **pool[1]}))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *IN_SHAPE])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", CLASSES])
     g = helper.make_graph(nodes, "tiny", [x], [y],
@@ -138,11 +142,28 @@ def _conv(**attrs) -> Callable[[Kit], list[str]]:
     return build
 
 
+def _pool(op: str, **attrs) -> Callable[[Kit], list[str]]:
+    def build(kit: Kit) -> list[str]:
+        return ["convert", kit.save_model(tiny_model(pool=(op, attrs))), "-o", kit.out]
+    return build
+
+
 def _nan_weight(kit: Kit) -> list[str]:
     w = tiny_model().graph.initializer[0]
     a = numpy_helper.to_array(w).copy()
     a[0, 0, 1, 1] = np.nan
     return _weights(w1=a)(kit)
+
+
+def _batchnorm_negative_var(kit: Kit) -> list[str]:
+    """Conv -> BatchNorm with a variance below -epsilon (sqrt of a negative: NaN) -> ..."""
+    m = tiny_model()
+    g = m.graph
+    g.node[0].output[0] = "c0"
+    g.node.insert(1, helper.make_node("BatchNormalization", ["c0", "s", "b", "m", "v"], ["c"], name="bn"))
+    for name, v in (("s", [1.0, 1.0]), ("b", [0.0, 0.0]), ("m", [0.0, 0.0]), ("v", [1.0, -2.0])):
+        g.initializer.append(numpy_helper.from_array(np.array(v, np.float32), name))
+    return ["convert", kit.save_model(m), "-o", kit.out]
 
 
 def _inspect_nan(kit: Kit) -> list[str]:
@@ -356,6 +377,12 @@ CASES: list[Case] = [
     Case("conv-negative-pads", _conv(pads=[-1, 0, 0, 0]), MODEL),
     Case("conv-kernel-0", _conv(kernel_shape=[0, 0]), MODEL),
     Case("conv-group-0", _conv(group=0), MODEL),
+    Case("conv-kernel-larger-than-input", _conv(kernel_shape=[3, 3], pads=[0, 0, 0, 0],
+                                                dilations=[3, 3]), MODEL),
+    Case("maxpool-stride-0", _pool("MaxPool", strides=[0, 0]), MODEL),
+    Case("avgpool-kernel-0", _pool("AveragePool", kernel_shape=[0, 2]), MODEL),
+    Case("maxpool-kernel-larger-than-input", _pool("MaxPool", kernel_shape=[9, 9]), MODEL),
+    Case("batchnorm-negative-variance", _batchnorm_negative_var, MODEL),
     Case("external-data-outside-folder", _external_outside, MODEL),
     Case("not-onnx", _not_onnx, MODEL),
     # data

@@ -60,6 +60,7 @@ def assert_clean_error(code: int, output: str, expected: int) -> None:
     assert sum(line.strip().startswith("fix:") for line in lines) == 1, output
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy noise before the error counts too
 @pytest.mark.parametrize("case", corpus.CASES, ids=[c.name for c in corpus.CASES])
 def test_bad_input_gets_one_clean_error(case, pristine, tmp_path, monkeypatch):
     monkeypatch.setenv("SNNCOMPILE_DATA_LIMIT", "1M")  # the over-the-limit case; others are tiny
@@ -81,6 +82,22 @@ def test_bad_input_gets_one_clean_error(case, pristine, tmp_path, monkeypatch):
 def test_the_corpus_cases_are_distinct():
     names = [c.name for c in corpus.CASES]
     assert len(names) == len(set(names))
+
+
+def test_click_errors_read_like_ours(tmp_path):
+    code, output, _ = invoke(["convert", "m.onnx", "-o", str(tmp_path / "o"), "--bitz", "8"])
+    assert code == 2 and output.startswith("error: No such option '--bitz'. Did you mean '--bits'?")
+    assert "fix: see 'main convert --help'" in output  # (CliRunner's program name)
+    code, output, _ = invoke([])
+    assert output.startswith("Usage:") and "Commands:" in output and "error" not in output
+
+
+def test_a_good_pooling_model_converts(tmp_path):
+    """The control for the pooling cases: the same model with sane attributes converts."""
+    kit = corpus.Kit(tmp_path)
+    code, output, _ = invoke(["convert", kit.save_model(corpus.tiny_model(pool=("MaxPool", {}))),
+                              "-o", kit.out])
+    assert code == 0, output
 
 
 def test_a_resume_from_intact_checkpoints_still_works(pristine, tmp_path):

@@ -84,6 +84,9 @@ def internal_error(e: BaseException) -> NoReturn:
     sys.exit(EXIT_INTERNAL)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class Cli(click.Group):
     """The command group, printing click's own errors (a mistyped option, a value out of
     range) as ours: one "error:" line and one "fix:" line, exit 2."""
@@ -97,6 +100,9 @@ class Cli(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as e:
+            if isinstance(e, _NO_ARGS_IS_HELP):  # `snncompile` alone: the help, as click shows it
+                e.show()
+                sys.exit(e.exit_code)
             ctx = getattr(e, "ctx", None)
             where = ctx.command_path if ctx is not None else "snncompile"
             click.echo(f"error: {e.format_message()}\n  fix: see '{where} --help'", err=True)
