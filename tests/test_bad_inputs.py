@@ -138,6 +138,7 @@ def test_unexpected_exceptions_are_one_line_with_their_own_code(monkeypatch, tmp
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(inspection, "inspect_model", bug)
+    monkeypatch.delenv("SNNCOMPILE_TRACEBACK")  # conftest sets it for the other tests
     kit = corpus.Kit(tmp_path)
     code, output, exc = invoke(["inspect", kit.model])
     assert code == EXIT_INTERNAL and exc is None
