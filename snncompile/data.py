@@ -122,7 +122,7 @@ _SAVEZ_HINT = "write it with numpy.savez(path, x=..., y=...) (plain numeric arra
 _LABEL_HINT = ("classification: y holds one integer class index 0..outputs-1 per sample, "
                "e.g. y.astype(numpy.int64); regression: float targets of the output's shape")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_KINDS = ((b"\x93NUMPY", "a single .npy array (numpy.save), not an .npz archive"),
+_KINDS = ((b"\x93NUMPY", "a single .npy array (numpy.save)"),
           (b"\x80", "a Python pickle"),
           (b"\x89HDF", "an HDF5 file"))
 # A member inflating more than this many times is refused when it is also larger than
@@ -169,8 +169,8 @@ def _sniff(p: str) -> None:
     if head.startswith(_ZIP_MAGIC):
         return
     what = next((k for magic, k in _KINDS if head.startswith(magic)),
-                "empty" if not head else "not an .npz archive (a zip file)")
-    raise DataError(f"'{p}' is {what}", "save the data as an .npz archive: "
+                "empty" if not head else "not a zip archive")
+    raise DataError(f"'{p}' is not a readable .npz file: it is {what}", "save the data as an .npz archive: "
                     "numpy.savez(path, x=inputs, y=labels) (never pickled objects)")
 
 

@@ -22,7 +22,8 @@ def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator
                          "choose another -o, or pass --force to replace it")
     parent = target.resolve().parent
     if not parent.is_dir():
-        raise UsageError(f"cannot write '{target}': folder '{parent}' does not exist")
+        raise UsageError(f"cannot write '{target}': folder '{parent}' does not exist",
+                         "create the folder first, or choose another -o")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp

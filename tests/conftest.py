@@ -72,3 +72,9 @@ def digits_dir(tmp_path_factory):
     subprocess.run([sys.executable, str(root / "examples/digits/train.py"), "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _tracebacks_of_our_bugs(monkeypatch):
+    """A bug of ours shows its traceback in tests (users get one 'internal error' line)."""
+    monkeypatch.setenv("SNNCOMPILE_TRACEBACK", "1")

@@ -67,9 +67,10 @@ def test_impossible_drop_is_a_clear_error_and_writes_nothing(digits_dir, tmp_pat
 @pytest.mark.parametrize("args, words", [
     (["--timesteps", "auto"], "--timesteps auto needs --val"),
     (["-T", "8", "--max-accuracy-drop", "2"], "only used with --timesteps auto"),
-    (["--timesteps", "sixteen"], "an integer or 'auto'"),
+    (["--timesteps", "sixteen"], "'sixteen' is neither a whole number >= 1 nor auto"),
     (["--timesteps", "auto", "--val", "VAL", "--timesteps-candidates", "8-4"], "ranges separated"),
-    (["--timesteps", "auto", "--val", "VAL", "--max-accuracy-drop", "-1"], "must be a number >= 0"),
+    (["--timesteps", "auto", "--val", "VAL", "--max-accuracy-drop", "-1"],
+     "Invalid value for '--max-accuracy-drop': -1.0 is not in the range 0<=x<=100"),
     (["--timesteps", "auto", "--val", "VAL", "--max-psnr-drop", "1"], "give --max-accuracy-drop"),
 ])
 def test_misuse_is_a_usage_error(args, words, digits_dir, tmp_path):

@@ -167,7 +167,7 @@ def test_cli_distill_reaches_the_schedule(digits_dir, tmp_path):
     run = json.loads((tmp_path / "kd" / "checkpoints" / "run.json").read_text())
     assert (run["tuning"]["distill"], run["tuning"]["distill_temperature"]) == (0.5, 2.0)
     r = _convert(d, tmp_path / "bad", *tune, "--distill", "1.5")
-    assert r.returncode == UsageError.exit_code and r.stderr.startswith("error: --distill must lie in [0, 1]")
+    assert r.returncode == UsageError.exit_code and r.stderr.startswith("error: Invalid value for '--distill': 1.5 is not in the range 0<=x<=1")
     assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
 
 
@@ -199,7 +199,7 @@ def test_cli_percentile_auto_chooses_each_layer_on_validation(digits_dir, tmp_pa
 
 @pytest.mark.parametrize("extra,expect", [
     (["--percentile", "auto"], "error: --percentile auto cannot be honoured without --train"),
-    (["--percentile", "high"], "error: --percentile must be a number in (0, 100] or auto, got 'high'"),
+    (["--percentile", "high"], "error: Invalid value for '--percentile': 'high' is neither a number in (0, 100] nor auto"),
     (["--percentile", "auto", "--train", "TRAIN", "--val", "TRAIN", "--method", "stdb"],
      "error: --percentile auto cannot be honoured by --method stdb"),
 ])

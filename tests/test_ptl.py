@@ -472,13 +472,13 @@ def _bad_data(tmp_path: Path, digits_dir: Path, kind: str) -> Path:
 @pytest.mark.parametrize("case,expect", [
     ("val_without_train", "--val was given without --train"),
     ("train_without_val", "--train needs --val"),
-    ("fanin0", "--fanin must be at least 1"),
+    ("fanin0", "Invalid value for '--fanin': 0 is not in the range x>=1"),
     ("fanin_small", "--fanin 3 is too small for layer"),
-    ("bits1", "--bits must lie in 2..24"),
+    ("bits1", "Invalid value for '--bits': 1 is not in the range 2<=x<=24"),
     ("shape", "but the model takes"),
     ("labels", "but the model has 10 outputs"),
     ("one_class", "only one class"),
-    ("patience0", "--patience must be >= 1"),
+    ("patience0", "Invalid value for '--patience': 0 is not in the range x>=1"),
     ("cuda", "no CUDA device"),
 ])
 def test_bad_tuning_input_is_one_clear_message(case, expect, digits_dir, tmp_path):

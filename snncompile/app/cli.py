@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -26,9 +27,9 @@ from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
 from ..frontend.rewrite import MAXPOOL_CHOICES
 from .helpsections import SectionedCommand
+from .cli_errors import (EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BIT_EXACT, Cli, Real,
+                         internal_error, number_or_auto, os_error_for)
 from .table import format_table
-
-EXIT_INTERRUPTED = 130
 
 
 def _exit_interrupted(message: str) -> NoReturn:
@@ -42,6 +43,10 @@ def _exit_interrupted(message: str) -> NoReturn:
 
 
 def _handle_errors(fn: Callable) -> Callable:
+    """Every way a command can fail, as one message and its exit code: our errors with their
+    fix; an OSError the environment caused (full or read-only disk, a path that cannot be
+    written) as a usage error naming the path; any other exception as an internal error
+    (exit EXIT_INTERNAL, one line; its traceback with SNNCOMPILE_TRACEBACK=1)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -51,6 +56,18 @@ def _handle_errors(fn: Callable) -> Callable:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _exit_interrupted("interrupted")
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                BrokenPipeError):
+            raise
+        except OSError as e:
+            err = os_error_for(e, fn.__name__, kwargs)
+            click.echo(f"error: {err}", err=True)
+            # a file object the failed write left open (numpy's zip of ir.npz) fails again as it is
+            # collected at exit, an "Exception ignored" traceback burying the message: not printed
+            sys.unraisablehook = lambda unraisable: None
+            sys.exit(err.exit_code)
+        except Exception as e:
+            internal_error(e)
     return wrapper
 
 
@@ -85,7 +102,7 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="snncompile")
 @click.option("-v", "--verbose", is_flag=True, help="Print more about each step.")
 def main(verbose: bool) -> None:
@@ -104,12 +121,13 @@ def main(verbose: bool) -> None:
 @click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
               help="A setting of the target backend (repeatable), e.g. neurons_per_core=256.")
 @click.option("--timesteps", "-T", default="16", show_default=True,
+              callback=number_or_auto(int, lambda v: v >= 1, "a whole number >= 1"),
               help="Time window T: a spike count over T steps stands for an activation; 'auto' "
                    "picks the smallest candidate that meets --max-accuracy-drop on --val.")
-@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+@click.option("--max-accuracy-drop", type=Real(0, 100), default=None, metavar="POINTS",
               help="With --timesteps auto: allowed SNN accuracy loss against the ANN on --val, in "
                    "percentage points (default 1.0).")
-@click.option("--max-psnr-drop", type=float, default=None, metavar="DB",
+@click.option("--max-psnr-drop", type=Real(0), default=None, metavar="DB",
               help="With --timesteps auto, for float targets: allowed PSNR loss in dB (default 1.0).")
 @click.option("--timesteps-candidates", default=None, metavar="LIST",
               help="With --timesteps auto: the T values tried, smallest first (default "
@@ -119,14 +137,16 @@ def main(verbose: bool) -> None:
 @click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
               help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
 @click.option("--percentile", default="99.9", show_default=True,
+              callback=number_or_auto(float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
               help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
                    "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
-@click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
+@click.option("--bits", "weight_bits", default=16, show_default=True, type=click.IntRange(2, 24),
               help="Signed integer weight width (per-layer symmetric).")
-@click.option("--weight-exp", default=0, show_default=True, type=int,
+@click.option("--weight-exp", default=0, show_default=True, type=click.IntRange(0, 8),
               help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
                    "and biases get E more bits of resolution.")
-@click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
+@click.option("--input-bits", default=8, show_default=True, type=click.IntRange(2, 24),
+              help="Integer input width.")
 @click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
               help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
 @click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
@@ -137,15 +157,15 @@ def main(verbose: bool) -> None:
                    "signed spikes).")
 @click.option("--v-init", type=click.Choice(V_INIT_MODES), default="half", show_default=True,
               help="Initial membrane: half the threshold (counts round) or zero (counts floor).")
-@click.option("--membrane-bits", default=32, show_default=True, type=int,
+@click.option("--membrane-bits", default=32, show_default=True, type=click.IntRange(8, 52),
               help="Membrane width; values beyond it saturate (and are counted).")
 @click.option("--maxpool", type=click.Choice(MAXPOOL_CHOICES), default="keep", show_default=True,
               help="keep: max pooling as a spike-count maximum; avg: rewrite each max pool into an "
                    "average pool of the same window, for targets without max pooling (loihi); "
                    "--train recovers the accuracy this costs.")
-@click.option("--fanin", type=int, default=None,
+@click.option("--fanin", type=click.IntRange(1), default=None,
               help="Most non-zero incoming synapses per neuron (largest weights kept).")
-@click.option("--prune-ahead", default=99, show_default=True, type=int,
+@click.option("--prune-ahead", default=99, show_default=True, type=click.IntRange(0),
               help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
                    "spikes; 1: a stage ahead, no ANN stage where the first layer's mask prunes "
                    "nothing, the choice for a tight budget; large: all masks first, in an ANN "
@@ -164,10 +184,11 @@ def main(verbose: bool) -> None:
 @click.option("--surrogate", type=click.Choice(["exp", "linear"]), default=None,
               help="ltl/stdb: surrogate gradient, alpha*exp(-beta*dt) (exp; stdb's default) or "
                    "alpha*max(0, 1-|v/theta-1|) (linear; ltl's default).")
-@click.option("--surrogate-alpha", type=float, default=None, help="ltl/stdb: surrogate scale alpha [0.3].")
-@click.option("--surrogate-beta", type=float, default=None,
+@click.option("--surrogate-alpha", type=Real(0, min_open=True), default=None,
+              help="ltl/stdb: surrogate scale alpha [0.3].")
+@click.option("--surrogate-beta", type=Real(0), default=None,
               help="ltl/stdb: decay beta of the exp surrogate per step since the last spike [0.01].")
-@click.option("--balance-scale", type=float, default=None,
+@click.option("--balance-scale", type=Real(0, min_open=True), default=None,
               help="stdb: thresholds after balancing are this times the layer's largest activation [0.7].")
 @click.option("--joint-final", is_flag=True,
               help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
@@ -176,20 +197,22 @@ def main(verbose: bool) -> None:
               help="ptl: layers not spiking yet pass the value of the spike count they will fire "
                    "(T + 1 levels) instead of their ReLU, so the ANN stages train for the count levels "
                    "to come; --no-count-aware trains them as ReLUs (PTL as published).")
-@click.option("--distill", default=0.0, show_default=True, type=float, metavar="SHARE",
+@click.option("--distill", default=0.0, show_default=True, type=Real(0, 1), metavar="SHARE",
               help="ptl/tandem: share (0..1) of the training loss that matches the float ANN's "
                    "outputs (knowledge distillation) instead of the labels.")
-@click.option("--distill-temperature", default=4.0, show_default=True, type=float,
+@click.option("--distill-temperature", default=4.0, show_default=True, type=Real(0, min_open=True),
               help="Softmax temperature of --distill (classification).")
-@click.option("--epochs", default=60, show_default=True, type=int, help="Total epoch budget of tuning.")
-@click.option("--patience", default=6, show_default=True, type=int,
+@click.option("--epochs", default=60, show_default=True, type=click.IntRange(0),
+              help="Total epoch budget of tuning.")
+@click.option("--patience", default=6, show_default=True, type=click.IntRange(1),
               help="Epochs without validation gain before a stage ends.")
-@click.option("--batch-size", default=64, show_default=True, type=int, help="Tuning batch size.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Tuning batch size.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where tuning runs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted tuning run in OUT from its checkpoints.")
 @click.option("--output", "output_name", help="ONNX output to compile, when the model has several.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for every random choice.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 32 - 1),
+              help="Seed for every random choice.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_quiet_option
@@ -290,7 +313,7 @@ def _epoch_reporter() -> Callable[[str], None]:
               help="Labelled data (.npz with x and y).")
 @click.option("--timesteps", "-T", default=None,
               help="Override T; a comma list (4,8,16,32) sweeps accuracy against latency.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_quiet_option
 @_handle_errors
@@ -371,11 +394,14 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
           as_json: bool, junit: str | None) -> None:
     """CI gate: verify the build OUT against a target's hardware limits and a baseline.
 
-    Exit 0 when every check holds, 1 when one fails; 2 and up when the gate cannot run."""
+    Exit 0 when every check holds, 1 when one fails; 2 to 7 when the gate cannot run."""
     from ..fsutil import atomic_write_text
     from ..measure.gate import as_json as checks_json
     from ..measure.gate import junit_xml, run_checks
 
+    if junit and not os.path.isdir(os.path.dirname(os.path.abspath(junit))):
+        raise UsageError(f"--junit {junit}: folder '{os.path.dirname(os.path.abspath(junit))}' does "
+                         "not exist", "create it first (mkdir -p), or choose another path")
     checks = run_checks(out, target, baseline_path, data, progress=_show_progress(as_json))
     if junit:
         atomic_write_text(junit, junit_xml(checks, out))
@@ -387,7 +413,7 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
         bad = sum(not c.passed for c in checks)
         click.echo(f"\n{len(checks) - bad} passed, {bad} failed")
     if not all(c.passed for c in checks):
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 @main.command()
@@ -399,7 +425,7 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
 @click.option("--timesteps", "-T", default=None,
               help="Time steps of the accuracy sweep, e.g. 2,4,8,16,32 (the default; the build's "
                    "own T is always added).")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--force", is_flag=True, help="Replace the report directory if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as one JSON object.")
 @_quiet_option
@@ -503,15 +529,15 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Data (.npz with x, and y for accuracy).")
-@click.option("--timesteps", "-T", default=None, type=int, help="Override T.")
-@click.option("--batch-size", default=256, show_default=True, type=int,
+@click.option("--timesteps", "-T", default=None, type=click.IntRange(1), help="Override T.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1),
               help="Samples per backend call (spikes of a batch are held in memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_quiet_option
 @_handle_errors
 def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
     """Run OUT on the backend it was compiled for, and compare every spike and output with
-    the reference simulator on the same inputs (exit 1 when they differ)."""
+    the reference simulator on the same inputs (exit 8 when they differ)."""
     from .run import run_artifact
 
     res = run_artifact(out, data, timesteps, batch_size, progress=_show_progress(as_json))
@@ -531,8 +557,10 @@ def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bo
     if not res["bit_exact"]:
         for d in res["differences"][:5]:
             click.echo(f"difference: {d}", err=True)
-        click.echo("error: the backend's spikes or outputs differ from the reference simulator", err=True)
-        sys.exit(1)
+        click.echo("error: the backend's spikes or outputs differ from the reference simulator\n"
+                   "  fix: this is a bug of the backend (or of the artifact): report it to the "
+                   "backend's authors with the differences above", err=True)
+        sys.exit(EXIT_NOT_BIT_EXACT)
 
 
 @main.command()

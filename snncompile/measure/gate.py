@@ -85,7 +85,7 @@ def write_baseline(out: str, data: str, path: str, force: bool = False,
     base = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "target": art.target.name, "model": _structure(art.graph),
-            "data": os.path.abspath(data), "metrics": measure(out, data, progress),
+            "data": _relative_to(data, path), "metrics": measure(out, data, progress),
             "tolerances": dict(DEFAULT_TOLERANCES)}
     atomic_write_text(path, json.dumps(base, indent=1) + "\n")
     return base
@@ -115,7 +115,36 @@ def read_baseline(path: str) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"baseline '{path}': unknown tolerance(s) {', '.join(sorted(unknown))}",
                          f"known: {', '.join(DEFAULT_TOLERANCES)}")
+    for key in ("tolerances", "metrics"):
+        for name, v in base[key].items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise UsageError(f"baseline '{path}': {key[:-1]} '{name}' is {json.dumps(v)}, not a "
+                                 "finite number >= 0",
+                                 f"edit it to a number (e.g. \"{name}\": "
+                                 f"{json.dumps(DEFAULT_TOLERANCES.get(name, 0))}), or write the "
+                                 "baseline again with 'snncompile baseline'")
+    if not isinstance(base.get("data", ""), str):
+        raise UsageError(f"baseline '{path}': \"data\" is {json.dumps(base['data'])}, not a path",
+                         "write it again with 'snncompile baseline'")
     return base
+
+
+def _relative_to(data: str, baseline: str) -> str:
+    """The data path as the baseline records it: relative to the baseline file's folder, so
+    a checkout moved or cloned elsewhere still finds it (absolute across drives)."""
+    try:
+        return os.path.relpath(os.path.abspath(data), os.path.dirname(os.path.abspath(baseline)))
+    except ValueError:  # another drive (Windows)
+        return os.path.abspath(data)
+
+
+def recorded_data(base: dict[str, Any], path: str) -> str | None:
+    """Where the baseline's own data file is: its recorded path, read relative to the
+    baseline file (absolute paths, as older baselines hold them, stay as they are)."""
+    data = base.get("data")
+    if not data:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), data))
 
 
 def limit_checks(art: Artifact, target: str | None) -> list[Check]:
@@ -143,10 +172,16 @@ def baseline_checks(art: Artifact, out: str, base: dict[str, Any], data: str | N
     if _structure(art.graph) != base["model"]:
         raise UsageError(f"baseline '{path}' was recorded for another model (its layers or shapes "
                          "differ from this build's)", "write a baseline from a build of this model")
-    data = data or base.get("data")
-    if not data or not os.path.exists(data):
-        raise UsageError("checking against a baseline needs the data it was measured on",
-                         "pass --data FILE.npz")
+    if not data:
+        data = recorded_data(base, path)
+        if data is None:
+            raise UsageError(f"checking against baseline '{path}' needs the data it was measured "
+                             "on, and the baseline records none", "pass --data FILE.npz")
+        if not os.path.exists(data):
+            raise UsageError(f"checking against baseline '{path}' needs the data it was measured "
+                             f"on: it records '{base['data']}', which is not at '{data}'",
+                             "put the data file there (the path is relative to the baseline "
+                             "file), or pass --data FILE.npz")
     tol = dict(DEFAULT_TOLERANCES) | base["tolerances"]
     now, was = measure(out, data, progress), base["metrics"]
     checks = []

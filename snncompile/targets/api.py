@@ -25,6 +25,7 @@ reported as :class:`BackendError` naming the plugin (exit 7). Walk-through: docs
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -174,10 +175,7 @@ def get_backend(name: str, options: Mapping[str, str] | None = None) -> Backend:
     """An instance of the backend ``name``; a clear error when it is not installed or broken."""
     eps = available_backends()
     if name not in eps:
-        known = ", ".join(eps) or "none installed"
-        raise UsageError(f"unknown target '{name}' (installed backends: {known})",
-                         "install the backend's package (pip install ...), or see "
-                         "'snncompile backends'")
+        raise unknown_target(name, list(eps))
     try:
         cls = eps[name].load()
     except Exception as e:  # a plugin's import error must not look like ours
@@ -186,6 +184,17 @@ def get_backend(name: str, options: Mapping[str, str] | None = None) -> Backend:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise UsageError(f"entry point '{name}' ({eps[name].value}) is not a snncompile Backend class")
     return cls(options)
+
+
+def unknown_target(name: str, known: list[str]) -> UsageError:
+    """The error for a target name that is not installed, with a did-you-mean when the name
+    is close to one that is (as click does for a mistyped option)."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    listed = ", ".join(known) or "none installed"
+    fix = (f"did you mean '{close[0]}'? ('snncompile backends' lists the targets)" if close else
+           "install the backend's package (pip install ...); 'snncompile backends' lists what is "
+           "installed")
+    return UsageError(f"unknown target '{name}' (available: {listed})", fix)
 
 
 def parse_backend_options(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

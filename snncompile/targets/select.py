@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..ir import Graph
-from .api import Backend, BackendError, LimitError, available_backends, get_backend
+from .api import (Backend, BackendError, LimitError, available_backends, get_backend,
+                  unknown_target)
 from .profile import ProfileChoice
 from ..errors import SnnCompileError, UsageError
 from ..progress import progress_bar
@@ -30,10 +31,7 @@ def resolve_target(name: str, options: Mapping[str, str] | None = None) -> Backe
                              "drop --target-option, or choose a backend with --target")
         return None
     if name not in available_backends():
-        known = ", ".join([SIM] + list(available_backends()))
-        raise UsageError(f"unknown target '{name}' (available: {known})",
-                         "install the backend's package (pip install ...); 'snncompile backends' "
-                         "lists what is installed")
+        raise unknown_target(name, [SIM] + list(available_backends()))
     return get_backend(name, options)
 
 

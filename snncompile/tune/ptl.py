@@ -137,7 +137,7 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     caches: list[PrefixCache] | None = None
     for i, stage in enumerate(plan):
         if stage <= done:
-            state, record = checkpoints.load(stage)
+            state, record = checkpoints.load(stage, like=net.state_dict())
             net.stage, net._cache = stage, None
             net.load_state_dict({k: v.to(dev) for k, v in state.items()})
             used = record["epochs_used_total"]

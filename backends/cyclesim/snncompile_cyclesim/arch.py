@@ -9,6 +9,7 @@ within a chip); they are not measurements of this model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -48,10 +49,13 @@ class Architecture:
                 value = conv(text)
             except ValueError:
                 raise UsageError(f"target option {key}={text!r}: expected a number "
-                                 f"({'decimal' if conv is float else 'integer'})") from None
-            if value < 0 or (value == 0 and key not in ("cycles_per_synop", "cycles_per_neuron",
+                                 f"({'decimal' if conv is float else 'integer'})",
+                                 f"e.g. --target-option {key}={getattr(cls, key)}") from None
+            if not math.isfinite(value) or value < 0 or (value == 0 and key not in ("cycles_per_synop", "cycles_per_neuron",
                                                         "cycles_per_step") and not key.startswith("energy")):
-                raise UsageError(f"target option {key}={text}: must be {'> 0' if not key.startswith(('energy', 'cycles')) else '>= 0'}")
+                raise UsageError(f"target option {key}={text}: must be a finite number "
+                                 f"{'> 0' if not key.startswith(('energy', 'cycles')) else '>= 0'}",
+                                 f"e.g. --target-option {key}={getattr(cls, key)}")
             kw[key] = value
         return cls(**kw)
 

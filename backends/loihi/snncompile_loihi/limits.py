@@ -96,9 +96,11 @@ def parse_options(options: Mapping[str, str]) -> dict[str, int]:
         try:
             out[k] = int(v)
         except ValueError:
-            raise UsageError(f"loihi target option {k}={v!r} is not an integer") from None
+            raise UsageError(f"loihi target option {k}={v!r} is not an integer",
+                             f"e.g. --target-option {k}={DEFAULTS[k] or 1024}") from None
         if out[k] < (0 if k == "fan_in" else 1):
-            raise UsageError(f"loihi target option {k} must be at least 1, got {out[k]}")
+            raise UsageError(f"loihi target option {k} must be at least 1, got {out[k]}",
+                             f"e.g. --target-option {k}={DEFAULTS[k] or 1024}")
     system = options.get("system")
     if system is not None:
         if system not in SYSTEMS:

@@ -86,7 +86,13 @@ def batchnorm(ctx: ImportContext, node: onnx.NodeProto) -> None:
     x = ctx.act(node, 0)
     scale, beta, mean, var = (ctx.weight(node, i, what).reshape(-1)
                                for i, what in enumerate(("scale", "bias", "mean", "var"), 1))
-    a_ = (scale / np.sqrt(var.astype(np.float64) + a.get("epsilon", 1e-5))).astype(np.float32)
+    denom = var.astype(np.float64) + a.get("epsilon", 1e-5)
+    if np.any(denom <= 0):
+        raise node_error(node, f"variance '{node.input[4]}' plus epsilon is not positive "
+                               f"(smallest {denom.min():.4g}): a variance cannot be negative",
+                         "the model's BatchNorm statistics are broken: retrain or recompute them "
+                         "(model.train() over data, then eval()) and re-export")
+    a_ = (scale / np.sqrt(denom)).astype(np.float32)
     b_ = (beta - mean * a_).astype(np.float32)
     ctx.add(ir.AffineNode(name=node.output[0], inputs=[x], weight=a_, bias=b_))
 
