@@ -203,15 +203,15 @@ def build_network(graph: Graph, timesteps: int | None = None,
         for proj in incoming:
             s = proj.source
             n_src = int(np.prod(graph[s].shape))
-            if n_src * size > MAX_DENSE_ENTRIES:
+            delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
+            conv = _as_conv(graph, node, s) if delay == 0 else None
+            if conv is None and n_src * size > MAX_DENSE_ENTRIES:  # a Lava Conv builds no matrix
                 net.problems.append(Violation(node.name, f"folded dense connection from '{s}' (entries)",
                                               n_src * size, MAX_DENSE_ENTRIES, "a smaller layer"))
                 continue
-            delay = d - 1 - depth[s]  # extra steps that align a shorter branch (a skip)
             if delay > MAX_EXTRA_DELAY:
                 net.problems.append(Violation(node.name, f"synaptic delay from '{s}' (steps)", delay,
                                               MAX_EXTRA_DELAY, "a shorter skip connection"))
-            conv = _as_conv(graph, node, s) if delay == 0 else None
             net.connections.append(conv if conv is not None else Connection(
                 f"{s}->{node.name}", s, node.name, proj.matrix.toarray(), ir_max, delay=delay))
         bias, first_step, modes = _bias(flat, node.name)
@@ -250,7 +250,7 @@ def _as_conv(graph: Graph, layer: Node, src: str) -> Connection | None:
 
 def _fix_for(node: Node) -> str:
     if node.op == "maxpool2d":
-        return ("convert with --maxpool avg (each max pool becomes an average pool of the same "
-                "window; add --train to recover the accuracy), or use average pooling or a "
-                "stride-2 convolution in the model")
+        return ("convert with --maxpool conv or --maxpool avg (each max pool becomes an average "
+                "of the same window; add --train to recover the accuracy), or use average pooling "
+                "or a stride-2 convolution in the model")
     return "replace this operation in the model"
