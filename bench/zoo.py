@@ -5,20 +5,21 @@ For each architecture in ``--archs`` (each trained by ``examples/zoo/train.py`` 
 exists is skipped, so an interrupted run continues):
 
 * ``convert``  snncompile's conversion with the defaults (``convert --calib calib.npz``),
-               evaluated on the full test set at every T of ``--convert-T``: accuracy and
+               evaluated on the test set (all of it, or ``--test-size`` images) at every T
+               of ``--convert-T``: accuracy and
                SynOps per sample (and the ANN's accuracy, from onnxruntime)
 * ``tune``     ``convert --target loihi --bits 8 --fanin 64 -T T --train --val`` at every T
                of ``--tune-T`` and seed of ``--seeds``, with the settings the loihi target
                needs today (``--membrane-bits 18 --input-mode every_step``; the MLP
                ``--input-bits 6``; the VGG ``--maxpool conv``), tuned on ``--train-size``
                training and ``--val-size`` validation images for ``--epochs`` epochs;
-               evaluated on the full test set (accuracy, SynOps per sample), then run on
+               evaluated on the same test images (accuracy, SynOps per sample), then run on
                Lava on the first ``--lava-samples`` test images (bit-exact with the
                reference simulator, and its accuracy there)
 * ``peers``    SpikingJelly 2.0.0 with its defaults and with ``half_threshold`` and
                ``channel_wise``, and sinabs 3.1.3 with a normalization that keeps the ANN's
-               function (bench/peers.py), at every T of ``--convert-T`` on the full test
-               set, with the float accuracy of the network each peer converts (ReLU6 becomes
+               function (bench/peers.py), at every T of ``--convert-T`` on the same test
+               images, with the float accuracy of the network each peer converts (ReLU6 becomes
                ReLU for both; sinabs runs on chains only)
 
 Results: one JSON per architecture and part in ``--out``; ``--table`` prints the markdown
@@ -69,25 +70,33 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t]
 
 
+def _test(d: Path, work: Path, args) -> Path:
+    """The test split, or its fixed subset of --test-size images."""
+    if not args.test_size:
+        return d / "test.npz"
+    return _subset(d / "test.npz", work / f"test{args.test_size}.npz", args.test_size)
+
+
 def part_convert(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     out = work / "convert"
+    test = _test(d, work, args)
     Ts = _ints(args.convert_T)
     t0 = time.perf_counter()
     compile_model(CompileRequest(model=str(d / "model.onnx"), out=str(out), calib=str(d / "calib.npz"),
                                  options=ConversionOptions(timesteps=max(Ts)), force=True))
-    ev = evaluate_artifact(str(out), str(d / "test.npz"), Ts)
-    res = {"ann_accuracy": ev["ann_accuracy"], "ann_macs_per_sample": ev["ann_macs_per_sample"],
+    ev = evaluate_artifact(str(out), str(test), Ts)
+    res = {"test_samples": ev["samples"], "ann_accuracy": ev["ann_accuracy"], "ann_macs_per_sample": ev["ann_macs_per_sample"],
            "runs": _runs(ev), "seconds": round(time.perf_counter() - t0, 1)}
     model = onnx.load(str(d / "model.onnx"))
     rewritten, pools = maxpool_to_avgpool(model)
     if pools:  # what --maxpool conv costs before tuning: the float ANN (an average pool) and its conversion
-        with np.load(d / "test.npz") as z:
+        with np.load(test) as z:
             x, y = z["x"], z["y"]
         name = model.graph.output[0].name
         logits = np.concatenate([b[name] for b in onnx_forward(rewritten, model.graph.input[0].name, [name], x)])
         compile_model(CompileRequest(model=str(d / "model.onnx"), out=str(out), calib=str(d / "calib.npz"),
                                      options=ConversionOptions(timesteps=max(Ts)), force=True, maxpool="conv"))
-        ev = evaluate_artifact(str(out), str(d / "test.npz"), Ts)
+        ev = evaluate_artifact(str(out), str(test), Ts)
         res["maxpool_conv"] = {"ann_accuracy": float((logits.argmax(1) == y).mean()), "runs": _runs(ev)}
     return res
 
@@ -124,10 +133,10 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
                 patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"]))
             tune_s = time.perf_counter() - t0
-            ev = evaluate_artifact(str(out), str(d / "test.npz"), [T])
+            ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
             t0 = time.perf_counter()
             run = run_artifact(str(out), str(lava))
-            runs.append({"T": T, "seed": seed, "accuracy": ev["snn_accuracy"],
+            runs.append({"T": T, "seed": seed, "accuracy": ev["snn_accuracy"], "test_samples": ev["samples"],
                          "synops_per_sample": ev["synops_per_sample"],
                          "tuning_epochs": summary["tuning"]["epochs"], "tune_seconds": round(tune_s, 1),
                          "lava_samples": run["samples"], "lava_bit_exact": run["bit_exact"],
@@ -146,7 +155,7 @@ def part_peers(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     model = peers.relu6_as_relu(model.eval())
     with np.load(d / "calib.npz") as z:
         calib_x = z["x"]
-    with np.load(d / "test.npz") as z:
+    with np.load(_test(d, work, args)) as z:
         x, y = z["x"], z["y"]
     Ts = _ints(args.convert_T)
 
@@ -155,7 +164,7 @@ def part_peers(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
             return float(np.mean([(m(torch.from_numpy(x[i:i + 1000])).argmax(1).numpy() == y[i:i + 1000]).mean()
                                   for i in range(0, len(x), 1000)]))
 
-    res: dict[str, Any] = {"float_accuracy_relu": float_acc(model), "versions": {}}
+    res: dict[str, Any] = {"test_samples": len(y), "float_accuracy_relu": float_acc(model), "versions": {}}
     for name, kw in (("spikingjelly", {}), ("spikingjelly_half_channel", {"half_threshold": True,
                                                                            "channel_wise": True})):
         t0 = time.perf_counter()
@@ -213,6 +222,12 @@ def table(out: Path) -> str:
             sj, sjh = seq(p["spikingjelly"]), seq(p["spikingjelly_half_channel"])
             sb = seq(p["sinabs"]) if "not_run" not in p["sinabs"] else "not run (not a chain)"
         rows.append(f"| {arch} | {ann} | {conv} | {syn} | {tuned} | {lava} | {sj} | {sjh} | {sb} |")
+        if c and "maxpool_conv" in c:  # the rewritten network, before tuning
+            m = c["maxpool_conv"]
+            rows.append(f"| {arch}, `--maxpool conv`, untuned | {_fmt(m['ann_accuracy'])} (float, rewritten) | "
+                        + " / ".join(_fmt(x["accuracy"]) for x in m["runs"]) + " | "
+                        + next((f"{x['synops_per_sample']:.3g}" for x in m["runs"] if x["T"] == 8), "-")
+                        + " | | | | | |")
     return "\n".join(rows)
 
 
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=5000)
     p.add_argument("--val-size", type=int, default=1000)
     p.add_argument("--lava-samples", type=int, default=200)
+    p.add_argument("--test-size", type=int, default=0,
+                   help="evaluate on this many test images (a fixed random subset); 0: all")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     args = p.parse_args(argv)
