@@ -194,9 +194,9 @@ def _fmt(v: float | None) -> str:
 def table(out: Path) -> str:
     """The markdown table of every result in ``out``."""
     rows = ["| network | ANN | conversion T = 4 / 8 / 16 / 32 | SynOps/sample (conv., T = 8) "
-            "| tuned (loihi, 8-bit, fan-in 64) T = 4 / 8 | Lava (bit-exact, samples) "
+            "| tuned (loihi, 8-bit, fan-in 64) T = 4 / 8 | SynOps/sample (tuned, T = 8) | Lava bit-exact (samples) "
             "| SpikingJelly T = 4 / 8 / 16 / 32 | SJ half-threshold + channel-wise | sinabs |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for arch in ARCHS:
         r = {p: json.loads((out / f"{arch}_{p}.json").read_text()) if (out / f"{arch}_{p}.json").exists()
              else None for p in PARTS}
@@ -206,7 +206,7 @@ def table(out: Path) -> str:
         ann = _fmt(c["ann_accuracy"]) if c else "-"
         conv = " / ".join(_fmt(x["accuracy"]) for x in c["runs"]) if c else "-"
         syn = next((f"{x['synops_per_sample']:.3g}" for x in c["runs"] if x["T"] == 8), "-") if c else "-"
-        tuned = lava = "-"
+        tuned = lava = tsyn = "-"
         if t:
             by_T: dict[int, list[float]] = {}
             for x in t["runs"]:
@@ -215,19 +215,20 @@ def table(out: Path) -> str:
                                for _, v in sorted(by_T.items()))
             lava = ", ".join(f"T={x['T']}: {str(x['lava_bit_exact']).lower()} ({x['lava_samples']})"
                              for x in t["runs"])
+            tsyn = next((f"{x['synops_per_sample']:.3g}" for x in t["runs"] if x["T"] == 8), "-")
         sj = sjh = sb = "-"
         if p:
             def seq(d):
                 return " / ".join(_fmt(d[k]) for k in d if k.isdigit())
             sj, sjh = seq(p["spikingjelly"]), seq(p["spikingjelly_half_channel"])
             sb = seq(p["sinabs"]) if "not_run" not in p["sinabs"] else "not run (not a chain)"
-        rows.append(f"| {arch} | {ann} | {conv} | {syn} | {tuned} | {lava} | {sj} | {sjh} | {sb} |")
+        rows.append(f"| {arch} | {ann} | {conv} | {syn} | {tuned} | {tsyn} | {lava} | {sj} | {sjh} | {sb} |")
         if c and "maxpool_conv" in c:  # the rewritten network, before tuning
             m = c["maxpool_conv"]
             rows.append(f"| {arch}, `--maxpool conv`, untuned | {_fmt(m['ann_accuracy'])} (float, rewritten) | "
                         + " / ".join(_fmt(x["accuracy"]) for x in m["runs"]) + " | "
                         + next((f"{x['synops_per_sample']:.3g}" for x in m["runs"] if x["T"] == 8), "-")
-                        + " | | | | | |")
+                        + " | | | | | | |")
     return "\n".join(rows)
 
 
