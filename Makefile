@@ -91,6 +91,11 @@ $(ZOO)/data/%/model.onnx: $(STAMP) $(ZOO)/train.py $(ZOO)/models.py
 	@$(MAKE) --no-print-directory fashion-mnist-data
 	$(PY) $(ZOO)/train.py --arch $* --epochs $(ZOO_EPOCHS) --out $(ZOO)/data/$*
 
+# bench/zoo.py over the whole zoo, peers included (long on a CPU: see its --help to cut it)
+.PHONY: bench-zoo
+bench-zoo: zoo bench-peers
+	$(PY) bench/zoo.py --data $(ZOO)/data --out bench/results/zoo
+
 # --- peers for bench/ptl_accuracy.py -----------------------------------------------------------
 # spikingjelly 2.0.0 declares Python >= 3.11 and heavy optional dependencies; its ann2snn path
 # runs on our 3.10 with only loguru, tqdm and requests, so it goes in with --no-deps.

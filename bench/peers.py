@@ -7,10 +7,18 @@ simulation of max(T) steps serves every T. Neither applies any hardware limit.
 
 * SpikingJelly 2.0.0: ``FXConverter(recipe=RateCodingRecipe(dataloader, mode="99.9%"))``
   (robust-norm thresholds from the 99.9th percentile, IF neurons with soft reset).
-* sinabs 3.1.3: ``sinabs.utils.normalize_weights`` (99.9th percentile per ReLU layer, as
-  in Rueckauer et al.), then ``sinabs.from_model`` with ``IAFSqueeze`` layers, threshold 1
-  and ``SingleSpike`` (at most one spike per neuron and step, like an IF neuron in hardware;
-  sinabs' default ``MultiSpike`` lets a neuron emit several spikes per step).
+* sinabs 3.1.3: data-based weight normalization (Rueckauer et al. 2017) on the model with
+  its BatchNorm folded into the convolutions: each ReLU's scale is the 99.9th percentile of
+  its output on the calibration data, and the layer feeding it is multiplied by the previous
+  ReLU's scale over its own (its bias divided by its own), so the normalized float network
+  computes the ANN's function up to one positive factor per layer; then ``sinabs.from_model``
+  with ``IAFSqueeze`` layers, threshold 1 and ``SingleSpike`` (at most one spike per neuron
+  and step, like an IF neuron in hardware; sinabs' default ``MultiSpike`` lets a neuron emit
+  several spikes per step). sinabs' own ``normalize_weights`` divides each layer (weights and
+  bias) by its percentile measured after the upstream layers were already rescaled, which
+  leaves every bias off by the product of the scales upstream: the normalized float network
+  is then no longer the ANN (on the zoo's stride-2 CNN its accuracy fell to 0.18), so it is
+  not used. Only chains of layers (no residual add, no concat) are normalized this way.
 
 Install: ``pip install --no-deps --ignore-requires-python spikingjelly==2.0.0`` (its wheel
 declares Python >= 3.11; the ann2snn path imports and runs on 3.10) and the ``bench`` extra
@@ -49,13 +57,14 @@ def _accuracy_by_T(step_outputs: Callable[[torch.Tensor, int], torch.Tensor], x:
 
 
 def spikingjelly(model: nn.Module, calib_x: np.ndarray, x: np.ndarray, y: np.ndarray,
-                 Ts: list[int]) -> dict[int, float]:
-    """SpikingJelly's rate-coding ann2snn (see the module docstring)."""
+                 Ts: list[int], **recipe_options) -> dict[int, float]:
+    """SpikingJelly's rate-coding ann2snn (see the module docstring); ``recipe_options`` go to
+    its ``RateCodingRecipe`` (e.g. ``half_threshold=True, channel_wise=True``)."""
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.ann2snn import FXConverter, RateCodingRecipe
 
     loader = [torch.from_numpy(calib_x[i:i + 128]) for i in range(0, len(calib_x), 128)]
-    recipe = RateCodingRecipe(dataloader=loader, mode=f"{PERCENTILE}%")
+    recipe = RateCodingRecipe(dataloader=loader, mode=f"{PERCENTILE}%", **recipe_options)
     snn = FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(model)).eval()
 
     def steps(xb: torch.Tensor, T: int) -> torch.Tensor:
@@ -65,28 +74,83 @@ def spikingjelly(model: nn.Module, calib_x: np.ndarray, x: np.ndarray, y: np.nda
     return _accuracy_by_T(steps, x, y, Ts)
 
 
-def _relu_param_pairs(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of each ReLU and of the conv/linear layer feeding it (a Sequential model)."""
-    relus, params, last = [], [], None
-    for name, m in model.named_children():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            last = name
-        elif isinstance(m, nn.ReLU) and last is not None:
-            relus.append(name)
-            params.append(last)
-    return relus, params
+def chain_layers(model: nn.Module, x_probe: np.ndarray) -> nn.Sequential:
+    """The model as one flat Sequential of its leaf modules in order, each BatchNorm folded
+    into the convolution or linear layer before it, Dropout and Identity dropped; ReLU6
+    stays. Valid only for models whose leaves run in registration order one after the other
+    (chains): checked on ``x_probe``, and a model with a residual add or a concat is refused
+    (ValueError)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    leaves = [m for m in copy.deepcopy(model).eval().modules() if not list(m.children())]
+    out: list[nn.Module] = []
+    for m in leaves:
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            prev = out[-1] if out else None
+            if isinstance(prev, nn.Conv2d):
+                out[-1] = fuse_conv_bn_eval(prev, m)
+            elif isinstance(prev, nn.Linear):
+                out[-1] = fuse_linear_bn_eval(prev, m)
+            else:
+                raise ValueError("a BatchNorm not right after a conv or linear layer")
+        elif not isinstance(m, (nn.Dropout, nn.Identity)):
+            out.append(m)
+    seq = nn.Sequential(*out).eval()
+    with torch.no_grad():
+        xb = torch.from_numpy(x_probe)
+        same = torch.allclose(seq(xb), model.eval()(xb), rtol=1e-3, atol=1e-4)
+    if not same:
+        raise ValueError("the model is not a chain of layers (a residual add or a concat?): "
+                         "its leaf modules in order compute another function")
+    return seq
+
+
+def relu6_as_relu(model: nn.Module) -> nn.Module:
+    """A copy with every ReLU6 replaced by a ReLU: both peers convert nn.ReLU modules only
+    (an IF neuron's rate saturates at its threshold anyway); the caller reports the float
+    accuracy of the copy, which is the ANN the peer converts."""
+    model = copy.deepcopy(model)
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU6):
+                setattr(parent, name, nn.ReLU())
+    return model
+
+
+def normalize_chain(seq: nn.Sequential, calib_x: np.ndarray, percentile: float = PERCENTILE) -> nn.Sequential:
+    """Data-based normalization of a chain (see the module docstring): every ReLU's output
+    scale becomes about 1, and the network's logits are the ANN's times a positive factor."""
+    seq = copy.deepcopy(seq).eval()
+    acts: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: acts.__setitem__(i, out.detach()))
+             for i, m in enumerate(seq) if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        seq(torch.from_numpy(calib_x))
+    for h in hooks:
+        h.remove()
+    prev, pending = 1.0, None
+    with torch.no_grad():
+        for i, m in enumerate(seq):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                pending = m
+            elif i in acts:
+                lam = float(np.percentile(acts[i].numpy(), percentile)) or 1.0
+                pending.weight.mul_(prev / lam)
+                if pending.bias is not None:
+                    pending.bias.div_(lam)
+                prev, pending = lam, None
+        if pending is not None:  # the output layer: logits times 1/1, inputs at scale prev
+            pending.weight.mul_(prev)
+    return seq
 
 
 def sinabs(model: nn.Module, calib_x: np.ndarray, x: np.ndarray, y: np.ndarray,
            Ts: list[int]) -> dict[int, float]:
-    """sinabs' from_model after its weight normalisation (see the module docstring)."""
+    """sinabs' from_model after data-based normalization (see the module docstring)."""
     import sinabs as sb
     from sinabs.activation import SingleSpike
-    from sinabs.utils import normalize_weights
 
-    ann = copy.deepcopy(model).eval()
-    relus, params = _relu_param_pairs(ann)
-    normalize_weights(ann, torch.from_numpy(calib_x), relus, params, percentile=PERCENTILE)
+    ann = normalize_chain(chain_layers(model, calib_x[:64]), calib_x)
     T_max = max(Ts)
     net = sb.from_model(ann, spike_threshold=1.0, spike_fn=SingleSpike, num_timesteps=T_max)
     snn = net.spiking_model.eval()

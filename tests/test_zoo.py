@@ -131,14 +131,14 @@ def _convert(onnx_path: Path, d: Path, out: Path, input_bits: int = 8, **kw) -> 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_converts_to_loihi_and_runs_bit_exact_on_lava(arch, built, tmp_path):
     """The Loihi artifact (8-bit weights, fan-in 64, T = 8) gives on Lava exactly the spikes
-    and outputs of the reference simulator; the VGG gets there through --maxpool avg."""
+    and outputs of the reference simulator; the VGG gets there through --maxpool conv."""
     from snncompile.app.run import run_artifact
 
     _, onnx_path, d = built(arch)
     out = tmp_path / "out"
     # the MLP's first layer sums 64 input currents of up to 255 each, beyond the 24-bit
     # current register at 8-bit inputs (issue 29's sklearn MLP needed the same)
-    _convert(onnx_path, d, out, maxpool="avg" if arch == "vgg" else "keep",
+    _convert(onnx_path, d, out, maxpool="conv" if arch == "vgg" else "keep",
              input_bits=6 if arch == "mlp" else 8)
     res = run_artifact(str(out), str(d / "test.npz"))
     assert res["bit_exact"], res["differences"]
@@ -192,3 +192,54 @@ def test_maxpool_rewrite_keeps_windows_and_padding(onnx_kit, rng):
            helper.make_node("Cast", ["i"], ["y"], to=onnx.TensorProto.FLOAT)]
     with pytest.raises(ModelError, match="Indices"):
         maxpool_to_avgpool(onnx_kit.model(idx, in_shape=(1, 4, 4)))
+
+
+def test_maxpool_to_conv_is_the_average_with_neurons_of_its_own(built, digits):
+    """--maxpool conv computes what --maxpool avg computes (a depthwise convolution of the
+    same window, weights 1/window, then a ReLU on the non-negative pooled values), and each
+    pool becomes an IF layer of its own in the SNN."""
+    from snncompile.frontend.rewrite import maxpool_to_avgpool, maxpool_to_conv
+
+    _, onnx_path, d = built("vgg")
+    model = onnx.load(str(onnx_path))
+    (avg, pools), (conv, same) = maxpool_to_avgpool(model), maxpool_to_conv(model)
+    assert pools == same and len(pools) == 3
+    assert sum(n.op_type == "Conv" and n.name.endswith("#conv") for n in conv.graph.node) == 3
+    _, (xt, _) = digits
+    a, c = (import_onnx(m).graph for m in (avg, conv))
+    np.testing.assert_allclose(ann_forward(c, xt).numpy(), ann_forward(a, xt).numpy(), rtol=1e-5, atol=1e-5)
+    assert len([n for n in c.nodes if n.op == "relu"]) == len([n for n in a.nodes if n.op == "relu"]) + 3
+
+
+def test_large_convolutions_fit_loihi_as_convolutions():
+    """A convolution whose dense matrix would exceed the lowering's matrix bound (16x28x28
+    -> 32x14x14: 79M entries) is a Lava Conv and builds no matrix: no violation; the same
+    layers folded with a sum pool into one dense matrix are still refused, naming the bound."""
+    from snncompile.ir import Conv2dNode, Graph, IFNode, InputNode
+    from snncompile.plugin import get_backend
+
+    rng = np.random.default_rng(0)
+
+    def conv(name, inp, cin, cout, stride):
+        w = rng.integers(-20, 21, (cout, cin, 3, 3)).astype(np.int32)
+        return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w,
+                          bias_int=np.zeros(cout, np.int64), stride=(stride, stride),
+                          padding=(1, 1, 1, 1), bias_mode="every_step")
+
+    def ifn(name, inp):
+        return IFNode(name=name, inputs=[inp], threshold=np.asarray([100]), membrane_bits=18)
+
+    def graph(pool: bool) -> Graph:
+        mid = [AvgPool2dNode(name="p", inputs=["s1"], kernel=(2, 2), stride=(2, 2))] if pool else []
+        nodes = [InputNode(name="x", shape=(1, 28, 28), out_scale=np.array(1.0), mode="every_step"),
+                 conv("c1", "x", 1, 16, 1), ifn("s1", "c1"), *mid,
+                 conv("c2", "p" if pool else "s1", 16, 32, 1 if pool else 2), ifn("s2", "c2"),
+                 conv("c3", "s2", 32, 4, 2)]
+        g = Graph(nodes, ["c3"], timesteps=4)
+        g.validate()
+        return g
+
+    b = get_backend("loihi")
+    assert [v for v in b.check(graph(pool=False)) if "folded" in v.quantity] == []
+    refused = [v for v in b.check(graph(pool=True)) if "folded dense" in v.quantity]
+    assert len(refused) == 1 and refused[0].layer == "s2"

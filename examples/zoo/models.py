@@ -52,9 +52,10 @@ class BasicBlock(nn.Module):
         self.body = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(), *_conv_bn(cout, cout))
         self.shortcut = (nn.Identity() if stride == 1 and cin == cout
                          else nn.Sequential(*_conv_bn(cin, cout, 1, stride)))
+        self.relu = nn.ReLU()  # a module, not torch.relu: module-swapping converters find it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return self.relu(self.body(x) + self.shortcut(x))
 
 
 def resnet(side: int = 28, width: int = 16) -> nn.Module:

@@ -11,12 +11,14 @@ Usage::
         [--epochs 4] [--seed 0] [--data-dir /usr/share/datasets/fashion-mnist]
 
 Writes to --out: ``model.onnx`` (input ``input``, output ``logits``), ``train.npz``,
-``val.npz``, ``test.npz``, ``calib.npz`` (x float32 in the model's input layout, y int64) and
-``ann_metrics.json``.
+``val.npz``, ``test.npz``, ``calib.npz`` (x float32 in the model's input layout, y int64),
+``ann_metrics.json`` and ``model.pt`` (the torch state_dict, for converters that take the
+torch model: the peers in bench/zoo.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                "epochs": args.epochs, "best_epoch": best_epoch, "seed": args.seed,
                "parameters": params, "train_seconds": round(train_seconds, 1), "threads": args.threads}
     fm.write_outputs(args.out, "model.onnx", model, splits, metrics)
+    tmp = args.out / ".model.pt.tmp"
+    torch.save(model.state_dict(), tmp)  # for converters that take the torch model (bench/zoo.py's peers)
+    os.replace(tmp, args.out / "model.pt")
     return 0
 
 

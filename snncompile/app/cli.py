@@ -160,9 +160,11 @@ def main(verbose: bool) -> None:
 @click.option("--membrane-bits", default=32, show_default=True, type=click.IntRange(8, 52),
               help="Membrane width; values beyond it saturate (and are counted).")
 @click.option("--maxpool", type=click.Choice(MAXPOOL_CHOICES), default="keep", show_default=True,
-              help="keep: max pooling as a spike-count maximum; avg: rewrite each max pool into an "
-                   "average pool of the same window, for targets without max pooling (loihi); "
-                   "--train recovers the accuracy this costs.")
+              help="keep: max pooling as a spike-count maximum; for targets without it (loihi) "
+                   "rewrite each max pool into an average of the same window: avg (an average pool, "
+                   "folded into the next layer) or conv (a depthwise convolution with neurons of its "
+                   "own, which keeps large layers convolutional on Loihi); --train recovers the "
+                   "accuracy this costs.")
 @click.option("--fanin", type=click.IntRange(1), default=None,
               help="Most non-zero incoming synapses per neuron (largest weights kept).")
 @click.option("--prune-ahead", default=99, show_default=True, type=click.IntRange(0),

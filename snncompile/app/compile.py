@@ -21,7 +21,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
-from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool
+from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.convert import ConversionOptions, convert
@@ -222,20 +222,23 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
 
 
 def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
-    """The model with the rewrites the user asked for (``--maxpool avg``), and one record per
-    rewrite applied (pass, nodes, message), each also logged: never a silent change."""
+    """The model with the rewrites the user asked for (``--maxpool avg|conv``), and one record
+    per rewrite applied (pass, nodes, message), each also logged: never a silent change."""
     if maxpool not in MAXPOOL_CHOICES:
         raise UsageError(f"unknown --maxpool '{maxpool}'", f"use one of {', '.join(MAXPOOL_CHOICES)}")
     if maxpool == "keep":
         return model, []
-    model, nodes = maxpool_to_avgpool(model)
+    rewrite = {"avg": maxpool_to_avgpool, "conv": maxpool_to_conv}[maxpool]
+    model, nodes = rewrite(model)
     if not nodes:
         return model, []
-    msg = (f"--maxpool avg: {len(nodes)} max pool(s) rewritten to average pools of the same window "
-           f"({', '.join(nodes)}); the network computes a different function, which --train "
-           "recovers")
+    into = ("average pools of the same window" if maxpool == "avg" else
+            "depthwise convolutions of the same window and stride (weights 1/window, an average) "
+            "with spiking neurons of their own")
+    msg = (f"--maxpool {maxpool}: {len(nodes)} max pool(s) rewritten to {into} ({', '.join(nodes)}); "
+           "the network computes a different function, which --train recovers")
     log.warning(msg)
-    return model, [{"pass": "maxpool_to_avgpool", "nodes": nodes, "message": msg}]
+    return model, [{"pass": rewrite.__name__, "nodes": nodes, "message": msg}]
 
 
 def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:

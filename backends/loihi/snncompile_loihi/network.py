@@ -275,7 +275,7 @@ def _as_conv(graph: Graph, layer: Node, src: str, delay: int = 0) -> Connection 
 
 def _fix_for(node: Node) -> str:
     if node.op == "maxpool2d":
-        return ("convert with --maxpool avg (each max pool becomes an average pool of the same "
-                "window; add --train to recover the accuracy), or use average pooling or a "
-                "stride-2 convolution in the model")
+        return ("convert with --maxpool conv or --maxpool avg (each max pool becomes an average "
+                "of the same window; add --train to recover the accuracy), or use average pooling "
+                "or a stride-2 convolution in the model")
     return "replace this operation in the model"
