@@ -259,6 +259,6 @@ def test_headline_loihi_command_end_to_end(digits, tmp_path):
     assert ev["max_weight_bits"] <= 8 and ev["max_fanin"] <= 64 and ev["cores"] >= 4
     # the same command with the input injected once cannot fit Loihi's current register
     r = convert(digits, tmp_path / "once", "--target", "loihi", "--bits", "8", "--fanin", "64",
-                "-T", "8", "--membrane-bits", "18")
+                "-T", "8", "--membrane-bits", "18", "--input-mode", "once")
     assert_clean_failure(r, 6, "input current per step", "--input-mode every_step")
     assert not (tmp_path / "once").exists()

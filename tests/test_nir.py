@@ -138,10 +138,14 @@ def test_digits_cli_refuses_the_default_and_writes_a_runnable_nir_file(digits_di
             "--target", "nir"]
     r = cli(*base, "-o", str(tmp_path / "default"))
     assert r.returncode == 6 and not (tmp_path / "default").exists()
-    for expect in ("input mode (once)", "initial membrane", "fix: --v-init zero", "bias mode first_step"):
+    for expect in ("initial membrane", "fix: --v-init zero"):
+        assert expect in r.stderr
+    r = cli(*base, "--v-init", "zero", "--input-mode", "once", "-o", str(tmp_path / "once"))
+    assert r.returncode == 6 and not (tmp_path / "once").exists()
+    for expect in ("input mode (once)", "bias mode first_step"):
         assert expect in r.stderr
     out = tmp_path / "ok"  # reset by subtraction (the default): NIR's I -> Threshold -> Scale loop
-    r = cli(*base, "--input-mode", "every_step", "--v-init", "zero", "-o", str(out))
+    r = cli(*base, "--v-init", "zero", "-o", str(out))
     assert r.returncode == 0, r.stderr
     graph = nir.read(str(out / "nir" / "graph.nir"))
     assert sum(isinstance(n, nir.Threshold) for n in graph.nodes.values()) == 3

@@ -96,19 +96,23 @@ def main(verbose: bool) -> None:
                    "1,2,4,...,256; ranges allowed, e.g. 1-32).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz with x) for threshold normalization.")
-@click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
-              help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
+@click.option("--norm", type=click.Choice(NORM_MODES), default="channel", show_default=True,
+              help="Threshold normalization: layer-wise percentile, layer-wise max, or a percentile "
+                   "per channel.")
 @click.option("--percentile", default="99.9", show_default=True,
               help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
                    "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
+@click.option("--calibrate-bias/--no-calibrate-bias", default=True, show_default=True,
+              help="Correct each spiking layer's bias for its mean rate error at T, on --calib alone "
+                   "(no labels).")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=int,
               help="Signed integer weight width (per-layer symmetric).")
 @click.option("--weight-exp", default=0, show_default=True, type=int,
               help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
                    "and biases get E more bits of resolution.")
 @click.option("--input-bits", default=8, show_default=True, type=int, help="Integer input width.")
-@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
-              help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), default=ConversionOptions.input_mode,
+              show_default=True, help="Analog input as charge: every step (TL), or all at t=0 (once, PTL).")
 @click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
               help="IF reset: subtract the threshold, or reset to zero.")
 @click.option("--spikes", type=click.Choice(SPIKE_MODES), default="binary", show_default=True,
@@ -170,7 +174,7 @@ def main(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
 def convert(model: str, out: str, target: str, timesteps: str, calib: str | None, norm: str,
-            percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
+            percentile: str, calibrate_bias: bool, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
@@ -196,6 +200,7 @@ def convert(model: str, out: str, target: str, timesteps: str, calib: str | None
     report = None if as_json else _epoch_reporter()
     req = CompileRequest(model=model, out=out, target=target, calib=calib, norm=norm,
                          percentile=percentile_value, percentile_search=percentile_search,
+                         calibrate_bias=calibrate_bias,
                          output=output_name, seed=seed, force=force,
                          options=opts, fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
                          val=val_path, method=method, epochs=epochs, patience=patience,
