@@ -160,7 +160,8 @@ def main() -> None:
     m = sub.add_parser("measure")
     m.add_argument("--data", type=Path, required=True)
     m.add_argument("--nets", default=",".join(NETS))
-    m.add_argument("--opts", default="{}", help="conversion options as JSON (ConversionOptions fields, norm, percentile)")
+    m.add_argument("--opts", default="{}",
+                   help="conversion options as JSON (ConversionOptions fields, norm, percentile)")
     m.add_argument("--timesteps", default="4,8,16,32")
     m.add_argument("--calibrate", choices=["plain", "calibrated", "both"], default="both")
     a = ap.parse_args()

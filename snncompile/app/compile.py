@@ -137,7 +137,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     warnings = list(notes) + list(imported.warnings) + list(calib.warnings)
     # the bias correction fits one T and the original ANN: not with tuning (which trains the
     # biases), after a --fanin limit (it takes back part of the pruning's shift), and with
-    # --timesteps auto at the chosen T
+    # --timesteps auto for each candidate T
     calibrating = req.calibrate_bias and calib_data is not None and not training
     if req.calibrate_bias and training and req.explicit and "calibrate_bias" in req.explicit:
         log.warning("--calibrate-bias is not applied with --train: tuning trains the biases")
@@ -169,12 +169,14 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
     if calibrating and tsearch is None:
         snn, bias_record = calibrate_biases(snn, ann, calib_data.x[:BIAS_CALIBRATION_SAMPLES])
     if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
-        final = tsearch.run(snn, "tuned" if training else "conversion")
+        xb = calib_data.x[:BIAS_CALIBRATION_SAMPLES] if calibrating else None
+        prepare = (lambda g, T: calibrate_biases(with_timesteps(g, T), ann, xb)[0]) if calibrating else None
+        final = tsearch.run(snn, "tuned" if training else "conversion", prepare)
         if final.chosen is None:
             raise tsearch.not_found(final, tuned=training, calibrated=calib_data is not None)
         snn = with_timesteps(snn, final.chosen)
         if calibrating:
-            snn, bias_record = calibrate_biases(snn, ann, calib_data.x[:BIAS_CALIBRATION_SAMPLES])
+            snn, bias_record = calibrate_biases(snn, ann, xb)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
     if backend is not None:
         check_fit(backend, snn)  # every violation at once, before anything is written
