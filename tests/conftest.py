@@ -37,6 +37,21 @@ class OnnxKit:
         return sess.run([tensor], {in_name or m.graph.input[0].name: x})[0]
 
     @staticmethod
+    def from_torch(net, in_shape: tuple[int, ...]) -> onnx.ModelProto:
+        """A torch module exported to ONNX (input x, output y, dynamic batch)."""
+        import io
+        import warnings
+
+        import torch
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, *in_shape),), buf, dynamo=False, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        return onnx.load_from_string(buf.getvalue())
+
+    @staticmethod
     def check(model: onnx.ModelProto, x: np.ndarray, rtol=1e-5, atol=1e-5, **kw):
         """Import ``model``, compare ann_forward with onnxruntime, return the ImportResult."""
         from snncompile.sim.ann import ann_forward
@@ -50,7 +65,7 @@ class OnnxKit:
         return res
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def onnx_kit() -> type[OnnxKit]:
     return OnnxKit
 

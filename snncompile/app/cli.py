@@ -134,12 +134,16 @@ def main(verbose: bool) -> None:
                    "1,2,4,...,256; ranges allowed, e.g. 1-32).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz with x) for threshold normalization.")
-@click.option("--norm", type=click.Choice(NORM_MODES), default="percentile", show_default=True,
-              help="Threshold normalization: layer-wise percentile, layer-wise max, or per channel.")
+@click.option("--norm", type=click.Choice(NORM_MODES), default="channel", show_default=True,
+              help="Threshold normalization: layer-wise percentile, layer-wise max, or a percentile "
+                   "per channel.")
 @click.option("--percentile", default="99.9", show_default=True,
               callback=number_or_auto(float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
               help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
                    "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
+@click.option("--calibrate-bias/--no-calibrate-bias", default=True, show_default=True,
+              help="Correct each spiking layer's bias for its mean rate error at T, on --calib alone "
+                   "(no labels).")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=click.IntRange(2, 24),
               help="Signed integer weight width (per-layer symmetric).")
 @click.option("--weight-exp", default=0, show_default=True, type=click.IntRange(0, 8),
@@ -147,8 +151,8 @@ def main(verbose: bool) -> None:
                    "and biases get E more bits of resolution.")
 @click.option("--input-bits", default=8, show_default=True, type=click.IntRange(2, 24),
               help="Integer input width.")
-@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="once", show_default=True,
-              help="Analog input as charge: all at t=0 (once, PTL) or every step (TL).")
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), default=ConversionOptions.input_mode,
+              show_default=True, help="Analog input as charge: every step (TL), or all at t=0 (once, PTL).")
 @click.option("--reset", type=click.Choice(RESET_MODES), default="subtract", show_default=True,
               help="IF reset: subtract the threshold, or reset to zero.")
 @click.option("--spikes", type=click.Choice(SPIKE_MODES), default="binary", show_default=True,
@@ -220,7 +224,7 @@ def main(verbose: bool) -> None:
 @_quiet_option
 @_handle_errors
 def convert(model: str, out: str | None, target: str, timesteps: str, calib: str | None, norm: str,
-            percentile: str, weight_bits: int, weight_exp: int, input_bits: int,
+            percentile: str, calibrate_bias: bool, weight_bits: int, weight_exp: int, input_bits: int,
             input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
@@ -241,7 +245,7 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
     out = out or default_out(model, target)
 
     req = compile_request(model, out, target=target, timesteps=timesteps, bits=weight_bits, calib=calib,
-                          norm=norm, percentile=percentile, output=output_name, seed=seed, force=force,
+                          norm=norm, percentile=percentile, calibrate_bias=calibrate_bias, output=output_name, seed=seed, force=force,
                           input_bits=input_bits, input_mode=input_mode, reset=reset, v_init=v_init,
                           membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes,
                           fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,

@@ -24,6 +24,7 @@ from ..frontend import import_onnx, load_onnx
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
+from ..passes.calibrate_bias import calibrate_biases
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..targets.artifact import write_artifact
@@ -40,6 +41,9 @@ from ..tune.runtime import distributed as ddp
 
 log = logging.getLogger("snncompile")
 
+# Calibration samples the bias correction simulates (Li et al. use about 1,000).
+BIAS_CALIBRATION_SAMPLES = 1024
+
 
 @dataclass
 class CompileRequest:
@@ -49,9 +53,10 @@ class CompileRequest:
     out: str | None          # None or "": default_out(model, target), beside the model
     target: str = "sim"
     calib: str | None = None
-    norm: str = "percentile"
+    norm: str = "channel"           # a percentile per channel (calibrate.statistics.NORM_MODES)
     percentile: float = 99.9
     percentile_search: bool = False  # --percentile auto: tuning picks each layer's on --val
+    calibrate_bias: bool = True    # correct biases on --calib at T, no labels (passes.calibrate_bias)
     output: str | None = None
     seed: int = 0
     force: bool = False
@@ -149,6 +154,13 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         log.info(choice.line())
     snn = convert(ann, calib, req.options)
     warnings = list(notes) + [r["message"] for r in rewrites] + list(imported.warnings) + list(calib.warnings)
+    # the bias correction fits one T and the original ANN: not with tuning (which trains the
+    # biases), after a --fanin limit (it takes back part of the pruning's shift), and with
+    # --timesteps auto for each candidate T
+    calibrating = req.calibrate_bias and calib_data is not None and not training
+    if req.calibrate_bias and training and req.explicit and "calibrate_bias" in req.explicit:
+        log.warning("--calibrate-bias is not applied with --train: tuning trains the biases")
+    bias_record = None
     tsearch = None
     if req.auto_timesteps is not None:  # see snncompile/calibrate/timesteps.py
         tsearch = TimestepSearch(req.auto_timesteps, model, ann, val_data)
@@ -173,11 +185,17 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         problems = violations(snn, bits=bits, fanin=req.fanin)
         if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
             raise ModelError("the tuned graph breaks the requested limits: " + "; ".join(problems))
+    if calibrating and tsearch is None:
+        snn, bias_record = calibrate_biases(snn, ann, calib_data.x[:BIAS_CALIBRATION_SAMPLES])
     if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
-        final = tsearch.run(snn, "tuned" if training else "conversion")
+        xb = calib_data.x[:BIAS_CALIBRATION_SAMPLES] if calibrating else None
+        prepare = (lambda g, T: calibrate_biases(with_timesteps(g, T), ann, xb)[0]) if calibrating else None
+        final = tsearch.run(snn, "tuned" if training else "conversion", prepare)
         if final.chosen is None:
             raise tsearch.not_found(final, tuned=training, calibrated=calib_data is not None)
         snn = with_timesteps(snn, final.chosen)
+        if calibrating:
+            snn, bias_record = calibrate_biases(snn, ann, xb)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
     if backend is not None:
         check_fit(backend, snn, choice)  # every violation at once, before anything is written
@@ -194,6 +212,9 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
         "import_seconds": round(t_import, 3),
         "convert_seconds": round(time.perf_counter() - t0, 3),
     }
+    if bias_record is not None:
+        info["bias_calibration"] = {"timesteps": snn.timesteps, "layers": bias_record,
+                                    "samples": min(int(calib_data.x.shape[0]), BIAS_CALIBRATION_SAMPLES)}
     if tuning is not None:
         info["tuning"] = tuning
     if tsearch is not None:

@@ -36,6 +36,8 @@ CONVERT_SECTIONS: dict[str, str] = {
     "spikes": "Conversion",
     "v_init": "Conversion",
     "membrane_bits": "Conversion",
+    "calibrate_bias": "Conversion",
+    "maxpool": "Conversion",
     # constraints and tuning
     "weight_bits": "Constraints and tuning",
     "fanin": "Constraints and tuning",

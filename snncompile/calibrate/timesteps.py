@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -142,12 +142,16 @@ class TimestepSearch:
             return 0.0 if score == self.ann_score else float(self.ann_score - score)
         return 100.0 * (self.ann_score - score)
 
-    def run(self, graph: Graph, phase: str) -> Search:
-        """Simulate ``graph`` at each candidate, smallest first, until one meets the drop."""
+    def run(self, graph: Graph, phase: str,
+            prepare: Callable[[Graph, int], Graph] | None = None) -> Search:
+        """Simulate ``graph`` at each candidate, smallest first, until one meets the drop.
+        ``prepare`` gives the network for a candidate T where it depends on T (a bias
+        calibration made for that T)."""
         search = Search(phase)
         self.searches.append(search)
         for T in self.opts.candidates:
-            res = simulate(graph, self.val.x, timesteps=T, batch_size=self.batch_size)
+            g = prepare(graph, T) if prepare is not None else graph
+            res = simulate(g, self.val.x, timesteps=T, batch_size=self.batch_size)
             score = self._score(res.output)
             drop = self._drop(score)
             search.trials.append(Trial(T, score, drop, bool(drop <= self.max_drop + 1e-9)))
@@ -167,7 +171,7 @@ class TimestepSearch:
         if tuned:
             tips.append("improve the tuning (more --epochs, a looser --fanin)")
         else:
-            tips += [("try another --norm (channel, max)" if calibrated else
+            tips += [("try another --norm (channel, percentile, max)" if calibrated else
                       "calibrate with --calib"), "tune with --train"]
         return TimestepsNotFound(
             f"no time window in {cands} keeps the SNN within {self.max_drop:g} {unit} of the ANN "

@@ -20,7 +20,7 @@ class ConversionOptions:
     timesteps: int = 16
     weight_bits: int = 16
     input_bits: int = 8
-    input_mode: str = "once"       # "once": all charge at t = 0 (PTL); "every_step" (TL)
+    input_mode: str = "every_step"  # "every_step" (TL); "once": all charge at t = 0 (PTL)
     reset: str = "subtract"
     v_init: str = "half"           # membrane starts at half the threshold: counts round, not floor
     membrane_bits: int = 32
