@@ -21,7 +21,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from .. import __version__
-from ..ir.options import V_INIT_MODES
+from ..ir.options import V_INIT_MODES, ConversionOptions
 from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
