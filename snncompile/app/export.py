@@ -29,6 +29,9 @@ def export_artifact(out: str | os.PathLike, fmt: str, path: str | os.PathLike,
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
     target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"'{target}' is a folder: export writes one file",
+                         "pass a file name, e.g. -o model.nir")
     if target.exists() and not force:
         raise UsageError(f"'{target}' already exists", "choose another -o, or pass --force to replace it")
     parent = target.resolve().parent

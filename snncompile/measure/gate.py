@@ -77,6 +77,8 @@ def measure(out: str, data: str) -> dict[str, Any]:
 
 def write_baseline(out: str, data: str, path: str, force: bool = False) -> dict[str, Any]:
     """Measure the build in ``out`` on ``data`` and write a baseline file to ``path``."""
+    if os.path.isdir(path):
+        raise UsageError(f"'{path}' is a folder: a baseline is one file", "pass a file name, e.g. -o baseline.json")
     if os.path.exists(path) and not force:
         raise UsageError(f"baseline file '{path}' already exists", "choose another -o, or pass --force")
     art = read_artifact(out)
