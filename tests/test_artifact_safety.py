@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -353,6 +354,38 @@ def test_a_damaged_backend_file_is_an_artifact_error(damage, built, tiny, tmp_pa
     r = invoke("run", str(art), "--data", str(tiny / "d.npz"))
     clean_failure(r.exit_code, r.stderr, 5, "loihi", "fix:")
     assert "report this" not in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["netlist", "cyclesim", "nir"])
+def test_every_damaged_file_of_a_backend_artifact_is_an_artifact_error(backend, tmp_path):
+    from snncompile.plugin import ArtifactError, get_backend
+    from snncompile.testing import fit_case, zoo_case, zoo_names
+
+    be = get_backend(backend)
+    case = next(c for c in (fit_case(zoo_case(n), be.limits()) for n in zoo_names()) if not be.check(c.graph))
+    good = tmp_path / "good"
+    good.mkdir()
+    be.lower(case.graph, good)
+    damages = {"truncated": lambda b: b[: len(b) // 2], "empty": lambda b: b"",
+               "deep": lambda b: b"[" * 100_000 + b"]" * 100_000, "a list": lambda b: b"[]",
+               "another object": lambda b: b'{"a": 1}'}
+    for f in sorted(p.relative_to(good) for p in good.rglob("*") if p.is_file()):
+        for how, damage in damages.items():
+            d = tmp_path / "bad"
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(good, d)
+            (d / f).write_bytes(damage((d / f).read_bytes()))
+            with pytest.raises(ArtifactError, match=f"{re.escape(f.name)}|{re.escape(str(d))}"):
+                be.run(d, np.asarray(case.x_int), case.timesteps, record_spikes=True)
+
+
+def test_an_artifact_without_the_model_hash_loads_with_a_warning(built, tiny, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(built, art)
+    _edit_json("compile.json", lambda i: i.pop("model_sha256") and None)(art)
+    r = invoke("evaluate", str(art), "--data", str(tiny / "d.npz"), "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "records no model_sha256" in r.stderr and "re-run 'snncompile convert'" in r.stderr
 
 
 def test_the_model_hash_is_recorded(built):
