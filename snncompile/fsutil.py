@@ -69,6 +69,25 @@ def check_replaceable(target: str | os.PathLike, force: bool,
                      "choose another -o, or move that folder away yourself")
 
 
+def check_file_target(path: str | os.PathLike, force: bool,
+                      inputs: Iterable[str | os.PathLike | None] = (), what: str = "output") -> None:
+    """Raise UsageError unless one output file may be written at ``path``: not a folder, in
+    a folder that exists, not an input of the run nor inside one (a build folder, say), and
+    replacing an existing file only with ``force``."""
+    t = _resolved(path)
+    if t.is_dir():
+        raise UsageError(f"'{path}' is a folder: the {what} is one file", "pass a file name for -o")
+    if not t.parent.is_dir():
+        raise UsageError(f"cannot write '{path}': folder '{t.parent}' does not exist",
+                         "create it first, or choose another -o")
+    for p in inputs:
+        if p and _inside(t, _resolved(p)):
+            raise UsageError(f"'{path}' is {'inside ' if t != _resolved(p) else ''}'{p}', an input of "
+                             "this run: writing it would damage that input", "choose another -o")
+    if os.path.lexists(path) and not force:
+        raise UsageError(f"{what} file '{path}' already exists", "choose another -o, or pass --force to replace it")
+
+
 @contextlib.contextmanager
 def claim_output(target: str | os.PathLike) -> Iterator[Path]:
     """Hold the exclusive claim on writing ``target`` (a lock file beside it) for the

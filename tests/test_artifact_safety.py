@@ -155,6 +155,21 @@ def test_report_never_replaces_its_build(built, tiny):
     assert (built / "ir.json").is_file() and leftovers(built.parent) == []
 
 
+def test_file_outputs_never_overwrite_the_build(built, tiny, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(built, art)
+    before = {p: p.read_bytes() for p in art.rglob("*") if p.is_file()}
+    data = str(tiny / "d.npz")
+    r = invoke("export", str(art), "-o", str(art / "ir.json"), "--force")
+    clean_failure(r.exit_code, r.stderr, 2, "an input of this run")
+    r = invoke("baseline", str(art), "--data", data, "-o", str(art / "compile.json"), "--force")
+    clean_failure(r.exit_code, r.stderr, 2, "an input of this run")
+    r = invoke("baseline", str(art), "--data", data, "-o", data, "--force")
+    clean_failure(r.exit_code, r.stderr, 2, "an input of this run")
+    assert {p: p.read_bytes() for p in art.rglob("*") if p.is_file()} == before
+    assert leftovers(tmp_path) == []
+
+
 WRITER = """
 import sys, time
 from snncompile.app import cli
