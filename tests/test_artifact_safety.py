@@ -324,6 +324,10 @@ TAMPERED = {  # case: (how the artifact is damaged, words the message must name)
     "constraints a string": (_edit_json("compile.json", lambda i: i.update(constraints={"bits": "8"})),
                              ["compile.json", "constraints.bits"]),
     "swapped model.onnx": (_swap_model, ["model.onnx", "SHA-256"]),
+    "onnx_output renamed": (_edit_json("ir.json", lambda m: m["meta"].update(onnx_output="nope")),
+                            ["ir.json", "onnx_output", "model.onnx"]),
+    "onnx_input missing": (_edit_json("ir.json", lambda m: m["meta"].pop("onnx_input") and None),
+                           ["ir.json", "onnx_input"]),
 }
 
 

@@ -26,7 +26,7 @@ import onnx
 from .. import __version__
 from ..errors import ArtifactError
 from ..fsutil import atomic_directory
-from ..ir import Graph
+from ..ir import Graph, IFNode
 from ..ir.files import REWRITE, read_json, sha256_file
 from ..ir.serialize import load_graph, save_graph
 from .select import SIM
@@ -75,10 +75,29 @@ class Artifact:
                                 f"from (its SHA-256 differs from '{MODEL_HASH}' in {INFO_FILE})",
                                 "restore the original model.onnx, or re-run 'snncompile convert'")
         try:
-            return onnx.load_model_from_string(data)
+            model = onnx.load_model_from_string(data)
         except Exception as e:  # protobuf's DecodeError and kin: the file's fault
             raise ArtifactError(f"{self.model_path} is not a readable ONNX model "
                                 f"({type(e).__name__}: {e})", REWRITE) from None
+        self._check_tensor_names(model)
+        return model
+
+    def _check_tensor_names(self, model: onnx.ModelProto) -> None:
+        """The ONNX tensors ir.json names (the input, the compiled output, each IF layer's
+        calibration tensor) exist in the model: the readers run onnxruntime on them."""
+        g = model.graph
+        produced = {i.name for i in g.input} | {o for n in g.node for o in n.output}
+        meta = self.graph.meta
+        wanted = {"onnx_input": meta.get("onnx_input"), "onnx_output": meta.get("onnx_output")}
+        wanted.update({f"calib_tensor of '{n.name}'": n.calib_tensor for n in self.graph.nodes
+                       if isinstance(n, IFNode) and n.calib_tensor})
+        for field, name in wanted.items():
+            if not isinstance(name, str) or name not in produced:
+                raise ArtifactError(f"{self.path / 'ir.json'}: {field} {name!r} is not a tensor of "
+                                    f"{MODEL_FILE}", REWRITE)
+        if meta["onnx_input"] not in {i.name for i in g.input}:
+            raise ArtifactError(f"{self.path / 'ir.json'}: onnx_input {meta['onnx_input']!r} is not "
+                                f"an input of {MODEL_FILE}", REWRITE)
 
     @property
     def target(self) -> BuildTarget:
