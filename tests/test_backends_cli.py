@@ -167,7 +167,7 @@ def test_bad_inputs(digits, cyclesim_out, tmp_path):
     damaged = tmp_path / "damaged"
     assert convert(digits, damaged, "--target", "cyclesim", *HW, inproc=True).returncode == 0
     (damaged / "cyclesim" / "network.npz").unlink()
-    assert_clean_failure(cli("run", str(damaged), "--data", small), 5, "not a complete cyclesim artifact")
+    assert_clean_failure(cli("run", str(damaged), "--data", small), 5, "network.npz is missing", "--target cyclesim")
 
 
 FAKE_PLUGINS = {

@@ -32,4 +32,4 @@ def test_template_installs_lists_and_passes_the_kit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(src / "tests")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "12 passed, 2 skipped" in r.stdout  # the template has no max pool and binary spikes only
+    assert "13 passed, 2 skipped" in r.stdout  # the template has no max pool and binary spikes only

@@ -11,11 +11,14 @@ which read best next to the command they belong to.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, NoReturn
 
 import click
@@ -42,6 +45,21 @@ def _exit_interrupted(message: str) -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler, `kill`, a container stop) unwinds like Ctrl-C: temporary
+    outputs are removed and the command exits with EXIT_INTERRUPTED."""
+    raise KeyboardInterrupt
+
+
+def _late_interrupt(signum: int, frame: Any) -> None:
+    """An interrupt once the command has finished (its output complete and reported, or
+    its error said): end now, quietly, with EXIT_INTERRUPTED; raising would print a
+    traceback from the interpreter's shutdown and keep the command's exit status."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _handle_errors(fn: Callable) -> Callable:
     """Every way a command can fail, as one message and its exit code: our errors with their
     fix; an OSError the environment caused (full or read-only disk, a path that cannot be
@@ -49,6 +67,10 @@ def _handle_errors(fn: Callable) -> Callable:
     (exit EXIT_INTERNAL, one line; its traceback with SNNCOMPILE_TRACEBACK=1)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:
+            before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             return fn(*args, **kwargs)
         except SnnCompileError as e:
@@ -68,6 +90,11 @@ def _handle_errors(fn: Callable) -> Callable:
             sys.exit(err.exit_code)
         except Exception as e:
             internal_error(e)
+        finally:
+            if main_thread:  # called in-process (click's CliRunner, a script): put back theirs
+                program = getattr(sys.modules.get("__main__"), "main", None) is main
+                for sig, handler in before.items():
+                    signal.signal(sig, _late_interrupt if program else handler)
     return wrapper
 
 
@@ -538,15 +565,21 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
 @click.option("--timesteps", "-T", default=None, type=click.IntRange(1), help="Override T.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1),
               help="Samples per backend call (spikes of a batch are held in memory).")
+@click.option("--target-option", "target_options", multiple=True, metavar="KEY=VALUE",
+              help="A run option of the backend (repeatable), e.g. python=lava-env/bin/python for "
+                   "loihi; the build's own options come from OUT, its run options never do.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_quiet_option
 @_handle_errors
-def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool) -> None:
+def run(out: str, data: str, timesteps: int | None, batch_size: int, as_json: bool,
+        target_options: tuple[str, ...] = ()) -> None:
     """Run OUT on the backend it was compiled for, and compare every spike and output with
     the reference simulator on the same inputs (exit 8 when they differ)."""
+    from ..targets.api import parse_backend_options
     from .run import run_artifact
 
-    res = run_artifact(out, data, timesteps, batch_size, progress=_show_progress(as_json))
+    res = run_artifact(out, data, timesteps, batch_size, parse_backend_options(target_options),
+                       progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(res, indent=1))
     else:

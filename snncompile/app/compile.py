@@ -27,7 +27,9 @@ from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.calibrate_bias import calibrate_biases
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
-from ..targets.artifact import write_artifact
+from ..fsutil import check_replaceable, claim_output
+from ..ir.files import sha256_file
+from ..targets.artifact import is_artifact, write_artifact
 from ..targets.rules import violations
 from ..targets.profile import apply_profile, explicit_options, fit_input_width
 from ..targets.select import check_fit, default_out, lower_into, resolve_target, target_info
@@ -103,6 +105,16 @@ def seed_everything(seed: int) -> None:
 
 
 def compile_model(req: CompileRequest) -> dict[str, Any]:
+    """Compile as :func:`_compile` says, holding the claim on the output directory from the
+    start (:func:`..fsutil.claim_output`): a second writer of OUT is refused at once, not
+    after its work. Under torchrun only rank 0 claims (the other ranks never write)."""
+    if os.environ.get("RANK", "0") != "0":
+        return _compile(req, claimed=False)
+    with claim_output(req.out):
+        return _compile(req, claimed=True)
+
+
+def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     """Import, calibrate, convert, (constrain and tune), check, write; returns a summary
     (also stored in compile.json).
 
@@ -226,7 +238,7 @@ def compile_model(req: CompileRequest) -> dict[str, Any]:
             return {"out": req.out, "rank": rank}
     lower = (lambda tmp: lower_into(backend, snn, tmp, progress=req.progress)) if backend is not None else None
     write_artifact(req.out, snn, source_model, info, force=req.force or training, lower=lower,
-                   carry=(CHECKPOINTS,))
+                   carry=(CHECKPOINTS,), inputs=_inputs(req), claimed=claimed)
     summary = {"out": req.out, "layers": len([n for n in snn.nodes if isinstance(n, IFNode)]),
                "timesteps": snn.timesteps, "warnings": info["warnings"], "target": req.target,
                "seconds": round(time.perf_counter() - t0, 3)}
@@ -272,6 +284,13 @@ def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:
                              + (" and holds checkpoints of an earlier tuning run" if has_ckpt else ""),
                              "pass --resume to continue that run, or --force to start over" if has_ckpt
                              else "choose another -o, or pass --force to replace it")
+    # what --force may replace, and where the run's inputs are (--resume: OUT is ours)
+    check_replaceable(req.out, True, is_artifact, _inputs(req))
+
+
+def _inputs(req: CompileRequest) -> tuple[str | None, ...]:
+    """The files a run reads, which its output must never replace."""
+    return (req.model, req.calib, req.train, req.val)
 
 
 def _load_data(req: CompileRequest, ann: Graph, training: bool
@@ -381,15 +400,7 @@ def _given_options(req: CompileRequest) -> set[str]:
 
 
 def _sha256(path: str | None) -> str | None:
-    if not path:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path) if path else None
 
 
 def _run_fingerprint(req: CompileRequest, topts) -> dict[str, Any]:

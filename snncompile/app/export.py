@@ -17,6 +17,7 @@ from typing import Any
 
 from ..targets.artifact import read_artifact
 from ..errors import UsageError
+from ..fsutil import check_file_target
 from ..targets.select import check_fit, lower_into, resolve_target
 
 # format -> (backend plugin, the one file it writes)
@@ -29,11 +30,8 @@ def export_artifact(out: str | os.PathLike, fmt: str, path: str | os.PathLike,
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
     target = Path(path)
-    if target.exists() and not force:
-        raise UsageError(f"'{target}' already exists", "choose another -o, or pass --force to replace it")
+    check_file_target(target, force, (out,), "export")
     parent = target.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write '{target}': folder '{parent}' does not exist")
     art = read_artifact(out)
     name, filename = FORMATS[fmt]
     backend = resolve_target(name)

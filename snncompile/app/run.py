@@ -21,10 +21,14 @@ from ..testing.conformance import compare_run
 
 
 def run_artifact(out: str, data_path: str, timesteps: int | None = None,
-                 batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+                 batch_size: int = 256, run_options: dict[str, str] | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """Run OUT's backend on DATA, ``batch_size`` samples at a time; returns accuracy (or
     mse), bit_exact, the first differences, timings and the backend's own statistics.
-    ``progress``: a bar over the samples on stderr."""
+
+    ``run_options``: the backend's :attr:`~..targets.api.Backend.run_options` for this run
+    (e.g. loihi's ``python``); those compile.json records are ignored, so nothing in the
+    artifact chooses what runs. ``progress``: a bar over the samples on stderr."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     art = read_artifact(out)
@@ -39,7 +43,7 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
         raise UsageError(f"'{out}' was compiled for backend '{target}' (version {built.version}), "
                          f"which is not installed (installed: {', '.join(available_backends()) or 'none'})",
                          f"install the package that provides the '{target}' backend")
-    backend = get_backend(target, built.options)
+    backend = _run_backend(target, built.options, run_options or {})
     if not backend.can_run:
         raise UsageError(f"backend '{target}' cannot run its artifacts", "use 'snncompile evaluate'")
     directory = Path(out) / target
@@ -97,3 +101,21 @@ def run_artifact(out: str, data_path: str, timesteps: int | None = None,
     res["seconds_reference"] = round(t_ref, 3)
     res["stats"] = backend.combine_stats(parts)
     return res
+
+
+def _run_backend(target: str, recorded: dict[str, str], run_options: dict[str, str]):
+    """The backend with the options the build recorded (its chip settings, say) less its
+    run options, plus the run options the user gave now."""
+    allowed = get_backend(target).run_options
+    unknown = sorted(set(run_options) - set(allowed))
+    if unknown:
+        raise UsageError(f"'{', '.join(unknown)}' {'is not a run option' if len(unknown) == 1 else 'are not run options'} "
+                         f"of backend '{target}' (it takes: {', '.join(allowed) or 'none'})",
+                         "settings of the build itself are given to 'snncompile convert --target-option'")
+    built = {k: v for k, v in recorded.items() if k not in allowed}
+    try:
+        get_backend(target, built)
+    except UsageError as e:
+        raise ArtifactError(f"compile.json of '{target}' build records target options the backend "
+                            f"refuses: {e.message}", "re-run 'snncompile convert'") from None
+    return get_backend(target, {**built, **run_options})

@@ -21,7 +21,7 @@ import numpy as np
 from ..targets.artifact import Artifact, read_artifact
 from ..targets.select import SIM
 from ..errors import UsageError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, check_file_target
 from ..ir import IFNode, Graph
 from ..targets.api import get_backend
 from ..targets.profile import OPTION_FLAGS
@@ -79,8 +79,7 @@ def measure(out: str, data: str, progress: bool = False) -> dict[str, Any]:
 def write_baseline(out: str, data: str, path: str, force: bool = False,
                    progress: bool = False) -> dict[str, Any]:
     """Measure the build in ``out`` on ``data`` and write a baseline file to ``path``."""
-    if os.path.exists(path) and not force:
-        raise UsageError(f"baseline file '{path}' already exists", "choose another -o, or pass --force")
+    check_file_target(path, force, (out, data), "baseline")
     art = read_artifact(out)
     base = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

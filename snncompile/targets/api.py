@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
 from ..ir import Graph
 from ..ir.structure import chain_ops, fanin_layers, population_fanin, populations, weight_bits
+from ..ir.files import artifact_file, read_json, read_npz
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
 from .footprint import Chain, Demand, Footprint, demand, largest_slice, layer_footprints
@@ -52,6 +53,7 @@ __all__ = [
     "Rule", "Chain", "Demand", "Footprint", "demand", "largest_slice", "layer_footprints",
     "Profile", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
+    "artifact_file", "read_json", "read_npz",
 ]
 
 
@@ -89,6 +91,9 @@ class Backend(ABC):
     version: str = "0"
     description: str = ""
     can_run: bool = False
+    # Options that say how to run on this machine (an interpreter, a timeout), not what was
+    # built: given to `snncompile run --target-option`, never taken from an artifact.
+    run_options: tuple[str, ...] = ()
 
     def __init__(self, options: Mapping[str, str] | None = None):
         self.options = dict(options or {})
@@ -123,7 +128,14 @@ class Backend(ABC):
             record_spikes: bool = False) -> BackendRun:
         """Run the artifact in ``directory`` on integer input levels ``x_int`` (N, *input
         shape), as produced by ``snncompile.sim.simulator.quantize_input``, for ``timesteps`` (the
-        graph's T when None)."""
+        graph's T when None).
+
+        The artifact is data: a run must execute no code it carries (no script, module,
+        interpreter path or command line read from it); the program comes from the installed
+        plugin. Its files are read with :func:`read_json`/:func:`read_npz` and interpreted
+        under :func:`artifact_file`, so a damaged file is an :class:`ArtifactError` (exit 5)
+        naming it, not a plugin bug. The conformance kit checks the first rule
+        (:func:`snncompile.testing.check_no_code_from_artifact`)."""
         raise UsageError(f"backend '{self.name}' cannot run its artifacts")
 
     def combine_stats(self, parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:

@@ -12,9 +12,10 @@ Call it from a plugin's own pytest suite::
 or all at once with :func:`check_backend`. See docs/plugins.md.
 """
 
-from .conformance import (ConformanceError, Report, check_backend, check_case, compare_run,
-                          fit_case, reference)
+from .conformance import (ConformanceError, Report, check_backend, check_case,
+                          check_no_code_from_artifact, compare_run, fit_case, reference)
 from .zoo import Case, zoo_case, zoo_names
 
-__all__ = ["Case", "ConformanceError", "Report", "check_backend", "check_case", "compare_run",
+__all__ = ["Case", "ConformanceError", "Report", "check_backend", "check_case",
+           "check_no_code_from_artifact", "compare_run",
            "fit_case", "reference", "zoo_case", "zoo_names"]

@@ -167,3 +167,68 @@ def check_backend(backend: Backend | str, cases: list[str] | None = None,
         check_case(be, c, workdir)
         report.passed.append(name)
     return report
+
+
+def _plant_traps(directory: Path, marker: Path) -> int:
+    """Replace every program in an artifact with one that leaves ``marker`` behind: each
+    ``*.py`` file, and each file with an executable bit (as a shell script). Returns how
+    many files were replaced."""
+    import os
+    import stat
+
+    py = f"open({str(marker)!r}, 'a').write(__file__ + '\\n')\nraise SystemExit(3)\n"
+    sh = f"#!/bin/sh\necho \"$0\" >> '{marker}'\nexit 3\n"
+    count = 0
+    for p in sorted(directory.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        if p.suffix == ".py":
+            p.write_text(py)
+            count += 1
+        elif os.stat(p).st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+            p.write_text(sh)
+            count += 1
+    return count
+
+
+def check_no_code_from_artifact(backend: Backend | str, case: Case | str | None = None,
+                                workdir: str | Path | None = None) -> int:
+    """A backend's :meth:`~snncompile.plugin.Backend.run` executes no code the artifact
+    carries: the case is lowered and run, then every program in the artifact (``*.py``
+    files, executables) is replaced by one that leaves a marker file, and the run is
+    repeated. ``case``: a zoo case (default: the first the backend can hold). Raises
+    ConformanceError when a marker appears or the results change; returns the number of
+    programs replaced (0 for an artifact of pure data)."""
+    be = _resolve(backend)
+    cases = [case] if case is not None else zoo_names()
+    fitting = (c for c in (fit_case(zoo_case(n) if isinstance(n, str) else n, be.limits()) for n in cases)
+               if not be.check(c.graph))
+    c = next(fitting, None)
+    if c is None:
+        raise ConformanceError(f"backend '{be.name}' cannot hold network(s) {cases}: pick another case")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        d = Path(tmp) / be.name
+        d.mkdir()
+        be.lower(c.graph, d)
+        before = be.run(d, np.asarray(c.x_int).copy(), c.timesteps, record_spikes=True)
+        marker = Path(tmp) / "executed-from-artifact.txt"
+        planted = _plant_traps(d, marker)
+        try:
+            after = be.run(d, np.asarray(c.x_int).copy(), c.timesteps, record_spikes=True)
+        except Exception as e:
+            if marker.exists():
+                raise ConformanceError(f"backend '{be.name}' executed code from its artifact: "
+                                       f"{marker.read_text().strip()}") from e
+            raise ConformanceError(f"backend '{be.name}' failed once the artifact's programs were "
+                                   f"replaced ({type(e).__name__}: {e}): it depends on code in the "
+                                   "artifact") from e
+        if marker.exists():
+            raise ConformanceError(f"backend '{be.name}' executed code from its artifact: "
+                                   f"{marker.read_text().strip()}")
+    ref = reference(c.graph, c.x_int, c.timesteps)
+    for label, run in (("before", before), ("after", after)):
+        msgs = compare_run(c.graph, ref, run, c.name)
+        if msgs:
+            raise ConformanceError(f"backend '{be.name}' ({label} the artifact's programs were "
+                                   "replaced) is not bit-exact:\n  " + "\n  ".join(msgs[:6]))
+    return planted

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from snncompile.plugin import ArtifactError, FlatNetwork
+from snncompile.plugin import ArtifactError, FlatNetwork, read_json, read_npz
 
 from .arch import Architecture
 from .mapping import Core
@@ -63,12 +63,12 @@ class Loaded:
 def load(directory: Path) -> Loaded:
     """Read an artifact written by :func:`save`; ArtifactError when incomplete or damaged."""
     d = Path(directory)
+    hint = "re-run 'snncompile convert --target cyclesim'"
     try:
-        arch = Architecture(**json.loads((d / "arch.json").read_text()))
-        mapping = json.loads((d / "mapping.json").read_text())
-        netdoc = json.loads((d / "network.json").read_text())
-        with np.load(d / "network.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arch = Architecture(**read_json(d / "arch.json", hint=hint))
+        mapping = read_json(d / "mapping.json", hint=hint)
+        netdoc = read_json(d / "network.json", hint=hint)
+        arrays = read_npz(d / "network.npz", hint=hint)
         if netdoc.get("layout") != LAYOUT_VERSION:
             raise ValueError(f"layout version {netdoc.get('layout')!r}, expected {LAYOUT_VERSION}")
         cores = [Core(**c) for c in mapping["cores"]]

@@ -3,14 +3,16 @@
 ``lower`` regroups the graph into populations and Dense or Conv connections, with the
 synapse matrices the core composes (network.py), checks the
 Loihi 2 limits (limits.py, rules.py), and writes an artifact that runs with lava-nc alone
-(emit.py). ``run`` executes that artifact's ``run_lava.py`` in a subprocess on Lava's
-bit-accurate CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``), bounded by a timeout
-(a Lava run can hang without an error), and returns the results on the reference time axis.
+(emit.py). ``run`` executes this package's own ``runner/run_lava.py`` (never the copy
+in the artifact, whose files it reads as data only) in a subprocess on Lava's bit-accurate
+CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``), bounded by a timeout (a Lava run
+can hang without an error), and returns the results on the reference time axis.
 
 Options (``--target-option KEY=VALUE``): the capacity model's (``system``, ``chips``,
 ``cores`` per chip, ``neurons_per_core``, ``memory_kib`` and the others of
-:data:`limits.DEFAULTS`; capacity.py), ``python`` (the interpreter that has lava-nc,
-default: this one) and ``timeout_s`` (default 600).
+:data:`limits.DEFAULTS`; capacity.py), recorded at convert; and, for ``snncompile run``
+only (:data:`RUN_OPTIONS`, never read from an artifact), ``python`` (the interpreter that
+has lava-nc, default: this one) and ``timeout_s`` (default 600).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +34,12 @@ import numpy as np
 
 from snncompile.ir import Graph
 from snncompile.plugin import (ArtifactError, Backend, BackendRun, DataError, LimitError, Limits,
-                               Profile, UsageError, Violation, check_limits, flatten_network,
-                               layer_footprints)
+                               Profile, UsageError, Violation, artifact_file, check_limits,
+                               flatten_network, layer_footprints, read_json, read_npz)
 
 from . import __version__
 from . import limits as L
-from .emit import write_artifact
+from .emit import PROCESS_DIR, RUNNER, read_network, write_artifact
 
 from .capacity import ChipMapping, map_graph, mapping_violations
 from .netx import write_netx
@@ -56,6 +59,27 @@ LAVA_HELP = ("lava-nc 0.10.0 is not importable by {python}: it needs Python 3.10
              "{runner} --input x_int.npz --output result.npz")
 
 
+REBUILD = "re-run 'snncompile convert --target loihi' to write the artifact again"
+
+
+def _read_manifest(directory: Path) -> dict:
+    """The artifact's network.json, checked (with params.npz) to hold the network the
+    runner will build: a damaged file is an ArtifactError naming it."""
+    manifest = directory / "network.json"
+    read_npz(directory / "params.npz", REBUILD)
+    net = read_json(manifest, hint=REBUILD)
+    with artifact_file(manifest, REBUILD):
+        read_network(directory)  # every population, connection and array it names
+        shapes = [net["input"]["shape"]] + [e["shape"] for e in net["outputs"] + net["populations"]]
+        if not all(isinstance(v, list) and all(type(d) is int and d > 0 for d in v) for v in shapes):
+            raise ValueError("a shape is not a list of positive integers")
+        if type(net["timesteps"]) is not int or net["timesteps"] < 1:
+            raise ValueError(f"timesteps {net['timesteps']!r} is not a positive integer")
+        if not isinstance(net.get("spiking_outputs", []), list):
+            raise ValueError("spiking_outputs is not a list")
+    return net
+
+
 class LoihiBackend(Backend):
     """Intel Loihi 2 via Lava (bit-accurate fixed-point CPU simulation)."""
 
@@ -63,6 +87,7 @@ class LoihiBackend(Backend):
     version = __version__
     description = "Intel Loihi 2 via Lava: bit-exact on Loihi2SimCfg(select_tag='fixed_pt')"
     can_run = True
+    run_options = RUN_OPTIONS
 
     def __init__(self, options: Mapping[str, str] | None = None):
         super().__init__(options)
@@ -152,11 +177,10 @@ class LoihiBackend(Backend):
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:
         directory = Path(directory)
-        runner = directory / "run_lava.py"
-        if not runner.is_file() or not (directory / "network.json").is_file():
-            raise ArtifactError(f"{directory} is not a loihi artifact (no run_lava.py/network.json)",
+        if not all((directory / f).is_file() for f in ("network.json", "params.npz")):
+            raise ArtifactError(f"{directory} is not a loihi artifact (no network.json/params.npz)",
                                 "lower the graph again ('snncompile convert --target loihi')")
-        net = json.loads((directory / "network.json").read_text())
+        net = _read_manifest(directory)
         x_int = np.asarray(x_int)
         if x_int.ndim < 1 or x_int.shape[0] < 1 or tuple(x_int.shape[1:]) != tuple(net["input"]["shape"]):
             raise DataError(f"input shape {tuple(x_int.shape)} does not match the network's "
@@ -164,12 +188,17 @@ class LoihiBackend(Backend):
         T = int(timesteps or net["timesteps"])
         spiking_outputs = net.get("spiking_outputs", [])
         record = record_spikes or bool(spiking_outputs)
-        self._require_lava(runner)
+        self._require_lava(directory / "run_lava.py")
         with tempfile.TemporaryDirectory(prefix="snncompile-loihi-") as tmp:
             xin, res = Path(tmp) / "x.npz", Path(tmp) / "result.npz"
             np.savez(xin, x=np.rint(x_int).astype(np.int32))
-            cmd = [self.python, str(runner), "--input", str(xin), "--output", str(res),
-                   "--timesteps", str(T)] + (["--record-spikes"] if record else [])
+            # the process code from this package, alone in a folder of its own (Lava executes
+            # every sibling *.py of a process's module while looking for its models)
+            shutil.copytree(PROCESS_DIR, Path(tmp) / "code" / PROCESS_DIR.name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            cmd = [self.python, str(RUNNER), "--network", str(directory.resolve()),
+                   "--processes", str(Path(tmp) / "code"), "--input", str(xin),
+                   "--output", str(res), "--timesteps", str(T)] + (["--record-spikes"] if record else [])
             t0 = time.perf_counter()
             self._run_bounded(cmd)
             wall = time.perf_counter() - t0
@@ -211,10 +240,11 @@ class LoihiBackend(Backend):
         m = manifest.get("mapping")
         if m is None:
             raise ArtifactError(f"{directory} has no mapping in network.json (an older artifact)",
-                                "lower the graph again ('snncompile convert --target loihi')")
-        return {"cores_per_layer": {k: v["cores"] for k, v in m["layers"].items()},
-                "chips_per_layer": {k: v["chips"] for k, v in m["layers"].items()},
-                "cores": m["cores"], "chips": m["chips"]}
+                                REBUILD)
+        with artifact_file(directory / "network.json", REBUILD):
+            return {"cores_per_layer": {k: int(v["cores"]) for k, v in m["layers"].items()},
+                    "chips_per_layer": {k: int(v["chips"]) for k, v in m["layers"].items()},
+                    "cores": int(m["cores"]), "chips": int(m["chips"])}
 
     def _require_lava(self, runner: Path) -> None:
         if self._lava_ok:

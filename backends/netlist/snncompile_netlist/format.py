@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from snncompile.plugin import ArtifactError, FlatNetwork
+from snncompile.plugin import ArtifactError, FlatNetwork, read_json
 
 FORMAT = "snn-int-if-netlist"
 FORMAT_VERSION = 1
@@ -149,10 +149,7 @@ def read_netlist(directory: Path) -> Netlist:
     if not jp.is_file() or not npzp.is_file():
         raise ArtifactError(f"'{d}' holds no netlist ({JSON_FILE} and {NPZ_FILE})",
                             "re-run 'snncompile convert --target netlist'")
-    try:
-        doc = json.loads(jp.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{jp} is not valid JSON ({e})", "re-run 'snncompile convert --target netlist'") from None
+    doc = read_json(jp, object, "re-run 'snncompile convert --target netlist'")
     try:
         with np.load(npzp, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -12,3 +12,9 @@ def test_conformance(case, tmp_path):
     if backend.check(zoo_case(case).graph):
         pytest.skip("outside this target's limits (max pooling)")
     check_case(backend, case, tmp_path)  # raises ConformanceError naming layer, step and neuron
+
+
+def test_run_executes_nothing_from_the_artifact(tmp_path):
+    from snncompile.testing import check_no_code_from_artifact
+
+    check_no_code_from_artifact(TemplateBackend(), workdir=tmp_path)  # artifacts are data

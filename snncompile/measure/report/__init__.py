@@ -13,15 +13,19 @@ complete, so a failure (bad data, a directory that is not a build) leaves nothin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ...errors import UsageError
-from ...fsutil import atomic_directory
+from ...fsutil import atomic_directory, check_replaceable, claim_output
 from .measure import DEFAULT_SWEEP, ReportData, measure_report
 
 __all__ = ["write_report", "measure_report", "ReportData", "DEFAULT_SWEEP"]
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is a report folder snncompile wrote (the only kind ``--force``
+    replaces)."""
+    return (Path(path) / "report.json").is_file() and (Path(path) / "report.md").is_file()
 
 
 def write_report(out: str, data: str, report_dir: str, timesteps: list[int] | None = None,
@@ -32,19 +36,17 @@ def write_report(out: str, data: str, report_dir: str, timesteps: list[int] | No
     from .plots import save_figures
     from .render import html_page, markdown
 
-    # Fail before the (slow) measuring on what would stop the writing.
-    if os.path.exists(report_dir) and not force:
-        raise UsageError(f"report directory '{report_dir}' already exists",
-                         "choose another -o, or pass --force to replace it")
-    if not Path(report_dir).resolve().parent.is_dir():
-        raise UsageError(f"cannot write '{report_dir}': folder '{Path(report_dir).resolve().parent}' "
-                         "does not exist", "create it first, or choose another -o")
-    rep = measure_report(out, data, timesteps, batch_size, progress=progress)
-    summary = rep.as_json()
-    with atomic_directory(report_dir, force=force) as tmp:
-        figures = save_figures(rep, tmp)
-        (tmp / "report.md").write_text(markdown(rep, figures))
-        (tmp / "report.html").write_text(html_page(rep, figures, Path(tmp)))
-        (tmp / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    # Claimed, and checked for what would stop the writing, before the (slow) measuring.
+    inputs = (out, data)
+    with claim_output(report_dir):
+        check_replaceable(report_dir, force, is_report, inputs)
+        rep = measure_report(out, data, timesteps, batch_size, progress=progress)
+        summary = rep.as_json()
+        with atomic_directory(report_dir, force=force, is_ours=is_report, inputs=inputs,
+                              claimed=True) as tmp:
+            figures = save_figures(rep, tmp)
+            (tmp / "report.md").write_text(markdown(rep, figures))
+            (tmp / "report.html").write_text(html_page(rep, figures, Path(tmp)))
+            (tmp / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     summary["files"] = sorted(["report.md", "report.html", "report.json"] + [f for f, _, _ in figures])
     return summary

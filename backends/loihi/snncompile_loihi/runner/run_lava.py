@@ -21,8 +21,12 @@ RingBuffer (``num_message_bits = 16``), and every output read from its Dense by 
 (``lava_intfire/intfire.py``) that saves what it received to a file at the last step. Samples run back to back, ``T`` steps each with no gap: every population resets
 its state at the start of its own window (offset by its depth, one step per connection).
 
-This file is copied verbatim into each artifact by snncompile; it imports only lava-nc and
-numpy (lava-nc 0.10.0 needs Python 3.10 and numpy < 2).
+`snncompile run` executes this file from the installed snncompile_loihi package, with
+``--network ARTIFACT/loihi`` (data only: JSON and integer arrays) and ``--processes`` a
+copy of the package's ``lava_intfire``; never the copy in an artifact. That copy, with
+``lava_intfire/`` beside it, is for running an artifact by hand where snncompile is not
+installed (the defaults of ``--network`` and ``--processes`` are this file's folder). It
+imports only lava-nc and numpy (lava-nc 0.10.0 needs Python 3.10 and numpy < 2).
 """
 
 from __future__ import annotations
@@ -103,10 +107,11 @@ def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) ->
 
 
 def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool,
-          tmp: str):
+          tmp: str, processes: str = HERE):
     """Create the Lava processes; returns (source, populations, output files, spike files).
-    Recorders write each output's current and each layer's spikes to .npy files in ``tmp``."""
-    sys.path.insert(0, HERE)
+    Recorders write each output's current and each layer's spikes to .npy files in ``tmp``.
+    ``processes``: the folder holding ``lava_intfire/``."""
+    sys.path.insert(0, processes)
     from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer as Source
     from lava_intfire.intfire import IntFire, LoihiConv, Recorder
@@ -172,7 +177,7 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
 
 
 def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
-        directory: str = HERE) -> dict[str, np.ndarray]:
+        directory: str = HERE, processes: str = HERE) -> dict[str, np.ndarray]:
     """Run the network on integer inputs ``x`` (N, *shape); results on the reference time axis."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -185,7 +190,8 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
     cols = input_columns(net, x, T)
     t0 = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="run_lava-")
-    source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes, tmp)
+    source, pops, out_sinks, spike_sinks = build(net, params, cols, T, steps, record_spikes, tmp,
+                                                 processes)
     result: dict[str, np.ndarray] = {}
     try:
         cfg = Loihi2SimCfg(select_tag="fixed_pt")
@@ -223,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help=".npz to write the results to")
     ap.add_argument("--timesteps", type=int, default=None)
     ap.add_argument("--record-spikes", action="store_true")
+    ap.add_argument("--network", default=HERE,
+                    help="folder with network.json and params.npz (default: this file's)")
+    ap.add_argument("--processes", default=HERE,
+                    help="folder holding lava_intfire/ (default: this file's)")
     a = ap.parse_args(argv)
     with np.load(a.input, allow_pickle=False) as z:
         x = z["x"]
-    res = run(x, a.timesteps, a.record_spikes)
+    res = run(x, a.timesteps, a.record_spikes, a.network, a.processes)
     np.savez(a.output, **res)
     return 0
 
