@@ -121,10 +121,10 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
             lv = np.percentile(vals, p, axis=1)
             layer = float(np.percentile(vals, p))
             dead = lv <= 0
-            if dead.any():
+            if dead.any():  # common in trained networks and harmless: a note, not a warning
                 lv[dead] = layer if layer > 0 else 1.0
-                warnings.append(f"layer '{r.name}': {int(dead.sum())} channel(s) never active on the "
-                                f"calibration data; their thresholds use the layer's scale")
+                log.info(f"layer '{r.name}': {int(dead.sum())} channel(s) never active on the "
+                         f"calibration data; their thresholds use the layer's scale")
         else:
             lv = np.array([float(np.percentile(vals, p))])
             if lv[0] <= 0:

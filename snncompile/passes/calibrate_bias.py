@@ -42,55 +42,70 @@ def bias_holder(graph: Graph, name: str) -> WeightedNode | None:
     return src
 
 
-def _channel_mean(a: np.ndarray) -> np.ndarray:
-    """Mean over samples and positions, one value per channel (per feature for vectors)."""
-    return a.mean(axis=(0,) + tuple(range(2, a.ndim))) if a.ndim > 2 else a.mean(axis=0)
+def _channel_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over samples and positions, one value per channel (per feature for vectors)."""
+    return a.sum(axis=(0,) + tuple(range(2, a.ndim))) if a.ndim > 2 else a.sum(axis=0)
 
 
-def _snn_values(graph: Graph, xq: np.ndarray, T: int, node: str) -> np.ndarray:
-    """Real values of ``node`` (an IF layer's rate ``lam * count / T``, an output's
-    ``scale * acc / T``) for integer inputs ``xq``, in batches."""
+def _per_channel(graph: Graph, name: str, samples: int) -> int:
+    """How many values :func:`_channel_sum` adds up per channel over ``samples`` inputs."""
+    shape = graph[name].shape
+    return samples * (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+
+
+def _ann_means(snn: Graph, ann: Graph, x: np.ndarray, names: list[str], batch: int) -> dict[str, np.ndarray]:
+    """Per-channel means over ``x`` of the ANN's value at each of ``names``: an IF layer's
+    activation clipped to what it can represent (``[0, lam]``), an output's value."""
+    sums: dict[str, np.ndarray] = {}
+    for s in range(0, x.shape[0], batch):
+        values = ann_forward(ann, x[s:s + batch], return_all=True)
+        for name in names:
+            a = values[name].numpy().astype(np.float64)
+            node = snn[name]
+            if isinstance(node, IFNode):
+                a = np.clip(a, 0.0, np.broadcast_to(np.asarray(node.out_scale, np.float64), node.shape))
+            sums[name] = sums.get(name, 0.0) + _channel_sum(a)
+    return {k: v / _per_channel(snn, k, x.shape[0]) for k, v in sums.items()}
+
+
+def _snn_mean(graph: Graph, xq: np.ndarray, T: int, node: str) -> np.ndarray:
+    """Per-channel mean over inputs ``xq`` (integer) of ``node``'s real value: an IF
+    layer's rate ``lam * count / T``, an output's ``scale * acc / T``."""
     want = needed(graph, [node])
     step = window_batch(graph, T)
     n = graph[node]
-    parts = []
+    total = 0.0
     for s in range(0, xq.shape[0], step):
         r = run_window(graph, torch.as_tensor(xq[s:s + step]), T, nodes=want)
-        parts.append((r.counts if isinstance(n, IFNode) else r.acc)[node].cpu().numpy())
-    total = np.concatenate(parts)
-    return total * np.broadcast_to(n.out_scale, n.shape) / T
+        v = (r.counts if isinstance(n, IFNode) else r.acc)[node].cpu().numpy()
+        total = total + _channel_sum(v * np.broadcast_to(n.out_scale, n.shape) / T)
+    return total / _per_channel(graph, node, xq.shape[0])
 
 
 def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
-                     outputs: bool = True) -> tuple[Graph, dict[str, float]]:
+                     outputs: bool = True, batch_size: int = 256) -> tuple[Graph, dict[str, float]]:
     """The converted graph ``snn`` with each spiking layer's (and, with ``outputs``, each
     output's) bias corrected by the mean error of its rate against the float graph ``ann``
     on calibration inputs ``x`` (no labels), at ``timesteps`` (default the graph's T).
 
     Returns the new graph and, per corrected layer, the mean absolute error before its
-    correction, relative to the layer's scale (for the record). Layers whose input is not
-    driven by a weighted node of their own are left as they are."""
+    correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
+    the record. Layers whose input is not driven by a weighted node of their own are left
+    as they are."""
     T = int(timesteps or snn.timesteps)
-    ref = {k: v.numpy() for k, v in ann_forward(ann, x, return_all=True).items()}
+    layers = [n.name for n in snn.nodes if isinstance(n, IFNode)]
+    layers += [o for o in snn.outputs if outputs and isinstance(snn[o], WeightedNode)]
+    layers = [k for k in layers if k in ann and (isinstance(snn[k], WeightedNode) or bias_holder(snn, k))]
+    target = _ann_means(snn, ann, x, layers, batch_size)
     xq = quantize_input(snn, x)
     g = snn
     record: dict[str, float] = {}
-    layers = [n.name for n in snn.nodes if isinstance(n, IFNode)]
-    layers += [o for o in snn.outputs if outputs and isinstance(snn[o], WeightedNode)]
     for name in layers:
         node = g[name]
         holder = node if isinstance(node, WeightedNode) else bias_holder(g, name)
-        if holder is None or name not in ref:
-            continue
-        target = ref[name]
-        if isinstance(node, IFNode):
-            lam = np.broadcast_to(np.asarray(node.out_scale, np.float64), node.shape)
-            target = np.clip(target, 0.0, lam)
-            unit = float(np.mean(lam))
-        else:
-            unit = float(np.abs(target).mean()) or 1.0
-        err = _channel_mean(target - _snn_values(g, xq, T, name))
-        record[name] = round(float(np.abs(err).mean() / unit), 6)
+        err = target[name] - _snn_mean(g, xq, T, name)
+        unit = float(np.mean(node.out_scale)) if isinstance(node, IFNode) else float(np.abs(target[name]).mean())
+        record[name] = round(float(np.abs(err).mean() / (unit or 1.0)), 6)
         g = g.copy()
         h = g[holder.name]
         base = np.zeros(h.weight.shape[0], np.float32) if h.bias is None else np.asarray(h.bias, np.float32)
