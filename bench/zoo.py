@@ -168,7 +168,11 @@ def part_peers(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     for name, kw in (("spikingjelly", {}), ("spikingjelly_half_channel", {"half_threshold": True,
                                                                            "channel_wise": True})):
         t0 = time.perf_counter()
-        res[name] = {str(T): a for T, a in peers.spikingjelly(model, calib_x, x, y, Ts, **kw).items()}
+        try:
+            res[name] = {str(T): a for T, a in peers.spikingjelly(model, calib_x, x, y, Ts, **kw).items()}
+        except Exception as exc:  # the peer's own failure on this model: reported, not hidden
+            res[name] = {"failed": f"{type(exc).__name__}: {exc}"}
+            continue
         res[name]["seconds"] = round(time.perf_counter() - t0, 1)
     res["versions"]["spikingjelly"] = peers.version("spikingjelly")
     try:
@@ -220,7 +224,9 @@ def table(out: Path) -> str:
         if p:
             def seq(d):
                 return " / ".join(_fmt(d[k]) for k in d if k.isdigit())
-            sj, sjh = seq(p["spikingjelly"]), seq(p["spikingjelly_half_channel"])
+            def peer(d):
+                return "fails: " + d["failed"].split(":")[0] if "failed" in d else seq(d)
+            sj, sjh = peer(p["spikingjelly"]), peer(p["spikingjelly_half_channel"])
             sb = seq(p["sinabs"]) if "not_run" not in p["sinabs"] else "not run (not a chain)"
         rows.append(f"| {arch} | {ann} | {conv} | {syn} | {tuned} | {tsyn} | {lava} | {sj} | {sjh} | {sb} |")
         if c and "maxpool_conv" in c:  # the rewritten network, before tuning
