@@ -198,7 +198,7 @@ def _fmt(v: float | None) -> str:
 def table(out: Path) -> str:
     """The markdown table of every result in ``out``."""
     rows = ["| network | ANN | conversion T = 4 / 8 / 16 / 32 | SynOps/sample (conv., T = 8) "
-            "| tuned (loihi, 8-bit, fan-in 64) T = 4 / 8 | SynOps/sample (tuned, T = 8) | Lava bit-exact (samples) "
+            "| tuned (loihi, 8-bit, fan-in 64) T = 4 / 8 | SynOps/sample (tuned, T = 8) | bit-exact on Lava "
             "| SpikingJelly T = 4 / 8 / 16 / 32 | SJ half-threshold + channel-wise | sinabs |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for arch in ARCHS:
@@ -217,8 +217,9 @@ def table(out: Path) -> str:
                 by_T.setdefault(x["T"], []).append(x["accuracy"])
             tuned = " / ".join(f"{np.mean(v):.4f}" + (f" (n={len(v)})" if len(v) > 1 else "")
                                for _, v in sorted(by_T.items()))
-            lava = ", ".join(f"T={x['T']}: {str(x['lava_bit_exact']).lower()} ({x['lava_samples']})"
-                             for x in t["runs"])
+            exact = [x["lava_bit_exact"] for x in t["runs"]]
+            lava = (f"{sum(exact)} of {len(exact)} runs x {t['runs'][0]['lava_samples']} images"
+                    if t["runs"] else "-")
             tsyn = next((f"{x['synops_per_sample']:.3g}" for x in t["runs"] if x["T"] == 8), "-")
         sj = sjh = sb = "-"
         if p:
