@@ -86,7 +86,7 @@ def test_the_corpus_cases_are_distinct():
 
 def test_click_errors_read_like_ours(tmp_path):
     code, output, _ = invoke(["convert", "m.onnx", "-o", str(tmp_path / "o"), "--bitz", "8"])
-    assert code == 2 and output.startswith("error: No such option '--bitz'. Did you mean '--bits'?")
+    assert code == 2 and output.startswith("error: No such option '--bitz'.") and "'--bits'" in output
     assert "fix: see 'main convert --help'" in output  # (CliRunner's program name)
     code, output, _ = invoke([])
     assert output.startswith("Usage:") and "Commands:" in output and "error" not in output

@@ -65,18 +65,20 @@ def _bn_model(onnx_kit, gamma, beta) -> onnx.ModelProto:
 # --- the profile API ---------------------------------------------------------------------------
 
 def test_profile_from_limits_chooses_only_what_the_defaults_break():
-    p = Profile.from_limits(Limits(weight_bits=8, membrane_bits=40, input_modes=("every_step",),
+    p = Profile.from_limits(Limits(weight_bits=8, membrane_bits=40, input_modes=("once",),
                                    spike_modes=("binary", "signed")))
-    assert p.settings() == {"weight_bits": 8, "input_mode": "every_step"}
+    assert p.settings() == {"weight_bits": 8, "input_mode": "once"}
+    # a mode the default already meets is not chosen
+    assert Profile.from_limits(Limits(input_modes=("every_step",))).settings() == {}
     assert Profile.from_limits(Limits()).settings() == {}
 
 
 def test_apply_profile_never_overrides_an_explicit_option():
-    prof = Profile(weight_bits=8, membrane_bits=18, input_mode="every_step", reasons={"weight_bits": "w8"})
+    prof = Profile(weight_bits=8, membrane_bits=18, input_mode="once", reasons={"weight_bits": "w8"})
     opts = ConversionOptions(membrane_bits=20)
     new, choice = apply_profile(prof, opts, {"membrane_bits"}, "t")
-    assert (new.weight_bits, new.membrane_bits, new.input_mode) == (8, 20, "every_step")
-    assert choice.chosen == {"weight_bits": 8, "input_mode": "every_step"}
+    assert (new.weight_bits, new.membrane_bits, new.input_mode) == (8, 20, "once")
+    assert choice.chosen == {"weight_bits": 8, "input_mode": "once"}
     assert choice.kept == {"membrane_bits": (20, 18)}
     assert "--bits 8 (w8)" in choice.line() and "kept as given: --membrane-bits 20 (profile: 18)" in choice.line()
 
@@ -121,17 +123,17 @@ def test_explicit_option_is_kept_and_a_conflict_is_a_violation(small, tmp_path):
 
 def test_loihi_profile_fits_the_input_width_to_the_first_layers_current(onnx_kit, tmp_path):
     # 64 equal weights per neuron: 8-bit weights of 127 each, so |current| = 64 * 127 * q must
-    # stay <= 2^17 - 1: q <= 16, the widest --input-bits is 5 (q = 15)
+    # stay <= 2^15 - 1 (the 16-bit input port): q <= 4, the widest --input-bits is 3 (q = 3)
     path = tmp_path / "flat.onnx"
     onnx.save(_dense_model(onnx_kit, np.ones((4, 64), np.float32), 64), path)
     r = cli("convert", path, "--target", "loihi")
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "flat.loihi" / "compile.json").read_text())
-    assert info["options"]["input_bits"] == 5 and info["profile"]["chosen"]["input_bits"] == 5
-    assert info["profile"]["chosen"]["input_mode"] == "every_step" and info["options"]["membrane_bits"] == 18
+    assert info["options"]["input_bits"] == 3 and info["profile"]["chosen"]["input_bits"] == 3
+    assert info["options"]["input_mode"] == "every_step" and info["options"]["membrane_bits"] == 18
     # given explicitly, the width is kept and refused with the register named
     r = cli("convert", path, "--target", "loihi", "--input-bits", "6", "-o", tmp_path / "six")
-    assert r.returncode == 6 and "input current per step (24-bit register)" in r.stderr
+    assert r.returncode == 6 and "input current per step (16-bit a_in port)" in r.stderr
     # no width is enough: the layer, the quantity and what helps
     wide = tmp_path / "wide.onnx"
     onnx.save(_dense_model(onnx_kit, np.ones((2, 2048), np.float32), 2048), wide)
@@ -143,7 +145,7 @@ def test_loihi_profile_fits_the_input_width_to_the_first_layers_current(onnx_kit
 def test_nir_profile_and_inspect_target(small):
     r = cli("convert", small, "--target", "nir")
     assert r.returncode == 0, r.stderr
-    assert "--input-mode every_step" in r.stdout and "--v-init zero" in r.stdout
+    assert "--v-init zero" in r.stdout
     r = cli("inspect", small, "--target", "loihi", "--json")
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)["target"]
@@ -170,7 +172,7 @@ def test_bn_statistics_give_the_thresholds_and_the_warning_says_so(onnx_kit, tmp
     assert per_channel == pytest.approx([1.0 + 3.0902 * 0.5, -1.0 + 3.0902 * 2.0], rel=1e-3)
     path = tmp_path / "bn.onnx"
     onnx.save(model, path)
-    r = cli("convert", path, "-o", tmp_path / "o")
+    r = cli("convert", path, "--norm", "percentile", "-o", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "o" / "compile.json").read_text())
     assert info["normalization"].startswith("bn-stats") and info["lam"]["r"][0] == pytest.approx(cal.lam["r"][0])

@@ -1,6 +1,11 @@
-"""The user-level jobs: compile a model to an output directory, evaluate a compiled one.
+"""The user-level job of `convert`: a model through the whole flow to an output directory.
 
-The CLI is a thin layer over these functions; scripts and tests can call them directly.
+The CLI and the Python API (app/api.py) are thin layers over :func:`compile_model`.
+
+Why one module: it is the one place where the steps meet in their order (claim the output,
+import and rewrite, calibrate, apply the target's profile, convert, calibrate biases, pick T,
+tune, check, lower, write); each step is a call into its own folder, and splitting the
+sequence would hide the order that the artifact's reproducibility depends on.
 """
 
 from __future__ import annotations

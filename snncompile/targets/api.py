@@ -36,7 +36,8 @@ import numpy as np
 
 from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
 from ..ir import Graph
-from ..ir.structure import chain_ops, fanin_layers, population_fanin, populations, weight_bits
+from ..ir.structure import (chain_ops, fanin_layers, population_fanin, populations, synapse_chains,
+                            weight_bits)
 from ..ir.files import artifact_file, read_json, read_npz
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
@@ -51,7 +52,7 @@ __all__ = [
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
     "Rule", "Chain", "Demand", "Footprint", "demand", "largest_slice", "layer_footprints",
-    "Profile", "chain_ops", "fanin_layers", "population_fanin", "populations", "weight_bits",
+    "Profile", "chain_ops", "synapse_chains", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
     "artifact_file", "read_json", "read_npz",
 ]

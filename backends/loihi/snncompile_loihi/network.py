@@ -29,8 +29,7 @@ import numpy as np
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
                            FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
                            WeightedNode)
-from snncompile.ir.structure import synapse_chains
-from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network
+from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network, synapse_chains
 
 from .encode import DoesNotFit, bias_fits_neuron, delay_code
 
