@@ -125,9 +125,10 @@ class LoihiBackend(Backend):
     def profile(self) -> Profile:
         """What Lava's fixed-point LIF needs: 8-bit weights, 18 membrane bits (a 24-bit v
         with input and threshold << 6), binary spikes, the input every step (a charge
-        injected once is T times larger in one step: it overflows the 24-bit current
-        register and the 16-bit graded spike), and the widest --input-bits whose per-step
-        current into the first layer, and whose threshold there, Loihi's registers hold."""
+        injected once is T times larger in one step: it overflows the 16-bit input port
+        and the 16-bit graded spike), and the widest --input-bits whose per-step current
+        into the first layer (16-bit port) and whose threshold there (17-bit vth) Loihi
+        holds."""
         return Profile(
             weight_bits=L.WEIGHT_BITS, membrane_bits=L.MEMBRANE_BITS, input_mode="every_step",
             spikes="binary",
@@ -136,7 +137,9 @@ class LoihiBackend(Backend):
                      "input_mode": "a once-injected input is T times the current in one step",
                      "spikes": "Loihi neurons send binary spikes here"},
             input_rule=lambda g: input_width_violations(build_network(g), g),
-            input_reason=f"the first layer's current and threshold fit Loihi's {L.STATE_BITS}-bit state")
+            input_reason=(f"the first layer's current per step fits Loihi's "
+                          f"{(L.CURRENT_MAX + 1).bit_length()}-bit input port and its threshold "
+                          f"the {L.THRESHOLD_BITS}-bit vth"))
 
     def cores(self, graph: Graph) -> dict[str, int]:
         """Loihi 2 cores per layer, for reports such as ``evaluate``."""
