@@ -85,7 +85,7 @@ def measure(out: Path, input_mode: str) -> dict:
                                  options=opts, force=True))
     compile_model(CompileRequest(model=model, out=str(out / "bn_stats"), options=opts, force=True))
     real = compile_mod.data_free_scales
-    compile_mod.data_free_scales = lambda m, ann, *a: weight_bounds(ann)  # what a model without BN gets
+    compile_mod.data_free_scales = lambda m, ann, *a: weight_bounds(ann)  # the weight-bound thresholds
     try:
         compile_model(CompileRequest(model=model, out=str(out / "weight_bounds"), options=opts, force=True))
     finally:

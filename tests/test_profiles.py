@@ -16,6 +16,7 @@ from onnx import helper
 
 from snncompile.app.cli import main
 from snncompile.calibrate.bn_stats import bn_scales, data_free_scales
+from snncompile.calibrate.statistics import weight_bounds
 from snncompile.frontend import import_onnx
 from snncompile.ir.options import ConversionOptions
 from snncompile.targets.profile import Profile, ProfileChoice, apply_profile, fit_input_bits
@@ -179,11 +180,17 @@ def test_bn_statistics_give_the_thresholds_and_the_warning_says_so(onnx_kit, tmp
     assert "BatchNorm statistics" in r.stderr
 
 
-def test_without_batchnorm_the_weight_bound_fallback_stays(onnx_kit):
+def test_without_batchnorm_thresholds_come_from_synthetic_inputs(onnx_kit):
+    """No BN statistics: the scales are the activations' percentile on uniform [-1, 1]
+    inputs (seeded), well inside the weight bound, and the warning says where they came from."""
     w1 = np.random.default_rng(0).normal(0, 0.3, (6, 16)).astype(np.float32)
     model = _dense_model(onnx_kit, w1, 16)
-    cal = data_free_scales(model, import_onnx(model).graph)
-    assert cal.method == "weights" and "weight bounds" in cal.warnings[0]
+    graph = import_onnx(model).graph
+    cal = data_free_scales(model, graph, seed=3)
+    assert cal.method.startswith("synthetic") and "synthetic inputs" in cal.warnings[-1]
+    bound = weight_bounds(graph, warn=False).lam["r"][0]
+    assert 0 < cal.lam["r"][0] < bound
+    assert cal.lam["r"][0] == data_free_scales(model, graph, seed=3).lam["r"][0]  # reproducible
 
 
 def test_layers_after_an_add_get_moments_propagated_from_the_batchnorms(onnx_kit):

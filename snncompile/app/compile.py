@@ -164,7 +164,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
                                   progress=req.progress)
     else:
-        calib = data_free_scales(model, ann, req.norm, req.percentile)
+        calib = data_free_scales(model, ann, req.norm, req.percentile, req.seed)
     if choice is not None:
         req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
                                                    req.fanin, req.fanin_mode))

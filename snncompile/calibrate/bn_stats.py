@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                   Graph, MaxPool2dNode, PadNode, ReluNode, ReshapeNode)
-from .statistics import NORM_MODES, Calibration, weight_bounds
+from .statistics import NORM_MODES, Calibration, synthetic_scales, weight_bounds
 
 log = logging.getLogger("snncompile")
 
@@ -238,7 +238,8 @@ def _warning(kinds: dict[str, list[str]], norm: str, pct: float) -> str:
 
 
 def data_free_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
-                     percentile: float = 99.9) -> Calibration:
+                     percentile: float = 99.9, seed: int = 0) -> Calibration:
     """Scales without calibration data: from BatchNorm statistics where the model has them
-    (:func:`bn_scales`), else from weight bounds."""
-    return bn_scales(model, graph, norm, percentile) or weight_bounds(graph)
+    (:func:`bn_scales`), else from the activations on synthetic inputs
+    (:func:`~.statistics.synthetic_scales`)."""
+    return bn_scales(model, graph, norm, percentile) or synthetic_scales(model, graph, norm, percentile, seed)

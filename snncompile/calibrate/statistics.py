@@ -138,6 +138,29 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
                        method=f"{norm}:{p:g}", warnings=warnings)
 
 
+SYNTHETIC_SAMPLES = 256
+
+
+def synthetic_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
+                     percentile: float = 99.9, seed: int = 0, samples: int = SYNTHETIC_SAMPLES,
+                     warn: bool = True) -> Calibration:
+    """Scales without calibration data or BatchNorm statistics: each ReLU's activations on
+    ``samples`` inputs drawn uniformly from [-1, 1] (the range weight bounds assume too).
+    Noise is not the user's data, but it drives every layer at the magnitudes the weights
+    produce, where a weight bound sums every weight at its worst case and so sets thresholds
+    that most neurons never reach (docs/semantics.md, "Thresholds without calibration data")."""
+    x = np.random.default_rng(seed).uniform(-1.0, 1.0, (samples, *graph.input.shape)).astype(np.float32)
+    cal = activation_scales(model, graph, x, norm, percentile, seed=seed)
+    msg = (f"no calibration data and no BatchNorm statistics: thresholds come from the model's "
+           f"activations on {samples} synthetic inputs uniform in [-1, 1]; on real data the "
+           f"activations differ, so expect several points of accuracy below calibrated conversion "
+           f"(docs/results.md); pass --calib FILE.npz with a few hundred training samples")
+    if warn:
+        log.warning(msg)
+    return Calibration(lam=cal.lam, input_absmax=1.0, method=f"synthetic:{cal.method}",
+                       warnings=cal.warnings + [msg])
+
+
 def weight_bounds(graph: Graph, input_absmax: float = 1.0, warn: bool = True) -> Calibration:
     """Scales from weights alone: each ReLU's largest possible output given |input| <=
     ``input_absmax`` (interval arithmetic through the graph); ``warn``: log why that is poor."""
