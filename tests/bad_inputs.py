@@ -448,6 +448,8 @@ CASES: list[Case] = [
     Case("baseline-data-missing", _baseline(_data_moved), USAGE, needs="artifact"),
     Case("junit-into-missing-folder", _args("check", "{art}", "--junit", "{out}/sub/j.xml"), USAGE,
          needs="artifact"),
+    Case("junit-over-the-build", _args("check", "{art}", "--junit", "{art}/ir.json"), USAGE,
+         needs="artifact"),
     # resume from checkpoints that cannot be trusted
     Case("resume-truncated-npz", _damage(lambda ck: _truncate(ck / "stage_1.npz")), ARTIFACT,
          needs="checkpoints"),

@@ -25,7 +25,7 @@ import click
 
 from .. import __version__
 from ..ir.options import V_INIT_MODES, ConversionOptions
-from ..errors import SnnCompileError, UnsupportedOpError, UsageError
+from ..errors import SnnCompileError, UnsupportedOpError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
 from ..frontend.rewrite import MAXPOOL_CHOICES
@@ -428,13 +428,12 @@ def check(out: str, target: str | None, baseline_path: str | None, data: str | N
     """CI gate: verify the build OUT against a target's hardware limits and a baseline.
 
     Exit 0 when every check holds, 1 when one fails; 2 to 7 when the gate cannot run."""
-    from ..fsutil import atomic_write_text
+    from ..fsutil import atomic_write_text, check_file_target
     from ..measure.gate import as_json as checks_json
     from ..measure.gate import junit_xml, run_checks
 
-    if junit and not os.path.isdir(os.path.dirname(os.path.abspath(junit))):
-        raise UsageError(f"--junit {junit}: folder '{os.path.dirname(os.path.abspath(junit))}' does "
-                         "not exist", "create it first (mkdir -p), or choose another path")
+    if junit:  # a report CI rewrites on every run, but never over the build or its inputs
+        check_file_target(junit, force=True, inputs=(out, baseline_path, data), what="JUnit report")
     checks = run_checks(out, target, baseline_path, data, progress=_show_progress(as_json))
     if junit:
         atomic_write_text(junit, junit_xml(checks, out))
