@@ -154,7 +154,7 @@ def part_peers(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     import peers
 
     model = models.build(arch)
-    model.load_state_dict(torch.load(d / "model.pt"))
+    model.load_state_dict(torch.load(d / "model.pt", weights_only=True))
     model = peers.relu6_as_relu(model.eval())
     with np.load(d / "calib.npz") as z:
         calib_x = z["x"]
