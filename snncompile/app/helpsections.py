@@ -1,9 +1,10 @@
-"""Grouped `--help`: a command's options listed under sections, each option on one line.
+"""Grouped `--help`: a command's options listed under sections, each option's first sentence.
 
 `convert` takes some fifty options; listed in declaration order, with their full help texts
 wrapped over several lines, they read as a wall. :class:`SectionedCommand` lists them under
 the sections a user thinks in, each with the first sentence of its help only (the user
-guide, docs/user-guide.md, explains each option in full). The sections are data
+guide, docs/user-guide.md, explains each option in full), wrapped by click to the terminal's
+width (never cut mid-word). The sections are data
 (:data:`CONVERT_SECTIONS`), kept apart from the option declarations so that those stay where
 they are; an option missing from the map is still listed, under "other options", and
 tests/test_help.py fails on it.
@@ -12,7 +13,6 @@ tests/test_help.py fails on it.
 from __future__ import annotations
 
 import re
-import shutil
 from typing import Mapping
 
 import click
@@ -76,17 +76,25 @@ COL_MAX = 34
 _DEFAULT = re.compile(r"\s*(\[[^\[\]]*\])\s*$")
 
 
-def one_line(help_text: str, width: int) -> str:
-    """The first sentence of an option's help, and its ``[default: ...]`` tag, cut to
-    ``width`` characters (with "..." where cut)."""
+def one_line(help_text: str) -> str:
+    """The first sentence of an option's help and its ``[default: ...]`` tag; click's
+    formatter wraps it to the terminal's width."""
     m = _DEFAULT.search(help_text)
     tag = m.group(1) if m else ""
     body = " ".join((help_text[:m.start()] if m else help_text).split())
-    first = re.split(r";\s|\.\s(?=[A-Z])", body, maxsplit=1)[0].rstrip(".")
-    room = width - (len(tag) + 1 if tag else 0)
-    if len(first) > room:
-        first = first[:max(room - 3, 1)].rstrip() + "..."
-    return f"{first} {tag}".strip()
+    return f"{_first_sentence(body)} {tag}".strip()
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to its first "; " or ". X" outside parentheses, without a final period."""
+    depth = 0
+    for m in re.finditer(r"[()]|;\s|\.\s(?=[A-Z])", text):
+        tok = m.group()
+        if tok in "()":
+            depth = max(depth + (1 if tok == "(" else -1), 0)
+        elif depth == 0:
+            return text[:m.start()].rstrip(".")
+    return text.rstrip(".")
 
 
 class SectionedCommand(click.Command):
@@ -111,11 +119,7 @@ class SectionedCommand(click.Command):
                 continue
             name = "help" if param is help_option else param.name
             groups.setdefault(self.sections.get(name, OTHER), []).append(rec)
-        term = formatter.width or min(shutil.get_terminal_size().columns, 120)
         for title, items in groups.items():
-            if not items:
-                continue
-            first_col = min(max(len(opts) for opts, _ in items), COL_MAX) + 2
-            width = max(term - first_col - formatter.current_indent - 2, 20)
-            with formatter.section(title):
-                formatter.write_dl([(opts, one_line(text, width)) for opts, text in items], col_max=COL_MAX)
+            if items:
+                with formatter.section(title):
+                    formatter.write_dl([(opts, one_line(text)) for opts, text in items], col_max=COL_MAX)
