@@ -178,6 +178,8 @@ def weight_bounds(graph: Graph, input_absmax: float = 1.0, warn: bool = True) ->
             bound[n.name] = float(row) * b_in[0] + bias
         elif isinstance(n, ReluNode):
             v = b_in[0] if n.max_value is None else min(b_in[0], n.max_value)
+            if not v <= BOUND_LIMIT:
+                raise _bound_overflow(n.name, len(lam) + 1, v)
             bound[n.name] = v
             lam[n.name] = np.array([v if v > 0 else 1.0])
         elif isinstance(n, AddNode):
@@ -192,3 +194,20 @@ def weight_bounds(graph: Graph, input_absmax: float = 1.0, warn: bool = True) ->
     if warn:
         log.warning(msg)
     return Calibration(lam=lam, input_absmax=input_absmax, method="weights", warnings=[msg])
+
+
+# The largest weight bound the conversion can use: its weights times the input's scale are
+# float32 (largest 3.4e38), so a bound must leave room for the weights and the integer scale.
+BOUND_LIMIT = 1e30
+
+
+def _bound_overflow(layer: str, index: int, value: float) -> ModelError:
+    growth = value ** (1.0 / index) if np.isfinite(value) and value > 1 else float("inf")
+    grows = f"about {growth:.3g}x per layer" if np.isfinite(growth) else "without bound"
+    return ModelError(
+        f"weight-bound thresholds overflow: the bound of ReLU '{layer}' (the {index}th) exceeds "
+        f"{BOUND_LIMIT:.0e} (the worst case grows {grows}, typical of a deep network at its "
+        f"initialization), beyond what float32 conversion can hold",
+        "pass --calib FILE.npz with a few hundred training samples, or convert without "
+        "--calib (thresholds from BatchNorm statistics or synthetic inputs, not weight bounds)")
+

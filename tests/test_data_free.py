@@ -1,0 +1,52 @@
+"""Thresholds without calibration data on networks where weight bounds break down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from snncompile.calibrate.bn_stats import data_free_scales
+from snncompile.calibrate.statistics import BOUND_LIMIT, weight_bounds
+from snncompile.errors import ModelError
+from snncompile.frontend import import_onnx
+from snncompile.ir import IFNode
+from snncompile.passes.convert import ConversionOptions, convert
+
+
+def _deep_mlp(onnx_kit, depth: int, width: int):
+    """``depth`` Gemm+ReLU layers at torch's default Linear init, U(+-1/sqrt(fan-in)), where
+    the worst case grows about sqrt(width)/2 per layer."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], {}, "x"
+    for i in range(depth + 1):
+        k = 1 / np.sqrt(width)
+        out = 3 if i == depth else width
+        inits[f"w{i}"] = rng.uniform(-k, k, (out, width)).astype(np.float32)
+        inits[f"b{i}"] = rng.uniform(-k, k, out).astype(np.float32)
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], ["y" if i == depth else f"h{i}"], transB=1))
+        if i < depth:
+            nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    return onnx_kit.model(nodes, inits, in_shape=(width,))
+
+
+def test_weight_bounds_that_overflow_float32_are_refused_naming_the_layer(onnx_kit):
+    """50 layers of width 256 at torch's default init: the worst case grows 8x per layer,
+    past float32 by the 43rd; the conversion would multiply weights by it and get NaN."""
+    graph = import_onnx(_deep_mlp(onnx_kit, 50, 256)).graph
+    with pytest.raises(ModelError) as e:
+        weight_bounds(graph, warn=False)
+    assert "overflow" in str(e.value) and "'r" in str(e.value) and "--calib" in e.value.hint
+    shallow = weight_bounds(import_onnx(_deep_mlp(onnx_kit, 4, 256)).graph, warn=False)
+    assert all(0 < v[0] <= BOUND_LIMIT for v in shallow.lam.values())
+
+
+def test_deep_network_without_data_gets_finite_thresholds(onnx_kit):
+    model = _deep_mlp(onnx_kit, 50, 256)
+    graph = import_onnx(model).graph
+    cal = data_free_scales(model, graph)
+    snn = convert(graph, cal, ConversionOptions())
+    for n in snn.nodes:
+        if isinstance(n, IFNode):
+            assert np.all(np.isfinite(np.asarray(n.threshold, np.float64))) and np.all(n.threshold > 0)
