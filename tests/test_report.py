@@ -136,11 +136,14 @@ def test_agreement_is_pearson():
     assert const.correlation() is None
 
 
-def test_regression_report_uses_psnr(onnx_kit, tmp_path, rng):
-    """A float-target model: the sweep and the summary are MSE/PSNR."""
+def test_regression_report_uses_psnr(onnx_kit, tmp_path, rng, monkeypatch):
+    """A float-target model: the sweep and the summary are MSE/PSNR; each T of the sweep
+    is simulated once (the build's T too, which the per-layer figures reuse)."""
     from snncompile.app.compile import CompileRequest, compile_model
     from snncompile.passes.convert import ConversionOptions
-    from snncompile.measure.report import write_report
+    from snncompile.measure import evaluate
+    from snncompile.measure.report import measure, write_report
+    from snncompile.sim.simulator import simulate
     from onnx import helper
     import onnx
 
@@ -154,7 +157,16 @@ def test_regression_report_uses_psnr(onnx_kit, tmp_path, rng):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     compile_model(CompileRequest(model=str(tmp_path / "m.onnx"), out=str(tmp_path / "b"),
                                  calib=str(tmp_path / "d.npz"), options=ConversionOptions(timesteps=8)))
+    simulated = []
+
+    def counting(g, x, timesteps=None, **kw):
+        simulated.append(timesteps)
+        return simulate(g, x, timesteps=timesteps, **kw)
+
+    for module in (evaluate, measure):
+        monkeypatch.setattr(module, "simulate", counting, raising=False)
     res = write_report(str(tmp_path / "b"), str(tmp_path / "d.npz"), str(tmp_path / "r"), [4])
+    assert sorted(simulated) == [4, 8]
     assert res["task"] == "regression"
     assert res["evaluation"]["ann_mse"] < 1e-10 and np.isfinite(res["evaluation"]["snn_psnr"])
     md = (tmp_path / "r/report.md").read_text()

@@ -78,10 +78,13 @@ def _target_resources(art) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
 
 
 def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = None,
-                      batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+                      batch_size: int = 256, progress: bool = False,
+                      simulations: dict[int, Any] | None = None) -> dict[str, Any]:
     """ANN (onnxruntime) versus SNN (reference simulator) on a labelled data file, at each
     T of ``timesteps`` (default: the build's T). Per-layer figures are at the build's T
-    when it is among them, else at the last; ``sweep`` lists every T's scores."""
+    when it is among them, else at the last; ``sweep`` lists every T's scores.
+    ``simulations``: where given, receives each T's simulation result (`report` reuses the
+    build's T rather than simulating it again)."""
     art = read_artifact(out)
     g = art.graph
     data = load_npz(data_path, g.input.shape, need_labels=True, out_shape=g[g.outputs[0]].shape)
@@ -92,6 +95,8 @@ def evaluate_artifact(out: str, data_path: str, timesteps: list[int] | None = No
     runs = []
     for T in (timesteps or [g.timesteps]):
         res = simulate(g, data.x, timesteps=T, batch_size=batch_size, progress=progress)
+        if simulations is not None:
+            simulations[T] = res
         snn_score = data.score(res.output)
         warn_saturation(res.saturations, T, g.timesteps, membrane_bits(g))
         layers = []
