@@ -28,6 +28,7 @@ from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
+from ..ir.structure import zeroed_layers
 from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
 from ..passes.calibrate_bias import calibrate_biases
 from ..passes.convert import ConversionOptions, convert
@@ -171,6 +172,12 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         log.info(choice.line())
     snn = convert(ann, calib, req.options)
     warnings = list(notes) + [r["message"] for r in rewrites] + list(imported.warnings) + list(calib.warnings)
+    zeroed = zeroed_layers(snn)
+    if zeroed:  # e.g. a residual branch far weaker than the skip whose add's scale it shares
+        warnings.append(f"{len(zeroed)} layer(s) rounded to all-zero weights at --bits "
+                        f"{req.options.weight_bits}, so they have no effect: " + ", ".join(f"'{z}'" for z in zeroed)
+                        + "; pass more --bits")
+        log.warning(warnings[-1])
     # the bias correction fits one T and the original ANN: not with tuning (which trains the
     # biases), after a --fanin limit (it takes back part of the pruning's shift), and with
     # --timesteps auto for each candidate T

@@ -30,6 +30,14 @@ def weight_values(node: WeightedNode) -> np.ndarray:
     return node.weight_int if node.weight_int is not None else node.weight
 
 
+def zeroed_layers(graph: Graph) -> list[str]:
+    """Converted weighted nodes whose float weights are not all zero but whose integer
+    weights are: the quantizer rounded the whole layer away (typically a branch much weaker
+    than the other input of the add whose scale it shares), so it has no effect."""
+    return [n.name for n in graph.nodes if isinstance(n, WeightedNode) and n.weight_int is not None
+            and np.any(n.weight) and not np.any(n.weight_int)]
+
+
 def op_fanin(node: Node, nonzero: bool = True) -> int:
     """Largest number of inputs one output element of this op reads (non-zero weights only
     when ``nonzero``)."""
