@@ -50,3 +50,29 @@ def test_deep_network_without_data_gets_finite_thresholds(onnx_kit):
     for n in snn.nodes:
         if isinstance(n, IFNode):
             assert np.all(np.isfinite(np.asarray(n.threshold, np.float64))) and np.all(n.threshold > 0)
+
+
+def test_a_layer_no_batchnorm_statistic_reaches_gets_synthetic_scales(onnx_kit):
+    """conv-ReLU (no BN: r0), conv-BN-ReLU (r1): r1 from the BN statistics, r0 from the
+    activations on synthetic inputs, not from a weight bound."""
+    from snncompile.calibrate.bn_stats import bn_scales
+    from snncompile.calibrate.statistics import synthetic_scales
+
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = {"w0": rng.normal(0, 0.5, (4, 3, 3, 3)).astype(f32), "w1": rng.normal(0, 0.3, (4, 4, 3, 3)).astype(f32),
+             "g": np.full(4, 0.7, f32), "b": np.full(4, 0.2, f32), "m": np.zeros(4, f32), "v": np.ones(4, f32),
+             "wd": rng.normal(0, 0.3, (3, 64)).astype(f32)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["h1"]),
+             helper.make_node("BatchNormalization", ["h1", "g", "b", "m", "v"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
+             helper.make_node("Gemm", ["f", "wd"], ["y"], transB=1)]
+    model = onnx_kit.model(nodes, inits, in_shape=(3, 8, 8))
+    graph = import_onnx(model).graph
+    cal = bn_scales(model, graph, seed=5)
+    syn = synthetic_scales(model, graph, seed=5, warn=False)
+    assert np.allclose(cal.lam["r0"], syn.lam["r0"])
+    assert cal.lam["r0"][0] < weight_bounds(graph, warn=False).lam["r0"][0]
+    assert "1 that no statistic reaches from synthetic inputs ('r0')" in cal.warnings[0]
+    assert "('r1')" in cal.warnings[0]

@@ -13,7 +13,9 @@ hidden layer) get moments propagated from the nearest BatchNorm statistics throu
 graph: weighted sums and adds as sums of independent terms (mean W mu + b, variance
 W^2 sigma^2), average pooling as a mean of independent values, max pooling as the maximum of
 k independent Normals, ReLUs by the rectified Normal's moments. A layer that no BatchNorm
-statistic reaches (it depends on the network input alone) keeps its weight bound.
+statistic reaches (it depends on the network input alone) takes its scale from synthetic
+inputs (:func:`~.statistics.synthetic_scales`), not from a weight bound, which is far
+larger and overflows float32 on deep networks.
 docs/semantics.md ("Thresholds without calibration data") states the rule and how far it
 is from calibrated thresholds.
 """
@@ -29,7 +31,7 @@ from onnx import numpy_helper
 
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                   Graph, MaxPool2dNode, PadNode, ReluNode, ReshapeNode)
-from .statistics import NORM_MODES, Calibration, synthetic_scales, weight_bounds
+from .statistics import NORM_MODES, Calibration, synthetic_scales
 
 log = logging.getLogger("snncompile")
 
@@ -179,9 +181,10 @@ def _z(q: float) -> float:
 
 
 def bn_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
-              percentile: float = 99.9) -> Calibration | None:
-    """Scales of every ReLU from BatchNorm statistics (weight bounds where none reach), or
-    None when the model has no BatchNorm whose statistics reach any ReLU."""
+              percentile: float = 99.9, seed: int = 0) -> Calibration | None:
+    """Scales of every ReLU from BatchNorm statistics (synthetic inputs where none reach,
+    seeded by ``seed``), or None when the model has no BatchNorm whose statistics reach any
+    ReLU."""
     if norm not in NORM_MODES:
         norm = "percentile"
     stats = bn_output_stats(model)
@@ -192,14 +195,15 @@ def bn_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
     if not any(r.inputs[0] in mom for r in relus):
         return None
     q = (MAX_QUANTILE if norm == "max" else percentile) / 100.0
-    fallback = weight_bounds(graph, warn=False).lam
+    fallback: dict[str, np.ndarray] = {}
     lam: dict[str, np.ndarray] = {}
-    kinds: dict[str, list[str]] = {"bn": [], "propagated": [], "weights": []}
+    kinds: dict[str, list[str]] = {"bn": [], "propagated": [], "synthetic": []}
     for r in relus:
         m = mom.get(r.inputs[0])
         if m is None:
+            fallback = fallback or synthetic_scales(model, graph, norm, percentile, seed, warn=False).lam
             lam[r.name] = fallback[r.name]
-            kinds["weights"].append(r.name)
+            kinds["synthetic"].append(r.name)
             continue
         kinds["bn" if r.inputs[0] in stats else "propagated"].append(r.name)
         layer = _mixture_quantile(m, q, r.max_value)
@@ -228,9 +232,9 @@ def _warning(kinds: dict[str, list[str]], norm: str, pct: float) -> str:
     if kinds["propagated"]:
         parts.append(f"{len(kinds['propagated'])} from statistics propagated through the layers before them "
                      f"({_names(kinds['propagated'])})")
-    if kinds["weights"]:
-        parts.append(f"{len(kinds['weights'])} from weight bounds, far above real activations "
-                     f"({_names(kinds['weights'])})")
+    if kinds["synthetic"]:
+        parts.append(f"{len(kinds['synthetic'])} that no statistic reaches from synthetic inputs "
+                     f"({_names(kinds['synthetic'])})")
     return ("no calibration data: thresholds are the " + f"{pct:g}th percentile of Normal "
             "activations modelled on BatchNorm statistics (" + "; ".join(parts) + f"); {EXPECTED_GAP}; "
             "inputs assumed within [-1, 1]; pass --calib FILE.npz with a few hundred training "
@@ -242,4 +246,4 @@ def data_free_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percenti
     """Scales without calibration data: from BatchNorm statistics where the model has them
     (:func:`bn_scales`), else from the activations on synthetic inputs
     (:func:`~.statistics.synthetic_scales`)."""
-    return bn_scales(model, graph, norm, percentile) or synthetic_scales(model, graph, norm, percentile, seed)
+    return bn_scales(model, graph, norm, percentile, seed) or synthetic_scales(model, graph, norm, percentile, seed)
