@@ -134,14 +134,15 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
                 patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"]))
             tune_s = time.perf_counter() - t0
+            tuning = json.loads((out / "compile.json").read_text())["tuning"]
             ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
             t0 = time.perf_counter()
             run = run_artifact(str(out), str(lava))
             runs.append({"T": T, "seed": seed, "accuracy": ev["snn_accuracy"], "test_samples": ev["samples"],
                          "synops_per_sample": ev["synops_per_sample"],
                          "tuning_epochs": summary["tuning"]["epochs"], "tune_seconds": round(tune_s, 1),
-                         "profile": summary.get("profile"), "epoch_seconds": _epoch_seconds(summary["tuning"]),
-                         "val_accuracy": summary["tuning"]["stages"][-1]["best"].get("val_accuracy"),
+                         "profile": summary.get("profile"), "epoch_seconds": _epoch_seconds(tuning),
+                         "val_accuracy": summary["tuning"].get("val_accuracy"),
                          "lava_samples": run["samples"], "lava_bit_exact": run["bit_exact"],
                          "lava_accuracy": run.get("accuracy"), "lava_seconds": round(time.perf_counter() - t0, 1),
                          "cores": run["stats"].get("cores")})

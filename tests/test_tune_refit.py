@@ -20,7 +20,7 @@ from snncompile.ir.structure import op_fanin, population_fanin
 from snncompile.passes.convert import ConversionOptions, convert
 from snncompile.targets.rules import violations
 from snncompile.tune import objective
-from snncompile.tune.model import TandemNet
+from snncompile.tune.model import TandemNet, relu_caps
 from snncompile.tune.options import TrainOptions
 from snncompile.tune.ptl import tune
 from snncompile.tune.refit import impose_refitted
@@ -80,7 +80,7 @@ def tiny_concat():
     snn = convert(ann, calib, ConversionOptions(timesteps=4, weight_bits=8))
     train = Dataset(x[tr], y[tr], "train")
     val = Dataset(x[va], y[va], "val")
-    return snn, train, val
+    return snn, train, val, ann
 
 
 def _stage0(snn, refit: bool, x: np.ndarray) -> TandemNet:
@@ -95,7 +95,7 @@ def _stage0(snn, refit: bool, x: np.ndarray) -> TandemNet:
 def test_the_budget_leaves_the_output_two_weights(tiny):
     """What makes this network hard: the logits read a 4x4 average pool, so fan-in 32 leaves
     each class 2 of its 16 weights, and the conv after the concat 16 of its 144."""
-    snn, _, _ = tiny
+    snn, _, _, _ = tiny
     net = _stage0(snn, True, np.zeros((4, 1, 8, 8), np.float32))
     kept = {op_fanin(snn[n], nonzero=False): int(net.mask(n).reshape(net.mask(n).shape[0], -1).sum(1).max())
             for n in net.weighted}
@@ -105,7 +105,7 @@ def test_the_budget_leaves_the_output_two_weights(tiny):
 def test_refitted_masks_keep_more_of_the_network_than_magnitude(tiny):
     """Chosen by importance and refitted by least squares, the pruned network (before any
     training) scores well above the magnitude-pruned one, and meets the same budgets."""
-    snn, train, val = tiny
+    snn, train, val, _ = tiny
     plain = objective.evaluate(_stage0(snn, False, train.x[:256]), val)["accuracy"]
     net = _stage0(snn, True, train.x[:256])
     refit = objective.evaluate(net, val)["accuracy"]
@@ -121,7 +121,7 @@ def test_tuning_does_not_collapse_under_a_tight_fanin(tiny):
     the same limits, and far above chance: the collapse of the zoo's Concat CNN must not
     come back (with masks by magnitude, as before the refit, it ends at 0.31; refitted 0.45;
     untuned 0.20)."""
-    snn, train, val = tiny
+    snn, train, val, _ = tiny
     untuned = TandemNet(snn, bits=8, fanin=FANIN, prune_lead=99)
     untuned.set_stage(untuned.n_stages)  # every mask imposed by magnitude, nothing trained
     before = objective.evaluate(untuned, val)["accuracy"]
@@ -130,3 +130,19 @@ def test_tuning_does_not_collapse_under_a_tight_fanin(tiny):
     tune(net, train, val, TrainOptions(epochs=8, patience=2, seed=0), calib_x=train.x[:256])
     after = objective.evaluate(net, val)["accuracy"]
     assert after > max(before + 0.15, 0.4), (after, before)
+
+
+def test_rederived_thresholds_keep_the_relu6_clip(tiny):
+    """A threshold re-derived during tuning stands for a percentile of the ANN's activation,
+    clipped where the ANN clips it (ReLU6): the zoo Concat CNN's last layer got scales up to
+    8.9 for a ReLU6 (31 of 32 channels above 6), a function the ANN never had. Here the clip
+    is lowered to 0.25 to make it bind on digits."""
+    snn, train, _, ann = tiny
+    caps = relu_caps(ann)
+    net = TandemNet(snn, bits=8, caps={k: 0.25 for k in caps})
+    assert sorted(caps) == sorted(net.layers) and set(caps.values()) == {6.0}
+    free = TandemNet(snn, bits=8)
+    x = torch.as_tensor(train.x[:128])
+    for layer in net.layers:
+        assert float(net.recalibrate(layer, x).max()) <= 0.25
+    assert max(float(free.recalibrate(layer, x).max()) for layer in free.layers) > 0.25
