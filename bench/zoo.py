@@ -9,9 +9,8 @@ exists is skipped, so an interrupted run continues):
                of ``--convert-T``: accuracy and
                SynOps per sample (and the ANN's accuracy, from onnxruntime)
 * ``tune``     ``convert --target loihi --bits 8 --fanin 64 -T T --train --val`` at every T
-               of ``--tune-T`` and seed of ``--seeds``, with the settings the loihi target
-               needs today (``--membrane-bits 18 --input-mode every_step``; the MLP
-               ``--input-bits 6``; the VGG ``--maxpool conv``), tuned on ``--train-size``
+               of ``--tune-T`` and seed of ``--seeds``, the widths chosen by the loihi
+               target's profile (the VGG with ``--maxpool conv``), tuned on ``--train-size``
                training and ``--val-size`` validation images for ``--epochs`` epochs;
                evaluated on the same test images (accuracy, SynOps per sample), then run on
                Lava on the first ``--lava-samples`` test images (bit-exact with the
@@ -61,9 +60,9 @@ PARTS = ("convert", "tune", "peers")
 
 
 def loihi_settings(arch: str) -> dict[str, Any]:
-    """What `convert --target loihi` needs today on ``arch`` beyond --bits 8 --fanin 64."""
-    return {"membrane_bits": 18, "input_mode": "every_step", "input_bits": 6 if arch == "mlp" else 8,
-            "maxpool": "conv" if arch == "vgg" else "keep"}
+    """What `convert --target loihi --bits 8 --fanin 64` needs on ``arch`` beyond what the
+    target's profile chooses (membrane and input widths): the VGG's max pool rewritten."""
+    return {"maxpool": "conv" if arch == "vgg" else "keep"}
 
 
 def _ints(text: str) -> list[int]:
@@ -129,25 +128,38 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
         for T in _ints(args.tune_T):
             out = work / f"tune_T{T}_s{seed}"
             t0 = time.perf_counter()
-            opts = ConversionOptions(timesteps=T, weight_bits=8, membrane_bits=s["membrane_bits"],
-                                     input_mode=s["input_mode"], input_bits=s["input_bits"])
+            opts = ConversionOptions(timesteps=T, weight_bits=8)
             summary = compile_model(CompileRequest(
                 model=str(d / "model.onnx"), out=str(out), target="loihi", calib=str(d / "calib.npz"),
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
                 patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"]))
             tune_s = time.perf_counter() - t0
+            tuning = json.loads((out / "compile.json").read_text())["tuning"]
             ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
             t0 = time.perf_counter()
             run = run_artifact(str(out), str(lava))
             runs.append({"T": T, "seed": seed, "accuracy": ev["snn_accuracy"], "test_samples": ev["samples"],
                          "synops_per_sample": ev["synops_per_sample"],
                          "tuning_epochs": summary["tuning"]["epochs"], "tune_seconds": round(tune_s, 1),
+                         "profile": summary.get("profile"), "epoch_seconds": _epoch_seconds(tuning),
+                         "val_accuracy": summary["tuning"].get("val_accuracy"),
                          "lava_samples": run["samples"], "lava_bit_exact": run["bit_exact"],
                          "lava_accuracy": run.get("accuracy"), "lava_seconds": round(time.perf_counter() - t0, 1),
                          "cores": run["stats"].get("cores")})
             print(f"{arch} tuned T={T} seed={seed}: {runs[-1]}", flush=True)
     return {"settings": s, "train_size": args.train_size, "val_size": args.val_size,
             "epochs": args.epochs, "patience": args.patience, "runs": runs}
+
+
+def _epoch_seconds(tuning: dict[str, Any]) -> dict[str, float]:
+    """Mean seconds of a training epoch per stage (its layer), from the run's history (each
+    record's seconds count from its stage's start; epoch 0 is the stage's set-up)."""
+    out: dict[str, float] = {}
+    for st in tuning["stages"]:
+        recs = [h for h in tuning["history"] if h["stage"] == st["stage"]]
+        if len(recs) > 1:
+            out[f"{st['stage']}:{st['layer']}"] = round((recs[-1]["seconds"] - recs[0]["seconds"]) / (len(recs) - 1), 2)
+    return out
 
 
 def part_peers(arch: str, d: Path, work: Path, args) -> dict[str, Any]:

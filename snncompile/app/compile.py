@@ -42,7 +42,7 @@ from ..targets.select import check_fit, default_out, lower_into, resolve_target,
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir
 from ..tune.methods import OPTIONS, canonical, get_method, review_options
-from ..tune.model import TandemNet
+from ..tune.model import TandemNet, relu_caps
 from ..tune.options import TrainOptions
 from ..tune.ptl import PERCENTILE_GRID
 from ..tune.runtime import distributed as ddp
@@ -197,7 +197,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     if training:
         if backend is not None:  # fail before tuning, not after, on the limits the target sets
             check_fit(backend, constrain(snn, bits, req.fanin, req.fanin_mode), choice)
-        snn, tuning = _tune(req, snn, topts, ckpt_dir, train_data, val_data, calib_data)
+        snn, tuning = _tune(req, snn, topts, ckpt_dir, train_data, val_data, calib_data, relu_caps(ann))
     elif req.fanin:
         pruned = pruned_share(snn, fanin_masks(snn, req.fanin, req.fanin_mode))
         snn = constrain(snn, bits, req.fanin, req.fanin_mode)
@@ -327,11 +327,12 @@ def _load_data(req: CompileRequest, ann: Graph, training: bool
 
 
 def _tune(req: CompileRequest, snn: Graph, topts: TrainOptions, ckpt_dir: str, train_data: Dataset,
-          val_data: Dataset, calib_data: Dataset | None) -> tuple[Graph, dict[str, Any]]:
-    """Tune the converted graph under the requested limits with the requested method;
-    returns the tuned graph and what compile.json records of the run."""
+          val_data: Dataset, calib_data: Dataset | None, caps: dict[str, float]) -> tuple[Graph, dict[str, Any]]:
+    """Tune the converted graph under the requested limits with the requested method
+    (``caps``: the ANN's ReLU clips, :func:`..tune.model.relu_caps`); returns the tuned
+    graph and what compile.json records of the run."""
     net = TandemNet(snn, bits=req.options.weight_bits, fanin=req.fanin, prune_lead=req.prune_ahead,
-                    fanin_mode=req.fanin_mode)
+                    fanin_mode=req.fanin_mode, caps=caps)
     ddp.init_from_env(topts.device)
     ckpt = CheckpointDir(ckpt_dir)
     if ddp.rank() == 0:

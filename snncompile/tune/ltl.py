@@ -73,7 +73,7 @@ def train_ltl(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
     staged = bool(net.budgets) and net.prune_lead > 0
     if not staged:
-        set_teacher(TandemNet(net.base).to(dev))  # stage 0: the ANN, float and unconstrained
+        set_teacher(TandemNet(net.base, caps=net.caps).to(dev))  # stage 0: the ANN, float and unconstrained
 
     def stage_end(stage: int) -> None:
         if stage == 0:

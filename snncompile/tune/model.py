@@ -28,7 +28,7 @@ from torch import nn
 
 from ..sim.ann import _EVALUATORS
 from ..errors import ModelError
-from ..ir import Graph, IFNode, InputNode, WeightedNode
+from ..ir import Graph, IFNode, InputNode, ReluNode, WeightedNode
 from ..passes.constrain import FANIN_MODES, fanin_budgets
 from ..sim.evaluator import SpikeTrains, needed, run_window
 from ..sim.simulator import quantized_input
@@ -41,7 +41,7 @@ class TandemNet(nn.Module):
     """A converted graph with trainable float weights and a staged tandem forward."""
 
     def __init__(self, graph: Graph, bits: int | None = None, fanin: int | None = None,
-                 prune_lead: int = 0, fanin_mode: str = "magnitude"):
+                 prune_lead: int = 0, fanin_mode: str = "magnitude", caps: dict[str, float] | None = None):
         super().__init__()
         if not graph.is_spiking or not graph.timesteps:
             raise ModelError("TandemNet needs a converted graph (with IF layers and a time window)")
@@ -54,6 +54,9 @@ class TandemNet(nn.Module):
         # layer spikes (0: at the same stage), so it is pruned while still an ANN layer.
         self.prune_lead = int(prune_lead)
         self.layers = [n.name for n in graph.nodes if isinstance(n, IFNode)]
+        # IF layer -> the ANN's clip of its ReLU (ReLU6: 6; :func:`relu_caps`): its ANN
+        # activation, and the scale a re-derived threshold stands for, stay under it
+        self.caps = {k: float(v) for k, v in (caps or {}).items() if k in self.layers}
         # True: a hidden layer not spiking yet passes the value its spike count will stand
         # for, lam * clamp(round(z T / lam), 0, T) / T (straight-through), not relu(z)
         self.count_aware = False
@@ -288,7 +291,7 @@ class TandemNet(nn.Module):
         parts = []
         for i in range(0, len(x), batch_size):
             _, vals, _ = self._values(x[i:i + batch_size])
-            a = torch.relu(vals[src]).double().cpu().numpy()
+            a = self._ann_activation(layer, vals[src]).double().cpu().numpy()
             parts.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1)
                          if a.ndim > 2 else a.reshape(1, -1))
         vals_c = np.concatenate(parts, axis=1)
@@ -300,6 +303,8 @@ class TandemNet(nn.Module):
             lam = np.array([np.percentile(vals_c, percentile)])
             if lam[0] <= 0:
                 lam = old.cpu().numpy()
+        if layer in self.caps:  # a dead channel's kept scale too
+            lam = np.minimum(lam, self.caps[layer])
         old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))
         self._cache = None
         return lam
@@ -329,7 +334,7 @@ class TandemNet(nn.Module):
             if isinstance(n, WeightedNode):
                 out = self._weighted(n, ins[0], fq.get(n.name))
             elif isinstance(n, IFNode):
-                out = torch.relu(ins[0])
+                out = self._ann_activation(n.name, ins[0])
                 if ints is not None and n.name in ints.counts:
                     out = ann_path.straight_through(self._count_value(n, ints, dev), out)
                 elif self.count_aware:
@@ -338,6 +343,12 @@ class TandemNet(nn.Module):
                 out = _EVALUATORS[type(n)](n, ins)
             vals[n.name] = out
         return g, vals, ints
+
+    def _ann_activation(self, layer: str, z: torch.Tensor) -> torch.Tensor:
+        """The ANN's activation of IF layer ``layer``: ``relu(z)``, clipped where the ANN
+        clips it (:attr:`caps`)."""
+        cap = self.caps.get(layer)
+        return torch.relu(z) if cap is None else torch.clamp(z, 0.0, cap)
 
     def _count_value(self, n: IFNode, ints, dev: torch.device) -> torch.Tensor:
         """The real value a spiking layer passes on: ``lam * count / T``."""
@@ -369,6 +380,13 @@ class TandemNet(nn.Module):
                 b = ann_path.straight_through(torch.as_tensor(fq[1], device=x.device), b)
         node = dataclasses.replace(n, weight=w, bias=b)
         return ann_path.WEIGHTED[type(n)](node, x)
+
+
+def relu_caps(ann: Graph) -> dict[str, float]:
+    """The clips of an ANN graph's clipped ReLUs (ReLU6, Clip(0, m)) by node name, the name
+    conversion gives their IF layers: what :class:`TandemNet`'s ``caps`` takes."""
+    return {n.name: float(n.max_value) for n in ann.nodes
+            if isinstance(n, ReluNode) and n.max_value is not None}
 
 
 def _after(nodes: set[str], given: tuple[Frontier, dict[str, SpikeTrains]] | None

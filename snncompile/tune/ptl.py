@@ -42,6 +42,7 @@ from .model import TandemNet
 from . import objective
 from .options import TrainOptions
 from .prefix import PrefixCache, frontier
+from .refit import impose_refitted
 
 
 # The candidates of --percentile auto: from clipping 3% of a layer's activations to 0.01%.
@@ -149,7 +150,11 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 bar.update(len(record["history"]) - 1)
             caches = None
             continue
-        net.set_stage(stage, prune=not opts.gradual)
+        xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
+        refitted = _impose_masks(net, stage, opts, xc)
+        if refitted:
+            say(f"stage {stage}/{net.n_stages}: fan-in masks chosen and refitted on calibration inputs "
+                f"(variance kept: {', '.join(f'{k} {v:.2f}' for k, v in refitted.items())})")
         ramp = net.due_masks() if opts.gradual else []
         final = i == len(plan) - 1 and opts.method == "ptl"
         fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
@@ -160,7 +165,6 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                 f"layers kept ({sum(c.nbytes for c in caches) / 2 ** 20:.0f} MiB)")
         chosen: dict[str, dict[str, Any]] = {}
         if opts.recalibrate:
-            xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
             prev = plan[i - 1] if i > 0 else 0
             # With count_aware the layers not spiking yet pass values on their scales' levels:
             # the first stage sets those scales from the network it starts from (fan-in masks
@@ -188,6 +192,8 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                                       fix_earlier=fix, step_loss=step_loss, caches=caches,
                                       teacher=teacher)
         used += len(history) - 1
+        if refitted:
+            summary["refitted"] = {k: round(v, 4) for k, v in refitted.items()}
         if chosen:
             summary["percentiles"] = chosen
         result.history.extend(history)
@@ -204,6 +210,20 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     result.world_size = ddp.world_size()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def _impose_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Tensor) -> dict[str, float]:
+    """Move ``net`` to ``stage``, imposing the fan-in masks that fall due: chosen and
+    refitted on ``x`` (:mod:`.refit`) unless ``opts.refit`` is off or they are ramped in
+    gradually (then by magnitude, at once or by :meth:`TandemNet.shrink` epoch by epoch).
+    Returns the share of variance each refitted node keeps."""
+    if opts.gradual or not opts.refit:
+        net.set_stage(stage, prune=not opts.gradual)
+        return {}
+    net.set_stage(stage, prune=False)
+    due = [n for n in net.due_masks() if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
+    net.shrink([n for n in net.due_masks() if n not in due], 0.0)  # budgets they already meet
+    return impose_refitted(net, due, x, seed=opts.seed) if due else {}
 
 
 def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,
