@@ -52,7 +52,8 @@ VTH_MAX = 2 ** 17 - 1
 
 def netx_problems(net: Network) -> list[str]:
     """Why ``net`` cannot be written as netx (empty when it can)."""
-    why = []
+    why = [f"'{p.name}' is a spike-count max pool (netx's blocks are dense/conv/pool layers of "
+           "stock neurons; none keeps a running maximum of spike counts)" for p in net.pools]
     prev = net.input_name
     for p in list(net.populations) + list(net.outputs):
         inc = net.incoming(p.name)
