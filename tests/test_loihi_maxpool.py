@@ -37,11 +37,11 @@ def _lava_may_set_fork(monkeypatch):
                         lambda method, force=False: set_method(method, force=True))
 
 
-def _conv(rng, name, inp, cin, cout, lo=-30, hi=30):
+def _conv(rng, name, inp, cin, cout, lo=-30, hi=30, stride=(1, 1)):
     w = rng.integers(lo, hi + 1, (cout, cin, 3, 3)).astype(np.int32)
     b = rng.integers(-10, 11, cout).astype(np.int64)
     return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w, bias_int=b,
-                      padding=(1, 1, 1, 1))
+                      padding=(1, 1, 1, 1), stride=stride)
 
 
 def _if(name, inp, theta):
@@ -220,3 +220,56 @@ def test_capacity_counts_counters_and_maxima():
     assert m1[24].memory_bits - m1[8].memory_bits == (48 * 4 + 48) * (24 - 8)
     s1 = {bits: next(x for x in m.layers if x.name == "s1") for bits, m in maps.items()}
     assert s1[24].memory_bits == s1[8].memory_bits  # IF layers keep neuron_bits
+
+
+def stem_graph() -> Graph:
+    """A torchvision-style stem: a stride-2 conv, IF, a 3x3 stride-2 max pool with padding 1
+    (overlapping), then a basic block whose identity skip starts at the pool and joins two
+    layers later (a delayed connection from the pool), global sum pool, dense output."""
+    from snncompile.ir import AvgPool2dNode
+
+    rng = np.random.default_rng(5)
+    stem = _conv(rng, "c0", "x", 2, 4, stride=(2, 2))
+    w = rng.integers(-20, 21, (3, 4)).astype(np.int32)
+    nodes = [InputNode(name="x", shape=(2, 10, 10), out_scale=np.array(1.0), mode="every_step", bits=5),
+             stem, _if("s0", "c0", [900, 700, 800, 1000]),
+             MaxPool2dNode(name="m", inputs=["s0"], kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1)),
+             _conv(rng, "c1", "m", 4, 4, lo=-8, hi=8), _if("s1", "c1", [20, 25, 30, 20]),
+             _conv(rng, "c2", "s1", 4, 4, lo=-8, hi=8),
+             AddNode(name="a", inputs=["c2", "m"]), _if("s2", "a", [15, 20, 25, 15]),
+             AvgPool2dNode(name="gap", inputs=["s2"], kernel=(3, 3), stride=(3, 3)),
+             FlattenNode(name="f", inputs=["gap"]),
+             DenseNode(name="out", inputs=["f"], weight=w.astype(np.float32), weight_int=w)]
+    g = Graph(nodes, ["out"], timesteps=8)
+    g.validate()
+    return g
+
+
+@needs_lava
+def test_stem_pool_with_a_delayed_identity_skip_is_bit_exact_on_lava(tmp_path):
+    """The pool's spikes reach the add two layers later through a Conv delayed by one step
+    (the identity skip of a ResNet's first block), exactly."""
+    g = stem_graph()
+    x = inputs(g, 3, seed=2)
+    ref = reference(g, x, g.timesteps)
+    assert ref.spikes["m"].sum() > 0 and ref.spikes["s2"].sum() > 0
+    _, run = _lower_and_run(g, x, tmp_path)
+    conns = {c["name"]: c for c in json.loads((tmp_path / "network.json").read_text())["connections"]}
+    assert (conns["m->s2"]["kind"], conns["m->s2"]["delay"]) == ("conv", 1)
+    assert conns["s0->m"]["kind"] == "conv" and conns["s0->m"]["padding"] == [1, 1]
+    assert compare_run(g, ref, run) == []
+
+
+def test_damaged_pool_entry_is_an_artifact_error(tmp_path):
+    """A pool whose counter width no register holds is refused when the artifact is read,
+    naming the file, before Lava starts."""
+    from snncompile.errors import ArtifactError
+
+    g = pools_graph()
+    b = get_backend("loihi")
+    b.lower(g, tmp_path)
+    m = json.loads((tmp_path / "network.json").read_text())
+    m["pools"][0]["count_bits"] = 40
+    (tmp_path / "network.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="network.json"):
+        b.run(tmp_path, inputs(g, 1))

@@ -78,6 +78,11 @@ def _read_manifest(directory: Path) -> dict:
             raise ValueError(f"timesteps {net['timesteps']!r} is not a positive integer")
         if not isinstance(net.get("spiking_outputs", []), list):
             raise ValueError("spiking_outputs is not a list")
+        for p in net.get("pools", []):
+            bits, slots = p["count_bits"], p["slots"]
+            if type(bits) is not int or not 1 <= bits <= L.MAXPOOL_COUNT_BITS_MAX or type(slots) is not int \
+                    or slots < 1:
+                raise ValueError(f"max pool {p['name']!r}: count_bits {bits!r} or slots {slots!r} out of range")
     return net
 
 
