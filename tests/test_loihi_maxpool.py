@@ -137,6 +137,9 @@ def test_counter_width_against_timesteps():
     wide = get_backend("loihi", {"maxpool_count_bits": "25"}).check(pools_graph())
     assert {(v.layer, v.quantity, v.value, v.limit) for v in wide} == {
         (m, "max pool counter bits", 25, 24) for m in ("m1", "m2", "m3")}
+    assert get_backend("loihi", {"maxpool_count_bits": "1"}).check(pools_graph(T=1)) == []
+    with pytest.raises(UsageError, match="maxpool_count_bits must be at least 1"):
+        get_backend("loihi", {"maxpool_count_bits": "0"})
 
 
 @needs_lava
