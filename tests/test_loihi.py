@@ -236,7 +236,7 @@ def test_every_violation_is_reported_at_once():
     found = {(v.layer, v.quantity.split(" (")[0].split(" from")[0]) for v in b.check(g)}
     assert found == {
         ("d1", "weight bits"), ("s1", "membrane bits"), ("s2", "threshold"),
-        ("mp", "operation 'maxpool2d'"), ("s2", "bias as graded spikes"), ("s3", "folded weight"),
+        ("mp", "input of a max pool"), ("s2", "bias as graded spikes"), ("s3", "folded weight"),
         ("x", "input charge per step"), ("(all)", "cores needed"),
         # T x the input (s1, sc) or a first-step bias (s2) in one step: beyond the register
         ("s1", "input current per step"), ("sc", "input current per step"),
@@ -244,7 +244,7 @@ def test_every_violation_is_reported_at_once():
     }
     with pytest.raises(LimitError) as err:
         b.lower(g, Path("/nonexistent"))
-    assert "average pooling or a stride-2 convolution" in str(err.value)
+    assert "a ReLU before the max pool" in str(err.value)
     assert "--membrane-bits 18" in str(err.value)
 
 
@@ -548,13 +548,14 @@ def test_netx_file_is_exact_with_lava_dl_reader(tmp_path, monkeypatch, make):
 @pytest.mark.skipif(not HAVE_LAVA, reason="lava-nc is not importable (needs Python 3.10)")
 def test_conformance_kit_on_lava(tmp_path):
     """The plugin authors' kit, run on Lava's fixed_pt simulator: every zoo network Loihi can
-    hold is bit-exact; the two it cannot hold are excluded by real limits, named."""
+    hold is bit-exact (max pools too, as SpikeMaxPool); the two it cannot hold are excluded
+    by real limits, named."""
     from snncompile.testing import check_backend, zoo_names
 
     report = check_backend("loihi", workdir=tmp_path)
-    assert set(report.skipped) == {"maxpool_counts", "membrane_saturation", "signed_spikes"}
+    assert set(report.skipped) == {"membrane_saturation", "signed_spikes"}
     assert "spikes" in report.skipped["signed_spikes"][0]
-    assert "maxpool2d" in report.skipped["maxpool_counts"][0]
+    assert "maxpool_counts" in report.passed
     assert "current per step" in report.skipped["membrane_saturation"][0]
     assert sorted(report.passed) == sorted(set(zoo_names()) - set(report.skipped))
 

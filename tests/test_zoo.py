@@ -21,7 +21,6 @@ import torch
 
 from snncompile.app.compile import CompileRequest, compile_model
 from snncompile.errors import ModelError
-from snncompile.plugin import LimitError
 from snncompile.frontend import import_onnx
 from snncompile.ir import AvgPool2dNode, MaxPool2dNode
 from snncompile.ir.options import ConversionOptions
@@ -131,7 +130,7 @@ def _convert(onnx_path: Path, d: Path, out: Path, input_bits: int = 8, **kw) -> 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_converts_to_loihi_and_runs_bit_exact_on_lava(arch, built, tmp_path):
     """The Loihi artifact (8-bit weights, fan-in 64, T = 8) gives on Lava exactly the spikes
-    and outputs of the reference simulator; the VGG gets there through --maxpool conv."""
+    and outputs of the reference simulator; the VGG keeps its max pools (SpikeMaxPool)."""
     from snncompile.app.run import run_artifact
 
     _, onnx_path, d = built(arch)
@@ -139,21 +138,21 @@ def test_converts_to_loihi_and_runs_bit_exact_on_lava(arch, built, tmp_path):
     # the MLP's first layer sums 64 input currents of up to 127 levels each, beyond Loihi's
     # 16-bit input port at 8-bit inputs (the loihi profile would choose the width; this test
     # builds its options directly)
-    _convert(onnx_path, d, out, maxpool="conv" if arch == "vgg" else "keep",
-             input_bits=4 if arch == "mlp" else 8)
+    _convert(onnx_path, d, out, input_bits=4 if arch == "mlp" else 8)
     res = run_artifact(str(out), str(d / "test.npz"))
     assert res["bit_exact"], res["differences"]
     assert res["samples"] == 4
 
 
-def test_vgg_is_refused_by_loihi_with_the_rewrite_as_the_fix(built, tmp_path):
-    """Without --maxpool avg the max pools cannot go to Loihi, and the refusal names the
-    option; with it, the rewrite is recorded (which nodes) and nothing else changes."""
+def test_vgg_keeps_max_pools_on_loihi_and_the_rewrite_stays_explicit(built, tmp_path):
+    """As typed, the VGG's three max pools go to Loihi as spike-count max pools (no rewrite
+    recorded); --maxpool avg is still there when asked for: recorded (which nodes), nothing
+    else changes."""
     _, onnx_path, d = built("vgg")
-    with pytest.raises(LimitError) as err:
-        _convert(onnx_path, d, tmp_path / "keep")
-    assert "maxpool2d" in str(err.value) and "--maxpool avg" in str(err.value)
-    assert not (tmp_path / "keep").exists()
+    _convert(onnx_path, d, tmp_path / "keep")
+    net = json.loads((tmp_path / "keep" / "loihi" / "network.json").read_text())
+    assert len(net["pools"]) == 3
+    assert json.loads((tmp_path / "keep" / "compile.json").read_text())["rewrites"] == []
     summary = _convert(onnx_path, d, tmp_path / "avg", maxpool="avg")
     info = json.loads((tmp_path / "avg" / "compile.json").read_text())
     (rewrite,) = info["rewrites"]

@@ -191,7 +191,7 @@ def main(verbose: bool) -> None:
 @click.option("--membrane-bits", default=32, show_default=True, type=click.IntRange(8, 52),
               help="Membrane width; values beyond it saturate (and are counted).")
 @click.option("--maxpool", type=click.Choice(MAXPOOL_CHOICES), default="keep", show_default=True,
-              help="keep: max pooling as a spike-count maximum; for targets without it (loihi) "
+              help="keep: max pooling as a spike-count maximum; for targets without it (nir) "
                    "rewrite each max pool into an average of the same window: avg (an average pool, "
                    "folded into the next layer) or conv (a depthwise convolution with neurons of its "
                    "own, which keeps large layers convolutional on Loihi); --train recovers the "

@@ -70,14 +70,32 @@ def _read_manifest(directory: Path) -> dict:
     net = read_json(manifest, hint=REBUILD)
     with artifact_file(manifest, REBUILD):
         read_network(directory)  # every population, connection and array it names
-        shapes = [net["input"]["shape"]] + [e["shape"] for e in net["outputs"] + net["populations"]]
+        shapes = [net["input"]["shape"]] + [e["shape"] for e in net["outputs"] + net["populations"]
+                                            + net.get("pools", [])]
         if not all(isinstance(v, list) and all(type(d) is int and d > 0 for d in v) for v in shapes):
             raise ValueError("a shape is not a list of positive integers")
         if type(net["timesteps"]) is not int or net["timesteps"] < 1:
             raise ValueError(f"timesteps {net['timesteps']!r} is not a positive integer")
         if not isinstance(net.get("spiking_outputs", []), list):
             raise ValueError("spiking_outputs is not a list")
+        for p in net.get("pools", []):
+            bits, slots = p["count_bits"], p["slots"]
+            if type(bits) is not int or not 1 <= bits <= L.MAXPOOL_COUNT_BITS_MAX or type(slots) is not int \
+                    or slots < 1:
+                raise ValueError(f"max pool {p['name']!r}: count_bits {bits!r} or slots {slots!r} out of range")
     return net
+
+
+def _check_counters(manifest: dict, T: int) -> None:
+    """Refuse a run whose window the max pools' spike counters cannot hold (a count of up
+    to T needs T <= 2^count_bits - 1)."""
+    for p in manifest.get("pools", []):
+        top = (1 << int(p["count_bits"])) - 1
+        if T > top:
+            raise UsageError(f"max pool '{p['name']}': its {p['count_bits']}-bit spike counters "
+                             f"hold counts up to {top}, fewer than T = {T}",
+                             f"run with --timesteps {top} or less, or convert again with "
+                             f"--target-option maxpool_count_bits={T.bit_length()}")
 
 
 class LoihiBackend(Backend):
@@ -115,7 +133,7 @@ class LoihiBackend(Backend):
         out += mapping_violations(map_graph(graph, self._chip, layers), self._chip)
         if out and sum(f.units * f.slots * f.folded_fanin for f in layers) > FOLD_EARLY_REFUSAL:
             return out
-        out += check_network(build_network(graph, timesteps), lim)
+        out += check_network(build_network(graph, timesteps, count_bits=self._chip["maxpool_count_bits"]), lim)
         return out
 
     def mapping(self, graph: Graph) -> ChipMapping:
@@ -162,7 +180,7 @@ class LoihiBackend(Backend):
         if violations:
             raise LimitError(self.name, violations)
         flat = flatten_network(graph, progress=progress)
-        net = build_network(graph, flat=flat)
+        net = build_network(graph, flat=flat, count_bits=self._chip["maxpool_count_bits"])
         write_artifact(net, Path(directory))
         # outputs that are spiking layers: their accumulators are their spike counts
         spiking = [o for o in graph.outputs if any(p.name == o for p in net.populations)]
@@ -189,6 +207,7 @@ class LoihiBackend(Backend):
             raise DataError(f"input shape {tuple(x_int.shape)} does not match the network's "
                             f"(N, {', '.join(map(str, net['input']['shape']))}) with N >= 1")
         T = int(timesteps or net["timesteps"])
+        _check_counters(net, T)
         spiking_outputs = net.get("spiking_outputs", [])
         record = record_spikes or bool(spiking_outputs)
         self._require_lava(directory / "run_lava.py")
@@ -213,7 +232,7 @@ class LoihiBackend(Backend):
         spikes = None
         if record:
             spikes = {p["name"]: result[f"spikes/{p['name']}"].reshape((T, n) + tuple(p["shape"]))
-                      for p in net["populations"]}
+                      for p in net["populations"] + net.get("pools", [])}
             for name in spiking_outputs:
                 outputs[name] = spikes[name].sum(axis=0, dtype=np.int64)
             if not record_spikes:
@@ -229,6 +248,8 @@ class LoihiBackend(Backend):
                  **self._cores(directory, net)}
         stats["current_wraps"] = {p["name"]: int(result[f"wraps/{p['name']}"])
                                   for p in net["populations"]}
+        if net.get("pools"):  # spike counters that wrapped (never when T fits them)
+            stats["counter_wraps"] = {p["name"]: int(result[f"wraps/{p['name']}"]) for p in net["pools"]}
         wrapped = {k: v for k, v in stats["current_wraps"].items() if v}
         if wrapped:
             log.warning("loihi: inputs beyond the 16-bit input port in one step in %s: a chip "

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from snncompile.ir import Graph
+from snncompile.ir import Graph, MaxPool2dNode
 from snncompile.plugin import Demand, Footprint, Violation, demand, largest_slice, layer_footprints
 
 from . import limits as L
@@ -62,23 +62,27 @@ class ChipMapping:
                                     "memory_bits": m.memory_bits} for m in self.layers}}
 
 
-def core_bits(fp: Footprint, d: Demand, o: dict[str, int]) -> int:
+def core_bits(fp: Footprint, d: Demand, o: dict[str, int], pool: bool = False) -> int:
     """Bits of core memory a slice takes: neuron state, stored weights, input axon table,
-    and one output axon entry per neuron and layer its spikes reach."""
-    return (d.compartments * o["neuron_bits"] + d.stored * o["synapse_bits"]
+    and one output axon entry per neuron and layer its spikes reach. A max pool's state
+    (``pool``) is a spike counter per compartment plus a running maximum per unit, each
+    ``maxpool_count_bits`` wide (assumed; limits.SOURCES["maxpool"])."""
+    state = ((d.compartments + d.units) * o["maxpool_count_bits"] if pool else
+             d.compartments * o["neuron_bits"])
+    return (state + d.stored * o["synapse_bits"]
             + (d.shared_axons + d.units * fp.consumers) * o["axon_bits"])
 
 
-def _fits(fp: Footprint, o: dict[str, int]):
+def _fits(fp: Footprint, o: dict[str, int], pool: bool = False):
     mem = o["memory_kib"] * 1024 * 8
 
     def fits(d: Demand) -> bool:
-        return (d.compartments <= o["neurons_per_core"] and core_bits(fp, d, o) <= mem
+        return (d.compartments <= o["neurons_per_core"] and core_bits(fp, d, o, pool) <= mem
                 and d.stored <= o["synapses_per_core"] and d.shared_axons <= o["in_axons_per_core"])
     return fits
 
 
-def _unmappable(fp: Footprint, o: dict[str, int]) -> Violation:
+def _unmappable(fp: Footprint, o: dict[str, int], pool: bool = False) -> Violation:
     """Why not even one neuron of ``fp`` fits a core: the first figure that breaks."""
     d = demand(fp, 1)
     fix = "--fanin N (fewer synapses per neuron), or "
@@ -91,7 +95,7 @@ def _unmappable(fp: Footprint, o: dict[str, int]) -> Violation:
     if d.shared_axons > o["in_axons_per_core"]:
         return Violation(fp.name, "input axons of one neuron's core", d.shared_axons,
                          o["in_axons_per_core"], fix + f"--target-option in_axons_per_core={d.shared_axons}")
-    bits = core_bits(fp, d, o)
+    bits = core_bits(fp, d, o, pool)
     return Violation(fp.name, "core memory for one neuron (bits: state, weights, axons)", bits,
                      o["memory_kib"] * 8192, fix + f"--target-option memory_kib={-(-bits // 8192)}")
 
@@ -101,17 +105,19 @@ def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = 
     ``layers``: the graph's :func:`layer_footprints` where the caller has them."""
     out = ChipMapping()
     per_chip = o["cores"]
+    pools = {n.name for n in graph.nodes if isinstance(n, MaxPool2dNode)}
     for fp in layer_footprints(graph) if layers is None else layers:
-        n = largest_slice(fp, _fits(fp, o))
+        pool = fp.name in pools
+        n = largest_slice(fp, _fits(fp, o, pool))
         if n == 0:
-            out.problems.append(_unmappable(fp, o))
+            out.problems.append(_unmappable(fp, o, pool))
             continue
         cores = -(-fp.units // n)
         d = demand(fp, n)
         first = out.cores
         chips = (first + cores - 1) // per_chip - first // per_chip + 1
         out.layers.append(LayerMap(fp.name, cores, first, chips, n, fp.fanin, fp.folded_fanin,
-                                   core_bits(fp, d, o), d.stored))
+                                   core_bits(fp, d, o, pool), d.stored))
         out.cores += cores
     out.chips = -(-out.cores // per_chip)
     return out

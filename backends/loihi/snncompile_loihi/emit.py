@@ -1,6 +1,6 @@
 """Write a folded network as a Loihi artifact that runs with lava-nc alone.
 
-    <dir>/network.json        populations, connections, outputs, time window (format below)
+    <dir>/network.json        populations, max pools, connections, outputs, time window
     <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init} (IR values) and
                               pop/<name>/{vth,bias_mant} (the Lava registers),
                               conn/<name>/weight (int8 mantissa m, the weight being
@@ -8,7 +8,7 @@
                               dst x src, conv: Cout x Cin/groups x kH x kW as in the IR),
                               bias/<name>/bias (biases too wide for the neuron), out/<name>/bias
     <dir>/run_lava.py         the entry point (lava-nc + numpy only)
-    <dir>/lava_intfire/       the IntFire process and its fixed-point model
+    <dir>/lava_intfire/       the IntFire and SpikeMaxPool processes and their fixed-point models
     <dir>/netx.h5             lava-dl netx layout, where the network fits it (see netx.py)
 """
 
@@ -49,6 +49,8 @@ def network_manifest(net: Network) -> dict:
                          for b in net.bias_sources],
         "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth}
                     for o in net.outputs],
+        "pools": [{"name": p.name, "shape": list(p.shape), "size": p.size, "depth": p.depth,
+                   "slots": p.slots, "count_bits": p.count_bits} for p in net.pools],
     }
 
 
@@ -95,7 +97,7 @@ def read_network(directory: Path) -> Network:
     """The network of an artifact written by :func:`write_artifact`."""
     from snncompile.plugin import ArtifactError
 
-    from .network import BiasSource, Connection, IntFireLayer, Output
+    from .network import BiasSource, Connection, IntFireLayer, MaxPoolLayer, Output
 
     directory = Path(directory)
     try:
@@ -128,6 +130,9 @@ def read_network(directory: Path) -> Network:
             net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],
                                                z[f"bias/{b['name']}/bias"].astype(np.int64),
                                                b["first_step"]))
+        for p in m.get("pools", []):
+            net.pools.append(MaxPoolLayer(p["name"], tuple(p["shape"]), p["depth"], p["slots"],
+                                          p["count_bits"]))
         for o in m["outputs"]:
             net.outputs.append(Output(o["name"], tuple(o["shape"]), o["depth"],
                                       z[f"out/{o['name']}/bias"].astype(np.int64)))

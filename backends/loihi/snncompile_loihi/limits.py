@@ -31,7 +31,9 @@ MESSAGE_BITS = 16               # graded input spikes (num_message_bits)
 # from published ones, or assumed; every one is a --target-option.
 DEFAULTS = {"cores": 128, "chips": 1, "neurons_per_core": 8192, "memory_kib": 128,
             "neuron_bits": 48, "synapse_bits": 8, "axon_bits": 16,
-            "synapses_per_core": 0, "in_axons_per_core": 0, "fan_in": 0}
+            "synapses_per_core": 0, "in_axons_per_core": 0, "fan_in": 0,
+            "maxpool_count_bits": 24}
+MAXPOOL_COUNT_BITS_MAX = STATE_BITS   # a counter is one neuron state register (assumed)
 # 0: follows from the others (synapses_per_core, in_axons_per_core) or none (fan_in)
 DERIVED = {"synapses_per_core": "synapse_bits", "in_axons_per_core": "axon_bits"}
 
@@ -80,6 +82,14 @@ SOURCES = {
                 f"Dense a_out ({LAVA_DENSE}); nengo-loihi's emulator wraps its synapse "
                 "accumulator at Q_BITS = 21 plus sign, in the same << 6 units: 2^15 - 1 per step"),
     "input": "graded spikes of num_message_bits = 16 into a Dense (lava-nc Dense models)",
+    "maxpool": (f"{ASM}: a spike-count max pool is a neuron program of our own (SpikeMaxPool, "
+                "lava_intfire/intfire.py; Loihi 2 neurons are programmable): one compartment "
+                "per window input, holding a spike counter, fed by one synapse of weight 1, "
+                "and a running maximum per pool unit; state per pool unit (window + 1) x "
+                "maxpool_count_bits, in place of neuron_bits per compartment"),
+    "maxpool_count_bits": (f"{ASM}: 24-bit spike counters and running maxima, the width of a "
+                           f"neuron state register ({LAVA_LIF}: u, v); a count up to T needs "
+                           "T <= 2^bits - 1; option maxpool_count_bits (1..24)"),
 }
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode,
-                           FlattenNode, Graph, IFNode, InputNode, Node, PadNode, ReshapeNode,
-                           WeightedNode)
+                           FlattenNode, Graph, IFNode, InputNode, MaxPool2dNode, Node, PadNode,
+                           ReshapeNode, WeightedNode)
 from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network, synapse_chains
 
 from .encode import DoesNotFit, bias_fits_neuron, delay_code
@@ -129,6 +129,28 @@ def bias_digits(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
+class MaxPoolLayer:
+    """A spike-count max pool (an IR maxpool2d on spikes), lowered to ``SpikeMaxPool``:
+    ``channels * slots * positions`` counter compartments in (channel, window slot,
+    position) order, one synapse each, and ``channels * positions`` pool units (the IR's
+    (C, H, W) order). Counters and running maxima are ``count_bits`` wide."""
+
+    name: str
+    shape: tuple[int, ...]
+    depth: int
+    slots: int
+    count_bits: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def compartments(self) -> int:
+        return self.size * self.slots
+
+
+@dataclass
 class Network:
     """What the artifact holds: the input, populations, connections and outputs."""
 
@@ -142,6 +164,7 @@ class Network:
     outputs: list[Output] = field(default_factory=list)
     bias_sources: list[BiasSource] = field(default_factory=list)
     problems: list[Violation] = field(default_factory=list)
+    pools: list[MaxPoolLayer] = field(default_factory=list)
 
     def incoming(self, name: str) -> list[Connection]:
         return [c for c in self.connections if c.dst == name]
@@ -164,11 +187,12 @@ def _bias(flat: FlatNetwork, name: str) -> tuple[np.ndarray, bool, set[str]]:
 
 
 def build_network(graph: Graph, timesteps: int | None = None,
-                  flat: FlatNetwork | None = None) -> Network:
+                  flat: FlatNetwork | None = None, count_bits: int = 24) -> Network:
     """Regroup ``graph`` into populations and connections: one per (source population,
     layer) pair, holding the integer matrix of the synapse chain between them as the core
     composes it (``flat``, :func:`snncompile.plugin.flatten_network` of ``graph`` when not
-    given), or the convolution itself where Lava's Conv process takes it."""
+    given), or the convolution itself where Lava's Conv process takes it. Max pools get
+    ``count_bits``-wide counters (:func:`_add_max_pool`)."""
     flat = flat if flat is not None else flatten_network(graph)
     inp = graph.input
     net = Network(inp.name, tuple(inp.shape), inp.mode, inp.bits, int(timesteps or graph.timesteps or 1))
@@ -177,6 +201,9 @@ def build_network(graph: Graph, timesteps: int | None = None,
     order = {n.name: k for k, n in enumerate(graph.nodes)}
     for node in graph.nodes:
         if isinstance(node, (InputNode,) + LINEAR_OPS) and node.name not in outputs:
+            continue
+        if isinstance(node, MaxPool2dNode):
+            _add_max_pool(net, graph, flat, node, depth, count_bits)
             continue
         if not isinstance(node, IFNode) and node.name not in outputs:
             net.problems.append(Violation(node.name, f"operation '{node.op}'", "not supported", "dense, conv, "
@@ -272,9 +299,70 @@ def _as_conv(graph: Graph, layer: Node, src: str, delay: int = 0) -> Connection 
                       dilation=tuple(first.dilation), groups=int(first.groups))
 
 
+def _add_max_pool(net: Network, graph: Graph, flat: FlatNetwork, node: MaxPool2dNode,
+                  depth: dict[str, int], count_bits: int) -> None:
+    """Lower max pool ``node`` to a :class:`MaxPoolLayer` and the connections into its
+    counters: each counter compartment has exactly one synapse, of weight 1, from a unit
+    that sends binary spikes (an IF layer or another max pool), so it counts that unit's
+    spikes. Read directly from one population with symmetric padding, the connection is a
+    grouped convolution (one one-hot kernel per window slot, the pool's stride and padding),
+    at any size; otherwise the composed selection matrix, reordered to the counters'
+    (channel, slot, position) order. Anything else is a violation (``net.problems``)."""
+    name = node.name
+    incoming = flat.into(name)
+    spiking = {p.name for p in net.populations} | {p.name for p in net.pools}
+    if not incoming or any(p.source not in spiking for p in incoming):
+        if all(p.source in depth for p in incoming):  # else fed by something already refused
+            net.problems.append(Violation(name, "input of a max pool", "not spikes",
+                                          "the spikes of an IF layer or a max pool",
+                                          _fix_for(node)))
+        return
+    sel = sum((p.matrix for p in incoming[1:]), incoming[0].matrix.copy()).tocsr()
+    if (sel.data != 1).any() or (np.diff(sel.indptr) > 1).any() or np.any(flat.bias_every[name]) \
+            or np.any(flat.bias_first[name]):
+        net.problems.append(Violation(name, "input of a max pool", "weighted or summed",
+                                      "one spike (weight 1) per window element", _fix_for(node)))
+        return
+    if name in graph.outputs:
+        net.problems.append(Violation(name, "output kind", node.op, "a weighted layer "
+                                      "(non-spiking accumulator)", "end the model with a linear layer"))
+        return
+    d = max(depth[p.source] for p in incoming) + 1
+    depth[name] = d
+    c, ho, wo = (int(v) for v in node.shape)
+    k = int(node.kernel[0] * node.kernel[1])
+    net.pools.append(MaxPoolLayer(name, tuple(node.shape), d, k, int(count_bits)))
+    src = incoming[0].source
+    pt, pl, pb, pr = node.padding
+    direct = synapse_chains(graph, name) == [[]] and node.inputs == [src]
+    if len(incoming) == 1 and direct and (pt, pl) == (pb, pr):
+        w = np.zeros((c * k, 1) + tuple(node.kernel), np.int64)
+        w[np.arange(c * k), 0, np.tile(np.arange(k), c) // node.kernel[1],
+          np.tile(np.arange(k), c) % node.kernel[1]] = 1
+        net.connections.append(Connection(
+            f"{src}->{name}", src, name, w, 1, kind="conv", delay=d - 1 - depth[src],
+            in_shape=tuple(graph[src].shape), out_shape=(c * k, ho, wo),
+            stride=tuple(node.stride), padding=(pt, pl), groups=c))
+        return
+    # flatten_network orders compartments (unit, slot); the counters are (channel, slot, position)
+    unit = np.arange(c * ho * wo).reshape(c, 1, ho * wo)
+    order = (unit * k + np.arange(k).reshape(1, k, 1)).reshape(-1)
+    for proj in incoming:
+        s = proj.source
+        n_src = int(np.prod(graph[s].shape))
+        if n_src * c * k * ho * wo > MAX_DENSE_ENTRIES:
+            net.problems.append(Violation(name, f"folded dense connection from '{s}' (entries)",
+                                          n_src * c * k * ho * wo, MAX_DENSE_ENTRIES,
+                                          "a max pool reading one layer directly, with symmetric "
+                                          "padding (lowered as a convolution at any size)"))
+            continue
+        net.connections.append(Connection(f"{s}->{name}", s, name, proj.matrix[order].toarray(), 1,
+                                          delay=d - 1 - depth[s]))
+
+
 def _fix_for(node: Node) -> str:
     if node.op == "maxpool2d":
-        return ("convert with --maxpool conv or --maxpool avg (each max pool becomes an average "
-                "of the same window; add --train to recover the accuracy), or use average pooling "
-                "or a stride-2 convolution in the model")
+        return ("pool the spikes of an IF layer (a ReLU before the max pool), or convert with "
+                "--maxpool conv or --maxpool avg (each max pool becomes an average of the same "
+                "window; add --train to recover the accuracy)")
     return "replace this operation in the model"

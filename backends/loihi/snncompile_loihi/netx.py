@@ -52,9 +52,12 @@ VTH_MAX = 2 ** 17 - 1
 
 def netx_problems(net: Network) -> list[str]:
     """Why ``net`` cannot be written as netx (empty when it can)."""
-    why = []
+    why = [f"'{p.name}' is a spike-count max pool (netx's blocks are dense/conv/pool layers of "
+           "stock neurons; none keeps a running maximum of spike counts)" for p in net.pools]
     prev = net.input_name
-    for p in list(net.populations) + list(net.outputs):
+    sizes = {q.name: q.size for q in list(net.populations) + list(net.pools)}
+    chain = sorted(list(net.populations) + list(net.pools), key=lambda q: q.depth)  # pools already named
+    for p in chain + list(net.outputs):
         inc = net.incoming(p.name)
         if len(inc) != 1 or inc[0].src != prev:
             why.append(f"'{p.name}' is not fed by exactly the layer before it (netx builds chains)")
@@ -65,8 +68,7 @@ def netx_problems(net: Network) -> list[str]:
             if int(np.abs(c.weight).max(initial=0)) > WEIGHT_MANT_MAX:
                 why.append(f"'{p.name}' has weights beyond +-{WEIGHT_MANT_MAX} (a weight exponent or "
                            "folded weights; netx re-quantizes and clips them)")
-            src_size = int(np.prod(net.input_shape)) if c.src == net.input_name else next(
-                (q.size for q in net.populations if q.name == c.src), 0)
+            src_size = int(np.prod(net.input_shape)) if c.src == net.input_name else sizes.get(c.src, 0)
             if src_size * p.size > MAX_DENSE_ENTRIES:
                 why.append(f"'{p.name}' would need a dense block of {src_size * p.size} entries "
                            f"(more than {MAX_DENSE_ENTRIES}; netx conv blocks are not written)")

@@ -129,12 +129,30 @@ def input_width_violations(net: Network, graph: Graph) -> list[Violation]:
     return [v for v in out if v.layer in fed or v.layer == net.input_name]
 
 
+def _rule_pool_counters(net: Network, lim: Limits) -> list[Violation]:
+    """A max pool's spike counters (and running maxima) must hold a count of T: at most
+    ``2^count_bits - 1``; and be no wider than a neuron state register."""
+    out = []
+    for p in net.pools:
+        if p.count_bits > L.MAXPOOL_COUNT_BITS_MAX:
+            out.append(Violation(p.name, "max pool counter bits", p.count_bits, L.MAXPOOL_COUNT_BITS_MAX,
+                                 f"--target-option maxpool_count_bits={L.MAXPOOL_COUNT_BITS_MAX} or less"))
+            continue
+        top = (1 << p.count_bits) - 1
+        if net.timesteps > top:
+            out.append(Violation(p.name, f"time steps a {p.count_bits}-bit max pool spike counter holds",
+                                 net.timesteps, top,
+                                 f"--timesteps {top} or fewer, or --target-option maxpool_count_bits="
+                                 f"{min(net.timesteps.bit_length(), L.MAXPOOL_COUNT_BITS_MAX)}"))
+    return out
+
+
 def _rule_problems(net: Network, lim: Limits) -> list[Violation]:
     return list(net.problems)
 
 
 NET_RULES: tuple[NetRule, ...] = (_rule_problems, _rule_weights, _rule_thresholds, _rule_v_init,
-                                  _rule_input_message, _rule_current_register)
+                                  _rule_input_message, _rule_current_register, _rule_pool_counters)
 
 
 def check_network(net: Network, lim: Limits) -> list[Violation]:

@@ -26,6 +26,10 @@ weight rules of Lava's bit-accurate Dense model (``clip_weights`` and ``truncate
 of ``lava/utils/weightutils.py``, then the ``weight_exp`` shift of the sum), which Lava's own
 ``PyConvModelFixed`` skips, plus a synaptic delay of ``delay`` extra steps (as DelayDense).
 
+``SpikeMaxPool`` (below) is the IR's spike-count max pool as a neuron program of our own:
+a counter per window input (one compartment, one synapse), a running maximum per pool unit,
+a spike when that maximum grows; reset at each window start as IntFire's state is.
+
 ``Recorder`` (below) records a port's values to a file, for reading results back quickly.
 
 This file is self-contained (lava and numpy only): snncompile copies it into every Loihi
@@ -42,7 +46,7 @@ from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort
+from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
@@ -211,3 +215,68 @@ class PyRecorderModel(PyLoihiProcessModel):
             self.buffer[..., self.time_step - 1] = data
         if self.time_step == self.steps:
             np.save(self.path, self.buffer)
+
+
+class SpikeMaxPool(AbstractProcess):
+    """Spike-count max pooling (the IR's maxpool2d on spikes): ``channels * slots *
+    positions`` input compartments, ordered (channel, window slot, position), each counting
+    the spikes its one synapse brings; ``channels * positions`` pool units, each keeping the
+    running maximum of its ``slots`` counters and spiking in the step that maximum grows. So
+    a unit's spike count over a window is the maximum of its inputs' counts, and it spikes at
+    most once per step. Counters and maxima are ``count_bits`` wide (they wrap beyond: the
+    compiler refuses a T they cannot hold) and return to zero at the start of each window
+    (``window``, ``window_offset``), as IntFire's state does."""
+
+    def __init__(self, *, channels: int, slots: int, positions: int, window: int = 1,
+                 window_offset: int = 0, count_bits: int = 24,
+                 name: ty.Optional[str] = None) -> None:
+        if not 1 <= int(count_bits) <= 31:
+            raise ValueError(f"count_bits must be in 1..31, got {count_bits}")
+        units = int(channels) * int(positions)
+        size = units * int(slots)
+        super().__init__(channels=int(channels), slots=int(slots), positions=int(positions),
+                         window=int(window), window_offset=int(window_offset),
+                         count_bits=int(count_bits), name=name, shape=(units,))
+        self.a_in = InPort(shape=(size,))
+        self.s_out = OutPort(shape=(units,))
+        self.counts = Var(shape=(size,), init=0)
+        self.running_max = Var(shape=(units,), init=0)
+        self.wraps = Var(shape=(1,), init=0)
+
+
+@implements(proc=SpikeMaxPool, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PySpikeMaxPoolModelFixed(PyLoihiProcessModel):
+    """Fixed-point spike-count max pool: at a window start every counter and maximum
+    returns to 0; then each counter adds its input (the 0/1 spike of its one synapse) and
+    wraps at ``count_bits`` like a register; each unit's maximum over its slots replaces
+    the stored one, and the unit spikes where it grew. ``wraps`` counts counters that
+    wrapped (never, when T fits the counters). Like IntFire, no delay: the spike leaves in
+    the step its input arrived."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=16)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
+    counts: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    running_max: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    wraps: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.grid = (proc_params["channels"], proc_params["slots"], proc_params["positions"])
+        self.window = proc_params["window"]
+        self.window_offset = proc_params["window_offset"] % self.window
+        self.top = (1 << proc_params["count_bits"]) - 1
+
+    def run_spk(self):
+        a_in_data = self.a_in.recv()
+        if (self.time_step % self.window) == self.window_offset:
+            self.counts[:] = 0
+            self.running_max[:] = 0
+        total = self.counts.astype(np.int64) + a_in_data
+        self.wraps[0] += np.count_nonzero((total > self.top) | (total < 0))
+        self.counts[:] = total & self.top
+        m = self.counts.reshape(self.grid).max(axis=1).reshape(-1)
+        spikes = m > self.running_max
+        self.running_max[:] = m
+        self.s_out.send(spikes)

@@ -11,7 +11,8 @@ register (results may then differ from the reference), all on the reference time
 ``wall_s``/``steps`` timings.
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
-populations of IntFire neurons (``lava_intfire/intfire.py``), Dense connections with exact
+populations of IntFire neurons (``lava_intfire/intfire.py``), spike-count max pools
+(``SpikeMaxPool``: a counter per window input, fed by a one-hot Conv or a Dense), Dense connections with exact
 weights ``m * 2^e`` (8-bit mantissa m: ``weights = 2 m``, ``weight_exp = e - 1``), a DelayDense
 where a shorter branch joins a longer one, biases wider than the neuron's
 13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (``LoihiConv``:
@@ -114,7 +115,7 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     sys.path.insert(0, processes)
     from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer as Source
-    from lava_intfire.intfire import IntFire, LoihiConv, Recorder
+    from lava_intfire.intfire import IntFire, LoihiConv, Recorder, SpikeMaxPool
 
     files = []
 
@@ -141,6 +142,19 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
         if record_spikes:
             rec, spike_sinks[name] = Sink((size,), name)
             pop.s_out.connect(rec.a_in)
+    for p in net.get("pools", []):  # spike-count max pools: counters fed like a population
+        name, (c, h, w) = p["name"], p["shape"]
+        if T > (1 << p["count_bits"]) - 1:
+            raise SystemExit(f"max pool {name}: its {p['count_bits']}-bit spike counters hold at "
+                             f"most {(1 << p['count_bits']) - 1} steps, not T = {T}")
+        pool = SpikeMaxPool(channels=c, slots=p["slots"], positions=h * w, window=T,
+                            window_offset=(1 + p["depth"]) % T, count_bits=p["count_bits"], name=name)
+        ports[name] = pool.s_out
+        pops[name] = pool
+        targets[name] = pool.a_in
+        if record_spikes:
+            rec, spike_sinks[name] = Sink((p["size"],), name)
+            pool.s_out.connect(rec.a_in)
     out_sinks = {}
     for o in net["outputs"]:
         rec, out_sinks[o["name"]] = Sink((o["size"],), o["name"])
@@ -185,7 +199,8 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
     net, params = load_network(directory)
     T = int(T or net["timesteps"])
     n = x.shape[0]
-    depth = max([o["depth"] for o in net["outputs"]] + [p["depth"] for p in net["populations"]])
+    depth = max([o["depth"] for o in net["outputs"]] + [p["depth"] for p in net["populations"]]
+                + [p["depth"] for p in net.get("pools", [])])
     steps = n * T + depth
     cols = input_columns(net, x, T)
     t0 = time.perf_counter()
@@ -206,7 +221,7 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
             d = o["depth"]
             win = data[:, d:d + n * T].reshape(o["size"], n, T).sum(axis=2).T
             result[f"out/{o['name']}"] = win + T * params[f"out/{o['name']}/bias"].astype(np.int64)
-        for p in net["populations"]:
+        for p in net["populations"] + net.get("pools", []):
             if p["name"] in spike_sinks:
                 data = np.load(spike_sinks[p["name"]])
                 d = p["depth"]
