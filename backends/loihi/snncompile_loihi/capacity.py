@@ -101,7 +101,9 @@ def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = 
     ``layers``: the graph's :func:`layer_footprints` where the caller has them."""
     out = ChipMapping()
     per_chip = o["cores"]
+    layer_o = o
     for fp in layer_footprints(graph) if layers is None else layers:
+        o = signed_options(graph, fp.name, layer_o)
         n = largest_slice(fp, _fits(fp, o))
         if n == 0:
             out.problems.append(_unmappable(fp, o))
@@ -115,6 +117,17 @@ def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = 
         out.cores += cores
     out.chips = -(-out.cores // per_chip)
     return out
+
+
+def signed_options(graph: Graph, name: str, o: dict[str, int]) -> dict[str, int]:
+    """The options for layer ``name``: a signed IF layer's neurons hold one more state word,
+    the net count that decides a -1 (assumed as wide as u and v, 24 bits: its own figure is
+    not published). The +-1 payload travels in the spike message, not in core memory, so
+    message bits add nothing to it."""
+    n = graph[name] if name in graph else None
+    if getattr(n, "spikes", "binary") != "signed":
+        return o
+    return dict(o, neuron_bits=o["neuron_bits"] + L.SIGNED_STATE_BITS)
 
 
 def smallest_system(chips: int) -> str | None:
