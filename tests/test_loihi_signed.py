@@ -144,6 +144,7 @@ def test_an_output_past_the_port_is_split_into_accumulators(spikes, tmp_path):
     assert get_backend("loihi").check(g) == []
     get_backend("loihi").lower(g, tmp_path)
     assert json.loads((tmp_path / "network.json").read_text())["outputs"][0]["parts"] == 2
+    assert "split into 2 accumulators" in (tmp_path / "netx-unsupported.txt").read_text()
 
 
 def test_an_unknown_spike_kind_in_an_artifact_is_refused(tmp_path):

@@ -83,6 +83,9 @@ def netx_problems(net: Network) -> list[str]:
                        f"largest threshold {VTH_MAX} of the never-spiking neuron that holds it")
         if not bias_fits_neuron(o.bias):
             why.append(f"the output '{o.name}' has a bias wider than the 13-bit mantissa")
+        if o.parts > 1:
+            why.append(f"the output '{o.name}' is split into {o.parts} accumulators (its input per "
+                       "step exceeds the 16-bit port); netx has one output block")
     for p in net.populations:
         if p.reset != "zero":
             why.append(f"'{p.name}' resets by subtraction (netx's LIF resets to zero)")
