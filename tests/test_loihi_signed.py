@@ -54,16 +54,20 @@ def signed_conv(rng) -> Graph:
 
 def signed_residual(rng) -> Graph:
     """A ResNet-style block of signed layers: an identity skip over two convs (a delayed
-    LoihiConv of ones carries the -1s) and the input skipping to a deeper layer (DelayDense)."""
+    LoihiConv of ones carries the -1s), a signed layer and the input skipping to a deeper
+    layer (DelayDense, graded)."""
+    c1 = _conv(rng, "c1", "x", 2, 3, mode="first_step")
+    c1.bias_int = np.full(3, 200, np.int64)  # early charge that later input takes back: s1 sends -1s
     nodes = [InputNode(name="x", shape=(2, 5, 5), out_scale=np.array(1.0), mode="every_step", bits=5),
-             _conv(rng, "c1", "x", 2, 3), _sif("s1", "c1", [150]),
+             c1, _sif("s1", "c1", [150]),
              _conv(rng, "c2", "s1", 3, 3), _sif("s2", "c2", [40]),
              _conv(rng, "c3", "s2", 3, 3),
              AddNode(name="a3", inputs=["c3", "s1"]), _sif("s3", "a3", [40]),
              FlattenNode(name="f", inputs=["s3"]), FlattenNode(name="fx", inputs=["x"]),
              _dense(rng, "d", "f", 75, 5, lo=-20, hi=20, bias=None),
              _dense(rng, "dx", "fx", 50, 5, lo=-3, hi=3, bias=None),
-             AddNode(name="a4", inputs=["d", "dx"]), _sif("s4", "a4", [30]),
+             FlattenNode(name="f2", inputs=["s2"]), _dense(rng, "d2", "f2", 75, 5, lo=-20, hi=20, bias=None),
+             AddNode(name="a4", inputs=["d", "dx", "d2"]), _sif("s4", "a4", [30]),
              _dense(rng, "out", "s4", 5, 3)]
     return _validated(Graph(nodes, ["out"], timesteps=6))
 
@@ -124,6 +128,9 @@ def test_signed_builds_fit_and_send_graded_spikes(build, tmp_path):
         want = 16 if c["src"] == "x" or kinds.get(c["src"]) == "signed" else 0
         assert c["message_bits"] == want, c
     assert "signed spikes" in (tmp_path / "netx-unsupported.txt").read_text()
+    if build is signed_residual:  # -1s through a delayed Conv and a DelayDense
+        assert {(c["src"], c["kind"], c["delay"] > 0) for c in net["connections"] if c["delay"]} == \
+            {("s1", "conv", True), ("s2", "dense", True), ("x", "dense", True)}
 
 
 @pytest.mark.parametrize("spikes", ["binary", "signed"])
@@ -230,6 +237,8 @@ def test_signed_builds_are_bit_exact_on_lava(build, tmp_path):
     x = rng.integers(-40, 90, (3,) + tuple(g.input.shape)).astype(np.float64)
     ref, _ = _assert_bit_exact(g, x, tmp_path)
     assert _negative_spikes(g, ref) > 0, "no -1 spike: the test would not see the signed rule"
+    if build is signed_residual:  # -1s into the identity skip's Conv and into the DelayDense
+        assert (ref.spikes["s1"] < 0).any() and (ref.spikes["s2"] < 0).any()
 
 
 @needs_lava
