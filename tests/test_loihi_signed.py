@@ -254,6 +254,19 @@ def test_signed_windows_on_lava(T, tmp_path):
 
 
 @needs_lava
+def test_signed_saturating_membrane_on_lava(tmp_path):
+    """An 8-bit membrane that saturates (the clamp comes before the spike rule) in a layer
+    that also sends -1s: IntFire's clamp at a multiple of 64 holds for the signed rule too."""
+    rng = np.random.default_rng(3)
+    g = signed_conv(rng)
+    g["s2"].membrane_bits = 8
+    g.validate()
+    x = rng.integers(-40, 90, (3,) + tuple(g.input.shape)).astype(np.float64)
+    ref, _ = _assert_bit_exact(g, x, tmp_path)
+    assert ref.saturations["s2"] > 0 and (ref.spikes["s2"] < 0).any()
+
+
+@needs_lava
 def test_most_negative_current_is_exact_on_lava(tmp_path):
     """The edge of the current rule reached with -1 payloads: 2^15 - 1 in one step, negative."""
     g, x = _edge_negative_current(True)
