@@ -212,6 +212,21 @@ def test_pool_inputs_the_lowering_refuses():
         assert "a ReLU before the max pool" in found[0].fix and "--maxpool conv" in found[0].fix
 
 
+def test_a_pool_of_signed_spikes_is_refused_and_binary_pools_send_binary_messages(tmp_path):
+    """A -1 would lower a counter while the pool's running maximum keeps it, so loihi
+    refuses a max pool of signed spikes, naming the fix; a pool of binary spikes sends
+    binary messages to the layers it feeds."""
+    g = pools_graph()
+    get_backend("loihi").lower(g, tmp_path)
+    net = json.loads((tmp_path / "network.json").read_text())
+    assert {c["name"]: c["message_bits"] for c in net["connections"]}["m1->s2"] == 0
+    signed = pools_graph()
+    signed["s1"].spikes = "signed"
+    found = [v for v in get_backend("loihi").check(signed) if v.layer == "m1"]
+    assert [(v.quantity, v.value) for v in found] == [("input of a max pool", "signed spikes")]
+    assert "--spikes binary" in found[0].fix
+
+
 def test_capacity_counts_counters_and_maxima():
     """A pool slice's state is a counter per compartment plus a maximum per unit, each
     maxpool_count_bits wide (in place of an IF neuron's 48 bits per compartment): the

@@ -117,7 +117,7 @@ def test_cli_signed_spikes_end_to_end(digits_dir, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--reset", "zero", "--input-mode", "every_step"], "signed spikes need reset by subtraction"),
-    (["--target", "loihi"], "spikes"),
+    (["--target", "nir"], "spikes"),  # nir carries binary spikes only
     (["--train", "{val}", "--val", "{val}", "--method", "stdb"], "--method stdb trains through binary spikes only"),
 ])
 def test_cli_refuses_what_cannot_take_signed_spikes(digits_dir, tmp_path, extra, message):

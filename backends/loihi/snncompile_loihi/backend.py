@@ -153,7 +153,7 @@ class LoihiBackend(Backend):
             reasons={"weight_bits": "8-bit synaptic weights",
                      "membrane_bits": "24-bit v register, input and threshold << 6",
                      "input_mode": "a once-injected input is T times the current in one step",
-                     "spikes": "Loihi neurons send binary spikes here"},
+                     "spikes": "the default; --spikes signed takes a custom neuron, docs/loihi.md"},
             input_rule=lambda g: input_width_violations(build_network(g), g),
             input_reason=(f"the first layer's current per step fits Loihi's "
                           f"{(L.CURRENT_MAX + 1).bit_length()}-bit input port and its threshold "

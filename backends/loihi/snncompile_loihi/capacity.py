@@ -108,19 +108,31 @@ def map_graph(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = 
     pools = {n.name for n in graph.nodes if isinstance(n, MaxPool2dNode)}
     for fp in layer_footprints(graph) if layers is None else layers:
         pool = fp.name in pools
-        n = largest_slice(fp, _fits(fp, o, pool))
+        lo = signed_options(graph, fp.name, o)
+        n = largest_slice(fp, _fits(fp, lo, pool))
         if n == 0:
-            out.problems.append(_unmappable(fp, o, pool))
+            out.problems.append(_unmappable(fp, lo, pool))
             continue
         cores = -(-fp.units // n)
         d = demand(fp, n)
         first = out.cores
         chips = (first + cores - 1) // per_chip - first // per_chip + 1
         out.layers.append(LayerMap(fp.name, cores, first, chips, n, fp.fanin, fp.folded_fanin,
-                                   core_bits(fp, d, o, pool), d.stored))
+                                   core_bits(fp, d, lo, pool), d.stored))
         out.cores += cores
     out.chips = -(-out.cores // per_chip)
     return out
+
+
+def signed_options(graph: Graph, name: str, o: dict[str, int]) -> dict[str, int]:
+    """The options for layer ``name``: a signed IF layer's neurons hold one more state word,
+    the net count that decides a -1 (assumed as wide as u and v, 24 bits: its own figure is
+    not published). The +-1 payload travels in the spike message, not in core memory, so
+    message bits add nothing to it."""
+    n = graph[name] if name in graph else None
+    if getattr(n, "spikes", "binary") != "signed":
+        return o
+    return dict(o, neuron_bits=o["neuron_bits"] + L.SIGNED_STATE_BITS)
 
 
 def smallest_system(chips: int) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from . import limits as L
-from .encode import bias_code, delay_code, vth_code, weight_code
+from .encode import SPIKE_PAYLOADS, bias_code, delay_code, message_bits, vth_code, weight_code
 from .network import Network
 
 FORMAT = "snncompile-loihi-net"
@@ -42,16 +42,27 @@ def network_manifest(net: Network) -> dict:
         "populations": [{"name": p.name, "shape": list(p.shape), "size": p.size, "depth": p.depth,
                          "reset": p.reset, "membrane_bits": p.membrane_bits,
                          "v_limit": 2 ** (p.membrane_bits - 1) - 1,
-                         "bias_first_step": p.bias_first_step} for p in net.populations],
-        "connections": [_connection(c) for c in net.connections],
+                         "bias_first_step": p.bias_first_step, "spikes": p.spikes}
+                        for p in net.populations],
+        "connections": [dict(_connection(c), message_bits=message_bits(_source_kind(net, c.src)),
+                             part=c.part) for c in net.connections],
         "bias_sources": [{"name": b.name, "dst": b.dst, "depth": b.depth,
                           "first_step": b.first_step}
                          for b in net.bias_sources],
-        "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth}
-                    for o in net.outputs],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "size": o.size, "depth": o.depth,
+                     "parts": o.parts} for o in net.outputs],
         "pools": [{"name": p.name, "shape": list(p.shape), "size": p.size, "depth": p.depth,
                    "slots": p.slots, "count_bits": p.count_bits} for p in net.pools],
     }
+
+
+def _source_kind(net: Network, src: str) -> str:
+    """What a connection from ``src`` carries: "input", or the population's (or a max pool's:
+    binary) spike kind."""
+    if src == net.input_name:
+        return "input"
+    # a max pool's spikes are binary
+    return next((p.spikes for p in net.populations if p.name == src), "binary")
 
 
 def _connection(c) -> dict:
@@ -111,11 +122,14 @@ def read_network(directory: Path) -> Network:
         inp = m["input"]
         net = Network(inp["name"], tuple(inp["shape"]), inp["mode"], inp["bits"], m["timesteps"])
         for p in m["populations"]:
+            if p.get("spikes", "binary") not in SPIKE_PAYLOADS:
+                raise ArtifactError(f"{directory}/network.json: population '{p['name']}' has unknown "
+                                    f"spikes {p['spikes']!r} (binary or signed)")
             k = f"pop/{p['name']}/"
             net.populations.append(IntFireLayer(
                 p["name"], tuple(p["shape"]), p["depth"], z[k + "theta"].astype(np.int64),
                 z[k + "v_init"].astype(np.int64), z[k + "bias"].astype(np.int64),
-                p["bias_first_step"], p["reset"], p["membrane_bits"]))
+                p["bias_first_step"], p["reset"], p["membrane_bits"], p.get("spikes", "binary")))
         for c in m["connections"]:
             w = z[f"conn/{c['name']}/weight"].astype(np.int64) << c["weight_exp"]
             conv = {} if c["kind"] != "conv" else {
@@ -124,8 +138,8 @@ def read_network(directory: Path) -> Network:
                 "dilation": tuple(c["dilation"]), "groups": c["groups"]}
             net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
                                               int(np.abs(w).max(initial=0)) >> c["weight_exp"],
-                                              kind=c["kind"],
-                                              delay=c.get("delay", 0), **conv))
+                                              kind=c["kind"], delay=c.get("delay", 0),
+                                              part=c.get("part", 0), **conv))
         for b in m.get("bias_sources", []):
             net.bias_sources.append(BiasSource(b["name"], b["dst"], b["depth"],
                                                z[f"bias/{b['name']}/bias"].astype(np.int64),
@@ -135,5 +149,5 @@ def read_network(directory: Path) -> Network:
                                           p["count_bits"]))
         for o in m["outputs"]:
             net.outputs.append(Output(o["name"], tuple(o["shape"]), o["depth"],
-                                      z[f"out/{o['name']}/bias"].astype(np.int64)))
+                                      z[f"out/{o['name']}/bias"].astype(np.int64), o.get("parts", 1)))
     return net

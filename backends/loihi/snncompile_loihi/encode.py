@@ -19,6 +19,9 @@ The arithmetic is read from lava-nc 0.10.0:
 * neuron bias: ``bias_mant`` 13-bit signed, used with ``bias_exp = 6`` (weight units).
 * synaptic delay (``DelayDense``): 6 bits, 0..63 steps.
 * input per step: LIF ``a_in`` and Dense ``a_out`` are declared 16-bit ports.
+* messages: with ``num_message_bits = 0`` Dense and Conv read a spike as a bool (a -1 would
+  count as +1); with more, they multiply the weight by the payload. Signed spikes (+1/-1)
+  and the input therefore go as graded spikes.
 """
 
 from __future__ import annotations
@@ -102,3 +105,20 @@ def payload_code(values: np.ndarray) -> np.ndarray:
     if int(np.abs(v).max(initial=0)) > PAYLOAD_MAX:
         raise DoesNotFit(f"graded spike payload ({MESSAGE_BITS}-bit)", int(np.abs(v).max()), PAYLOAD_MAX)
     return v.astype(np.int32)
+
+
+SPIKE_PAYLOADS = {"binary": (0, 1), "signed": (-1, 0, 1)}   # what an IF population sends
+
+
+def message_bits(source: str) -> int:
+    """``num_message_bits`` of a connection from ``source``: "input" (integer levels as
+    graded spikes), or an IF population's spike kind ("binary": 0, a binary spike;
+    "signed": its payloads -1 and +1 as graded spikes of the input's width)."""
+    if source == "input":
+        return MESSAGE_BITS
+    if source not in SPIKE_PAYLOADS:
+        raise DoesNotFit("spike kind", source, "/".join(SPIKE_PAYLOADS))
+    if min(SPIKE_PAYLOADS[source]) >= 0:
+        return 0
+    payload_code(np.array(SPIKE_PAYLOADS[source]))  # +-1 fits any graded spike
+    return MESSAGE_BITS

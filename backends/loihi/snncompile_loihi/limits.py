@@ -26,6 +26,7 @@ THRESHOLD_BITS = 17             # vth is 17-bit unsigned; theta = vth + 1 <= 2^1
 BIAS_MANT_BITS = 13             # signed bias mantissa, used with bias_exp = 6
 CURRENT_MAX = 2 ** 15 - 1       # |input per step|: LIF a_in / Dense a_out are 16-bit ports
 MESSAGE_BITS = 16               # graded input spikes (num_message_bits)
+SIGNED_STATE_BITS = 24          # a signed neuron's net count: one more state word (assumed)
 
 # Capacity model (capacity.py). Each number is published (Intel, Lava, nengo-loihi), derived
 # from published ones, or assumed; every one is a --target-option.
@@ -90,6 +91,11 @@ SOURCES = {
     "maxpool_count_bits": (f"{ASM}: 24-bit spike counters and running maxima, the width of a "
                            f"neuron state register ({LAVA_LIF}: u, v); a count up to T needs "
                            "T <= 2^bits - 1; option maxpool_count_bits (1..24)"),
+    "spike_modes": ("binary: IntFire; signed: SignedIntFire (lava_intfire/intfire.py), +1/-1 as "
+                    "graded spikes (num_message_bits = 16; lava-nc Dense/Conv multiply the weight by "
+                    "the payload); on a chip both need a custom Loihi 2 neuron program (docs/loihi.md)"),
+    "signed_state_bits": (f"{ASM}: a signed neuron keeps its net count as one more 24-bit state "
+                          "word beside u and v (capacity.py counts neuron_bits + 24 for it)"),
 }
 
 
@@ -134,4 +140,5 @@ def loihi_limits(options: Mapping[str, str]) -> Limits:
                   synapses_per_core=o["synapses_per_core"], cores=o["cores"] * o["chips"],
                   membrane_bits=MEMBRANE_BITS, threshold_bits=THRESHOLD_BITS,
                   reset_modes=("subtract", "zero"), input_modes=("once", "every_step"),
+                  spike_modes=("binary", "signed"),
                   delay_per_layer=1, sources=SOURCES)

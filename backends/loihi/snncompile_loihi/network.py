@@ -22,6 +22,7 @@ instead of raising, so ``check`` can report every problem at once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ from snncompile.ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2
                            ReshapeNode, WeightedNode)
 from snncompile.plugin import FlatNetwork, Violation, chain_ops, flatten_network, synapse_chains
 
+from . import limits as L
 from .encode import DoesNotFit, bias_fits_neuron, delay_code
 
 LINEAR_OPS = (Conv2dNode, DenseNode, AffineNode, AvgPool2dNode, FlattenNode, ReshapeNode, PadNode,
@@ -51,6 +53,7 @@ class IntFireLayer:
     bias_first_step: bool
     reset: str
     membrane_bits: int
+    spikes: str = "binary"          # "signed": SignedIntFire, +1/-1 as graded spikes
 
     @property
     def size(self) -> int:
@@ -76,6 +79,7 @@ class Connection:
     padding: tuple[int, int] = (0, 0)   # (rows, columns), each applied on both sides
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    part: int = 0                   # which accumulator of a split output it feeds (split_outputs)
 
     @property
     def synapses(self) -> int:
@@ -93,6 +97,7 @@ class Output:
     shape: tuple[int, ...]
     depth: int
     bias: np.ndarray                # (size,) per-step bias; the window adds T times it
+    parts: int = 1                  # accumulators whose sum it is (split_outputs)
 
     @property
     def size(self) -> int:
@@ -260,10 +265,48 @@ def build_network(graph: Graph, timesteps: int | None = None,
             net.populations.append(IntFireLayer(
                 node.name, tuple(node.shape), d, _per_neuron(node.threshold, node.shape),
                 _per_neuron(node.v_init, node.shape), bias, first_step, node.reset,
-                node.membrane_bits))
+                node.membrane_bits, node.spikes))
         else:
             net.outputs.append(Output(node.name, tuple(node.shape), d, bias))
+    split_outputs(net)
     return net
+
+
+def split_outputs(net: Network, port_max: int = L.CURRENT_MAX) -> None:
+    """Split each output whose spikes could bring more than ``port_max`` in one step (a
+    global pool folded into the classifier: 16 positions x the weights) into accumulators
+    that each receive at most that, summed by the host that reads them. Only outputs fed by
+    dense connections from spiking populations are split (a spike, +1 or -1, brings at most
+    |w|); the source columns are dealt greedily, in order, to the accumulators."""
+    for o in net.outputs:
+        inc = net.incoming(o.name)
+        if not inc or any(c.kind != "dense" or c.src == net.input_name for c in inc):
+            continue
+        if int(sum(np.abs(np.asarray(c.weight, np.int64)).sum(axis=1) for c in inc).max()) <= port_max:
+            continue
+        load = np.zeros(o.size, np.int64)
+        cols: list[list[tuple[Connection, int]]] = [[]]
+        for c in inc:
+            w = np.abs(np.asarray(c.weight, np.int64))
+            for j in range(w.shape[1]):
+                if cols[-1] and np.any(load + w[:, j] > port_max):
+                    cols.append([])
+                    load[:] = 0
+                load += w[:, j]
+                cols[-1].append((c, j))
+        if len(cols) == 1:
+            continue
+        for c in inc:
+            net.connections.remove(c)
+        for k, part in enumerate(cols):
+            for c in inc:
+                idx = [j for cc, j in part if cc is c]
+                if not idx:
+                    continue
+                w = np.zeros_like(c.weight)
+                w[:, idx] = c.weight[:, idx]
+                net.connections.append(dataclasses.replace(c, name=f"{c.name}#{k}", weight=w, part=k))
+        o.parts = len(cols)
 
 
 def _as_conv(graph: Graph, layer: Node, src: str, delay: int = 0) -> Connection | None:
@@ -316,6 +359,13 @@ def _add_max_pool(net: Network, graph: Graph, flat: FlatNetwork, node: MaxPool2d
             net.problems.append(Violation(name, "input of a max pool", "not spikes",
                                           "the spikes of an IF layer or a max pool",
                                           _fix_for(node)))
+        return
+    signed = {p.name for p in net.populations if p.spikes == "signed"}
+    if any(p.source in signed for p in incoming):
+        net.problems.append(Violation(name, "input of a max pool", "signed spikes",
+                                      "binary spikes (a -1 would lower a counter's maximum)",
+                                      "--spikes binary, or convert with --maxpool avg or "
+                                      "--maxpool conv"))
         return
     sel = sum((p.matrix for p in incoming[1:]), incoming[0].matrix.copy()).tocsr()
     if (sel.data != 1).any() or (np.diff(sel.indptr) > 1).any() or np.any(flat.bias_every[name]) \

@@ -18,6 +18,8 @@ vThMant``, ``bias_exp = 6``). The stock LIF resets to zero, so a network fits ne
 netx's neuron types are CUBA/LOIHI (LIF, LIFReset: reset to zero), SDNN (sigma-delta) and
 resonators: none resets by subtraction, snncompile's default, so a default build has no
 ``netx.h5`` and ``netx-unsupported.txt`` says why.
+Signed spikes are not netx either: no netx neuron sends the signed neuron's -1 (SDNN's
+sigma-delta neurons send signed deltas of their activation, a different rule).
 
 Each population becomes a ``dense`` layer with its folded integer weights (shape stored as
 ``[size]``, flat in the IR's row-major order; a convolution is written as the dense matrix it
@@ -83,6 +85,9 @@ def netx_problems(net: Network) -> list[str]:
                        f"largest threshold {VTH_MAX} of the never-spiking neuron that holds it")
         if not bias_fits_neuron(o.bias):
             why.append(f"the output '{o.name}' has a bias wider than the 13-bit mantissa")
+        if o.parts > 1:
+            why.append(f"the output '{o.name}' is split into {o.parts} accumulators (its input per "
+                       "step exceeds the 16-bit port); netx has one output block")
     for p in net.populations:
         if p.reset != "zero":
             why.append(f"'{p.name}' resets by subtraction (netx's LIF resets to zero)")
@@ -92,6 +97,10 @@ def netx_problems(net: Network) -> list[str]:
             why.append(f"'{p.name}' has more than one threshold (netx: one vThMant per layer)")
         if p.bias_first_step:
             why.append(f"'{p.name}' has a first-step bias (netx: a constant bias)")
+        if p.spikes == "signed":
+            why.append(f"'{p.name}' sends signed spikes (-1 takes a spike back): no netx neuron "
+                       "does (CUBA/LOIHI are Lava's LIF neurons; SDNN sends quantized deltas of its "
+                       "activation, not a -1 that takes back a spike)")
     return why
 
 

@@ -87,16 +87,18 @@ def current_bound(net: Network, name: str) -> int:
     """Largest |current| a neuron of population (or output) ``name`` can receive in one step:
     its incoming weights' absolute row sums times the largest value of each source, plus a
     bias that arrives as graded spikes (all of a first-step one in one step). A bias held in
-    the neuron's own bias register adds to v, not to the current, and is not counted."""
-    total = 0
+    the neuron's own bias register adds to v, not to the current, and is not counted. A
+    spike brings at most 1 x |w|, a signed one (-1) too. For an output split into
+    accumulators (``split_outputs``): the largest of theirs."""
+    total = {0: 0}
     for c in net.incoming(name):
         w = np.abs(np.asarray(c.weight, np.int64))
         rows = int(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0))
-        total += rows * (input_bound(net) if c.src == net.input_name else 1)
+        total[c.part] = total.get(c.part, 0) + rows * (input_bound(net) if c.src == net.input_name else 1)
     for s in net.bias_sources:
         if s.dst == name:
-            total += int(np.abs(s.charge(net.timesteps)).max(initial=0))
-    return total
+            total[0] += int(np.abs(s.charge(net.timesteps)).max(initial=0))
+    return max(total.values())
 
 
 def _rule_current_register(net: Network, lim: Limits) -> list[Violation]:

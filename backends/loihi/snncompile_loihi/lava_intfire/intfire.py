@@ -30,6 +30,9 @@ of ``lava/utils/weightutils.py``, then the ``weight_exp`` shift of the sum), whi
 a counter per window input (one compartment, one synapse), a running maximum per pool unit,
 a spike when that maximum grows; reset at each window start as IntFire's state is.
 
+``SignedIntFire`` (below) is IntFire with the IR's signed spikes (+1, or -1 that takes a
+spike of the window back), sent as graded spikes.
+
 ``Recorder`` (below) records a port's values to a file, for reading results back quickly.
 
 This file is self-contained (lava and numpy only): snncompile copies it into every Loihi
@@ -138,6 +141,44 @@ class PyIntFireModelFixed(AbstractPyLifModelFixed):
         spikes = self.spiking_activation()
         self.reset_voltage(spike_vector=spikes)
         self.s_out.send(spikes)
+
+
+class SignedIntFire(IntFire):
+    """IntFire neurons that also send -1: the IR's signed neuron with memory (reset by
+    subtraction only). A neuron sends +1 when ``v >= theta``, else -1 when ``v < 0`` and
+    its net count in the window (``net``, +1s minus -1s so far) is above 0, and subtracts
+    ``s * theta``; the payload (+1 or -1) travels as a graded spike, so each connection it
+    feeds needs ``num_message_bits > 0`` (with 0, Lava's Dense and Conv read any non-zero
+    payload as a binary spike, +1)."""
+
+    def __init__(self, **kwargs) -> None:
+        if kwargs.get("reset_mode", "subtract") != "subtract":
+            raise ValueError("signed spikes need reset_mode 'subtract'")
+        super().__init__(**kwargs)
+        self.net = Var(shape=kwargs["shape"], init=0)
+
+
+@implements(proc=SignedIntFire, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PySignedIntFireModelFixed(PyIntFireModelFixed):
+    """Fixed-point SignedIntFire: IntFire's update (window reset, bias, clamp, wraps), with
+    the signed spike rule and a per-neuron net count that returns to 0 with the window."""
+
+    implements_process = None   # a model of its own process: Lava refuses to replace an inherited one
+    net: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def spiking_activation(self):
+        if (self.time_step % self.window) == self.window_offset:
+            self.net[:] = 0   # the window starts: IntFire's run_spk has just reset u and v
+        up = self.v > self.effective_vth                # v >= theta (v is a multiple of 64)
+        down = (self.v < 0) & (self.net > 0)            # takes a spike of this window back
+        return up.astype(np.int32) - down.astype(np.int32)
+
+    def reset_voltage(self, spike_vector: np.ndarray):
+        theta = self.effective_vth + (np.int32(1) << self.vth_shift)
+        self.v[:] = self.v - spike_vector * theta
+        self.net[:] = self.net + spike_vector
 
 
 class LoihiConv(Conv):

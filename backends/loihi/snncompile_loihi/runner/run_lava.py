@@ -6,13 +6,14 @@
 ``x_int.npz`` holds ``x``: integer input levels (N, *input shape). ``result.npz`` receives,
 per output ``<name>``, ``out/<name>`` (N, size): the output accumulator (sum over the window
 of the output layer's input current), and with ``--record-spikes`` ``spikes/<name>`` (T, N,
-size) uint8 per IF layer, and ``wraps/<name>``: inputs beyond the 24-bit current
+size) uint8 per IF layer (int8 for signed spikes), and ``wraps/<name>``: inputs beyond the 24-bit current
 register (results may then differ from the reference), all on the reference time axis (the delays removed), plus
 ``wall_s``/``steps`` timings.
 
 The network is described by ``network.json`` and ``params.npz`` beside this file:
-populations of IntFire neurons (``lava_intfire/intfire.py``), spike-count max pools
-(``SpikeMaxPool``: a counter per window input, fed by a one-hot Conv or a Dense), Dense connections with exact
+populations of IntFire neurons (``lava_intfire/intfire.py``; SignedIntFire for signed
+spikes, whose connections take graded messages), spike-count max pools (``SpikeMaxPool``:
+a counter per window input, fed by a one-hot Conv or a Dense), Dense connections with exact
 weights ``m * 2^e`` (8-bit mantissa m: ``weights = 2 m``, ``weight_exp = e - 1``), a DelayDense
 where a shorter branch joins a longer one, biases wider than the neuron's
 13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (``LoihiConv``:
@@ -115,7 +116,7 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     sys.path.insert(0, processes)
     from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.io.source import RingBuffer as Source
-    from lava_intfire.intfire import IntFire, LoihiConv, Recorder, SpikeMaxPool
+    from lava_intfire.intfire import IntFire, LoihiConv, Recorder, SignedIntFire, SpikeMaxPool
 
     files = []
 
@@ -130,7 +131,8 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     pops = {}
     for p in net["populations"]:
         name, size = p["name"], p["size"]
-        pop = IntFire(shape=(size,), vth=params[f"pop/{name}/vth"],
+        neuron = SignedIntFire if p.get("spikes", "binary") == "signed" else IntFire
+        pop = neuron(shape=(size,), vth=params[f"pop/{name}/vth"],
                       bias_mant=params[f"pop/{name}/bias_mant"], bias_exp=6,
                       v_reset=params[f"pop/{name}/v_init"] * 64, reset_mode=p["reset"],
                       window=T, window_offset=(1 + p["depth"]) % T,
@@ -157,8 +159,11 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
             pool.s_out.connect(rec.a_in)
     out_sinks = {}
     for o in net["outputs"]:
-        rec, out_sinks[o["name"]] = Sink((o["size"],), o["name"])
-        targets[o["name"]] = rec.a_in
+        out_sinks[o["name"]] = []
+        for k in range(o.get("parts", 1)):  # a split output: accumulators the host adds up
+            rec, path = Sink((o["size"],), f"{o['name']} #{k}")
+            out_sinks[o["name"]].append(path)
+            targets[_part(o["name"], k)] = rec.a_in
     for b in net.get("bias_sources", []):  # wide biases as constant graded spikes
         charge = params[f"bias/{b['name']}/bias"].astype(np.int64) * (T if b["first_step"] else 1)
         digits, payload = bias_digits(charge)
@@ -174,9 +179,10 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
     for c in net["connections"]:
         graded = c["src"] == net["input"]["name"]
         w = params[f"conn/{c['name']}/weight"].astype(np.int32)
-        bits = MESSAGE_BITS if graded else 0
+        bits = c.get("message_bits", MESSAGE_BITS if graded else 0)  # signed spikes: graded
         if c["kind"] == "conv":
-            conv_connect(c, w, bits, ports[c["src"]], targets[c["dst"]], LoihiConv)
+            conv_connect(c, w, bits, ports[c["src"]], targets[_part(c["dst"], c.get("part", 0))],
+                         LoihiConv)
         else:
             delay, exp = c.get("delay", 0), c["weight_exp"] - 1
             if delay:  # a skip over shorter branches: DelayDense adds `delay` steps
@@ -186,8 +192,13 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
             else:
                 dense = Dense(weights=2 * w, weight_exp=exp, num_message_bits=bits, name=c["name"])
             ports[c["src"]].connect(dense.s_in)
-            dense.a_out.connect(targets[c["dst"]])
+            dense.a_out.connect(targets[_part(c["dst"], c.get("part", 0))])
     return source, pops, out_sinks, spike_sinks
+
+
+def _part(name: str, part: int) -> str:
+    """The target name of accumulator ``part`` of an output (0: the output's own name)."""
+    return f"{name}#{part}" if part else name
 
 
 def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
@@ -217,7 +228,7 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
             source.run(condition=RunSteps(num_steps=steps - 1), run_cfg=cfg)
         t2 = time.perf_counter()
         for o in net["outputs"]:
-            data = np.load(out_sinks[o["name"]]).astype(np.int64)   # (size, steps)
+            data = sum(np.load(f).astype(np.int64) for f in out_sinks[o["name"]])  # (size, steps)
             d = o["depth"]
             win = data[:, d:d + n * T].reshape(o["size"], n, T).sum(axis=2).T
             result[f"out/{o['name']}"] = win + T * params[f"out/{o['name']}/bias"].astype(np.int64)
@@ -226,7 +237,8 @@ def run(x: np.ndarray, T: int | None = None, record_spikes: bool = False,
                 data = np.load(spike_sinks[p["name"]])
                 d = p["depth"]
                 s = data[:, d:d + n * T].reshape(p["size"], n, T)
-                result[f"spikes/{p['name']}"] = np.transpose(s, (2, 1, 0)).astype(np.uint8)
+                kind = np.int8 if p.get("spikes", "binary") == "signed" else np.uint8  # -1 spikes
+                result[f"spikes/{p['name']}"] = np.transpose(s, (2, 1, 0)).astype(kind)
         for name, pop in pops.items():
             result[f"wraps/{name}"] = np.asarray(pop.wraps.get(), np.int64).reshape(())
     finally:
