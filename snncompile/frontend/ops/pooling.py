@@ -4,7 +4,7 @@ GlobalMaxPool.
 Average pooling maps exactly onto a sum pool with the 1/k^2 in the scale; the IR node counts
 zero padding in the divisor (count_include_pad=1), so an average that excludes padding is
 refused. Max pooling is converted to spike-count max pooling, with a warning naming the layer
-because not every backend can map it.
+and the target that cannot carry it (nir).
 """
 
 from __future__ import annotations
@@ -91,6 +91,5 @@ def global_max_pool(ctx: ImportContext, node: onnx.NodeProto) -> None:
 
 def _maxpool_warning(ctx: ImportContext, node: onnx.NodeProto) -> None:
     ctx.warn(f"{node.op_type} node '{node.name or node.output[0]}' (output '{node.output[0]}') "
-             "is converted to spike-count max pooling: exact on spike counts, but not every "
-             "backend can map it; for the widest hardware support convert with --maxpool avg, "
-             "or replace it with average pooling or a stride-2 convolution")
+             "is converted to spike-count max pooling (exact on spike counts; loihi, cyclesim "
+             "and netlist carry it, nir cannot: for nir convert with --maxpool avg or --maxpool conv)")
