@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Profile, Violation, check_limits,
-                               flatten_network)
+                               structured_network)
 
 from .arch import Architecture
 from .engine import combine_stats, run_network
@@ -76,7 +76,7 @@ class CycleSimBackend(Backend):
         return {k: {"cores": v} for k, v in cores_per_population(graph, self.arch).items()}
 
     def lower(self, graph, directory: Path, progress=None) -> None:
-        net = flatten_network(graph, progress=progress)
+        net = structured_network(graph, progress=progress)
         save(Path(directory), net, self.arch, recount(map_network(graph, self.arch), net))
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
