@@ -93,50 +93,47 @@ class ConvOp:
         """(B, n_in) -> (B, n_out) float64: the map on values."""
         return self._run(self.kernel, values)
 
+    def _mask(self) -> np.ndarray:
+        if getattr(self, "_mask_cache", None) is None:
+            self._mask_cache = (self.kernel != 0).astype(np.float64)
+        return self._mask_cache
+
     def pattern(self, active: np.ndarray) -> np.ndarray:
         """(B, n_in) 0/1 -> (B, n_out): per row, the nonzero entries in active columns."""
-        return self._run((self.kernel != 0).astype(np.float64), active)
+        return self._run(self._mask(), active)
 
     def row_synapses(self) -> np.ndarray:
         return np.rint(self.pattern(np.ones((1, self.n_in)))[0]).astype(np.int64)
 
     def axons(self, lo: int, hi: int) -> int:
         """Distinct source units with a synapse into rows [lo, hi)."""
-        torch = _torch()
-        F = torch.nn.functional
-        c_in, h, w = self.in_shape
+        _, h, w = self.in_shape
         co, ho, wo = self.out_shape
         hw = ho * wo
-        kh, kw = self.kernel.shape[2:]
-        (sy, sx), (dy, dx), (pt, pl) = self.stride, self.dilation, self.pad
+        sy, (pt, pl) = self.stride[0], self.pad
         c_lo, c_hi = lo // hw, (hi - 1) // hw + 1
         y_lo, y_hi = (((lo % hw) // wo, ((hi - 1) % hw) // wo + 1) if c_hi - c_lo == 1 else (0, ho))
         ind = np.zeros((c_hi - c_lo) * hw)
         ind[lo - c_lo * hw:hi - c_lo * hw] = 1
         ind = ind.reshape(1, c_hi - c_lo, ho, wo)[:, :, y_lo:y_hi]
-        mask = (self.kernel != 0).astype(np.float64)
+        mask = self._mask()
         per_group, cin_g = co // self.groups, self.kernel.shape[1]
-        seen = np.zeros((c_in, h, w), bool)
+        axons = 0  # groups read disjoint input channels: their counts add up
         for g in range(c_lo // per_group, (c_hi - 1) // per_group + 1):
             a, b = max(c_lo, g * per_group), min(c_hi, (g + 1) * per_group)
-            r = F.conv_transpose2d(torch.from_numpy(np.ascontiguousarray(ind[:, a - c_lo:b - c_lo])),
-                                   torch.from_numpy(mask[a:b]), stride=self.stride, dilation=self.dilation)
-            r = r[0].numpy() != 0  # (cin_g, rows, cols) in padded coordinates from row y_lo * sy
+            r = _transposed(ind[:, a - c_lo:b - c_lo], mask[a:b], self.stride, self.dilation)
+            r = r[0] != 0  # (cin_g, rows, cols) in padded coordinates from row y_lo * sy
             top, left = y_lo * sy - pt, -pl
             ys = slice(max(0, top), min(h, top + r.shape[1]))
             xs = slice(max(0, left), min(w, left + r.shape[2]))
             if ys.start < ys.stop and xs.start < xs.stop:
-                seen[g * cin_g:(g + 1) * cin_g, ys, xs] |= r[:, ys.start - top:ys.stop - top,
-                                                              xs.start - left:xs.stop - left]
-        return int(seen.sum())
+                axons += int(np.count_nonzero(r[:, ys.start - top:ys.stop - top, xs.start - left:xs.stop - left]))
+        return axons
 
     def column_reach(self) -> np.ndarray:
         """Per source unit, how many target rows it reaches."""
-        torch = _torch()
-        F = torch.nn.functional
-        r = F.conv_transpose2d(torch.ones((1,) + tuple(self.out_shape), dtype=torch.float64),
-                               torch.from_numpy((self.kernel != 0).astype(np.float64)), stride=self.stride,
-                               dilation=self.dilation, groups=self.groups)[0].numpy()
+        r = _transposed(np.ones((1,) + tuple(self.out_shape)), self._mask(), self.stride, self.dilation,
+                        self.groups)[0]
         c, h, w = self.in_shape
         pt, pl = self.pad
         out = np.zeros((c, h, w))
@@ -155,6 +152,25 @@ class ConvOp:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"kernel": narrow(self.kernel)}
+
+
+def _transposed(y: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], dilation: tuple[int, int],
+                groups: int = 1) -> np.ndarray:
+    """conv_transpose2d(y, kernel) (no padding), computed as a convolution of the
+    zero-stuffed, padded ``y`` with the flipped kernel (torch's CPU transposed convolution
+    is an order of magnitude slower on the small inputs a mapper gives it)."""
+    torch = _torch()
+    b, c, n, m = y.shape
+    (sy, sx), (dy, dx) = stride, dilation
+    kh, kw = kernel.shape[2:]
+    py, px = (kh - 1) * dy, (kw - 1) * dx
+    up = np.zeros((b, c, (n - 1) * sy + 1 + 2 * py, (m - 1) * sx + 1 + 2 * px))
+    up[:, :, py:py + (n - 1) * sy + 1:sy, px:px + (m - 1) * sx + 1:sx] = y
+    per, cin_g = kernel.shape[0] // groups, kernel.shape[1]
+    k = np.flip(kernel, (2, 3)).reshape(groups, per, cin_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    k = np.ascontiguousarray(k.reshape(groups * cin_g, per, kh, kw))
+    return torch.nn.functional.conv2d(torch.from_numpy(up), torch.from_numpy(k), dilation=dilation,
+                                      groups=groups).numpy()
 
 
 @dataclass
@@ -191,7 +207,10 @@ class DenseOp:
         return self._mul(lambda m: (m != 0).astype(np.float64), z)
 
     def _pre_fanin(self) -> np.ndarray:
-        return self.pre.row_synapses() if self.pre is not None else np.ones(self.weight.shape[1], np.int64)
+        if getattr(self, "_fanin_cache", None) is None:
+            self._fanin_cache = (self.pre.row_synapses() if self.pre is not None
+                                 else np.ones(self.weight.shape[1], np.int64))
+        return self._fanin_cache
 
     def row_synapses(self) -> np.ndarray:
         return np.rint(self.pattern(np.ones((1, self.n_in)))[0]).astype(np.int64)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from snncompile.plugin import ArtifactError, Op, StructuredNetwork, op_from, read_json, read_npz
+from snncompile.plugin import ArtifactError, Op, StructuredNetwork, narrow, op_from, read_json, read_npz
 
 from .arch import Architecture
 from .mapping import Core
@@ -29,11 +29,11 @@ def save(directory: Path, net: StructuredNetwork, arch: Architecture, cores: lis
              "reset": p.reset, "membrane_bits": p.membrane_bits, "input_mode": p.input_mode,
              "spikes": p.spikes}
         if p.kind != "input":
-            arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
-            arrays[f"p{i}.bias_first"] = net.bias_first[p.name]
+            arrays[f"p{i}.bias_every"] = narrow(net.bias_every[p.name])
+            arrays[f"p{i}.bias_first"] = narrow(net.bias_first[p.name])
         if p.kind == "if":
-            arrays[f"p{i}.threshold"] = p.threshold
-            arrays[f"p{i}.v_init"] = p.v_init
+            arrays[f"p{i}.threshold"] = narrow(p.threshold)
+            arrays[f"p{i}.v_init"] = narrow(p.v_init)
         pops.append(e)
     projs = []
     for k, pr in enumerate(net.projections):

@@ -77,12 +77,12 @@ def write_netlist(net: StructuredNetwork, graph, directory: Path) -> None:
             e["compartments"] = p.compartments
             if p.kind == "maxpool":
                 e["slots"] = p.slots
-            arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
-            arrays[f"p{i}.bias_first"] = net.bias_first[p.name]
+            arrays[f"p{i}.bias_every"] = narrow(net.bias_every[p.name])
+            arrays[f"p{i}.bias_first"] = narrow(net.bias_first[p.name])
             e["arrays"] = {"bias_every": f"p{i}.bias_every", "bias_first": f"p{i}.bias_first"}
         if p.kind == "if":
-            arrays[f"p{i}.threshold"] = p.threshold
-            arrays[f"p{i}.v_init"] = p.v_init
+            arrays[f"p{i}.threshold"] = narrow(p.threshold)
+            arrays[f"p{i}.v_init"] = narrow(p.v_init)
             e["arrays"].update({"threshold": f"p{i}.threshold", "v_init": f"p{i}.v_init"})
             e.update({"reset": p.reset, "spikes": p.spikes, "membrane_bits": p.membrane_bits,
                       "threshold_bits": int(p.threshold.max(initial=1)).bit_length()})
