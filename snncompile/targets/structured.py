@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from ..errors import ModelError
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                   Graph, IFNode, InputNode, MaxPool2dNode, PadNode, ReshapeNode, WeightedNode)
-from .flatten import FlatNetwork, Population, _maxpool_slots, _pad_matrix, _per_unit, conv_matrix
+from .flatten import Population, _maxpool_slots, _pad_matrix, _per_unit, conv_matrix
 
 _CHUNK = 1 << 22  # matrix entries converted to float64 at a time (bounded memory for big dense layers)
 
@@ -590,7 +590,7 @@ class StructuredNetwork:
     timesteps: int | None = None
 
     def population(self, name: str) -> Population:
-        return FlatNetwork.population(self, name)  # type: ignore[arg-type]
+        return next(p for p in self.populations if p.name == name)
 
     def into(self, target: str) -> list[StructuredProjection]:
         return [p for p in self.projections if p.target == target]
