@@ -62,6 +62,17 @@ def lower_child(artifact: str, backend: str, options: dict[str, str], folder: st
     return {"load_s": t1 - t0, "lower_s": time.perf_counter() - t1}
 
 
+def _model(out: Path, name: str) -> tuple[Path, Path]:
+    """The folder of the scale builds (shared with bench_scale.py) and the model's ONNX file."""
+    from scale_models import export
+
+    (out / "scale").mkdir(parents=True, exist_ok=True)
+    path = out / "scale" / f"{name}.onnx"
+    if not path.exists():
+        export(name, path)
+    return out / "scale", path
+
+
 def _data(work: Path, name: str, shape: tuple[int, ...]) -> tuple[Path, Path]:
     import numpy as np
 
@@ -83,15 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         print(json.dumps(lower_child(args.child[0], args.child[1], json.loads(args.child[2]), args.child[3])))
         return {}
-    from scale_models import export
-
-    work = args.out / "scale"
-    work.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.models.split(","):
-        onnx_path = work / f"{name}.onnx"
-        if not onnx_path.exists():
-            export(name, onnx_path)
+        work, onnx_path = _model(args.out, name)
         calib, one = _data(work, name, (3, 224, 224))
         for backend in args.targets.split(","):
             opts = _options(backend)
