@@ -283,11 +283,13 @@ Op = Union[ConvOp, DenseOp, MatrixOp]
 def narrow(a: np.ndarray) -> np.ndarray:
     """The narrowest signed integer type that holds ``a`` (readers widen as they like)."""
     a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.integer):
+        a = np.rint(a).astype(np.int64)
     lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
     for t in (np.int8, np.int16, np.int32):
         if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
-            return a.astype(t)
-    return a.astype(np.int64)
+            return a.astype(t, copy=False)
+    return a.astype(np.int64, copy=False)
 
 
 def op_from(meta: dict[str, Any], arrays: Callable[[str], np.ndarray]) -> Op:
@@ -490,7 +492,7 @@ def _node_op(g: Graph, n) -> Op:
         return ConvOp(np.asarray(n.weight_int, np.int64), tuple(n.stride), (n.padding[0], n.padding[1]),
                       tuple(n.dilation), n.groups, in_shape, shape)
     if isinstance(n, DenseNode):
-        return DenseOp(narrow(np.asarray(n.weight_int, np.int64)))
+        return DenseOp(narrow(np.asarray(n.weight_int)))  # no int64 copy: VGG's fc1 has 103 M weights
     if isinstance(n, AffineNode):
         w = np.asarray(n.weight_int, np.int64).ravel()
         if len(shape) == 3:
