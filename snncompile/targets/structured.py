@@ -253,9 +253,10 @@ class MatrixOp:
         return np.asarray(self.matrix.astype(np.float64) @ np.asarray(values, np.float64).T).T
 
     def pattern(self, active: np.ndarray) -> np.ndarray:
-        m = self.matrix.copy()
-        m.data = np.ones_like(m.data, dtype=np.float64)
-        return np.asarray(m @ np.asarray(active, np.float64).T).T
+        if getattr(self, "_ones", None) is None:
+            self._ones = self.matrix.astype(np.float64)
+            self._ones.data[:] = 1.0
+        return np.asarray(self._ones @ np.asarray(active, np.float64).T).T
 
     def row_synapses(self) -> np.ndarray:
         return np.diff(self.matrix.indptr).astype(np.int64)
