@@ -108,7 +108,7 @@ def test_netlist_end_to_end(digits, tmp_path):
     assert res["bit_exact"] is True and res["accuracy"] >= 0.9
     # a corrupted netlist: clear error naming the file, exit 5
     (out / "netlist" / "netlist.json").write_text(
-        (out / "netlist" / "netlist.json").read_text().replace('"version": 1', '"version": 99'))
+        (out / "netlist" / "netlist.json").read_text().replace('"version": 2', '"version": 99'))
     assert_clean_failure(cli("run", str(out), "--data", str(digits / "small.npz")), 5,
                          "netlist.json", "version 99")
 

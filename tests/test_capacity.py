@@ -193,7 +193,7 @@ def test_a_large_network_is_refused_before_it_is_folded(monkeypatch):
 def test_cyclesim_maps_without_folding(monkeypatch):
     import snncompile_cyclesim as cs
 
-    monkeypatch.setattr(cs, "flatten_network", lambda *a: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(cs, "structured_network", lambda *a: (_ for _ in ()).throw(AssertionError))
     g = cnn(size=64)
     b = get_backend("cyclesim", {"neurons_per_core": "256", "cores": "4096", "axons_per_core": "16384"})
     assert b.check(g) == []

@@ -14,7 +14,9 @@ Everything a plugin may import from snncompile is re-exported here or in
 an artifact, the structural figures of :mod:`snncompile.ir.structure` (``populations``, ``fanin_layers``,
 ``population_fanin``, ``chain_ops``, ``weight_bits``), and the error types.
 :func:`flatten_network` turns a graph into populations and integer synapse matrices (what
-neuron-and-synapse hardware needs); :func:`layer_footprints` / :func:`demand` size a slice of
+neuron-and-synapse hardware needs), :func:`structured_network` into the same populations with
+projections that keep convolution weight sharing (files and memory that grow with the
+parameters, not the dense connection count); :func:`layer_footprints` / :func:`demand` size a slice of
 a layer for one core from the graph alone (no matrices), for mapping at any scale;
 :class:`Profile` is what a backend declares of the conversion settings it needs or prefers
 (:meth:`Backend.profile`); :data:`RULES` names the generic limit rules
@@ -44,6 +46,8 @@ from .flatten import FlatNetwork, Population, Projection, flatten_network
 from .footprint import Chain, Demand, Footprint, demand, largest_slice, layer_footprints
 from .profile import Profile
 from .rules import GENERIC_RULES, RULES, LimitError, Limits, Rule, Violation, check_limits
+from .structured import (ConvOp, DenseOp, MatrixOp, Op, StructuredNetwork, StructuredProjection, narrow,
+                         op_from, structured_network)
 
 ENTRY_POINT_GROUP = "snncompile.backends"
 
@@ -55,6 +59,8 @@ __all__ = [
     "Profile", "chain_ops", "synapse_chains", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
     "artifact_file", "read_json", "read_npz",
+    "ConvOp", "DenseOp", "MatrixOp", "Op", "StructuredNetwork", "StructuredProjection", "op_from",
+    "structured_network", "narrow",
 ]
 
 

@@ -118,19 +118,26 @@ def _dense_matrix(n: DenseNode) -> sp.csr_matrix:
 
 
 def _conv_matrix(n: Conv2dNode, in_shape: tuple[int, ...]) -> sp.csr_matrix:
-    w = np.asarray(n.weight_int, np.int64)
+    return conv_matrix(np.asarray(n.weight_int, np.int64), tuple(n.stride), (n.padding[0], n.padding[1]),
+                       tuple(n.dilation), n.groups, in_shape, tuple(n.shape))
+
+
+def conv_matrix(w: np.ndarray, stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int],
+                groups: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> sp.csr_matrix:
+    """The (out units x in units) matrix of a zero-padded convolution with kernel ``w``
+    (padding ``pad`` at the top and left; the output size says the rest)."""
     cout, cin_g, kh, kw = w.shape
     c_in, h, wd = in_shape
-    _, ho, wo = n.shape
+    _, ho, wo = out_shape
     co, ci, ky, kx = (a.ravel() for a in np.meshgrid(np.arange(cout), np.arange(cin_g), np.arange(kh),
                                                       np.arange(kw), indexing="ij"))
     wv = w[co, ci, ky, kx]
     nz = wv != 0
     co, ci, ky, kx, wv = co[nz], ci[nz], ky[nz], kx[nz], wv[nz]
-    cin = (co // (cout // n.groups)) * cin_g + ci
+    cin = (co // (cout // groups)) * cin_g + ci
     oy, ox = (a.ravel() for a in np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij"))
-    iy = oy[None, :] * n.stride[0] - n.padding[0] + ky[:, None] * n.dilation[0]
-    ix = ox[None, :] * n.stride[1] - n.padding[1] + kx[:, None] * n.dilation[1]
+    iy = oy[None, :] * stride[0] - pad[0] + ky[:, None] * dilation[0]
+    ix = ox[None, :] * stride[1] - pad[1] + kx[:, None] * dilation[1]
     keep = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
     rows = (co[:, None] * ho + oy[None, :]) * wo + ox[None, :]
     cols = (cin[:, None] * h + iy) * wd + ix

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Profile, Violation, check_limits,
-                               flatten_network)
+                               structured_network)
 
 from .arch import Architecture
 from .engine import combine_stats, run_network
@@ -76,8 +76,20 @@ class CycleSimBackend(Backend):
         return {k: {"cores": v} for k, v in cores_per_population(graph, self.arch).items()}
 
     def lower(self, graph, directory: Path, progress=None) -> None:
-        net = flatten_network(graph, progress=progress)
-        save(Path(directory), net, self.arch, recount(map_network(graph, self.arch), net))
+        """Structured projections (kernels kept), the cores, and each core's exact axons and
+        synapses; ``progress`` counts the populations twice (composed, then cores counted)."""
+        net = structured_network(graph, progress=None if progress is None else
+                                 lambda done, total, what: progress(done, 2 * total, what))
+        pops = len(net.populations)
+        counted = iter(range(pops + 1, 2 * pops))
+
+        def cores_counted(name: str) -> None:
+            if progress is not None:
+                progress(next(counted, 2 * pops - 1), 2 * pops, f"{name} (cores)")
+
+        save(Path(directory), net, self.arch, recount(map_network(graph, self.arch), net, cores_counted))
+        if progress is not None:
+            progress(2 * pops, 2 * pops, "")
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:

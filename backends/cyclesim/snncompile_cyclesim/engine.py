@@ -1,11 +1,14 @@
 """The event-driven, core-by-core simulation and its cycle and energy accounting.
 
-Each step, every population is processed in order; within it, every core works on its own
-units: the step's events of each source population (nonzero outputs: spikes, or graded
-input charge) are looked up in the core's synapse lists (one list per presynaptic unit,
-CSC), their weights accumulated into the core's compartments, then the core updates its
-units (IF: integrate, saturate, fire, reset; max pool: running counts and their maximum;
-output: accumulate). Samples of a batch are independent copies of the chip, vectorized.
+Each step, every population is processed in order: the step's events of each source
+population (nonzero outputs: spikes, or graded input charge) reach the population's
+compartments through the projection's operator (a convolution's shared kernel, a dense
+matrix, or explicit synapses; :mod:`snncompile.targets.structured`), and every core counts
+the synaptic events that land on its own compartments (for each event, the synapses of its
+source unit into the core); then the units update (IF: integrate, saturate, fire, reset;
+max pool: running counts and their maximum; output: accumulate). A layer is computed for
+all its cores at once and no synapse matrix is built, so memory holds the parameters and
+the units' state. Samples of a batch are independent copies of the chip, vectorized.
 
 Cycle model (per sample): a core spends ``cycles_per_synop`` per synaptic event it
 receives plus ``cycles_per_neuron`` per unit it updates each step. The cores of one layer
@@ -18,84 +21,64 @@ cores) plus the barrier.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from snncompile.plugin import BackendRun, DataError
+from snncompile.plugin import BackendRun, DataError, Op
 
+from .mapping import Core
 from .store import Loaded
 
 
 @dataclass
-class _CoreState:
-    index: int
-    start: int
-    stop: int
-    slots: int
-    inputs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # src, indptr, rows, w
-    bias_every: np.ndarray | None = None
-    bias_first: np.ndarray | None = None
+class _Layer:
+    """One non-input population's state: its cores (contiguous, in unit order) and units."""
+
+    pop: dict[str, Any]
+    cores: list[Core]
+    inputs: list[tuple[str, Op]]
+    starts: np.ndarray                  # first compartment of each core
+    units: np.ndarray                   # units of each core
+    bias_every: np.ndarray
+    bias_first: np.ndarray
     threshold: np.ndarray | None = None
-    v: np.ndarray | None = None
+    v: np.ndarray | None = None         # IF: membranes; max pool: running counts; output: accumulators
     count: np.ndarray | None = None     # IF: (B, units) net spikes so far
-    busy: np.ndarray | None = None      # (B,) cycles spent, all steps
-    events: np.ndarray | None = None    # (B,) synaptic events received, all steps
+    busy: np.ndarray | None = None      # (B, cores) cycles spent, all steps
+    events: np.ndarray | None = None    # (B, cores) synaptic events received, all steps
     busy_before_step: np.ndarray | None = None
 
 
-def _gather(indptr: np.ndarray, rows: np.ndarray, w: np.ndarray, b_idx: np.ndarray, j_idx: np.ndarray,
-            payload: np.ndarray | None, n_rows: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """Apply events (sample b, presynaptic unit j, payload) to a core's synapse lists.
-
-    Returns the (B, n_rows) current and the (B,) number of synaptic events per sample."""
-    starts = indptr[j_idx]
-    lens = indptr[j_idx + 1] - starts
-    total = int(lens.sum())
-    per_sample = np.bincount(b_idx, weights=lens, minlength=B)
-    if total == 0:
-        return np.zeros((B, n_rows), np.int64), per_sample
-    offsets = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
-    weights = w[offsets].astype(np.float64)
-    if payload is not None:
-        weights *= np.repeat(payload, lens)
-    target = np.repeat(b_idx, lens) * n_rows + rows[offsets]
-    cur = np.bincount(target, weights=weights, minlength=B * n_rows)
-    return np.rint(cur).astype(np.int64).reshape(B, n_rows), per_sample
-
-
-def _build_cores(net: Loaded, B: int) -> dict[str, list[_CoreState]]:
-    by_pop: dict[str, list[_CoreState]] = {}
-    pop_index = {p["name"]: i for i, p in enumerate(net.pops)}
-    into: dict[str, list[tuple[str, sp.csr_matrix]]] = {}
-    for src, dst, m in net.projections:
-        into.setdefault(dst, []).append((src, m))
+def _build_layers(net: Loaded, B: int) -> dict[str, _Layer]:
+    out: dict[str, _Layer] = {}
+    into: dict[str, list[tuple[str, Op]]] = {}
+    for src, dst, op in net.projections:
+        into.setdefault(dst, []).append((src, op))
+    by_pop: dict[str, list[Core]] = {}
     for c in net.cores:
-        p = net.pops[pop_index[c.population]]
-        i, s = pop_index[c.population], p["slots"]
-        lo, hi = c.start * s, c.stop * s
-        st = _CoreState(c.index, c.start, c.stop, s)
-        for src, m in into.get(c.population, []):
-            csc = m[lo:hi].tocsc()
-            csc.sort_indices()
-            st.inputs.append((src, csc.indptr.astype(np.int64), csc.indices.astype(np.int64),
-                              csc.data.astype(np.int64)))
-        st.bias_every = net.arrays[f"p{i}.bias_every"][lo:hi].astype(np.int64)
-        st.bias_first = net.arrays[f"p{i}.bias_first"][lo:hi].astype(np.int64)
+        by_pop.setdefault(c.population, []).append(c)
+    for i, p in enumerate(net.pops):
+        if p["kind"] == "input":
+            continue
+        cores = sorted(by_pop.get(p["name"], []), key=lambda c: c.start)
+        s = p["slots"]
+        n = int(np.prod(p["shape"]))
+        lay = _Layer(p, cores, into.get(p["name"], []), np.array([c.start * s for c in cores], np.int64),
+                     np.array([c.stop - c.start for c in cores], np.int64),
+                     net.arrays[f"p{i}.bias_every"].astype(np.int64), net.arrays[f"p{i}.bias_first"].astype(np.int64))
         if p["kind"] == "if":
-            st.threshold = net.arrays[f"p{i}.threshold"][c.start:c.stop].astype(np.int64)
-            st.v = np.broadcast_to(net.arrays[f"p{i}.v_init"][c.start:c.stop], (B, c.stop - c.start)).astype(np.int64)
-            st.count = np.zeros((B, c.stop - c.start), np.int64)  # net spikes so far (signed spikes)
-        elif p["kind"] == "maxpool":
-            st.v = np.zeros((B, hi - lo), np.int64)  # running counts per compartment
+            lay.threshold = net.arrays[f"p{i}.threshold"].astype(np.int64)
+            lay.v = np.broadcast_to(net.arrays[f"p{i}.v_init"], (B, n)).astype(np.int64)
+            lay.count = np.zeros((B, n), np.int64)  # net spikes so far (signed spikes)
         else:
-            st.v = np.zeros((B, hi - lo), np.int64)  # output accumulators
-        st.busy = np.zeros(B, np.float64)
-        st.events = np.zeros(B, np.float64)
-        by_pop.setdefault(c.population, []).append(st)
-    return by_pop
+            lay.v = np.zeros((B, n * s), np.int64)  # max pool: running counts per compartment; output: accumulators
+        lay.busy = np.zeros((B, len(cores)), np.float64)
+        lay.events = np.zeros((B, len(cores)), np.float64)
+        lay.busy_before_step = np.zeros((B, len(cores)), np.float64)
+        out[p["name"]] = lay
+    return out
 
 
 def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_spikes: bool) -> BackendRun:
@@ -110,7 +93,7 @@ def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_sp
     B = x.shape[0]
     x = np.rint(x).reshape(B, -1).astype(np.int64)
     t0 = time.perf_counter()
-    cores = _build_cores(net, B)
+    layers = _build_layers(net, B)
     units = {p["name"]: int(np.prod(p["shape"])) for p in net.pops}
     spiking = [p for p in net.pops if p["kind"] in ("if", "maxpool")]
     spikes = ({p["name"]: np.zeros((T, B, units[p["name"]]), np.int8 if p.get("spikes") == "signed" else np.uint8)
@@ -124,96 +107,75 @@ def run_network(net: Loaded, x_int: np.ndarray, timesteps: int | None, record_sp
     n_spikes = np.zeros(B)
     updates = 0
     for t in range(T):
-        events: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        # each population's output this step (spikes, max-pool increments, or input charge)
+        outs: dict[str, np.ndarray | None] = {}
         step = np.full(B, float(arch.cycles_per_step))
         for p in net.pops:
             name, kind = p["name"], p["kind"]
             if kind == "input":
-                val = x if p["input_mode"] == "every_step" else (x * T if t == 0 else None)
-                if val is None:
-                    events[name] = (np.zeros(0, np.int64), np.zeros(0, np.int64), None)
-                else:
-                    b, j = np.nonzero(val)
-                    events[name] = (b, j, val[b, j].astype(np.float64))
+                outs[name] = x if p["input_mode"] == "every_step" else (x * T if t == 0 else None)
                 continue
-            out = np.zeros((B, units[name]), np.int64) if kind != "output" else None
-            for c in cores[name]:
-                n_rows = (c.stop - c.start) * c.slots
-                cur = np.broadcast_to(c.bias_every, (B, n_rows)).copy()
-                if t == 0:
-                    cur += T * c.bias_first
-                for src, indptr, rows, w in c.inputs:
-                    b, j, payload = events[src]
-                    add, ev = _gather(indptr, rows, w, b, j, payload, n_rows, B)
-                    cur += add
-                    c.events += ev
-                    if net.pops[0]["name"] == src:
-                        input_events += ev
-                    else:
-                        synops += ev
-                    c.busy += ev * arch.cycles_per_synop
-                c.busy += (c.stop - c.start) * arch.cycles_per_neuron
-                updates += c.stop - c.start
-                if kind == "if":
-                    v = c.v + cur
-                    lim = 2 ** (p["membrane_bits"] - 1) - 1
-                    over = (v > lim) | (v < -lim)
-                    if over.any():
-                        sat[p["node"]] += int(over.sum())
-                        np.clip(v, -lim, lim, out=v)
-                    s = (v >= c.threshold).astype(np.int64)
-                    if p.get("spikes") == "signed":  # -1 below 0 while the net count is above 0
-                        s -= (v < 0) & (c.count > 0)
-                        c.count += s
-                    c.v = v - c.threshold * s if p["reset"] == "subtract" else np.where(s > 0, 0, v)
-                    out[:, c.start:c.stop] = s
-                elif kind == "maxpool":
-                    c.v += cur
-                    out[:, c.start:c.stop] = c.v.reshape(B, c.stop - c.start, c.slots).max(axis=2)
+            lay = layers[name]
+            cur = np.broadcast_to(lay.bias_every, (B, lay.bias_every.size)).copy()
+            if t == 0:
+                cur += T * lay.bias_first
+            for src, op in lay.inputs:
+                val = outs[src]
+                if val is None or not val.any():
+                    continue
+                cur += np.rint(op.apply(val)).astype(np.int64)
+                per_core = np.add.reduceat(op.pattern((val != 0).astype(np.float64)), lay.starts, axis=1) \
+                    if lay.starts.size else np.zeros((B, 0))
+                lay.events += per_core
+                if net.pops[0]["name"] == src:
+                    input_events += per_core.sum(axis=1)
                 else:
-                    c.v += cur
-            if kind == "maxpool":
-                m = out
+                    synops += per_core.sum(axis=1)
+                lay.busy += per_core * arch.cycles_per_synop
+            lay.busy += lay.units * arch.cycles_per_neuron
+            updates += int(lay.units.sum())
+            out = None
+            if kind == "if":
+                v = lay.v + cur
+                lim = 2 ** (p["membrane_bits"] - 1) - 1
+                over = (v > lim) | (v < -lim)
+                if over.any():
+                    sat[p["node"]] += int(over.sum())
+                    np.clip(v, -lim, lim, out=v)
+                out = (v >= lay.threshold).astype(np.int64)
+                if p.get("spikes") == "signed":  # -1 below 0 while the net count is above 0
+                    out -= (v < 0) & (lay.count > 0)
+                    lay.count += out
+                lay.v = v - lay.threshold * out if p["reset"] == "subtract" else np.where(out > 0, 0, v)
+            elif kind == "maxpool":
+                lay.v += cur
+                m = lay.v.reshape(B, units[name], p["slots"]).max(axis=2)
                 out = m - prev_max[name]
                 prev_max[name] = m
+            else:
+                lay.v += cur
+            outs[name] = out
             if out is not None:
-                b, j = np.nonzero(out)
-                binary = kind == "if" and p.get("spikes") != "signed"  # payload 1: implied
-                events[name] = (b, j, None if binary else out[b, j].astype(np.float64))
-                n_spikes += np.bincount(b, minlength=B)
+                n_spikes += np.count_nonzero(out, axis=1)
                 if spikes is not None:
                     spikes[name][t] = out
         # cycles of this step: layers in sequence, the cores of a layer in parallel
-        for p in net.pops:
-            if p["kind"] == "input":
-                continue
-            step += _layer_step_cycles(cores[p["name"]], t)
+        for lay in layers.values():
+            if lay.busy.shape[1]:
+                step += (lay.busy - lay.busy_before_step).max(axis=1)
+                lay.busy_before_step = lay.busy.copy()
         total_cycles += step
         max_step = np.maximum(max_step, step)
     wall = time.perf_counter() - t0
-    out_acc = {}
-    for p in net.pops:
-        if p["kind"] == "output":
-            acc = np.concatenate([c.v for c in cores[p["name"]]], axis=1)
-            out_acc[p["node"]] = acc.reshape((B,) + tuple(p["shape"]))
+    out_acc = {p["node"]: layers[p["name"]].v.reshape((B,) + tuple(p["shape"]))
+               for p in net.pops if p["kind"] == "output"}
     rec = ({p["node"]: spikes[p["name"]].reshape((T, B) + tuple(p["shape"])) for p in spiking}
            if spikes is not None else None)
-    stats = _stats(net, cores, T, B, total_cycles, max_step, synops, input_events, n_spikes, updates, wall, sat)
+    stats = _stats(net, layers, T, B, total_cycles, max_step, synops, input_events, n_spikes, updates, wall, sat)
     return BackendRun(output_acc=out_acc, spikes=rec, stats=stats)
 
 
-def _layer_step_cycles(cores: list[_CoreState], t: int) -> np.ndarray:
-    """Cycles the slowest core of a layer spent in step t (from the running totals)."""
-    worst = None
-    for c in cores:
-        prev = c.busy_before_step if c.busy_before_step is not None else np.zeros_like(c.busy)
-        spent = c.busy - prev
-        c.busy_before_step = c.busy.copy()
-        worst = spent if worst is None else np.maximum(worst, spent)
-    return worst if worst is not None else 0.0
-
-
-def _stats(net: Loaded, cores: dict[str, list[_CoreState]], T: int, B: int, total_cycles: np.ndarray,
+def _stats(net: Loaded, layers: dict[str, _Layer], T: int, B: int, total_cycles: np.ndarray,
            max_step: np.ndarray, synops: np.ndarray, input_events: np.ndarray, n_spikes: np.ndarray,
            updates: int, wall: float, sat: dict[str, int]) -> dict[str, Any]:
     a = net.arch
@@ -222,18 +184,16 @@ def _stats(net: Loaded, cores: dict[str, list[_CoreState]], T: int, B: int, tota
     energy_pj = ((synops + input_events) * a.energy_per_synop_pj + updates_per_sample * a.energy_per_neuron_pj
                  + n_spikes * a.energy_per_spike_pj)
     core_rows = []
-    info = {c.index: c for c in net.cores}
-    for pop_cores in cores.values():
-        for c in pop_cores:
-            m = info[c.index]
+    for lay in layers.values():
+        for k, m in enumerate(lay.cores):
             core_rows.append({
-                "core": c.index, "population": m.population, "units": m.stop - m.start,
+                "core": m.index, "population": m.population, "units": m.stop - m.start,
                 "axons": m.axons, "synapses": m.synapses,
                 "neuron_utilization": round((m.stop - m.start) / a.neurons_per_core, 4),
                 "axon_utilization": round(m.axons / a.axons_per_core, 4),
                 "synapse_utilization": round(m.synapses / a.synapses_per_core, 4),
-                "busy_fraction": round(float((c.busy / np.maximum(total_cycles, 1)).mean()), 4),
-                "events_per_sample": float(c.events.mean())})
+                "busy_fraction": round(float((lay.busy[:, k] / np.maximum(total_cycles, 1)).mean()), 4),
+                "events_per_sample": float(lay.events[:, k].mean())})
     core_rows.sort(key=lambda r: r["core"])
     events_total = float((synops + input_events).sum())
     return {

@@ -4,7 +4,8 @@ core as fit its neurons, axons (distinct presynaptic units) and synapse memory.
 The slice size is decided on the graph alone (:func:`snncompile.plugin.largest_slice` with
 the folded counts of :mod:`snncompile.targets.footprint`: upper bounds, no synapse matrix),
 so a ResNet-50-size network maps in seconds and bounded memory; :func:`recount` then puts
-each core's exact axons and synapses from the lowered matrices into the artifact.
+each core's exact axons and synapses from the lowered projections into the artifact
+(counted on the operators, convolutions included, without building their matrices).
 
 One core holds units of one population only (a common restriction: a core runs one neuron
 model with one set of parameters). A unit that alone exceeds a core's axons or synapses
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from snncompile.ir import Graph, IFNode, MaxPool2dNode
-from snncompile.plugin import (Chain, FlatNetwork, Footprint, Violation, demand, largest_slice,
+from snncompile.plugin import (Chain, Footprint, StructuredNetwork, Violation, demand, largest_slice,
                                layer_footprints)
 
 from .arch import Architecture
@@ -93,19 +94,24 @@ def map_network(graph: Graph, arch: Architecture) -> list[Core]:
     return cores
 
 
-def recount(cores: list[Core], net: FlatNetwork) -> list[Core]:
-    """The cores with their exact axons and synapses, counted on the lowered matrices."""
-    out = []
+def recount(cores: list[Core], net: StructuredNetwork, progress=None) -> list[Core]:
+    """The cores with their exact axons and synapses, counted on the lowered projections
+    (one population's per-row synapse counts in memory at a time)."""
+    out: list[Core] = []
+    by_pop: dict[str, list[Core]] = {}
     for c in cores:
-        pop = net.population(c.population)
-        lo, hi = c.start * pop.slots, c.stop * pop.slots
-        axons = syn = 0
-        for pr in net.into(pop.name):
-            m = pr.matrix[lo:hi]
-            syn += int(m.nnz)
-            axons += int(np.unique(m.indices).size)
-        out.append(Core(c.index, pop.name, c.start, c.stop, axons, syn))
-    return out
+        by_pop.setdefault(c.population, []).append(c)
+    for name, group in by_pop.items():
+        pop = net.population(name)
+        projs = [(pr.op, np.concatenate([[0], np.cumsum(pr.op.row_synapses())])) for pr in net.into(name)]
+        for c in group:
+            lo, hi = c.start * pop.slots, c.stop * pop.slots
+            axons = sum(op.axons(lo, hi) for op, _ in projs)
+            syn = sum(int(cum[hi] - cum[lo]) for _, cum in projs)
+            out.append(Core(c.index, name, c.start, c.stop, axons, syn))
+        if progress is not None:
+            progress(name)
+    return sorted(out, key=lambda c: c.index)
 
 
 def unit_violations(graph: Graph, arch: Architecture) -> list[Violation]:

@@ -1,5 +1,7 @@
 """The cyclesim artifact: ``arch.json`` (the architecture), ``mapping.json`` (the cores),
-``network.json`` + ``network.npz`` (populations and synapse matrices, CSR)."""
+``network.json`` + ``network.npz`` (populations and projections: convolutions as their
+kernels, dense layers as their weight matrices, anything else as a CSR matrix; see
+:mod:`snncompile.targets.structured`), so the files grow with the network's parameters."""
 
 from __future__ import annotations
 
@@ -9,17 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from snncompile.plugin import ArtifactError, FlatNetwork, read_json, read_npz
+from snncompile.plugin import ArtifactError, Op, StructuredNetwork, narrow, op_from, read_json, read_npz
 
 from .arch import Architecture
 from .mapping import Core
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: structured projections (1: one CSR matrix per projection)
 
 
-def save(directory: Path, net: FlatNetwork, arch: Architecture, cores: list[Core]) -> None:
+def save(directory: Path, net: StructuredNetwork, arch: Architecture, cores: list[Core]) -> None:
     """Write the four files of a lowered network."""
     arrays: dict[str, np.ndarray] = {}
     pops = []
@@ -28,17 +29,16 @@ def save(directory: Path, net: FlatNetwork, arch: Architecture, cores: list[Core
              "reset": p.reset, "membrane_bits": p.membrane_bits, "input_mode": p.input_mode,
              "spikes": p.spikes}
         if p.kind != "input":
-            arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
-            arrays[f"p{i}.bias_first"] = net.bias_first[p.name]
+            arrays[f"p{i}.bias_every"] = narrow(net.bias_every[p.name])
+            arrays[f"p{i}.bias_first"] = narrow(net.bias_first[p.name])
         if p.kind == "if":
-            arrays[f"p{i}.threshold"] = p.threshold
-            arrays[f"p{i}.v_init"] = p.v_init
+            arrays[f"p{i}.threshold"] = narrow(p.threshold)
+            arrays[f"p{i}.v_init"] = narrow(p.v_init)
         pops.append(e)
     projs = []
     for k, pr in enumerate(net.projections):
-        m = pr.matrix.tocsr()
-        arrays[f"j{k}.indptr"], arrays[f"j{k}.indices"], arrays[f"j{k}.data"] = m.indptr, m.indices, m.data
-        projs.append({"source": pr.source, "target": pr.target, "shape": list(m.shape), "synapses": int(m.nnz)})
+        arrays.update({f"j{k}.{key}": v for key, v in pr.op.arrays().items()})
+        projs.append({"source": pr.source, "target": pr.target, "synapses": pr.synapses, "op": pr.op.meta()})
     d = Path(directory)
     (d / "arch.json").write_text(json.dumps(arch.as_dict(), indent=1))
     (d / "mapping.json").write_text(json.dumps({"cores_used": len(cores), "cores": [c.as_dict() for c in cores]},
@@ -50,13 +50,13 @@ def save(directory: Path, net: FlatNetwork, arch: Architecture, cores: list[Core
 
 @dataclass
 class Loaded:
-    """A lowered network read back: architecture, cores, populations, matrices."""
+    """A lowered network read back: architecture, cores, populations, projections."""
 
     arch: Architecture
     cores: list[Core]
     pops: list[dict[str, Any]]
     arrays: dict[str, np.ndarray]
-    projections: list[tuple[str, str, sp.csr_matrix]]
+    projections: list[tuple[str, str, Op]]
     timesteps: int
 
 
@@ -74,9 +74,8 @@ def load(directory: Path) -> Loaded:
         cores = [Core(**c) for c in mapping["cores"]]
         projs = []
         for k, pr in enumerate(netdoc["projections"]):
-            m = sp.csr_matrix((arrays[f"j{k}.data"].astype(np.int64), arrays[f"j{k}.indices"],
-                               arrays[f"j{k}.indptr"]), shape=tuple(pr["shape"]))
-            projs.append((pr["source"], pr["target"], m))
+            op = op_from(pr["op"], lambda key, k=k: arrays[f"j{k}.{key}"])
+            projs.append((pr["source"], pr["target"], op))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"'{d}' is not a complete cyclesim artifact ({type(e).__name__}: {e})",
                             "re-run 'snncompile convert --target cyclesim'") from None

@@ -2,8 +2,11 @@
 runs it with its own time-driven simulator.
 
 The netlist is for hardware teams: plain JSON plus an .npz of integer arrays, every
-population's neurons, thresholds and bit widths, every synapse as (pre, post, weight), the
-time window and the input/output encoding, readable without snncompile.
+population's neurons, thresholds and bit widths, every projection (a convolution, a dense
+matrix, or explicit (pre, post, weight) synapses), the
+time window and the input/output encoding, readable without snncompile. Convolutions are
+stored as their kernels and dense layers as their weight matrices (format version 2), so
+the files grow with the network's parameters.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snncompile.plugin import Backend, BackendRun, Limits, UsageError, flatten_network
+from snncompile.plugin import Backend, BackendRun, Limits, UsageError, structured_network
 
 from .format import FORMAT_VERSION, read_netlist, write_netlist
 from .run import simulate_netlist
@@ -41,7 +44,7 @@ class NetlistBackend(Backend):
                       sources={"membrane_bits": "int64 arithmetic of the runner"})
 
     def lower(self, graph, directory: Path, progress=None) -> None:
-        write_netlist(flatten_network(graph, progress=progress), graph, Path(directory))
+        write_netlist(structured_network(graph, progress=progress), graph, Path(directory))
 
     def run(self, directory: Path, x_int: np.ndarray, timesteps: int | None = None,
             record_spikes: bool = False) -> BackendRun:

@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from snncompile.plugin import ArtifactError, FlatNetwork, read_json
+import scipy.sparse as sp
+
+from snncompile.plugin import (ArtifactError, ConvOp, DenseOp, MatrixOp, Op, StructuredNetwork, narrow, op_from,
+                               read_json)
 
 FORMAT = "snn-int-if-netlist"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: projections of kind conv and dense besides explicit synapses (docs/netlist.md)
+PROJECTION_KINDS = ("synapses", "conv", "dense")
 JSON_FILE = "netlist.json"
 NPZ_FILE = "netlist.npz"
 KINDS = ("input", "if", "maxpool", "output")
@@ -41,17 +45,28 @@ def _scale_list(v: Any, shape: tuple[int, ...]) -> list[float]:
     return [float(x) for x in np.broadcast_to(a, shape).ravel()]
 
 
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """The narrowest signed integer type that holds ``a`` (readers widen as they like)."""
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    for t in (np.int8, np.int16, np.int32):
-        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
-            return a.astype(t)
-    return a.astype(np.int64)
+def _op_entry(op: Op, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A projection's operator as netlist fields, its arrays put in ``arrays`` under ``key.*``."""
+    if isinstance(op, ConvOp):
+        arrays[f"{key}.kernel"] = narrow(op.kernel)
+        return {"kind": "conv", "stride": list(op.stride), "pad": list(op.pad), "dilation": list(op.dilation),
+                "groups": op.groups, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
+                "weight_bits": _bits_signed(op.kernel), "arrays": {"kernel": f"{key}.kernel"}}
+    if isinstance(op, DenseOp):
+        arrays[f"{key}.weight"] = narrow(op.weight)
+        e = {"kind": "dense", "weight_bits": _bits_signed(op.weight), "arrays": {"weight": f"{key}.weight"},
+             "pre": _op_entry(op.pre, f"{key}.pre", arrays) if op.pre is not None else None}
+        return e
+    coo = op.matrix.tocoo()
+    order = np.lexsort((coo.row, coo.col))  # grouped by presynaptic unit
+    pre, post, w = coo.col[order], coo.row[order], coo.data[order]
+    arrays[f"{key}.pre"], arrays[f"{key}.post"], arrays[f"{key}.weight"] = narrow(pre), narrow(post), narrow(w)
+    return {"kind": "synapses", "synapses": int(len(w)), "weight_bits": _bits_signed(w),
+            "arrays": {"pre": f"{key}.pre", "post": f"{key}.post", "weight": f"{key}.weight"}}
 
 
-def write_netlist(net: FlatNetwork, graph, directory: Path) -> None:
-    """Write ``netlist.json`` and ``netlist.npz`` for a flattened network into ``directory``."""
+def write_netlist(net: StructuredNetwork, graph, directory: Path) -> None:
+    """Write ``netlist.json`` and ``netlist.npz`` for a lowered network into ``directory``."""
     arrays: dict[str, np.ndarray] = {}
     pops = []
     for i, p in enumerate(net.populations):
@@ -62,12 +77,12 @@ def write_netlist(net: FlatNetwork, graph, directory: Path) -> None:
             e["compartments"] = p.compartments
             if p.kind == "maxpool":
                 e["slots"] = p.slots
-            arrays[f"p{i}.bias_every"] = net.bias_every[p.name]
-            arrays[f"p{i}.bias_first"] = net.bias_first[p.name]
+            arrays[f"p{i}.bias_every"] = narrow(net.bias_every[p.name])
+            arrays[f"p{i}.bias_first"] = narrow(net.bias_first[p.name])
             e["arrays"] = {"bias_every": f"p{i}.bias_every", "bias_first": f"p{i}.bias_first"}
         if p.kind == "if":
-            arrays[f"p{i}.threshold"] = p.threshold
-            arrays[f"p{i}.v_init"] = p.v_init
+            arrays[f"p{i}.threshold"] = narrow(p.threshold)
+            arrays[f"p{i}.v_init"] = narrow(p.v_init)
             e["arrays"].update({"threshold": f"p{i}.threshold", "v_init": f"p{i}.v_init"})
             e.update({"reset": p.reset, "spikes": p.spikes, "membrane_bits": p.membrane_bits,
                       "threshold_bits": int(p.threshold.max(initial=1)).bit_length()})
@@ -76,14 +91,10 @@ def write_netlist(net: FlatNetwork, graph, directory: Path) -> None:
         pops.append(e)
     projs = []
     for k, pr in enumerate(net.projections):
-        coo = pr.matrix.tocoo()
-        order = np.lexsort((coo.row, coo.col))  # grouped by presynaptic unit
-        pre, post, w = coo.col[order], coo.row[order], coo.data[order]
-        arrays[f"s{k}.pre"], arrays[f"s{k}.post"], arrays[f"s{k}.weight"] = (
-            _narrow(pre), _narrow(post), _narrow(w))
-        projs.append({"source": pr.source, "target": pr.target, "synapses": int(len(w)),
-                      "weight_bits": _bits_signed(w),
-                      "arrays": {"pre": f"s{k}.pre", "post": f"s{k}.post", "weight": f"s{k}.weight"}})
+        e = {"source": pr.source, "target": pr.target}
+        e.update(_op_entry(pr.op, f"s{k}", arrays))
+        e["synapses"] = pr.synapses  # explicit synapses: the list's length; conv/dense: the synapses they stand for
+        projs.append(e)
     inp = graph.input
     outputs = [{"node": p.node, "population": p.name,
                 "scale": _scale_list(graph[p.node].out_scale, p.shape) if p.units <= 4096 else None}
@@ -114,14 +125,16 @@ def write_netlist(net: FlatNetwork, graph, directory: Path) -> None:
 
 @dataclass
 class Netlist:
-    """A validated netlist: the JSON document and its arrays (int64)."""
+    """A validated netlist: the JSON document, its arrays (as stored) and every projection's
+    operator (in the order of ``doc["projections"]``)."""
 
     doc: dict[str, Any]
     arrays: dict[str, np.ndarray]
     path: Path
+    ops: list[Op]
 
     def array(self, entry: dict[str, Any], key: str) -> np.ndarray:
-        return self.arrays[entry["arrays"][key]]
+        return self.arrays[entry["arrays"][key]].astype(np.int64)
 
 
 class _Checker:
@@ -165,10 +178,9 @@ def read_netlist(directory: Path) -> Netlist:
     if T < 1:
         c.fail("top level", f"timesteps must be >= 1, got {T}")
     _check_populations(c, doc, arrays)
-    _check_projections(c, doc, arrays)
+    ops = _check_projections(c, doc, arrays)
     _check_io(c, doc)
-    return Netlist(doc, {k: v.astype(np.int64) if np.issubdtype(v.dtype, np.integer) else v
-                         for k, v in arrays.items()}, d)
+    return Netlist(doc, arrays, d, ops)
 
 
 def _get_array(c: _Checker, e: dict, key: str, arrays: dict, where: str, length: int) -> np.ndarray:
@@ -237,8 +249,10 @@ def _check_populations(c: _Checker, doc: dict, arrays: dict) -> None:
         c.fail("populations", "the first population, and only it, must be the input")
 
 
-def _check_projections(c: _Checker, doc: dict, arrays: dict) -> None:
+def _check_projections(c: _Checker, doc: dict, arrays: dict) -> list[Op]:
+    """Every projection checked, and its operator (for the runner)."""
     pops = {p["name"]: (i, p) for i, p in enumerate(doc["populations"])}
+    ops = []
     for k, pr in enumerate(c.field(doc, "projections", list, "top level")):
         where = f"projection {k} ({pr.get('source') if isinstance(pr, dict) else '?'} -> " \
                 f"{pr.get('target') if isinstance(pr, dict) else '?'})"
@@ -251,20 +265,71 @@ def _check_projections(c: _Checker, doc: dict, arrays: dict) -> None:
         if si >= di:
             c.fail(where, "the source must come before the target in 'populations' (evaluation order)")
         n = c.field(pr, "synapses", int, where)
-        pre = _get_array(c, pr, "pre", arrays, where, n)
-        post = _get_array(c, pr, "post", arrays, where, n)
-        w = _get_array(c, pr, "weight", arrays, where, n)
-        if n and (int(pre.min()) < 0 or int(pre.max()) >= sp_["units"]):
-            c.fail(where, f"presynaptic index out of range 0..{sp_['units'] - 1}")
-        if n and (int(post.min()) < 0 or int(post.max()) >= dp["compartments"]):
-            c.fail(where, f"postsynaptic index out of range 0..{dp['compartments'] - 1}")
-        wb = c.field(pr, "weight_bits", int, where)
-        if not 1 <= wb <= MAX_BITS:
-            c.fail(where, f"weight_bits {wb} outside 1..{MAX_BITS}")
-        top = 2 ** (wb - 1) - 1
-        if n and int(np.abs(w).max()) > top:
-            c.fail(where, f"weight {int(w[np.argmax(np.abs(w))])} out of range for {wb}-bit weights "
-                          f"(+-{top})")
+        if n < 0:
+            c.fail(where, f"synapses must be >= 0, got {n}")
+        op = _check_op(c, pr, arrays, where, sp_, sp_["units"], dp["compartments"])
+        ops.append(op)
+    return ops
+
+
+def _check_op(c: _Checker, e: dict, arrays: dict, where: str, source: dict, n_in: int, n_out: int) -> Op:
+    """One operator entry (kind synapses, conv or dense) from ``n_in`` units to ``n_out`` rows."""
+    kind = c.field(e, "kind", str, where)
+    if kind not in PROJECTION_KINDS:
+        c.fail(where, f"kind '{kind}' is not one of {', '.join(PROJECTION_KINDS)}")
+    wb = c.field(e, "weight_bits", int, where)
+    if not 1 <= wb <= MAX_BITS:
+        c.fail(where, f"weight_bits {wb} outside 1..{MAX_BITS}")
+    top = 2 ** (wb - 1) - 1
+    if kind == "synapses":
+        n = c.field(e, "synapses", int, where)
+        pre = _get_array(c, e, "pre", arrays, where, n)
+        post = _get_array(c, e, "post", arrays, where, n)
+        w = _get_array(c, e, "weight", arrays, where, n)
+        if n and (int(pre.min()) < 0 or int(pre.max()) >= n_in):
+            c.fail(where, f"presynaptic index out of range 0..{n_in - 1}")
+        if n and (int(post.min()) < 0 or int(post.max()) >= n_out):
+            c.fail(where, f"postsynaptic index out of range 0..{n_out - 1}")
+        _check_range(c, w, top, wb, where)
+        m = sp.csr_matrix((w.astype(np.int64), (post.astype(np.int64), pre.astype(np.int64))), shape=(n_out, n_in))
+        m.sum_duplicates()
+        return MatrixOp(m)
+    key = "kernel" if kind == "conv" else "weight"
+    refs = c.field(e, "arrays", dict, where)
+    if refs.get(key) not in arrays:
+        c.fail(where, f"array '{key}' ({refs.get(key)!r}) is missing from {NPZ_FILE}")
+    w = arrays[refs[key]]
+    if not np.issubdtype(w.dtype, np.integer):
+        c.fail(where, f"array '{key}' must hold integers, has dtype {w.dtype}")
+    _check_range(c, w, top, wb, where)
+    if kind == "conv":
+        c.field(e, "in_shape", list, where)  # the source's units seen as (C, H, W), row-major
+        try:
+            op = op_from({k: e.get(k) for k in ("stride", "pad", "dilation", "groups", "in_shape", "out_shape")}
+                         | {"kind": "conv"}, lambda _k: w)
+        except (ValueError, TypeError, KeyError) as err:
+            c.fail(where, f"conv: {err}")
+    else:
+        pre_e = e.get("pre")
+        pre = None
+        if pre_e is not None:
+            if not isinstance(pre_e, dict) or pre_e.get("kind") not in ("synapses", "conv"):
+                c.fail(where, "a dense projection's 'pre' must be null or an operator of kind synapses or conv")
+            rows = w.shape[1] if w.ndim == 2 else -1
+            pre = _check_op(c, pre_e, arrays, f"{where}, pre", source, n_in, rows)
+        if w.ndim != 2:
+            c.fail(where, f"dense weight must be 2-D, has shape {w.shape}")
+        op = DenseOp(w, pre)
+    if op.n_in != n_in or op.n_out != n_out:
+        c.fail(where, f"{kind} maps {op.n_in} units to {op.n_out}, but the source has {n_in} units and the "
+                      f"target {n_out} compartments")
+    return op
+
+
+def _check_range(c: _Checker, w: np.ndarray, top: int, wb: int, where: str) -> None:
+    if w.size and int(np.abs(w).max()) > top:
+        flat = w.ravel()
+        c.fail(where, f"weight {int(flat[np.argmax(np.abs(flat))])} out of range for {wb}-bit weights (+-{top})")
 
 
 def _check_io(c: _Checker, doc: dict) -> None:

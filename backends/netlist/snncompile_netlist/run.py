@@ -1,10 +1,10 @@
-"""The netlist's own simulator: time-driven, one sparse matrix-vector product per projection
-and step, straight from the (pre, post, weight) lists in the file."""
+"""The netlist's own simulator: time-driven, one operator application per projection and
+step, straight from the file: explicit (pre, post, weight) lists as a sparse product, conv
+projections as a convolution with their stored kernel, dense ones as a matrix product."""
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from snncompile.plugin import BackendRun, DataError
 
@@ -26,13 +26,9 @@ def simulate_netlist(net: Netlist, x_int: np.ndarray, timesteps: int | None = No
         raise DataError("netlist inputs must be integer levels (see the input encoding)")
     B = x.shape[0]
     x = x.reshape(B, -1).astype(np.int64)
-    mats: dict[str, list[tuple[str, sp.csr_matrix]]] = {p["name"]: [] for p in pops}
-    units = {p["name"]: p["units"] for p in pops}
-    for pr in doc["projections"]:
-        dst = next(p for p in pops if p["name"] == pr["target"])
-        m = sp.csr_matrix((net.array(pr, "weight"), (net.array(pr, "post"), net.array(pr, "pre"))),
-                          shape=(dst["compartments"], units[pr["source"]]), dtype=np.int64)
-        mats[pr["target"]].append((pr["source"], m))
+    ops: dict[str, list] = {p["name"]: [] for p in pops}
+    for pr, op in zip(doc["projections"], net.ops):
+        ops[pr["target"]].append((pr["source"], op))
     state: dict[str, dict[str, np.ndarray]] = {}
     for p in pops:
         if p["kind"] == "if":
@@ -55,8 +51,9 @@ def simulate_netlist(net: Netlist, x_int: np.ndarray, timesteps: int | None = No
             cur = np.broadcast_to(net.array(p, "bias_every"), (B, p["compartments"])).copy()
             if t == 0:
                 cur += T * net.array(p, "bias_first")
-            for src, m in mats[name]:
-                cur += np.asarray(m @ out[src].T).T
+            for src, op in ops[name]:
+                if out[src].any():
+                    cur += np.rint(op.apply(out[src])).astype(np.int64)
             st = state[name]
             if kind == "if":
                 lim = 2 ** (p["membrane_bits"] - 1) - 1
