@@ -71,8 +71,43 @@ def test_a_layer_no_batchnorm_statistic_reaches_gets_synthetic_scales(onnx_kit):
     model = onnx_kit.model(nodes, inits, in_shape=(3, 8, 8))
     graph = import_onnx(model).graph
     cal = bn_scales(model, graph, seed=5)
-    syn = synthetic_scales(model, graph, seed=5, warn=False)
+    syn = synthetic_scales(model, graph, percentile=99.9, seed=5, warn=False)
     assert np.allclose(cal.lam["r0"], syn.lam["r0"])
     assert cal.lam["r0"][0] < weight_bounds(graph, warn=False).lam["r0"][0]
     assert "1 that no statistic reaches from synthetic inputs ('r0')" in cal.warnings[0]
     assert "('r1')" in cal.warnings[0]
+
+
+def test_synthetic_images_are_smooth_noise_spanning_the_input_range():
+    from snncompile.calibrate.statistics import synthetic_inputs
+
+    x = synthetic_inputs((2, 16, 16), 32, seed=1)
+    assert x.shape == (32, 2, 16, 16) and x.dtype == np.float32
+    assert np.allclose(x.reshape(32, -1).min(1), -1) and np.allclose(x.reshape(32, -1).max(1), 1)
+    # 1/f noise: neighbouring pixels correlate strongly (independent pixels would not)
+    assert np.corrcoef(x[..., :-1].ravel(), x[..., 1:].ravel())[0, 1] > 0.5
+    assert np.array_equal(x, synthetic_inputs((2, 16, 16), 32, seed=1))
+    v = synthetic_inputs((10,), 500, seed=1)
+    assert v.min() >= -1 and v.max() <= 1 and abs(np.corrcoef(v[:, :-1].ravel(), v[:, 1:].ravel())[0, 1]) < 0.1
+
+
+def test_without_data_biases_are_calibrated_on_the_synthetic_inputs(onnx_kit, tmp_path):
+    from snncompile.app.compile import CompileRequest, compile_model
+
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = {"w0": rng.normal(0, 0.5, (4, 1, 3, 3)).astype(f32), "b0": rng.normal(0, 0.1, 4).astype(f32),
+             "wd": rng.normal(0, 0.3, (3, 144)).astype(f32)}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("Flatten", ["r0"], ["f"]), helper.make_node("Gemm", ["f", "wd"], ["y"], transB=1)]
+    import onnx
+    onnx.save(onnx_kit.model(nodes, inits, in_shape=(1, 8, 8)), tmp_path / "m.onnx")
+    import json
+
+    compile_model(CompileRequest(model=str(tmp_path / "m.onnx"), out=str(tmp_path / "a")))
+    on = json.loads((tmp_path / "a/compile.json").read_text())
+    rec = on["bias_calibration"]
+    assert rec["synthetic"] is True and rec["samples"] == 256 and rec["layers"]
+    assert on["calibration_samples"] == 0 and any("synthetic inputs" in w for w in on["warnings"])
+    compile_model(CompileRequest(model=str(tmp_path / "m.onnx"), out=str(tmp_path / "b"), calibrate_bias=False))
+    assert "bias_calibration" not in json.loads((tmp_path / "b/compile.json").read_text())

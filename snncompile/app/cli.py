@@ -166,11 +166,12 @@ def main(verbose: bool) -> None:
                    "per channel.")
 @click.option("--percentile", default="99.9", show_default=True,
               callback=number_or_auto(float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
-              help="Percentile of each ReLU's output used as its scale; 'auto' (with --train): "
+              help="Percentile of each ReLU's output used as its scale (not given, without --calib "
+                   "or BatchNorm statistics: 99 on the synthetic inputs); 'auto' (with --train): "
                    "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
 @click.option("--calibrate-bias/--no-calibrate-bias", default=True, show_default=True,
               help="Correct each spiking layer's bias for its mean rate error at T, on --calib alone "
-                   "(no labels).")
+                   "(no labels), or without --calib on the synthetic inputs.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=click.IntRange(2, 24),
               help="Signed integer weight width (per-layer symmetric).")
 @click.option("--weight-exp", default=0, show_default=True, type=click.IntRange(0, 8),

@@ -165,7 +165,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
                                   progress=req.progress)
     else:
-        calib = data_free_scales(model, ann, req.norm, req.percentile, req.seed)
+        pct = "percentile" in req.explicit if req.explicit is not None else req.percentile != 99.9
+        calib = data_free_scales(model, ann, req.norm, req.percentile if pct else None, req.seed)
     if choice is not None:
         req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
                                                    req.fanin, req.fanin_mode))
@@ -181,7 +182,9 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     # the bias correction fits one T and the original ANN: not with tuning (which trains the
     # biases), after a --fanin limit (it takes back part of the pruning's shift), and with
     # --timesteps auto for each candidate T
-    calibrating = req.calibrate_bias and calib_data is not None and not training
+    # without --calib: on the synthetic inputs the thresholds came from (calibrate/statistics.py)
+    bias_x = calib_data.x[:BIAS_CALIBRATION_SAMPLES] if calib_data is not None else calib.inputs
+    calibrating = req.calibrate_bias and bias_x is not None and not training
     if req.calibrate_bias and training and req.explicit and "calibrate_bias" in req.explicit:
         log.warning("--calibrate-bias is not applied with --train: tuning trains the biases")
     bias_record = None
@@ -210,9 +213,9 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
             raise ModelError("the tuned graph breaks the requested limits: " + "; ".join(problems))
     if calibrating and tsearch is None:
-        snn, bias_record = calibrate_biases(snn, ann, calib_data.x[:BIAS_CALIBRATION_SAMPLES])
+        snn, bias_record = calibrate_biases(snn, ann, bias_x)
     if tsearch is not None:  # the final network, tuned or not, at the smallest T that meets
-        xb = calib_data.x[:BIAS_CALIBRATION_SAMPLES] if calibrating else None
+        xb = bias_x if calibrating else None
         prepare = (lambda g, T: calibrate_biases(with_timesteps(g, T), ann, xb)[0]) if calibrating else None
         final = tsearch.run(snn, "tuned" if training else "conversion", prepare)
         if final.chosen is None:
@@ -238,7 +241,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     }
     if bias_record is not None:
         info["bias_calibration"] = {"timesteps": snn.timesteps, "layers": bias_record,
-                                    "samples": min(int(calib_data.x.shape[0]), BIAS_CALIBRATION_SAMPLES)}
+                                    "samples": int(len(bias_x)), "synthetic": calib_data is None}
     if tuning is not None:
         info["tuning"] = tuning
     if tsearch is not None:

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from ..ir import (AddNode, AffineNode, AvgPool2dNode, ConcatNode, Conv2dNode, DenseNode, FlattenNode,
                   Graph, MaxPool2dNode, PadNode, ReluNode, ReshapeNode)
-from .statistics import NORM_MODES, Calibration, synthetic_scales
+from .statistics import NORM_MODES, SYNTHETIC_PERCENTILE, Calibration, synthetic_scales
 
 log = logging.getLogger("snncompile")
 
@@ -242,8 +242,11 @@ def _warning(kinds: dict[str, list[str]], norm: str, pct: float) -> str:
 
 
 def data_free_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
-                     percentile: float = 99.9, seed: int = 0) -> Calibration:
+                     percentile: float | None = None, seed: int = 0) -> Calibration:
     """Scales without calibration data: from BatchNorm statistics where the model has them
     (:func:`bn_scales`), else from the activations on synthetic inputs
-    (:func:`~.statistics.synthetic_scales`)."""
-    return bn_scales(model, graph, norm, percentile, seed) or synthetic_scales(model, graph, norm, percentile, seed)
+    (:func:`~.statistics.synthetic_scales`). ``percentile`` None: each source's own default
+    (99.9 for BatchNorm statistics, :data:`~.statistics.SYNTHETIC_PERCENTILE` on synthetic
+    inputs, whose tails reach further than real data's)."""
+    return (bn_scales(model, graph, norm, percentile or 99.9, seed)
+            or synthetic_scales(model, graph, norm, percentile or SYNTHETIC_PERCENTILE, seed))
