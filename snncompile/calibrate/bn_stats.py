@@ -238,8 +238,9 @@ def _warning(kinds: dict[str, list[str]], norm: str, pct: float) -> str:
 
 
 def data_free_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
-                     percentile: float = 99.9, seed: int = 0) -> Calibration:
+                     percentile: float = 99.9, seed: int = 0, progress: bool = False) -> Calibration:
     """Scales without calibration data: from BatchNorm statistics where the model has them
     (:func:`bn_scales`), else from the activations on synthetic inputs
-    (:func:`~.statistics.synthetic_scales`)."""
-    return bn_scales(model, graph, norm, percentile) or synthetic_scales(model, graph, norm, percentile, seed)
+    (:func:`~.statistics.synthetic_scales`; ``progress``: its bar on stderr)."""
+    return bn_scales(model, graph, norm, percentile) or synthetic_scales(model, graph, norm, percentile, seed,
+                                                                         progress=progress)

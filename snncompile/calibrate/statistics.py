@@ -21,8 +21,13 @@ from ..ir import (AddNode, AffineNode, AvgPool2dNode, Graph, InputNode, ReluNode
 log = logging.getLogger("snncompile")
 
 NORM_MODES = ("percentile", "max", "channel")
-# Values kept per tensor for percentiles: beyond this, a seeded uniform subsample is used.
+# Values kept per tensor for percentiles: beyond this, a seeded uniform subsample is used;
+# and in all, so that a network with many ReLUs keeps at most this many (~512 MB).
 SAMPLE_BUDGET = 4_000_000
+TOTAL_SAMPLE_BUDGET = 128_000_000
+# Bytes of ReLU activations one forward batch may return: the batch shrinks to fit, so the
+# memory of calibration grows with one batch of activations, not with the samples.
+BATCH_BYTES = 128 * 2 ** 20
 
 
 @dataclass
@@ -97,6 +102,9 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
     rng = np.random.default_rng(seed)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     n = x.shape[0]
+    budget = min(SAMPLE_BUDGET, TOTAL_SAMPLE_BUDGET // max(1, len(tensors)))
+    per_sample = 4 * sum(int(np.prod(r.shape)) for r in {r.calib_tensor: r for r in relus}.values())
+    batch_size = max(1, min(batch_size, BATCH_BYTES // max(1, per_sample)))
     bar = progress_bar(progress, n, "calibrating", "sample")
     for batch in onnx_forward(model, graph.meta["onnx_input"], tensors, x, batch_size):
         bar.update(len(next(iter(batch.values()))) if batch else 0)
@@ -105,7 +113,7 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
             per_channel = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
                 if a.ndim > 1 else a.reshape(1, -1)
             total = n * per_channel.size / a.shape[0]  # values this tensor yields over all data
-            rate = min(1.0, SAMPLE_BUDGET / total)
+            rate = min(1.0, budget / total)
             if rate < 1.0:
                 cols = rng.random(per_channel.shape[1]) < rate
                 per_channel = per_channel[:, cols]
@@ -143,14 +151,14 @@ SYNTHETIC_SAMPLES = 256
 
 def synthetic_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
                      percentile: float = 99.9, seed: int = 0, samples: int = SYNTHETIC_SAMPLES,
-                     warn: bool = True) -> Calibration:
+                     warn: bool = True, progress: bool = False) -> Calibration:
     """Scales without calibration data or BatchNorm statistics: each ReLU's activations on
     ``samples`` inputs drawn uniformly from [-1, 1] (the range weight bounds assume too).
     Noise is not the user's data, but it drives every layer at the magnitudes the weights
     produce, where a weight bound sums every weight at its worst case and so sets thresholds
     that most neurons never reach (docs/semantics.md, "Thresholds without calibration data")."""
     x = np.random.default_rng(seed).uniform(-1.0, 1.0, (samples, *graph.input.shape)).astype(np.float32)
-    cal = activation_scales(model, graph, x, norm, percentile, seed=seed)
+    cal = activation_scales(model, graph, x, norm, percentile, seed=seed, progress=progress)
     msg = (f"no calibration data and no BatchNorm statistics: thresholds come from the model's "
            f"activations on {samples} synthetic inputs uniform in [-1, 1]; on real data the "
            f"activations differ, so expect several points of accuracy below calibrated conversion "

@@ -90,9 +90,7 @@ def current_bound(net: Network, name: str) -> int:
     the neuron's own bias register adds to v, not to the current, and is not counted."""
     total = 0
     for c in net.incoming(name):
-        w = np.abs(np.asarray(c.weight, np.int64))
-        rows = int(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0))
-        total += rows * (input_bound(net) if c.src == net.input_name else 1)
+        total += c.row_bound() * (input_bound(net) if c.src == net.input_name else 1)
     for s in net.bias_sources:
         if s.dst == name:
             total += int(np.abs(s.charge(net.timesteps)).max(initial=0))
