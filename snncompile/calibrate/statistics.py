@@ -43,18 +43,25 @@ class Calibration:
 def _session(model: onnx.ModelProto, tensors: list[str]):
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in present:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-            present.add(t)
+    # the extra outputs go on the caller's model only while it is serialized (no copy of
+    # the model: VGG-19's weights are 550 MB), and are taken off again
+    outputs = model.graph.output
+    kept = len(outputs)
+    present = {o.name for o in outputs}
+    try:
+        for t in tensors:
+            if t not in present:
+                outputs.append(onnx.helper.make_empty_tensor_value_info(t))
+                present.add(t)
+        data = model.SerializeToString()
+    finally:
+        while len(outputs) > kept:
+            outputs.pop()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 0
     try:
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
 
