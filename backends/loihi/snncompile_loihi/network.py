@@ -238,7 +238,8 @@ def build_network(graph: Graph, timesteps: int | None = None,
         if any(s not in depth for s in sources):  # fed by something unsupported (already reported)
             continue
         size = int(np.prod(node.shape))
-        ir_max = max((int(np.abs(n.weight_int).max(initial=0)) >> int(n.weight_exp or 0)
+        ir_max = max((max(int(n.weight_int.max(initial=0)), -int(n.weight_int.min(initial=0)))
+                      >> int(n.weight_exp or 0)
                       for n in chain_ops(graph, node.name) if isinstance(n, WeightedNode)), default=0)
         conns: list[Connection] = []
         for s in sources:
