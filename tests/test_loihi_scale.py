@@ -105,3 +105,10 @@ def test_neuron_bound_is_a_lower_bound_and_refuses_before_conversion():
     assert (v.layer, v.value, v.limit) == ("(all)", neuron_bound(g, b._chip).cores, 8)
     assert v.quantity.startswith("cores needed at least") and "system=kapoho-point" in v.fix
     assert get_backend("loihi").check_early(g) == []
+
+
+def test_lowering_reports_progress_per_layer(tmp_path):
+    g = _validated(resnet_like(np.random.default_rng(0)))
+    seen = []
+    get_backend("loihi").lower(g, tmp_path, progress=lambda done, total, what: seen.append((done, total, what)))
+    assert [w for _, _, w in seen[:-1]] == ["s1", "s2", "s3", "s4", "fc"] and seen[-1][:2] == (5, 5)
