@@ -8,6 +8,13 @@ system, checks it for loihi on one chip (the refusal: the chips it needs and the
 system that holds it), and maps and checks it for cyclesim with cores large enough for the
 layers. Target: each mapping within 60 s and 4 GiB.
 
+Then the headline as a user types it, ``snncompile convert MODEL.onnx --target loihi --bits 8
+--fanin 64`` (no -o, no --calib), each in a child run through bench/stages.py (wall time and
+peak RSS of every stage, and of the whole command): with ``--target-option
+system=hala-point`` it writes the loihi artifact (target: 4 GiB), on one chip it is refused
+(the figure and the smallest system, before calibration). ``--headline-only`` skips the
+mapping children; ``--models`` also takes ``mobilenetv2``.
+
 Usage::
 
     .venv/bin/python bench/bench_scale.py [--out bench/results] [--models resnet50,vgg19]
@@ -60,12 +67,41 @@ def child(artifact: str, backend: str, options: dict[str, str]) -> dict[str, Any
             "violations": len(found)}
 
 
+HEADLINE = ["--target", "loihi", "--bits", "8", "--fanin", "64"]
+HEADLINES = [("headline hala-point", ["--target-option", "system=hala-point"]), ("headline one chip", [])]
+
+
+def headline(onnx_path: Path, extra: list[str]) -> dict[str, Any]:
+    """The literal headline on ``onnx_path`` (its default output, replaced), stage by stage."""
+    out = onnx_path.with_suffix(".loihi")
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "stages.py"), "convert", str(onnx_path),
+           *HEADLINE, *extra, "--force"]
+    r = run_child(cmd)
+    stages = [json.loads(line[len("stage "):]) for line in r.stderr.splitlines() if line.startswith("stage ")]
+    res: dict[str, Any] = {"command": "snncompile convert " + " ".join([onnx_path.name, *HEADLINE, *extra]),
+                           "returncode": r.returncode, "wall_s": r.wall_s, "peak_rss_mib": r.maxrss_mib,
+                           "stages": stages, "met_rss": r.maxrss_mib / 1024 <= TARGET_GIB,
+                           "message": [ln for ln in r.stderr.splitlines() if ln.startswith(("error", "wrote",
+                                                                                            "  - "))][:3]}
+    net = out / "loihi" / "network.json"
+    if r.returncode == 0 and net.exists():
+        m = json.loads(net.read_text())
+        kinds: dict[str, int] = {}
+        for c in m["connections"]:
+            k = c["kind"] + (" after a pool relay" if c.get("pool") else "")
+            kinds[k] = kinds.get(k, 0) + 1
+        res.update(connections=kinds, cores=m["mapping"]["cores"], chips=m["mapping"]["chips"],
+                   artifact_mib=round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2 ** 20, 1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="results folder")
     p.add_argument("--models", default="resnet50,vgg19")
     p.add_argument("--reuse", action="store_true",
                    help="map the converted artifacts already in OUT/scale (no new conversion)")
+    p.add_argument("--headline-only", action="store_true", help="only the headline conversions")
     p.add_argument("--child", nargs=3, metavar=("ARTIFACT", "BACKEND", "OPTIONS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -81,14 +117,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         if not onnx_path.exists():
             export(name, onnx_path)
+        row: dict[str, Any] = {"model": name, "headline": []}
+        for label, extra in HEADLINES:
+            h = headline(onnx_path, extra)
+            h["label"] = label
+            row["headline"].append(h)
+            print(f"{name} {label}: exit {h['returncode']} in {h['wall_s']:.1f} s, peak "
+                  f"{h['peak_rss_mib'] / 1024:.2f} GiB; {h.get('cores', '-')} cores, {h.get('chips', '-')} chips; "
+                  + "; ".join(f"{st['stage']} {st['wall_s']:.1f} s/{st['peak_rss_mib']} MiB" for st in h["stages"])
+                  + f"; {h['message'][:1]}", flush=True)
+        if args.headline_only:
+            results.append(row)
+            continue
         art = work / name
         convert = [snncompile_cli(), "convert", str(onnx_path), "-o", str(art), "--bits", "8", "--force"]
         conv = run_child(["true"] if args.reuse and (art / "ir.npz").exists() else convert)
         if conv.returncode != 0:
             raise SystemExit(f"convert {name} failed:\n{conv.stderr[-2000:]}")
-        row: dict[str, Any] = {"model": name, "export_and_convert_s": time.perf_counter() - t0,
-                               "convert": {"wall_s": conv.wall_s, "peak_rss_mib": conv.maxrss_mib},
-                               "mappings": []}
+        row.update({"export_and_convert_s": time.perf_counter() - t0,
+                    "convert": {"wall_s": conv.wall_s, "peak_rss_mib": conv.maxrss_mib}, "mappings": []})
         print(f"{name}: converted in {conv.wall_s:.1f} s, peak {conv.maxrss_mib / 1024:.2f} GiB", flush=True)
         for label, backend, options in MAPPINGS:
             r = run_child([sys.executable, __file__, "--child", str(art), backend, json.dumps(options)])

@@ -1,9 +1,10 @@
-"""ResNet-50- and VGG-19-shaped ONNX models, built locally with torch (random weights, each
+"""ResNet-50-, VGG-19- and MobileNetV2-shaped ONNX models, built locally with torch (random weights, each
 layer scaled to unit largest row L1 norm so that weight-bound thresholds stay finite).
 
 For the scale benchmark (bench_scale.py): the layer shapes of the ImageNet networks at
-3x224x224, with BatchNorm folded away (convolutions with bias) and VGG's max pools replaced by
-average pools (a spike-count max pool of VGG's size is a separate question). Nothing is
+3x224x224, with BatchNorm folded away (convolutions with bias), VGG's max pools replaced by
+average pools (a spike-count max pool of VGG's size is a separate question) and MobileNetV2's
+activation moved after its residual add (see :class:`InvertedResidual`). Nothing is
 downloaded; weights come from ``torch.manual_seed``.
 """
 
@@ -61,7 +62,40 @@ def vgg19(classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-MODELS = {"resnet50": resnet50, "vgg19": vgg19}
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand (x t), ReLU6, 3x3 depthwise (stride), ReLU6, 1x1
+    project, plus the identity where the shape allows; the ReLU6 comes after the add (the
+    linear bottleneck, a conv feeding the next block's conv with no activation between,
+    has no spiking form: two weighted layers in a row)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, t: int):
+        super().__init__()
+        hidden = cin * t
+        self.expand = nn.Conv2d(cin, hidden, 1) if t != 1 else None
+        self.dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden)
+        self.project = nn.Conv2d(hidden, cout, 1)
+        self.skip = stride == 1 and cin == cout
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        y = self.act(self.expand(x)) if self.expand is not None else x
+        y = self.project(self.act(self.dw(y)))
+        return self.act(y + x if self.skip else y)
+
+
+def mobilenetv2(classes: int = 1000) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU6()]
+    cin = 32
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(n):
+            layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+            cin = c
+    layers += [nn.Conv2d(cin, 1280, 1), nn.ReLU6(), nn.AvgPool2d(7), nn.Flatten(), nn.Linear(1280, classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS = {"resnet50": resnet50, "vgg19": vgg19, "mobilenetv2": mobilenetv2}
 
 
 def export(name: str, path: Path, seed: int = 0) -> Path:

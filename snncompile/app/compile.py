@@ -36,7 +36,7 @@ from ..passes.timesteps import with_timesteps
 from ..fsutil import check_replaceable, claim_output
 from ..ir.files import sha256_file
 from ..targets.artifact import is_artifact, write_artifact
-from ..targets.rules import violations
+from ..targets.rules import LimitError, violations
 from ..targets.profile import apply_profile, explicit_options, fit_input_width
 from ..targets.select import check_fit, default_out, lower_into, resolve_target, target_info
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
@@ -159,6 +159,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     imported = import_onnx(model, output=req.output)
     ann = imported.graph
     ann.meta["source"] = os.path.basename(req.model)
+    if backend is not None and (early := backend.check_early(ann)):  # e.g. more neurons than it holds
+        raise LimitError(backend.name, early)
     calib_data, train_data, val_data = _load_data(req, ann, training)
     t_import = time.perf_counter() - t0
     if calib_data is not None:
@@ -166,7 +168,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
                                   progress=req.progress)
     else:
         pct = "percentile" in req.explicit if req.explicit is not None else req.percentile != 99.9
-        calib = data_free_scales(model, ann, req.norm, req.percentile if pct else None, req.seed)
+        calib = data_free_scales(model, ann, req.norm, req.percentile if pct else None, req.seed,
+                                 progress=req.progress)
     if choice is not None:
         req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
                                                    req.fanin, req.fanin_mode))

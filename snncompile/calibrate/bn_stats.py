@@ -242,11 +242,13 @@ def _warning(kinds: dict[str, list[str]], norm: str, pct: float) -> str:
 
 
 def data_free_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
-                     percentile: float | None = None, seed: int = 0) -> Calibration:
+                     percentile: float | None = None, seed: int = 0, progress: bool = False) -> Calibration:
     """Scales without calibration data: from BatchNorm statistics where the model has them
     (:func:`bn_scales`), else from the activations on synthetic inputs
-    (:func:`~.statistics.synthetic_scales`). ``percentile`` None: each source's own default
-    (99.9 for BatchNorm statistics, :data:`~.statistics.SYNTHETIC_PERCENTILE` on synthetic
-    inputs, whose tails reach further than real data's)."""
+    (:func:`~.statistics.synthetic_scales`; ``progress``: its bar on stderr). ``percentile``
+    None: each source's own default (99.9 for BatchNorm statistics,
+    :data:`~.statistics.SYNTHETIC_PERCENTILE` on synthetic inputs, whose tails reach further
+    than real data's)."""
     return (bn_scales(model, graph, norm, percentile or 99.9, seed)
-            or synthetic_scales(model, graph, norm, percentile or SYNTHETIC_PERCENTILE, seed))
+            or synthetic_scales(model, graph, norm, percentile or SYNTHETIC_PERCENTILE, seed,
+                                progress=progress))

@@ -21,8 +21,13 @@ from ..ir import (AddNode, AffineNode, AvgPool2dNode, Graph, InputNode, ReluNode
 log = logging.getLogger("snncompile")
 
 NORM_MODES = ("percentile", "max", "channel")
-# Values kept per tensor for percentiles: beyond this, a seeded uniform subsample is used.
+# Values kept per tensor for percentiles: beyond this, a seeded uniform subsample is used;
+# and in all, so that a network with many ReLUs keeps at most this many (~512 MB).
 SAMPLE_BUDGET = 4_000_000
+TOTAL_SAMPLE_BUDGET = 128_000_000
+# Bytes of ReLU activations one forward batch may return: the batch shrinks to fit, so the
+# memory of calibration grows with one batch of activations, not with the samples.
+BATCH_BYTES = 128 * 2 ** 20
 
 
 @dataclass
@@ -39,18 +44,25 @@ class Calibration:
 def _session(model: onnx.ModelProto, tensors: list[str]):
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in present:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-            present.add(t)
+    # the extra outputs go on the caller's model only while it is serialized (no copy of
+    # the model: VGG-19's weights are 550 MB), and are taken off again
+    outputs = model.graph.output
+    kept = len(outputs)
+    present = {o.name for o in outputs}
+    try:
+        for t in tensors:
+            if t not in present:
+                outputs.append(onnx.helper.make_empty_tensor_value_info(t))
+                present.add(t)
+        data = model.SerializeToString()
+    finally:
+        while len(outputs) > kept:
+            outputs.pop()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 0
     try:
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
 
@@ -98,6 +110,9 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
     rng = np.random.default_rng(seed)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     n = x.shape[0]
+    budget = min(SAMPLE_BUDGET, TOTAL_SAMPLE_BUDGET // max(1, len(tensors)))
+    per_sample = 4 * sum(int(np.prod(r.shape)) for r in {r.calib_tensor: r for r in relus}.values())
+    batch_size = max(1, min(batch_size, BATCH_BYTES // max(1, per_sample)))
     bar = progress_bar(progress, n, "calibrating", "sample")
     for batch in onnx_forward(model, graph.meta["onnx_input"], tensors, x, batch_size):
         bar.update(len(next(iter(batch.values()))) if batch else 0)
@@ -106,7 +121,7 @@ def activation_scales(model: onnx.ModelProto, graph: Graph, x: np.ndarray, norm:
             per_channel = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
                 if a.ndim > 1 else a.reshape(1, -1)
             total = n * per_channel.size / a.shape[0]  # values this tensor yields over all data
-            rate = min(1.0, SAMPLE_BUDGET / total)
+            rate = min(1.0, budget / total)
             if rate < 1.0:
                 cols = rng.random(per_channel.shape[1]) < rate
                 per_channel = per_channel[:, cols]
@@ -169,15 +184,15 @@ def synthetic_inputs(shape: tuple[int, ...], samples: int = SYNTHETIC_SAMPLES, s
 
 def synthetic_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
                      percentile: float = SYNTHETIC_PERCENTILE, seed: int = 0, samples: int = SYNTHETIC_SAMPLES,
-                     warn: bool = True) -> Calibration:
+                     warn: bool = True, progress: bool = False) -> Calibration:
     """Scales without calibration data or BatchNorm statistics: each ReLU's activations on
     ``samples`` :func:`synthetic_inputs`, which the returned calibration keeps (``inputs``)
-    for the bias correction. Noise is not the user's data, but it drives every layer at the
+    for the bias correction (``progress``: a bar on stderr). Noise is not the user's data, but it drives every layer at the
     magnitudes the weights produce, where a weight bound sums every weight at its worst case
     and so sets thresholds that most neurons never reach (docs/semantics.md, "Thresholds
     without calibration data")."""
     x = synthetic_inputs(tuple(graph.input.shape), samples, seed)
-    cal = activation_scales(model, graph, x, norm, percentile, seed=seed)
+    cal = activation_scales(model, graph, x, norm, percentile, seed=seed, progress=progress)
     shape = tuple(graph.input.shape)
     kind = "1/f noise images" if len(shape) == 3 and min(shape[1:]) >= 2 else "uniform noise"
     msg = (f"no calibration data and no BatchNorm statistics: thresholds (and biases, with "

@@ -66,15 +66,21 @@ def _share(name: str, group: list[list[Node]], fanin: int, budgets: dict[str, in
                 budgets[op.name] = min(budgets.get(op.name, b), b)
 
 
+TOPK_CHUNK = 1 << 22   # weights sorted at once by topk_mask (bounds its temporaries)
+
+
 def topk_mask(weight: np.ndarray, k: int) -> np.ndarray:
     """1 for the ``k`` largest-magnitude weights of each output row (ties: lower index first),
     0 elsewhere; rows with at most ``k`` entries keep everything."""
-    w = np.abs(np.asarray(weight, np.float64)).reshape(weight.shape[0], -1)
+    w = np.asarray(weight).reshape(weight.shape[0], -1)
     if k >= w.shape[1]:
         return np.ones(weight.shape, np.float32)
-    order = np.argsort(-w, axis=1, kind="stable")[:, :k]
-    mask = np.zeros_like(w, dtype=np.float32)
-    np.put_along_axis(mask, order, 1.0, axis=1)
+    mask = np.zeros(w.shape, dtype=np.float32)
+    step = max(1, TOPK_CHUNK // w.shape[1])  # rows at a time: VGG-19's first dense layer has 100M weights
+    for r in range(0, w.shape[0], step):
+        # |w| in float64 orders exactly as the weights' own magnitudes (float32 converts exactly)
+        order = np.argsort(-np.abs(w[r:r + step].astype(np.float64)), axis=1, kind="stable")[:, :k]
+        np.put_along_axis(mask[r:r + step], order, 1.0, axis=1)
     return mask.reshape(weight.shape)
 
 

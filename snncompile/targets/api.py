@@ -38,8 +38,8 @@ import numpy as np
 
 from ..errors import ArtifactError, DataError, ModelError, SnnCompileError, UsageError
 from ..ir import Graph
-from ..ir.structure import (chain_ops, fanin_layers, population_fanin, populations, synapse_chains,
-                            weight_bits)
+from ..ir.structure import (chain_ops, fanin_layers, is_population, population_fanin, populations,
+                            sourced_chains, synapse_chains, weight_bits)
 from ..ir.files import artifact_file, read_json, read_npz
 from ..ir.serialize import load_graph
 from .flatten import FlatNetwork, Population, Projection, flatten_network
@@ -56,7 +56,7 @@ __all__ = [
     "available_backends", "get_backend", "check_limits", "parse_backend_options", "load_graph",
     "FlatNetwork", "Population", "Projection", "flatten_network", "RULES", "GENERIC_RULES",
     "Rule", "Chain", "Demand", "Footprint", "demand", "largest_slice", "layer_footprints",
-    "Profile", "chain_ops", "synapse_chains", "fanin_layers", "population_fanin", "populations", "weight_bits",
+    "Profile", "chain_ops", "synapse_chains", "sourced_chains", "is_population", "fanin_layers", "population_fanin", "populations", "weight_bits",
     "ArtifactError", "DataError", "ModelError", "SnnCompileError", "UsageError",
     "artifact_file", "read_json", "read_npz",
     "ConvOp", "DenseOp", "MatrixOp", "Op", "StructuredNetwork", "StructuredProjection", "op_from",
@@ -112,6 +112,13 @@ class Backend(ABC):
     def check(self, graph: Graph) -> list[Violation]:
         """Every violation of the target's limits; backends with more rules extend this."""
         return check_limits(graph, self.limits(), self.name)
+
+    def check_early(self, graph: Graph) -> list[Violation]:
+        """Violations that can be decided from the imported model, before calibration and
+        conversion (``graph`` is the ANN: ReLUs where the IF layers will be), so that a model
+        the target can never hold is refused in seconds. Only what no conversion option can
+        change belongs here (say, more neurons than the system holds); the default has none."""
+        return []
 
     def profile(self) -> Profile:
         """The conversion settings this target needs or prefers, which `convert --target`

@@ -1,7 +1,7 @@
 """The ``loihi`` backend plugin: snncompile IR -> a Lava process network for Intel Loihi 2.
 
-``lower`` regroups the graph into populations and Dense or Conv connections, with the
-synapse matrices the core composes (network.py), checks the
+``lower`` regroups the graph into populations and Dense or Conv connections that keep the
+model's own weights (a conv kernel once, a sum pool as a relay; network.py), checks the
 Loihi 2 limits (limits.py, rules.py), and writes an artifact that runs with lava-nc alone
 (emit.py). ``run`` executes this package's own ``runner/run_lava.py`` (never the copy
 in the artifact, whose files it reads as data only) in a subprocess on Lava's bit-accurate
@@ -41,9 +41,9 @@ from . import __version__
 from . import limits as L
 from .emit import PROCESS_DIR, RUNNER, read_network, write_artifact
 
-from .capacity import ChipMapping, map_graph, mapping_violations
-from .netx import write_netx
-from .network import build_network
+from .capacity import ChipMapping, map_graph, mapping_violations, neuron_bound
+from .netx import netx_problems, write_netx
+from .network import build_network, input_layers
 from .rules import check_network, input_width_violations
 
 log = logging.getLogger("snncompile")
@@ -125,16 +125,27 @@ class LoihiBackend(Backend):
 
     def check(self, graph: Graph, timesteps: int | None = None) -> list[Violation]:
         """Generic rules and the capacity model, both on the graph; then the Loihi rules on
-        the folded network. A graph that already fails on the graph alone and whose folded
-        network would be large is refused without folding it (seconds, not minutes)."""
+        the network Lava will run. A graph that already fails on the graph alone and whose
+        folded network would be large is refused without building it (seconds, not minutes)."""
+        return self._check(graph, timesteps)[0]
+
+    def _check(self, graph: Graph, timesteps: int | None = None, progress=None):
+        """The violations, and the network built for them (None when refused before)."""
         lim = self.limits()
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
         layers = layer_footprints(graph)
         out += mapping_violations(map_graph(graph, self._chip, layers), self._chip)
         if out and sum(f.units * f.slots * f.folded_fanin for f in layers) > FOLD_EARLY_REFUSAL:
-            return out
-        out += check_network(build_network(graph, timesteps, count_bits=self._chip["maxpool_count_bits"]), lim)
-        return out
+            return out, None
+        net = build_network(graph, timesteps, progress=progress,
+                            count_bits=self._chip["maxpool_count_bits"])
+        out += check_network(net, lim)
+        return out, net
+
+    def check_early(self, graph: Graph) -> list[Violation]:
+        """A system too small for the model's neurons alone (capacity.neuron_bound: a lower
+        bound no conversion option lowers), decided on the imported model before calibration."""
+        return mapping_violations(neuron_bound(graph, self._chip), self._chip, at_least=True)
 
     def mapping(self, graph: Graph) -> ChipMapping:
         """Cores and chips per layer (capacity.py), from the graph alone."""
@@ -154,7 +165,8 @@ class LoihiBackend(Backend):
                      "membrane_bits": "24-bit v register, input and threshold << 6",
                      "input_mode": "a once-injected input is T times the current in one step",
                      "spikes": "the default; --spikes signed takes a custom neuron, docs/loihi.md"},
-            input_rule=lambda g: input_width_violations(build_network(g), g),
+            input_rule=lambda g: input_width_violations(
+                build_network(g, layers=input_layers(g), count_bits=self._chip["maxpool_count_bits"]), g),
             input_reason=(f"the first layer's current per step fits Loihi's "
                           f"{(L.CURRENT_MAX + 1).bit_length()}-bit input port and its threshold "
                           f"the {L.THRESHOLD_BITS}-bit vth"))
@@ -176,11 +188,9 @@ class LoihiBackend(Backend):
         return {"cores": cores, "chips": -(-cores // self._chip["cores"])}
 
     def lower(self, graph: Graph, directory: Path, progress=None) -> None:
-        violations = self.check(graph)
+        violations, net = self._check(graph, progress=progress)
         if violations:
             raise LimitError(self.name, violations)
-        flat = flatten_network(graph, progress=progress)
-        net = build_network(graph, flat=flat, count_bits=self._chip["maxpool_count_bits"])
         write_artifact(net, Path(directory))
         # outputs that are spiking layers: their accumulators are their spike counts
         spiking = [o for o in graph.outputs if any(p.name == o for p in net.populations)]
@@ -189,7 +199,7 @@ class LoihiBackend(Backend):
         m["spiking_outputs"] = spiking
         m["mapping"] = self.mapping(graph).as_dict()
         manifest.write_text(json.dumps(m, indent=1))
-        why = write_netx(net, flat, Path(directory) / "netx.h5")
+        why = netx_problems(net) or write_netx(net, flatten_network(graph), Path(directory) / "netx.h5")
         if why:
             (Path(directory) / "netx-unsupported.txt").write_text(
                 "No netx.h5: this network does not fit lava-dl netx because\n"

@@ -135,15 +135,42 @@ def signed_options(graph: Graph, name: str, o: dict[str, int]) -> dict[str, int]
     return dict(o, neuron_bits=o["neuron_bits"] + L.SIGNED_STATE_BITS)
 
 
+def neuron_bound(graph: Graph, o: dict[str, int], layers: list[Footprint] | None = None) -> ChipMapping:
+    """A lower bound of :func:`map_graph`'s cores from what no weight changes: a core holds at
+    most ``neurons_per_core`` compartments, and each costs its neuron state and an output
+    axon entry per consumer in the core's memory (weights and input axons only add). Works
+    on the imported ANN as well (its ReLUs are the layers), so before calibration."""
+    out = ChipMapping()
+    mem = o["memory_kib"] * 1024 * 8
+    pools = {n.name for n in graph.nodes if isinstance(n, MaxPool2dNode)}
+    for fp in layer_footprints(graph) if layers is None else layers:
+        state = ((fp.slots + 1) * o["maxpool_count_bits"] if fp.name in pools
+                 else fp.slots * o["neuron_bits"])  # as core_bits counts a max pool's state
+        per_unit = state + fp.consumers * o["axon_bits"]
+        n = min(o["neurons_per_core"] // fp.slots, mem // per_unit)
+        if n < 1:
+            out.problems.append(_unmappable(fp, o, fp.name in pools))
+            continue
+        cores = -(-fp.units // n)
+        first = out.cores
+        chips = (first + cores - 1) // o["cores"] - first // o["cores"] + 1
+        out.layers.append(LayerMap(fp.name, cores, first, chips, n, fp.fanin, fp.folded_fanin,
+                                   per_unit * n, 0))
+        out.cores += cores
+    out.chips = -(-out.cores // o["cores"])
+    return out
+
+
 def smallest_system(chips: int) -> str | None:
     """The named system with the fewest chips that has at least ``chips``."""
     fit = [(n, name) for name, (n, _) in L.SYSTEMS.items() if n >= chips]
     return min(fit)[1] if fit else None
 
 
-def mapping_violations(m: ChipMapping, o: dict[str, int]) -> list[Violation]:
+def mapping_violations(m: ChipMapping, o: dict[str, int], at_least: bool = False) -> list[Violation]:
     """Layers no core can hold, and a system too small for the whole network (with the
-    smallest named system that holds it)."""
+    smallest named system that holds it); ``at_least``: ``m`` is a lower bound
+    (:func:`neuron_bound`), and the figure says so."""
     out = list(m.problems)
     have = o["cores"] * o["chips"]
     if m.cores > have:
@@ -152,7 +179,8 @@ def mapping_violations(m: ChipMapping, o: dict[str, int]) -> list[Violation]:
                  (f" or system={system} ({L.SYSTEMS[system][0]} chips)" if system else
                   f" (more than the largest named system, {max(v[0] for v in L.SYSTEMS.values())} chips)"))
         worst = max(m.layers, key=lambda x: x.cores)
-        out.append(Violation("(all)", f"cores needed ({o['cores']} per chip x {o['chips']} chip"
+        out.append(Violation("(all)", f"cores needed{' at least, by neurons alone' if at_least else ''} "
+                             f"({o['cores']} per chip x {o['chips']} chip"
                              f"{'s' if o['chips'] != 1 else ''})", m.cores, have,
                              f"{where}; or a smaller model (largest layer: '{worst.name}', "
                              f"{worst.cores} cores)"))

@@ -5,7 +5,8 @@
                               pop/<name>/{vth,bias_mant} (the Lava registers),
                               conn/<name>/weight (int8 mantissa m, the weight being
                               m * 2^weight_exp with weight_exp in network.json; dense:
-                              dst x src, conv: Cout x Cin/groups x kH x kW as in the IR),
+                              dst x src, conv: Cout x Cin/groups x kH x kW as in the IR;
+                              with "pool", src is the sum pool of the source population),
                               bias/<name>/bias (biases too wide for the neuron), out/<name>/bias
     <dir>/run_lava.py         the entry point (lava-nc + numpy only)
     <dir>/lava_intfire/       the IntFire and SpikeMaxPool processes and their fixed-point models
@@ -72,6 +73,10 @@ def _connection(c) -> dict:
         d.update({"in_shape": list(c.in_shape), "out_shape": list(c.out_shape),
                   "stride": list(c.stride), "padding": list(c.padding),
                   "dilation": list(c.dilation), "groups": c.groups})
+    if c.pool is not None:
+        (kernel, stride, padding) = c.pool
+        d.update({"in_shape": list(c.in_shape), "src_shape": list(c.src_shape),
+                  "pool": {"kernel": list(kernel), "stride": list(stride), "padding": list(padding)}})
     return d
 
 
@@ -136,6 +141,9 @@ def read_network(directory: Path) -> Network:
                 "in_shape": tuple(c["in_shape"]), "out_shape": tuple(c["out_shape"]),
                 "stride": tuple(c["stride"]), "padding": tuple(c["padding"]),
                 "dilation": tuple(c["dilation"]), "groups": c["groups"]}
+            if c.get("pool"):
+                conv.update(in_shape=tuple(c["in_shape"]), src_shape=tuple(c["src_shape"]),
+                            pool=tuple(tuple(c["pool"][k]) for k in ("kernel", "stride", "padding")))
             net.connections.append(Connection(c["name"], c["src"], c["dst"], w,
                                               int(np.abs(w).max(initial=0)) >> c["weight_exp"],
                                               kind=c["kind"], delay=c.get("delay", 0),

@@ -50,8 +50,9 @@ def weight_code(weight: np.ndarray) -> tuple[np.ndarray, int]:
     """The mantissa (int8 values) and IR exponent ``e`` of an integer weight array: the
     smallest ``e`` with ``|w| <= 127 * 2^e`` whose low ``e`` bits are all zero. Lava gets
     ``weights = 2 * mantissa, weight_exp = e - 1``."""
-    w = np.asarray(weight, np.int64)
-    top = int(np.abs(w).max(initial=0))
+    w = np.asarray(weight)
+    w = w if w.dtype.kind == "i" else w.astype(np.int64)  # no int64 copy of a 100M-weight layer
+    top = max(int(w.max(initial=0)), -int(w.min(initial=0)))
     e = 0
     while top > WEIGHT_MANT_MAX << e:
         e += 1

@@ -92,9 +92,8 @@ def current_bound(net: Network, name: str) -> int:
     accumulators (``split_outputs``): the largest of theirs."""
     total = {0: 0}
     for c in net.incoming(name):
-        w = np.abs(np.asarray(c.weight, np.int64))
-        rows = int(w.reshape(w.shape[0], -1).sum(axis=1).max(initial=0))
-        total[c.part] = total.get(c.part, 0) + rows * (input_bound(net) if c.src == net.input_name else 1)
+        total[c.part] = total.get(c.part, 0) + \
+            c.row_bound() * (input_bound(net) if c.src == net.input_name else 1)
     for s in net.bias_sources:
         if s.dst == name:
             total[0] += int(np.abs(s.charge(net.timesteps)).max(initial=0))

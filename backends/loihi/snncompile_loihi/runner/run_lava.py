@@ -18,6 +18,8 @@ weights ``m * 2^e`` (8-bit mantissa m: ``weights = 2 m``, ``weight_exp = e - 1``
 where a shorter branch joins a longer one, biases wider than the neuron's
 13-bit mantissa as constant graded spikes (``bias_sources``), or Conv connections (``LoihiConv``:
 the same weight rules, kernel flipped and transposed to Lava's layout, optionally delayed),
+a sum pool in front of a Conv or Dense as a relay (a depthwise LoihiConv of ones whose
+window sums reach the next connection as graded spikes, one step later),
 the input as graded spikes from a
 RingBuffer (``num_message_bits = 16``), and every output read from its Dense by a Recorder
 (``lava_intfire/intfire.py``) that saves what it received to a file at the last step. Samples run back to back, ``T`` steps each with no gap: every population resets
@@ -105,7 +107,23 @@ def conv_connect(c: dict, w: np.ndarray, bits: int, src_port, dst_port, Conv) ->
                 dilation=tuple(c["dilation"][::-1]), groups=c["groups"], num_message_bits=bits,
                 delay=c.get("delay", 0), name=c["name"])
     src_port.reshape((c_in, h_in, w_in)).transpose([2, 1, 0]).connect(conv.s_in)
-    conv.a_out.transpose([2, 1, 0]).reshape((c_out * h_out * w_out,)).connect(dst_port)
+    out = conv.a_out.transpose([2, 1, 0]).reshape((c_out * h_out * w_out,))
+    if dst_port is None:
+        return out
+    out.connect(dst_port)
+    return None
+
+
+def pool_relay(c: dict, bits: int, src_port, Conv):
+    """The sum pool in front of connection ``c``: a depthwise Conv with a kernel of ones whose
+    window sums go on as graded spikes (one step later, as any connection); returns its flat
+    output port."""
+    (kh, kw), stride, padding = c["pool"]["kernel"], c["pool"]["stride"], c["pool"]["padding"]
+    channels = c["src_shape"][0]
+    relay = {"name": f"{c['name']} pool", "in_shape": c["src_shape"], "out_shape": c["in_shape"],
+             "padding": padding, "stride": stride, "dilation": [1, 1], "groups": channels,
+             "weight_exp": 0, "delay": 0}
+    return conv_connect(relay, np.ones((channels, 1, kh, kw), np.int32), bits, src_port, None, Conv)
 
 
 def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_spikes: bool,
@@ -180,9 +198,12 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
         graded = c["src"] == net["input"]["name"]
         w = params[f"conn/{c['name']}/weight"].astype(np.int32)
         bits = c.get("message_bits", MESSAGE_BITS if graded else 0)  # signed spikes: graded
+        src = ports[c["src"]]
+        dst = targets[_part(c["dst"], c.get("part", 0))]
+        if c.get("pool"):
+            src, bits = pool_relay(c, bits, src, LoihiConv), MESSAGE_BITS
         if c["kind"] == "conv":
-            conv_connect(c, w, bits, ports[c["src"]], targets[_part(c["dst"], c.get("part", 0))],
-                         LoihiConv)
+            conv_connect(c, w, bits, src, dst, LoihiConv)
         else:
             delay, exp = c.get("delay", 0), c["weight_exp"] - 1
             if delay:  # a skip over shorter branches: DelayDense adds `delay` steps
@@ -191,8 +212,8 @@ def build(net: dict, params: dict, cols: np.ndarray, T: int, steps: int, record_
                                    name=c["name"])
             else:
                 dense = Dense(weights=2 * w, weight_exp=exp, num_message_bits=bits, name=c["name"])
-            ports[c["src"]].connect(dense.s_in)
-            dense.a_out.connect(targets[_part(c["dst"], c.get("part", 0))])
+            src.connect(dense.s_in)
+            dense.a_out.connect(dst)
     return source, pops, out_sinks, spike_sinks
 
 
