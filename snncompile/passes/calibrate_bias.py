@@ -1,22 +1,40 @@
-"""Calibration without labels: shift each spiking layer's bias by the mean error its spike
-rate makes against the ANN, layer by layer, on the calibration inputs alone.
+"""Calibration without labels, on the calibration inputs alone, for one window T: each IF
+layer's activation scale fitted to T, then each layer's mean error against the ANN taken
+back layer by layer through its initial membrane (or its bias).
 
 A converted layer's spike rate differs from its ANN activation by an error that does not
 average out: quantization of the count, spikes fired early that later negative current
-cannot take back, the transient before a membrane settles. Much of it is a shift of the
-channel's mean, which the layer's bias can take back. This is the bias correction of Li et
-al. (ICML 2021, "A Free Lunch From ANN", arXiv 2106.06984): going from the first layer to
-the last, run the SNN (with the layers before already corrected) at the chosen T on the
-calibration inputs, compare each channel's mean rate ``lam * count / T`` with the mean of
-the ANN's activation clipped to what the layer can represent (``[0, lam]``), and add the
-difference to the bias of the weighted node that drives the layer. The outputs' biases get
-the same correction against the ANN's outputs. No labels, no gradients: one simulation per
-layer.
+cannot take back, the transient before a membrane settles. Two corrections of Li et al.
+(ICML 2021, "A Free Lunch From ANN", arXiv 2106.06984) take most of it back:
 
-The pass changes float biases only and re-derives every integer with the conversion's own
-quantization (:func:`.requant.requantize`), so the graph stays a plain converted graph
-(tuning and requantization keep the correction). The correction is made for one window T;
-the thresholds stay independent of T, but the corrected biases fit that T best.
+* **Thresholds fitted to T.** A count of at most T spikes represents an activation in
+  ``[0, lam]`` in steps of ``lam / T``. The calibrated percentile (99.9th by default) keeps
+  rare large activations but leaves most of the others a count of 0 or 1 at small T. Each
+  channel's ``lam`` becomes the one, among fractions of the calibrated one, whose T-level
+  quantizer (clip and round, or clip and floor with a zero initial membrane) has the least
+  mean squared error on the ANN's activations: the clipping error it adds is smaller than
+  the quantization error it removes.
+* **Mean error, layer by layer.** From the first IF layer to the last, and then the
+  outputs, the SNN (with the layers before already corrected) runs at T on the calibration
+  inputs; each channel's mean rate ``lam * count / T`` is compared with the mean of the
+  ANN's activation clipped to ``[0, lam]``. The difference can be taken back in two ways:
+  in the layer's initial membrane (the paper's potential calibration: ``T * error / lam``
+  thresholds of charge at t = 0, which also holds back, or brings forward, the layer's
+  first spikes, the early spikes much of the error comes from), or in the bias of the
+  weighted node that drives the layer (its bias calibration: the same charge spread over
+  the window). Both fix the mean; which leaves the rates closer to the ANN's differs by
+  network and T (on the zoo the membrane wins on the MobileNet at T = 8, the bias on the
+  stride-2 CNN at T = 4), so each layer takes the one whose rates have the smaller squared
+  error against the ANN's activations on the calibration inputs. Where the initial
+  membrane must stay zero (``--v-init zero``, as NIR needs) it is the bias; where no
+  weighted node drives the layer alone (a residual add's ReLU), the membrane. The outputs'
+  biases get the same correction against the ANN's outputs.
+
+No labels, no gradients: a few simulations per layer. Thresholds and biases are float
+parameters from which every integer is re-derived by the conversion's own quantization
+(:func:`.requant.requantize`); the initial membrane's correction is kept as its offset from
+the default, in thresholds, so requantization keeps it too. The corrections are made for
+one window T: the same integers still run at any window, but fit that T best.
 """
 
 from __future__ import annotations
@@ -29,6 +47,10 @@ from ..sim.ann import ann_forward
 from ..sim.evaluator import needed, run_window, window_batch
 from ..sim.simulator import quantize_input
 from .requant import requantize
+
+# Fractions of the calibrated scale the threshold fit tries (never above it: the percentile
+# already bounds what calibration saw).
+LAM_FRACTIONS = np.linspace(0.2, 1.0, 41)
 
 
 def bias_holder(graph: Graph, name: str) -> WeightedNode | None:
@@ -68,47 +90,127 @@ def _ann_means(snn: Graph, ann: Graph, x: np.ndarray, names: list[str], batch: i
     return {k: v / _per_channel(snn, k, x.shape[0]) for k, v in sums.items()}
 
 
-def _snn_mean(graph: Graph, xq: np.ndarray, T: int, node: str) -> np.ndarray:
-    """Per-channel mean over inputs ``xq`` (integer) of ``node``'s real value: an IF
-    layer's rate ``lam * count / T``, an output's ``scale * acc / T``."""
+def _snn_values(graph: Graph, xq: np.ndarray, T: int, node: str) -> np.ndarray:
+    """``node``'s real value per input of ``xq`` (integer), (N, *shape): an IF layer's
+    rate ``lam * count / T``, an output's ``scale * acc / T``."""
     want = needed(graph, [node])
     step = window_batch(graph, T)
     n = graph[node]
-    total = 0.0
+    parts = []
     for s in range(0, xq.shape[0], step):
         r = run_window(graph, torch.as_tensor(xq[s:s + step]), T, nodes=want)
         v = (r.counts if isinstance(n, IFNode) else r.acc)[node].cpu().numpy()
-        total = total + _channel_sum(v * np.broadcast_to(n.out_scale, n.shape) / T)
-    return total / _per_channel(graph, node, xq.shape[0])
+        parts.append(v * np.broadcast_to(n.out_scale, n.shape) / T)
+    return np.concatenate(parts)
+
+
+def _ann_values(ann: Graph, node: IFNode, x: np.ndarray, batch: int) -> np.ndarray:
+    """The ANN's activation at IF layer ``node`` per input of ``x``, clipped to ``[0, lam]``."""
+    lam = np.broadcast_to(np.asarray(node.out_scale, np.float32), node.shape)
+    return np.concatenate([np.clip(ann_forward(ann, x[s:s + batch], return_all=True)[node.name].numpy(), 0.0, lam)
+                           for s in range(0, x.shape[0], batch)])
+
+
+def _by_channel(a: np.ndarray) -> np.ndarray:
+    """(samples, C, ...) -> (C, samples * positions); (samples, F) -> (F, samples)."""
+    return np.moveaxis(a, 1, 0).reshape(a.shape[1], -1) if a.ndim > 2 else a.T
+
+
+def fit_thresholds(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
+                   batch_size: int = 256) -> Graph:
+    """The converted graph ``snn`` with each IF layer's ``lam`` (and so its threshold) the
+    fraction of its calibrated one (:data:`LAM_FRACTIONS`) whose T-level quantizer has the
+    least squared error on the float graph ``ann``'s activations over ``x``: per channel
+    where the layer has a scale per channel, else one for the layer."""
+    T = int(timesteps or snn.timesteps)
+    layers = [n.name for n in snn.nodes if isinstance(n, IFNode) and n.name in ann]
+    acts: dict[str, list[np.ndarray]] = {k: [] for k in layers}
+    for s in range(0, x.shape[0], batch_size):
+        values = ann_forward(ann, x[s:s + batch_size], return_all=True)
+        for k in layers:
+            acts[k].append(values[k].numpy())
+    offset = 0.5 if snn.conversion is None or snn.conversion.v_init == "half" else 0.0
+    g = snn.copy()
+    for k in layers:
+        n = g[k]
+        lam0 = np.asarray(n.lam, np.float64)
+        a = np.maximum(_by_channel(np.concatenate(acts.pop(k)).astype(np.float64)), 0.0)
+        if lam0.size == 1:
+            a = a.reshape(1, -1)
+        base = np.broadcast_to(lam0.reshape(-1), (a.shape[0],))
+        best, chosen = np.full(a.shape[0], np.inf), base.copy()
+        for f in LAM_FRACTIONS:
+            lam = (base * f)[:, None]
+            err = ((lam * np.clip(np.floor(T * a / lam + offset), 0, T) / T - a) ** 2).mean(axis=1)
+            better = err < best
+            best[better], chosen[better] = err[better], base[better] * f
+        n.lam = chosen.reshape(lam0.shape)
+    return requantize(g)
+
+
+def _add_bias(g: Graph, holder: str, err: np.ndarray) -> None:
+    h = g[holder]
+    base = np.zeros(h.weight.shape[0], np.float32) if h.bias is None else np.asarray(h.bias, np.float32)
+    h.bias = (base + err.astype(np.float32)).reshape(base.shape)
+
+
+def _add_potential(n: IFNode, err: np.ndarray, T: int) -> None:
+    """Add ``T * err / lam`` thresholds of charge (``err`` per channel, real units) to the
+    initial membrane of IF layer ``n``, within its membrane width."""
+    th = np.asarray(n.threshold, np.float64)
+    lam = np.asarray(n.lam, np.float64).reshape(-1)
+    shape_c = (-1,) + (1,) * (th.ndim - 1)
+    dv = (err * T / np.broadcast_to(lam, err.shape)).reshape(shape_c) * th.reshape(shape_c)
+    base = np.zeros_like(th) if n.v_init is None else np.asarray(n.v_init, np.float64)
+    top = 2 ** (n.membrane_bits - 1) - 1
+    v = np.clip(np.rint(base.reshape(shape_c) + dv), -top, top).astype(np.int64)
+    n.v_init = v.reshape(th.shape) if v.size == th.size else v
 
 
 def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
-                     outputs: bool = True, batch_size: int = 256) -> tuple[Graph, dict[str, float]]:
-    """The converted graph ``snn`` with each spiking layer's (and, with ``outputs``, each
-    output's) bias corrected by the mean error of its rate against the float graph ``ann``
-    on calibration inputs ``x`` (no labels), at ``timesteps`` (default the graph's T).
+                     outputs: bool = True, batch_size: int = 256, thresholds: bool = True,
+                     potential: bool | None = None) -> tuple[Graph, dict[str, float]]:
+    """The converted graph ``snn`` calibrated against the float graph ``ann`` on inputs
+    ``x`` (no labels) at ``timesteps`` (default the graph's T): with ``thresholds``, each
+    IF layer's scale fitted to T (:func:`fit_thresholds`); then each spiking layer's (and,
+    with ``outputs``, each output's) mean error taken back: with ``potential`` (default:
+    unless the graph was converted with ``v_init`` "zero") in the initial membrane or the
+    bias, whichever leaves the layer's rates closer to the ANN's, else in the bias.
 
     Returns the new graph and, per corrected layer, the mean absolute error before its
     correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
-    the record. Layers whose input is not driven by a weighted node of their own are left
-    as they are."""
+    the record. Without ``potential``, layers whose input is not driven by a weighted node
+    of their own are left as they are."""
     T = int(timesteps or snn.timesteps)
-    layers = [n.name for n in snn.nodes if isinstance(n, IFNode)]
-    layers += [o for o in snn.outputs if outputs and isinstance(snn[o], WeightedNode)]
-    layers = [k for k in layers if k in ann and (isinstance(snn[k], WeightedNode) or bias_holder(snn, k))]
-    target = _ann_means(snn, ann, x, layers, batch_size)
-    xq = quantize_input(snn, x)
-    g = snn
+    if potential is None:
+        potential = snn.conversion is None or snn.conversion.v_init != "zero"
+    g = fit_thresholds(snn, ann, x, T, batch_size) if thresholds else snn
+    layers = [n.name for n in g.nodes if isinstance(n, IFNode)]
+    layers += [o for o in g.outputs if outputs and isinstance(g[o], WeightedNode)]
+    layers = [k for k in layers if k in ann and (isinstance(g[k], WeightedNode) or potential or bias_holder(g, k))]
+    target = _ann_means(g, ann, x, layers, batch_size)
+    xq = quantize_input(g, x)
     record: dict[str, float] = {}
     for name in layers:
         node = g[name]
-        holder = node if isinstance(node, WeightedNode) else bias_holder(g, name)
-        err = target[name] - _snn_mean(g, xq, T, name)
+        rate = _snn_values(g, xq, T, name)
+        err = target[name] - _channel_sum(rate) / _per_channel(g, name, x.shape[0])
         unit = float(np.mean(node.out_scale)) if isinstance(node, IFNode) else float(np.abs(target[name]).mean())
         record[name] = round(float(np.abs(err).mean() / (unit or 1.0)), 6)
-        g = g.copy()
-        h = g[holder.name]
-        base = np.zeros(h.weight.shape[0], np.float32) if h.bias is None else np.asarray(h.bias, np.float32)
-        h.bias = (base + err.astype(np.float32)).reshape(base.shape)
-        g = requantize(g)
+        holder = node if isinstance(node, WeightedNode) else bias_holder(g, name)
+        by_bias = None
+        if holder is not None:
+            by_bias = g.copy()
+            _add_bias(by_bias, holder.name, err)
+            by_bias = requantize(by_bias)
+        if isinstance(node, IFNode) and potential:
+            by_potential = g.copy()
+            _add_potential(by_potential[name], err, T)
+            if by_bias is not None:  # the one whose rates are closer to the ANN's
+                ref = _ann_values(ann, g[name], x, batch_size)
+                g = min((by_potential, by_bias), key=lambda c: float(((_snn_values(c, xq, T, name) - ref) ** 2).mean()))
+            else:
+                g = by_potential
+        else:
+            g = by_bias
     return g, record

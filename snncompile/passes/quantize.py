@@ -82,6 +82,23 @@ def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias
     n.out_scale = np.full((1,) * len(n.shape), out_scale)
 
 
+def _v_init(th: np.ndarray, mode: str, old_th: np.ndarray | None, old_v: np.ndarray | None,
+            shape: tuple[int, ...], membrane_bits: int) -> np.ndarray:
+    """The initial membrane for thresholds ``th``: half of it or zero (``mode``), plus the
+    offset from that default, in thresholds, that the layer's former integers held (a
+    calibrated initial membrane, passes.calibrate_bias), so requantization keeps it."""
+    base = (th // 2) if mode == "half" else np.zeros_like(th)
+    if old_v is None or old_th is None:
+        return base
+    old_base = (old_th // 2) if mode == "half" else np.zeros_like(old_th)
+    frac = (np.asarray(old_v, np.float64) - old_base) / np.asarray(old_th, np.float64)
+    if not np.any(frac):
+        return base
+    top = 2 ** (membrane_bits - 1) - 1
+    v = np.clip(base + np.rint(frac * th), -top, top)
+    return _compact(v, shape).astype(np.int64)
+
+
 def _feeds_add_only(g: Graph, name: str) -> bool:
     """Whether node ``name``'s only consumer is an add (a weighted node then takes the add's
     scale, shared by all its inputs)."""
@@ -147,8 +164,9 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
                 raise ModelError(f"layer '{n.name}': {n.lam.size} scales for {sc.size} channels")
             theta = np.maximum(1, np.rint(lam / sc)).astype(np.int64)
             shape_c = (-1,) + (1,) * (len(n.shape) - 1)
+            old_th, old_v = n.threshold, n.v_init
             n.threshold = _compact(theta.reshape(shape_c), n.shape).astype(np.int64)
-            n.v_init = (n.threshold // 2) if opts.v_init == "half" else np.zeros_like(n.threshold)
+            n.v_init = _v_init(n.threshold, opts.v_init, old_th, old_v, n.shape, n.membrane_bits)
             n.out_scale = _compact(np.asarray(n.lam, np.float64).reshape(shape_c), n.shape)
             once[n.name] = False
         elif isinstance(n, MaxPool2dNode):
