@@ -73,7 +73,7 @@ def signed_residual(rng) -> Graph:
 
 
 def pooled_classifier(rng, spikes: str = "signed") -> Graph:
-    """A global 4x4 sum pool folded into the classifier: 20 channels x 16 positions x |w| up
+    """A global 4x4 sum pool relayed into the classifier: 20 channels x 16 positions x |w| up
     to 127 can bring 40,640 in one step, past the 16-bit port, so the output is split into
     two accumulators the host adds."""
     w = rng.choice([-127, 127, 60, -3], (10, 20)).astype(np.int32)
@@ -135,7 +135,6 @@ def test_signed_builds_fit_and_send_graded_spikes(build, tmp_path):
 
 @pytest.mark.parametrize("spikes", ["binary", "signed"])
 def test_an_output_past_the_port_is_split_into_accumulators(spikes, tmp_path):
-    from snncompile.plugin import flatten_network
     from snncompile_loihi.network import build_network
     from snncompile_loihi.rules import current_bound
 
@@ -143,9 +142,9 @@ def test_an_output_past_the_port_is_split_into_accumulators(spikes, tmp_path):
     net = build_network(g)
     parts = [c for c in net.connections if c.dst == "out"]
     assert [c.part for c in parts] == [0, 1] and net.outputs[0].parts == 2
-    assert sum(np.abs(c.weight).sum(axis=1).max() for c in parts) > 2 ** 15  # needed two
-    whole = flatten_network(g).into("out")[0].matrix.toarray()
-    np.testing.assert_array_equal(sum(c.weight for c in parts), whole)  # each column in one part
+    assert all(c.pool_area == 16 for c in parts)  # the global pool relays window sums
+    assert np.abs(g["out"].weight_int).sum(axis=1).max() * 16 > 2 ** 15  # needed two
+    np.testing.assert_array_equal(sum(c.weight for c in parts), g["out"].weight_int)  # each column in one part
     assert not np.any((parts[0].weight != 0) & (parts[1].weight != 0))
     assert current_bound(net, "out") <= 2 ** 15 - 1
     assert get_backend("loihi").check(g) == []
