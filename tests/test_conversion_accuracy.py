@@ -183,6 +183,29 @@ def test_convert_calibrates_biases_by_default_and_records_it(nets, digits, tmp_p
     assert "bias_calibration" not in infos[False]
 
 
+def test_calibration_spends_a_bounded_simulator_budget(nets, digits, tmp_path, monkeypatch):
+    """A network too large for the calibration's budget (an ImageNet ResNet-50 needs about
+    5e12 MAC-steps for one input at T = 16) gets fewer inputs, or none with a warning that
+    says how to force it; asked for explicitly, it runs on the minimum."""
+    import snncompile.app.compile as C
+    from snncompile.passes.calibrate_bias import calibration_cost, calibration_samples
+
+    model, ann = nets["stride2"]
+    per = calibration_cost(ann, 8)
+    assert calibration_samples(ann, 8, 300) == 300                      # digits: all of them
+    monkeypatch.setattr("snncompile.passes.calibrate_bias.CALIBRATION_WORK", per * 40)
+    assert calibration_samples(ann, 8, 300) == 40
+    assert calibration_samples(ann, 16, 300) == 0 and calibration_samples(ann, 16, 300, asked=True) == 32
+    _, (xc, yc), _ = digits
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=xc, y=yc)
+    monkeypatch.setattr(C, "calibration_samples", lambda *a, **k: 0)
+    res = compile_model(CompileRequest(model=str(tmp_path / "m.onnx"), out=str(tmp_path / "o"),
+                                       calib=str(tmp_path / "calib.npz"), options=ConversionOptions(timesteps=8)))
+    assert any("calibration (--calibrate-bias) skipped" in w for w in res["warnings"])
+    assert "bias_calibration" not in json.loads((tmp_path / "o" / "compile.json").read_text())
+
+
 def _logit_error(snn, ann, x, T: int) -> float:
     """Mean squared distance of the SNN's outputs from the ANN's."""
     return float(((simulate(snn, x, T).output - ann_forward(ann, x).numpy()) ** 2).mean())

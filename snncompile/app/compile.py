@@ -30,7 +30,7 @@ from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_c
 from ..ir import Graph, IFNode
 from ..ir.structure import zeroed_layers
 from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
-from ..passes.calibrate_bias import calibrate_biases
+from ..passes.calibrate_bias import MIN_CALIBRATION_SAMPLES, calibrate_biases, calibration_samples
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..fsutil import check_replaceable, claim_output
@@ -188,6 +188,20 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     # without --calib: on the synthetic inputs the thresholds came from (calibrate/statistics.py)
     bias_x = calib_data.x[:BIAS_CALIBRATION_SAMPLES] if calib_data is not None else calib.inputs
     calibrating = req.calibrate_bias and bias_x is not None and not training
+    if calibrating:  # a budget of simulator work: an ImageNet network is too big for it
+        asked = bool(req.explicit and "calibrate_bias" in req.explicit)
+        n = calibration_samples(ann, max(req.auto_timesteps.candidates) if req.auto_timesteps
+                                else snn.timesteps, bias_x.shape[0], asked)
+        if n < bias_x.shape[0]:
+            msg = (f"label-free calibration (--calibrate-bias) on {n} of {bias_x.shape[0]} inputs: "
+                   "the network is large for the reference simulator" if n else
+                   "label-free calibration (--calibrate-bias) skipped: the network is too large to "
+                   "simulate on enough inputs in reasonable time (minutes per input at this size); "
+                   "give --calibrate-bias explicitly to run it on "
+                   f"{min(MIN_CALIBRATION_SAMPLES, bias_x.shape[0])} inputs anyway")
+            log.warning(msg)
+            warnings.append(msg)
+        bias_x, calibrating = bias_x[:n], n > 0
     if req.calibrate_bias and training and req.explicit and "calibrate_bias" in req.explicit:
         log.warning("--calibrate-bias is not applied with --train: tuning trains the biases")
     bias_record = None

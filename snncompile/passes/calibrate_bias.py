@@ -43,10 +43,38 @@ import numpy as np
 import torch
 
 from ..ir import AddNode, Graph, IFNode, WeightedNode
+from ..ir.structure import ann_macs, is_population
 from ..sim.ann import ann_forward
 from ..sim.evaluator import needed, run_window, window_batch
 from ..sim.simulator import quantize_input
 from .requant import requantize
+
+# Reference-simulator work (multiply-accumulates x time steps) the calibration spends by
+# default, and the fewest samples worth calibrating on: the zoo's networks (up to 4 M MACs,
+# 7 spiking layers) keep 512 samples up to T = 32; an ImageNet ResNet-50 (4 G MACs, 49
+# layers) would need about 5e12 for one sample at T = 16, so it is skipped unless asked for.
+CALIBRATION_WORK = 10 ** 12
+MIN_CALIBRATION_SAMPLES = 32
+
+
+def calibration_cost(ann: Graph, timesteps: int) -> int:
+    """Work of :func:`calibrate_biases` per sample: each spiking layer simulates the network
+    up to it (half of it on average), up to three times (measure, then compare the two
+    corrections), each step a full ANN forward's multiply-accumulates."""
+    layers = sum(1 for n in ann.nodes if is_population(n)) + len(ann.outputs)
+    return max(1, int(ann_macs(ann) * int(timesteps) * (1.5 * layers + 1)))
+
+
+def calibration_samples(ann: Graph, timesteps: int, available: int, asked: bool = False) -> int:
+    """How many of ``available`` inputs the calibration at ``timesteps`` uses: as many as
+    :data:`CALIBRATION_WORK` pays for; 0 (skip) when that is under
+    :data:`MIN_CALIBRATION_SAMPLES`, unless the user ``asked`` for the calibration, who
+    then gets that minimum whatever it costs."""
+    n = min(available, CALIBRATION_WORK // calibration_cost(ann, timesteps))
+    if n >= min(MIN_CALIBRATION_SAMPLES, available):
+        return int(n)
+    return min(MIN_CALIBRATION_SAMPLES, available) if asked else 0
+
 
 # Fractions of the calibrated scale the threshold fit tries (never above it: the percentile
 # already bounds what calibration saw).
