@@ -96,14 +96,17 @@ def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> f
     k = net.key[name]
     w = net.weight[k]
     flat = w.detach().reshape(w.shape[0], -1).double().cpu()
-    rms = cols.pow(2).mean(0).sqrt()
-    score = (flat * rms).reshape(w.shape).numpy().astype(np.float32)
-    mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, net.budgets[name])).reshape(flat.shape)
     has_bias = k in net.bias
     x1 = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1) if has_bias else cols
     gram = x1.T @ x1
     cross = x1.T @ z
     ridge = RIDGE * float(gram.diagonal()[:cols.shape[1]].mean()) + 1e-12
+    if net.fanin_mode == "magnitude":
+        mask = _pursuit(gram.numpy(), cross.numpy(), cols.shape[1], net.budgets[name], ridge)
+    else:  # structured masks: the mode's own choice, on importance
+        rms = cols.pow(2).mean(0).sqrt()
+        score = (flat * rms).reshape(w.shape).numpy().astype(np.float32)
+        mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, net.budgets[name])).reshape(flat.shape)
     new_w = torch.zeros_like(flat)
     new_b = net.bias[k].detach().double().cpu().clone() if has_bias else None
     for o in range(flat.shape[0]):
@@ -126,3 +129,34 @@ def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> f
     net.masked[net.weighted.index(name)] = True
     net._cache = None
     return explained
+
+
+def _pursuit(gram: np.ndarray, cross: np.ndarray, n_in: int, budget: int, ridge: float) -> torch.Tensor:
+    """Per output neuron, the ``budget`` inputs (of ``n_in``) chosen one at a time, each the
+    one whose correlation with what the inputs chosen so far leave unexplained is largest
+    (orthogonal matching pursuit, on the Gram matrix ``gram`` of the inputs and ``cross``,
+    their products with the targets; a column past ``n_in`` is the bias, always in the fit).
+    Where a neuron's budget is one or two weights (a dense layer after a global pool), the
+    input that predicts it best, not the one its largest weight read, is what it keeps."""
+    outs = cross.shape[1]
+    mask = np.zeros((outs, n_in), np.float32)
+    if budget >= n_in:
+        mask[:] = 1.0
+        return torch.as_tensor(mask)
+    diag = np.diagonal(gram)[:n_in] + ridge
+    for o in range(outs):
+        chosen = list(range(n_in, gram.shape[0]))  # the bias column, if any
+        free = np.ones(n_in, bool)
+        for _ in range(budget):
+            if chosen:
+                g = gram[np.ix_(chosen, chosen)] + ridge * np.eye(len(chosen))
+                sol = np.linalg.solve(g, cross[chosen, o])
+                corr = cross[:n_in, o] - gram[:n_in, chosen] @ sol
+            else:
+                corr = cross[:n_in, o]
+            score = np.where(free, corr * corr / diag, -1.0)
+            j = int(np.argmax(score))
+            chosen.append(j)
+            free[j] = False
+        mask[o, [j for j in chosen if j < n_in]] = 1.0
+    return torch.as_tensor(mask)
