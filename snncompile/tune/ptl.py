@@ -154,7 +154,7 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
         refitted = _impose_masks(net, stage, opts, xc)
         if refitted:
             say(f"stage {stage}/{net.n_stages}: fan-in masks chosen and refitted on calibration inputs "
-                f"(variance kept: {', '.join(f'{k} {v:.2f}' for k, v in refitted.items())})")
+                f"(share of variance explained: {', '.join(f'{k} {v:.2f}' for k, v in refitted.items())})")
         ramp = net.due_masks() if opts.gradual else []
         final = i == len(plan) - 1 and opts.method == "ptl"
         fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
