@@ -25,7 +25,12 @@ from ..passes.constrain import FANIN_MODES
 from ..sim.padding import pad2d
 from .model import TandemNet
 
-# Most rows (sample x output position) one node's least squares reads; more are subsampled.
+# Most calibration samples the refit reads (Li et al.'s bias calibration uses about 1,000;
+# the zoo's calib.npz holds 512), and most rows (sample x output position) one node's least
+# squares reads: more are subsampled. The inputs of one node over these samples are held
+# at once (unfolded for a convolution): bounded for networks of the zoo's size, not for
+# ImageNet-size feature maps.
+MAX_SAMPLES = 512
 MAX_ROWS = 65536
 # Ridge term, relative to the mean diagonal of the inputs' Gram matrix: keeps a solve stable
 # where kept inputs are (nearly) collinear or never active on the calibration data.
@@ -46,10 +51,12 @@ def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int
     """Impose the fan-in masks of ``names`` (weighted nodes with a budget, masks not fixed
     yet) on ``net`` at its current stage, each chosen by importance and refitted on inputs
     ``x`` (see the module docstring); nodes :func:`refittable` refuses are pruned by
-    magnitude as :meth:`TandemNet.shrink` does. Returns, per refitted node, the share of
+    magnitude as :meth:`TandemNet.shrink` does. At most :data:`MAX_SAMPLES` of ``x`` are
+    read. Returns, per refitted node, the share of
     the unpruned pre-activation's variance the pruned one explains (1 - relative MSE)."""
     order = [n for n in net.weighted if n in names]
     fit = [n for n in order if refittable(net, n)]
+    x = x[:MAX_SAMPLES]
     net.shrink([n for n in order if n not in fit], 0.0)
     if not fit:
         return {}
