@@ -8,11 +8,13 @@ Concat CNN: the logits' spread fell from 3.1 to 0.2, validation accuracy from 0.
 tuning starts from a network that has lost its function, and most of its epochs go to finding
 it again. Here each mask is chosen and its weights set as pruning with reconstruction does
 (least squares per output neuron, as in He et al., ICCV 2017 "Channel Pruning for Accelerating
-Very Deep Neural Networks", and Frantar & Alistarh's SparseGPT): a weight's importance is its
-magnitude times the root mean square of the input it reads, and the kept weights and the
-bias are refitted so that the pruned pre-activation matches the unpruned network's on
-calibration inputs, node after node in graph order, each on the inputs the nodes refitted
-before it give it (so later nodes take back part of the earlier nodes' error).
+Very Deep Neural Networks", and Frantar & Alistarh's SparseGPT): each neuron keeps the
+inputs that best predict its unpruned pre-activation on calibration inputs, chosen one at a
+time (orthogonal matching pursuit; ``--fanin-mode channels`` keeps its whole-channel choice,
+ranked by weight magnitude times the input's root mean square), and the kept weights and the
+bias are refitted by least squares to that pre-activation, node after node in graph order,
+each on the inputs the nodes refitted before it give it (so later nodes take back part of
+the earlier nodes' error).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def refittable(net: TandemNet, name: str) -> bool:
 def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int = 0,
                     batch_size: int = 128) -> dict[str, float]:
     """Impose the fan-in masks of ``names`` (weighted nodes with a budget, masks not fixed
-    yet) on ``net`` at its current stage, each chosen by importance and refitted on inputs
-    ``x`` (see the module docstring); nodes :func:`refittable` refuses are pruned by
+    yet) on ``net`` at its current stage, each chosen and refitted on inputs ``x`` (see the
+    module docstring); nodes :func:`refittable` refuses are pruned by
     magnitude as :meth:`TandemNet.shrink` does. At most :data:`MAX_SAMPLES` of ``x`` are
     read. Returns, per refitted node, the share of
     the unpruned pre-activation's variance the pruned one explains (1 - relative MSE)."""
@@ -98,8 +100,8 @@ def _rows(z: torch.Tensor) -> torch.Tensor:
 
 
 def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> float:
-    """Choose node ``name``'s mask by importance on ``cols``, fix it, and set its kept
-    weights (and bias) to the least-squares fit of ``z``."""
+    """Choose node ``name``'s mask on ``cols`` and ``z`` (pursuit, or the structured mode's
+    choice), fix it, and set its kept weights (and bias) to the least-squares fit of ``z``."""
     k = net.key[name]
     w = net.weight[k]
     flat = w.detach().reshape(w.shape[0], -1).double().cpu()
