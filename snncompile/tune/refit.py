@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from ..ir import Conv2dNode, DenseNode
+from ..ir.structure import op_fanin
 from ..passes.constrain import FANIN_MODES
 from ..sim.padding import pad2d
 from .model import TandemNet
+from .options import TrainOptions
 
 # Most calibration samples the refit reads (Li et al.'s bias calibration uses about 1,000;
 # the zoo's calib.npz holds 512), and most rows (sample x output position) one node's least
@@ -78,6 +80,20 @@ def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int
             cols, z = cols[keep], z[keep]
         explained[name] = _impose(net, name, cols, z)
     return explained
+
+
+def impose_due_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Tensor) -> dict[str, float]:
+    """Move ``net`` to ``stage``, imposing the fan-in masks that fall due: chosen and
+    refitted on ``x`` (the module docstring) unless ``opts.refit`` is off or they are ramped in
+    gradually (then by magnitude, at once or by :meth:`TandemNet.shrink` epoch by epoch).
+    Returns the share of variance each refitted node explains."""
+    if opts.gradual or not opts.refit:
+        net.set_stage(stage, prune=not opts.gradual)
+        return {}
+    net.set_stage(stage, prune=False)
+    due = [n for n in net.due_masks() if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
+    net.shrink([n for n in net.due_masks() if n not in due], 0.0)  # budgets they already meet
+    return impose_refitted(net, due, x, seed=opts.seed) if due else {}
 
 
 def _values(net: TandemNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
