@@ -30,7 +30,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     recalibrate: bool = True       # re-derive a layer's threshold when it is converted
-    # fan-in masks chosen by importance on calibration inputs and their kept weights refitted
+    # fan-in masks chosen on calibration inputs (matching pursuit) and their kept weights refitted
     # by least squares when imposed (see refit.py); off: by magnitude, weights as they were
     refit: bool = True
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (off: no gain seen)

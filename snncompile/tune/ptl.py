@@ -42,7 +42,7 @@ from .model import TandemNet
 from . import objective
 from .options import TrainOptions
 from .prefix import PrefixCache, frontier
-from .refit import impose_refitted
+from .refit import impose_due_masks
 
 
 # The candidates of --percentile auto: from clipping 3% of a layer's activations to 0.01%.
@@ -151,10 +151,10 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
             caches = None
             continue
         xc = torch.as_tensor(calib_x if calib_x is not None else train.x[:256], device=dev)
-        refitted = _impose_masks(net, stage, opts, xc)
+        refitted = impose_due_masks(net, stage, opts, xc)
         if refitted:
             say(f"stage {stage}/{net.n_stages}: fan-in masks chosen and refitted on calibration inputs "
-                f"(variance kept: {', '.join(f'{k} {v:.2f}' for k, v in refitted.items())})")
+                f"(share of variance explained: {', '.join(f'{k} {v:.2f}' for k, v in refitted.items())})")
         ramp = net.due_masks() if opts.gradual else []
         final = i == len(plan) - 1 and opts.method == "ptl"
         fix = i > 0 and opts.method == "ptl" and not (final and opts.joint_final)
@@ -210,20 +210,6 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
     result.world_size = ddp.world_size()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
-
-
-def _impose_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Tensor) -> dict[str, float]:
-    """Move ``net`` to ``stage``, imposing the fan-in masks that fall due: chosen and
-    refitted on ``x`` (:mod:`.refit`) unless ``opts.refit`` is off or they are ramped in
-    gradually (then by magnitude, at once or by :meth:`TandemNet.shrink` epoch by epoch).
-    Returns the share of variance each refitted node keeps."""
-    if opts.gradual or not opts.refit:
-        net.set_stage(stage, prune=not opts.gradual)
-        return {}
-    net.set_stage(stage, prune=False)
-    due = [n for n in net.due_masks() if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
-    net.shrink([n for n in net.due_masks() if n not in due], 0.0)  # budgets they already meet
-    return impose_refitted(net, due, x, seed=opts.seed) if due else {}
 
 
 def select_percentile(net: TandemNet, layer: str, x: torch.Tensor, val: Dataset,

@@ -8,11 +8,13 @@ Concat CNN: the logits' spread fell from 3.1 to 0.2, validation accuracy from 0.
 tuning starts from a network that has lost its function, and most of its epochs go to finding
 it again. Here each mask is chosen and its weights set as pruning with reconstruction does
 (least squares per output neuron, as in He et al., ICCV 2017 "Channel Pruning for Accelerating
-Very Deep Neural Networks", and Frantar & Alistarh's SparseGPT): a weight's importance is its
-magnitude times the root mean square of the input it reads, and the kept weights and the
-bias are refitted so that the pruned pre-activation matches the unpruned network's on
-calibration inputs, node after node in graph order, each on the inputs the nodes refitted
-before it give it (so later nodes take back part of the earlier nodes' error).
+Very Deep Neural Networks", and Frantar & Alistarh's SparseGPT): each neuron keeps the
+inputs that best predict its unpruned pre-activation on calibration inputs, chosen one at a
+time (orthogonal matching pursuit; ``--fanin-mode channels`` keeps its whole-channel choice,
+ranked by weight magnitude times the input's root mean square), and the kept weights and the
+bias are refitted by least squares to that pre-activation, node after node in graph order,
+each on the inputs the nodes refitted before it give it (so later nodes take back part of
+the earlier nodes' error).
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ import numpy as np
 import torch
 
 from ..ir import Conv2dNode, DenseNode
+from ..ir.structure import op_fanin
 from ..passes.constrain import FANIN_MODES
 from ..sim.padding import pad2d
 from .model import TandemNet
+from .options import TrainOptions
 
-# Most rows (sample x output position) one node's least squares reads; more are subsampled.
+# Most calibration samples the refit reads (Li et al.'s bias calibration uses about 1,000;
+# the zoo's calib.npz holds 512), and most rows (sample x output position) one node's least
+# squares reads: more are subsampled. The inputs of one node over these samples are held
+# at once (unfolded for a convolution): bounded for networks of the zoo's size, not for
+# ImageNet-size feature maps.
+MAX_SAMPLES = 512
 MAX_ROWS = 65536
 # Ridge term, relative to the mean diagonal of the inputs' Gram matrix: keeps a solve stable
 # where kept inputs are (nearly) collinear or never active on the calibration data.
@@ -44,12 +53,14 @@ def refittable(net: TandemNet, name: str) -> bool:
 def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int = 0,
                     batch_size: int = 128) -> dict[str, float]:
     """Impose the fan-in masks of ``names`` (weighted nodes with a budget, masks not fixed
-    yet) on ``net`` at its current stage, each chosen by importance and refitted on inputs
-    ``x`` (see the module docstring); nodes :func:`refittable` refuses are pruned by
-    magnitude as :meth:`TandemNet.shrink` does. Returns, per refitted node, the share of
+    yet) on ``net`` at its current stage, each chosen and refitted on inputs ``x`` (see the
+    module docstring); nodes :func:`refittable` refuses are pruned by
+    magnitude as :meth:`TandemNet.shrink` does. At most :data:`MAX_SAMPLES` of ``x`` are
+    read. Returns, per refitted node, the share of
     the unpruned pre-activation's variance the pruned one explains (1 - relative MSE)."""
     order = [n for n in net.weighted if n in names]
     fit = [n for n in order if refittable(net, n)]
+    x = x[:MAX_SAMPLES]
     net.shrink([n for n in order if n not in fit], 0.0)
     if not fit:
         return {}
@@ -69,6 +80,20 @@ def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int
             cols, z = cols[keep], z[keep]
         explained[name] = _impose(net, name, cols, z)
     return explained
+
+
+def impose_due_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Tensor) -> dict[str, float]:
+    """Move ``net`` to ``stage``, imposing the fan-in masks that fall due: chosen and
+    refitted on ``x`` (the module docstring) unless ``opts.refit`` is off or they are ramped in
+    gradually (then by magnitude, at once or by :meth:`TandemNet.shrink` epoch by epoch).
+    Returns the share of variance each refitted node explains."""
+    if opts.gradual or not opts.refit:
+        net.set_stage(stage, prune=not opts.gradual)
+        return {}
+    net.set_stage(stage, prune=False)
+    due = [n for n in net.due_masks() if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
+    net.shrink([n for n in net.due_masks() if n not in due], 0.0)  # budgets they already meet
+    return impose_refitted(net, due, x, seed=opts.seed) if due else {}
 
 
 def _values(net: TandemNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -91,19 +116,22 @@ def _rows(z: torch.Tensor) -> torch.Tensor:
 
 
 def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> float:
-    """Choose node ``name``'s mask by importance on ``cols``, fix it, and set its kept
-    weights (and bias) to the least-squares fit of ``z``."""
+    """Choose node ``name``'s mask on ``cols`` and ``z`` (pursuit, or the structured mode's
+    choice), fix it, and set its kept weights (and bias) to the least-squares fit of ``z``."""
     k = net.key[name]
     w = net.weight[k]
     flat = w.detach().reshape(w.shape[0], -1).double().cpu()
-    rms = cols.pow(2).mean(0).sqrt()
-    score = (flat * rms).reshape(w.shape).numpy().astype(np.float32)
-    mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, net.budgets[name])).reshape(flat.shape)
     has_bias = k in net.bias
     x1 = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1) if has_bias else cols
     gram = x1.T @ x1
     cross = x1.T @ z
     ridge = RIDGE * float(gram.diagonal()[:cols.shape[1]].mean()) + 1e-12
+    if net.fanin_mode == "magnitude":
+        mask = _pursuit(gram.numpy(), cross.numpy(), cols.shape[1], net.budgets[name], ridge)
+    else:  # structured masks: the mode's own choice, on importance
+        rms = cols.pow(2).mean(0).sqrt()
+        score = (flat * rms).reshape(w.shape).numpy().astype(np.float32)
+        mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, net.budgets[name])).reshape(flat.shape)
     new_w = torch.zeros_like(flat)
     new_b = net.bias[k].detach().double().cpu().clone() if has_bias else None
     for o in range(flat.shape[0]):
@@ -126,3 +154,34 @@ def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> f
     net.masked[net.weighted.index(name)] = True
     net._cache = None
     return explained
+
+
+def _pursuit(gram: np.ndarray, cross: np.ndarray, n_in: int, budget: int, ridge: float) -> torch.Tensor:
+    """Per output neuron, the ``budget`` inputs (of ``n_in``) chosen one at a time, each the
+    one whose correlation with what the inputs chosen so far leave unexplained is largest
+    (orthogonal matching pursuit, on the Gram matrix ``gram`` of the inputs and ``cross``,
+    their products with the targets; a column past ``n_in`` is the bias, always in the fit).
+    Where a neuron's budget is one or two weights (a dense layer after a global pool), the
+    input that predicts it best, not the one its largest weight read, is what it keeps."""
+    outs = cross.shape[1]
+    mask = np.zeros((outs, n_in), np.float32)
+    if budget >= n_in:
+        mask[:] = 1.0
+        return torch.as_tensor(mask)
+    diag = np.diagonal(gram)[:n_in] + ridge
+    for o in range(outs):
+        chosen = list(range(n_in, gram.shape[0]))  # the bias column, if any
+        free = np.ones(n_in, bool)
+        for _ in range(budget):
+            if chosen:
+                g = gram[np.ix_(chosen, chosen)] + ridge * np.eye(len(chosen))
+                sol = np.linalg.solve(g, cross[chosen, o])
+                corr = cross[:n_in, o] - gram[:n_in, chosen] @ sol
+            else:
+                corr = cross[:n_in, o]
+            score = np.where(free, corr * corr / diag, -1.0)
+            j = int(np.argmax(score))
+            chosen.append(j)
+            free[j] = False
+        mask[o, [j for j in chosen if j < n_in]] = 1.0
+    return torch.as_tensor(mask)
