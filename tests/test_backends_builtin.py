@@ -33,11 +33,11 @@ def test_conformance(config, case, tmp_path):
 
 def test_split_configuration_really_splits_layers():
     from snncompile_cyclesim.mapping import map_network, recount
-    from snncompile.plugin import flatten_network
+    from snncompile.plugin import structured_network
 
     be = get_backend("cyclesim", CONFIGS["cyclesim-split"])
     g = zoo_case("maxpool_counts").graph
-    net = flatten_network(g)
+    net = structured_network(g)
     cores = recount(map_network(g, be.arch), net)
     per_pop = {}
     for c in cores:
