@@ -176,10 +176,14 @@ def synthetic_inputs(shape: tuple[int, ...], samples: int = SYNTHETIC_SAMPLES, s
     h, w = shape[1:]
     radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
     radius[0, 0] = 1.0 / max(h, w)  # the mean: weighted as the lowest frequency
-    x = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(samples, *shape))) / radius))
-    flat = x.reshape(samples, -1)
-    lo, span = flat.min(axis=1, keepdims=True), np.ptp(flat, axis=1, keepdims=True)
-    return (2.0 * (flat - lo) / np.where(span > 0, span, 1.0) - 1.0).reshape(samples, *shape).astype(np.float32)
+    out = np.empty((samples, *shape), np.float32)
+    chunk = max(1, (1 << 24) // int(np.prod(shape)))  # the FFT's complex temporaries stay small
+    for s in range(0, samples, chunk):  # the same draws in the same order as all at once
+        x = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(min(chunk, samples - s), *shape))) / radius))
+        flat = x.reshape(x.shape[0], -1)
+        lo, span = flat.min(axis=1, keepdims=True), np.ptp(flat, axis=1, keepdims=True)
+        out[s:s + x.shape[0]] = (2.0 * (flat - lo) / np.where(span > 0, span, 1.0) - 1.0).reshape(x.shape)
+    return out
 
 
 def synthetic_scales(model: onnx.ModelProto, graph: Graph, norm: str = "percentile",
