@@ -143,6 +143,26 @@ def test_loihi_profile_fits_the_input_width_to_the_first_layers_current(onnx_kit
     assert "no --input-bits from 8 down to 2" in r.stderr and "--fanin" in r.stderr
 
 
+def test_fitting_the_input_width_shows_a_bar_where_asked(onnx_kit, capsys):
+    """Each width tried converts the whole network (tens of seconds at ImageNet size): the
+    profile stage draws its bar when progress is on, nothing when it is off."""
+    from snncompile.calibrate.statistics import weight_bounds
+    from snncompile.frontend import import_onnx
+    from snncompile.ir.options import ConversionOptions
+    from snncompile.plugin import get_backend
+    from snncompile.targets.profile import apply_profile, fit_input_width
+
+    ann = import_onnx(_dense_model(onnx_kit, np.ones((4, 64), np.float32), 64)).graph
+    prof = get_backend("loihi").profile()
+    for progress in (True, False):
+        opts, choice = apply_profile(prof, ConversionOptions(), set(), "loihi")
+        opts = fit_input_width(prof, choice, ann, weight_bounds(ann, warn=False), opts, set(),
+                               progress=progress)
+        assert opts.input_bits == 3
+        err = capsys.readouterr().err
+        assert ("fitting --input-bits" in err) is progress
+
+
 def test_nir_profile_and_inspect_target(small):
     r = cli("convert", small, "--target", "nir")
     assert r.returncode == 0, r.stderr

@@ -172,7 +172,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
                                  progress=req.progress)
     if choice is not None:
         req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
-                                                   req.fanin, req.fanin_mode))
+                                                   req.fanin, req.fanin_mode, progress=req.progress))
         log.info(choice.line())
     snn = convert(ann, calib, req.options)
     warnings = list(notes) + [r["message"] for r in rewrites] + list(imported.warnings) + list(calib.warnings)

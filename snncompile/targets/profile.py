@@ -25,6 +25,7 @@ from ..ir import Graph
 from ..ir.options import ConversionOptions
 from ..passes.constrain import constrain
 from ..passes.convert import convert
+from ..progress import progress_bar
 from .rules import Limits, Violation
 
 # Profile setting -> the `convert` option it stands for (a ConversionOptions field each).
@@ -160,16 +161,21 @@ def fit_input_bits(profile: Profile, build: Callable[[int], Graph], default: int
 
 def fit_input_width(profile: Profile, choice: ProfileChoice, ann: Graph, calib: Calibration,
                     opts: ConversionOptions, given: set[str], fanin: int | None = None,
-                    fanin_mode: str = "magnitude") -> ConversionOptions:
+                    fanin_mode: str = "magnitude", progress: bool = False) -> ConversionOptions:
     """``opts`` with the input width the profile fits to this model (:func:`fit_input_bits`
     on the graph converted, and constrained to ``fanin``, as it will be checked); unchanged
-    when the user set --input-bits."""
+    when the user set --input-bits. ``progress``: a bar on stderr, one step per width tried
+    (each converts the network: tens of seconds at ImageNet size)."""
     if "input_bits" in given:
         return opts
+    bar = progress_bar(progress, None, "fitting --input-bits", "width")
 
     def build(bits: int) -> Graph:
         g = convert(ann, calib, dataclasses.replace(opts, input_bits=bits))
-        return constrain(g, opts.weight_bits, fanin, fanin_mode) if fanin else g
+        g = constrain(g, opts.weight_bits, fanin, fanin_mode) if fanin else g
+        bar.update(1)
+        return g
 
-    bits = fit_input_bits(profile, build, opts.input_bits, choice)
+    with bar:
+        bits = fit_input_bits(profile, build, opts.input_bits, choice)
     return dataclasses.replace(opts, input_bits=bits)
