@@ -93,3 +93,19 @@ def test_the_bundled_backends_report_lowering_progress(name, tmp_path):
         backend.lower(zoo_case("dense_subtract_once").graph, tmp_path,
                       progress=lambda done, total, what: seen.append((done, total)))
         assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_convert_shows_the_import_and_profile_stages(onnx_kit, tmp_path, capsys):
+    """Loading and importing a large model, and fitting the target's input width, each take
+    tens of seconds at ImageNet size: both draw a bar where progress is asked for."""
+    import onnx
+    from torch import nn
+
+    from snncompile.app.compile import CompileRequest, compile_model
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    onnx.save(onnx_kit.from_torch(net, (1, 4, 4)), tmp_path / "m.onnx")
+    compile_model(CompileRequest(model=str(tmp_path / "m.onnx"), out=str(tmp_path / "o"),
+                                 target="loihi", progress=True))
+    err = capsys.readouterr().err
+    assert "importing m.onnx" in err and "fitting --input-bits" in err

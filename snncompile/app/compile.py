@@ -34,6 +34,7 @@ from ..passes.calibrate_bias import MIN_CALIBRATION_SAMPLES, calibrate_biases, c
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
 from ..fsutil import check_replaceable, claim_output
+from ..progress import progress_bar
 from ..ir.files import sha256_file
 from ..targets.artifact import is_artifact, write_artifact
 from ..targets.rules import LimitError, violations
@@ -153,10 +154,13 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     _check_output(req, training, ckpt_dir)
     seed_everything(req.seed)
     t0 = time.perf_counter()
-    model = load_onnx(req.model)
-    source_model = model  # the user's model: the ANN baseline the artifact keeps
-    model, rewrites = _rewrite(model, req.maxpool)
-    imported = import_onnx(model, output=req.output)
+    with progress_bar(req.progress, 2, f"importing {os.path.basename(req.model)}", "step") as bar:
+        model = load_onnx(req.model)  # a large model takes a minute to load and check
+        bar.update(1)
+        source_model = model  # the user's model: the ANN baseline the artifact keeps
+        model, rewrites = _rewrite(model, req.maxpool)
+        imported = import_onnx(model, output=req.output)
+        bar.update(1)
     ann = imported.graph
     ann.meta["source"] = os.path.basename(req.model)
     if backend is not None and (early := backend.check_early(ann)):  # e.g. more neurons than it holds
