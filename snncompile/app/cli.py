@@ -195,19 +195,20 @@ def main(verbose: bool) -> None:
 @click.option("--maxpool", type=click.Choice(MAXPOOL_CHOICES), default="keep", show_default=True,
               help="keep: max pooling as a spike-count maximum; for targets without it (nir) "
                    "rewrite each max pool into an average of the same window: avg (an average pool, "
-                   "folded into the next layer) or conv (a depthwise convolution with neurons of its "
-                   "own, which keeps large layers convolutional on Loihi); --train recovers the "
-                   "accuracy this costs.")
+                   "no neurons of its own) or conv (a depthwise convolution with neurons of its "
+                   "own); --train recovers the accuracy this costs.")
 @click.option("--fanin", type=click.IntRange(1), default=None,
-              help="Most non-zero incoming synapses per neuron (largest weights kept).")
+              help="Most non-zero incoming synapses per neuron (largest weights kept; with --train, "
+                   "chosen by matching pursuit on calibration inputs and refitted).")
 @click.option("--prune-ahead", default=99, show_default=True, type=click.IntRange(0),
               help="Stages before a layer spikes that its fan-in mask is imposed (0: when it "
                    "spikes; 1: a stage ahead, no ANN stage where the first layer's mask prunes "
                    "nothing, the choice for a tight budget; large: all masks first, in an ANN "
                    "stage 0).")
 @click.option("--fanin-mode", type=click.Choice(["magnitude", "channels"]), default="magnitude",
-              show_default=True, help="Which weights --fanin keeps: the largest per neuron, or whole "
-                                      "input channels (full kernels) of largest L1 norm per output channel.")
+              show_default=True, help="Which weights --fanin keeps: single weights per neuron (the largest, or "
+                                      "with --train by matching pursuit), or whole input channels (full "
+                                      "kernels) of largest L1 norm per output channel.")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),

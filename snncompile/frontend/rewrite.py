@@ -2,7 +2,7 @@
 
 ``--maxpool avg`` replaces every MaxPool by an AveragePool of the same window (and a
 GlobalMaxPool by a GlobalAveragePool), for targets that cannot map a spike-count maximum
-(Loihi: a maximum over running counts is no weighted sum). The rewrite changes the function
+(nir: NIR has no such node). The rewrite changes the function
 the network computes, so it is never applied unless asked; compile.json records it and tuning
 (``--train``) recovers the accuracy it costs. An average of the same window is the closest
 mappable stand-in: it keeps the layer's shape and needs no new weights (a stride-2
