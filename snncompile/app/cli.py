@@ -208,7 +208,8 @@ def main(verbose: bool) -> None:
 @click.option("--fanin-mode", type=click.Choice(["magnitude", "channels"]), default="magnitude",
               show_default=True, help="Which weights --fanin keeps: single weights per neuron (the largest, or "
                                       "with --train by matching pursuit), or whole input channels (full "
-                                      "kernels) of largest L1 norm per output channel.")
+                                      "kernels) per output channel, of largest L1 norm (with --train: "
+                                      "weight times input size).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training data (.npz with x, y): tune the SNN with progressive tandem learning.")
 @click.option("--val", "val_path", type=click.Path(dir_okay=False),
