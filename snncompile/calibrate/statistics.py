@@ -2,8 +2,10 @@
 
 The original ONNX model runs in onnxruntime with the tensors that feed each ReLU exposed as
 extra outputs; each ReLU's scale ``lam`` is a percentile (or the maximum) of its output over
-the calibration data, per layer or per channel. Without data, ``weight_bounds`` gives scales
-from the weights alone: always safe, usually far too large (accuracy suffers at small T).
+the calibration data, per layer or per channel. Without data, conversion takes BatchNorm
+statistics where the model has them (bn_stats.py), else these statistics on synthetic inputs
+(``synthetic_scales``); ``weight_bounds`` gives scales from the weights alone: always safe,
+usually far too large (accuracy suffers at small T), what ``inspect`` uses.
 """
 
 from __future__ import annotations

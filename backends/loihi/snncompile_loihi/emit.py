@@ -1,4 +1,4 @@
-"""Write a folded network as a Loihi artifact that runs with lava-nc alone.
+"""Write a lowered network as a Loihi artifact that runs with lava-nc alone.
 
     <dir>/network.json        populations, max pools, connections, outputs, time window
     <dir>/params.npz          integer arrays: pop/<name>/{theta,bias,v_init} (IR values) and

@@ -1,4 +1,4 @@
-"""Export a folded network in lava-dl's netx HDF5 layout, where the network fits it.
+"""Export a lowered network in lava-dl's netx HDF5 layout, where the network fits it.
 
 netx (``lava.lib.dl.netx.hdf5.Network``) builds a *chain* of blocks, each a connection plus
 a layer of Lava's stock LIF neurons configured from ``neuron/{type, iDecay, vDecay, vThMant,

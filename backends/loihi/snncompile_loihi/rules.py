@@ -1,4 +1,4 @@
-"""Loihi-specific design rules, checked on the folded network (see network.py).
+"""Loihi-specific design rules, checked on the lowered network (see network.py).
 
 Each rule is a small named function from (network, limits) to violations; ``check`` runs them
 all after the generic rules so every problem is reported at once. Cores and chips are
