@@ -5,8 +5,10 @@ Fan-in is counted as :func:`snncompile.ir.structure.population_fanin` counts it 
 :func:`snncompile.ir.structure.fanin_layers`: the synapses one neuron receives through its
 synapse chains. A sum pool before a convolution multiplies the convolution's fan-in by the
 pool's window (each pooled input is a synapse of the composed connection), so the
-convolution may keep only ``F // k^2`` non-zero weights per output channel; the chains an
-add or a concat joins share the limit, after what chains without weights to prune need. Pruning keeps the largest magnitudes
+convolution may keep only ``F // k^2`` non-zero weights per output channel. A conv or dense
+after a concat counts each weight once, so it keeps ``F``; the chains an add joins share the
+limit in proportion to their unpruned fan-in, after what chains without weights to prune
+need. Pruning keeps the largest magnitudes
 (per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
 convolution); the kept pattern is fixed when a layer is constrained.
 """
