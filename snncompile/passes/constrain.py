@@ -68,9 +68,10 @@ def _load(graph: Graph, op: Node, chains: list[tuple[str, list]]) -> int:
     after: dict[tuple[str, ...], np.ndarray] = {}
     for src, steps in chains:
         ops = [o for o, _ in steps]
-        if op not in ops:
+        names = [o.name for o in ops]
+        if op.name not in names:
             continue
-        i = ops.index(op)
+        i = names.index(op.name)
         key = tuple(o.name for o in ops[i + 1:])
         v = chain_counts(graph, src, steps[:i], nonzero=False) * chain_fanin(ops[i + 1:], nonzero=False)
         width = (op.weight.shape[1] * op.groups if isinstance(op, Conv2dNode)
