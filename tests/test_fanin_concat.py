@@ -1,7 +1,7 @@
 """Fan-in through a concat: a conv or dense reading a concat counts each of its weights once
 (each concat input's chain only the weights over its own channels), as the flattened
 network wires it; --fanin gives such a layer its whole budget, and a layer's chains share
-the budget in proportion to their size."""
+the budget without leaving any of it unused."""
 
 from __future__ import annotations
 
@@ -76,21 +76,22 @@ def _add_of_two_convs() -> Graph:
     return g
 
 
-def test_chains_share_the_budget_by_their_size():
+def test_chains_share_the_budget_and_use_all_of_it():
     g = _add_of_two_convs()
     assert population_fanin(g, "s") == 36 + 4
-    assert fanin_budgets(g, 20) == {"ca": 18, "cb": 2}  # 20 * 36/40 and 20 * 4/40
+    assert fanin_budgets(g, 20) == {"ca": 16, "cb": 4}  # cb keeps its 4, ca the other 16
     pruned = _masked(g, fanin_masks(g, 20))
     assert population_fanin(pruned, "s") == 20 >= _flat_fanin(pruned)["s"]
+    assert fanin_budgets(g, 6) == {"ca": 3, "cb": 3}
     assert fanin_budgets(g, 40) == {"ca": 36, "cb": 4}  # it fits: nothing pruned
     assert all(np.all(m == 1) for m in fanin_masks(g, 40).values())
 
 
-def test_split_keeps_every_group_at_its_need():
-    assert _split(10, [90, 10], [1, 1]) == [9, 1]
-    assert _split(10, [99, 1], [1, 1]) == [9, 1]           # proportional would give it 0
-    assert _split(10, [50, 50, 1], [1, 4, 1]) == [5, 4, 1]  # pinned first, the rest by size
-    assert _split(7, [3, 5, 11], [1, 1, 1]) == [1, 2, 4]    # 1.1, 1.8, 4.05: remainders to the largest
+def test_split_is_equal_and_leaves_nothing_unused():
+    assert _split(10, [90, 10], [1, 1]) == [5, 5]
+    assert _split(10, [99, 1], [1, 1]) == [9, 1]            # the small one keeps all
+    assert _split(11, [50, 50, 2], [1, 1, 1]) == [5, 4, 2]  # 9 left over: 5 + 4
+    assert _split(10, [50, 50, 50], [1, 6, 1]) == [2, 6, 2]  # a need above the share
     assert _split(40, [36, 4], [1, 1]) == [36, 4]
 
 

@@ -7,8 +7,8 @@ synapse chains. A sum pool before a convolution multiplies the convolution's fan
 pool's window (each pooled input is a synapse of the composed connection), so the
 convolution may keep only ``F // k^2`` non-zero weights per output channel. A conv or dense
 after a concat counts each weight once, so it keeps ``F``; the chains an add joins share the
-limit in proportion to their unpruned fan-in, after what chains without weights to prune
-need. Pruning keeps the largest magnitudes
+limit equally, a chain smaller than its share keeping all and leaving the rest to the others,
+after what chains without weights to prune need. Pruning keeps the largest magnitudes
 (per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
 convolution); the kept pattern is fixed when a layer is constrained.
 """
@@ -83,29 +83,35 @@ def _load(graph: Graph, op: Node, chains: list[tuple[str, list]]) -> int:
 
 
 def _split(avail: int, full: list[int], need: list[int]) -> list[int]:
-    """``avail`` split over groups in proportion to their unpruned fan-in ``full`` (all of
-    it where it fits), none below its ``need`` (the caller checked that the needs fit)."""
+    """``avail`` split over groups of unpruned fan-in ``full`` in equal shares, where a group
+    smaller than its share keeps all of it and the rest goes to the others (nothing of the
+    limit is left unused), and a group whose ``need`` is above its share gets its need
+    (the caller checked that the needs fit)."""
     if sum(full) <= avail:
         return list(full)
-    pinned: set[int] = set()
-    while True:
-        free = [g for g in range(len(full)) if g not in pinned]
-        rest = avail - sum(need[g] for g in pinned)
-        total = sum(full[g] for g in free)
-        share = {g: rest * full[g] // total for g in free} if total else {}
-        low = {g for g in free if share[g] < need[g]}
-        if not low:  # what rounding down left goes to the largest remainders
-            for g in sorted(free, key=lambda g: (-(rest * full[g] % total), g))[:rest - sum(share.values())]:
-                share[g] += 1
-            return [need[g] if g in pinned else share[g] for g in range(len(full))]
-        pinned |= low
+    out: dict[int, int] = {}
+    left, rest = set(range(len(full))), avail
+    while left:
+        each = rest // len(left)
+        pin = ({g: full[g] for g in left if full[g] <= each}
+               or {g: need[g] for g in left if need[g] > each})
+        if not pin:
+            break
+        for g, v in pin.items():
+            out[g] = v
+            rest -= v
+            left.discard(g)
+    if left:
+        each, extra = divmod(rest, len(left))
+        for k, g in enumerate(sorted(left)):
+            out[g] = each + (k < extra)
+    return [out[g] for g in range(len(full))]
 
 
 def _share(graph: Graph, name: str, fanin: int, budgets: dict[str, int]) -> None:
     """Split ``fanin`` over the chains into layer ``name``: chains without weights to prune
     keep what they have; the others, grouped by the conv/dense they share (a concat's
-    inputs read by one conv are one group), share the rest in proportion to their
-    unpruned fan-in. A group's ops keep ``share // load`` weights per row (:func:`_load`),
+    inputs read by one conv are one group), share the rest (:func:`_split`). A group's ops keep ``share // load`` weights per row (:func:`_load`),
     a uniform row budget: exact for one conv/dense after a concat whose inputs come through
     the same ops, conservative where they bring different counts per weight."""
     chains = ported_chains(graph, name)
