@@ -58,7 +58,8 @@ def test_footprint_bounds_the_folded_matrices(case):
     names = {p.node: p.name for p in net.populations if p.kind == "output"}
     names.update({p.node: p.name for p in net.populations if p.kind not in ("input", "output")})
     for fp in layer_footprints(g):
-        assert fp.folded_fanin == population_fanin(g, fp.name) >= fp.fanin
+        assert fp.folded_fanin == population_fanin(g, fp.name)
+        assert all(c.folded_fanin >= c.fanin for c in fp.chains)
         pop = net.population(names[fp.name])
         mats = [pr.matrix for pr in net.into(pop.name)]
         per_unit = sum(np.diff(m.indptr) for m in mats).reshape(pop.units, pop.slots).sum(1)

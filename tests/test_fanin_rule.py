@@ -74,10 +74,14 @@ def _pool_after_concat() -> Graph:
 def test_max_pools_are_limited_by_conversion_and_backends_alike():
     g = _pool_after_concat()
     assert fanin_layers(g) == ["s1", "s2", "mp", "out"]
-    # one chain per concat input: the max pool counts 2, conversion and backends alike
-    assert population_fanin(g, "mp") == 2 and population_fanin(g, "out") == 4
+    # each concat input fills its own channels: a pool compartment reads one spike, as in
+    # the flattened network; conversion and backends alike
+    assert population_fanin(g, "mp") == 1 and population_fanin(g, "out") == 4
+    g.validate()
+    net = flatten_network(g)
+    mp = next(p.name for p in net.populations if p.node == "mp")
+    assert int(np.max(sum(np.diff(pr.matrix.indptr) for pr in net.into(mp)))) == 1
     assert violations(g, fanin=1) == _fanin_rule(g, 1) == [
-        "layer 'mp': fan-in (2) exceeds max (1); fix: --fanin 1",
         "layer 'out': fan-in (4) exceeds max (1); fix: --fanin 1"]
     with pytest.raises(UsageError, match="layer 'out': its inputs .* give it fan-in 4"):
         fanin_budgets(g, 3)

@@ -260,8 +260,8 @@ def test_fanin_masks_and_budgets(branchy):
     budgets = fanin_budgets(g, 36)
     fc1 = next(n for n in g.nodes if n.op == "dense")
     # fc1 reads a 2x2 sum pool (each weight is 4 synapses) of a concat of two populations;
-    # population_fanin counts one chain per concat input, so the limit is shared by 2.
-    assert budgets[fc1.name] == 36 // 2 // 4
+    # each concat input's chain counts only its own columns, so fc1 gets the whole limit.
+    assert budgets[fc1.name] == 36 // 4
     with pytest.raises(UsageError, match="too small"):
         fanin_budgets(g, 3)
     net = TandemNet(g, fanin=24)

@@ -62,17 +62,23 @@ def fanin_layers(graph: Graph) -> list[str]:
             if not isinstance(n, InputNode) and (is_population(n) or n.name in outs)]
 
 
+def ported_paths(graph: Graph, name: str) -> list[tuple[str, list[tuple[Node, int]]]]:
+    """The paths of :func:`sourced_paths`, each node with the input index (port) the path
+    enters it by: what tells which slice of a concat a path fills."""
+    node = graph[name]
+    paths: list[tuple[str, list[tuple[Node, int]]]] = []
+    for port, src in enumerate(node.inputs):
+        if is_population(graph[src]):
+            paths.append((src, [(node, port)]))
+        else:
+            paths.extend((s, p + [(node, port)]) for s, p in ported_paths(graph, src))
+    return paths
+
+
 def sourced_paths(graph: Graph, name: str) -> list[tuple[str, list[Node]]]:
     """Every chain of non-population nodes from a population (exclusive) to ``name``
     (inclusive of the node itself when it is not a population), with that population."""
-    node = graph[name]
-    paths: list[tuple[str, list[Node]]] = []
-    for src in node.inputs:
-        if is_population(graph[src]):
-            paths.append((src, [node]))
-        else:
-            paths.extend((s, p + [node]) for s, p in sourced_paths(graph, src))
-    return paths
+    return [(s, [n for n, _ in p]) for s, p in ported_paths(graph, name)]
 
 
 def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
@@ -83,30 +89,109 @@ def incoming_paths(graph: Graph, name: str) -> list[list[Node]]:
 def synapse_chains(graph: Graph, name: str) -> list[list[Node]]:
     """The chains of ops from a source population (exclusive) to the neurons of layer
     ``name`` (a population's own node is not part of its chains): one per path, so a neuron
-    after an add or a concat counts every branch (a conv or dense after a concat reads all
-    of its inputs)."""
+    after an add or a concat has one chain per branch."""
     return [c for _, c in sourced_chains(graph, name)]
 
 
 def sourced_chains(graph: Graph, name: str) -> list[tuple[str, list[Node]]]:
     """The chains of :func:`synapse_chains`, each with the population it starts from."""
+    return [(s, [n for n, _ in c]) for s, c in ported_chains(graph, name)]
+
+
+def ported_chains(graph: Graph, name: str) -> list[tuple[str, list[tuple[Node, int]]]]:
+    """The chains of :func:`sourced_chains` with the ports of :func:`ported_paths`."""
     own = is_population(graph[name])
-    return [(s, p[:-1] if own else p) for s, p in sourced_paths(graph, name)]
+    return [(s, p[:-1] if own else p) for s, p in ported_paths(graph, name)]
 
 
 def chain_fanin(chain: list[Node], nonzero: bool = True) -> int:
-    """Synapses one neuron receives through one chain: the product of its ops' fan-ins."""
+    """Synapses one neuron receives through one chain, not knowing which concat input the
+    chain enters by: the product of its ops' full fan-ins (an upper bound of
+    :func:`chain_counts`)."""
     prod = 1
     for op in chain:
         prod *= op_fanin(op, nonzero)
     return prod
 
 
-def population_fanin(graph: Graph, name: str) -> int:
-    """Upper bound of the synapses one neuron of layer ``name`` receives through its synapse
-    chains (exact for dense/conv chains with non-overlapping pools): the number every
-    fan-in limit is checked against."""
-    return sum(chain_fanin(c) for c in synapse_chains(graph, name))
+DENSE_CHUNK = 1 << 22   # weights of a dense layer counted at once by chain_counts
+
+
+def _shape(graph: Graph, name: str) -> tuple[int, ...]:
+    """A node's output shape, inferred where a graph built by hand was never validated."""
+    n = graph[name]
+    return tuple(n.shape) if n.shape else tuple(n.infer_shape([_shape(graph, i) for i in n.inputs]))
+
+
+def chain_counts(graph: Graph, src: str, steps: list[tuple[Node, int]],
+                 nonzero: bool = True) -> np.ndarray:
+    """Per index of the leading axis of the chain's output (a channel of a (C, H, W) tensor,
+    a unit of a vector), the most synapses one neuron there receives from ``src`` through the
+    chain ``steps`` (ops with their ports, :func:`ported_chains`); 0 where the chain does
+    not reach.
+
+    A concat places the chain in its input's slice, so a conv (dense) after it counts only
+    the kernel slice over (the columns of) that slice's channels: the chains of all concat
+    inputs together count each weight once. Ops compose by how many inputs each output
+    reads (a sum pool multiplies by its window, a conv sums its per-input-channel taps), so
+    the count is exact for one conv/dense with non-overlapping pools and an upper bound
+    otherwise (overlapping pools, two weighted ops in one chain, padding ignored). A concat
+    along a spatial axis, or a reshape that is not a flatten, keeps the chain's largest
+    count for every index (the unattributed upper bound)."""
+    v = np.ones(_shape(graph, src)[0], np.int64)
+    for op, port in steps:
+        ins = [_shape(graph, i) for i in op.inputs]
+        out = _shape(graph, op.name)
+        if isinstance(op, ConcatNode) and op.axis == 0:
+            off = sum(s[0] for s in ins[:port])
+            placed = np.zeros(out[0], np.int64)
+            placed[off:off + len(v)] = v
+            v = placed
+        elif isinstance(op, Conv2dNode):
+            w = weight_values(op)
+            taps = (w != 0).sum(axis=(2, 3)) if nonzero else np.full(w.shape[:2], w.shape[2] * w.shape[3])
+            per_group = w.shape[0] // op.groups
+            idx = (np.arange(w.shape[0]) // per_group)[:, None] * w.shape[1] + np.arange(w.shape[1])
+            v = (taps.astype(np.int64) * v[idx]).sum(axis=1)
+        elif isinstance(op, DenseNode):
+            w = weight_values(op)
+            if not nonzero:
+                v = np.full(w.shape[0], int(v.sum()), np.int64)
+            elif np.all(v == v[0]):
+                v = (w != 0).sum(axis=1).astype(np.int64) * int(v[0])
+            else:
+                step = max(1, DENSE_CHUNK // w.shape[1])
+                v = np.concatenate([(w[r:r + step] != 0).astype(np.int64) @ v
+                                    for r in range(0, w.shape[0], step)])
+        elif isinstance(op, (FlattenNode, ReshapeNode)) and len(out) == 1:
+            v = np.repeat(v, int(np.prod(ins[port][1:])))  # row-major: a channel is a run
+        elif isinstance(op, AvgPool2dNode):
+            v = v * int(op.kernel[0] * op.kernel[1])
+        elif not (len(out) == len(ins[port]) and out[0] == ins[port][0]):
+            v = np.full(out[0], int(v.max(initial=0)) * op_fanin(op, nonzero), np.int64)
+        else:  # pads, adds, channel-wise affines, spatial concats: per channel unchanged
+            v = v * op_fanin(op, nonzero)
+    return v
+
+
+def summed_counts(vectors: list[np.ndarray]) -> int:
+    """Largest per-index sum of chain counts (a vector of another length adds its maximum
+    everywhere: an upper bound)."""
+    if not vectors:
+        return 0
+    n = max(len(v) for v in vectors)
+    total = np.zeros(n, np.int64)
+    for v in vectors:
+        total += v if len(v) == n else int(v.max(initial=0))
+    return int(total.max(initial=0))
+
+
+def population_fanin(graph: Graph, name: str, nonzero: bool = True) -> int:
+    """The synapses one neuron of layer ``name`` receives through its synapse chains, at
+    most (per channel, the sum over the chains of :func:`chain_counts`, maximised): the
+    number every fan-in limit is checked against. Exact for dense/conv chains with
+    non-overlapping pools; a conv after a concat counts each of its weights once."""
+    return summed_counts([chain_counts(graph, s, c, nonzero) for s, c in ported_chains(graph, name)])
 
 
 def chain_ops(graph: Graph, name: str) -> list[Node]:

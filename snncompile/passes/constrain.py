@@ -5,8 +5,10 @@ Fan-in is counted as :func:`snncompile.ir.structure.population_fanin` counts it 
 :func:`snncompile.ir.structure.fanin_layers`: the synapses one neuron receives through its
 synapse chains. A sum pool before a convolution multiplies the convolution's fan-in by the
 pool's window (each pooled input is a synapse of the composed connection), so the
-convolution may keep only ``F // k^2`` non-zero weights per output channel; the chains an
-add or a concat joins share the limit, after what chains without weights to prune need. Pruning keeps the largest magnitudes
+convolution may keep only ``F // k^2`` non-zero weights per output channel. A conv or dense
+after a concat counts each weight once, so it keeps ``F``; the chains an add joins share the
+limit equally, a chain smaller than its share keeping all and leaving the rest to the others,
+after what chains without weights to prune need. Pruning keeps the largest magnitudes
 (per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
 convolution); the kept pattern is fixed when a layer is constrained.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..ir import Conv2dNode, DenseNode, Graph, Node, WeightedNode
-from ..ir.structure import chain_fanin, fanin_layers, synapse_chains
+from ..ir.structure import summed_counts, chain_counts, chain_fanin, fanin_layers, ported_chains
 from .requant import with_params
 
 PRUNABLE = (Conv2dNode, DenseNode)
@@ -30,40 +32,115 @@ def fanin_budgets(graph: Graph, fanin: int) -> dict[str, int]:
     is below what the rest of its synapse chains alone need."""
     budgets: dict[str, int] = {}
     for name in fanin_layers(graph):
-        _share(name, synapse_chains(graph, name), fanin, budgets)
+        _share(graph, name, fanin, budgets)
     return budgets
 
 
-def _around(op: Node, chain: list[Node]) -> int:
-    """Inputs each weight of ``op`` connects through the other (unpruned) ops of ``chain``."""
-    return chain_fanin([o for o in chain if o is not op], nonzero=False)
+def _groups(cut: list[tuple[str, list]]) -> list[list[int]]:
+    """The chains (indices into ``cut``) that share a prunable op, transitively: the chains
+    of every input of a concat read by one conv are one group, pruned by one row budget."""
+    owner: dict[str, int] = {}
+    parent = list(range(len(cut)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, (_, steps) in enumerate(cut):
+        for op, _ in steps:
+            if isinstance(op, PRUNABLE):
+                if op.name in owner:
+                    parent[root(i)] = root(owner[op.name])
+                else:
+                    owner[op.name] = i
+    out: dict[int, list[int]] = {}
+    for i in range(len(cut)):
+        out.setdefault(root(i), []).append(i)
+    return list(out.values())
 
 
-def _share(name: str, group: list[list[Node]], fanin: int, budgets: dict[str, int]) -> None:
+def _load(graph: Graph, op: Node, chains: list[tuple[str, list]]) -> int:
+    """Synapses of the layer each weight of ``op`` stands for, at most, over ``chains``
+    (unpruned): per input column of ``op``, what the chains bring to it (a concat input
+    fills only its own columns) times the fan-in of the ops after it; chains that leave
+    ``op`` by different paths add their maxima (an upper bound where the paths merge)."""
+    after: dict[tuple[str, ...], np.ndarray] = {}
+    for src, steps in chains:
+        ops = [o for o, _ in steps]
+        names = [o.name for o in ops]
+        if op.name not in names:
+            continue
+        i = names.index(op.name)
+        key = tuple(o.name for o in ops[i + 1:])
+        v = chain_counts(graph, src, steps[:i], nonzero=False) * chain_fanin(ops[i + 1:], nonzero=False)
+        width = (op.weight.shape[1] * op.groups if isinstance(op, Conv2dNode)
+                 else op.weight.shape[1])
+        if len(v) != width:  # not attributable per column: the largest everywhere
+            v = np.full(width, int(v.max(initial=0)), np.int64)
+        after[key] = after[key] + v if key in after else v
+    return sum(int(v.max(initial=0)) for v in after.values())
+
+
+def _split(avail: int, full: list[int], need: list[int]) -> list[int]:
+    """``avail`` split over groups of unpruned fan-in ``full`` in equal shares, where a group
+    smaller than its share keeps all of it and the rest goes to the others (nothing of the
+    limit is left unused), and a group whose ``need`` is above its share gets its need
+    (the caller checked that the needs fit)."""
+    if sum(full) <= avail:
+        return list(full)
+    out: dict[int, int] = {}
+    left, rest = set(range(len(full))), avail
+    while left:
+        each = rest // len(left)
+        pin = ({g: full[g] for g in left if full[g] <= each}
+               or {g: need[g] for g in left if need[g] > each})
+        if not pin:
+            break
+        for g, v in pin.items():
+            out[g] = v
+            rest -= v
+            left.discard(g)
+    if left:
+        each, extra = divmod(rest, len(left))
+        for k, g in enumerate(sorted(left)):
+            out[g] = each + (k < extra)
+    return [out[g] for g in range(len(full))]
+
+
+def _share(graph: Graph, name: str, fanin: int, budgets: dict[str, int]) -> None:
     """Split ``fanin`` over the chains into layer ``name``: chains without weights to prune
-    keep what they have, the others share the rest equally."""
-    cut = [c for c in group if any(isinstance(op, PRUNABLE) for op in c)]
-    fixed = sum(chain_fanin(c, nonzero=False) for c in group
-                if not any(isinstance(op, PRUNABLE) for op in c))
+    keep what they have; the others, grouped by the conv/dense they share (a concat's
+    inputs read by one conv are one group), share the rest (:func:`_split`). A group's ops keep ``share // load`` weights per row (:func:`_load`),
+    a uniform row budget: exact for one conv/dense after a concat whose inputs come through
+    the same ops, conservative where they bring different counts per weight."""
+    chains = ported_chains(graph, name)
+    prunable = [any(isinstance(op, PRUNABLE) for op, _ in steps) for _, steps in chains]
+    fixed = summed_counts([chain_counts(graph, s, st, nonzero=False)
+                     for (s, st), p in zip(chains, prunable) if not p])
+    cut = [c for c, p in zip(chains, prunable) if p]
     if not cut:
         if fixed > fanin:
             raise UsageError(f"--fanin {fanin} is too small for layer '{name}': its inputs "
                              f"(no weights to prune) give it fan-in {fixed}",
                              f"use --fanin {fixed} or more")
         return
-    need, op = max((_around(op, c), op.name) for c in cut for op in c if isinstance(op, PRUNABLE))
-    least = fixed + len(cut) * need
+    groups = [[cut[i] for i in g] for g in _groups(cut)]
+    loads = [{op.name: (op, _load(graph, op, g)) for _, steps in g for op, _ in steps
+              if isinstance(op, PRUNABLE)} for g in groups]
+    need = [max(ld for _, ld in lg.values()) for lg in loads]
+    full = [summed_counts([chain_counts(graph, s, st, nonzero=False) for s, st in g]) for g in groups]
+    least = fixed + sum(need)
     if fanin < least:
+        top, op = max((ld, o.name) for lg in loads for o, ld in lg.values())
         rest = f" and its inputs without weights to prune add {fixed}" if fixed else ""
         raise UsageError(f"--fanin {fanin} is too small for layer '{name}': the ops around "
-                         f"'{op}' alone connect {need} inputs per weight{rest}",
+                         f"'{op}' alone connect {top} inputs per weight{rest}",
                          f"use --fanin {least} or more")
-    share = (fanin - fixed) // len(cut)
-    for c in cut:
-        for op in c:
-            if isinstance(op, PRUNABLE):
-                b = share // _around(op, c)
-                budgets[op.name] = min(budgets.get(op.name, b), b)
+    for share, lg in zip(_split(fanin - fixed, full, need), loads):
+        for op, ld in lg.values():
+            b = share // ld
+            budgets[op.name] = min(budgets.get(op.name, b), b)
 
 
 TOPK_CHUNK = 1 << 22   # weights sorted at once by topk_mask (bounds its temporaries)

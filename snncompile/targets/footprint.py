@@ -30,7 +30,7 @@ import numpy as np
 
 from ..ir import (AffineNode, AvgPool2dNode, Conv2dNode, DenseNode, FlattenNode, Graph,
                   MaxPool2dNode, Node, ReshapeNode, WeightedNode)
-from ..ir.structure import chain_fanin, fanin_layers, sourced_chains, weight_values
+from ..ir.structure import chain_counts, chain_fanin, fanin_layers, ported_chains, summed_counts, weight_values
 
 @dataclass
 class Chain:
@@ -59,6 +59,7 @@ class Chain:
     stride: tuple[int, int] = (1, 1)
     src_channels: int = 1
     grouped: bool = False           # each output channel reads only its group's channels
+    counts: np.ndarray | None = None  # per output channel/unit, the folded synapses (chain_counts)
 
 
 @dataclass
@@ -82,7 +83,10 @@ class Footprint:
 
     @property
     def folded_fanin(self) -> int:
-        return sum(c.folded_fanin for c in self.chains)
+        """Largest synapses into one neuron through the composed matrices (per channel, the
+        sum over the chains: ``population_fanin``)."""
+        return summed_counts([c.counts if c.counts is not None else np.array([c.folded_fanin])
+                              for c in self.chains])
 
     @property
     def weight_max(self) -> int:
@@ -154,10 +158,31 @@ def _pooled_kernel(w: np.ndarray, conv: Conv2dNode, pools: list[AvgPool2dNode]) 
     return k
 
 
-def _chain(graph: Graph, src: str, ops: list[Node], last: Node | None) -> Chain:
-    """Geometry of ``ops`` (plus the population's own spatial node ``last``) from ``src``."""
+def _reached(graph: Graph, src: str, steps: list, i: int, w: np.ndarray, groups: int) -> np.ndarray:
+    """The weights of the conv/dense ``steps[i]`` that read what the chain brings (after a
+    concat, only the columns of the chain's own input): ``w`` with the others zeroed."""
+    reach = chain_counts(graph, src, steps[:i], nonzero=False) > 0
+    if reach.all() or len(reach) != w.shape[1] * groups:
+        return w
+    per_group = w.shape[0] // groups
+    idx = (np.arange(w.shape[0]) // per_group)[:, None] * w.shape[1] + np.arange(w.shape[1])
+    return w * reach[idx].reshape(idx.shape + (1,) * (w.ndim - 2))
+
+
+def _chain(graph: Graph, src: str, steps: list, last: Node | None) -> Chain:
+    """Geometry of the chain ``steps`` (ops with ports, plus the population's own spatial
+    node ``last``) from ``src``; a conv/dense after a concat counts only the weights that
+    read this chain's input."""
+    counts = chain_counts(graph, src, steps)
+    chain = _geometry(graph, src, steps, last, int(counts.max(initial=0)))
+    chain.counts = counts
+    return chain
+
+
+def _geometry(graph: Graph, src: str, steps: list, last: Node | None, folded: int) -> Chain:
+    """The :class:`Chain` of :func:`_chain`, given its folded fan-in."""
+    ops = [o for o, _ in steps]
     s_shape = tuple(int(d) for d in graph[src].shape)
-    folded = chain_fanin(ops)
     rf, stride = (1, 1), (1, 1)
     for op in ops + ([last] if last is not None else []):
         g = _spatial(op)
@@ -176,7 +201,7 @@ def _chain(graph: Graph, src: str, ops: list[Node], last: Node | None) -> Chain:
     if len(main) == 1:  # one conv or dense, with channel-wise scales around it
         w = main[0]
         i = ops.index(w)
-        wv = np.asarray(weight_values(w))
+        wv = _reached(graph, src, steps, i, np.asarray(weight_values(w)), getattr(w, "groups", 1))
         nz = wv.reshape(wv.shape[0], -1) != 0
         if isinstance(w, Conv2dNode) and plain:
             kernel = int(nz.sum(axis=1).max(initial=0))
@@ -206,7 +231,7 @@ def layer_footprints(graph: Graph) -> list[Footprint]:
         own = n if isinstance(n, MaxPool2dNode) else None
         slots = int(own.kernel[0] * own.kernel[1]) if own is not None else 1
         fp = Footprint(name, tuple(int(d) for d in n.shape), slots)
-        fp.chains = [_chain(graph, src, ops, own) for src, ops in sourced_chains(graph, name)]
+        fp.chains = [_chain(graph, src, steps, own) for src, steps in ported_chains(graph, name)]
         out.append(fp)
     by_name = {f.name: f for f in out}
     for f in out:
