@@ -144,8 +144,8 @@ def test_loihi_profile_fits_the_input_width_to_the_first_layers_current(onnx_kit
 
 
 def test_fitting_the_input_width_shows_a_bar_where_asked(onnx_kit, capsys):
-    """Each width tried converts the whole network (tens of seconds at ImageNet size): the
-    profile stage draws its bar when progress is on, nothing when it is off."""
+    """Each width tried converts the layers the input feeds: the profile stage draws its
+    bar when progress is on, nothing when it is off."""
     from snncompile.calibrate.statistics import weight_bounds
     from snncompile.frontend import import_onnx
     from snncompile.ir.options import ConversionOptions

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 
 from ..errors import ModelError
@@ -42,8 +42,11 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.ir_version:
         raise ModelError(f"'{p}' does not contain an ONNX model (no graph or ir_version); it is "
                          "truncated, corrupt or a different file format", _EXPORT_HINT)
+    external = any(external_data_helper.uses_external_data(t) for t in _tensors(model))
     _load_external(model, p)
-    return prepare_model(model, str(p))
+    # the checker reads the file itself (a copy fewer than serializing the loaded model), and
+    # the model is ours to fill with the inferred shapes in place
+    return _prepare(model, str(p), check_path=None if external else str(p), in_place=True)
 
 
 def prepare_model(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
@@ -51,15 +54,78 @@ def prepare_model(model: onnx.ModelProto, where: str = "the model") -> onnx.Mode
     if not isinstance(model, onnx.ModelProto):
         raise ModelError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}",
                          "pass the .onnx file path or onnx.load(path)")
+    return _prepare(model, where, check_path=None, in_place=False)
+
+
+def _prepare(model: onnx.ModelProto, where: str, check_path: str | None, in_place: bool) -> onnx.ModelProto:
+    """Check ``model`` (the file at ``check_path`` where given: the same model) and infer its
+    shapes; ``in_place``: into ``model`` itself, else into a copy."""
     _check_opsets(model, where)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(check_path if check_path is not None else model)
     except (onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(f"{_q(where)} is not a valid ONNX model: {_short(e)}", _EXPORT_HINT) from None
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
         raise ModelError(f"{_q(where)}: ONNX shape inference failed: {_short(e)}", _EXPORT_HINT) from None
+    return _with_weights(inferred, model, in_place)
+
+
+# Initializers above this many serialized bytes go to shape inference without their values:
+# it reads only their dims and types, and values only of small shape-like inputs (a Reshape's
+# shape, a Pad's pads), which stay. A 548 MB model then costs no 2 GB of copies to infer.
+_SKELETON_BYTES = 1024
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the values of its large initializers left out (everything else copied)."""
+    out = onnx.ModelProto()
+    _copy_fields(out, model, skip=("graph",))
+    _copy_fields(out.graph, model.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        nt = out.graph.initializer.add()
+        if t.ByteSize() <= _SKELETON_BYTES:
+            nt.CopyFrom(t)
+        else:
+            _copy_fields(nt, t, skip=_VALUE_FIELDS)
+    return out
+
+
+_VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                 "string_data")
+
+
+def _with_weights(inferred: onnx.ModelProto, model: onnx.ModelProto, in_place: bool) -> onnx.ModelProto:
+    """The inferred skeleton with ``model``'s initializers: every other field of ``inferred``
+    moved into ``model`` (``in_place``: no copy of the weights), or ``model``'s initializers
+    copied into ``inferred``."""
+    if not in_place:
+        del inferred.graph.initializer[:]
+        inferred.graph.initializer.extend(model.graph.initializer)
+        return inferred
+    for fd in onnx.GraphProto.DESCRIPTOR.fields:
+        if fd.name != "initializer":
+            model.graph.ClearField(fd.name)
+    for fd in onnx.ModelProto.DESCRIPTOR.fields:
+        if fd.name != "graph":
+            model.ClearField(fd.name)
+    _copy_fields(model.graph, inferred.graph, skip=("initializer",))
+    _copy_fields(model, inferred, skip=("graph",))
+    return model
+
+
+def _copy_fields(dst, src, skip: tuple[str, ...]) -> None:
+    """Copy every field set in protobuf message ``src`` into ``dst``, except those in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if isinstance(value, Message):
+            getattr(dst, fd.name).CopyFrom(value)
+        elif isinstance(value, (bytes, str, int, float)):
+            setattr(dst, fd.name, value)
+        else:  # a repeated field
+            getattr(dst, fd.name).extend(value)
 
 
 def _check_opsets(model: onnx.ModelProto, where: str) -> None:

@@ -75,6 +75,18 @@ def ported_paths(graph: Graph, name: str) -> list[tuple[str, list[tuple[Node, in
     return paths
 
 
+def ancestors(graph: Graph, names: list[str]) -> set[str]:
+    """``names`` and every node they read, directly or not."""
+    found: set[str] = set()
+    stack = list(names)
+    while stack:
+        k = stack.pop()
+        if k not in found:
+            found.add(k)
+            stack.extend(graph[k].inputs)
+    return found
+
+
 def sourced_paths(graph: Graph, name: str) -> list[tuple[str, list[Node]]]:
     """Every chain of non-population nodes from a population (exclusive) to ``name``
     (inclusive of the node itself when it is not a population), with that population."""

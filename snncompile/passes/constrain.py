@@ -197,8 +197,10 @@ def constrain(graph: Graph, bits: int, fanin: int | None = None, fanin_mode: str
     to ``bits``: what tuning imposes by its last stage, without the training. It tells
     before tuning whether a target's limits can be met, and is the result of ``--fanin``
     without ``--train``."""
-    masks = fanin_masks(graph, fanin, fanin_mode) if fanin else {}
-    weights = {name: np.asarray(graph[name].weight, np.float32) * m for name, m in masks.items()}
+    weights: dict[str, np.ndarray] = {}
+    for name, k in (fanin_budgets(graph, fanin).items() if fanin else ()):
+        w = np.asarray(graph[name].weight, np.float32)  # one mask alive at a time, not all of them
+        weights[name] = w * FANIN_MODES[fanin_mode](w, k)
     return with_params(graph, weights, {}, weight_bits=bits)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..ir.structure import ancestors
 from ..ir import (AddNode, AvgPool2dNode, ConcatNode, FlattenNode, Graph, IFNode, InputNode,
                   MaxPool2dNode, Node, PadNode, ReshapeNode, WeightedNode)
 from .neurons import SpikeStep, integrate_and_fire, integrate_and_fire_traced, max_pool_spikes, sum_pool
@@ -29,14 +30,7 @@ from .weighted import weighted, weighted_traced
 def needed(graph: Graph, targets: list[str]) -> set[str]:
     """The names of ``targets`` and all their ancestors: the ``nodes`` a run that computes
     ``targets`` needs (:func:`run_window`)."""
-    want: set[str] = set()
-    stack = list(targets)
-    while stack:
-        k = stack.pop()
-        if k not in want:
-            want.add(k)
-            stack.extend(graph[k].inputs)
-    return want
+    return ancestors(graph, targets)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from ..calibrate.statistics import Calibration
 from ..ir import Graph
+from ..ir.structure import ancestors, fanin_layers, is_population, sourced_chains
 from ..ir.options import ConversionOptions
 from ..passes.constrain import constrain
 from ..passes.convert import convert
@@ -45,7 +46,10 @@ class Profile:
     to the user). ``input_rule``, where given, returns the violations of a converted graph
     that fewer ``--input-bits`` can fix (e.g. a per-step current register): the core then
     chooses the largest input width from the default down to ``min_input_bits`` that
-    passes it."""
+    passes it. The rule may look only at the input and the layers it feeds directly (and
+    at the ops between them): it is given the conversion of that part of the network alone
+    (:func:`input_subgraph`, those layers as its outputs), so that fitting costs one small
+    conversion per width at any network size."""
 
     weight_bits: int | None = None
     membrane_bits: int | None = None
@@ -159,19 +163,41 @@ def fit_input_bits(profile: Profile, build: Callable[[int], Graph], default: int
     return bits
 
 
+def input_subgraph(ann: Graph) -> Graph:
+    """The part of ``ann`` that the input width decides: the input, the layers it feeds
+    directly (through synapse chains without another population), as the outputs, and
+    every node they read. Converting it gives those layers exactly what converting the
+    whole network gives them, since conversion derives a node from the nodes before it and,
+    for an op, from its consumers (an add's shared scale): where an op kept here has a
+    consumer that is not, the whole graph is returned instead."""
+    src = ann.input.name
+    fed = [n for n in fanin_layers(ann) if any(s == src for s, _ in sourced_chains(ann, n))]
+    keep = ancestors(ann, fed)
+    readers: dict[str, list[str]] = {}
+    for n in ann.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n.name)
+    if any(not is_population(ann[k]) and any(r not in keep for r in readers.get(k, ()))
+           for k in keep):
+        return ann
+    return Graph([n for n in ann.nodes if n.name in keep], [n for n in fed], ann.timesteps,
+                 dict(ann.meta), ann.conversion)
+
+
 def fit_input_width(profile: Profile, choice: ProfileChoice, ann: Graph, calib: Calibration,
                     opts: ConversionOptions, given: set[str], fanin: int | None = None,
                     fanin_mode: str = "magnitude", progress: bool = False) -> ConversionOptions:
     """``opts`` with the input width the profile fits to this model (:func:`fit_input_bits`
     on the graph converted, and constrained to ``fanin``, as it will be checked); unchanged
-    when the user set --input-bits. ``progress``: a bar on stderr, one step per width tried
-    (each converts the network: tens of seconds at ImageNet size)."""
+    when the user set --input-bits. Each width converts only :func:`input_subgraph` (what
+    the profile's rule may look at). ``progress``: a bar on stderr, one step per width tried."""
     if "input_bits" in given:
         return opts
     bar = progress_bar(progress, None, "fitting --input-bits", "width")
+    part = input_subgraph(ann)
 
     def build(bits: int) -> Graph:
-        g = convert(ann, calib, dataclasses.replace(opts, input_bits=bits))
+        g = convert(part, calib, dataclasses.replace(opts, input_bits=bits))
         g = constrain(g, opts.weight_bits, fanin, fanin_mode) if fanin else g
         bar.update(1)
         return g
