@@ -149,6 +149,21 @@ def test_unexpected_exceptions_are_one_line_with_their_own_code(monkeypatch, tmp
     assert isinstance(exc, ZeroDivisionError)
 
 
+def test_running_out_of_memory_is_the_environment_not_a_bug(monkeypatch, tmp_path):
+    """A MemoryError (the machine's memory, or ulimit -v) is one error line with the fix,
+    exit 2, never the internal-error report."""
+    from snncompile.app import inspection
+
+    def oom(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(inspection, "inspect_model", oom)
+    kit = corpus.Kit(tmp_path)
+    code, output, exc = invoke(["inspect", kit.model])
+    assert code == 2 and exc is None and "internal error" not in output
+    assert output.startswith("error: out of memory while running 'inspect'") and "fix:" in output
+
+
 def test_a_large_T_that_saturates_warns(tmp_path):
     """Narrow membranes and a negative bias: at 16 times the build's T the charge runs past
     the width, which evaluate says instead of reporting the score as if it meant something."""

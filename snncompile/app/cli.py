@@ -25,7 +25,7 @@ import click
 
 from .. import __version__
 from ..ir.options import V_INIT_MODES, ConversionOptions
-from ..errors import SnnCompileError, UnsupportedOpError
+from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
 from ..frontend.rewrite import MAXPOOL_CHOICES
@@ -88,6 +88,11 @@ def _handle_errors(fn: Callable) -> Callable:
             # collected at exit, an "Exception ignored" traceback burying the message: not printed
             sys.unraisablehook = lambda unraisable: None
             sys.exit(err.exit_code)
+        except MemoryError:  # the machine's, or its limit's (ulimit -v): not our bug
+            click.echo(f"error: out of memory while running '{fn.__name__}'\n  fix: free memory or "
+                       "run it on a machine with more (docs/results.md lists the peak memory of "
+                       "ImageNet-size networks), or use a smaller model", err=True)
+            sys.exit(UsageError.exit_code)
         except Exception as e:
             internal_error(e)
         finally:
