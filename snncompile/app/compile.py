@@ -282,7 +282,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         summary["profile"] = choice.as_dict()
     if tuning is not None:
         last = tuning["stages"][-1]["best"] if tuning["stages"] else {}
-        summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"], **last}
+        summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"],
+                             "world_size": tuning["world_size"], **last}
     if tsearch is not None:
         summary["auto_timesteps"] = info["auto_timesteps"]
     return summary
