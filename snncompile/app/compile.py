@@ -26,6 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
+from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..ir.structure import zeroed_layers
@@ -159,6 +160,12 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         bar.update(1)
         source_model = model  # the user's model: the ANN baseline the artifact keeps
         model, rewrites = _rewrite(model, req.maxpool)
+        if req.fanin is not None:
+            model, relays = relay_pools(model, req.fanin)
+            if relays:
+                rewrites.append({"pass": relay_pools.__name__, "nodes": relays,
+                                 "message": relay_message(relays, req.fanin)})
+                log.warning(rewrites[-1]["message"])
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann = imported.graph

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..frontend import import_onnx, load_onnx
+from ..frontend.relay import relay_pools
 from ..ir import Graph, IFNode, ReluNode, WeightedNode
 from ..ir.structure import ann_macs, op_fanin, populations, weight_bits
 
@@ -107,7 +108,10 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
     prof = backend.profile()
     opts, choice = apply_profile(prof, opts, given, backend.name)
     opts.check()
-    ann = import_onnx(load_onnx(path), output=output).graph
+    model = load_onnx(path)
+    if fanin is not None:  # as convert adds them
+        model = relay_pools(model, fanin)[0]
+    ann = import_onnx(model, output=output).graph
     calib = weight_bounds(ann, warn=False)
     opts = fit_input_width(prof, choice, ann, calib, opts, given, fanin)
     g = convert(ann, calib, opts)
