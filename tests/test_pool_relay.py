@@ -16,8 +16,8 @@ from snncompile.ir import DenseNode
 from snncompile.ir.serialize import load_graph
 
 
-def _gap_head(onnx_kit, rng, act: str = "Relu"):
-    """conv 3x3 (8 channels) -> act -> global average pool over 6x6 -> flatten -> dense 10."""
+def _gap_head(onnx_kit, rng, act: str = "Relu", side: int = 6):
+    """conv 3x3 (8 channels) -> act -> global average pool over side x side -> flatten -> dense 10."""
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
     nodes += [helper.make_node(act, ["c"], ["r"])] if act else [helper.make_node("Identity", ["c"], ["r"])]
     nodes += [helper.make_node("GlobalAveragePool", ["r"], ["p"]),
@@ -27,7 +27,7 @@ def _gap_head(onnx_kit, rng, act: str = "Relu"):
              "b": rng.normal(0, 0.1, 8).astype(np.float32),
              "fw": rng.normal(0, 0.3, (10, 8)).astype(np.float32),
              "fb": np.zeros(10, np.float32)}
-    return onnx_kit.model(nodes, inits, in_shape=(2, 6, 6))
+    return onnx_kit.model(nodes, inits, in_shape=(2, side, side))
 
 
 def test_a_relay_follows_a_pool_whose_window_the_limit_would_cut(onnx_kit, rng):
@@ -70,3 +70,21 @@ def test_convert_under_a_fanin_limit_keeps_every_channel_after_the_pool(onnx_kit
     g = load_graph(tmp_path / "out")
     dense = [n for n in g.nodes if isinstance(n, DenseNode)]
     assert len(dense) == 1 and (np.asarray(dense[0].weight) != 0).sum(axis=1).min() == 8
+
+
+def test_a_map_larger_than_the_limit_is_pooled_in_exact_stages(onnx_kit, rng, tmp_path):
+    """A 14x14 map under --fanin 64 (196 positions, more than one neuron may read): a 7x7
+    average pool with its relay, then the global pool of the 2x2 rest with its own; the
+    outputs are the model's, and the headline-style command converts it (it was refused)."""
+    m = _gap_head(onnx_kit, rng, side=14)
+    x = rng.normal(0, 1, (3, 2, 14, 14)).astype(np.float32)
+    out, pools = relay_pools(m, 64)
+    assert pools == ["p"]
+    ops = [n.op_type for n in out.graph.node]
+    assert ops == ["Conv", "Relu", "AveragePool", "Relu", "GlobalAveragePool", "Relu", "Flatten", "Gemm"]
+    np.testing.assert_allclose(onnx_kit.run_ort(out, x), onnx_kit.run_ort(m, x), rtol=1e-5, atol=1e-6)
+    onnx.save(m, tmp_path / "m.onnx")
+    r = subprocess.run([sys.executable, "-m", "snncompile", "convert", str(tmp_path / "m.onnx"),
+                        "--bits", "8", "--fanin", "64", "-T", "4", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

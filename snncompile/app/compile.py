@@ -158,14 +158,16 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     with progress_bar(req.progress, 2, f"importing {os.path.basename(req.model)}", "step") as bar:
         model = load_onnx(req.model)  # a large model takes a minute to load and check
         bar.update(1)
-        source_model = model  # the user's model: the ANN baseline the artifact keeps
+        relays: list[dict[str, Any]] = []
+        if req.fanin is not None:  # the same function: the kept model has the relays' tensors
+            model, pools = relay_pools(model, req.fanin)
+            if pools:
+                relays.append({"pass": relay_pools.__name__, "nodes": pools,
+                               "message": relay_message(pools, req.fanin)})
+                log.warning(relays[-1]["message"])
+        source_model = model  # the ANN baseline the artifact keeps
         model, rewrites = _rewrite(model, req.maxpool)
-        if req.fanin is not None:
-            model, relays = relay_pools(model, req.fanin)
-            if relays:
-                rewrites.append({"pass": relay_pools.__name__, "nodes": relays,
-                                 "message": relay_message(relays, req.fanin)})
-                log.warning(rewrites[-1]["message"])
+        rewrites = relays + rewrites
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann = imported.graph

@@ -5,7 +5,8 @@ so a classifier after a global average pool over 7x7 reads 49 synapses per chann
 ``--fanin 64`` limit leaves each logit one or two channels. A ReLU right after the pool
 (``relu(avg(x)) = avg(x)`` for the non-negative ``x`` a pool reads in a converted network)
 makes the pooled values a population of their own: its neurons read one window each, and
-the next layer reads one synapse per channel. The function of the network is unchanged; it
+the next layer reads one synapse per channel. A map larger than the limit is pooled in
+stages of exact local averages, each with its relay. The function of the network is unchanged; it
 costs one more layer of spike-count quantization and one step of latency, so it is added only
 where the composed connection exceeds the limit. Only global
 pools get one (a classifier's input): measured there, the gain is large (see docs/results.md);
@@ -90,6 +91,23 @@ def _weight_fanin(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> int:
     return int(w.shape[0])
 
 
+def _stages(h: int, w: int, fanin: int) -> list[tuple[int, int]]:
+    """Local pools (kernel = stride, dividing the map exactly) that bring an ``h`` x ``w`` map
+    down to at most ``fanin`` positions, each window at most ``fanin``: a global average is
+    the average of equal window averages, so the split is exact. Empty when the map is small
+    enough already, or when no exact split exists (a prime side longer than ``fanin``)."""
+    out: list[tuple[int, int]] = []
+    while h * w > fanin:
+        best = max(((a, b) for a in range(1, h + 1) if h % a == 0
+                    for b in range(1, w + 1) if w % b == 0 and 1 < a * b <= fanin),
+                   key=lambda ab: (ab[0] * ab[1], -abs(ab[0] - ab[1])), default=None)
+        if best is None:
+            return []
+        out.append(best)
+        h, w = h // best[0], w // best[1]
+    return out
+
+
 def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` with a ReLU after each global average pool of non-negative values
     whose window, composed into the weighted layer after it, exceeds ``fanin`` inputs; and the
@@ -132,11 +150,23 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
     names = {n.output[0] for n in chosen}
     nodes: list[onnx.NodeProto] = []
     for n in out.graph.node:
-        nodes.append(n)
-        if n.output[0] in names:  # the relay takes the pool's tensor name: the source model,
-            t = n.output[0]       # which the artifact keeps, holds the same values under it
-            n.output[0] = f"{t}_pooled"
-            nodes.append(helper.make_node("Relu", [n.output[0]], [t], name=f"{n.name or t}_relay"))
+        if n.output[0] not in names:
+            nodes.append(n)
+            continue
+        t = n.output[0]
+        h, w = shapes[n.input[0]][2:]
+        for i, (a, b) in enumerate(_stages(h, w, fanin)):  # a window over fanin: in stages
+            local = f"{t}_stage{i}"
+            nodes += [helper.make_node("AveragePool", [n.input[0]], [f"{local}_pooled"],
+                                       name=f"{n.name or t}_stage{i}", kernel_shape=[a, b], strides=[a, b]),
+                      helper.make_node("Relu", [f"{local}_pooled"], [local], name=f"{n.name or t}_stage{i}_relay")]
+            n.input[0] = local
+            h, w = h // a, w // b
+            if n.op_type == "AveragePool":
+                del n.attribute[:]
+                n.attribute.extend([helper.make_attribute("kernel_shape", [h, w])])
+        n.output[0] = f"{t}_pooled"  # the relay takes the pool's tensor name
+        nodes += [n, helper.make_node("Relu", [n.output[0]], [t], name=f"{n.name or t}_relay")]
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out, [n.output[0] for n in chosen]
