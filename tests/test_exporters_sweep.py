@@ -130,3 +130,38 @@ def test_min_of_a_relu_read_elsewhere_keeps_it(onnx_kit, rng):
 def test_silu_is_named(onnx_kit):
     with pytest.raises(UnsupportedOpError, match=r"SiLU/Swish x \* sigmoid\(x\)"):
         import_onnx(_torch_onnx(_net(nn.SiLU()), (3, 7, 7), opset_version=17))
+
+
+def test_float16_export_calibrates(rng):
+    """A model exported in float16 gets its calibration inputs in float16 (onnxruntime refuses
+    float32 for it) and gives float32 activations back."""
+    from snncompile.calibrate.statistics import onnx_forward
+
+    net = _net(nn.ReLU())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_net(nn.ReLU()).half(), (torch.randn(2, 3, 7, 7).half(),), buf, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    m16 = onnx.load_from_string(buf.getvalue())
+    res = import_onnx(m16)
+    x = _x(rng)
+    (out,) = list(onnx_forward(m16, res.input_name, [res.output_name], x))
+    y = out[res.output_name]
+    assert y.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net.float()(torch.from_numpy(x)).numpy(), rtol=0.02, atol=0.02)
+
+
+def test_float64_conv_model_names_the_fix(rng):
+    from snncompile.calibrate.statistics import onnx_forward
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_net(nn.ReLU()).double(), (torch.randn(2, 3, 7, 7).double(),), buf,
+                          dynamo=False, input_names=["x"], output_names=["y"])
+    m64 = onnx.load_from_string(buf.getvalue())
+    with pytest.raises(ModelError, match="onnxruntime cannot run") as info:
+        list(onnx_forward(m64, "x", ["y"], _x(rng, n=2)))
+    assert "model.float()" in info.value.hint
