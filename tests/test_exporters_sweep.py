@@ -165,3 +165,13 @@ def test_float64_conv_model_names_the_fix(rng):
     with pytest.raises(ModelError, match="onnxruntime cannot run") as info:
         list(onnx_forward(m64, "x", ["y"], _x(rng, n=2)))
     assert "model.float()" in info.value.hint
+
+
+def test_avgpool_ceil_mode_of_old_exporters_names_it(onnx_kit):
+    """Before opset 10, torch writes AvgPool2d(ceil_mode=True) as end padding excluded from
+    the count: the refusal says so (the user wrote no padding and no count_include_pad)."""
+    m = _torch_onnx(_net(nn.Sequential(nn.ReLU(), nn.AvgPool2d(2, 2, ceil_mode=True))), (3, 7, 7),
+                    opset_version=9)
+    with pytest.raises(ModelError, match="count_include_pad=0") as info:
+        import_onnx(m)
+    assert "ceil_mode=False" in info.value.hint

@@ -43,7 +43,9 @@ def average_pool(ctx: ImportContext, node: onnx.NodeProto) -> None:
                                "divides border windows by fewer elements, which a fixed sum pool "
                                "cannot do",
                          "use count_include_pad=True (torch: AvgPool2d(..., count_include_pad="
-                         "True)) or pool without padding")
+                         "True)) or pool without padding"
+                         + ("; exporters before opset 10 write ceil_mode=True this way: export "
+                            "with ceil_mode=False" if ctx.opset < 10 and not any(pads[:2]) else ""))
     ctx.add(ir.AvgPool2dNode(name=node.output[0], inputs=[x], kernel=kernel, stride=strides,
                              padding=pads))
 
