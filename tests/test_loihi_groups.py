@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from snncompile.ir import AvgPool2dNode, Conv2dNode, FlattenNode, Graph, InputNode
-from test_loihi import _assert_bit_exact, _conv, _dense, _if, _lava_may_set_fork, _validated, needs_lava  # noqa: F401
+from test_loihi import (_assert_bit_exact, _conv, _dense, _if, _lava_may_set_fork,  # noqa: F401
+                        _validated, needs_lava)
 
 
 @needs_lava

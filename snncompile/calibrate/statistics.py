@@ -67,7 +67,8 @@ def _session(model: onnx.ModelProto, tensors: list[str]):
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
         hint = None
-        if any(vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE for vi in model.graph.input):
+        if any(vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+               for vi in model.graph.input):
             hint = ("the model computes in float64, which onnxruntime's CPU kernels do not all "
                     "cover: export it in float32 (torch: model.float() before torch.onnx.export)")
         raise ModelError(f"onnxruntime cannot run the model: {e}", hint) from None
@@ -87,8 +88,8 @@ def onnx_forward(model: onnx.ModelProto, input_name: str, outputs: list[str], x:
     fixed = _fixed_batch(model, input_name)
     step = fixed or batch_size
     # a float16 (or float64) model gets its inputs in its own type and returns float32
-    dtype = next((_ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs() if i.name == input_name),
-                 np.float32)
+    dtype = next((_ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()
+                  if i.name == input_name), np.float32)
     for start in range(0, x.shape[0], step):
         xb = x[start:start + step].astype(dtype)
         n = xb.shape[0]
