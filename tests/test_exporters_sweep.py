@@ -175,3 +175,23 @@ def test_avgpool_ceil_mode_of_old_exporters_names_it(onnx_kit):
     with pytest.raises(ModelError, match="count_include_pad=0") as info:
         import_onnx(m)
     assert "ceil_mode=False" in info.value.hint
+
+
+def test_fanin_refusal_after_a_global_pool_names_the_pool():
+    """A classifier after a global average pool over 4x4 reads 16 inputs per weight: the
+    headline's --fanin refuses it for a smaller limit, and says the pool is why."""
+    from snncompile.errors import UsageError
+    from snncompile.ir import AvgPool2dNode, DenseNode, FlattenNode, Graph, IFNode, InputNode
+    from snncompile.passes.constrain import fanin_budgets
+
+    w = np.ones((3, 2), np.int64)
+    g = Graph([InputNode(name="x", shape=(2, 4, 4), out_scale=np.array(1.0), mode="every_step"),
+               IFNode(name="s", inputs=["x"], shape=(2, 4, 4), threshold=np.array([3])),
+               AvgPool2dNode(name="gap", inputs=["s"], kernel=(4, 4), stride=(4, 4)),
+               FlattenNode(name="f", inputs=["gap"]),
+               DenseNode(name="d", inputs=["f"], weight=w.astype(np.float32), weight_int=w)],
+              ["d"], timesteps=4)
+    g.validate()
+    with pytest.raises(UsageError, match="connect 16 inputs per weight") as info:
+        fanin_budgets(g, 8)
+    assert "use --fanin 16 or more; or pool to a smaller map" in info.value.hint
