@@ -195,3 +195,13 @@ def test_fanin_refusal_after_a_global_pool_names_the_pool():
     with pytest.raises(UsageError, match="connect 16 inputs per weight") as info:
         fanin_budgets(g, 8)
     assert "use --fanin 16 or more; or pool to a smaller map" in info.value.hint
+
+
+def test_min_of_a_relu_with_another_branch_between(onnx_kit, rng):
+    """The ReLU that Min clips is dropped even when another branch was converted between
+    them (graph order interleaves branches)."""
+    nodes = [H("Relu", ["x"], ["r"]), H("Relu", ["x"], ["other"]), H("Min", ["r", "six"], ["m"]),
+             H("Add", ["m", "other"], ["y"])]
+    res = onnx_kit.check(onnx_kit.model(nodes, {"six": np.float32(0.5)}), _x(rng, shape=(3, 8, 8)))
+    assert "r" not in [n.name for n in res.graph.nodes]
+    assert sorted(n.max_value or 0 for n in res.graph if isinstance(n, ir.ReluNode)) == [0, 0.5]

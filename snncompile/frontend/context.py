@@ -119,11 +119,10 @@ class ImportContext:
         """The IR node built so far under ``ir_name``."""
         return next(n for n in reversed(self.nodes) if n.name == ir_name)
 
-    def drop_last(self, ir_name: str) -> None:
-        """Remove ``ir_name``, the node added last, which its one reader replaces."""
-        if not self.nodes or self.nodes[-1].name != ir_name:
-            raise ValueError(f"'{ir_name}' is not the last node added")
-        self.nodes.pop()
+    def drop_unread(self, ir_name: str) -> None:
+        """Remove node ``ir_name`` when no IR node reads it (its one reader replaced it)."""
+        if not any(ir_name in n.inputs for n in self.nodes):
+            self.nodes = [n for n in self.nodes if n.name != ir_name]
 
     def shape(self, ir_name: str) -> tuple[int, ...]:
         return self.shapes[ir_name]

@@ -87,9 +87,8 @@ def max_min(ctx: ImportContext, node: onnx.NodeProto) -> None:
         raise node_error(node, f"Min(x, {c0:g}) is a clipped ReLU only on a ReLU's output and with "
                                "a positive constant", hint)
     hi = c0 if relu.max_value is None else min(c0, relu.max_value)
-    if ctx.readers.get(node.input[acts[0]], 0) == 1 and node.input[acts[0]] == x \
-            and ctx.nodes[-1].name == x:
-        ctx.drop_last(x)  # the unclipped ReLU feeds nothing else
+    if ctx.readers.get(node.input[acts[0]], 0) == 1 and node.input[acts[0]] == x:
+        ctx.drop_unread(x)  # the unclipped ReLU feeds nothing else
     ctx.add(ir.ReluNode(name=out, inputs=list(relu.inputs), calib_tensor=out, max_value=hi))
 
 
