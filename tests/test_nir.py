@@ -181,6 +181,7 @@ def test_export_writes_the_same_graph_as_the_target_and_refuses_cleanly(tmp_path
     write_artifact(tmp_path / "dflt", zoo_case("maxpool_counts").graph, onnx_placeholder(), {})
     r = run("export", tmp_path / "dflt", "-o", tmp_path / "x.nir")
     assert r.exit_code == 6 and "layer 'm1': op maxpool2d cannot be written as NIR" in r.output
+    assert "--maxpool avg" in r.output
     assert not (tmp_path / "x.nir").exists() and not list(tmp_path.glob(".x.nir*"))
 
 

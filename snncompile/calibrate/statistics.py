@@ -66,7 +66,15 @@ def _session(model: onnx.ModelProto, tensors: list[str]):
     try:
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+        hint = None
+        if any(vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+               for vi in model.graph.input):
+            hint = ("the model computes in float64, which onnxruntime's CPU kernels do not all "
+                    "cover: export it in float32 (torch: model.float() before torch.onnx.export)")
+        raise ModelError(f"onnxruntime cannot run the model: {e}", hint) from None
+
+
+_ORT_DTYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def onnx_forward(model: onnx.ModelProto, input_name: str, outputs: list[str], x: np.ndarray,
@@ -74,17 +82,21 @@ def onnx_forward(model: onnx.ModelProto, input_name: str, outputs: list[str], x:
     """Yield, batch by batch, dicts of the requested tensors computed by onnxruntime.
 
     A model exported with a fixed batch size (zoo models often fix it at 1) gets batches of
-    exactly that size, the last one padded with zeros whose results are dropped."""
+    exactly that size, the last one padded with zeros whose results are dropped. Inputs go in
+    the model's own float type (float16 exports), results come back as float32."""
     sess = _session(model, outputs)
     fixed = _fixed_batch(model, input_name)
     step = fixed or batch_size
+    # a float16 (or float64) model gets its inputs in its own type and returns float32
+    dtype = next((_ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()
+                  if i.name == input_name), np.float32)
     for start in range(0, x.shape[0], step):
-        xb = x[start:start + step].astype(np.float32)
+        xb = x[start:start + step].astype(dtype)
         n = xb.shape[0]
         if fixed and n < fixed:
-            xb = np.concatenate([xb, np.zeros((fixed - n,) + xb.shape[1:], np.float32)])
+            xb = np.concatenate([xb, np.zeros((fixed - n,) + xb.shape[1:], dtype)])
         res = sess.run(outputs, {input_name: xb})
-        yield {k: (v[:n] if fixed else v) for k, v in zip(outputs, res)}
+        yield {k: np.asarray(v[:n] if fixed else v, np.float32) for k, v in zip(outputs, res)}
 
 
 def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:

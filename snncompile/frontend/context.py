@@ -52,15 +52,17 @@ class ImportContext:
     batch size, or a sentinel when the batch dimension is dynamic. The sentinel is a prime no
     layer size is likely to equal (3 would be mistaken for the RGB channels of
     ``x.reshape(x.shape[1], -1)``) and small enough that folding e.g. ConstantOfShape(Shape(x))
-    stays cheap. ``used`` holds every tensor some converted node (or the chosen output) reads.
+    stays cheap. ``used`` holds every tensor some converted node (or the chosen output) reads,
+    ``readers`` how many times each is read.
     """
 
     SENTINEL_BATCH = 97
 
-    def __init__(self, batch: int, opset: int, used: set[str]):
+    def __init__(self, batch: int, opset: int, used: set[str], readers: dict[str, int] | None = None):
         self.batch = batch
         self.opset = opset
         self.used = used
+        self.readers = readers or {}
         self.consts: dict[str, np.ndarray] = {}
         self.tensors: dict[str, str] = {}  # ONNX activation tensor -> IR node name
         self.nodes: list[ir.Node] = []
@@ -112,6 +114,15 @@ class ImportContext:
             raise node_error(node, f"input {i} ('{name}') must depend on the network input, but it "
                                    "is a constant")
         return self.tensors[name]
+
+    def node(self, ir_name: str) -> ir.Node:
+        """The IR node built so far under ``ir_name``."""
+        return next(n for n in reversed(self.nodes) if n.name == ir_name)
+
+    def drop_unread(self, ir_name: str) -> None:
+        """Remove node ``ir_name`` when no IR node reads it (its one reader replaced it)."""
+        if not any(ir_name in n.inputs for n in self.nodes):
+            self.nodes = [n for n in self.nodes if n.name != ir_name]
 
     def shape(self, ir_name: str) -> tuple[int, ...]:
         return self.shapes[ir_name]

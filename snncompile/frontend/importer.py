@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, output: str | None =
     producers = {o: n for n in g.node for o in n.output if o}
     graph_output, out_tensor = choose_output(model, producers, output)
     needed = _needed_nodes(g, producers, out_tensor)
-    used = {t for n in needed for t in n.input if t} | {out_tensor}
+    reads = [t for n in needed for t in n.input if t] + [out_tensor]
+    used = set(reads)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    ctx = ImportContext(batch, opset, used)
+    ctx = ImportContext(batch, opset, used, dict(Counter(reads)))
     for init in g.initializer:
         ctx.consts[init.name] = numpy_helper.to_array(init)
     ctx.add(ir.InputNode(name=in_name, shape=per_sample, source=in_name))
@@ -152,7 +154,9 @@ def _walk(ctx: ImportContext, nodes: list[onnx.NodeProto], model: onnx.ModelProt
             continue
         if node.op_type not in CONVERTERS:
             note = UNSUPPORTED_NOTES.get(node.op_type)
-            if node.op_type in _OUTPUT_ACTIVATIONS and inputs:
+            if _is_silu(node, nodes):
+                note = f"with the Mul after it, this is SiLU/Swish x * sigmoid(x); {note}"
+            elif node.op_type in _OUTPUT_ACTIVATIONS and inputs:
                 note = (f"{note}; if it is the network's final activation, compile the values "
                         f"before it with --output '{inputs[0]}' (output= in Python)")
             unsupported.append(f"{describe(node)} is not supported" + (f": {note}" if note else ""))
@@ -176,6 +180,14 @@ def _walk(ctx: ImportContext, nodes: list[onnx.NodeProto], model: onnx.ModelProt
             + "\n".join(f"  - {line}" for line in lines)
             + (f"\nsupported ops: {', '.join(supported_ops())}" if unsupported else ""),
             lines, "; ".join(dict.fromkeys(hints)))
+
+
+def _is_silu(node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> bool:
+    """A Sigmoid whose output some Mul multiplies with the Sigmoid's own input."""
+    if node.op_type != "Sigmoid" or not node.input:
+        return False
+    pair = {node.input[0], node.output[0]}
+    return any(n.op_type == "Mul" and set(n.input) == pair for n in nodes)
 
 
 def _fold(ctx: ImportContext, node: onnx.NodeProto, model: onnx.ModelProto) -> None:

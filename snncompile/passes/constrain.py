@@ -134,9 +134,12 @@ def _share(graph: Graph, name: str, fanin: int, budgets: dict[str, int]) -> None
     if fanin < least:
         top, op = max((ld, o.name) for lg in loads for o, ld in lg.values())
         rest = f" and its inputs without weights to prune add {fixed}" if fixed else ""
+        pooled = ("; or pool to a smaller map before it (a weight after a pool reads every "
+                  "input of its window: a global average pool over 16x16 gives each weight 256)"
+                  if top > 1 else "")
         raise UsageError(f"--fanin {fanin} is too small for layer '{name}': the ops around "
                          f"'{op}' alone connect {top} inputs per weight{rest}",
-                         f"use --fanin {least} or more")
+                         f"use --fanin {least} or more{pooled}")
     for share, lg in zip(_split(fanin - fixed, full, need), loads):
         for op, ld in lg.values():
             b = share // ld

@@ -52,7 +52,8 @@ SUPPORTED = (InputNode, Conv2dNode, DenseNode, AffineNode, IFNode, AvgPool2dNode
              ReshapeNode, AddNode)
 WHY_NOT = {
     "maxpool2d": ("NIR has no spike-count max pool",
-                  "use AveragePool or a stride-2 convolution in the model"),
+                  "convert with --maxpool avg or --maxpool conv (an ANN rewrite into an average "
+                  "pool or a stride-2 convolution, tuning recovers its loss)"),
     "concat": ("NIR 1.0 has no concatenation node", "remove the Concat from the model"),
     "pad": ("NIR has no padding node (only a convolution's own, even padding)",
             "fold the Pad into the next convolution's padding in the model"),

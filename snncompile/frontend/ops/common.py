@@ -68,16 +68,26 @@ def spatial_pads(node: onnx.NodeProto, attrs: dict, hw: tuple[int, int], kernel:
 
 
 def check_ceil_mode(node: onnx.NodeProto, attrs: dict, hw: tuple[int, int], kernel: tuple[int, int],
-                    strides: tuple[int, int], pads: tuple[int, int, int, int]) -> None:
-    """ceil_mode=1 is accepted only where it gives the same output size as floor."""
+                    strides: tuple[int, int], pads: tuple[int, int, int, int],
+                    pad_end: bool = False) -> tuple[int, int, int, int]:
+    """The padding that gives ceil_mode=1's output size with floor rounding.
+
+    Where ceil and floor agree, ``pads`` unchanged. Where ceil adds a partial window at the
+    border: with ``pad_end`` (max pooling, whose padding never wins a maximum) that window is
+    the same as one over more end padding, so the bottom/right pads grow; otherwise (an average
+    would divide that window by fewer elements) a ModelError."""
     if not attrs.get("ceil_mode", 0):
-        return
+        return pads
+    extra = []
     for n, k, s, b, e in zip(hw, kernel, strides, pads[:2], pads[2:]):
         floor_len = (n + b + e - k) // s + 1
         ceil_len = -(-(n + b + e - k) // s) + 1
         if (ceil_len - 1) * s >= n + b:  # a last window starting in the end padding is dropped
             ceil_len -= 1
-        if ceil_len != floor_len:
-            raise node_error(node, "ceil_mode=1 changes the output size here (a partial window at "
-                                   "the border), which has no fixed-kernel equivalent",
-                             "export with ceil_mode=False, or pad the input so the windows tile it")
+        extra.append((ceil_len - 1) * s + k - (n + b + e) if ceil_len != floor_len else 0)
+    if any(extra) and not pad_end:
+        raise node_error(node, "ceil_mode=1 changes the output size here (a partial window at "
+                               "the border, averaged over fewer elements), which has no "
+                               "fixed-kernel equivalent",
+                         "export with ceil_mode=False, or pad the input so the windows tile it")
+    return pads[0], pads[1], pads[2] + extra[0], pads[3] + extra[1]

@@ -1,9 +1,10 @@
-"""Converters of elementwise arithmetic: Add/Sub/Mul/Div and Sum.
+"""Converters of elementwise arithmetic: Add/Sub/Mul/Div, Sum, and Max/Min with a constant.
 
 An activation combined with a constant that is the same for every pixel of a channel (or
 every use of a feature) is a per-channel affine map y = a x + b -> AffineNode: a BatchNorm
 written as Mul+Add, input normalization (x - mean) / std, the bias Add after a MatMul. Two
-activations of equal shape may be added (residual connections) -> AddNode.
+activations of equal shape may be added (residual connections) -> AddNode. Max(x, 0) is a
+ReLU and Min(ReLU(x), m) a clipped ReLU (ReLU6 written as torch.minimum / tf.minimum).
 """
 
 from __future__ import annotations
@@ -57,6 +58,38 @@ def sum_(ctx: ImportContext, node: onnx.NodeProto) -> None:
         ctx.alias(node.output[0], ctx.act(node, 0))
         return
     _add_activations(ctx, node, list(node.input))
+
+
+@register("Max", "Min")
+def max_min(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    """Max(x, 0) -> ReluNode; Min(ReLU(x), m) with m > 0 -> ReluNode(max_value=m) on x."""
+    op = node.op_type
+    acts = [i for i, t in enumerate(node.input) if ctx.is_act(t)]
+    hint = "write the activation as ReLU, ReLU6 or Clip(min=0, max=m)"
+    if len(node.input) != 2 or len(acts) != 1:
+        raise node_error(node, f"{op} of {len(acts)} activation(s) and {len(node.input) - len(acts)} "
+                               "constant(s); only the max with 0 (a ReLU) or the min of a ReLU with "
+                               "a positive constant (a clipped ReLU) map onto spiking neurons", hint)
+    x = ctx.act(node, acts[0])
+    c = ctx.weight(node, 1 - acts[0], "constant")
+    if c.size != 1 and not np.all(c == c.reshape(-1)[0]):
+        raise node_error(node, f"{op} with a constant that varies ({c.min():.4g} .. {c.max():.4g}); "
+                               "only one value for every element is a (clipped) ReLU", hint)
+    c0 = float(c.reshape(-1)[0])
+    out = node.output[0]
+    if op == "Max":
+        if c0 != 0.0:
+            raise node_error(node, f"Max(x, {c0:g}) is not a ReLU; only Max(x, 0) is", hint)
+        ctx.add(ir.ReluNode(name=out, inputs=[x], calib_tensor=out))
+        return
+    relu = ctx.node(x)
+    if not isinstance(relu, ir.ReluNode) or c0 <= 0.0:
+        raise node_error(node, f"Min(x, {c0:g}) is a clipped ReLU only on a ReLU's output and with "
+                               "a positive constant", hint)
+    hi = c0 if relu.max_value is None else min(c0, relu.max_value)
+    if ctx.readers.get(node.input[acts[0]], 0) == 1 and node.input[acts[0]] == x:
+        ctx.drop_unread(x)  # the unclipped ReLU feeds nothing else
+    ctx.add(ir.ReluNode(name=out, inputs=list(relu.inputs), calib_tensor=out, max_value=hi))
 
 
 def _add_activations(ctx: ImportContext, node: onnx.NodeProto, tensors: list[str]) -> None:

@@ -3,8 +3,9 @@ GlobalMaxPool.
 
 Average pooling maps exactly onto a sum pool with the 1/k^2 in the scale; the IR node counts
 zero padding in the divisor (count_include_pad=1), so an average that excludes padding is
-refused. Max pooling is converted to spike-count max pooling, with a warning naming the layer
-and the target that cannot carry it (nir).
+refused, and so is an average whose ceil_mode adds a partial window. Max pooling is converted
+to spike-count max pooling (ceil_mode as more end padding, which never wins a maximum), with a
+warning naming the layer and the target that cannot carry it (nir).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .common import check_ceil_mode, image_input, pair, spatial_pads
 
 
 def _window(ctx: ImportContext, node: onnx.NodeProto, a: dict):
+    """Input, kernel, strides and padding; a MaxPool's ceil_mode becomes more end padding."""
     x, s = image_input(ctx, node)
     if "kernel_shape" not in a:
         raise node_error(node, "has no kernel_shape")
@@ -27,7 +29,8 @@ def _window(ctx: ImportContext, node: onnx.NodeProto, a: dict):
     if pair(node, a, "dilations", 1) != (1, 1):
         raise node_error(node, "dilated pooling is not supported", "use dilations=1")
     pads = spatial_pads(node, a, s[1:], kernel, strides)
-    check_ceil_mode(node, a, s[1:], kernel, strides, pads)
+    pads = check_ceil_mode(node, a, s[1:], kernel, strides, pads,
+                           pad_end=node.op_type == "MaxPool")
     return x, kernel, strides, pads
 
 
@@ -40,7 +43,9 @@ def average_pool(ctx: ImportContext, node: onnx.NodeProto) -> None:
                                "divides border windows by fewer elements, which a fixed sum pool "
                                "cannot do",
                          "use count_include_pad=True (torch: AvgPool2d(..., count_include_pad="
-                         "True)) or pool without padding")
+                         "True)) or pool without padding"
+                         + ("; exporters before opset 10 write ceil_mode=True this way: export "
+                            "with ceil_mode=False" if ctx.opset < 10 and not any(pads[:2]) else ""))
     ctx.add(ir.AvgPool2dNode(name=node.output[0], inputs=[x], kernel=kernel, stride=strides,
                              padding=pads))
 

@@ -1,5 +1,5 @@
-"""Converters of shape and plumbing ops: Shape, Flatten, Reshape, Squeeze, Unsqueeze, Concat,
-Pad, and the pass-through ops Identity, Dropout, Cast.
+"""Converters of shape and plumbing ops: Shape, Size, Flatten, Reshape, Squeeze, Unsqueeze,
+Concat, Pad, and the pass-through ops Identity, Dropout, Cast, CastLike.
 
 The batch axis never appears in the IR: shape ops act per sample, and any op that would move
 data between the batch axis and the features is refused.
@@ -28,6 +28,12 @@ def shape(ctx: ImportContext, node: onnx.NodeProto) -> None:
     ctx.consts[node.output[0]] = full[a.get("start", 0):a.get("end", None)]
 
 
+@register("Size")
+def size(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    """The element count of an activation is a constant (with the batch size in it)."""
+    ctx.consts[node.output[0]] = np.array(int(np.prod(ctx.full_shape(ctx.act(node)))), dtype=np.int64)
+
+
 @register("Identity")
 def identity(ctx: ImportContext, node: onnx.NodeProto) -> None:
     ctx.alias(node.output[0], ctx.act(node))
@@ -48,6 +54,23 @@ def cast(ctx: ImportContext, node: onnx.NodeProto) -> None:
         name = onnx.TensorProto.DataType.Name(to) if to is not None else "?"
         raise node_error(node, f"casts an activation to {name}; only float-to-float casts are "
                                "supported", "remove integer casts/quantization from the model")
+    ctx.alias(node.output[0], ctx.act(node))
+
+
+@register("CastLike")
+def cast_like(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    """Cast input 0 to the type of input 1. The dynamo exporter without its optimizer casts
+    constants (a conv's zero bias) like the activation: that stays a constant, as float32
+    because every activation is float; an activation cast like a float is itself."""
+    if ctx.is_const(node.input[0]):
+        like = node.input[1]
+        v = np.asarray(ctx.consts[node.input[0]])
+        ctx.consts[node.output[0]] = v.astype(np.float32) if not ctx.is_const(like) \
+            else v.astype(np.asarray(ctx.consts[like]).dtype)
+        return
+    if ctx.is_const(node.input[1]) and np.asarray(ctx.consts[node.input[1]]).dtype.kind != "f":
+        raise node_error(node, "casts an activation to an integer type; only float-to-float casts "
+                               "are supported", "remove integer casts/quantization from the model")
     ctx.alias(node.output[0], ctx.act(node))
 
 

@@ -203,6 +203,9 @@ class PyLoihiConvModelFixed(AbstractPyConvModel):
     a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
     delay: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=6)
+    # Lava's model types groups as int8: 128 or more groups (a depthwise conv or a pool relay
+    # over 128+ channels) would wrap negative
+    groups: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
