@@ -88,3 +88,28 @@ def test_a_map_larger_than_the_limit_is_pooled_in_exact_stages(onnx_kit, rng, tm
                         "--bits", "8", "--fanin", "64", "-T", "4", "-o", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_relay_threshold_stays_within_its_window(onnx_kit, rng, tmp_path):
+    """A channel that is large at one position in a few inputs and tiny elsewhere gets a tiny
+    scale before the pool and a large one after it; the relay's scale is capped at its
+    input's (an average of spikes carries no more than one of them), so every relay threshold
+    is at most the window, 36 (2947 without the cap; the random ResNet-50's relay had
+    12,219,240, past Loihi's 17-bit vth)."""
+    m = _gap_head(onnx_kit, rng)
+    w = onnx.numpy_helper.to_array(m.graph.initializer[0]).copy()
+    b = onnx.numpy_helper.to_array(m.graph.initializer[1]).copy()
+    w[0], b[0] = 0.0, -0.99
+    w[0, 0, 1, 1] = 1.0  # channel 0: at most 0.01 but where the input is large
+    for t, v in ((m.graph.initializer[0], w), (m.graph.initializer[1], b)):
+        t.CopyFrom(onnx.numpy_helper.from_array(v, t.name))
+    x = rng.uniform(0, 1, (256, 2, 6, 6)).astype(np.float32)
+    x[:8, 0, 2, 2] = 30.0  # eight inputs, one position each
+    np.savez(tmp_path / "calib.npz", x=x)
+    onnx.save(m, tmp_path / "m.onnx")
+    r = subprocess.run([sys.executable, "-m", "snncompile", "convert", str(tmp_path / "m.onnx"), "--calib",
+                        str(tmp_path / "calib.npz"), "--bits", "8", "--fanin", "64", "-T", "8",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    relay = load_graph(tmp_path / "out")["p"]
+    assert int(np.max(relay.threshold)) <= 36

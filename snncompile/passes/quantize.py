@@ -165,6 +165,13 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
             lam = np.broadcast_to(n.lam, sc.shape) if n.lam.size in (1, sc.size) else None
             if lam is None:
                 raise ModelError(f"layer '{n.name}': {n.lam.size} scales for {sc.size} channels")
+            src = ins[0]
+            if isinstance(src, AvgPool2dNode) and isinstance(g[src.inputs[0]], IFNode):
+                # a relay (frontend.relay): an average of spikes never carries more than one of
+                # them, so its scale need not pass its input layer's (threshold <= the window);
+                # a near-silent input channel would otherwise give a threshold past any register
+                lam = np.minimum(lam, _channel_scale(n, scale[src.inputs[0]], n.shape))
+                n.lam = np.array(lam, np.float64)
             theta = np.maximum(1, np.rint(lam / sc)).astype(np.int64)
             shape_c = (-1,) + (1,) * (len(n.shape) - 1)
             old_th, old_v = n.threshold, n.v_init
