@@ -519,6 +519,7 @@ def export(out: str, fmt: str, path: str, force: bool) -> None:
 @click.option("--calib", type=click.Path(), default=None,
               help="With --target: the --calib convert would get (the fitted --input-bits depends on it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_quiet_option
 @_handle_errors
 def inspect(target: str, output_name: str | None, as_json: bool, backend_name: str | None = None,
             target_options: tuple[str, ...] = (), weight_bits: int | None = None,
@@ -547,7 +548,8 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
         from ..targets.api import parse_backend_options
 
         report["target"] = inspect_target(target, backend_name, parse_backend_options(target_options),
-                                          weight_bits, fanin, output_name, calib)
+                                          weight_bits, fanin, output_name, calib,
+                                          progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

@@ -84,13 +84,15 @@ def inspect_artifact(path: str) -> dict[str, Any]:
 
 def inspect_target(path: str, target: str, target_options: dict[str, str] | None = None,
                    weight_bits: int | None = None, fanin: int | None = None,
-                   output: str | None = None, calib: str | None = None) -> dict[str, Any]:
+                   output: str | None = None, calib: str | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """What `convert MODEL --target TARGET` would choose from the target's profile (with
     ``--bits``/``--fanin``/``--calib`` as given), and every limit the result still breaks.
     The scales and the fitted --input-bits come from the function convert uses
     (:func:`.compile.calibrated`: the calibration data, else BatchNorm statistics or synthetic
     inputs), so the line is the profile convert records in compile.json; the violations are
-    checked before convert's bias correction, which may still move a threshold."""
+    checked before convert's bias correction, which may still move a threshold. ``progress``:
+    bars on stderr for the calibration and the width fit, as convert draws them."""
     from dataclasses import replace
 
     from ..data import load_npz
@@ -106,7 +108,7 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
                 "profile": None, "violations": []}
     opts = ConversionOptions() if weight_bits is None else replace(ConversionOptions(), weight_bits=weight_bits)
     req = CompileRequest(model=path, out=None, target=target, target_options=dict(target_options or {}),
-                         options=opts, fanin=fanin, output=output, calib=calib,
+                         options=opts, fanin=fanin, output=output, calib=calib, progress=progress,
                          explicit=frozenset({"weight_bits"} if weight_bits is not None else ()))
     req, fit = profiled(req, backend)
     req.options.check()
