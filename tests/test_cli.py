@@ -241,3 +241,28 @@ except KeyboardInterrupt:
         assert r.stderr == "interrupted: say what to do\n"
     else:
         assert "Traceback" in r.stderr and "_as_parameter_" in r.stderr
+
+
+def test_the_program_ends_without_interpreter_teardown():
+    """Once a command's work is done, the program exits without the interpreter's teardown
+    (where torch's leftovers, such as a torchrun job's gloo threads, can abort a finished
+    process), its buffered output flushed; a caller running the CLI in-process gets SystemExit."""
+    code = """
+import sys
+from snncompile.app import cli
+from snncompile.app.cli import main  # __main__.main is the CLI: this process is the program
+
+class Teardown:
+    def __del__(self):
+        sys.stderr.write("teardown ran\\n")
+
+kept = Teardown()
+print("wrote out")  # a pipe: block-buffered until flushed
+cli._end_process(5)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (5, "wrote out\n", "")
+    from snncompile.app import cli
+    with pytest.raises(SystemExit) as e:
+        cli._end_process(3)
+    assert e.value.code == 3

@@ -35,6 +35,29 @@ from .cli_errors import (EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BIT_EXACT
 from .table import format_table
 
 
+def _running_as_program() -> bool:
+    """Whether this process is the `snncompile` program (console script or ``python -m``),
+    not a caller running a command in-process (click's CliRunner, a script)."""
+    return getattr(sys.modules.get("__main__"), "main", None) is main
+
+
+def _end_process(code: int) -> NoReturn:
+    """Exit with ``code`` once the command's outputs are complete, skipping the interpreter's
+    teardown when this process is the program. Teardown destroys what torch left behind (the
+    worker threads of a torchrun job's gloo process group, an op cut short by an interrupt) in
+    an order that can kill the process after its work is done: a torchrun worker aborted
+    ("terminate called without an active exception", exit -6) after its run had finished,
+    and an interrupted tuning run once ended in SIGSEGV instead of its exit code. Called
+    in-process, it raises SystemExit as usual."""
+    if not _running_as_program():
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _exit_interrupted(message: str) -> NoReturn:
     """Say ``message`` on stderr and exit with EXIT_INTERRUPTED. An interrupt can cut an
     object short in its making (numba compiling a kernel on first use, through llvmlite),
@@ -42,7 +65,7 @@ def _exit_interrupted(message: str) -> NoReturn:
     noise that would bury the one line saying what to do, so it is not printed."""
     click.echo(message, err=True)
     sys.unraisablehook = lambda unraisable: None
-    sys.exit(EXIT_INTERRUPTED)
+    _end_process(EXIT_INTERRUPTED)
 
 
 def _terminate_as_interrupt(signum: int, frame: Any) -> None:
@@ -97,7 +120,7 @@ def _handle_errors(fn: Callable) -> Callable:
             internal_error(e)
         finally:
             if main_thread:  # called in-process (click's CliRunner, a script): put back theirs
-                program = getattr(sys.modules.get("__main__"), "main", None) is main
+                program = _running_as_program()
                 for sig, handler in before.items():
                     signal.signal(sig, _late_interrupt if program else handler)
     return wrapper
@@ -301,8 +324,8 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
             _exit_interrupted(f"interrupted: finished stages are kept in {out}/checkpoints; repeat the "
                               "command with --resume to continue")
         raise
-    if summary.get("rank", 0) != 0:  # another process of a torchrun job: rank 0 reports
-        return
+    if "rank" in summary:  # a worker of a torchrun job: rank 0 reports
+        _end_process(0)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
@@ -318,6 +341,8 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
             click.echo(summary["profile"]["line"])
         click.echo(f"wrote {summary['out']}: {summary['layers']} IF layers, T={summary['timesteps']}"
                    f"{tuned}, target {summary['target']} ({summary['seconds']:.2f} s)")
+    if summary.get("tuning", {}).get("world_size", 1) > 1:  # rank 0 of a torchrun job
+        _end_process(0)
 
 
 def _explicit_options() -> frozenset[str]:

@@ -26,6 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx_file
+from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..ir.structure import zeroed_layers
@@ -199,6 +200,12 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         # every weight (copied from disk, so the loaded model can go after calibration)
         source_model = req.model if self_contained else model
         model, rewrites = _rewrite(model, req.maxpool)
+        if req.fanin is not None:
+            model, relays = relay_pools(model, req.fanin)
+            if relays:
+                rewrites.append({"pass": relay_pools.__name__, "nodes": relays,
+                                 "message": relay_message(relays, req.fanin)})
+                log.warning(rewrites[-1]["message"])
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann, import_warnings = imported.graph, list(imported.warnings)
@@ -319,7 +326,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         summary["profile"] = choice.as_dict()
     if tuning is not None:
         last = tuning["stages"][-1]["best"] if tuning["stages"] else {}
-        summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"], **last}
+        summary["tuning"] = {"method": tuning["method"], "epochs": tuning["epochs"],
+                             "world_size": tuning["world_size"], **last}
     if tsearch is not None:
         summary["auto_timesteps"] = info["auto_timesteps"]
     return summary

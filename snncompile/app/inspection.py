@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..frontend import import_onnx, load_onnx
+from ..frontend.relay import relay_pools
 from ..ir import Graph, IFNode, ReluNode, WeightedNode
 from ..ir.structure import ann_macs, op_fanin, populations, weight_bits
 
@@ -114,6 +115,8 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
     req.options.check()
     seed_everything(req.seed)
     model = load_onnx(path)
+    if fanin is not None:  # as convert adds them
+        model = relay_pools(model, fanin)[0]
     ann = import_onnx(model, output=output).graph
     data = load_npz(calib, ann.input.shape, need_labels=False) if calib else None
     scales, req = calibrated(req, fit, model, ann, data)

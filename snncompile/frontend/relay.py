@@ -1,0 +1,150 @@
+"""Spiking relays after global average pools, under a fan-in limit.
+
+An average pool is not a population: the layer after it reads the pool's window through it,
+so a classifier after a global average pool over 7x7 reads 49 synapses per channel, and a
+``--fanin 64`` limit leaves each logit one or two channels. A ReLU right after the pool
+(``relu(avg(x)) = avg(x)`` for the non-negative ``x`` a pool reads in a converted network)
+makes the pooled values a population of their own: its neurons read one window each, and
+the next layer reads one synapse per channel. The function of the network is unchanged; it
+costs one more layer of spike-count quantization and one step of latency, so it is added only
+where the composed connection exceeds the limit. Only global
+pools get one (a classifier's input): measured there, the gain is large (see docs/results.md);
+a local pool before a convolution is left to the composed fan-in.
+
+It works on the ONNX model, like the other rewrites (:mod:`.rewrite`), so calibration, run
+by onnxruntime on the rewritten model, sees the relay's activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .context import attributes
+
+POOLS = ("GlobalAveragePool", "AveragePool", "ReduceMean")
+PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+WEIGHTED = ("Gemm", "MatMul", "Conv")
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    vals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            a = n.attribute[0]
+            if a.name == "value":
+                vals[n.output[0]] = numpy_helper.to_array(a.t)
+    return vals
+
+
+def _non_negative(tensor: str, producer: dict[str, onnx.NodeProto], consts: dict[str, np.ndarray]) -> bool:
+    """Whether ``tensor`` is never negative: a ReLU's or a clip at or above zero, seen
+    through max and average pools, pads of zeros and reshapes."""
+    n = producer.get(tensor)
+    while n is not None and n.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool",
+                                          "GlobalMaxPool", "Pad") + PASS_THROUGH:
+        if n.op_type == "Pad" and attributes(n).get("mode", "constant") != "constant":
+            return False
+        n = producer.get(n.input[0])
+    if n is None:
+        return False
+    if n.op_type == "Relu":
+        return True
+    if n.op_type == "Clip":
+        lo = attributes(n).get("min")
+        if lo is None and len(n.input) > 1 and n.input[1]:
+            lo = consts.get(n.input[1])
+        return lo is not None and float(np.asarray(lo)) >= 0
+    return False
+
+
+def _window(n: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict[str, np.ndarray]) -> int:
+    """Inputs one output of global pool ``n`` averages: the whole feature map (0 when its
+    size is unknown or ``n`` is not a global average over it)."""
+    shape = shapes.get(n.input[0])
+    if not shape or len(shape) != 4 or any(d <= 0 for d in shape[2:]):
+        return 0
+    if n.op_type == "AveragePool":
+        a = attributes(n)
+        if list(a.get("kernel_shape", [])) != list(shape[2:]) or any(a.get("pads", [0])):
+            return 0
+    elif n.op_type == "ReduceMean":
+        axes = attributes(n).get("axes")
+        if axes is None and len(n.input) > 1:
+            axes = consts.get(n.input[1])
+        if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+            return 0
+    return int(shape[2] * shape[3])
+
+
+def _weight_fanin(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> int:
+    """Inputs one output of weighted node ``n`` sums (0 when its weight is not a constant)."""
+    w = consts.get(n.input[1]) if len(n.input) > 1 else None
+    if w is None:
+        return 0
+    if n.op_type == "Conv":
+        return int(np.prod(w.shape[1:]))
+    if n.op_type == "Gemm" and attributes(n).get("transB", 0):
+        return int(w.shape[1])
+    return int(w.shape[0])
+
+
+def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` with a ReLU after each global average pool of non-negative values
+    whose window, composed into the weighted layer after it, exceeds ``fanin`` inputs; and the
+    pools' output names, which the relays' outputs take over (empty, and the model returned
+    as it is, when no pool needs a relay)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes only size the windows: without them no relay is added
+        inferred = model
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def weighted_after(tensor: str) -> list[onnx.NodeProto]:
+        found: list[onnx.NodeProto] = []
+        for c in consumers.get(tensor, []):
+            if c.op_type in PASS_THROUGH:
+                found += weighted_after(c.output[0])
+            elif c.op_type in WEIGHTED and c.input[0] == tensor:
+                found.append(c)
+        return found
+
+    chosen: list[onnx.NodeProto] = []
+    for n in model.graph.node:
+        if n.op_type not in POOLS or not _non_negative(n.input[0], producer, consts):
+            continue
+        window = _window(n, shapes, consts)
+        after = weighted_after(n.output[0])
+        if window > 1 and after and max(window * _weight_fanin(w, consts) for w in after) > fanin:
+            chosen.append(n)
+    if not chosen:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {n.output[0] for n in chosen}
+    nodes: list[onnx.NodeProto] = []
+    for n in out.graph.node:
+        nodes.append(n)
+        if n.output[0] in names:  # the relay takes the pool's tensor name: the source model,
+            t = n.output[0]       # which the artifact keeps, holds the same values under it
+            n.output[0] = f"{t}_pooled"
+            nodes.append(helper.make_node("Relu", [n.output[0]], [t], name=f"{n.name or t}_relay"))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, [n.output[0] for n in chosen]
+
+
+def relay_message(pools: list[str], fanin: int) -> str:
+    """The one line that says the relays were added, and why."""
+    return (f"--fanin {fanin}: spiking neurons added after {len(pools)} global average pool(s) "
+            f"({', '.join(pools)}) so the next layer reads one synapse per pooled channel, not "
+            "the whole window through the pool; the function is unchanged (the pools read "
+            "non-negative values)")
