@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-STAGES = {"load_onnx": "load", "import_onnx": "import", "data_free_scales": "calibrate (data-free)",
+STAGES = {"load_onnx_file": "load", "import_onnx": "import", "data_free_scales": "calibrate (data-free)",
           "activation_scales": "calibrate", "fit_input_width": "profile (input width)",
           "convert": "convert", "constrain": "prune (--fanin)", "check_fit": "check",
           "lower_into": "lower", "write_artifact": "write (with lowering)"}

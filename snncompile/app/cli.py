@@ -541,11 +541,14 @@ def export(out: str, fmt: str, path: str, force: bool) -> None:
 @click.option("--bits", "weight_bits", type=int, default=None,
               help="With --target: the --bits convert would get (default: the profile's).")
 @click.option("--fanin", type=int, default=None, help="With --target: the --fanin convert would get.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="With --target: the --calib convert would get (the fitted --input-bits depends on it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_quiet_option
 @_handle_errors
 def inspect(target: str, output_name: str | None, as_json: bool, backend_name: str | None = None,
             target_options: tuple[str, ...] = (), weight_bits: int | None = None,
-            fanin: int | None = None) -> None:
+            fanin: int | None = None, calib: str | None = None) -> None:
     """Show what a MODEL.onnx converts to (and every op that cannot be converted), or print the
     integer IR of a compiled OUT directory."""
     import os
@@ -570,7 +573,8 @@ def inspect(target: str, output_name: str | None, as_json: bool, backend_name: s
         from ..targets.api import parse_backend_options
 
         report["target"] = inspect_target(target, backend_name, parse_backend_options(target_options),
-                                          weight_bits, fanin, output_name)
+                                          weight_bits, fanin, output_name, calib,
+                                          progress=_show_progress(as_json))
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

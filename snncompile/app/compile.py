@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 from ..calibrate.bn_stats import data_free_scales
-from ..calibrate.statistics import activation_scales
+from ..calibrate.statistics import Calibration, activation_scales
 from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
-from ..frontend import import_onnx, load_onnx
+from ..frontend import import_onnx, load_onnx_file
 from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..ir.structure import zeroed_layers
-from ..passes.constrain import FANIN_MODES, constrain, fanin_masks, pruned_share
+from ..passes.constrain import FANIN_MODES, constrain, iter_fanin_masks, pruned_share
 from ..passes.calibrate_bias import MIN_CALIBRATION_SAMPLES, calibrate_biases, calibration_samples
 from ..passes.convert import ConversionOptions, convert
 from ..passes.timesteps import with_timesteps
@@ -39,7 +39,8 @@ from ..progress import progress_bar
 from ..ir.files import sha256_file
 from ..targets.artifact import is_artifact, write_artifact
 from ..targets.rules import LimitError, violations
-from ..targets.profile import apply_profile, explicit_options, fit_input_width
+from ..targets.api import Backend
+from ..targets.profile import Profile, ProfileChoice, apply_profile, explicit_options, fit_input_width
 from ..targets.select import check_fit, default_out, lower_into, resolve_target, target_info
 from ..tune.checkpoint import DIRNAME as CHECKPOINTS
 from ..tune.checkpoint import CheckpointDir
@@ -105,6 +106,48 @@ class CompileRequest:
     explicit: frozenset[str] | None = None
 
 
+@dataclass
+class ProfileFit:
+    """What :func:`profiled` took from the target's profile: the profile, what it chose
+    (None for the reference simulator) and the options the user set."""
+
+    profile: Profile | None
+    choice: ProfileChoice | None
+    given: set[str]
+
+
+def profiled(req: CompileRequest, backend: Backend | None) -> tuple[CompileRequest, ProfileFit]:
+    """``req`` with the target profile's settings on every conversion option the user did
+    not set (:func:`..targets.profile.apply_profile`)."""
+    given = explicit_options(req.options, req.explicit)
+    if backend is None:
+        return req, ProfileFit(None, None, given)
+    prof = backend.profile()
+    opts, choice = apply_profile(prof, req.options, given, backend.name)
+    return replace(req, options=opts), ProfileFit(prof, choice, given)
+
+
+def calibrated(req: CompileRequest, fit: ProfileFit, model: Any, ann: Graph,
+               calib_data: Dataset | None) -> tuple[Calibration, CompileRequest]:
+    """The activation scales `convert` uses (``calib_data``'s, else the BatchNorm statistics'
+    or the synthetic inputs', :func:`..calibrate.bn_stats.data_free_scales`), and ``req``
+    with the --input-bits the profile fits to them. `inspect --target` predicts through this
+    same function, so its line is what convert records."""
+    if calib_data is not None:
+        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
+                                  progress=req.progress)
+    else:
+        pct = "percentile" in req.explicit if req.explicit is not None else req.percentile != 99.9
+        calib = data_free_scales(model, ann, req.norm, req.percentile if pct else None, req.seed,
+                                 progress=req.progress)
+    if fit.choice is not None:
+        req = replace(req, options=fit_input_width(fit.profile, fit.choice, ann, calib, req.options,
+                                                   fit.given, req.fanin, req.fanin_mode,
+                                                   progress=req.progress))
+        log.info(fit.choice.line())
+    return calib, req
+
+
 def seed_everything(seed: int) -> None:
     """Make a run reproducible from ``--seed``."""
     random.seed(seed)
@@ -137,12 +180,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     backend = resolve_target(req.target, req.target_options)
     if not req.out:
         req = replace(req, out=default_out(req.model, req.target))
-    given = explicit_options(req.options, req.explicit)
-    choice = None
-    if backend is not None:
-        prof = backend.profile()
-        opts, choice = apply_profile(prof, req.options, given, backend.name)
-        req = replace(req, options=opts)
+    req, fit = profiled(req, backend)
     req.options.check()
     if req.auto_timesteps is not None and not req.val:
         raise UsageError("--timesteps auto needs --val: T is chosen by accuracy on validation data",
@@ -156,7 +194,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     seed_everything(req.seed)
     t0 = time.perf_counter()
     with progress_bar(req.progress, 2, f"importing {os.path.basename(req.model)}", "step") as bar:
-        model = load_onnx(req.model)  # a large model takes a minute to load and check
+        model, self_contained = load_onnx_file(req.model)  # a large model takes a minute to load and check
         bar.update(1)
         relays: list[dict[str, Any]] = []
         if req.fanin is not None:  # the same function: the kept model has the relays' tensors
@@ -165,30 +203,27 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
                 relays.append({"pass": relay_pools.__name__, "nodes": pools,
                                "message": relay_message(pools, req.fanin)})
                 log.warning(relays[-1]["message"])
-        source_model = model  # the ANN baseline the artifact keeps
+        # the ANN baseline the artifact keeps: the user's file where it holds every weight and
+        # no rewrite of the same function added tensors (copied from disk, so the loaded model
+        # can go after calibration), else the model in memory
+        source_model = req.model if self_contained and not relays else model
         model, rewrites = _rewrite(model, req.maxpool)
         rewrites = relays + rewrites
         imported = import_onnx(model, output=req.output)
         bar.update(1)
-    ann = imported.graph
+    ann, import_warnings = imported.graph, list(imported.warnings)
+    del imported  # its graph is ann; nothing else of it is kept
     ann.meta["source"] = os.path.basename(req.model)
     if backend is not None and (early := backend.check_early(ann)):  # e.g. more neurons than it holds
         raise LimitError(backend.name, early)
     calib_data, train_data, val_data = _load_data(req, ann, training)
     t_import = time.perf_counter() - t0
-    if calib_data is not None:
-        calib = activation_scales(model, ann, calib_data.x, req.norm, req.percentile, seed=req.seed,
-                                  progress=req.progress)
-    else:
-        pct = "percentile" in req.explicit if req.explicit is not None else req.percentile != 99.9
-        calib = data_free_scales(model, ann, req.norm, req.percentile if pct else None, req.seed,
-                                 progress=req.progress)
-    if choice is not None:
-        req = replace(req, options=fit_input_width(prof, choice, ann, calib, req.options, given,
-                                                   req.fanin, req.fanin_mode, progress=req.progress))
-        log.info(choice.line())
+    calib, req = calibrated(req, fit, model, ann, calib_data)
+    choice = fit.choice
+    if req.auto_timesteps is None:  # only the search for T runs the ONNX model again
+        model = None
     snn = convert(ann, calib, req.options)
-    warnings = list(notes) + [r["message"] for r in rewrites] + list(imported.warnings) + list(calib.warnings)
+    warnings = list(notes) + [r["message"] for r in rewrites] + import_warnings + list(calib.warnings)
     zeroed = zeroed_layers(snn)
     if zeroed:  # e.g. a residual branch far weaker than the skip whose add's scale it shares
         warnings.append(f"{len(zeroed)} layer(s) rounded to all-zero weights at --bits "
@@ -215,6 +250,9 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
             log.warning(msg)
             warnings.append(msg)
         bias_x, calibrating = bias_x[:n], n > 0
+    calib.inputs = None  # the synthetic inputs: bias_x holds what is still needed of them
+    if not (calibrating or training or req.auto_timesteps is not None):
+        ann = bias_x = None  # the float network: nothing after conversion reads it here
     if req.calibrate_bias and training and req.explicit and "calibrate_bias" in req.explicit:
         log.warning("--calibrate-bias is not applied with --train: tuning trains the biases")
     bias_record = None
@@ -232,7 +270,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
             check_fit(backend, constrain(snn, bits, req.fanin, req.fanin_mode), choice)
         snn, tuning = _tune(req, snn, topts, ckpt_dir, train_data, val_data, calib_data, relu_caps(ann))
     elif req.fanin:
-        pruned = pruned_share(snn, fanin_masks(snn, req.fanin, req.fanin_mode))
+        pruned = pruned_share(snn, iter_fanin_masks(snn, req.fanin, req.fanin_mode))
         snn = constrain(snn, bits, req.fanin, req.fanin_mode)
         msg = (f"--fanin {req.fanin} pruned {pruned:.0%} of the weights without "
                "fine-tuning: accuracy will suffer; pass --train and --val to recover it")

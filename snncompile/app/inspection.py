@@ -85,36 +85,42 @@ def inspect_artifact(path: str) -> dict[str, Any]:
 
 def inspect_target(path: str, target: str, target_options: dict[str, str] | None = None,
                    weight_bits: int | None = None, fanin: int | None = None,
-                   output: str | None = None) -> dict[str, Any]:
+                   output: str | None = None, calib: str | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """What `convert MODEL --target TARGET` would choose from the target's profile (with
-    ``--bits``/``--fanin`` as given), and every limit the result still breaks, checked on a
-    conversion with weight-bound thresholds (the input width a profile fits depends on the
-    weights only; a threshold-width violation may differ after calibration)."""
+    ``--bits``/``--fanin``/``--calib`` as given), and every limit the result still breaks.
+    The scales and the fitted --input-bits come from the function convert uses
+    (:func:`.compile.calibrated`: the calibration data, else BatchNorm statistics or synthetic
+    inputs), so the line is the profile convert records in compile.json; the violations are
+    checked before convert's bias correction, which may still move a threshold. ``progress``:
+    bars on stderr for the calibration and the width fit, as convert draws them."""
     from dataclasses import replace
 
-    from ..calibrate.statistics import weight_bounds
+    from ..data import load_npz
     from ..ir.options import ConversionOptions
     from ..passes.constrain import constrain
     from ..passes.convert import convert
-    from ..targets.profile import apply_profile, fit_input_width
     from ..targets.select import resolve_target
+    from .compile import CompileRequest, calibrated, profiled, seed_everything
 
     backend = resolve_target(target, target_options)
     if backend is None:
         return {"target": target, "line": "target sim: the reference simulator takes every option",
                 "profile": None, "violations": []}
-    given = {"weight_bits"} if weight_bits is not None else set()
     opts = ConversionOptions() if weight_bits is None else replace(ConversionOptions(), weight_bits=weight_bits)
-    prof = backend.profile()
-    opts, choice = apply_profile(prof, opts, given, backend.name)
-    opts.check()
+    req = CompileRequest(model=path, out=None, target=target, target_options=dict(target_options or {}),
+                         options=opts, fanin=fanin, output=output, calib=calib, progress=progress,
+                         explicit=frozenset({"weight_bits"} if weight_bits is not None else ()))
+    req, fit = profiled(req, backend)
+    req.options.check()
+    seed_everything(req.seed)
     model = load_onnx(path)
     if fanin is not None:  # as convert adds them
         model = relay_pools(model, fanin)[0]
     ann = import_onnx(model, output=output).graph
-    calib = weight_bounds(ann, warn=False)
-    opts = fit_input_width(prof, choice, ann, calib, opts, given, fanin)
-    g = convert(ann, calib, opts)
-    violations = backend.check(constrain(g, opts.weight_bits, fanin) if fanin else g)
-    return {"target": backend.name, "line": choice.line(), "profile": choice.as_dict(),
+    data = load_npz(calib, ann.input.shape, need_labels=False) if calib else None
+    scales, req = calibrated(req, fit, model, ann, data)
+    g = convert(ann, scales, req.options)
+    violations = backend.check(constrain(g, req.options.weight_bits, fanin) if fanin else g)
+    return {"target": backend.name, "line": fit.choice.line(), "profile": fit.choice.as_dict(),
             "violations": [str(v) for v in violations]}

@@ -9,7 +9,7 @@ converter per ONNX op), :mod:`.importer` (the walk, constant folding, error coll
 """
 
 from .importer import ImportResult, import_onnx
-from .loader import load_onnx, prepare_model
+from .loader import load_onnx, load_onnx_file, prepare_model
 from .registry import supported_ops
 
-__all__ = ["ImportResult", "import_onnx", "load_onnx", "prepare_model", "supported_ops"]
+__all__ = ["ImportResult", "import_onnx", "load_onnx", "load_onnx_file", "prepare_model", "supported_ops"]

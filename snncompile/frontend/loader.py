@@ -26,6 +26,13 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     Weights stored as external data (the torch dynamo exporter writes ``model.onnx.data``) are
     read from the model's directory. Raises ModelError naming the file for any problem.
     """
+    return load_onnx_file(path)[0]
+
+
+def load_onnx_file(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
+    """:func:`load_onnx`, and whether the file holds all its weights itself (no external
+    data): then the file alone is the model, and a copy of it can stand for it (the artifact
+    copies it from disk instead of serializing the loaded model)."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file '{p}' does not exist", "check the path to the .onnx file")
@@ -46,7 +53,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     _load_external(model, p)
     # the checker reads the file itself (a copy fewer than serializing the loaded model), and
     # the model is ours to fill with the inferred shapes in place
-    return _prepare(model, str(p), check_path=None if external else str(p), in_place=True)
+    return _prepare(model, str(p), check_path=None if external else str(p), in_place=True), not external
 
 
 def prepare_model(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:

@@ -15,6 +15,8 @@ convolution); the kept pattern is fixed when a layer is constrained.
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator, Mapping
+
 import numpy as np
 
 from ..errors import UsageError
@@ -191,8 +193,13 @@ FANIN_MODES = {"magnitude": topk_mask, "channels": channel_mask}
 def fanin_masks(graph: Graph, fanin: int, mode: str = "magnitude") -> dict[str, np.ndarray]:
     """Per conv/dense node with a budget, the 0/1 mask of the weights its neurons keep so that
     every population's fan-in is at most ``fanin`` (``mode``: a key of FANIN_MODES)."""
-    return {name: FANIN_MODES[mode](np.asarray(graph[name].weight, np.float32), k)
-            for name, k in fanin_budgets(graph, fanin).items()}
+    return dict(iter_fanin_masks(graph, fanin, mode))
+
+
+def iter_fanin_masks(graph: Graph, fanin: int, mode: str = "magnitude") -> Iterator[tuple[str, np.ndarray]]:
+    """:func:`fanin_masks` one node at a time: at VGG-19 size all masks at once are 0.5 GB."""
+    for name, k in fanin_budgets(graph, fanin).items():
+        yield name, FANIN_MODES[mode](np.asarray(graph[name].weight, np.float32), k)
 
 
 def constrain(graph: Graph, bits: int, fanin: int | None = None, fanin_mode: str = "magnitude") -> Graph:
@@ -207,8 +214,10 @@ def constrain(graph: Graph, bits: int, fanin: int | None = None, fanin_mode: str
     return with_params(graph, weights, {}, weight_bits=bits)
 
 
-def pruned_share(graph: Graph, masks: dict[str, np.ndarray]) -> float:
-    """The share of all weights of ``graph``'s weighted nodes that ``masks`` remove."""
+def pruned_share(graph: Graph, masks: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]) -> float:
+    """The share of all weights of ``graph``'s weighted nodes that ``masks`` (by node name,
+    or :func:`iter_fanin_masks`) remove."""
     total = sum(int(np.asarray(n.weight).size) for n in graph.nodes if isinstance(n, WeightedNode))
-    removed = sum(int(m.size - m.sum()) for m in masks.values())
+    pairs = masks.items() if isinstance(masks, Mapping) else masks
+    removed = sum(int(m.size - m.sum()) for _, m in pairs)
     return removed / total if total else 0.0

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +130,14 @@ def is_artifact(path: Path) -> bool:
     return (Path(path) / "checkpoints").is_dir() or any((Path(path) / f).is_file() for f in ("ir.json", INFO_FILE))
 
 
-def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
+def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto | str | os.PathLike,
                    info: dict[str, Any], force: bool = False,
                    lower: Callable[[Path], Any] | None = None, carry: tuple[str, ...] = (),
                    inputs: tuple[str | None, ...] = (), claimed: bool = False) -> Path:
-    """Write graph, source model and info atomically to ``out``; ``lower``, when given, is
+    """Write graph, source model and info atomically to ``out`` (``model``: the model, or
+    the path of a file that holds all its weights, copied from disk as it is: a large model
+    then needs no serialized copy in memory, and its caller can drop it before lowering);
+    ``lower``, when given, is
     called with the temporary directory to add a backend's files (an error removes all);
     entries named in ``carry`` (e.g. ``checkpoints``) that exist in an old ``out`` are moved
     into the new one. An existing ``out`` is replaced only with ``force``, only when it is
@@ -145,7 +149,10 @@ def write_artifact(out: str | os.PathLike, graph: Graph, model: onnx.ModelProto,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with atomic_directory(out, force=force, is_ours=is_artifact, inputs=inputs, claimed=claimed) as tmp:
         save_graph(graph, tmp)
-        onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=False)
+        if isinstance(model, onnx.ModelProto):
+            onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=False)
+        else:
+            shutil.copyfile(model, tmp / MODEL_FILE)
         info[MODEL_HASH] = sha256_file(tmp / MODEL_FILE)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=_json_default))
         if lower is not None:

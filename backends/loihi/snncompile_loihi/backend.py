@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Mapping
 
@@ -98,6 +99,22 @@ def _check_counters(manifest: dict, T: int) -> None:
                              f"--target-option maxpool_count_bits={T.bit_length()}")
 
 
+def _parts(graph: Graph) -> list:
+    """What lowering reads of ``graph``, as objects: its window, outputs, nodes and every
+    attribute of each node."""
+    return [graph.timesteps, *graph.outputs,
+            *(x for n in graph.nodes for x in (n, *(getattr(n, f.name) for f in dataclasses.fields(n))))]
+
+
+def _unchanged(parts: list, graph: Graph) -> bool:
+    """Whether ``graph`` still has exactly the objects :func:`_parts` took (a node replaced or
+    an attribute reassigned is a change; a numpy array edited in place is not seen: no
+    caller does that between check and lower)."""
+    now = _parts(graph)
+    return len(now) == len(parts) and all(a is b or (type(a) in (int, str) and a == b)
+                                          for a, b in zip(parts, now))
+
+
 class LoihiBackend(Backend):
     """Intel Loihi 2 via Lava (bit-accurate fixed-point CPU simulation)."""
 
@@ -114,6 +131,7 @@ class LoihiBackend(Backend):
         self._chip = L.parse_options(chip)
         self.python = self.options.get("python", sys.executable)
         self._lava_ok = False  # checked once per instance, on the first run
+        self._checked = None   # the last check's graph, its network and violations (_remember)
         try:
             self.timeout_s = float(self.options.get("timeout_s", 600))
         except ValueError:
@@ -127,20 +145,24 @@ class LoihiBackend(Backend):
         """Generic rules and the capacity model, both on the graph; then the Loihi rules on
         the network Lava will run. A graph that already fails on the graph alone and whose
         folded network would be large is refused without building it (seconds, not minutes)."""
-        return self._check(graph, timesteps)[0]
+        violations, net, mapping = self._check(graph, timesteps)
+        self._remember(graph, timesteps, violations, (net, mapping))
+        return violations
 
     def _check(self, graph: Graph, timesteps: int | None = None, progress=None):
-        """The violations, and the network built for them (None when refused before)."""
+        """The violations, the network built for them (None when refused before) and the
+        mapping onto cores and chips."""
         lim = self.limits()
         out = check_limits(graph, dataclasses.replace(lim, cores=None), self.name)
         layers = layer_footprints(graph)
-        out += mapping_violations(map_graph(graph, self._chip, layers), self._chip)
+        mapping = map_graph(graph, self._chip, layers)
+        out += mapping_violations(mapping, self._chip)
         if out and sum(f.units * f.slots * f.folded_fanin for f in layers) > FOLD_EARLY_REFUSAL:
-            return out, None
+            return out, None, mapping
         net = build_network(graph, timesteps, progress=progress,
                             count_bits=self._chip["maxpool_count_bits"])
         out += check_network(net, lim)
-        return out, net
+        return out, net, mapping
 
     def check_early(self, graph: Graph) -> list[Violation]:
         """A system too small for the model's neurons alone (capacity.neuron_bound: a lower
@@ -187,8 +209,32 @@ class LoihiBackend(Backend):
         cores = sum(v["cores"] for v in layers.values())
         return {"cores": cores, "chips": -(-cores // self._chip["cores"])}
 
+    def _remember(self, graph: Graph, timesteps: int | None, violations: list[Violation], built) -> None:
+        """Keep the network (and mapping: ``built``) a check built for ``graph``, so that lowering the same graph
+        (convert checks, then writes) builds it once: at VGG-19 size that is seconds and a
+        second copy of every weight matrix. Held until the next check or lowering, or until
+        ``graph`` itself is freed (a check of a temporary graph keeps nothing alive)."""
+        def forget(ref: weakref.ref) -> None:
+            if self._checked is not None and self._checked[0] is ref:
+                self._checked = None
+
+        self._checked = None if built[0] is None else (weakref.ref(graph, forget), timesteps,
+                                                        _parts(graph), violations, built)
+
+    def _network(self, graph: Graph, progress=None):
+        """The violations, network and mapping of ``graph``: the last check's where it checked
+        this same graph object, unchanged (same nodes, same attribute objects), else built anew."""
+        kept, self._checked = self._checked, None
+        if kept is not None:
+            ref, timesteps, parts, violations, (net, mapping) = kept
+            if ref() is graph and timesteps is None and _unchanged(parts, graph):
+                if progress is not None:
+                    progress(1, 1, "as checked")
+                return violations, net, mapping
+        return self._check(graph, progress=progress)
+
     def lower(self, graph: Graph, directory: Path, progress=None) -> None:
-        violations, net = self._check(graph, progress=progress)
+        violations, net, mapping = self._network(graph, progress=progress)
         if violations:
             raise LimitError(self.name, violations)
         write_artifact(net, Path(directory))
@@ -197,7 +243,7 @@ class LoihiBackend(Backend):
         manifest = Path(directory) / "network.json"
         m = json.loads(manifest.read_text())
         m["spiking_outputs"] = spiking
-        m["mapping"] = self.mapping(graph).as_dict()
+        m["mapping"] = mapping.as_dict()
         manifest.write_text(json.dumps(m, indent=1))
         why = netx_problems(net) or write_netx(net, flatten_network(graph), Path(directory) / "netx.h5")
         if why:
