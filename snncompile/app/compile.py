@@ -26,6 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx
+from ..frontend.linear import split_linear_values, split_message
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
 from ..ir.structure import zeroed_layers
@@ -159,6 +160,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         bar.update(1)
         source_model = model  # the user's model: the ANN baseline the artifact keeps
         model, rewrites = _rewrite(model, req.maxpool)
+        model, carried = _carry_linear_values(model)
+        rewrites += carried
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann = imported.graph
@@ -308,6 +311,17 @@ def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
            "the network computes a different function, which --train recovers")
     log.warning(msg)
     return model, [{"pass": rewrite.__name__, "nodes": nodes, "message": msg}]
+
+
+def _carry_linear_values(model) -> tuple[Any, list[dict[str, Any]]]:
+    """The model with a pair of ReLU populations carrying each linear value that feeds a
+    weighted op (:mod:`..frontend.linear`; the function is unchanged), and its record."""
+    model, values = split_linear_values(model)
+    if not values:
+        return model, []
+    msg = split_message(values)
+    log.warning(msg)
+    return model, [{"pass": split_linear_values.__name__, "nodes": values, "message": msg}]
 
 
 def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:
