@@ -108,6 +108,33 @@ def test_linear_values_through_batchnorm_scale_pool_and_flatten(onnx_kit, rng):
     assert max(_weighted_per_chain(after)) == 1
 
 
+def test_linear_values_of_dense_layers(onnx_kit, rng):
+    """MatMul + bias Add into a MatMul, a Gemm with alpha, beta and an untransposed B into a
+    Gemm: the negated copies go through each (bias negated, alpha and beta kept)."""
+    r = np.random.default_rng(4)
+
+    def w(*s):
+        return r.normal(0, 0.5, s).astype(np.float32)
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("MatMul", ["a1", "w2"], ["m2"]), helper.make_node("Add", ["b2", "m2"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["r2"]),
+             helper.make_node("Gemm", ["r2", "w3", "b3"], ["g3"], alpha=0.5, beta=2.0),
+             helper.make_node("Gemm", ["g3", "w4", "b4"], ["y"], transB=1)]
+    inits = {"w1": w(6, 5), "b1": w(5), "w2": w(5, 4), "b2": w(4), "w3": w(4, 3), "b3": w(3),
+             "w4": w(2, 3), "b4": w(2)}
+    model = onnx_kit.model(nodes, inits, in_shape=(6,))
+    new, values = split_linear_values(model)
+    assert values == ["a1", "g3"]
+    x = rng.normal(0, 1, (5, 6)).astype(np.float32)
+    np.testing.assert_allclose(onnx_kit.run_ort(new, x), onnx_kit.run_ort(model, x), rtol=1e-5, atol=1e-5)
+    for y in values:  # relu(-y) really is the negative part
+        np.testing.assert_allclose(onnx_kit.run_ort(new, x, f"{y}#n"),
+                                   np.maximum(-onnx_kit.run_ort(model, x, y), 0), rtol=1e-5, atol=1e-6)
+    after = onnx_kit.check(new, x).graph
+    assert max(_weighted_per_chain(after)) == 1
+
+
 @pytest.mark.parametrize("arch", ["resnet", "mobilenet", "strided", "concat", "mlp"])
 def test_networks_without_linear_values_are_returned_unchanged(arch, onnx_kit):
     """ResNet's conv-BN -> add -> ReLU is carried by the ReLU after the add: no split; nor
