@@ -159,7 +159,7 @@ def _cli(*args) -> tuple[int, str]:
 def test_headline_command_as_typed_converts_mobilenetv2_and_runs_bit_exact(target, mv2, tmp_path, rng):
     """`convert mv2.onnx --target X --bits 8 --fanin 64` exits 0 (it was refused: composed
     weights beyond the synapses' width), says and records the rewrite, and the artifact runs
-    bit-exact; with --calib too (loihi)."""
+    bit-exact; with --calib too (loihi); `evaluate` reads it."""
     path = tmp_path / "mv2.onnx"
     onnx.save(mv2, path)
     x = rng.uniform(0, 1, (3, 1, SIDE, SIDE)).astype(np.float32)
@@ -176,3 +176,7 @@ def test_headline_command_as_typed_converts_mobilenetv2_and_runs_bit_exact(targe
         code, text = _cli("run", out, "--data", tmp_path / "data.npz", "--json")
         assert code == 0, text
         assert json.loads(text[text.index("{"):text.rindex("}") + 1])["bit_exact"]
+    # the artifact keeps the model with the carriers' tensors (the same function), so the
+    # readers of model.onnx find every IF layer's calibration tensor
+    code, text = _cli("evaluate", out, "--data", tmp_path / "data.npz", "--json")
+    assert code == 0, text

@@ -158,10 +158,11 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     with progress_bar(req.progress, 2, f"importing {os.path.basename(req.model)}", "step") as bar:
         model = load_onnx(req.model)  # a large model takes a minute to load and check
         bar.update(1)
+        # the same function, with the tensors of the populations that carry linear values
+        model, carried = _carry_linear_values(model)
         source_model = model  # the user's model: the ANN baseline the artifact keeps
         model, rewrites = _rewrite(model, req.maxpool)
-        model, carried = _carry_linear_values(model)
-        rewrites += carried
+        rewrites = carried + rewrites
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann = imported.graph
