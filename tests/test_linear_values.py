@@ -52,17 +52,22 @@ def mv2(onnx_kit) -> onnx.ModelProto:
     return onnx_kit.from_torch(_randomized(models.build("mobilenetv2", SIDE, WIDTH)), (1, SIDE, SIDE))
 
 
-def _weighted_per_chain(graph) -> list[int]:
+def _weighted_per_chain(graph, ends_at_add: bool = True) -> list[int]:
     """For every synapse chain into every population or output: its convolutions and dense
-    layers (a -1 skip is an affine, not one of these)."""
-    return [sum(isinstance(n, (Conv2dNode, DenseNode)) for n in chain)
-            for p in graph.nodes if is_population(p) or p.name in graph.outputs
-            for chain in synapse_chains(graph, p.name)]
+    layers (a -1 skip is an affine, not one of these). Every chain ends at its add, if it
+    has one: no affine op (a BatchNorm, a bias) is left after an add, where it would not
+    fold into a weighted op."""
+    chains = [c for p in graph.nodes if is_population(p) or p.name in graph.outputs
+              for c in synapse_chains(graph, p.name)]
+    for c in chains if ends_at_add else []:
+        ops = [n.op for n in c]
+        assert "add" not in ops or ops.index("add") == len(ops) - 1, ops
+    return [sum(isinstance(n, (Conv2dNode, DenseNode)) for n in c) for c in chains]
 
 
 def test_mobilenetv2_rewrite_keeps_the_function_and_leaves_one_weighted_op_per_chain(mv2, onnx_kit, rng):
     before = import_onnx(mv2).graph
-    assert max(_weighted_per_chain(before)) == 2  # the composed expand o project chains
+    assert max(_weighted_per_chain(before, ends_at_add=False)) == 2  # the composed expand o project chains
     new, values = split_linear_values(mv2)
     # the three identity adds and the two projections without one (the stride-2 blocks)
     assert len(values) == 5 and sum("Add" in v for v in values) == 3
@@ -79,7 +84,8 @@ def test_mobilenetv2_rewrite_keeps_the_function_and_leaves_one_weighted_op_per_c
 def test_linear_values_through_batchnorm_scale_pool_and_flatten(onnx_kit, rng):
     """Unfused BatchNormalization, a constant factor and an average pool on the way from one
     conv to the next, and the final conv -> flatten -> linear with no ReLU: all carried, the
-    negated copies built through each op, the function the same."""
+    negated copies built through each op, the function the same; the BatchNorm after the
+    split consumer goes onto both of its terms."""
     r = np.random.default_rng(3)
 
     def w(*s):
@@ -92,13 +98,14 @@ def test_linear_values_through_batchnorm_scale_pool_and_flatten(onnx_kit, rng):
              helper.make_node("Mul", ["bn", "half"], ["s"]),
              helper.make_node("AveragePool", ["s"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Conv", ["p", "w3", "b3"], ["c3"]),
-             helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("BatchNormalization", ["c3", "g3", "bb3", "m3", "v3"], ["bn3"]),
+             helper.make_node("Relu", ["bn3"], ["r3"]),
              helper.make_node("Conv", ["r3", "w4", "b4"], ["c4"]),
              helper.make_node("Flatten", ["c4"], ["f"]),
              helper.make_node("Gemm", ["f", "w5", "b5"], ["y"], transB=1)]
     inits = {"w1": w(4, 2, 3, 3), "b1": w(4), "w2": w(4, 4, 3, 3), "g": w(4) + 1, "bb": w(4),
              "m": w(4), "v": np.abs(w(4)) + 0.5, "half": np.float32(0.5), "w3": w(3, 4, 1, 1),
-             "b3": w(3), "w4": w(2, 3, 1, 1), "b4": w(2), "w5": w(5, 2 * 3 * 3), "b5": w(5)}
+             "b3": w(3), "g3": w(3) + 1, "bb3": w(3), "m3": w(3), "v3": np.abs(w(3)) + 0.5, "w4": w(2, 3, 1, 1), "b4": w(2), "w5": w(5, 2 * 3 * 3), "b5": w(5)}
     model = onnx_kit.model(nodes, inits, in_shape=(2, 6, 6))
     new, values = split_linear_values(model)
     assert values == ["p", "f"]
@@ -110,7 +117,8 @@ def test_linear_values_through_batchnorm_scale_pool_and_flatten(onnx_kit, rng):
 
 def test_linear_values_of_dense_layers(onnx_kit, rng):
     """MatMul + bias Add into a MatMul, a Gemm with alpha, beta and an untransposed B into a
-    Gemm: the negated copies go through each (bias negated, alpha and beta kept)."""
+    Gemm: the negated copies go through each (bias negated, alpha and beta kept); the bias
+    Add after the split MatMul goes onto its first term."""
     r = np.random.default_rng(4)
 
     def w(*s):

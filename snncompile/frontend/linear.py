@@ -14,7 +14,9 @@ calibration (onnxruntime on this model) and the ANN baseline agree with it for f
 consumer reads the pair with one weighted op per population:
 
 - a weighted consumer W(y) becomes W(P) + W'(N), W' the same op with negated weights and no
-  bias (two convolutions into an add, the form of a projection shortcut);
+  bias (two convolutions into an add, the form of a projection shortcut); an affine op that
+  alone reads W(y) (an unfused BatchNorm, a bias Add after a MatMul) goes onto both terms,
+  so that it still folds into a weighted op;
 - an add consumer y + z becomes Sum(P, -1 * N, z) (identity skip and a -1 scaled skip);
 - ``-y`` for N is built by copying the ops that make y with negated weights (a conv's
   kernel, a BatchNorm's scale and shift, a constant factor) down to the previous carriers or
@@ -154,6 +156,15 @@ class _Emitter:
     linear: dict[str, bool] = field(default_factory=dict)
     pair: dict[str, tuple[str, str]] = field(default_factory=dict)  # y -> (P, N)
     negated: dict[str, str] = field(default_factory=dict)           # y -> tensor of -y
+    split: dict[str, tuple[str, str]] = field(default_factory=dict)  # W(y) -> (W(P), (-W)(N))
+    readers: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for n in self.g.node:
+            for t in _acts(n, self.consts):
+                self.readers[t] = self.readers.get(t, 0) + 1
+        for o in self.g.output:
+            self.readers[o.name] = self.readers.get(o.name, 0) + 1
 
     def run(self) -> list[onnx.NodeProto]:
         for n in self.g.node:
@@ -162,6 +173,8 @@ class _Emitter:
                 self._split_weighted(n)
             elif _is_act_add(n, self.consts) and any(t in self.pair for t in ins):
                 self._split_add(n)
+            elif len(ins) == 1 and ins[0] in self.split and self._absorb(n, ins[0]):
+                pass
             else:
                 self._emit(n, self._linear_of(n))
             for o in n.output:
@@ -200,6 +213,30 @@ class _Emitter:
         from_p = self._node(n.op_type, [p, *n.input[1:]], f"{out}#from_p", True, **a)
         from_n = self._node(n.op_type, [m, self._neg_const(n.input[1])], f"{out}#from_n", True, **keep)
         self._node("Sum", [from_p, from_n], out, True)
+        self.split[out] = (from_p, from_n)
+
+    def _absorb(self, n: onnx.NodeProto, x: str) -> bool:
+        """The affine op (BatchNorm, a constant added or factor) that alone reads a split
+        W(P) + (-W)(N), applied to both terms (a constant added to the first only) so that
+        it folds into their weighted ops instead of following the add; False when ``n`` is
+        not such an op."""
+        op, out = n.op_type, n.output[0]
+        if self.readers.get(x, 0) != 1 or op not in ("BatchNormalization", "Add", "Sub", "Mul", "Div") \
+                or (op in ("Sub", "Div") and n.input[0] != x):
+            return False
+        p, m = self.split[x]
+        if op == "BatchNormalization":  # BN(a + b) = BN(a) + s b / sd: a BN of mean and shift 0
+            eps = {k: v for k, v in attributes(n).items() if k == "epsilon"}
+            zero = self._node("Sub", [n.input[3], n.input[3]], f"{out}#zero", False)
+            new_p = self._node(op, [p, *n.input[1:5]], f"{out}#from_p", True, **eps)
+            new_m = self._node(op, [m, n.input[1], zero, zero, n.input[4]], f"{out}#from_n", True, **eps)
+        else:
+            new_p = self._node(op, [p if t == x else t for t in n.input], f"{out}#from_p", True)
+            new_m = m if op in ("Add", "Sub") else \
+                self._node(op, [m if t == x else t for t in n.input], f"{out}#from_n", True)
+        self._node("Sum", [new_p, new_m], out, True)
+        self.split[out] = (new_p, new_m)
+        return True
 
     def _split_add(self, n: onnx.NodeProto) -> None:
         """y + z -> Sum(P, -1 * N, z)."""
