@@ -203,6 +203,9 @@ class PyLoihiConvModelFixed(AbstractPyConvModel):
     a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
     delay: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=6)
+    # Lava's model holds groups as int8: 128 or more groups (a depthwise conv of 128
+    # channels, a sum-pool relay of as many) wrapped to a negative count
+    groups: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
