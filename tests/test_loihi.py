@@ -845,3 +845,27 @@ def test_random_graphs_that_check_passes_are_exact_on_lava(tmp_path):
         if accepted == 4:
             break
     assert accepted == 4
+
+
+@needs_lava
+def test_depthwise_conv_of_128_channels_is_bit_exact(tmp_path):
+    """A depthwise conv of 128 channels (MobileNetV2's expanded 32) on Lava: Lava's Conv
+    model held ``groups`` as int8, so 128 groups wrapped to -128 and the layer's spikes
+    differed from the reference (127 were exact)."""
+    rng = np.random.default_rng(0)
+    c, s = 128, 2
+
+    def conv(name, inp, groups, k, m):
+        w = rng.integers(-m, m + 1, (c, c // groups, k, k)).astype(np.int32)
+        return Conv2dNode(name=name, inputs=[inp], weight=w.astype(np.float32), weight_int=w,
+                          bias_int=rng.integers(-10, 11, c).astype(np.int64), groups=groups,
+                          padding=(k // 2,) * 4, bias_mode="every_step")
+
+    w = rng.integers(-20, 21, (4, c * s * s)).astype(np.int32)
+    g = _validated(Graph([InputNode(name="x", shape=(c, s, s), out_scale=np.array(1.0), mode="every_step"),
+                          conv("c1", "x", 1, 1, 1), _if("s1", "c1", 40),
+                          conv("c2", "s1", c, 3, 30), _if("s2", "c2", 30), FlattenNode(name="f", inputs=["s2"]),
+                          DenseNode(name="y", inputs=["f"], weight=w.astype(np.float32), weight_int=w,
+                                    bias_int=np.zeros(4, np.int64), bias_mode="every_step")],
+                         ["y"], timesteps=4))
+    _assert_bit_exact(g, rng.integers(-3, 6, (2, c, s, s)).astype(np.float64), tmp_path)

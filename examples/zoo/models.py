@@ -14,6 +14,7 @@ thread, and uses only what the ONNX frontend imports (Conv, BatchNormalization, 
 | ``vgg`` | two-conv stages with BN and max pooling, dropout before the dense layers |
 | ``mlp`` | dense layers only; its input is the flat 784-vector |
 | ``concat`` | ReLU6 and an inception-style Concat of a 3x3 and a 1x1 branch |
+| ``mobilenetv2`` | inverted residual blocks with linear bottlenecks: a projection conv with no activation, identity adds with no ReLU after them |
 """
 
 from __future__ import annotations
@@ -140,9 +141,38 @@ class ConcatNet(nn.Module):
         return self.head(torch.cat([self.a(x), self.b(x)], 1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand 1x1 conv-BN-ReLU6, depthwise 3x3 conv-BN-ReLU6, project 1x1
+    conv-BN with no activation (the linear bottleneck), plus the identity with no ReLU after
+    the add where the block keeps width and size."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4):
+        super().__init__()
+        h = cin * expand
+        self.identity = stride == 1 and cin == cout
+        self.body = nn.Sequential(*_conv_bn(cin, h, 1), nn.ReLU6(), *_conv_bn(h, h, 3, stride, groups=h),
+                                  nn.ReLU6(), *_conv_bn(h, cout, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.identity else self.body(x)
+
+
+def mobilenetv2(side: int = 28, width: int = 16) -> nn.Module:
+    """Stem conv/2 (16) - ReLU6 - inverted residual blocks (expansion 4) 16 (identity),
+    24 /2, 24 (identity), 32 /2, 32 (identity) - 1x1 conv 64 ReLU6 - global average pool -
+    linear; 28 -> 14 -> 7 -> 4."""
+    w, m = width, width * 3 // 2
+    return nn.Sequential(
+        *_conv_bn(1, w, 3, 2), nn.ReLU6(),
+        InvertedResidual(w, w), InvertedResidual(w, m, 2), InvertedResidual(m, m),
+        InvertedResidual(m, 2 * w, 2), InvertedResidual(2 * w, 2 * w),
+        *_conv_bn(2 * w, 4 * w, 1), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10))
+
+
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet, "mobilenet": mobilenet, "strided": strided, "vgg": vgg, "mlp": mlp,
-    "concat": ConcatNet,
+    "concat": ConcatNet, "mobilenetv2": mobilenetv2,
 }
 FLAT_INPUT = {"mlp"}  # takes (N, side*side) instead of (N, 1, side, side)
 

@@ -26,6 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx_file
+from ..frontend.linear import split_linear_values, split_message
 from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
@@ -196,6 +197,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     with progress_bar(req.progress, 2, f"importing {os.path.basename(req.model)}", "step") as bar:
         model, self_contained = load_onnx_file(req.model)  # a large model takes a minute to load and check
         bar.update(1)
+        # the same function, with the tensors of the populations that carry linear values
+        model, carried = _carry_linear_values(model)
         relays: list[dict[str, Any]] = []
         if req.fanin is not None:  # the same function: the kept model has the relays' tensors
             model, pools = relay_pools(model, req.fanin)
@@ -206,9 +209,9 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         # the ANN baseline the artifact keeps: the user's file where it holds every weight and
         # no rewrite of the same function added tensors (copied from disk, so the loaded model
         # can go after calibration), else the model in memory
-        source_model = req.model if self_contained and not relays else model
+        source_model = req.model if self_contained and not (carried or relays) else model
         model, rewrites = _rewrite(model, req.maxpool)
-        rewrites = relays + rewrites
+        rewrites = carried + relays + rewrites
         imported = import_onnx(model, output=req.output)
         bar.update(1)
     ann, import_warnings = imported.graph, list(imported.warnings)
@@ -356,6 +359,17 @@ def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
            "the network computes a different function, which --train recovers")
     log.warning(msg)
     return model, [{"pass": rewrite.__name__, "nodes": nodes, "message": msg}]
+
+
+def _carry_linear_values(model) -> tuple[Any, list[dict[str, Any]]]:
+    """The model with a pair of ReLU populations carrying each linear value that feeds a
+    weighted op (:mod:`..frontend.linear`; the function is unchanged), and its record."""
+    model, values = split_linear_values(model)
+    if not values:
+        return model, []
+    msg = split_message(values)
+    log.warning(msg)
+    return model, [{"pass": split_linear_values.__name__, "nodes": values, "message": msg}]
 
 
 def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:
