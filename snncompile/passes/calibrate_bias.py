@@ -39,8 +39,8 @@ cannot take back, the transient before a membrane settles. Two corrections of Li
   2103.00476, on the converted network's input). The layer alone runs for each candidate,
   on the spike trains recorded once from the layers before it. A layer's least error is
   not always the network's best (on the zoo MobileNet at T = 4 it is not), so of the two
-  calibrations the one whose outputs agree with the ANN's class more often on the
-  calibration inputs is kept: still no labels.
+  calibrations the one whose outputs are closer to the ANN's on the calibration inputs
+  is kept: still no labels.
 
 No labels, no gradients: a few simulations per layer. Thresholds and biases are float
 parameters from which every integer is re-derived by the conversion's own quantization
@@ -332,8 +332,7 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     bias, whichever leaves the layer's rates closer to the ANN's, else in the bias. With
     ``search`` (and ``thresholds``), the same calibration is also made with each IF layer's scale searched on
     the converted network's own input (:func:`_search_scale`), and the one of the two whose
-    outputs agree with the ANN's more often on ``x`` (the largest output, ties: the
-    plain one) is kept.
+    outputs are closer to the ANN's on ``x`` (squared error; ties: the plain one) is kept.
 
     Returns the new graph and, per corrected layer, the mean absolute error before its
     correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
@@ -348,17 +347,17 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
         return plain
     searched = _calibrate(g, ann, x, T, outputs, batch_size, potential, True)
     ref = [np.concatenate([ann_forward(ann, x[s:s + batch_size], return_all=True)[o].numpy()
-                           for s in range(0, x.shape[0], batch_size)]).reshape(x.shape[0], -1).argmax(1)
-           for o in g.outputs]
+                           for s in range(0, x.shape[0], batch_size)]).reshape(x.shape[0], -1) for o in g.outputs]
     xq = quantize_input(g, x)
 
-    def agreement(c: Graph) -> float:
+    def error(c: Graph) -> float:
         step = window_batch(c, T)
-        acc = [np.concatenate([run_window(c, torch.as_tensor(xq[s:s + step]), T).acc[o].cpu().numpy()
-                               for s in range(0, xq.shape[0], step)]).reshape(x.shape[0], -1) for o in c.outputs]
-        return float(np.mean([(a.argmax(1) == r).mean() for a, r in zip(acc, ref)]))
+        out = [np.concatenate([run_window(c, torch.as_tensor(xq[s:s + step]), T).acc[o].cpu().numpy()
+                               for s in range(0, xq.shape[0], step)]).reshape(x.shape[0], -1)
+               * np.broadcast_to(c[o].out_scale, c[o].shape).reshape(1, -1) / T for o in c.outputs]
+        return float(np.mean([((a - r) ** 2).mean() for a, r in zip(out, ref)]))
 
-    return searched if agreement(searched[0]) > agreement(plain[0]) else plain
+    return searched if error(searched[0]) < error(plain[0]) else plain
 
 
 def _calibrate(g: Graph, ann: Graph, x: np.ndarray, T: int, outputs: bool, batch_size: int,
