@@ -29,6 +29,18 @@ cannot take back, the transient before a membrane settles. Two corrections of Li
   membrane must stay zero (``--v-init zero``, as NIR needs) it is the bias; where no
   weighted node drives the layer alone (a residual add's ReLU), the membrane. The outputs'
   biases get the same correction against the ANN's outputs.
+* **Scales searched on the SNN's own input.** The threshold fit above judges a scale by
+  quantizing the ANN's activation; the layer is driven instead by the spikes of the
+  converted layers before it, whose errors add up layer by layer. So the calibration is
+  also made a second way, each IF layer in turn choosing, per channel, its scale among
+  factors of the fitted one together with its mean correction (membrane or bias), by the
+  squared error of its rates, driven by the already-calibrated layers before it, against
+  the ANN's activation (the layer-wise threshold search of Deng & Gu, ICLR 2021, arXiv
+  2103.00476, on the converted network's input). The layer alone runs for each candidate,
+  on the spike trains recorded once from the layers before it. A layer's least error is
+  not always the network's best (on the zoo MobileNet at T = 4 it is not), so of the two
+  calibrations the one whose outputs are closer to the ANN's on the calibration inputs
+  is kept: still no labels.
 
 No labels, no gradients: a few simulations per layer. Thresholds and biases are float
 parameters from which every integer is re-derived by the conversion's own quantization
@@ -45,7 +57,7 @@ import torch
 from ..ir import AddNode, Graph, IFNode, WeightedNode
 from ..ir.structure import ann_macs, is_population
 from ..sim.ann import ann_forward
-from ..sim.evaluator import needed, run_window, window_batch
+from ..sim.evaluator import SpikeTrains, needed, run_window, window_batch
 from ..sim.simulator import quantize_input
 from .requant import requantize
 
@@ -56,13 +68,21 @@ from .requant import requantize
 CALIBRATION_WORK = 10 ** 12
 MIN_CALIBRATION_SAMPLES = 32
 
+# Factors of a layer's fitted scale the search on the SNN's own input tries.
+SEARCH_FACTORS = (0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4)
+
 
 def calibration_cost(ann: Graph, timesteps: int) -> int:
-    """Work of :func:`calibrate_biases` per sample: each spiking layer simulates the network
-    up to it (half of it on average), up to three times (measure, then compare the two
-    corrections), each step a full ANN forward's multiply-accumulates."""
+    """Work of :func:`calibrate_biases` per sample, made twice (without and with the scale
+    search): each spiking layer simulates the network up to it once (half of it on
+    average) to record its input spike trains, then itself alone up to three times (measure,
+    then compare the two corrections), with the search once to measure and three times per
+    scale of :data:`SEARCH_FACTORS` (as it is, then with each correction); then the whole
+    network once for each of the two. Each step of all layers alone costs a full ANN
+    forward's multiply-accumulates."""
     layers = sum(1 for n in ann.nodes if is_population(n)) + len(ann.outputs)
-    return max(1, int(ann_macs(ann) * int(timesteps) * (1.5 * layers + 1)))
+    plain, search = 3, 3 * len(SEARCH_FACTORS) + 1
+    return max(1, int(ann_macs(ann) * int(timesteps) * (layers + plain + search + 2)))
 
 
 def calibration_samples(ann: Graph, timesteps: int, available: int, asked: bool = False) -> int:
@@ -118,18 +138,58 @@ def _ann_means(snn: Graph, ann: Graph, x: np.ndarray, names: list[str], batch: i
     return {k: v / _per_channel(snn, k, x.shape[0]) for k, v in sums.items()}
 
 
-def _snn_values(graph: Graph, xq: np.ndarray, T: int, node: str) -> np.ndarray:
-    """``node``'s real value per input of ``xq`` (integer), (N, *shape): an IF layer's
-    rate ``lam * count / T``, an output's ``scale * acc / T``."""
-    want = needed(graph, [node])
-    step = window_batch(graph, T)
-    n = graph[node]
-    parts = []
-    for s in range(0, xq.shape[0], step):
-        r = run_window(graph, torch.as_tensor(xq[s:s + step]), T, nodes=want)
-        v = (r.counts if isinstance(n, IFNode) else r.acc)[node].cpu().numpy()
-        parts.append(v * np.broadcast_to(n.out_scale, n.shape) / T)
-    return np.concatenate(parts)
+def _frontier(graph: Graph, node: str) -> tuple[set[str], set[str]]:
+    """The IF layers whose spike trains feed ``node`` through non-spiking nodes (its
+    frontier), and the nodes from there to ``node`` (the input's path included where the
+    input feeds it directly): what a run of ``node`` alone needs, given those trains."""
+    front: set[str] = set()
+    local: set[str] = set()
+    stack = [node]
+    while stack:
+        k = stack.pop()
+        if k in local:
+            continue
+        local.add(k)
+        for i in graph[k].inputs:
+            if isinstance(graph[i], IFNode):
+                front.add(i)
+            else:
+                stack.append(i)
+    return front, local | front
+
+
+class _LayerRuns:
+    """Runs of one layer on the calibration inputs, its input spike trains recorded once
+    from the network before it (as it stands when this is made): each candidate of the
+    layer's own parameters then costs a run of that layer alone, not of the network up to
+    it. The trains are kept as uint8 (a quarter of float32)."""
+
+    def __init__(self, graph: Graph, xq: np.ndarray, T: int, node: str):
+        self.T, self.node, self.xq = T, node, xq
+        self.front, self.local = _frontier(graph, node)
+        self.step = window_batch(graph, T)
+        self.trains: list[dict[str, np.ndarray]] = []
+        if self.front:
+            want = needed(graph, sorted(self.front))
+            for s in range(0, xq.shape[0], self.step):
+                r = run_window(graph, torch.as_tensor(xq[s:s + self.step]), T, nodes=want, keep_spikes=self.front)
+                self.trains.append({k: r.spikes[k].to(torch.int8).cpu().numpy() for k in self.front})
+
+    def values(self, graph: Graph) -> np.ndarray:
+        """The layer's real value per input, (N, *shape), in ``graph`` (which differs from
+        the recorded one only at this layer): an IF layer's rate ``lam * count / T``, an
+        output's ``scale * acc / T``."""
+        n = graph[self.node]
+        parts = []
+        for b, s in enumerate(range(0, self.xq.shape[0], self.step)):
+            given = {}
+            for k in self.front:
+                sp = torch.from_numpy(self.trains[b][k]).to(torch.float32)
+                given[k] = SpikeTrains(sp, sp.sum(0), sp.flatten(1).ne(0).any(1))
+            r = run_window(graph, torch.as_tensor(self.xq[s:s + self.step]), self.T, nodes=self.local, given=given)
+            v = (r.counts if isinstance(n, IFNode) else r.acc)[self.node].cpu().numpy()
+            parts.append(v * np.broadcast_to(n.out_scale, n.shape) / self.T)
+        return np.concatenate(parts)
 
 
 def _ann_values(ann: Graph, node: IFNode, x: np.ndarray, batch: int) -> np.ndarray:
@@ -195,15 +255,84 @@ def _add_potential(n: IFNode, err: np.ndarray, T: int) -> None:
     n.v_init = v.reshape(th.shape) if v.size == th.size else v
 
 
+
+
+def _search_scale(g: Graph, ann: Graph, x: np.ndarray, runs: _LayerRuns, batch: int,
+                  potential: bool) -> Graph:
+    """``g`` with IF layer ``runs.node``'s scale and mean correction chosen together on the
+    layer's own input from the converted layers before it: per channel (where the layer has
+    a scale per channel, else for the layer) the factor of :data:`SEARCH_FACTORS` and the
+    correction (its mean error taken back in the initial membrane, with ``potential``, or
+    in the bias, where a weighted node drives the layer alone) whose rates have the least
+    squared error against the ANN's activation."""
+    name, T = runs.node, runs.T
+    lam0 = np.asarray(g[name].lam, np.float64)
+    a = np.concatenate([np.maximum(ann_forward(ann, x[s:s + batch], return_all=True)[name].numpy(), 0.0)
+                        for s in range(0, x.shape[0], batch)]).astype(np.float64)
+    a = _by_channel(a)
+    base = np.broadcast_to(lam0.reshape(-1), (a.shape[0],)).copy()
+    order = [n.name for n in g.nodes]
+    before = set(order[:order.index(name)])  # unchanged: requantized only from the layer on,
+    before -= {k for k in before if any(isinstance(c, AddNode) and c.name not in before  # but an add's
+                                        for c in g.consumers(k))}  # inputs go with it
+    before = frozenset(before)
+    holder = bias_holder(g, name)
+    best, chosen = np.full(a.shape[0], np.inf), base.copy()
+    shift = {"potential": np.zeros(a.shape[0]), "bias": np.zeros(a.shape[0])}
+    for f in SEARCH_FACTORS:
+        lam = base * f
+        c = g.copy()
+        c[name].lam = (base[:1] * f if lam0.size == 1 else lam).reshape(lam0.shape)
+        c = requantize(c, reuse=before)
+        d = _by_channel(runs.values(c)).reshape(a.shape) - a
+        # the mean error against what the scale can represent
+        err = -(d + a - np.minimum(a, lam[:, None])).mean(axis=1)
+        kinds = []
+        if potential:
+            p = c.copy()
+            _add_potential(p[name], err, T)
+            kinds.append(("potential", p))
+        if holder is not None:
+            kinds.append(("bias", _with_bias(c, holder.name, err, before)))
+        for kind, cand in kinds or [("", c)]:
+            score = ((_by_channel(runs.values(cand)).reshape(a.shape) - a) ** 2).mean(axis=1)
+            if lam0.size == 1:  # one scale, so one choice, for the whole layer
+                score = np.full_like(score, score.mean())
+            better = score < best
+            best[better], chosen[better] = score[better], lam[better]
+            for k in shift:
+                shift[k][better] = err[better] if k == kind else 0.0
+    g = g.copy()
+    g[name].lam = (chosen[:1] if lam0.size == 1 else chosen).reshape(lam0.shape)
+    if holder is not None and np.any(shift["bias"]):
+        g = _with_bias(g, holder.name, shift["bias"], before)
+    else:
+        g = requantize(g)
+    if potential:
+        _add_potential(g[name], shift["potential"], T)
+    return g
+
+
+def _with_bias(g: Graph, holder: str, err: np.ndarray, reuse: frozenset[str] = frozenset()) -> Graph:
+    """``g`` with ``err`` (per channel, real units) added to the bias of weighted node
+    ``holder``, its integers derived again."""
+    c = g.copy()
+    _add_bias(c, holder, err)
+    return requantize(c, reuse=reuse)
+
+
 def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
                      outputs: bool = True, batch_size: int = 256, thresholds: bool = True,
-                     potential: bool | None = None) -> tuple[Graph, dict[str, float]]:
+                     potential: bool | None = None, search: bool = True) -> tuple[Graph, dict[str, float]]:
     """The converted graph ``snn`` calibrated against the float graph ``ann`` on inputs
     ``x`` (no labels) at ``timesteps`` (default the graph's T): with ``thresholds``, each
     IF layer's scale fitted to T (:func:`fit_thresholds`); then each spiking layer's (and,
     with ``outputs``, each output's) mean error taken back: with ``potential`` (default:
     unless the graph was converted with ``v_init`` "zero") in the initial membrane or the
-    bias, whichever leaves the layer's rates closer to the ANN's, else in the bias.
+    bias, whichever leaves the layer's rates closer to the ANN's, else in the bias. With
+    ``search`` (and ``thresholds``), the same calibration is also made with each IF layer's scale searched on
+    the converted network's own input (:func:`_search_scale`), and the one of the two whose
+    outputs are closer to the ANN's on ``x`` (squared error; ties: the plain one) is kept.
 
     Returns the new graph and, per corrected layer, the mean absolute error before its
     correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
@@ -213,6 +342,27 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     if potential is None:
         potential = snn.conversion is None or snn.conversion.v_init != "zero"
     g = fit_thresholds(snn, ann, x, T, batch_size) if thresholds else snn
+    plain = _calibrate(g, ann, x, T, outputs, batch_size, potential, False)
+    if not (search and thresholds):  # scales stay as they are without ``thresholds``
+        return plain
+    searched = _calibrate(g, ann, x, T, outputs, batch_size, potential, True)
+    ref = [np.concatenate([ann_forward(ann, x[s:s + batch_size], return_all=True)[o].numpy()
+                           for s in range(0, x.shape[0], batch_size)]).reshape(x.shape[0], -1) for o in g.outputs]
+    xq = quantize_input(g, x)
+
+    def error(c: Graph) -> float:
+        step = window_batch(c, T)
+        out = [np.concatenate([run_window(c, torch.as_tensor(xq[s:s + step]), T).acc[o].cpu().numpy()
+                               for s in range(0, xq.shape[0], step)]).reshape(x.shape[0], -1)
+               * np.broadcast_to(c[o].out_scale, c[o].shape).reshape(1, -1) / T for o in c.outputs]
+        return float(np.mean([((a - r) ** 2).mean() for a, r in zip(out, ref)]))
+
+    return searched if error(searched[0]) < error(plain[0]) else plain
+
+
+def _calibrate(g: Graph, ann: Graph, x: np.ndarray, T: int, outputs: bool, batch_size: int,
+               potential: bool, search: bool) -> tuple[Graph, dict[str, float]]:
+    """:func:`calibrate_biases` after the threshold fit, with or without the search."""
     layers = [n.name for n in g.nodes if isinstance(n, IFNode)]
     layers += [o for o in g.outputs if outputs and isinstance(g[o], WeightedNode)]
     layers = [k for k in layers if k in ann and (isinstance(g[k], WeightedNode) or potential or bias_holder(g, k))]
@@ -220,11 +370,15 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     xq = quantize_input(g, x)
     record: dict[str, float] = {}
     for name in layers:
+        runs = _LayerRuns(g, xq, T, name)
         node = g[name]
-        rate = _snn_values(g, xq, T, name)
+        rate = runs.values(g)
         err = target[name] - _channel_sum(rate) / _per_channel(g, name, x.shape[0])
         unit = float(np.mean(node.out_scale)) if isinstance(node, IFNode) else float(np.abs(target[name]).mean())
         record[name] = round(float(np.abs(err).mean() / (unit or 1.0)), 6)
+        if search and isinstance(node, IFNode):
+            g = _search_scale(g, ann, x, runs, batch_size, potential)
+            continue
         holder = node if isinstance(node, WeightedNode) else bias_holder(g, name)
         by_bias = None
         if holder is not None:
@@ -236,7 +390,7 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
             _add_potential(by_potential[name], err, T)
             if by_bias is not None:  # the one whose rates are closer to the ANN's
                 ref = _ann_values(ann, g[name], x, batch_size)
-                g = min((by_potential, by_bias), key=lambda c: float(((_snn_values(c, xq, T, name) - ref) ** 2).mean()))
+                g = min((by_potential, by_bias), key=lambda c: float(((runs.values(c) - ref) ** 2).mean()))
             else:
                 g = by_potential
         else:
