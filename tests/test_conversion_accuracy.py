@@ -69,12 +69,17 @@ def _trained(build, data, kit, epochs: int = 12):
     net = build()
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xtr), generator=gen).split(64):
-            loss = nn.functional.cross_entropy(net(torch.from_numpy(xtr[idx])), torch.from_numpy(ytr[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights on every machine: sums split across threads round differently
+    try:
+        for _ in range(epochs):
+            for idx in torch.randperm(len(xtr), generator=gen).split(64):
+                loss = nn.functional.cross_entropy(net(torch.from_numpy(xtr[idx])), torch.from_numpy(ytr[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model = kit.from_torch(net.eval(), (1, 8, 8))
     return model, import_onnx(model).graph
 
