@@ -29,10 +29,8 @@ def chain_bias(graph: Graph, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         ins = [form(graph[i]) for i in n.inputs]
         out = None
         if all(x is not None for x in ins):
-            try:
-                out = tuple(_carry(graph, n, [x[k] for x in ins], shape) for k in range(2))
-            except NotImplementedError:
-                out = None
+            both = tuple(_carry(graph, n, [x[k] for x in ins], shape) for k in range(2))
+            out = None if any(b is None for b in both) else both
         if out is not None and isinstance(n, WeightedNode) and n.bias_int is not None:
             b = np.asarray(n.bias_int, np.int64)
             b = b.reshape(shape) if isinstance(n, DenseNode) else np.broadcast_to(
@@ -48,8 +46,9 @@ def chain_bias(graph: Graph, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None if got is None else (got[0].reshape(-1), got[1].reshape(-1))
 
 
-def _carry(graph: Graph, n: Node, xs: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """Op ``n`` applied to integer arrays ``xs`` (its inputs' biases), without its own bias."""
+def _carry(graph: Graph, n: Node, xs: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray | None:
+    """Op ``n`` applied to integer arrays ``xs`` (its inputs' biases), without its own bias;
+    None for an op this does not know (the caller then uses the folded bias)."""
     if isinstance(n, AddNode):
         return sum(xs[1:], xs[0].copy())
     if isinstance(n, ConcatNode):
@@ -68,7 +67,7 @@ def _carry(graph: Graph, n: Node, xs: list[np.ndarray], shape: tuple[int, ...]) 
         return x * np.asarray(n.weight_int, np.int64).reshape((-1,) + (1,) * (x.ndim - 1))
     if isinstance(n, (Conv2dNode, AvgPool2dNode)):
         return _window_sum(n, x, shape)
-    raise NotImplementedError(n.op)
+    return None
 
 
 def _window_sum(n: Node, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
