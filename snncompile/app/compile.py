@@ -295,8 +295,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         if calibrating:
             snn, bias_record = calibrate_biases(snn, ann, xb)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
-    if backend is not None:
-        check_fit(backend, snn, choice)  # every violation at once, before anything is written
+    check_fit(backend, snn, choice)  # every violation at once, before anything is written
     info = {
         "source": os.path.abspath(req.model), "target": req.target,
         "backend": target_info(backend, req.target), "seed": req.seed,

@@ -219,6 +219,21 @@ class IFNode(Node):
         return in_shapes[0]
 
 
+def membrane_overflows(n: IFNode) -> list[tuple[str, int, int]]:
+    """Each of IF layer ``n``'s threshold and initial membrane that its membrane cannot hold,
+    as (field, largest magnitude, the membrane's maximum); empty when both fit. A neuron whose
+    threshold is past its saturating membrane can never fire, so no graph may carry one:
+    conversion refuses to write it (targets.rules, rule ``membrane_range``) and loading an
+    artifact refuses to read it (ir.serialize), by this one definition."""
+    top = 2 ** (int(n.membrane_bits) - 1) - 1
+    out = []
+    for a in ("threshold", "v_init"):
+        v = getattr(n, a)
+        if v is not None and v.size and (reach := int(np.abs(v).max())) > top:
+            out.append((a, reach, top))
+    return out
+
+
 @dataclass(kw_only=True)
 class _Pool2dNode(Node):
     """Shared fields of the 2-D pools; padding is (top, left, bottom, right)."""

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from .nodes import mode_errors
 
 V_INIT_MODES = ("half", "zero")
+MEMBRANE_BITS_RANGE = (8, 52)  # what --membrane-bits takes (the simulators' arithmetic is int64)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class ConversionOptions:
             raise UsageError(problem, fix)
         if self.v_init not in V_INIT_MODES:
             raise UsageError(f"v_init '{self.v_init}' not in {V_INIT_MODES}")
-        if not 8 <= self.membrane_bits <= 52:
-            raise UsageError(f"membrane bits must lie in 8..52, got {self.membrane_bits}")
+        if not MEMBRANE_BITS_RANGE[0] <= self.membrane_bits <= MEMBRANE_BITS_RANGE[1]:
+            raise UsageError(f"membrane bits must lie in {MEMBRANE_BITS_RANGE[0]}..{MEMBRANE_BITS_RANGE[1]}, "
+                             f"got {self.membrane_bits}")
         if self.reset == "zero" and self.input_mode == "once":
             raise UsageError("reset-to-zero neurons lose the charge an input injected once carries "
                              "beyond one threshold", "use --input-mode every_step with --reset zero")

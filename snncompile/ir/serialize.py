@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ModelError, UsageError
-from . import NODE_TYPES, Graph, IFNode, InputNode, Node, WeightedNode
+from . import NODE_TYPES, Graph, IFNode, InputNode, Node, WeightedNode, membrane_overflows
 from .files import REWRITE, artifact_file, read_json, read_npz
 from .options import ConversionOptions
 from .structure import weight_bits
@@ -253,17 +253,15 @@ def _check_values(graph: Graph, where: Path) -> None:
             if not MEMBRANE_BITS[0] <= n.membrane_bits <= MEMBRANE_BITS[1]:
                 raise ArtifactError(f"{where}: 'membrane_bits' of {at} is {n.membrane_bits}, expected "
                                     f"{MEMBRANE_BITS[0]}..{MEMBRANE_BITS[1]}", REWRITE)
-            top = 2 ** (n.membrane_bits - 1) - 1
             for a in ("threshold", "v_init"):
                 v = getattr(n, a)
-                if v is None:
-                    continue
-                if np.broadcast_shapes(v.shape, n.shape) != tuple(n.shape):
+                if v is not None and np.broadcast_shapes(v.shape, n.shape) != tuple(n.shape):
                     raise ArtifactError(f"{npz}: '{a}' of {at} has shape {v.shape}, which does not "
                                         f"fit the layer's {tuple(n.shape)}", REWRITE)
-                if v.size and int(np.abs(v).max()) > top:
-                    raise ArtifactError(f"{npz}: '{a}' of {at} reaches {int(np.abs(v).max())}, beyond "
-                                        f"its {n.membrane_bits}-bit membrane (max {top})", REWRITE)
+            if over := membrane_overflows(n):
+                a, reach, top = over[0]
+                raise ArtifactError(f"{npz}: '{a}' of {at} reaches {reach}, beyond "
+                                    f"its {n.membrane_bits}-bit membrane (max {top})", REWRITE)
         if n.out_scale is not None:
             try:
                 np.broadcast_shapes(n.out_scale.shape, n.shape)

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import SnnCompileError
-from ..ir import Graph, IFNode, InputNode, WeightedNode
+from ..ir import Graph, IFNode, InputNode, WeightedNode, membrane_overflows
+from ..ir.options import MEMBRANE_BITS_RANGE
 from ..ir.structure import fanin_layers, population_fanin, populations, weight_bits
 
 
@@ -133,6 +134,26 @@ def _rule_membrane_bits(g: Graph, lim: Limits) -> list[Violation]:
             for n in g.nodes if isinstance(n, IFNode) and n.membrane_bits > lim.membrane_bits]
 
 
+def _rule_membrane_range(g: Graph, lim: Limits) -> list[Violation]:
+    """Thresholds and initial membranes past the layer's own membrane width (a neuron that
+    could never fire): a fault of the graph on every target, the reference simulator
+    included, so :func:`snncompile.targets.select.check_fit` applies it to all of them. The
+    fix is the width that holds the value where the target (``lim.membrane_bits``, else what
+    --membrane-bits takes) allows it; thresholds also shrink with fewer --bits."""
+    widest = min(lim.membrane_bits or MEMBRANE_BITS_RANGE[1], MEMBRANE_BITS_RANGE[1])
+    out = []
+    for n in g.nodes:
+        if not isinstance(n, IFNode):
+            continue
+        for field_name, reach, top in membrane_overflows(n):
+            need = reach.bit_length() + 1  # a sign bit
+            lower = "fewer --bits (thresholds scale with the weights) or a lower --input-bits"
+            fix = f"--membrane-bits {need}, or {lower}" if need <= widest else lower
+            what = "threshold" if field_name == "threshold" else "initial membrane"
+            out.append(Violation(n.name, f"{what} in its {n.membrane_bits}-bit membrane", reach, top, fix))
+    return out
+
+
 def _rule_modes(g: Graph, lim: Limits) -> list[Violation]:
     out = []
     for n in g.nodes:
@@ -167,7 +188,7 @@ GENERIC_RULES: tuple[Rule, ...] = (_rule_weight_bits, _rule_fan_in, _rule_thresh
 RULES: dict[str, Rule] = {"weight_bits": _rule_weight_bits, "fan_in": _rule_fan_in,
                           "threshold_bits": _rule_threshold_bits,
                           "membrane_bits": _rule_membrane_bits, "modes": _rule_modes,
-                          "neurons": _rule_neurons}
+                          "neurons": _rule_neurons, "membrane_range": _rule_membrane_range}
 
 
 def check_limits(graph: Graph, limits: Limits, target: str = "",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..ir import Graph
-from .api import (Backend, BackendError, LimitError, available_backends, get_backend,
+from .api import (RULES, Backend, BackendError, LimitError, Limits, available_backends, get_backend,
                   unknown_target)
 from .profile import ProfileChoice
 from ..errors import SnnCompileError, UsageError
@@ -35,12 +35,17 @@ def resolve_target(name: str, options: Mapping[str, str] | None = None) -> Backe
     return get_backend(name, options)
 
 
-def check_fit(backend: Backend, graph: Graph, choice: ProfileChoice | None = None) -> None:
+def check_fit(backend: Backend | None, graph: Graph, choice: ProfileChoice | None = None) -> None:
     """Raise LimitError listing every violation of the backend's limits (and, where a
-    profile chose options, what it chose)."""
-    violations = backend.check(graph)
+    profile chose options, what it chose). Every target, the reference simulator (``backend``
+    None) included, also gets the graph's own rule that each threshold fits its membrane
+    (``RULES["membrane_range"]``), so no target writes what loading would refuse."""
+    limits = backend.limits() if backend is not None else Limits()
+    violations = RULES["membrane_range"](graph, limits)
+    if backend is not None:
+        violations += [v for v in backend.check(graph) if v not in violations]
     if violations:
-        err = LimitError(backend.name, violations)
+        err = LimitError(backend.name if backend is not None else SIM, violations)
         if choice is not None and (choice.chosen or choice.kept or choice.note):
             err.message += f"\n({choice.line()})"
         raise err
