@@ -20,7 +20,7 @@ from snncompile.plugin import (RULES, Backend, BackendRun, Limits, Profile, Viol
 
 from .arch import Architecture
 from .engine import combine_stats, run_network
-from .mapping import cores_per_population, map_network, recount, unit_violations
+from .mapping import cores_per_population, cores_violation, map_network, neuron_bound, recount, unit_violations
 from .store import load, save
 
 __version__ = "1.0.0"
@@ -66,10 +66,15 @@ class CycleSimBackend(Backend):
         if not unit:
             need = sum(cores_per_population(graph, self.arch).values())
             if need > self.arch.cores:
-                out.append(Violation("(all)", "cores needed", need, self.arch.cores,
-                                     f"a smaller model, or --target-option cores={need} (or larger "
-                                     f"neurons_per_core/synapses_per_core)"))
+                out.append(cores_violation(need, self.arch))
         return out
+
+    def check_early(self, graph) -> list[Violation]:
+        """A chip too small for the model's neurons alone (:func:`~.mapping.neuron_bound`, a
+        lower bound of the mapper's cores that no conversion option lowers), decided on the
+        imported model before calibration."""
+        need = neuron_bound(graph, self.arch)
+        return [cores_violation(need, self.arch, at_least=True)] if need > self.arch.cores else []
 
     def layer_resources(self, graph) -> dict[str, dict[str, int]]:
         """Cores the mapping gives each population."""

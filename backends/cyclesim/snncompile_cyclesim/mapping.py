@@ -86,6 +86,23 @@ def cores_per_population(graph: Graph, arch: Architecture) -> dict[str, int]:
     return out
 
 
+def neuron_bound(graph: Graph, arch: Architecture) -> int:
+    """A lower bound of the cores :func:`map_network` gives ``graph``: a core holds at most
+    ``neurons_per_core`` units of one population, and axons and synapses only make a slice
+    smaller. No conversion option changes the units, and the imported ANN has the same
+    populations (its ReLUs are the IF layers to be), so it decides before calibration."""
+    return sum(-(-fp.units // arch.neurons_per_core) for fp in _footprints(graph))
+
+
+def cores_violation(need: int, arch: Architecture, at_least: bool = False) -> Violation:
+    """The network needs ``need`` cores, more than the architecture has (``at_least``:
+    ``need`` is :func:`neuron_bound`'s lower bound, and the figure says so)."""
+    return Violation("(all)", "cores needed" + (" at least, by neurons alone" if at_least else ""), need,
+                     arch.cores, f"a smaller model, or --target-option cores={need}"
+                     + (" or more (or larger neurons_per_core)" if at_least
+                        else " (or larger neurons_per_core/synapses_per_core)"))
+
+
 def map_network(graph: Graph, arch: Architecture) -> list[Core]:
     """Cores for every population except the input (which arrives from off-core)."""
     cores: list[Core] = []
