@@ -58,6 +58,7 @@ from ..ir import AddNode, Graph, IFNode, WeightedNode
 from ..ir.structure import ann_macs, is_population
 from ..sim.ann import ann_forward
 from ..sim.evaluator import SpikeTrains, needed, run_window, window_batch
+from ..sim.kernels import spike_conv
 from ..sim.simulator import quantize_input
 from .requant import requantize
 
@@ -162,18 +163,22 @@ class _LayerRuns:
     """Runs of one layer on the calibration inputs, its input spike trains recorded once
     from the network before it (as it stands when this is made): each candidate of the
     layer's own parameters then costs a run of that layer alone, not of the network up to
-    it. The trains are kept as uint8 (a quarter of float32)."""
+    it. The trains are kept as uint8 spike codes (a quarter of float32), with their counts
+    and silent steps, as the simulator takes them: its int8 convolutions read the codes as
+    they are, so a candidate's run decodes and sums nothing it was given."""
 
     def __init__(self, graph: Graph, xq: np.ndarray, T: int, node: str):
         self.T, self.node, self.xq = T, node, xq
         self.front, self.local = _frontier(graph, node)
         self.step = window_batch(graph, T)
-        self.trains: list[dict[str, np.ndarray]] = []
+        # per batch, per frontier layer: codes (T, N, *shape), counts (N, *shape), active (T,)
+        self.trains: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
         if self.front:
             want = needed(graph, sorted(self.front))
             for s in range(0, xq.shape[0], self.step):
-                r = run_window(graph, torch.as_tensor(xq[s:s + self.step]), T, nodes=want, keep_spikes=self.front)
-                self.trains.append({k: r.spikes[k].to(torch.int8).cpu().numpy() for k in self.front})
+                r = run_window(graph, torch.as_tensor(xq[s:s + self.step]), T, nodes=want, keep_spikes=self.front,
+                               keep_codes=True)
+                self.trains.append({k: _codes(graph[k], r.spikes[k]) for k in self.front})
 
     def values(self, graph: Graph) -> np.ndarray:
         """The layer's real value per input, (N, *shape), in ``graph`` (which differs from
@@ -182,14 +187,23 @@ class _LayerRuns:
         n = graph[self.node]
         parts = []
         for b, s in enumerate(range(0, self.xq.shape[0], self.step)):
-            given = {}
-            for k in self.front:
-                sp = torch.from_numpy(self.trains[b][k]).to(torch.float32)
-                given[k] = SpikeTrains(sp, sp.sum(0), sp.flatten(1).ne(0).any(1))
+            given = {k: SpikeTrains(None, counts.to(torch.float32), active, codes=codes)
+                     for k, (codes, counts, active) in (self.trains[b] if self.trains else {}).items()}
             r = run_window(graph, torch.as_tensor(self.xq[s:s + self.step]), self.T, nodes=self.local, given=given)
             v = (r.counts if isinstance(n, IFNode) else r.acc)[self.node].cpu().numpy()
             parts.append(v * np.broadcast_to(n.out_scale, n.shape) / self.T)
         return np.concatenate(parts)
+
+
+def _codes(n: IFNode, sp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A recorded spike train (T, N, *shape), float spikes or uint8 codes, as codes, its
+    counts over the window (int16 where T allows, else int32) and its active steps."""
+    signed = n.spikes == "signed"
+    codes = sp if sp.dtype == torch.uint8 else spike_conv.encode(sp, signed)
+    zero = spike_conv.zero_point(signed)
+    T = int(codes.shape[0])
+    counts = codes.sum(0, dtype=torch.int32) - zero * T
+    return codes, counts.to(torch.int16 if T < 2 ** 15 else torch.int32), codes.flatten(1).ne(zero).any(1)
 
 
 def _ann_values(ann: Graph, node: IFNode, x: np.ndarray, batch: int) -> np.ndarray:
