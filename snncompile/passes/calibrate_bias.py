@@ -200,6 +200,8 @@ def _codes(n: IFNode, sp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     counts over the window (int16 where T allows, else int32) and its active steps."""
     signed = n.spikes == "signed"
     codes = sp if sp.dtype == torch.uint8 else spike_conv.encode(sp, signed)
+    if codes.dim() == 5:  # maps: each step's channels-last, the layout the int8 kernels read
+        codes = codes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     zero = spike_conv.zero_point(signed)
     T = int(codes.shape[0])
     counts = codes.sum(0, dtype=torch.int32) - zero * T
