@@ -57,8 +57,7 @@ import torch
 from ..ir import AddNode, Graph, IFNode, WeightedNode
 from ..ir.structure import ann_macs, is_population
 from ..sim.ann import ann_forward
-from ..sim.evaluator import SpikeTrains, needed, run_window, window_batch
-from ..sim.kernels import spike_conv
+from ..sim.evaluator import SpikeTrains, needed, run_window, trains_as_codes, window_batch
 from ..sim.simulator import quantize_input
 from .requant import requantize
 
@@ -163,22 +162,21 @@ class _LayerRuns:
     """Runs of one layer on the calibration inputs, its input spike trains recorded once
     from the network before it (as it stands when this is made): each candidate of the
     layer's own parameters then costs a run of that layer alone, not of the network up to
-    it. The trains are kept as uint8 spike codes (a quarter of float32), with their counts
-    and silent steps, as the simulator takes them: its int8 convolutions read the codes as
-    they are, so a candidate's run decodes and sums nothing it was given."""
+    it. The trains are kept as the simulator's spike codes (:func:`trains_as_codes`),
+    which its int8 convolutions read as they are."""
 
     def __init__(self, graph: Graph, xq: np.ndarray, T: int, node: str):
         self.T, self.node, self.xq = T, node, xq
         self.front, self.local = _frontier(graph, node)
         self.step = window_batch(graph, T)
-        # per batch, per frontier layer: codes (T, N, *shape), counts (N, *shape), active (T,)
-        self.trains: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+        self.trains: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # per batch
         if self.front:
             want = needed(graph, sorted(self.front))
             for s in range(0, xq.shape[0], self.step):
                 r = run_window(graph, torch.as_tensor(xq[s:s + self.step]), T, nodes=want, keep_spikes=self.front,
                                keep_codes=True)
-                self.trains.append({k: _codes(graph[k], r.spikes[k]) for k in self.front})
+                self.trains.append({k: trains_as_codes(r.spikes[k], graph[k].spikes == "signed")
+                                    for k in self.front})
 
     def values(self, graph: Graph) -> np.ndarray:
         """The layer's real value per input, (N, *shape), in ``graph`` (which differs from
@@ -193,19 +191,6 @@ class _LayerRuns:
             v = (r.counts if isinstance(n, IFNode) else r.acc)[self.node].cpu().numpy()
             parts.append(v * np.broadcast_to(n.out_scale, n.shape) / self.T)
         return np.concatenate(parts)
-
-
-def _codes(n: IFNode, sp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A recorded spike train (T, N, *shape), float spikes or uint8 codes, as codes, its
-    counts over the window (int16 where T allows, else int32) and its active steps."""
-    signed = n.spikes == "signed"
-    codes = sp if sp.dtype == torch.uint8 else spike_conv.encode(sp, signed)
-    if codes.dim() == 5:  # maps: each step's channels-last, the layout the int8 kernels read
-        codes = codes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    zero = spike_conv.zero_point(signed)
-    T = int(codes.shape[0])
-    counts = codes.sum(0, dtype=torch.int32) - zero * T
-    return codes, counts.to(torch.int16 if T < 2 ** 15 else torch.int32), codes.flatten(1).ne(zero).any(1)
 
 
 def _ann_values(ann: Graph, node: IFNode, x: np.ndarray, batch: int) -> np.ndarray:

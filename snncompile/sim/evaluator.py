@@ -20,6 +20,7 @@ from ..errors import ModelError
 from ..ir.structure import ancestors
 from ..ir import (AddNode, AvgPool2dNode, ConcatNode, FlattenNode, Graph, IFNode, InputNode,
                   MaxPool2dNode, Node, PadNode, ReshapeNode, WeightedNode)
+from .kernels import spike_conv
 from .neurons import SpikeStep, integrate_and_fire, integrate_and_fire_traced, max_pool_spikes, sum_pool
 from .padding import pad_axes
 from .plan import Plan, use_fused_if
@@ -172,6 +173,20 @@ class SpikeTrains:
     counts: torch.Tensor
     active: torch.Tensor
     codes: torch.Tensor | None = None
+
+
+def trains_as_codes(spikes: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spike trains a run kept, (T, N, *shape) float spikes or uint8 codes, as what
+    :class:`SpikeTrains` takes to hand them to later runs codes only: the codes (maps
+    channels-last per step, the layout the int8 convolutions read without a copy), their
+    counts over the window (int16 where T allows, else int32; a quarter of float32 or less)
+    and the active steps."""
+    codes = spikes if spikes.dtype == torch.uint8 else spike_conv.encode(spikes, signed)
+    if codes.dim() == 5:
+        codes = codes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    zero, T = spike_conv.zero_point(signed), int(codes.shape[0])
+    counts = codes.sum(0, dtype=torch.int32) - zero * T
+    return codes, counts.to(torch.int16 if T < 2 ** 15 else torch.int32), codes.flatten(1).ne(zero).any(1)
 
 
 @dataclass
