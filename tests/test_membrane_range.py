@@ -73,3 +73,20 @@ def test_loading_refuses_a_threshold_past_the_membrane(tmp_path):
     np.savez(Path(kit.out) / "ir.npz", **arrays)
     with pytest.raises(ArtifactError, match="beyond its 15-bit membrane"):
         load_graph(kit.out)
+
+
+@pytest.mark.parametrize("target", ["sim", "netlist", "loihi"])
+def test_inspect_and_convert_apply_the_same_fit(target, tmp_path):
+    """The one list of violations that convert refuses and `inspect --target` reports
+    (targets.select.fit_violations) holds a threshold past the membrane on any target."""
+    from dataclasses import replace
+
+    from snncompile.targets.select import fit_violations, resolve_target
+
+    kit = corpus.Kit(tmp_path)
+    assert convert(kit, "sim", *PAST[2:], "--membrane-bits", "15")[0] == 0
+    g = load_graph(kit.out)
+    assert not any("membrane" in str(v) for v in fit_violations(resolve_target(target, {}), g))
+    narrowed = replace(g, nodes=[replace(n, membrane_bits=8) if n.op == "if" else n for n in g.nodes])
+    found = fit_violations(resolve_target(target, {}), narrowed)
+    assert any("in its 8-bit membrane" in str(v) for v in found), found

@@ -101,7 +101,7 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
     from ..ir.options import ConversionOptions
     from ..passes.constrain import constrain
     from ..passes.convert import convert
-    from ..targets.select import resolve_target
+    from ..targets.select import fit_violations, resolve_target
     from .compile import CompileRequest, calibrated, profiled, seed_everything
 
     backend = resolve_target(target, target_options)
@@ -122,6 +122,6 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
     data = load_npz(calib, ann.input.shape, need_labels=False) if calib else None
     scales, req = calibrated(req, fit, model, ann, data)
     g = convert(ann, scales, req.options)
-    violations = backend.check(constrain(g, req.options.weight_bits, fanin) if fanin else g)
+    violations = fit_violations(backend, constrain(g, req.options.weight_bits, fanin) if fanin else g)
     return {"target": backend.name, "line": fit.choice.line(), "profile": fit.choice.as_dict(),
             "violations": [str(v) for v in violations]}

@@ -35,15 +35,22 @@ def resolve_target(name: str, options: Mapping[str, str] | None = None) -> Backe
     return get_backend(name, options)
 
 
+def fit_violations(backend: Backend | None, graph: Graph) -> list[Violation]:
+    """Every way ``graph`` does not fit ``backend`` (``None``: the reference simulator): the
+    graph's own rule that each threshold fits its membrane, then the backend's checks."""
+    limits = backend.limits() if backend is not None else Limits()
+    violations = RULES["membrane_range"](graph, limits)
+    if backend is not None:
+        violations += [v for v in backend.check(graph) if v not in violations]
+    return violations
+
+
 def check_fit(backend: Backend | None, graph: Graph, choice: ProfileChoice | None = None) -> None:
     """Raise LimitError listing every violation of the backend's limits (and, where a
     profile chose options, what it chose). Every target, the reference simulator (``backend``
     None) included, also gets the graph's own rule that each threshold fits its membrane
     (``RULES["membrane_range"]``), so no target writes what loading would refuse."""
-    limits = backend.limits() if backend is not None else Limits()
-    violations = RULES["membrane_range"](graph, limits)
-    if backend is not None:
-        violations += [v for v in backend.check(graph) if v not in violations]
+    violations = fit_violations(backend, graph)
     if violations:
         err = LimitError(backend.name if backend is not None else SIM, violations)
         if choice is not None and (choice.chosen or choice.kept or choice.note):
