@@ -26,7 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx_file
-from ..frontend.linear import split_linear_values, split_message
+from ..frontend.linear import fold_linear_values, fold_message, split_linear_values, split_message
 from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
@@ -198,7 +198,7 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         model, self_contained = load_onnx_file(req.model)  # a large model takes a minute to load and check
         bar.update(1)
         # the same function, with the tensors of the populations that carry linear values
-        model, carried = _carry_linear_values(model)
+        model, carried = _carry_linear_values(model, req.fanin)
         relays: list[dict[str, Any]] = []
         if req.fanin is not None:  # the same function: the kept model has the relays' tensors
             model, pools = relay_pools(model, req.fanin)
@@ -360,15 +360,19 @@ def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
     return model, [{"pass": rewrite.__name__, "nodes": nodes, "message": msg}]
 
 
-def _carry_linear_values(model) -> tuple[Any, list[dict[str, Any]]]:
-    """The model with a pair of ReLU populations carrying each linear value that feeds a
-    weighted op (:mod:`..frontend.linear`; the function is unchanged), and its record."""
+def _carry_linear_values(model, fanin: int | None) -> tuple[Any, list[dict[str, Any]]]:
+    """The model with each linear value that feeds a weighted op folded into its pointwise
+    readers where they stay within ``fanin``, or else carried by a pair of ReLU populations
+    (:mod:`..frontend.linear`; the function is unchanged), and a record per pass applied."""
+    model, folded = fold_linear_values(model, fanin)
     model, values = split_linear_values(model)
-    if not values:
-        return model, []
-    msg = split_message(values)
-    log.warning(msg)
-    return model, [{"pass": split_linear_values.__name__, "nodes": values, "message": msg}]
+    records = []
+    for rewrite, names, message in ((fold_linear_values, folded, fold_message),
+                                    (split_linear_values, values, split_message)):
+        if names:
+            records.append({"pass": rewrite.__name__, "nodes": names, "message": message(names)})
+            log.warning(records[-1]["message"])
+    return model, records
 
 
 def _check_output(req: CompileRequest, training: bool, ckpt_dir: str) -> None:

@@ -26,6 +26,21 @@ A value reaching an add followed by a ReLU (ResNet's conv-BN -> add -> ReLU), or
 graph output, is already carried by a population and is left alone; a model without linear
 values is returned unchanged. It works on the ONNX model, not the IR, for the same reason as
 :mod:`.rewrite`: thresholds come from onnxruntime activations of the rewritten network.
+
+Before the split, :func:`fold_linear_values` removes the values that need no neurons at all:
+where every weighted reader of y is a pointwise convolution W (1x1, stride 1, group 1:
+MobileNetV2's expand convs and its last 1x1 conv) and y is a sum of group-1 convolutions
+(with BatchNorm) of populations and of populations themselves (the identity skips), W(y) is
+rewritten as the sum of W composed with each of those convolutions (float products, quantized
+once at conversion like any weight), each reading its population directly. A pair costs one
+more IF layer per value, each adding its own quantization and early-spike error, and on
+MobileNetV2 those compound over the blocks; folded, the network has one IF layer per ReLU6 of
+the ANN. The composed readers read the wider hidden layers (fan-in: the sum of the composed
+kernels' inputs), so under ``--fanin`` a value folds only where they stay within it.
+
+Why one module: folding and splitting are two treatments of the same linear values (the
+same detection, the same notion of population and of weighted op); the split handles what
+the fold leaves, and both must stay consistent about which values exist.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .context import attributes
+from .relay import constant_values
 
 # Ops whose output is an IF population in the IR (a ReLU or a clipped ReLU).
 _POPULATION = ("Relu", "Clip")
@@ -76,6 +92,14 @@ def split_linear_values(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
     out.graph.node.extend(nodes)
     out.graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), _MINUS_ONE))
     return out, [t for t in _topological(g, carried)]
+
+
+def fold_message(values: list[str]) -> str:
+    """The one line that says what :func:`fold_linear_values` did (never a silent change)."""
+    return (f"{len(values)} linear value(s) read only by pointwise convolutions "
+            f"({', '.join(values)}) folded into them: each reads the populations behind the value "
+            "directly, with the composed weights (no neurons for the value; the network computes "
+            "the same function)")
 
 
 def split_message(values: list[str]) -> str:
@@ -292,3 +316,167 @@ class _Emitter:
             raise _CannotNegate(y)
         self.negated[y] = out
         return out
+
+
+# --- folding a linear value into its pointwise consumers -------------------------------------
+
+@dataclass
+class _Terms:
+    """A linear value y as ``sum_k K_k(x_k) + bias``: each x_k a tensor that is not linear (a
+    population or the input), K_k a convolution of group 1 (``kernel``, ``attrs``) or, for an
+    identity term, a per-channel factor (``kernel`` of shape (M,), no attrs)."""
+
+    terms: list[tuple[str, np.ndarray, dict]]
+    bias: np.ndarray
+
+
+def _conv_attrs_plain(a: dict) -> bool:
+    """A convolution that is 1x1, stride 1, unpadded, undilated, of group 1: a matrix per
+    position, so that it composes with any convolution before it."""
+    return (a.get("group", 1) == 1 and all(s == 1 for s in a.get("strides", [1]))
+            and not any(a.get("pads", [0])) and all(d == 1 for d in a.get("dilations", [1]))
+            and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
+
+
+@dataclass
+class _Folder:
+    """Decomposes linear values into terms and composes pointwise consumers with them."""
+
+    consts: set[str]
+    init: dict[str, np.ndarray]
+    producer: dict[str, onnx.NodeProto]
+    linear: dict[str, bool]
+    new_init: list[onnx.TensorProto] = field(default_factory=list)  # the composed weights
+
+    def terms(self, y: str, channels: int) -> _Terms | None:
+        """y as terms, or None where an op between y and the populations is not a group-1
+        convolution, a BatchNorm after one, or an add of activations."""
+        n = self.producer.get(y)
+        if not self.linear.get(y, False):
+            return _Terms([(y, np.ones(channels), {})], np.zeros(channels))
+        if n is None:
+            return None
+        a = attributes(n)
+        if n.op_type == "Conv" and _is_weighted(n, self.consts) and n.input[1] in self.init \
+                and a.get("group", 1) == 1 and not self.linear.get(n.input[0], False) \
+                and (len(n.input) < 3 or not n.input[2] or n.input[2] in self.init):
+            k = self.init[n.input[1]].astype(np.float64)
+            b = self.init[n.input[2]].astype(np.float64) if len(n.input) > 2 and n.input[2] else np.zeros(len(k))
+            return _Terms([(n.input[0], k, a)], b)
+        if n.op_type == "BatchNormalization" and all(t in self.init for t in n.input[1:5]):
+            inner = self.terms(n.input[0], channels)
+            if inner is None:
+                return None
+            gamma, beta, mean, var = (self.init[t].astype(np.float64) for t in n.input[1:5])
+            s = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+            scale = lambda k: k * s.reshape((-1,) + (1,) * (k.ndim - 1))  # noqa: E731
+            return _Terms([(x, scale(k), at) for x, k, at in inner.terms], inner.bias * s + beta - mean * s)
+        if _is_act_add(n, self.consts):
+            parts = [self.terms(t, channels) for t in n.input if t]
+            if any(p is None for p in parts):
+                return None
+            return _Terms([t for p in parts for t in p.terms], sum(p.bias for p in parts))
+        return None
+
+    def compose(self, w: onnx.NodeProto, y: _Terms) -> list[onnx.NodeProto]:
+        """Nodes computing the pointwise conv ``w`` of the value ``y``: one convolution per
+        term (``w`` composed with the term's convolution; the bias on the first) and their Sum
+        under ``w``'s output name."""
+        out = w.output[0]
+        wm = self.init[w.input[1]].astype(np.float64)[:, :, 0, 0]
+        bias = wm @ y.bias + (self.init[w.input[2]] if len(w.input) > 2 and w.input[2] else 0)
+        nodes, outs = [], []
+        for i, (x, k, a) in enumerate(y.terms):
+            if k.ndim == 1:  # identity term: a 1x1 conv with the columns scaled
+                kernel, attrs = (wm * k)[:, :, None, None], {}
+            else:
+                kernel, attrs = np.einsum("om,mikl->oikl", wm, k), a
+            name = out if len(y.terms) == 1 else f"{out}#term{i}"
+            ins = [x, f"{name}#w"]
+            self.new_init.append(numpy_helper.from_array(kernel.astype(np.float32), ins[1]))
+            if i == 0:
+                ins.append(f"{name}#b")
+                self.new_init.append(numpy_helper.from_array(np.asarray(bias, np.float32), ins[2]))
+            nodes.append(helper.make_node("Conv", ins, [name], name=name, **attrs))
+            outs.append(name)
+        if len(outs) > 1:
+            nodes.append(helper.make_node("Sum", outs, [out], name=out))
+        return nodes
+
+    def fanin(self, y: _Terms) -> int:
+        return sum(len(k) if k.ndim == 1 else int(np.prod(k.shape[1:])) for _, k, _ in y.terms)
+
+
+def fold_linear_values(model: onnx.ModelProto, fanin: int | None = None
+                       ) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` in which each linear value whose weighted readers are all pointwise
+    convolutions (1x1, stride 1, group 1: MobileNetV2's expand and head convs) is no longer
+    computed: each reader is composed with the convolutions that make the value (float
+    products, quantized once later) and reads the populations behind it directly, and the
+    names of those values (the model is returned unchanged when there is none). Where
+    ``fanin`` is given, a value is folded only if every composed reader stays within it; a
+    value that an add of a carried, unfolded value reads is not folded either (that add's
+    pair would read the value's convolutions instead of its pair)."""
+    g = model.graph
+    consts = _constants(g) | {_MINUS_ONE}
+    carried = _linear_values(g, consts, set())
+    if not carried:
+        return model, []
+    init = constant_values(model)
+    producer = {o: n for n in g.node for o in n.output if o}
+    linear: dict[str, bool] = {}
+    for n in g.node:  # the same rule as _linear_values, without the carriers
+        ins = _acts(n, consts)
+        lin = bool(ins) and n.op_type not in _POPULATION and (
+            _is_weighted(n, consts) or any(linear.get(t, False) for t in ins))
+        linear.update({o: lin for o in n.output if o})
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in _acts(n, consts):
+            readers.setdefault(t, []).append(n)
+    f = _Folder(consts, init, producer, linear)
+    plan: dict[str, tuple[onnx.NodeProto, _Terms]] = {}  # reader's output -> (reader, y's terms)
+    folded = []
+    for y in reversed(_topological(g, carried)):  # an add after y decides first
+        if any(_is_act_add(r, consts) and r.output[0] in carried and r.output[0] not in folded
+               for r in readers[y]):
+            continue  # the add's pair reads y's pair: folding y would only widen it
+        ws = [r for r in readers[y] if _is_weighted(r, consts)]
+        channels = {len(init[w.input[1]][0]) if w.input[1] in init else -1 for w in ws}
+        ok = all(w.op_type == "Conv" and w.input[1] in init and init[w.input[1]].shape[2:] == (1, 1)
+                 and _conv_attrs_plain(attributes(w))
+                 and (len(w.input) < 3 or not w.input[2] or w.input[2] in init)
+                 and not any(r.op_type == "BatchNormalization" for r in readers.get(w.output[0], []))
+                 for w in ws) and len(channels) == 1
+        terms = f.terms(y, channels.pop()) if ok else None
+        if terms is None or (fanin is not None and f.fanin(terms) > fanin):
+            continue
+        plan.update({w.output[0]: (w, terms) for w in ws})
+        folded.append(y)
+    if not folded:
+        return model, []
+    folded = [y for y in _topological(g, carried) if y in folded]
+    nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        nodes += f.compose(*plan[n.output[0]]) if n.output and n.output[0] in plan else [n]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(_live(nodes, {o.name for o in g.output}))
+    out.graph.initializer.extend(f.new_init)
+    used = {t for n in out.graph.node for t in n.input}
+    kept = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out, folded
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose outputs nothing reads (in order)."""
+    needed = set(outputs)
+    keep = []
+    for n in reversed(nodes):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(t for t in n.input if t)
+    return keep[::-1]

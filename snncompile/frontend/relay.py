@@ -29,13 +29,17 @@ PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
 WEIGHTED = ("Gemm", "MatMul", "Conv")
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The values of the model's initializers, Constant nodes and Identity copies of those
+    (an exporter's way of sharing one weight between layers)."""
     vals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute:
             a = n.attribute[0]
             if a.name == "value":
                 vals[n.output[0]] = numpy_helper.to_array(a.t)
+        elif n.op_type == "Identity" and n.input and n.input[0] in vals:
+            vals[n.output[0]] = vals[n.input[0]]
     return vals
 
 
@@ -119,7 +123,7 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
         inferred = model
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    consts = _constants(model)
+    consts = constant_values(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
