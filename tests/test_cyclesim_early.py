@@ -89,7 +89,7 @@ def test_the_bound_on_the_ann_never_exceeds_the_mapper_on_the_snn(which, tmp_pat
     assert r.exit_code == 0, r.output
     snn = load_graph(kit.out)
     from snncompile.app.compile import _carry_linear_values  # the graph check_early is given
-    carried, rewrites = _carry_linear_values(onnx.load(model))
+    carried, rewrites = _carry_linear_values(onnx.load(model), None)  # as convert, no --fanin
     assert bool(rewrites) == (which == "residual")
     ann = import_onnx(carried).graph
     for opts in ({}, {"neurons_per_core": "1"}, {"neurons_per_core": "3"}, {"neurons_per_core": "7"},
