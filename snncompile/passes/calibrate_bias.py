@@ -42,11 +42,22 @@ cannot take back, the transient before a membrane settles. Two corrections of Li
   calibrations the one whose outputs are closer to the ANN's on the calibration inputs
   is kept: still no labels.
 
+* **Weights refitted on the SNN's own spikes.** Where layers are driven by small-fan-in
+  weighted nodes from other layers' spikes (depthwise-separable networks), the two
+  calibrations are also made on the network whose weights
+  :mod:`.calibrate_weights` refitted layer by layer (Li et al.'s weight calibration, by
+  least squares), and the one of the four whose outputs are closest is kept.
+
 No labels, no gradients: a few simulations per layer. Thresholds and biases are float
 parameters from which every integer is re-derived by the conversion's own quantization
 (:func:`.requant.requantize`); the initial membrane's correction is kept as its offset from
 the default, in thresholds, so requantization keeps it too. The corrections are made for
 one window T: the same integers still run at any window, but fit that T best.
+
+Why one module: the corrections share the runs of one layer alone on its recorded input
+(:class:`_LayerRuns`), the order in which layers are calibrated, and the choice among the
+calibrations by the outputs' error; the per-layer weight fit itself lives in
+:mod:`.calibrate_weights`.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from ..ir.structure import ann_macs, is_population
 from ..sim.ann import ann_forward
 from ..sim.evaluator import SpikeTrains, needed, run_window, trains_as_codes, window_batch
 from ..sim.simulator import quantize_input
+from .calibrate_weights import refit_layer, refittable_layers
 from .requant import requantize
 
 # Reference-simulator work (multiply-accumulates x time steps) the calibration spends by
@@ -177,6 +189,10 @@ class _LayerRuns:
                                keep_codes=True)
                 self.trains.append({k: trains_as_codes(r.spikes[k], graph[k].spikes == "signed")
                                     for k in self.front})
+
+    def counts(self, name: str) -> torch.Tensor:
+        """The recorded spike counts of frontier layer ``name`` over the window, (N, *shape)."""
+        return torch.cat([t[name][1] for t in self.trains])
 
     def values(self, graph: Graph) -> np.ndarray:
         """The layer's real value per input, (N, *shape), in ``graph`` (which differs from
@@ -324,7 +340,8 @@ def _with_bias(g: Graph, holder: str, err: np.ndarray, reuse: frozenset[str] = f
 
 def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
                      outputs: bool = True, batch_size: int = 256, thresholds: bool = True,
-                     potential: bool | None = None, search: bool = True) -> tuple[Graph, dict[str, float]]:
+                     potential: bool | None = None, search: bool = True,
+                     weights: bool = True) -> tuple[Graph, dict[str, float]]:
     """The converted graph ``snn`` calibrated against the float graph ``ann`` on inputs
     ``x`` (no labels) at ``timesteps`` (default the graph's T): with ``thresholds``, each
     IF layer's scale fitted to T (:func:`fit_thresholds`); then each spiking layer's (and,
@@ -334,6 +351,10 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     ``search`` (and ``thresholds``), the same calibration is also made with each IF layer's scale searched on
     the converted network's own input (:func:`_search_scale`), and the one of the two whose
     outputs are closer to the ANN's on ``x`` (squared error; ties: the plain one) is kept.
+    With ``weights`` (and ``search`` and ``thresholds``), both are also made on the network
+    whose weights were refitted on its own spikes (:func:`_refit_weights`), where it has a
+    layer to refit and :data:`CALIBRATION_WORK` pays for twice the work on ``x``, and of the
+    four the one with the closest outputs is kept.
 
     Returns the new graph and, per corrected layer, the mean absolute error before its
     correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
@@ -346,7 +367,10 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     plain = _calibrate(g, ann, x, T, outputs, batch_size, potential, False)
     if not (search and thresholds):  # scales stay as they are without ``thresholds``
         return plain
-    searched = _calibrate(g, ann, x, T, outputs, batch_size, potential, True)
+    candidates = [plain, _calibrate(g, ann, x, T, outputs, batch_size, potential, True)]
+    if weights and refittable_layers(g) and x.shape[0] * 2 * calibration_cost(ann, T) <= CALIBRATION_WORK:
+        refitted = _refit_weights(g, ann, x, T, batch_size)
+        candidates += [_calibrate(refitted, ann, x, T, outputs, batch_size, potential, s) for s in (False, True)]
     ref = [np.concatenate([ann_forward(ann, x[s:s + batch_size], return_all=True)[o].numpy()
                            for s in range(0, x.shape[0], batch_size)]).reshape(x.shape[0], -1) for o in g.outputs]
     xq = quantize_input(g, x)
@@ -358,7 +382,19 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
                * np.broadcast_to(c[o].out_scale, c[o].shape).reshape(1, -1) / T for o in c.outputs]
         return float(np.mean([((a - r) ** 2).mean() for a, r in zip(out, ref)]))
 
-    return searched if error(searched[0]) < error(plain[0]) else plain
+    errors = [error(c[0]) for c in candidates]
+    return candidates[int(np.argmin(errors))]  # the first of equals: plain before searched
+
+
+def _refit_weights(g: Graph, ann: Graph, x: np.ndarray, T: int, batch_size: int) -> Graph:
+    """``g`` with the weights of each of :func:`.calibrate_weights.refittable_layers`
+    refitted on its own input spikes (:func:`.calibrate_weights.refit_layer`), from the
+    first to the last, each on the spikes of the layers refitted before it."""
+    xq = quantize_input(g, x)
+    gen = np.random.default_rng(0)
+    for name in refittable_layers(g):
+        g = refit_layer(g, ann, x, _LayerRuns(g, xq, T, name), batch_size, gen)
+    return g
 
 
 def _calibrate(g: Graph, ann: Graph, x: np.ndarray, T: int, outputs: bool, batch_size: int,
