@@ -330,3 +330,22 @@ def test_weight_calibration_brings_the_outputs_closer_at_small_t(nets, digits):
     assert all(np.abs(n.weight_int).max() <= 127 for n in refitted.nodes if isinstance(n, WeightedNode))
     assert _logit_error(refitted, ann, xt, 4) < 0.9 * _logit_error(plain, ann, xt, 4)
     assert _agreement(refitted, ann, xt, 4) >= _agreement(plain, ann, xt, 4)
+
+
+def test_weight_refit_keeps_pruned_weights_zero(nets, digits):
+    """Under --fanin the calibration runs on the pruned network: the refit changes only the
+    weights there are, so every fan-in stays within the limit."""
+    from snncompile.passes.constrain import constrain
+    from snncompile.passes.calibrate_weights import refittable_layers
+    from snncompile.passes.calibrate_bias import _refit_weights
+
+    ann, snn, xc, _ = _converted(nets, digits, "separable", timesteps=4)
+    pruned = constrain(snn, 16, 8)  # the pointwise layers (12 and 24 inputs) lose weights
+    refitted = _refit_weights(fit_thresholds(pruned, ann, xc), ann, xc[:100], 4, 256)
+    changed = 0
+    for name in refittable_layers(pruned):
+        w = pruned[pruned[name].inputs[0]].name
+        before, after = np.asarray(pruned[w].weight), np.asarray(refitted[w].weight)
+        assert np.all(after[before == 0] == 0)
+        changed += int(np.any(after != before))
+    assert changed == 4

@@ -20,7 +20,8 @@ regularised towards the current weights. No labels, no gradients through time.
 
 Only nodes whose fan-in is at most :data:`MAX_FANIN` weights per output are refitted (a
 least-squares system per output neuron); the zoo's depthwise-separable layers (9 and 16-64)
-are, a ResNet's 3x3 convolutions over 64 channels (576) are not. :func:`.calibrate_bias.
+are, a ResNet's 3x3 convolutions over 64 channels (576) are not. A weight that is zero (one a
+``--fanin`` limit pruned) stays zero. :func:`.calibrate_bias.
 calibrate_biases` calibrates the refitted network too and keeps it only where its outputs
 are closer to the ANN's on the calibration inputs. Float weights change; every integer is
 derived again from them by the conversion's own quantization (``--bits`` holds).
@@ -101,16 +102,21 @@ def _refit(node, x: torch.Tensor, target: torch.Tensor, active: torch.Tensor,
         cols = cols if pick is None else cols[pick]
         cols = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1)
         for o in range(gi * cout, (gi + 1) * cout):
-            a = cols[keep[:, o]]
+            flat = torch.cat([w0[o].reshape(-1), b0[o:o + 1]])
+            # only the weights there are: a zero (pruned by --fanin) stays zero
+            idx = torch.nonzero(flat != 0).reshape(-1)
+            idx = torch.cat([idx[idx < len(flat) - 1], torch.tensor([len(flat) - 1])])
+            a = cols[keep[:, o]][:, idx]
             if len(a) <= a.shape[1]:  # too few active rows to say anything
                 continue
             gram = a.T @ a
-            ridge = RIDGE * float(gram.diagonal()[:-1].mean()) + 1e-12
-            prior = torch.cat([w0[o].reshape(-1), b0[o:o + 1]])
+            ridge = RIDGE * float(gram.diagonal()[:-1].mean() if len(gram) > 1 else 1.0) + 1e-12
             sol = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype),
-                                     a.T @ z[keep[:, o], o] + ridge * prior)
-            w[o] = sol[:-1].reshape(w0[o].shape)
-            b[o] = sol[-1]
+                                     a.T @ z[keep[:, o], o] + ridge * flat[idx])
+            new = torch.zeros_like(flat)
+            new[idx] = sol
+            w[o] = new[:-1].reshape(w0[o].shape)
+            b[o] = new[-1]
     return w.numpy().astype(np.float32), b.numpy().astype(np.float32)
 
 
