@@ -199,8 +199,8 @@ def main(verbose: bool) -> None:
                    "each layer's is chosen on --val from 97..99.99 as tuning converts it.")
 @click.option("--calibrate-bias/--no-calibrate-bias", default=True, show_default=True,
               help="Fit thresholds to T and take back each spiking layer's mean rate error (initial "
-                   "membrane or bias), on --calib alone (no labels), or without --calib on the "
-                   "synthetic inputs.")
+                   "membrane or bias), trying small-fan-in layers' weights refitted on the SNN's own "
+                   "spikes, on --calib alone (no labels), or without --calib on the synthetic inputs.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=click.IntRange(2, 24),
               help="Signed integer weight width (per-layer symmetric).")
 @click.option("--weight-exp", default=0, show_default=True, type=click.IntRange(0, 8),
