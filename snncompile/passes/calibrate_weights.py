@@ -87,8 +87,9 @@ def _refit(node, x: torch.Tensor, target: torch.Tensor, active: torch.Tensor,
            gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Node ``node``'s float weight and bias refitted to ``target`` on inputs ``x``, per
     output neuron on its ``active`` rows (see the module docstring)."""
-    w0 = torch.as_tensor(node.weight, dtype=torch.float64)
-    b0 = torch.zeros(w0.shape[0], dtype=torch.float64) if node.bias is None else torch.as_tensor(node.bias, dtype=torch.float64)
+    w0 = torch.tensor(np.asarray(node.weight, np.float64))
+    b0 = (torch.zeros(w0.shape[0], dtype=torch.float64) if node.bias is None
+          else torch.tensor(np.asarray(node.bias, np.float64)))
     groups = node.groups if isinstance(node, Conv2dNode) else 1
     cin, cout = w0.shape[1], w0.shape[0] // groups
     z, keep = _rows(target), _rows(active)
@@ -138,8 +139,8 @@ def refit_layer(g: Graph, ann: Graph, x: np.ndarray, runs, batch_size: int = 256
                    for s in range(0, x.shape[0], batch_size)]).to(torch.float64)
     lam = torch.as_tensor(np.broadcast_to(np.asarray(node.lam, np.float64).reshape(-1), (z.shape[1],)).copy())
     lam = lam.reshape((1, -1) + (1,) * (z.dim() - 2))
-    w0 = torch.as_tensor(wnode.weight, dtype=torch.float64)
-    b0 = None if wnode.bias is None else torch.as_tensor(wnode.bias, dtype=torch.float64)
+    w0 = torch.tensor(np.asarray(wnode.weight, np.float64))
+    b0 = None if wnode.bias is None else torch.tensor(np.asarray(wnode.bias, np.float64))
     pre = _forward(wnode, rin, w0, b0)
     ann_act = torch.minimum(z.clamp(min=0), lam)
     w, b = _refit(wnode, rin, pre + (ann_act - rate), (pre > 0) | (ann_act > 0),
