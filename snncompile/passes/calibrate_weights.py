@@ -63,8 +63,9 @@ def refittable_layers(g: Graph) -> list[str]:
     return out
 
 
-def _columns(node, x: torch.Tensor) -> torch.Tensor:
-    """(N, Cin[, H, W]) inputs of one group as (rows, fan-in), one row per output element."""
+def input_columns(node, x: torch.Tensor) -> torch.Tensor:
+    """(N, Cin[, H, W]) inputs of one group as (rows, fan-in), one row per output element, in
+    the weight's flattened order: what a least-squares fit of the node's weights reads."""
     if isinstance(node, DenseNode):
         return x.reshape(len(x), -1)
     u = F.unfold(pad2d(x.contiguous(), node.padding), node.weight.shape[2:], dilation=node.dilation,
@@ -72,8 +73,8 @@ def _columns(node, x: torch.Tensor) -> torch.Tensor:
     return u.transpose(1, 2).reshape(-1, u.shape[1])
 
 
-def _rows(z: torch.Tensor) -> torch.Tensor:
-    """(N, C[, H, W]) as (rows, C), rows in :func:`_columns`' order."""
+def output_rows(z: torch.Tensor) -> torch.Tensor:
+    """(N, C[, H, W]) as (rows, C), rows in :func:`input_columns`' order."""
     return z.reshape(len(z), z.shape[1], -1).transpose(1, 2).reshape(-1, z.shape[1]) if z.dim() > 2 else z
 
 
@@ -92,14 +93,14 @@ def _refit(node, x: torch.Tensor, target: torch.Tensor, active: torch.Tensor,
           else torch.tensor(np.asarray(node.bias, np.float64)))
     groups = node.groups if isinstance(node, Conv2dNode) else 1
     cin, cout = w0.shape[1], w0.shape[0] // groups
-    z, keep = _rows(target), _rows(active)
+    z, keep = output_rows(target), output_rows(active)
     pick = None
     if len(z) > MAX_ROWS:
         pick = torch.as_tensor(np.sort(gen.choice(len(z), MAX_ROWS, replace=False)))
         z, keep = z[pick], keep[pick]
     w, b = w0.clone(), b0.clone()
     for gi in range(groups):
-        cols = _columns(node, x[:, gi * cin:(gi + 1) * cin] if x.dim() > 2 else x)
+        cols = input_columns(node, x[:, gi * cin:(gi + 1) * cin] if x.dim() > 2 else x)
         cols = cols if pick is None else cols[pick]
         cols = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1)
         for o in range(gi * cout, (gi + 1) * cout):

@@ -24,8 +24,8 @@ import torch
 
 from ..ir import Conv2dNode, DenseNode
 from ..ir.structure import op_fanin
+from ..passes.calibrate_weights import input_columns, output_rows
 from ..passes.constrain import FANIN_MODES
-from ..sim.padding import pad2d
 from .model import TandemNet
 from .options import TrainOptions
 
@@ -73,8 +73,8 @@ def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int
     explained: dict[str, float] = {}
     for name in fit:
         inputs = [_values(net, x[i:i + batch_size])[net.base[name].inputs[0]] for i in range(0, len(x), batch_size)]
-        cols = torch.cat([_columns(net.base[name], v) for v in inputs]).double().cpu()
-        z = torch.cat([_rows(t) for t in target[name]]).double().cpu()
+        cols = torch.cat([input_columns(net.base[name], v) for v in inputs]).double().cpu()
+        z = torch.cat([output_rows(t) for t in target[name]]).double().cpu()
         if len(cols) > MAX_ROWS:
             keep = torch.as_tensor(np.sort(gen.choice(len(cols), MAX_ROWS, replace=False)))
             cols, z = cols[keep], z[keep]
@@ -98,21 +98,6 @@ def impose_due_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Te
 
 def _values(net: TandemNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return net._values(x)[1]
-
-
-def _columns(node, x: torch.Tensor) -> torch.Tensor:
-    """The inputs each output element of ``node`` reads, one row per (sample, position):
-    (rows, fan-in) in the weight's flattened order."""
-    if isinstance(node, DenseNode):
-        return x.reshape(len(x), -1)
-    xp = pad2d(x.contiguous(), node.padding)
-    u = torch.nn.functional.unfold(xp, node.weight.shape[2:], dilation=node.dilation, stride=node.stride)
-    return u.transpose(1, 2).reshape(-1, u.shape[1])
-
-
-def _rows(z: torch.Tensor) -> torch.Tensor:
-    """Pre-activations (N, C[, H, W]) as (rows, C), rows in :func:`_columns`' order."""
-    return z.reshape(len(z), z.shape[1], -1).transpose(1, 2).reshape(-1, z.shape[1]) if z.dim() > 2 else z
 
 
 def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> float:
