@@ -26,7 +26,7 @@ from ..calibrate.timesteps import TimestepSearch
 from ..data import Dataset, load_npz
 from ..errors import DataError, ModelError, UsageError
 from ..frontend import import_onnx, load_onnx_file
-from ..frontend.linear import fold_linear_values, fold_message, split_linear_values, split_message
+from ..frontend.linear import carry_linear_values
 from ..frontend.relay import relay_message, relay_pools
 from ..frontend.rewrite import MAXPOOL_CHOICES, maxpool_to_avgpool, maxpool_to_conv
 from ..ir import Graph, IFNode
@@ -361,17 +361,11 @@ def _rewrite(model, maxpool: str) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def _carry_linear_values(model, fanin: int | None) -> tuple[Any, list[dict[str, Any]]]:
-    """The model with each linear value that feeds a weighted op folded into its pointwise
-    readers where they stay within ``fanin``, or else carried by a pair of ReLU populations
-    (:mod:`..frontend.linear`; the function is unchanged), and a record per pass applied."""
-    model, folded = fold_linear_values(model, fanin)
-    model, values = split_linear_values(model)
-    records = []
-    for rewrite, names, message in ((fold_linear_values, folded, fold_message),
-                                    (split_linear_values, values, split_message)):
-        if names:
-            records.append({"pass": rewrite.__name__, "nodes": names, "message": message(names)})
-            log.warning(records[-1]["message"])
+    """:func:`..frontend.linear.carry_linear_values`, each record's line printed (never a
+    silent change)."""
+    model, records = carry_linear_values(model, fanin)
+    for record in records:
+        log.warning(record["message"])
     return model, records
 
 

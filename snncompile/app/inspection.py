@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UnsupportedOpError
 from ..frontend import import_onnx, load_onnx
-from ..frontend.linear import fold_linear_values, fold_message, split_linear_values, split_message
+from ..frontend.linear import carry_linear_values
 from ..frontend.relay import relay_pools
 from ..ir import Graph, IFNode, ReluNode, WeightedNode
 from ..ir.structure import ann_macs, op_fanin, populations, weight_bits
@@ -22,8 +22,7 @@ from ..ir.structure import ann_macs, op_fanin, populations, weight_bits
 
 def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
     """A JSON-able description of the model as snncompile will convert it."""
-    model, folded = fold_linear_values(load_onnx(path))  # as convert imports it
-    model, values = split_linear_values(model)
+    model, carried = carry_linear_values(load_onnx(path))  # as convert imports it
     try:
         res = import_onnx(model, output=output)
     except UnsupportedOpError as e:
@@ -39,8 +38,7 @@ def inspect_model(path: str, output: str | None = None) -> dict[str, Any]:
         layers.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "shape": list(n.shape),
                        "params": params, "fanin": fanin.get(n.name), "macs": macs})
     return {"model": path, "convertible": True, "problems": [], "layers": layers,
-            "warnings": ([fold_message(folded)] if folded else []) + ([split_message(values)] if values else [])
-            + list(res.warnings), "params": sum(r["params"] for r in layers),
+            "warnings": [r["message"] for r in carried] + list(res.warnings), "params": sum(r["params"] for r in layers),
             "ann_macs": ann_macs(g), "if_layers": sum(isinstance(n, ReluNode) for n in g.nodes),
             "input": {"name": res.input_name, "shape": list(g.input.shape)},
             "output": res.output_name}
@@ -117,7 +115,7 @@ def inspect_target(path: str, target: str, target_options: dict[str, str] | None
     req, fit = profiled(req, backend)
     req.options.check()
     seed_everything(req.seed)
-    model = split_linear_values(fold_linear_values(load_onnx(path), fanin)[0])[0]  # as convert imports it
+    model = carry_linear_values(load_onnx(path), fanin)[0]  # as convert imports it
     if fanin is not None:  # as convert adds them
         model = relay_pools(model, fanin)[0]
     ann = import_onnx(model, output=output).graph

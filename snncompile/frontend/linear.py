@@ -46,6 +46,7 @@ the fold leaves, and both must stay consistent about which values exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -107,6 +108,20 @@ def split_message(values: list[str]) -> str:
     return (f"{len(values)} linear value(s) feeding a weighted op with no ReLU between "
             f"({', '.join(values)}) each carried by two ReLU populations, relu(y) and relu(-y) "
             "(MobileNetV2's linear bottleneck; the network computes the same function)")
+
+
+def carry_linear_values(model: onnx.ModelProto, fanin: int | None = None
+                        ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """The model as convert imports it: each linear value that feeds a weighted op folded into
+    its pointwise readers where they stay within ``fanin`` (:func:`fold_linear_values`), the
+    rest carried by pairs (:func:`split_linear_values`); the function is unchanged. One record
+    per pass applied (``pass``, ``nodes``, ``message``), in order, for compile.json."""
+    model, folded = fold_linear_values(model, fanin)
+    model, values = split_linear_values(model)
+    return model, [{"pass": rewrite.__name__, "nodes": names, "message": message(names)}
+                   for rewrite, names, message in ((fold_linear_values, folded, fold_message),
+                                                   (split_linear_values, values, split_message))
+                   if names]
 
 
 def _constants(g: onnx.GraphProto) -> set[str]:
