@@ -143,7 +143,7 @@ def test_bias_calibration_closes_most_of_the_gap_at_small_t(nets, digits):
     fixed, record = calibrate_biases(snn, ann, xc)
     calibrated = _agreement(fixed, ann, xt, 8)
     assert calibrated - plain >= 0.5 * (1.0 - plain), (plain, calibrated)
-    assert set(record) >= {n.name for n in snn.nodes if isinstance(n, IFNode)}
+    assert set(record.layers) >= {n.name for n in snn.nodes if isinstance(n, IFNode)}
 
 
 def test_bias_calibration_changes_float_biases_only_and_stays_requantizable(nets, digits):
@@ -169,7 +169,7 @@ def test_bias_calibration_reduces_each_layers_mean_error(nets, digits):
     fixed, _ = calibrate_biases(snn, ann, xc)
     _, after = calibrate_biases(fixed, ann, xc, thresholds=False)
     first = next(n.name for n in snn.nodes if isinstance(n, IFNode))
-    assert after[first] < before[first]
+    assert after.layers[first] < before.layers[first]
 
 
 def test_convert_calibrates_biases_by_default_and_records_it(nets, digits, tmp_path):
@@ -185,6 +185,8 @@ def test_convert_calibrates_biases_by_default_and_records_it(nets, digits, tmp_p
         infos[flag] = json.loads((out / "compile.json").read_text())
     rec = infos[True]["bias_calibration"]
     assert rec["timesteps"] == 8 and rec["samples"] == len(xc) and rec["layers"]
+    assert rec["kept"] in rec["output_errors"]
+    assert rec["output_errors"][rec["kept"]] == min(rec["output_errors"].values())
     assert "bias_calibration" not in infos[False]
 
 
@@ -253,7 +255,7 @@ def test_zero_initial_membrane_stays_zero(nets, digits):
     """--v-init zero (what NIR needs) takes the correction in the biases."""
     ann, snn, xc, _ = _converted(nets, digits, "separable", norm="channel", timesteps=8, v_init="zero")
     fixed, record = calibrate_biases(snn, ann, xc)
-    assert record
+    assert record.layers
     for a, b in zip(snn.nodes, fixed.nodes):
         if isinstance(a, IFNode):
             assert not np.any(b.v_init)
@@ -323,8 +325,11 @@ def test_weight_calibration_brings_the_outputs_closer_at_small_t(nets, digits):
     the test outputs of the depthwise-separable network closer to the ANN's at T = 4 than
     without it, with weights that differ from the ANN's and integers within --bits."""
     ann, snn, xc, xt = _converted(nets, digits, "separable", timesteps=4, weight_bits=8)
-    refitted, _ = calibrate_biases(snn, ann, xc)
-    plain, _ = calibrate_biases(snn, ann, xc, weights=False)
+    refitted, record = calibrate_biases(snn, ann, xc)
+    plain, plain_record = calibrate_biases(snn, ann, xc, weights=False)
+    assert record.kept.startswith("refitted") and set(record.output_errors) == {
+        "fitted", "searched", "refitted", "refitted+searched"}
+    assert plain_record.kept in ("fitted", "searched") and set(plain_record.output_errors) == {"fitted", "searched"}
     assert any(not np.allclose(a.weight, b.weight) for a, b in zip(refitted.nodes, plain.nodes)
                if isinstance(a, WeightedNode))
     assert all(np.abs(n.weight_int).max() <= 127 for n in refitted.nodes if isinstance(n, WeightedNode))

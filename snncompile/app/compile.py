@@ -295,6 +295,10 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         if calibrating:
             snn, bias_record = calibrate_biases(snn, ann, xb)
         req = replace(req, options=replace(req.options, timesteps=final.chosen))
+    if bias_record is not None and len(bias_record.output_errors) > 1:
+        log.info(f"calibration at T = {snn.timesteps}: kept '{bias_record.kept}' of "
+                 + ", ".join(f"{k} ({v:.3g})" for k, v in bias_record.output_errors.items())
+                 + " (squared error of the outputs against the ANN's on the calibration inputs)")
     check_fit(backend, snn, choice)  # every violation at once, before anything is written
     info = {
         "source": os.path.abspath(req.model), "target": req.target,
@@ -310,7 +314,8 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
         "convert_seconds": round(time.perf_counter() - t0, 3),
     }
     if bias_record is not None:
-        info["bias_calibration"] = {"timesteps": snn.timesteps, "layers": bias_record,
+        info["bias_calibration"] = {"timesteps": snn.timesteps, "layers": bias_record.layers,
+                                    "kept": bias_record.kept, "output_errors": bias_record.output_errors,
                                     "samples": int(len(bias_x)), "synthetic": calib_data is None}
     if tuning is not None:
         info["tuning"] = tuning

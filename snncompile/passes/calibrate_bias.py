@@ -62,6 +62,8 @@ calibrations by the outputs' error; the per-layer weight fit itself lives in
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -338,10 +340,26 @@ def _with_bias(g: Graph, holder: str, err: np.ndarray, reuse: frozenset[str] = f
     return requantize(c, reuse=reuse)
 
 
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What :func:`calibrate_biases` did, for compile.json: per corrected layer its mean
+    absolute error before the correction (relative to the layer's scale); which of the
+    calibrations was kept (``fitted``: thresholds fitted to T, then the mean corrections;
+    ``searched``: scales searched on the SNN's own input; ``refitted`` and
+    ``refitted+searched``: the same on the network whose weights were refitted; ``means``:
+    the mean corrections alone, without ``thresholds``); and each candidate's squared error
+    of the outputs against the ANN's on the calibration inputs, by which it was chosen
+    (empty where there was one candidate)."""
+
+    layers: dict[str, float]
+    kept: str
+    output_errors: dict[str, float] = field(default_factory=dict)
+
+
 def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None = None,
                      outputs: bool = True, batch_size: int = 256, thresholds: bool = True,
                      potential: bool | None = None, search: bool = True,
-                     weights: bool = True) -> tuple[Graph, dict[str, float]]:
+                     weights: bool = True) -> tuple[Graph, CalibrationRecord]:
     """The converted graph ``snn`` calibrated against the float graph ``ann`` on inputs
     ``x`` (no labels) at ``timesteps`` (default the graph's T): with ``thresholds``, each
     IF layer's scale fitted to T (:func:`fit_thresholds`); then each spiking layer's (and,
@@ -356,21 +374,23 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
     layer to refit and :data:`CALIBRATION_WORK` pays for twice the work on ``x``, and of the
     four the one with the closest outputs is kept.
 
-    Returns the new graph and, per corrected layer, the mean absolute error before its
-    correction, relative to the layer's mean scale (ANN output magnitude for outputs), for
-    the record. Without ``potential``, layers whose input is not driven by a weighted node
+    Returns the new graph and its :class:`CalibrationRecord`: per corrected layer the mean
+    absolute error before its correction, relative to the layer's mean scale (ANN output
+    magnitude for outputs), and which calibration was kept. Without ``potential``, layers whose input is not driven by a weighted node
     of their own are left as they are."""
     T = int(timesteps or snn.timesteps)
     if potential is None:
         potential = snn.conversion is None or snn.conversion.v_init != "zero"
     g = fit_thresholds(snn, ann, x, T, batch_size) if thresholds else snn
-    plain = _calibrate(g, ann, x, T, outputs, batch_size, potential, False)
+    plain, layers = _calibrate(g, ann, x, T, outputs, batch_size, potential, False)
     if not (search and thresholds):  # scales stay as they are without ``thresholds``
-        return plain
-    candidates = [plain, _calibrate(g, ann, x, T, outputs, batch_size, potential, True)]
+        return plain, CalibrationRecord(layers, "fitted" if thresholds else "means")
+    candidates = {"fitted": (plain, layers),
+                  "searched": _calibrate(g, ann, x, T, outputs, batch_size, potential, True)}
     if weights and refittable_layers(g) and x.shape[0] * 2 * calibration_cost(ann, T) <= CALIBRATION_WORK:
         refitted = _refit_weights(g, ann, x, T, batch_size)
-        candidates += [_calibrate(refitted, ann, x, T, outputs, batch_size, potential, s) for s in (False, True)]
+        for s, label in ((False, "refitted"), (True, "refitted+searched")):
+            candidates[label] = _calibrate(refitted, ann, x, T, outputs, batch_size, potential, s)
     ref = [np.concatenate([ann_forward(ann, x[s:s + batch_size], return_all=True)[o].numpy()
                            for s in range(0, x.shape[0], batch_size)]).reshape(x.shape[0], -1) for o in g.outputs]
     xq = quantize_input(g, x)
@@ -382,8 +402,10 @@ def calibrate_biases(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | Non
                * np.broadcast_to(c[o].out_scale, c[o].shape).reshape(1, -1) / T for o in c.outputs]
         return float(np.mean([((a - r) ** 2).mean() for a, r in zip(out, ref)]))
 
-    errors = [error(c[0]) for c in candidates]
-    return candidates[int(np.argmin(errors))]  # the first of equals: plain before searched
+    errors = {label: error(c[0]) for label, c in candidates.items()}
+    kept = min(errors, key=errors.__getitem__)  # the first of equals: plain before searched
+    graph, layers = candidates[kept]
+    return graph, CalibrationRecord(layers, kept, {k: float(f"{v:.6g}") for k, v in errors.items()})
 
 
 def _refit_weights(g: Graph, ann: Graph, x: np.ndarray, T: int, batch_size: int) -> Graph:
