@@ -10,7 +10,7 @@ exists is skipped, so an interrupted run continues):
                SynOps per sample (and the ANN's accuracy, from onnxruntime)
 * ``tune``     ``convert --target loihi --bits 8 --fanin 64 -T T --train --val`` at every T
                of ``--tune-T`` and seed of ``--seeds``, the widths chosen by the loihi
-               target's profile (the VGG with ``--maxpool conv``), tuned on ``--train-size``
+               target's profile (max pools kept, as typed), tuned on ``--train-size``
                training and ``--val-size`` validation images for ``--epochs`` epochs;
                evaluated on the same test images (accuracy, SynOps per sample), then run on
                Lava on the first ``--lava-samples`` test images (bit-exact with the
@@ -60,9 +60,10 @@ PARTS = ("convert", "tune", "peers")
 
 
 def loihi_settings(arch: str) -> dict[str, Any]:
-    """What `convert --target loihi --bits 8 --fanin 64` needs on ``arch`` beyond what the
-    target's profile chooses (membrane and input widths): the VGG's max pool rewritten."""
-    return {"maxpool": "conv" if arch == "vgg" else "keep"}
+    """What `convert --target loihi --bits 8 --fanin 64` is given on ``arch`` beyond what the
+    target's profile chooses (membrane and input widths): nothing since max pools reach Loihi
+    as they are (the command as typed keeps them)."""
+    return {"maxpool": "keep"}
 
 
 def _ints(text: str) -> list[int]:
