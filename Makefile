@@ -81,7 +81,7 @@ fashion-mnist: $(FMNIST)/data/fmnist_cnn.onnx
 
 # --- the zoo (examples/zoo): one network per architecture users bring, on Fashion-MNIST -------
 ZOO       := examples/zoo
-ZOO_ARCHS := resnet mobilenet strided vgg mlp concat mobilenetv2
+ZOO_ARCHS := resnet mobilenet strided vgg mlp concat mobilenetv2 lenet
 ZOO_EPOCHS ?= 4
 
 .PHONY: zoo

@@ -98,7 +98,7 @@ def built(digits, tmp_path_factory):
     return get
 
 
-ARCHS = ["resnet", "mobilenet", "strided", "vgg", "mlp", "concat"]
+ARCHS = ["resnet", "mobilenet", "strided", "vgg", "mlp", "concat", "lenet"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -139,6 +139,9 @@ def test_converts_to_loihi_and_runs_bit_exact_on_lava(arch, built, tmp_path):
     # 16-bit input port at 8-bit inputs (the loihi profile would choose the width; this test
     # builds its options directly)
     _convert(onnx_path, d, out, input_bits=4 if arch == "mlp" else 8)
+    if arch == "lenet":  # its first average pool gets a relay under fan-in 64 (the conv after it reads 200 through it)
+        rewrites = json.loads((out / "compile.json").read_text())["rewrites"]
+        assert [len(r["nodes"]) for r in rewrites if r["pass"] == "relay_pools"] == [1]
     res = run_artifact(str(out), str(d / "test.npz"))
     assert res["bit_exact"], res["differences"]
     assert res["samples"] == 4

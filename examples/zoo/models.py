@@ -15,6 +15,7 @@ thread, and uses only what the ONNX frontend imports (Conv, BatchNormalization, 
 | ``mlp`` | dense layers only; its input is the flat 784-vector |
 | ``concat`` | ReLU6 and an inception-style Concat of a 3x3 and a 1x1 branch |
 | ``mobilenetv2`` | inverted residual blocks with linear bottlenecks: a projection conv with no activation, identity adds with no ReLU after them |
+| ``lenet`` | LeNet-5: 5x5 convolutions and 2x2 average pools before a conv and before the dense layers |
 """
 
 from __future__ import annotations
@@ -123,6 +124,18 @@ def mlp(side: int = 28, width: int = 16) -> nn.Module:
                          nn.Linear(16 * width, 8 * width), nn.ReLU(), nn.Linear(8 * width, 10))
 
 
+def lenet(side: int = 28, width: int = 16) -> nn.Module:
+    """LeNet-5: conv 5x5 (6) - ReLU - 2x2 average pool - conv 5x5 (16) - ReLU - 2x2 average
+    pool - fc120 - fc84 - fc10 at width 16 (channels and dense widths scale with it);
+    28 -> 14 -> 10 -> 5."""
+    c1, c2 = max(2, 6 * width // 16), width
+    features = nn.Sequential(nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+                             nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten())
+    return nn.Sequential(features, nn.Linear(_flat_size(features, side), 120 * width // 16), nn.ReLU(),
+                         nn.Linear(120 * width // 16, 84 * width // 16), nn.ReLU(),
+                         nn.Linear(84 * width // 16, 10))
+
+
 class ConcatNet(nn.Module):
     """conv/2 (16) - ReLU6 - [conv3x3 (16), conv1x1 (16)] - ReLU6 - concat (32) - conv/2 (32) -
     ReLU6 - global average pool - linear; 28 -> 14 -> 7."""
@@ -172,7 +185,7 @@ def mobilenetv2(side: int = 28, width: int = 16) -> nn.Module:
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet, "mobilenet": mobilenet, "strided": strided, "vgg": vgg, "mlp": mlp,
-    "concat": ConcatNet, "mobilenetv2": mobilenetv2,
+    "concat": ConcatNet, "mobilenetv2": mobilenetv2, "lenet": lenet,
 }
 FLAT_INPUT = {"mlp"}  # takes (N, side*side) instead of (N, 1, side, side)
 
