@@ -186,3 +186,9 @@ def test_convert_gives_the_conv_after_a_local_pool_its_own_inputs(onnx_kit, rng,
     assert c2.inputs == ["p1"] and g["p1"].op == "if"
     kept = (np.asarray(c2.weight) != 0).reshape(c2.weight.shape[0], -1).sum(axis=1)
     assert kept.max() == 64
+
+
+def test_no_relay_where_the_pool_window_itself_is_over_the_limit(onnx_kit, rng):
+    """A relay's neurons read the pool's window: under --fanin 3 a 2x2 pool gets none (the
+    limit's own refusal names the pool and the smallest fan-in that works)."""
+    assert relay_pools(_lenet(onnx_kit, rng), 3)[1] == []

@@ -96,6 +96,12 @@ def _weight_fanin(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> int:
     return int(w.shape[0])
 
 
+def _pool_window(n: onnx.NodeProto) -> int:
+    """Inputs one output of local pool ``n`` reads: a relay's neurons read that many, so a
+    window over the limit gets none (the limit's refusal names the pool instead)."""
+    return int(np.prod(attributes(n).get("kernel_shape", [1])))
+
+
 def _composed(pool: onnx.NodeProto, reader: onnx.NodeProto, direct: bool,
               shapes: dict[str, list[int]], consts: dict[str, np.ndarray]) -> tuple[int, int]:
     """Inputs one output of weighted ``reader`` sums through local average pool ``pool``,
@@ -178,7 +184,7 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
         after = weighted_after(n.output[0])
         if window > 1 and after and max(window * _weight_fanin(w, consts) for w, _ in after) > fanin:
             chosen.append(n)
-        elif not window and n.op_type == "AveragePool" and after:
+        elif not window and n.op_type == "AveragePool" and after and _pool_window(n) <= fanin:
             counts = [_composed(n, w, d, shapes, consts) for w, d in after]
             if any(c > fanin and c > own for c, own in counts):
                 chosen.append(n)
