@@ -170,6 +170,13 @@ def test_file_outputs_never_overwrite_the_build(built, tiny, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def _default_sigint() -> None:
+    """A shell's background job inherits SIGINT as ignored, and Python then installs no
+    KeyboardInterrupt handler: the child restores the default, so the tests mean the same
+    however the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 WRITER = """
 import sys, time
 from snncompile.app import cli
@@ -190,7 +197,7 @@ write(sys.argv[1])
 def test_a_signal_while_writing_leaves_nothing(tmp_path, sig):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=ENV)
+                         stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_default_sigint)
     assert p.stdout.readline().strip() == "writing"
     assert [f for f in leftovers(tmp_path) if f.endswith(".tmp")]  # the write is under way
     p.send_signal(sig)
@@ -211,7 +218,8 @@ main(sys.argv[1:])
 def test_an_interrupt_after_wrote_exits_quietly(tiny, tmp_path):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-u", "-c", LATE, "convert", str(tiny / "m.onnx"), "-o", str(out),
-                          "-T", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                          "-T", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         preexec_fn=_default_sigint)
     assert p.stdout.readline().startswith("wrote")
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
