@@ -124,7 +124,7 @@ def _composed(pool: onnx.NodeProto, reader: onnx.NodeProto, direct: bool,
         return int(count), own
     before = shapes.get(pool.input[0])
     whole = int(np.prod(before[1:])) if before and all(d > 0 for d in before[1:]) else 0
-    composed = own * kernel[0] * kernel[1]
+    composed = own * _pool_window(pool)
     return (min(composed, whole) if whole else composed), own
 
 
@@ -176,7 +176,7 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
         return found
 
     chosen: list[onnx.NodeProto] = []
-    local: set[str] = set()
+    local_pools: set[str] = set()
     for n in model.graph.node:
         if n.op_type not in POOLS or not _non_negative(n.input[0], producer, consts):
             continue
@@ -188,7 +188,7 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
             counts = [_composed(n, w, d, shapes, consts) for w, d in after]
             if any(c > fanin and c > own for c, own in counts):
                 chosen.append(n)
-                local.add(n.output[0])
+                local_pools.add(n.output[0])
     if not chosen:
         return model, []
     out = onnx.ModelProto()
@@ -200,7 +200,7 @@ def relay_pools(model: onnx.ModelProto, fanin: int) -> tuple[onnx.ModelProto, li
             nodes.append(n)
             continue
         t = n.output[0]
-        h, w = shapes[n.input[0]][2:] if t not in local else (0, 0)
+        h, w = shapes[n.input[0]][2:] if t not in local_pools else (0, 0)
         for i, (a, b) in enumerate(_stages(h, w, fanin)):  # a window over fanin: in stages
             local = f"{t}_stage{i}"
             nodes += [helper.make_node("AveragePool", [n.input[0]], [f"{local}_pooled"],
