@@ -133,7 +133,8 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
             summary = compile_model(CompileRequest(
                 model=str(d / "model.onnx"), out=str(out), target="loihi", calib=str(d / "calib.npz"),
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
-                patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"]))
+                patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"],
+                joint_final=args.joint_final))
             tune_s = time.perf_counter() - t0
             tuning = json.loads((out / "compile.json").read_text())["tuning"]
             ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
@@ -149,7 +150,7 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                          "cores": run["stats"].get("cores")})
             print(f"{arch} tuned T={T} seed={seed}: {runs[-1]}", flush=True)
     return {"settings": s, "train_size": args.train_size, "val_size": args.val_size,
-            "epochs": args.epochs, "patience": args.patience, "runs": runs}
+            "epochs": args.epochs, "patience": args.patience, "joint_final": args.joint_final, "runs": runs}
 
 
 def _epoch_seconds(tuning: dict[str, Any]) -> dict[str, float]:
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-size", type=int, default=0,
                    help="evaluate on this many test images (a fixed random subset); 0: all")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--joint-final", action="store_true", help="tuning: the last stage trains every layer")
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     args = p.parse_args(argv)
     if args.table:

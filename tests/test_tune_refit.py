@@ -53,6 +53,13 @@ def tiny():
 def tiny_concat():
     """TinyConcat trained on digits (a few seconds), converted at T = 4 with 8-bit weights;
     the training, validation and calibration splits."""
+    return digits_converted(TinyConcat, epochs=15)
+
+
+def digits_converted(make: type[nn.Module], epochs: int):
+    """A network built by ``make`` and trained on 1200 digits for ``epochs`` (seed 0),
+    exported, imported and converted at T = 4 with 8-bit weights (per-channel scales on
+    256 training inputs): the SNN, the training and validation splits, the imported ANN."""
     from sklearn.datasets import load_digits
 
     torch.manual_seed(0)
@@ -61,9 +68,9 @@ def tiny_concat():
     y = d.target.astype(np.int64)
     idx = np.random.default_rng(0).permutation(len(y))
     tr, va = idx[:1200], idx[1200:1600]
-    model = TinyConcat()
+    model = make()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(15):
+    for _ in range(epochs):
         for s in range(0, len(tr), 64):
             b = tr[s:s + 64]
             opt.zero_grad()

@@ -8,7 +8,8 @@ pool's window (each pooled input is a synapse of the composed connection), so th
 convolution may keep only ``F // k^2`` non-zero weights per output channel. A conv or dense
 after a concat counts each weight once, so it keeps ``F``; the chains an add joins share the
 limit equally, a chain smaller than its share keeping all and leaving the rest to the others,
-after what chains without weights to prune need. Pruning keeps the largest magnitudes
+after what chains without weights to prune need (tuning may spend such a split jointly per
+neuron: :func:`shared_budgets`). Pruning keeps the largest magnitudes
 (per output neuron of a dense layer, per output channel over in_ch x kh x kw of a
 convolution); the kept pattern is fixed when a layer is constrained.
 """
@@ -20,8 +21,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import UsageError
-from ..ir import Conv2dNode, DenseNode, Graph, Node, WeightedNode
-from ..ir.structure import summed_counts, chain_counts, chain_fanin, fanin_layers, ported_chains
+from ..ir import AddNode, Conv2dNode, DenseNode, Graph, Node, WeightedNode
+from ..ir.structure import summed_counts, chain_counts, chain_fanin, fanin_layers, op_fanin, ported_chains
 from .requant import with_params
 
 PRUNABLE = (Conv2dNode, DenseNode)
@@ -36,6 +37,41 @@ def fanin_budgets(graph: Graph, fanin: int) -> dict[str, int]:
     for name in fanin_layers(graph):
         _share(graph, name, fanin, budgets)
     return budgets
+
+
+def shared_budgets(graph: Graph, fanin: int) -> dict[tuple[str, ...], int]:
+    """Groups of conv/dense nodes whose budgets (:func:`fanin_budgets`) one neuron may spend
+    jointly, with the group's total: the branches of an add into one layer, each a single
+    conv or dense op joined by adds alone, each weight one synapse. The fan-in rule counts
+    the sum over the chains per neuron, so a neuron may keep more weights in one branch and
+    fewer in the other: the equal split of :func:`fanin_budgets` gives a ResNet block's
+    3x3 body conv 32 of 576 weights at ``--fanin 64`` beside a 1x1 projection that keeps
+    all of its 32, whichever of them carries more of the neuron's input."""
+    budgets = fanin_budgets(graph, fanin)
+    seen: dict[str, int] = {}
+    found: list[tuple[str, ...]] = []
+    for name in fanin_layers(graph):
+        for _, steps in ported_chains(graph, name):
+            for op, _ in steps:
+                if isinstance(op, PRUNABLE):
+                    seen[op.name] = seen.get(op.name, 0) + 1
+        chains = ported_chains(graph, name)
+        ops: list[Node] = []
+        for src, steps in chains:
+            weighted = [i for i, (op, _) in enumerate(steps) if isinstance(op, PRUNABLE)]
+            if not weighted:
+                continue
+            i = weighted[0]
+            if (len(weighted) > 1 or not all(isinstance(op, AddNode) for op, _ in steps[i + 1:])
+                    or not steps[i + 1:] or int(chain_counts(graph, src, steps[:i], nonzero=False).max()) != 1):
+                ops = []
+                break
+            ops.append(steps[i][0])
+        names = tuple(dict.fromkeys(op.name for op in ops))
+        if (len(names) > 1 and all(n in budgets for n in names)
+                and any(budgets[n] < op_fanin(graph[n], nonzero=False) for n in names)):
+            found.append(names)
+    return {g: sum(budgets[n] for n in g) for g in found if all(seen[n] == 1 for n in g)}
 
 
 def _groups(cut: list[tuple[str, list]]) -> list[list[int]]:

@@ -29,7 +29,7 @@ from torch import nn
 from ..sim.ann import _EVALUATORS
 from ..errors import ModelError
 from ..ir import Graph, IFNode, InputNode, ReluNode, WeightedNode
-from ..passes.constrain import FANIN_MODES, fanin_budgets
+from ..passes.constrain import FANIN_MODES, fanin_budgets, shared_budgets
 from ..sim.evaluator import SpikeTrains, needed, run_window
 from ..sim.simulator import quantized_input
 from . import ann_path
@@ -76,6 +76,8 @@ class TandemNet(nn.Module):
         for j, name in enumerate(self.layers):
             self.register_buffer(f"lam_{j}", torch.tensor(np.asarray(graph[name].lam, np.float64)))
         self.budgets = fanin_budgets(graph, fanin) if fanin else {}
+        # branches of an add whose neurons may split their budgets freely (refit.py uses it)
+        self.shared = shared_budgets(graph, fanin) if fanin else {}
         self.stage = 0
         self._cache: tuple | None = None
         # Which weighted nodes each stage constrains: those feeding IF layers 1..k.

@@ -71,14 +71,21 @@ def impose_refitted(net: TandemNet, names: list[str], x: torch.Tensor, seed: int
             target[name].append(vals[name])
     gen = np.random.default_rng(seed)
     explained: dict[str, float] = {}
+    joint = {n: g for g in net.shared if net.fanin_mode == "magnitude" and all(m in fit for m in g) for n in g}
     for name in fit:
-        inputs = [_values(net, x[i:i + batch_size])[net.base[name].inputs[0]] for i in range(0, len(x), batch_size)]
-        cols = torch.cat([input_columns(net.base[name], v) for v in inputs]).double().cpu()
-        z = torch.cat([output_rows(t) for t in target[name]]).double().cpu()
-        if len(cols) > MAX_ROWS:
-            keep = torch.as_tensor(np.sort(gen.choice(len(cols), MAX_ROWS, replace=False)))
-            cols, z = cols[keep], z[keep]
-        explained[name] = _impose(net, name, cols, z)
+        group = joint.get(name, (name,))
+        if name != max(group, key=fit.index):  # a group is fitted at its last member, on the
+            continue                          # inputs every member before it leaves it
+        srcs = [net.base[n].inputs[0] for n in group]
+        inputs = [[v[s] for s in srcs] for v in (_values(net, x[i:i + batch_size]) for i in range(0, len(x), batch_size))]
+        cols = [torch.cat([input_columns(net.base[n], v[j]) for v in inputs]).double().cpu()
+                for j, n in enumerate(group)]
+        z = sum(torch.cat([output_rows(t) for t in target[n]]).double().cpu() for n in group)
+        if len(z) > MAX_ROWS:
+            keep = torch.as_tensor(np.sort(gen.choice(len(z), MAX_ROWS, replace=False)))
+            cols, z = [c[keep] for c in cols], z[keep]
+        share = _impose(net, list(group), cols, z)
+        explained.update({n: share for n in group})
     return explained
 
 
@@ -91,7 +98,9 @@ def impose_due_masks(net: TandemNet, stage: int, opts: TrainOptions, x: torch.Te
         net.set_stage(stage, prune=not opts.gradual)
         return {}
     net.set_stage(stage, prune=False)
-    due = [n for n in net.due_masks() if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
+    pending = net.due_masks()
+    due = [n for n in pending if net.budgets[n] < op_fanin(net.base[n], nonzero=False)]
+    due += [m for g in net.shared if set(g) & set(due) for m in g if m in pending and m not in due]
     net.shrink([n for n in net.due_masks() if n not in due], 0.0)  # budgets they already meet
     return impose_refitted(net, due, x, seed=opts.seed) if due else {}
 
@@ -100,43 +109,51 @@ def _values(net: TandemNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return net._values(x)[1]
 
 
-def _impose(net: TandemNet, name: str, cols: torch.Tensor, z: torch.Tensor) -> float:
-    """Choose node ``name``'s mask on ``cols`` and ``z`` (pursuit, or the structured mode's
-    choice), fix it, and set its kept weights (and bias) to the least-squares fit of ``z``."""
-    k = net.key[name]
-    w = net.weight[k]
-    flat = w.detach().reshape(w.shape[0], -1).double().cpu()
-    has_bias = k in net.bias
-    x1 = torch.cat([cols, torch.ones(len(cols), 1, dtype=cols.dtype)], 1) if has_bias else cols
+def _impose(net: TandemNet, names: list[str], cols: list[torch.Tensor], z: torch.Tensor) -> float:
+    """Choose the masks of ``names`` (one node, or the branches of an add that share a
+    budget: ``net.shared``) on their inputs ``cols`` and the target ``z`` (the sum of their
+    unpruned pre-activations), by pursuit over all their inputs at once (or the structured
+    mode's choice), fix them, and set the kept weights and the bias to the least-squares fit
+    of ``z``. The fitted bias goes to the first node with one; the others keep theirs."""
+    keys = [net.key[n] for n in names]
+    flats = [net.weight[k].detach().reshape(net.weight[k].shape[0], -1).double().cpu() for k in keys]
+    widths = [f.shape[1] for f in flats]
+    x = torch.cat(cols, 1)
+    biased = [k for k in keys if k in net.bias]
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if biased else x
     gram = x1.T @ x1
     cross = x1.T @ z
-    ridge = RIDGE * float(gram.diagonal()[:cols.shape[1]].mean()) + 1e-12
+    ridge = RIDGE * float(gram.diagonal()[:x.shape[1]].mean()) + 1e-12
+    budget = net.shared.get(tuple(names), net.budgets[names[0]])
     if net.fanin_mode == "magnitude":
-        mask = _pursuit(gram.numpy(), cross.numpy(), cols.shape[1], net.budgets[name], ridge)
-    else:  # structured masks: the mode's own choice, on importance
-        rms = cols.pow(2).mean(0).sqrt()
-        score = (flat * rms).reshape(w.shape).numpy().astype(np.float32)
-        mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, net.budgets[name])).reshape(flat.shape)
-    new_w = torch.zeros_like(flat)
-    new_b = net.bias[k].detach().double().cpu().clone() if has_bias else None
-    for o in range(flat.shape[0]):
+        mask = _pursuit(gram.numpy(), cross.numpy(), x.shape[1], budget, ridge)
+    else:  # structured masks (one node): the mode's own choice, on importance
+        w = net.weight[keys[0]]
+        score = (flats[0] * x.pow(2).mean(0).sqrt()).reshape(w.shape).numpy().astype(np.float32)
+        mask = torch.as_tensor(FANIN_MODES[net.fanin_mode](score, budget)).reshape(flats[0].shape)
+    new_w = torch.zeros(len(z[0]), x.shape[1], dtype=torch.float64)
+    new_b = torch.zeros(len(z[0]), dtype=torch.float64)
+    for o in range(new_w.shape[0]):
         idx = torch.nonzero(mask[o]).reshape(-1)
-        if has_bias:
-            idx = torch.cat([idx, torch.tensor([cols.shape[1]])])
+        if biased:
+            idx = torch.cat([idx, torch.tensor([x.shape[1]])])
         g = gram[idx][:, idx] + ridge * torch.eye(len(idx), dtype=gram.dtype)
         sol = torch.linalg.solve(g, cross[idx, o])
-        if has_bias:
-            new_w[o, idx[:-1]] = sol[:-1]
-            new_b[o] = sol[-1]
+        if biased:
+            new_w[o, idx[:-1]], new_b[o] = sol[:-1], sol[-1]
         else:
             new_w[o, idx] = sol
-    err = ((x1 @ torch.cat([new_w, new_b[:, None]], 1).T if has_bias else cols @ new_w.T) - z).pow(2).mean()
+    err = ((x1 @ torch.cat([new_w, new_b[:, None]], 1).T if biased else x @ new_w.T) - z).pow(2).mean()
     explained = 1.0 - float(err / z.var(0, unbiased=False).mean().clamp_min(1e-30))
-    w.copy_(new_w.reshape(w.shape).to(w))
-    if has_bias:
-        net.bias[k].copy_(new_b.to(net.bias[k]))
-    net.mask(name).copy_(mask.reshape(w.shape).to(net.mask(name)))
-    net.masked[net.weighted.index(name)] = True
+    for k in biased[1:]:
+        new_b -= net.bias[k].detach().double().cpu()
+    if biased:
+        net.bias[biased[0]].copy_(new_b.to(net.bias[biased[0]]))
+    for name, k, part, m in zip(names, keys, new_w.split(widths, 1), mask.split(widths, 1)):
+        w = net.weight[k]
+        w.copy_(part.reshape(w.shape).to(w))
+        net.mask(name).copy_(m.reshape(w.shape).to(net.mask(name)))
+        net.masked[net.weighted.index(name)] = True
     net._cache = None
     return explained
 
