@@ -124,7 +124,7 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     val = _subset(d / "val.npz", work / f"val{args.val_size}.npz", args.val_size)
     lava = _subset(d / "test.npz", work / f"lava{args.lava_samples}.npz", args.lava_samples)
     s = loihi_settings(arch)
-    runs = []
+    runs, tuning_record = [], {}
     for seed in _ints(args.seeds):
         for T in _ints(args.tune_T):
             out = work / f"tune_T{T}_s{seed}"
@@ -134,9 +134,10 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                 model=str(d / "model.onnx"), out=str(out), target="loihi", calib=str(d / "calib.npz"),
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
                 patience=args.patience, seed=seed, force=True, maxpool=s["maxpool"],
-                joint_final=args.joint_final))
+                percentile_search=args.percentile_auto, **_tuning_choices(args)))
             tune_s = time.perf_counter() - t0
             tuning = json.loads((out / "compile.json").read_text())["tuning"]
+            tuning_record = {k: tuning.get(k) for k in ("joint_final", "fit_thresholds", "percentiles")}
             ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
             t0 = time.perf_counter()
             run = run_artifact(str(out), str(lava))
@@ -150,7 +151,12 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                          "cores": run["stats"].get("cores")})
             print(f"{arch} tuned T={T} seed={seed}: {runs[-1]}", flush=True)
     return {"settings": s, "train_size": args.train_size, "val_size": args.val_size,
-            "epochs": args.epochs, "patience": args.patience, "joint_final": args.joint_final, "runs": runs}
+            "epochs": args.epochs, "patience": args.patience, "tuning": tuning_record, "runs": runs}
+
+
+def _tuning_choices(args) -> dict[str, bool]:
+    """The tuning switches given on the command line (the others keep convert's defaults)."""
+    return {k: v for k in ("joint_final", "fit_thresholds") if (v := getattr(args, k)) is not None}
 
 
 def _epoch_seconds(tuning: dict[str, Any]) -> dict[str, float]:
@@ -273,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-size", type=int, default=0,
                    help="evaluate on this many test images (a fixed random subset); 0: all")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--joint-final", action="store_true", help="tuning: the last stage trains every layer")
+    p.add_argument("--joint-final", action=argparse.BooleanOptionalAction, default=None,
+                   help="tuning: the last stage trains every layer (default: convert's)")
+    p.add_argument("--fit-thresholds", action=argparse.BooleanOptionalAction, default=None,
+                   help="tuning: re-derived thresholds fitted to T (default: convert's)")
+    p.add_argument("--percentile-auto", action="store_true",
+                   help="tuning: each layer's threshold percentile chosen on validation (--percentile auto)")
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     args = p.parse_args(argv)
     if args.table:

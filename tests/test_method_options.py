@@ -84,6 +84,9 @@ def test_refused_options(method, given, training, settings, expect):
     ("ptl", ["joint_final"], False, {}, "--joint-final has no effect without --train"),
     ("tandem", ["count_aware"], True, {}, "--count-aware has no effect with --method tandem: every layer spikes"),
     ("stdb", ["count_aware"], True, {}, "--count-aware has no effect with --method stdb: every layer spikes"),
+    ("ltl", ["fit_thresholds"], True, {}, "--fit-thresholds has no effect with --method ltl: its thresholds are "
+                                          "the teacher's scales"),
+    ("stdb", ["fit_thresholds"], True, {}, "--fit-thresholds has no effect with --method stdb: threshold balancing"),
     ("ptl", ["distill_temperature"], True, {}, "--distill-temperature has no effect without --distill above 0"),
     ("stdb", ["distill_temperature"], True, {"distill": 0.5}, "--distill-temperature has no effect with "
                                                               "--method stdb: it trains with its own loss"),
@@ -95,9 +98,10 @@ def test_ignored_options_are_warnings_naming_option_method_and_why(method, given
 
 @pytest.mark.parametrize("method,given,settings", [
     ("ptl", ["prune_ahead", "fanin_mode", "percentile", "epochs", "patience", "batch_size", "device",
-             "resume", "joint_final", "count_aware", "distill", "distill_temperature"],
+             "resume", "joint_final", "count_aware", "fit_thresholds", "distill", "distill_temperature"],
      {"fanin": 64, "distill": 0.5}),
-    ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device", "distill"],
+    ("tandem", ["fanin_mode", "percentile", "epochs", "patience", "batch_size", "device", "distill",
+                "fit_thresholds"],
      {"fanin": 64}),
     ("ltl", ["prune_ahead", "percentile", "surrogate", "surrogate_alpha"], {"fanin": 64}),
     ("ltl", ["surrogate_beta"], {"surrogate": "exp"}),
@@ -136,10 +140,11 @@ def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag,key,default", [("--joint-final", "joint_final", False),
-                                              ("--no-count-aware", "count_aware", True)])
+                                              ("--no-count-aware", "count_aware", True),
+                                              ("--no-fit-thresholds", "fit_thresholds", True)])
 def test_cli_ptl_flags_reach_the_schedule(digits_dir, tmp_path, flag, key, default):
-    """--joint-final (off by default) and --no-count-aware (count-aware is the default) go
-    into the tuning options (recorded with the tuning, and part of what --resume must
+    """--joint-final (off by default), --no-count-aware and --no-fit-thresholds (both on by
+    default) go into the tuning options (recorded with the tuning, and part of what --resume must
     match); what they do is tested in test_ptl and test_tandem."""
     d = digits_dir
     tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0"]

@@ -116,6 +116,43 @@ def test_joint_final_stage_trains_every_layer(small_net, monkeypatch, joint):
     assert violations(net.to_graph(), bits=8, fanin=4) == []
 
 
+def _count_error(net: TandemNet, layer: str, x: torch.Tensor, lam: np.ndarray) -> np.ndarray:
+    """Per channel, the squared error of the T-level count (rounded: a half-threshold initial
+    membrane) with scale ``lam`` against ``layer``'s ANN activation at the current stage."""
+    _, vals, _ = net._values(x)
+    a = net._ann_activation(layer, vals[net.base[layer].inputs[0]]).detach().double().numpy()
+    lam = np.asarray(lam, np.float64).reshape(-1, 1)
+    a = a.reshape(1, -1) if lam.size == 1 else a.reshape(len(a), a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1)
+    return ((lam * np.clip(np.floor(net.T * a / lam + 0.5), 0, net.T) / net.T - a) ** 2).mean(axis=1)
+
+
+def test_thresholds_fitted_to_t_count_the_activation_closer(small_net):
+    """A threshold re-derived with ``fit`` is the fraction of the percentile's scale whose
+    T-level count has the least squared error on the layer's activation: never more error
+    than the percentile itself, less over the layer; tuning re-derives thresholds so by
+    default (``fit_thresholds``), and at the percentile without it."""
+    g, train, val = small_net
+    x = torch.as_tensor(train.x)
+    net = TandemNet(g, bits=8)
+    for layer in net.layers:
+        pct = net.recalibrate(layer, x, 99.9)
+        fit = net.recalibrate(layer, x, 99.9, fit=True)
+        assert np.all(fit <= pct) and np.any(fit < pct)
+        e_pct, e_fit = _count_error(net, layer, x, pct), _count_error(net, layer, x, fit)
+        assert np.all(e_fit <= e_pct + 1e-12) and e_fit.sum() < e_pct.sum(), (e_fit, e_pct)
+    first = net.layers[0]
+    expect = {}
+    for f in (False, True):
+        fresh = TandemNet(g, bits=8)
+        fresh.set_stage(1)  # the first layer spiking, its weights quantized: where tuning derives it
+        expect[f] = fresh.recalibrate(first, x, 99.9, fit=f)
+    assert TrainOptions().fit_thresholds
+    for f in (False, True):
+        tuned = TandemNet(g, bits=8)
+        tune(tuned, train, val, TrainOptions(epochs=0, fit_thresholds=f), calib_x=train.x)
+        assert np.allclose(tuned.lam_0.numpy(), expect[f]), f
+
+
 @pytest.mark.parametrize("count_aware", [False, True])
 def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, monkeypatch, count_aware):
     """Each layer, as its stage converts it, tries every candidate percentile; the one whose
@@ -129,8 +166,8 @@ def test_percentile_search_keeps_the_candidate_that_validates_best(small_net, mo
     calls: list[tuple[str, float, np.ndarray]] = []
     recalibrate = net.recalibrate
 
-    def spy(layer, x, percentile=99.9, batch_size=256):
-        calls.append((layer, percentile, recalibrate(layer, x, percentile, batch_size)))
+    def spy(layer, x, percentile=99.9, batch_size=256, fit=False):
+        calls.append((layer, percentile, recalibrate(layer, x, percentile, batch_size, fit)))
         return calls[-1][2]
 
     def fake_eval(n, data, batch_size=256, prefix=None):  # the favourite scores best, the others by distance

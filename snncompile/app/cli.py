@@ -258,6 +258,11 @@ def main(verbose: bool) -> None:
 @click.option("--joint-final", is_flag=True,
               help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
                    "learning rate), not only the output layer.")
+@click.option("--fit-thresholds/--no-fit-thresholds", default=True, show_default=True,
+              help="ptl/tandem: a threshold re-derived as its layer starts spiking is the fraction of its "
+                   "--percentile scale whose T-level count quantizes the layer's activation with the least "
+                   "squared error (as conversion fits thresholds to T); --no-fit-thresholds keeps the "
+                   "percentile itself.")
 @click.option("--count-aware/--no-count-aware", default=True, show_default=True,
               help="ptl: layers not spiking yet pass the value of the spike count they will fire "
                    "(T + 1 levels) instead of their ReLU, so the ANN stages train for the count levels "
@@ -287,7 +292,7 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
             input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
-            balance_scale: float | None, joint_final: bool, count_aware: bool, distill: float,
+            balance_scale: float | None, joint_final: bool, fit_thresholds: bool, count_aware: bool, distill: float,
             distill_temperature: float, epochs: int, patience: int, batch_size: int, device: str, resume: bool,
             output_name: str | None, seed: int, force: bool, as_json: bool,
             target_options: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
@@ -315,7 +320,8 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
                           max_psnr_drop=max_psnr_drop, timesteps_candidates=timesteps_candidates,
                           surrogate=surrogate, surrogate_alpha=surrogate_alpha,
                           surrogate_beta=surrogate_beta, balance_scale=balance_scale,
-                          joint_final=joint_final, count_aware=count_aware, distill=distill,
+                          joint_final=joint_final, fit_thresholds=fit_thresholds, count_aware=count_aware,
+                          distill=distill,
                           distill_temperature=distill_temperature, explicit=_explicit_options(), maxpool=maxpool)
     try:
         summary = compile_model(req)

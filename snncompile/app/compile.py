@@ -86,6 +86,7 @@ class CompileRequest:
     patience: int = 6
     joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
     count_aware: bool = True       # ptl: layers not spiking yet pass their future count's value
+    fit_thresholds: bool = True    # ptl/tandem: re-derived thresholds fitted to T (tune.model.recalibrate)
     distill: float = 0.0           # ptl/tandem: share of the loss matching the float ANN's outputs
     distill_temperature: float = 4.0
     batch_size: int = 64
@@ -432,7 +433,7 @@ def _tune(req: CompileRequest, snn: Graph, topts: TrainOptions, ckpt_dir: str, t
         calib_x=calib_data.x if calib_data is not None else None)
     tuning = {"method": topts.method, "epochs_budget": topts.epochs, "epochs": res.epochs,
               "world_size": res.world_size,
-              "patience": topts.patience, "joint_final": topts.joint_final,
+              "patience": topts.patience, "joint_final": topts.joint_final, "fit_thresholds": topts.fit_thresholds,
               "count_aware": topts.count_aware,
               "distill": topts.distill, "distill_temperature": topts.distill_temperature,
               "seconds": res.seconds, "stages": res.stages,
@@ -478,6 +479,7 @@ def _check_tuning(req: CompileRequest):
              "surrogate_beta": req.surrogate_beta, "balance_scale": req.balance_scale}
     opts = TrainOptions(epochs=req.epochs, patience=req.patience, batch_size=req.batch_size,
                         joint_final=req.joint_final, count_aware=req.count_aware, distill=req.distill,
+                        fit_thresholds=req.fit_thresholds,
                         distill_temperature=req.distill_temperature, method=method, seed=req.seed, device=req.device,
                         percentile=100.0 if req.norm == "max" else req.percentile,
                         percentile_search=PERCENTILE_GRID if req.percentile_search and req.norm != "max" else (),

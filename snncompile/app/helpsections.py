@@ -51,6 +51,7 @@ CONVERT_SECTIONS: dict[str, str] = {
     "batch_size": "Constraints and tuning",
     "joint_final": "Constraints and tuning",
     "count_aware": "Constraints and tuning",
+    "fit_thresholds": "Constraints and tuning",
     "distill": "Constraints and tuning",
     "distill_temperature": "Constraints and tuning",
     "surrogate": "Constraints and tuning",

@@ -244,15 +244,21 @@ def fit_thresholds(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None 
         a = np.maximum(_by_channel(np.concatenate(acts.pop(k)).astype(np.float64)), 0.0)
         if lam0.size == 1:
             a = a.reshape(1, -1)
-        base = np.broadcast_to(lam0.reshape(-1), (a.shape[0],))
-        best, chosen = np.full(a.shape[0], np.inf), base.copy()
-        for f in LAM_FRACTIONS:
-            lam = (base * f)[:, None]
-            err = ((lam * np.clip(np.floor(T * a / lam + offset), 0, T) / T - a) ** 2).mean(axis=1)
-            better = err < best
-            best[better], chosen[better] = err[better], base[better] * f
-        n.lam = chosen.reshape(lam0.shape)
+        n.lam = fitted_scale(a, np.broadcast_to(lam0.reshape(-1), (a.shape[0],)), T, offset).reshape(lam0.shape)
     return requantize(g)
+
+
+def fitted_scale(a: np.ndarray, base: np.ndarray, T: int, offset: float) -> np.ndarray:
+    """Per row of activations ``a`` (channel x samples, non-negative), the fraction of its
+    scale ``base`` (:data:`LAM_FRACTIONS`) whose T-level quantizer (``offset`` 0.5: rounding,
+    a half-threshold initial membrane; 0: floor) has the least squared error on the row."""
+    best, chosen = np.full(a.shape[0], np.inf), np.array(base, np.float64)
+    for f in LAM_FRACTIONS:
+        lam = (base * f)[:, None]
+        err = ((lam * np.clip(np.floor(T * a / lam + offset), 0, T) / T - a) ** 2).mean(axis=1)
+        better = err < best
+        best[better], chosen[better] = err[better], base[better] * f
+    return chosen
 
 
 def _add_bias(g: Graph, holder: str, err: np.ndarray) -> None:

@@ -38,7 +38,7 @@ OPTIONS: dict[str, Option] = {k: Option(*v) for k, v in {
     "epochs": ("--epochs", False),
     "patience": ("--patience", False), "batch_size": ("--batch-size", False),
     "device": ("--device", False), "joint_final": ("--joint-final", False),
-    "count_aware": ("--count-aware", False),
+    "count_aware": ("--count-aware", False), "fit_thresholds": ("--fit-thresholds", False),
     "distill": ("--distill", True), "distill_temperature": ("--distill-temperature", False),
 }.items()}
 OPTION_FLAGS = {k: o.flag for k, o in OPTIONS.items()}
@@ -116,12 +116,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    "count_aware": _LTL_TEACHER, "distill": _LTL_LOSS, "distill_temperature": _LTL_LOSS,
                    "balance_scale": "its thresholds are the teacher's --percentile scales, the scale of its targets",
                    "percentile_search": "its thresholds are the teacher's scales at one --percentile, the scale "
-                                        "of its targets, set before any layer is trained"}),
+                                        "of its targets, set before any layer is trained",
+                   "fit_thresholds": "its thresholds are the teacher's scales at one --percentile, the scale "
+                                     "of its targets"}),
     Method("stdb", "threshold balancing, then spike-timing-dependent BPTT (Rathi et al., ICLR 2020)",
            "stdb:train_stdb", distributed=False, surrogate="exp",
            cannot={"resume": _ONE_STAGE_RESUME, "prune_ahead": _ONE_STAGE_PRUNE, "joint_final": _NO_FINAL_STAGE,
                    "count_aware": _NO_ANN_LAYERS, "distill": _STDB_LOSS, "distill_temperature": _STDB_LOSS,
-                   "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE}),
+                   "percentile": _PERCENTILE_BALANCE, "percentile_search": _PERCENTILE_BALANCE,
+                   "fit_thresholds": _PERCENTILE_BALANCE}),
 )}
 
 _NOT_TRAINED = "it converts only, nothing is trained"

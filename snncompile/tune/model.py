@@ -29,6 +29,7 @@ from torch import nn
 from ..sim.ann import _EVALUATORS
 from ..errors import ModelError
 from ..ir import Graph, IFNode, InputNode, ReluNode, WeightedNode
+from ..passes.calibrate_bias import fitted_scale
 from ..passes.constrain import FANIN_MODES, fanin_budgets, shared_budgets
 from ..sim.evaluator import SpikeTrains, needed, run_window
 from ..sim.simulator import quantized_input
@@ -284,10 +285,13 @@ class TandemNet(nn.Module):
 
     @torch.no_grad()
     def recalibrate(self, layer: str, x: torch.Tensor, percentile: float = 99.9,
-                    batch_size: int = 256) -> np.ndarray:
+                    batch_size: int = 256, fit: bool = False) -> np.ndarray:
         """Set the scale ``lam`` (hence the threshold) of IF layer ``layer`` to a percentile
         of its ANN activation ``relu(z)`` at the current stage (earlier layers spiking, its
-        own weights pruned and quantized) over inputs ``x``; returns the new scale."""
+        own weights pruned and quantized) over inputs ``x``; with ``fit``, to the fraction
+        of that percentile whose T-level quantizer has the least squared error on the
+        activation (as conversion fits thresholds to T: :func:`..passes.calibrate_bias.fitted_scale`).
+        Returns the new scale."""
         j = self.layers.index(layer)
         src = self.base[layer].inputs[0]
         parts = []
@@ -305,6 +309,14 @@ class TandemNet(nn.Module):
             lam = np.array([np.percentile(vals_c, percentile)])
             if lam[0] <= 0:
                 lam = old.cpu().numpy()
+        if fit:
+            offset = 0.5 if self.base.conversion is None or self.base.conversion.v_init == "half" else 0.0
+            lam = np.asarray(lam, np.float64).reshape(-1)
+            if len(vals_c) == lam.size:  # a scale per row (channel), or one for the layer
+                lam = fitted_scale(np.maximum(vals_c, 0.0), lam, self.T, offset)
+            else:  # one percentile over every feature of a dense layer: one fraction for all
+                top = float(lam.max())
+                lam = lam * fitted_scale(np.maximum(vals_c, 0.0), np.array([top]), self.T, offset)[0] / top
         if layer in self.caps:  # a dead channel's kept scale too
             lam = np.minimum(lam, self.caps[layer])
         old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))

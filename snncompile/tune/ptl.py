@@ -175,7 +175,7 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
 
             def remeasure() -> None:
                 for layer in modelled:
-                    net.recalibrate(layer, xc, opts.percentile)
+                    net.recalibrate(layer, xc, opts.percentile, fit=opts.fit_thresholds)
 
             for layer in net.layers[max(prev, 0):stage]:  # the layers this stage converts
                 if opts.percentile_search:
@@ -185,7 +185,7 @@ def _tune(net: TandemNet, train: Dataset, val: Dataset, opts: TrainOptions,
                     say(f"stage {stage}/{net.n_stages} ({layer}): percentile {chosen[layer]['chosen']:g} "
                         f"chosen on validation ({_scores(chosen[layer]['val'])})")
                 else:
-                    net.recalibrate(layer, xc, opts.percentile)
+                    net.recalibrate(layer, xc, opts.percentile, fit=opts.fit_thresholds)
             remeasure()
         cap = stage_share(opts.epochs - used, len(plan) - i)
         history, summary = _run_stage(net, train, val, opts, stage, cap, final, say, bar, ramp,
