@@ -139,12 +139,12 @@ def test_cli_reports_only_what_the_user_set(digits_dir, tmp_path):
                for w in json.loads((tmp_path / "loud" / "compile.json").read_text())["warnings"])
 
 
-@pytest.mark.parametrize("flag,key,default", [("--joint-final", "joint_final", False),
+@pytest.mark.parametrize("flag,key,default", [("--no-joint-final", "joint_final", True),
                                               ("--no-count-aware", "count_aware", True),
                                               ("--no-fit-thresholds", "fit_thresholds", True)])
 def test_cli_ptl_flags_reach_the_schedule(digits_dir, tmp_path, flag, key, default):
-    """--joint-final (off by default), --no-count-aware and --no-fit-thresholds (both on by
-    default) go into the tuning options (recorded with the tuning, and part of what --resume must
+    """--no-joint-final, --no-count-aware and --no-fit-thresholds (all three on by default)
+    go into the tuning options (recorded with the tuning, and part of what --resume must
     match); what they do is tested in test_ptl and test_tandem."""
     d = digits_dir
     tune = ["--train", d / "val.npz", "--val", d / "val.npz", "--epochs", "0"]

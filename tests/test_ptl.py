@@ -80,7 +80,8 @@ def test_scheduler_patience_reloads_best_and_fixes_layers(small_net, monkeypatch
         return {"accuracy": next(script), "loss": 1.0}
 
     monkeypatch.setattr(objective, "evaluate", fake_eval)
-    res = tune(net, train, val, TrainOptions(epochs=30, patience=2, batch_size=32, recalibrate=False))
+    res = tune(net, train, val, TrainOptions(epochs=30, patience=2, batch_size=32, recalibrate=False,
+                                             joint_final=False))
     per_stage = [[h["epoch"] for h in res.history if h["stage"] == s] for s in (1, 2, 3)]
     assert per_stage == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2]]
     assert [s["best_epoch"] for s in res.stages] == [1, 2, 0]

@@ -255,9 +255,10 @@ def main(verbose: bool) -> None:
               help="ltl/stdb: decay beta of the exp surrogate per step since the last spike [0.01].")
 @click.option("--balance-scale", type=Real(0, min_open=True), default=None,
               help="stdb: thresholds after balancing are this times the layer's largest activation [0.7].")
-@click.option("--joint-final", is_flag=True,
-              help="ptl: the last stage fine-tunes every layer of the integer SNN (at the lower "
-                   "learning rate), not only the output layer.")
+@click.option("--joint-final/--no-joint-final", default=True, show_default=True,
+              help="ptl: the last stage fine-tunes every layer of the integer SNN end to end (at the "
+                   "lower learning rate); --no-joint-final trains only the output layer there (PTL as "
+                   "published).")
 @click.option("--fit-thresholds/--no-fit-thresholds", default=True, show_default=True,
               help="ptl/tandem: a threshold re-derived as its layer starts spiking is the fraction of its "
                    "--percentile scale whose T-level count quantizes the layer's activation with the least "

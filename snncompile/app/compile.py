@@ -84,7 +84,7 @@ class CompileRequest:
     method: str = "ptl"            # a name in snncompile.tune.methods, or none (conversion only)
     epochs: int = 60
     patience: int = 6
-    joint_final: bool = False      # ptl: the last stage trains every layer, not only the output
+    joint_final: bool = True       # ptl: the last stage trains every layer, not only the output
     count_aware: bool = True       # ptl: layers not spiking yet pass their future count's value
     fit_thresholds: bool = True    # ptl/tandem: re-derived thresholds fitted to T (tune.model.recalibrate)
     distill: float = 0.0           # ptl/tandem: share of the loss matching the float ANN's outputs

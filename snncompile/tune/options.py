@@ -34,7 +34,7 @@ class TrainOptions:
     # by least squares when imposed (see refit.py); off: by magnitude, weights as they were
     refit: bool = True
     gradual: bool = False          # fan-in masks halve the kept weights epoch by epoch (off: no gain seen)
-    joint_final: bool = False      # PTL's last stage trains every layer (all spiking) at final_lr
+    joint_final: bool = True       # PTL's last stage trains every layer (all spiking) at final_lr
     percentile: float = 99.9
     fit_thresholds: bool = True    # a re-derived threshold: the percentile's fraction fitted to T
     # non-empty: each layer's percentile is chosen from these on validation as it is converted
