@@ -251,7 +251,11 @@ def fit_thresholds(snn: Graph, ann: Graph, x: np.ndarray, timesteps: int | None 
 def fitted_scale(a: np.ndarray, base: np.ndarray, T: int, offset: float) -> np.ndarray:
     """Per row of activations ``a`` (channel x samples, non-negative), the fraction of its
     scale ``base`` (:data:`LAM_FRACTIONS`) whose T-level quantizer (``offset`` 0.5: rounding,
-    a half-threshold initial membrane; 0: floor) has the least squared error on the row."""
+    a half-threshold initial membrane; 0: floor) has the least squared error on the row.
+    One row for several scales (a dense layer's features pooled): one fraction for all."""
+    if len(a) != len(base):
+        top = float(np.max(base))
+        return np.asarray(base, np.float64) * fitted_scale(a.reshape(1, -1), np.array([top]), T, offset)[0] / top
     best, chosen = np.full(a.shape[0], np.inf), np.array(base, np.float64)
     for f in LAM_FRACTIONS:
         lam = (base * f)[:, None]

@@ -16,6 +16,10 @@ Forward values are real: a spiking IF layer passes ``lam * count / T``. Backward
 tandem rule: the gradient w.r.t. a layer's spike-count value is copied onto the ANN
 activation ``relu(z)`` computed from the same input values (straight-through), and the
 gradient of a quantized weight onto its float weight (straight-through).
+
+Why one module: stages, fan-in masks, the integer forward, its tandem backward and the
+re-derived thresholds are one object's state (what the forward runs on depends on all of
+them at once); the write-back, the simulator and the mask refit it calls live elsewhere.
 """
 
 from __future__ import annotations
@@ -311,12 +315,7 @@ class TandemNet(nn.Module):
                 lam = old.cpu().numpy()
         if fit:
             offset = 0.5 if self.base.conversion is None or self.base.conversion.v_init == "half" else 0.0
-            lam = np.asarray(lam, np.float64).reshape(-1)
-            if len(vals_c) == lam.size:  # a scale per row (channel), or one for the layer
-                lam = fitted_scale(np.maximum(vals_c, 0.0), lam, self.T, offset)
-            else:  # one percentile over every feature of a dense layer: one fraction for all
-                top = float(lam.max())
-                lam = lam * fitted_scale(np.maximum(vals_c, 0.0), np.array([top]), self.T, offset)[0] / top
+            lam = fitted_scale(np.maximum(vals_c, 0.0), np.asarray(lam, np.float64).reshape(-1), self.T, offset)
         if layer in self.caps:  # a dead channel's kept scale too
             lam = np.minimum(lam, self.caps[layer])
         old.copy_(torch.as_tensor(lam.reshape(old.shape), dtype=old.dtype))
