@@ -14,7 +14,9 @@ exists is skipped, so an interrupted run continues):
                training and ``--val-size`` validation images for ``--epochs`` epochs;
                evaluated on the same test images (accuracy, SynOps per sample), then run on
                Lava on the first ``--lava-samples`` test images (bit-exact with the
-               reference simulator, and its accuracy there)
+               reference simulator, and its accuracy there); ``--[no-]joint-final``,
+               ``--[no-]fit-thresholds`` and ``--percentile-auto`` change the tuning as
+               convert's options of those names do
 * ``peers``    SpikingJelly 2.0.0 with its defaults and with ``half_threshold`` and
                ``channel_wise``, and sinabs 3.1.3 with a normalization that keeps the ANN's
                function (bench/peers.py), at every T of ``--convert-T`` on the same test
