@@ -51,11 +51,11 @@ def shared_budgets(graph: Graph, fanin: int) -> dict[tuple[str, ...], int]:
     seen: dict[str, int] = {}
     found: list[tuple[str, ...]] = []
     for name in fanin_layers(graph):
-        for _, steps in ported_chains(graph, name):
+        chains = ported_chains(graph, name)
+        for _, steps in chains:
             for op, _ in steps:
                 if isinstance(op, PRUNABLE):
                     seen[op.name] = seen.get(op.name, 0) + 1
-        chains = ported_chains(graph, name)
         ops: list[Node] = []
         for src, steps in chains:
             weighted = [i for i, (op, _) in enumerate(steps) if isinstance(op, PRUNABLE)]
