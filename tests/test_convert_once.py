@@ -138,6 +138,13 @@ def test_inspect_predicts_the_input_bits_convert_records(onnx_kit, tmp_path, w_s
     assert predicted["line"] in r.stdout
 
 
+def test_a_fanin_every_layer_meets_warns_of_nothing(cnn_file, tmp_path):
+    """--fanin above every layer's fan-in prunes nothing: no warning that accuracy will suffer."""
+    r = cli("convert", cnn_file, "-T", "8", "--fanin", "4096", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "pruned" not in r.stderr and "will suffer" not in r.stderr
+
+
 def test_pruned_share_one_mask_at_a_time_is_the_same():
     from snncompile.passes.constrain import fanin_masks, iter_fanin_masks, pruned_share
     from snncompile.testing import zoo_case

@@ -276,10 +276,12 @@ def _compile(req: CompileRequest, claimed: bool) -> dict[str, Any]:
     elif req.fanin:
         pruned = pruned_share(snn, iter_fanin_masks(snn, req.fanin, req.fanin_mode))
         snn = constrain(snn, bits, req.fanin, req.fanin_mode)
-        msg = (f"--fanin {req.fanin} pruned {pruned:.0%} of the weights without "
-               "fine-tuning: accuracy will suffer; pass --train and --val to recover it")
-        log.warning(msg)
-        warnings.append(msg)
+        if pruned > 0:  # a limit every layer meets already costs nothing
+            share = f"{pruned:.0%}" if pruned >= 0.005 else "under 1%"
+            msg = (f"--fanin {req.fanin} pruned {share} of the weights without "
+                   "fine-tuning: accuracy will suffer; pass --train and --val to recover it")
+            log.warning(msg)
+            warnings.append(msg)
     if training or req.fanin:
         problems = violations(snn, bits=bits, fanin=req.fanin)
         if problems:  # our bug, not the user's: refuse to write a graph that breaks the limits
