@@ -15,8 +15,9 @@ exists is skipped, so an interrupted run continues):
                evaluated on the same test images (accuracy, SynOps per sample), then run on
                Lava on the first ``--lava-samples`` test images (bit-exact with the
                reference simulator, and its accuracy there); ``--[no-]joint-final``,
-               ``--[no-]fit-thresholds`` and ``--percentile-auto`` change the tuning as
-               convert's options of those names do
+               ``--[no-]fit-thresholds``, ``--distill`` and ``--percentile-auto`` change the tuning as
+               convert's options of those names do (``--weight-scale`` every part's
+               conversion)
 * ``peers``    SpikingJelly 2.0.0 with its defaults and with ``half_threshold`` and
                ``channel_wise``, and sinabs 3.1.3 with a normalization that keeps the ANN's
                function (bench/peers.py), at every T of ``--convert-T`` on the same test
@@ -87,7 +88,7 @@ def part_convert(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
     runs = []
     for T in Ts:  # one conversion per T: the bias calibration (on by default) fits its T
         compile_model(CompileRequest(model=str(d / "model.onnx"), out=str(out), calib=str(d / "calib.npz"),
-                                     options=ConversionOptions(timesteps=T), force=True))
+                                     options=_options(args, timesteps=T), force=True))
         ev = evaluate_artifact(str(out), str(test), [T])
         runs += _runs(ev)
     res = {"test_samples": ev["samples"], "ann_accuracy": ev["ann_accuracy"], "ann_macs_per_sample": ev["ann_macs_per_sample"],
@@ -100,7 +101,7 @@ def part_convert(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
         name = model.graph.output[0].name
         logits = np.concatenate([b[name] for b in onnx_forward(rewritten, model.graph.input[0].name, [name], x)])
         compile_model(CompileRequest(model=str(d / "model.onnx"), out=str(out), calib=str(d / "calib.npz"),
-                                     options=ConversionOptions(timesteps=max(Ts)), force=True, maxpool="conv"))
+                                     options=_options(args, timesteps=max(Ts)), force=True, maxpool="conv"))
         ev = evaluate_artifact(str(out), str(test), Ts)
         res["maxpool_conv"] = {"ann_accuracy": float((logits.argmax(1) == y).mean()), "runs": _runs(ev)}
     return res
@@ -131,7 +132,7 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
         for T in _ints(args.tune_T):
             out = work / f"tune_T{T}_s{seed}"
             t0 = time.perf_counter()
-            opts = ConversionOptions(timesteps=T, weight_bits=8)
+            opts = _options(args, timesteps=T, weight_bits=8)
             summary = compile_model(CompileRequest(
                 model=str(d / "model.onnx"), out=str(out), target="loihi", calib=str(d / "calib.npz"),
                 options=opts, fanin=64, train=str(train), val=str(val), epochs=args.epochs,
@@ -139,7 +140,8 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
                 percentile_search=args.percentile_auto, **_tuning_choices(args)))
             tune_s = time.perf_counter() - t0
             tuning = json.loads((out / "compile.json").read_text())["tuning"]
-            tuning_record = {k: tuning.get(k) for k in ("joint_final", "fit_thresholds", "percentiles")}
+            tuning_record = {k: tuning.get(k) for k in ("joint_final", "fit_thresholds", "distill", "percentiles")}
+            tuning_record["weight_scale"] = opts.weight_scale
             ev = evaluate_artifact(str(out), str(_test(d, work, args)), [T])
             t0 = time.perf_counter()
             run = run_artifact(str(out), str(lava))
@@ -156,9 +158,16 @@ def part_tune(arch: str, d: Path, work: Path, args) -> dict[str, Any]:
             "epochs": args.epochs, "patience": args.patience, "tuning": tuning_record, "runs": runs}
 
 
-def _tuning_choices(args) -> dict[str, bool]:
+def _options(args, **given: Any) -> ConversionOptions:
+    """Convert's conversion options with ``given``, and ``--weight-scale`` where given."""
+    if args.weight_scale is not None:
+        given["weight_scale"] = args.weight_scale
+    return ConversionOptions(**given)
+
+
+def _tuning_choices(args) -> dict[str, Any]:
     """The tuning switches given on the command line (the others keep convert's defaults)."""
-    return {k: v for k in ("joint_final", "fit_thresholds") if (v := getattr(args, k)) is not None}
+    return {k: v for k in ("joint_final", "fit_thresholds", "distill") if (v := getattr(args, k)) is not None}
 
 
 def _epoch_seconds(tuning: dict[str, Any]) -> dict[str, float]:
@@ -285,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="tuning: the last stage trains every layer (default: convert's)")
     p.add_argument("--fit-thresholds", action=argparse.BooleanOptionalAction, default=None,
                    help="tuning: re-derived thresholds fitted to T (default: convert's)")
+    p.add_argument("--distill", type=float, default=None, metavar="SHARE",
+                   help="tuning: share of the loss distilled from the float ANN (default: convert's)")
+    p.add_argument("--weight-scale", choices=("channel", "layer"), default=None,
+                   help="what the weight width spans (default: convert's)")
     p.add_argument("--percentile-auto", action="store_true",
                    help="tuning: each layer's threshold percentile chosen on validation (--percentile auto)")
     p.add_argument("--table", action="store_true", help="only print the table of --out")

@@ -147,7 +147,8 @@ def compile_request(model: PathLike, out: PathLike, *, target: str = "sim",
     from ..targets.api import parse_backend_options
     from .compile import CompileRequest
 
-    conv_names = ("input_bits", "input_mode", "reset", "v_init", "membrane_bits", "weight_exp", "spikes")
+    conv_names = ("input_bits", "input_mode", "reset", "v_init", "membrane_bits", "weight_exp", "weight_scale",
+                  "spikes")
     conv = {k: options.pop(k) for k in conv_names if k in options}
     auto_names = ("max_accuracy_drop", "max_psnr_drop", "timesteps_candidates")
     auto_opts = {k: options.pop(k, None) for k in auto_names}

@@ -24,7 +24,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from .. import __version__
-from ..ir.options import V_INIT_MODES, ConversionOptions
+from ..ir.options import V_INIT_MODES, WEIGHT_SCALES, ConversionOptions
 from ..errors import SnnCompileError, UnsupportedOpError, UsageError
 from ..ir import INPUT_MODES, RESET_MODES, SPIKE_MODES
 from ..calibrate.statistics import NORM_MODES
@@ -202,10 +202,14 @@ def main(verbose: bool) -> None:
                    "membrane or bias), trying small-fan-in layers' weights refitted on the SNN's own "
                    "spikes, on --calib alone (no labels), or without --calib on the synthetic inputs.")
 @click.option("--bits", "weight_bits", default=16, show_default=True, type=click.IntRange(2, 24),
-              help="Signed integer weight width (per-layer symmetric).")
+              help="Signed integer weight width (symmetric; see --weight-scale).")
 @click.option("--weight-exp", default=0, show_default=True, type=click.IntRange(0, 8),
               help="Loihi-style weights: a --bits mantissa times 2^E per layer, so thresholds "
                    "and biases get E more bits of resolution.")
+@click.option("--weight-scale", type=click.Choice(WEIGHT_SCALES), default=ConversionOptions.weight_scale,
+              show_default=True,
+              help="What the --bits range spans: each output channel's largest weight (its neurons' "
+                   "thresholds absorb the scale; outputs keep one), or the layer's.")
 @click.option("--input-bits", default=8, show_default=True, type=click.IntRange(2, 24),
               help="Integer input width.")
 @click.option("--input-mode", type=click.Choice(INPUT_MODES), default=ConversionOptions.input_mode,
@@ -289,7 +293,8 @@ def main(verbose: bool) -> None:
 @_quiet_option
 @_handle_errors
 def convert(model: str, out: str | None, target: str, timesteps: str, calib: str | None, norm: str,
-            percentile: str, calibrate_bias: bool, weight_bits: int, weight_exp: int, input_bits: int,
+            percentile: str, calibrate_bias: bool, weight_bits: int, weight_exp: int, weight_scale: str,
+            input_bits: int,
             input_mode: str, reset: str, spikes: str, v_init: str, membrane_bits: int, fanin: int | None,
             prune_ahead: int, fanin_mode: str, train_path: str | None, val_path: str | None, method: str,
             surrogate: str | None, surrogate_alpha: float | None, surrogate_beta: float | None,
@@ -312,7 +317,7 @@ def convert(model: str, out: str | None, target: str, timesteps: str, calib: str
     req = compile_request(model, out, target=target, timesteps=timesteps, bits=weight_bits, calib=calib,
                           norm=norm, percentile=percentile, calibrate_bias=calibrate_bias, output=output_name, seed=seed, force=force,
                           input_bits=input_bits, input_mode=input_mode, reset=reset, v_init=v_init,
-                          membrane_bits=membrane_bits, weight_exp=weight_exp, spikes=spikes,
+                          membrane_bits=membrane_bits, weight_exp=weight_exp, weight_scale=weight_scale, spikes=spikes,
                           fanin=fanin, prune_ahead=prune_ahead, fanin_mode=fanin_mode, train=train_path,
                           val=val_path, method=method, epochs=epochs, patience=patience,
                           batch_size=batch_size, device=device, resume=resume,

@@ -32,6 +32,7 @@ CONVERT_SECTIONS: dict[str, str] = {
     "max_psnr_drop": "Conversion",
     "timesteps_candidates": "Conversion",
     "weight_exp": "Conversion",
+    "weight_scale": "Conversion",
     "reset": "Conversion",
     "spikes": "Conversion",
     "v_init": "Conversion",

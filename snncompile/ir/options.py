@@ -11,6 +11,7 @@ from ..errors import UsageError
 from .nodes import mode_errors
 
 V_INIT_MODES = ("half", "zero")
+WEIGHT_SCALES = ("channel", "layer")
 MEMBRANE_BITS_RANGE = (8, 52)  # what --membrane-bits takes (the simulators' arithmetic is int64)
 
 
@@ -27,6 +28,7 @@ class ConversionOptions:
     membrane_bits: int = 32
     weight_exp: int = 0            # Loihi-style: weights = (weight_bits)-bit mantissa * 2^weight_exp
     spikes: str = "binary"         # "signed": a neuron can take a spike back (-1), see IFNode
+    weight_scale: str = "layer"    # "channel": each output channel's weights span the full width
 
     def check(self) -> None:
         if self.timesteps < 1:
@@ -40,6 +42,8 @@ class ConversionOptions:
             raise UsageError(f"--input-bits must lie in 2..24, got {self.input_bits}")
         for problem, fix in mode_errors(input_mode=self.input_mode, reset=self.reset, spikes=self.spikes):
             raise UsageError(problem, fix)
+        if self.weight_scale not in WEIGHT_SCALES:
+            raise UsageError(f"--weight-scale must be one of {', '.join(WEIGHT_SCALES)}, got '{self.weight_scale}'")
         if self.v_init not in V_INIT_MODES:
             raise UsageError(f"v_init '{self.v_init}' not in {V_INIT_MODES}")
         if not MEMBRANE_BITS_RANGE[0] <= self.membrane_bits <= MEMBRANE_BITS_RANGE[1]:

@@ -68,21 +68,57 @@ def _natural_scale(wr: np.ndarray, qmax: int) -> float:
     return m / qmax if m > 0 else 1.0
 
 
-def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: float, qmax: int, bias_mode: str,
+# A channel's weights may resolve at most 2^CHANNEL_GAIN_BITS times finer than its layer's
+# largest weight allows: its biases grow by that factor at most.
+CHANNEL_GAIN_BITS = 4
+
+
+def _weight_scales(wr: np.ndarray, qmax: int, floor: np.ndarray | None = None) -> np.ndarray:
+    """The real value of one weight integer, per output channel (shape (C,)): the layer's
+    largest weight at ``qmax`` for every channel, or (a ``floor`` given: the scale below
+    which a channel's threshold would pass its membrane) each channel's own largest, so that
+    a channel of small weights (a depthwise filter, a BatchNorm-scaled one) keeps all its
+    levels. A channel's scale never makes its neurons' largest possible input (the sum of
+    its integer weights' magnitudes) larger than the layer's largest under one scale: what a
+    target's current limit accepted per layer, it accepts per channel."""
+    layer = _natural_scale(wr, qmax)
+    c = wr.shape[0]
+    if floor is None:
+        return np.full(c, layer)
+    mag = np.abs(wr.reshape(c, -1)).astype(np.float64)
+    mass = mag.sum(axis=1)
+    same_sum = layer * mass / mass.max() if mass.max() > 0 else np.zeros(c)
+    s = np.maximum.reduce([mag.max(axis=1) / qmax, same_sum, np.full(c, layer / 2 ** CHANNEL_GAIN_BITS),
+                           np.broadcast_to(floor, (c,))])
+    return np.minimum(s, layer)
+
+
+def output_scale_per_weight(n: WeightedNode) -> np.ndarray:
+    """The scale of the output channel each weight of ``n`` writes, broadcastable to the
+    weights' layout (a real weight is ``weight_int * this / input_scale_per_weight``)."""
+    full = np.broadcast_to(np.asarray(n.out_scale, np.float64), tuple(n.shape))
+    per_c = full.reshape(n.shape[0], -1)[:, 0] if len(n.shape) > 1 else full
+    return per_c.reshape((-1,) + (1,) * (np.ndim(n.weight) - 1)).copy()
+
+
+def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: np.ndarray, qmax: int, bias_mode: str,
               exp: int = 0) -> None:
-    """Weights: a ``qmax`` mantissa at scale ``out_scale``, times 2^exp (so one integer unit,
-    the node's scale, is ``out_scale / 2^exp``: thresholds and biases gain ``exp`` bits)."""
-    q = np.divide(wr, np.float32(out_scale))  # in place from here: VGG's fc6 is 392 MB a copy
+    """Weights: a ``qmax`` mantissa at per-channel scale ``out_scale``, times 2^exp (so one
+    integer unit, the node's scale, is ``out_scale / 2^exp``: thresholds and biases gain
+    ``exp`` bits)."""
+    s = np.asarray(out_scale, np.float64).reshape(-1)
+    # in place from here: VGG's fc6 is 392 MB a copy
+    q = np.divide(wr, s.astype(np.float32).reshape((-1,) + (1,) * (wr.ndim - 1)))
     np.clip(np.rint(q, out=q), -qmax, qmax, out=q)
     if exp:
         q *= 2 ** exp
     n.weight_int = q.astype(np.int32)  # bits + exp <= 24
     n.weight_exp = exp
-    out_scale = out_scale / 2 ** exp
+    s = s / 2 ** exp
     bias = n.bias if n.bias is not None else np.zeros(wr.shape[0])
-    n.bias_int = np.rint(np.asarray(bias, np.float64) / out_scale).astype(np.int64)
+    n.bias_int = np.rint(np.asarray(bias, np.float64) / s).astype(np.int64)
     n.bias_mode = bias_mode
-    n.out_scale = np.full((1,) * len(n.shape), out_scale)
+    n.out_scale = _compact(s.reshape((-1,) + (1,) * (len(n.shape) - 1)), tuple(n.shape))
 
 
 def _v_init(th: np.ndarray, mode: str, old_th: np.ndarray | None, old_v: np.ndarray | None,
@@ -109,6 +145,20 @@ def _feeds_add_only(g: Graph, name: str) -> bool:
     return len(consumers) == 1 and isinstance(consumers[0], AddNode)
 
 
+def _channel_floor(g: Graph, name: str) -> np.ndarray | None:
+    """Where every reader of node ``name`` is an IF layer (whose thresholds take any per-
+    channel scale): the smallest scale per channel that keeps their thresholds within a
+    quarter of their membranes' range (room for the charge above a threshold). None where
+    the scale may not vary by channel: an output's (readouts compare its integers across
+    channels) or one another kind of node reads."""
+    consumers = g.consumers(name)
+    if not consumers or name in g.outputs or not all(isinstance(c, IFNode) for c in consumers):
+        return None
+    c = g[name].shape[0]
+    return np.max([np.broadcast_to(np.asarray(n.lam, np.float64).reshape(-1), (c,)) / 2 ** (n.membrane_bits - 2)
+                   for n in consumers], axis=0)
+
+
 def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
                   input_scale: np.ndarray | None = None, reuse: frozenset[str] = frozenset()) -> Graph:
     """Scale every tensor, quantize every weighted node, set every threshold.
@@ -126,6 +176,8 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
     pending: dict[str, tuple[np.ndarray, float]] = {}  # weighted nodes feeding an add
     kinds = tensor_kinds(g)
     shares = {n.name for n in g.nodes if isinstance(n, WeightedNode) and _feeds_add_only(g, n.name)}
+    floors = {n.name: _channel_floor(g, n.name) for n in g.nodes
+              if opts.weight_scale == "channel" and isinstance(n, (WeightedNode, AddNode))}
     for n in g.nodes:
         ins = [g[i] for i in n.inputs]
         if isinstance(n, AddNode) and len({i in reuse for i in n.inputs if i in shares} | {n.name in reuse}) > 1:
@@ -147,18 +199,18 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
             wr = _real_weights(n, scale[n.inputs[0]], ins[0].shape)
             once[n.name] = once[n.inputs[0]]
             if n.name in shares:
-                pending[n.name] = (wr, _natural_scale(wr, qmax))
+                pending[n.name] = (wr, _weight_scales(wr, qmax, floors.get(g.consumers(n.name)[0].name)))
                 continue
-            _quantize(n, wr, _natural_scale(wr, qmax), qmax, "first_step" if once[n.name] else "every_step",
-                      opts.weight_exp)
+            _quantize(n, wr, _weight_scales(wr, qmax, floors.get(n.name)), qmax,
+                      "first_step" if once[n.name] else "every_step", opts.weight_exp)
         elif isinstance(n, AddNode):
-            target = max(pending[i][1] for i in n.inputs)
+            target = np.max([pending[i][1] for i in n.inputs], axis=0)  # per channel, or all equal
             for i in n.inputs:
                 src = g[i]
                 _quantize(src, pending.pop(i)[0], target, qmax, "first_step" if once[i] else "every_step",
                           opts.weight_exp)
                 scale[i] = src.out_scale
-            n.out_scale = np.full((1,) * len(n.shape), target / 2 ** opts.weight_exp)
+            n.out_scale = src.out_scale
             once[n.name] = all(once[i] for i in n.inputs)
         elif isinstance(n, IFNode):
             sc = _channel_scale(n, scale[n.inputs[0]], n.shape)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph
-from ..passes.quantize import _real_weights
+from ..passes.quantize import _real_weights, output_scale_per_weight
 from ..sim.padding import pad2d
 from ..sim.weighted import channels_last_strides
 from .runtime import kernels
@@ -78,14 +78,15 @@ class _StraightThrough(torch.autograd.Function):
         return (grad if ctx.needs_input_grad[0] else None), grad
 
 
-def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, float]:
+def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, np.ndarray]:
     """For weighted node ``name`` of integer graph ``g``: the scale of the input each weight
-    reads (array shaped like the weight) and the node's output scale, so that a real weight
-    is ``s_out * weight_int / s_in``."""
+    reads (array shaped like the weight) and the scale of the output channel each writes
+    (broadcastable to the weight; its ``reshape(-1)`` broadcasts to the bias), so that a
+    real weight is ``s_out * weight_int / s_in`` and a real bias ``s_out * bias_int``."""
     n = g[name]
     ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
     s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
-    return s_in, float(np.asarray(n.out_scale).reshape(-1)[0])
+    return s_in, output_scale_per_weight(n)
 
 
 def layout(x: torch.Tensor) -> torch.Tensor:

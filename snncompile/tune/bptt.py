@@ -78,7 +78,7 @@ def ste_params(net: TandemNet, g: Graph) -> dict[str, tuple[torch.Tensor, torch.
         if n.bias_int is not None:
             b = torch.as_tensor(n.bias_int.astype(np.float64), device=dev)
             if k in net.bias:
-                bc = net.bias[k].to(torch.float64) / s_out
+                bc = net.bias[k].to(torch.float64) / torch.as_tensor(s_out.reshape(-1), device=dev)
                 b = b + (bc - bc.detach()).reshape(b.shape)
         out[name] = (w, b)
     return out

@@ -223,7 +223,8 @@ class TandemNet(nn.Module):
                     n = g[name]
                     s_in, s_out = ann_path.unit_scales(g, name)
                     w = (s_out * n.weight_int.astype(np.float64) / s_in).astype(np.float32)
-                    b = (s_out * n.bias_int.astype(np.float64)).astype(np.float32) if n.bias_int is not None else None
+                    b = (s_out.reshape(-1) * n.bias_int.astype(np.float64)).astype(np.float32) \
+                        if n.bias_int is not None else None
                     fq[name] = (w, b)
             self._cache = ((version, self.stage), g, fq, frame, versions)
         return self._cache[1], self._cache[2]
