@@ -173,7 +173,7 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
     qmax = 2 ** (opts.weight_bits - 1) - 1
     scale: dict[str, np.ndarray] = {}
     once: dict[str, bool] = {}   # tensor carries charge at t = 0 only (analog input, mode once)
-    pending: dict[str, tuple[np.ndarray, float]] = {}  # weighted nodes feeding an add
+    pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # weighted nodes feeding an add: (weights, scales)
     kinds = tensor_kinds(g)
     shares = {n.name for n in g.nodes if isinstance(n, WeightedNode) and _feeds_add_only(g, n.name)}
     floors = {n.name: _channel_floor(g, n.name) for n in g.nodes
