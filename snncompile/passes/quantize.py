@@ -101,6 +101,15 @@ def output_scale_per_weight(n: WeightedNode) -> np.ndarray:
     return per_c.reshape((-1,) + (1,) * (np.ndim(n.weight) - 1)).copy()
 
 
+def unit_scales(graph: Graph, n: WeightedNode) -> tuple[np.ndarray, np.ndarray]:
+    """For weighted node ``n`` of converted ``graph``: the scale of the input each weight
+    reads and of the output channel each writes, both broadcastable to the weights (the
+    second's ``reshape(-1)`` to the bias), so that a real weight is ``weight_int * s_out /
+    s_in`` and a real bias ``bias_int * s_out``."""
+    src = graph[n.inputs[0]]
+    return input_scale_per_weight(n, src.out_scale, src.shape), output_scale_per_weight(n)
+
+
 def _quantize(n: WeightedNode, wr: np.ndarray, out_scale: np.ndarray, qmax: int, bias_mode: str,
               exp: int = 0) -> None:
     """Weights: a ``qmax`` mantissa at per-channel scale ``out_scale``, times 2^exp (so one
@@ -210,7 +219,7 @@ def assign_scales(graph: Graph, calib: Calibration, opts: ConversionOptions,
                 _quantize(src, pending.pop(i)[0], target, qmax, "first_step" if once[i] else "every_step",
                           opts.weight_exp)
                 scale[i] = src.out_scale
-            n.out_scale = src.out_scale
+            n.out_scale = scale[n.inputs[0]]  # the inputs' shared scale
             once[n.name] = all(once[i] for i in n.inputs)
         elif isinstance(n, IFNode):
             sc = _channel_scale(n, scale[n.inputs[0]], n.shape)

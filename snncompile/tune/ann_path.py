@@ -9,13 +9,12 @@ simulator keeps (:func:`layout`).
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import torch
 
 from ..ir import AffineNode, Conv2dNode, DenseNode, Graph
-from ..passes.quantize import _real_weights, output_scale_per_weight
+from ..passes import quantize
 from ..sim.padding import pad2d
 from ..sim.weighted import channels_last_strides
 from .runtime import kernels
@@ -79,14 +78,10 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def unit_scales(g: Graph, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """For weighted node ``name`` of integer graph ``g``: the scale of the input each weight
-    reads (array shaped like the weight) and the scale of the output channel each writes
-    (broadcastable to the weight; its ``reshape(-1)`` broadcasts to the bias), so that a
-    real weight is ``s_out * weight_int / s_in`` and a real bias ``s_out * bias_int``."""
-    n = g[name]
-    ones = dataclasses.replace(n, weight=np.ones_like(n.weight))
-    s_in = _real_weights(ones, g[n.inputs[0]].out_scale, g[n.inputs[0]].shape)
-    return s_in, output_scale_per_weight(n)
+    """:func:`..passes.quantize.unit_scales` of weighted node ``name``, the input's scale in
+    float32 (as the float weights it multiplies)."""
+    s_in, s_out = quantize.unit_scales(g, g[name])
+    return s_in.astype(np.float32), s_out
 
 
 def layout(x: torch.Tensor) -> torch.Tensor:

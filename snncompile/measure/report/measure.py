@@ -23,7 +23,7 @@ import numpy as np
 
 from ...targets.artifact import Artifact, read_artifact
 from ...calibrate.statistics import onnx_forward
-from ...passes.quantize import input_scale_per_weight, output_scale_per_weight
+from ...passes.quantize import unit_scales
 from ...data import load_npz
 from ...ir import Graph, IFNode, WeightedNode
 from ...ir.structure import chain_ops, op_fanin, populations, weight_bits
@@ -201,8 +201,7 @@ def dequantized(graph: Graph, node: WeightedNode) -> np.ndarray:
     """The real weights a node's integers stand for, in the float weights' layout:
     ``weight_int * out_scale / input scale`` (conversion's ``weight_int = round(w * s_in /
     s_out)`` undone; a weight exponent is part of ``out_scale``)."""
-    s_in = input_scale_per_weight(node, graph[node.inputs[0]].out_scale, graph[node.inputs[0]].shape)
-    s_out = output_scale_per_weight(node)
+    s_in, s_out = unit_scales(graph, node)
     return node.weight_int.astype(np.float64) * s_out / s_in
 
 
